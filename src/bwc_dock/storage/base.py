@@ -1,0 +1,110 @@
+"""The port every central-storage backend implements.
+
+The uploader talks only to this interface. A backend's job is narrow: store a file
+under a key, create-only, and prove that what it stored hashes to the SHA-256 the
+ledger took when the clip was first read off the camera. Everything else (which
+clip, when, how often to retry) is the uploader's.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+# Called with the number of bytes just sent; a bandwidth limiter may sleep in it.
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What central storage holds under a key, as the store reports it."""
+
+    key: str
+    size: int
+    sha256: str | None  # lowercase hex; None where the store keeps no SHA-256 for it
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PartRecord:
+    """One finished part of a multipart upload, as kept in the ledger."""
+
+    number: int
+    etag: str
+    checksum: str
+    size: int
+
+
+@dataclass(frozen=True)
+class MultipartState:
+    upload_id: str
+    parts: tuple[PartRecord, ...]
+
+
+class MultipartJournal(Protocol):
+    """Ledger-backed memory of an unfinished multipart upload, so a restart resumes it."""
+
+    def load(self) -> MultipartState | None: ...
+
+    def begin(self, upload_id: str) -> None: ...
+
+    def part_done(self, part: PartRecord) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class StorageBackend(ABC):
+    """Central evidence storage. Keys are ``/``-separated, already sanitised by the caller."""
+
+    name: str
+
+    @abstractmethod
+    def put_file(
+        self,
+        key: str,
+        source: Path,
+        sha256: str,
+        size: int,
+        metadata: Mapping[str, str],
+        journal: MultipartJournal | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> StoredObject:
+        """Store ``source`` under ``key`` and return once the store confirmed ``sha256``.
+
+        Create-only and idempotent: an object already under ``key`` with the same SHA-256
+        counts as success; one with a different SHA-256 raises StorageConflict and is
+        never overwritten. Raises TransientStorageError for what may heal,
+        PermanentStorageError for what will not, IntegrityError when the stored bytes
+        do not hash to ``sha256``.
+        """
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> StoredObject:
+        """Store a small document (a manifest); same create-only rules as put_file."""
+
+    @abstractmethod
+    def head(self, key: str) -> StoredObject | None:
+        """What is stored under ``key``, or None when nothing is."""
+
+    @abstractmethod
+    def read_sha256(self, key: str) -> str | None:
+        """Download and hash the stored object (for ``verify --remote``); None if missing."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; deleting what is already gone succeeds."""
+
+    @abstractmethod
+    def cleanup_partials(self) -> int:
+        """Remove leftovers of interrupted writes (``.part`` files, orphaned multipart
+        uploads the ledger no longer wants); return how many were removed."""
+
+    @abstractmethod
+    def check_reachable(self) -> None:
+        """Raise a StorageError describing why the store cannot be used right now."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
