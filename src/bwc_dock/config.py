@@ -41,7 +41,8 @@ DEFAULT_CLIP_GLOBS = (
 DEFAULT_SIDECAR_GLOBS = ("*",)
 DEFAULT_KEY_TEMPLATE = "{camera}/{recorded:%Y/%m/%d}/{clip_id}_{name}"
 _USB_ID = re.compile(r"^(0x)?[0-9a-f]{1,4}$", re.IGNORECASE)
-_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class _Section(BaseModel):
@@ -70,7 +71,7 @@ class DockConfig(_Section):
 class BandwidthWindow(_Section):
     """A weekly window in which uploads are limited, e.g. the day shift."""
 
-    days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = _WEEKDAYS
+    days: tuple[Weekday, ...] = _WEEKDAYS
     start: time
     end: time
     limit_mb_per_s: float = Field(gt=0)

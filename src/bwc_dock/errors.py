@@ -67,7 +67,7 @@ class LedgerError(BwcDockError):
     exit_code = EXIT_USAGE
 
 
-class IllegalTransition(BwcDockError):  # noqa: N818 - it is a bug, not an "error" to handle
+class IllegalTransition(BwcDockError):
     """A clip was asked to move between states the state machine does not allow (a bug)."""
 
 
@@ -89,23 +89,23 @@ class PermanentStorageError(StorageError):
     """Central storage refused the request (credentials, permissions, missing bucket)."""
 
 
-class StorageConflict(StorageError):  # noqa: N818
+class StorageConflict(StorageError):
     """Central storage already holds a different object under this key; nothing was overwritten."""
 
 
-class SourceGone(BwcDockError):  # noqa: N818
+class SourceGone(BwcDockError):
     """The camera went away (undocked, unmounted or read error) while it was being read."""
 
     transient = True
 
 
-class StagingFull(BwcDockError):  # noqa: N818
+class StagingFull(BwcDockError):
     """The staging area has no room above its reserve for this clip."""
 
     transient = True
 
 
-class HostileEntry(BwcDockError):  # noqa: N818
+class HostileEntry(BwcDockError):
     """An entry on a camera volume was refused (symlink, device node, unsafe name, too large)."""
 
 
@@ -118,3 +118,15 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, OSError):
         return error.errno in _TRANSIENT_ERRNOS
     return False
+
+
+class LeaseLost(BwcDockError):
+    """Another worker took over this clip (our lease expired); our result was not recorded."""
+
+    transient = True
+
+
+class Interrupted(BwcDockError):
+    """Work was stopped because bwc-dock is shutting down; it resumes on the next start."""
+
+    transient = True

@@ -82,12 +82,22 @@ class StorageBackend(ABC):
         """
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> StoredObject:
-        """Store a small document (a manifest); same create-only rules as put_file."""
+    def put_bytes(
+        self, key: str, data: bytes, metadata: Mapping[str, str], *, replace: bool = False
+    ) -> StoredObject:
+        """Store a small document (a manifest, a SHA256SUMS list).
+
+        Create-only like put_file unless ``replace``: a manifest describes evidence and
+        is rewritten when a retry records new times; the evidence itself never is.
+        """
 
     @abstractmethod
     def head(self, key: str) -> StoredObject | None:
         """What is stored under ``key``, or None when nothing is."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes | None:
+        """A small document's content (manifests); None if missing."""
 
     @abstractmethod
     def read_sha256(self, key: str) -> str | None:

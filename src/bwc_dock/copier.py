@@ -1,0 +1,283 @@
+"""The copier stage: camera -> staging, hashed on the one read, verified from disk.
+
+For each clip (and its sidecars): write ``NAME.part`` in the clip's own staging
+folder while hashing, fsync, rename into place, fsync the folder, then drop the
+staged file from the page cache and hash it again from disk. A mismatch copies
+again; a second mismatch quarantines the clip. Staging paths come from the ledger id
+and the sanitised name, never from a camera path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+
+from bwc_dock.errors import (
+    HostileEntry,
+    IntegrityError,
+    LeaseLost,
+    SourceGone,
+    StagingFull,
+)
+from bwc_dock.hashing import copy_hashing, fsync_directory, hash_file_from_disk
+from bwc_dock.ledger import ClipWork, Ledger
+from bwc_dock.ledger.models import utc_now
+from bwc_dock.scanner import open_source_file
+
+log = structlog.get_logger(__name__)
+
+MAX_COPY_TRIES = 2
+_STAGING_RETRY = timedelta(seconds=5)
+_SOURCE_RETRY = timedelta(seconds=2)
+_HOSTILE_RETRY = timedelta(hours=1)
+
+
+@dataclass
+class StagingArea:
+    """The dock's local staging folder and the space it must leave free."""
+
+    root: Path
+    reserve_bytes: int
+    _paused: bool = field(default=False, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def clip_folder(self, clip_id: int) -> str:
+        return f"clips/{clip_id:08d}"
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize
+
+    def reserve_room(self, needed: int, camera: str) -> None:
+        """Raise StagingFull (logged once per pause) when ``needed`` bytes do not fit."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = self.free_bytes()
+        with self._lock:
+            if free - needed < self.reserve_bytes:
+                if not self._paused:
+                    log.warning(
+                        "copy.paused",
+                        reason="staging full",
+                        free_bytes=free,
+                        needed_bytes=needed,
+                        reserve_bytes=self.reserve_bytes,
+                        camera=camera,
+                    )
+                    self._paused = True
+                raise StagingFull(f"staging has {free} B free, needs {needed} B + reserve")
+            if self._paused:
+                log.info("copy.resumed", free_bytes=free)
+                self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+
+class Copier:
+    """Copies clips off docked cameras for one worker (one lease owner)."""
+
+    def __init__(self, ledger: Ledger, staging: StagingArea, owner: str) -> None:
+        self.ledger = ledger
+        self.staging = staging
+        self.owner = owner
+
+    def copy_next(self, cancel: threading.Event, docking_id: int | None = None) -> bool:
+        """Claim and copy one clip; False when there was nothing to copy."""
+        work = self.ledger.claim_for_copy(self.owner, docking_id)
+        if work is None:
+            return False
+        self.copy(work, cancel)
+        return True
+
+    def copy(self, work: ClipWork, cancel: threading.Event) -> None:
+        bound = log.bind(clip=work.id, camera=work.camera_serial, path=work.source_path)
+        try:
+            self._copy_verified(work, cancel)
+        except LeaseLost:
+            bound.warning("copy.lease_lost")
+        except StagingFull as error:
+            self._release(work, str(error), _STAGING_RETRY, count=False)
+        except SourceGone as error:
+            bound.warning("copy.interrupted", reason=str(error))
+            self._release(work, str(error), _SOURCE_RETRY, count=False)
+        except HostileEntry as error:
+            bound.error("copy.refused", reason=str(error))
+            self._release(work, str(error), _HOSTILE_RETRY, count=True)
+        except IntegrityError as error:
+            self.ledger.quarantine(work, self.owner, str(error))
+        except OSError as error:
+            bound.error("copy.failed", error=str(error), errno=error.errno)
+            self._release(work, f"{error.strerror}: {error.filename}", _SOURCE_RETRY, count=True)
+
+    def _release(self, work: ClipWork, error: str, delay: timedelta, *, count: bool) -> None:
+        try:
+            self.ledger.release(
+                work, self.owner, error=error, retry_at=utc_now() + delay, count_attempt=count
+            )
+        except LeaseLost:
+            log.warning("copy.lease_lost", clip=work.id)
+
+    def _copy_verified(self, work: ClipWork, cancel: threading.Event) -> None:
+        assert work.volume_root is not None
+        needed = work.size + sum(sidecar.size for sidecar in work.sidecars)
+        self.staging.reserve_room(needed, work.camera_serial)
+        folder_relative = self.staging.clip_folder(work.id)
+        folder = self.staging.root / folder_relative
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        renewer = _LeaseRenewer(self.ledger, work.id, self.owner, self.ledger.lease.total_seconds())
+        try:
+            sha256 = self._copy_file(
+                work.volume_root,
+                work.source_path_raw,
+                work.size,
+                work.mtime_ns,
+                folder / work.name,
+                cancel,
+                renewer,
+            )
+            sidecar_hashes = {
+                sidecar.id: self._copy_file(
+                    work.volume_root,
+                    sidecar.source_path_raw,
+                    sidecar.size,
+                    None,
+                    folder / sidecar.name,
+                    cancel,
+                    renewer,
+                )
+                for sidecar in work.sidecars
+            }
+        except BaseException:
+            _remove_partials(folder)
+            raise
+        self.ledger.finish_copy(work, self.owner, sha256, folder_relative, sidecar_hashes)
+        elapsed = time.monotonic() - started
+        log.info(
+            "copy.done",
+            clip=work.id,
+            camera=work.camera_serial,
+            sha256=sha256,
+            size=work.size,
+            seconds=round(elapsed, 3),
+            mb_per_s=round(needed / 1e6 / elapsed, 1) if elapsed else None,
+        )
+
+    def _copy_file(
+        self,
+        root: Path,
+        source_path_raw: bytes,
+        size: int,
+        mtime_ns: int | None,
+        destination: Path,
+        cancel: threading.Event,
+        renewer: _LeaseRenewer,
+    ) -> str:
+        """Copy one file until its staged copy verifies; IntegrityError after two misses."""
+        first_sha256: str | None = None
+        for attempt in range(1, MAX_COPY_TRIES + 1):
+            sha256 = self._copy_once(
+                root, source_path_raw, size, mtime_ns, destination, cancel, renewer
+            )
+            if first_sha256 is not None and sha256 != first_sha256:
+                # the camera itself gave different bytes twice: do not trust either read
+                log.error(
+                    "copy.source_unstable", path=str(destination), first=first_sha256, second=sha256
+                )
+            first_sha256 = first_sha256 or sha256
+            on_disk = hash_file_from_disk(destination)
+            if on_disk == sha256:
+                return sha256
+            log.error(
+                "copy.verify_mismatch",
+                path=str(destination),
+                attempt=attempt,
+                sha256=sha256,
+                on_disk=on_disk,
+            )
+            destination.unlink(missing_ok=True)
+        raise IntegrityError(
+            f"staged copy of {destination.name} did not verify after {MAX_COPY_TRIES} copies"
+        )
+
+    def _copy_once(
+        self,
+        root: Path,
+        source_path_raw: bytes,
+        size: int,
+        mtime_ns: int | None,
+        destination: Path,
+        cancel: threading.Event,
+        renewer: _LeaseRenewer,
+    ) -> str:
+        source_fd = open_source_file(root, source_path_raw, size)
+        part = destination.with_name(destination.name + ".part")
+        try:
+            os.posix_fadvise(source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            sha256, copied = _write_part(source_fd, part, cancel, renewer)
+            if copied != size:
+                raise SourceGone(f"read {copied} B of {size} B: the file changed on the camera")
+            if mtime_ns is not None:
+                os.utime(part, ns=(mtime_ns, mtime_ns))
+            os.replace(part, destination)
+            fsync_directory(destination.parent)
+            return sha256
+        except OSError as error:
+            part.unlink(missing_ok=True)
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StagingFull(f"staging filled up while copying: {error.strerror}") from error
+            raise
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(source_fd)
+
+
+def _write_part(
+    source_fd: int, part: Path, cancel: threading.Event, renewer: _LeaseRenewer
+) -> tuple[str, int]:
+    part_fd = os.open(
+        part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640
+    )
+    try:
+        sha256, copied = copy_hashing(source_fd, part_fd, cancel, renewer.progress)
+        os.fsync(part_fd)
+        return sha256, copied
+    finally:
+        os.close(part_fd)
+
+
+def _remove_partials(folder: Path) -> None:
+    for leftover in folder.glob("*.part"):
+        leftover.unlink(missing_ok=True)
+
+
+class _LeaseRenewer:
+    """Renews the clip's lease from the copy loop every third of the lease time."""
+
+    def __init__(self, ledger: Ledger, clip_id: int, owner: str, lease_seconds: float) -> None:
+        self.ledger = ledger
+        self.clip_id = clip_id
+        self.owner = owner
+        self.interval = lease_seconds / 3
+        self.last = time.monotonic()
+
+    def progress(self, _count: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.ledger.renew_lease(self.clip_id, self.owner)
+            self.last = now
+
+
+def staged_file(staging_root: Path, work: ClipWork, name: str | None = None) -> Path:
+    assert work.staged_path is not None
+    return staging_root / work.staged_path / (name or work.name)

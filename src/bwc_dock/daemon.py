@@ -1,0 +1,461 @@
+"""The daemon: sources feed dockings into the ledger; copier and uploader workers drain it.
+
+Threads: one per copier worker (each takes one docked camera at a time, so several
+cameras are offloaded in parallel up to ``copy_workers``), one per uploader worker,
+the sources' own listener threads, and the main loop (heartbeat, rescans, retention,
+finished offloads, signals). All work state lives in the ledger; the maps here only
+remember which volume is mounted where and which copier reads which camera.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from bwc_dock.config import CameraProfile, Config, load_config
+from bwc_dock.copier import Copier, StagingArea
+from bwc_dock.errors import BwcDockError, ConfigError, Interrupted, SourceGone, StorageError
+from bwc_dock.ledger import Ledger
+from bwc_dock.ledger.leases import current_owner, owner_is_dead
+from bwc_dock.ledger.models import Docking, utc_now
+from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
+from bwc_dock.sources.base import DockedVolume, Source, SourceListener
+from bwc_dock.storage.base import StorageBackend
+from bwc_dock.uploader import Uploader
+
+log = structlog.get_logger(__name__)
+
+IDLE_WAIT_SECONDS = 1.0
+PURGE_INTERVAL_SECONDS = 60.0
+STORAGE_CHECK_SECONDS = 30.0
+DEFAULT_FOLDER_PROFILE = CameraProfile(name="folder", serial_source="folder")
+
+
+def folder_profile(config: Config) -> CameraProfile:
+    """The profile for watch folders and hand-run ingest: the first one without USB ids."""
+    return next((p for p in config.camera if p.usb_vendor_id is None), DEFAULT_FOLDER_PROFILE)
+
+
+def scan_limits(config: Config) -> ScanLimits:
+    return ScanLimits(
+        max_file_size=int(config.dock.max_clip_size_gb * 1024**3),
+        max_depth=config.dock.max_scan_depth,
+        max_entries=config.dock.max_scan_entries,
+    )
+
+
+def scan_into_ledger(
+    ledger: Ledger, config: Config, docking_id: int, volume: DockedVolume
+) -> tuple[list[int], ScanResult]:
+    """Scan a volume and record what is new; (ids of new clips, what the scan found)."""
+    profile = config.profile(volume.profile_name or "") or folder_profile(config)
+    result = scan_volume(volume.root, profile, scan_limits(config))
+    new_ids = ledger.record_scan(
+        docking_id, result.clips, len(result.refused), priority=profile.priority
+    )
+    log.info(
+        "dock.scanned",
+        camera=volume.camera_serial,
+        docking=docking_id,
+        clips=len(result.clips),
+        new=len(new_ids),
+        refused=len(result.refused),
+    )
+    return new_ids, result
+
+
+@dataclass
+class _Docked:
+    docking_id: int
+    volume: DockedVolume
+    source: Source | None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    reader: str | None = None  # the copier worker reading it now
+    finished_logged: bool = False
+
+
+class Daemon(SourceListener):
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        backend: StorageBackend,
+        sources: list[Source],
+        config_path: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.ledger = ledger
+        self.backend = backend
+        self.sources = sources
+        self.staging = StagingArea(config.staging_dir, config.dock.staging_reserve_mb * 1024**2)
+        self.owner = current_owner("daemon")
+        self.stop_event = threading.Event()
+        self.wake_event = threading.Event()
+        self.reload_requested = threading.Event()
+        self._docked: dict[str, _Docked] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._started_at = utc_now()
+        self._storage_reachable: bool | None = None
+        self._last_error: str | None = None
+        self.on_tick: list[Callable[[Daemon], None]] = []  # hooks: watchdog, status, metrics
+
+    # -- SourceListener ---------------------------------------------------------------
+
+    def docked(self, volume: DockedVolume) -> None:
+        try:
+            docking_id = self.ledger.record_docking(volume, self.owner)
+            source = next((s for s in self.sources if s.name == volume.source), None)
+            with self._lock:
+                self._docked[volume.device] = _Docked(docking_id, volume, source)
+            scan_into_ledger(self.ledger, self.config, docking_id, volume)
+        except SourceGone as error:
+            log.warning("dock.scan_failed", camera=volume.camera_serial, error=str(error))
+        except BwcDockError as error:
+            log.error("dock.failed", camera=volume.camera_serial, error=str(error))
+        self.wake_event.set()
+
+    def undocked(self, device: str) -> None:
+        with self._lock:
+            docked = self._docked.pop(device, None)
+        if docked is None:
+            return
+        docked.cancel.set()  # a copy in progress stops at its next chunk
+        self.ledger.end_docking(docked.docking_id, "device removed")
+
+    # -- running ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signal_handlers()
+        self.recover()
+        for source in self.sources:
+            source.start(self)
+        self._start_workers()
+        log.info(
+            "daemon.started",
+            dock=self.config.dock.id,
+            pid=os.getpid(),
+            copy_workers=self.config.dock.copy_workers,
+            upload_workers=self.config.dock.upload_workers,
+            storage=self.config.storage.backend,
+        )
+        try:
+            self._main_loop()
+        finally:
+            self.shutdown()
+        return 0
+
+    def recover(self) -> dict[str, int]:
+        """Put everything a crash left behind back into a state work resumes from."""
+        summary: dict[str, int] = {}
+        for state, count in self.ledger.recover_leases(all_expired=True).items():
+            summary[f"returned_to_{state}"] = count
+        for docking in self.ledger.adopt_dockings(self.owner, frozenset({"ingest"})):
+            self._adopt(docking)
+            summary["ingest_dockings_adopted"] = summary.get("ingest_dockings_adopted", 0) + 1
+        summary["dockings_ended"] = self.ledger.end_stale_dockings()
+        summary["staging_partials_removed"] = self._remove_staging_partials()
+        try:
+            summary["storage_partials_removed"] = self.backend.cleanup_partials()
+        except StorageError as error:
+            log.warning("recovery.storage_unreachable", error=str(error))
+        log.info("daemon.recovered", **summary)
+        return summary
+
+    def _adopt(self, docking: Docking) -> None:
+        volume = DockedVolume(
+            source=docking.source,
+            device=docking.device,
+            root=Path(docking.volume_root),
+            camera_serial=docking.camera_serial,
+        )
+        with self._lock:
+            self._docked[docking.device] = _Docked(docking.id, volume, None)
+
+    def _remove_staging_partials(self) -> int:
+        removed = 0
+        clips_root = self.config.staging_dir / "clips"
+        if not clips_root.is_dir():
+            return 0
+        leased = {
+            work.id
+            for work in self.ledger.clips()
+            if work.lease_owner and not owner_is_dead(work.lease_owner)
+        }
+        for leftover in clips_root.glob("*/*.part"):
+            if leftover.parent.name.isdigit() and int(leftover.parent.name) in leased:
+                continue  # a hand-run command beside us is writing it right now
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def _start_workers(self) -> None:
+        for number in range(self.config.dock.copy_workers):
+            self._spawn(f"copier-{number}", self._copier_loop)
+        for number in range(self.config.dock.upload_workers):
+            self._spawn(f"uploader-{number}", self._uploader_loop)
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=self._guarded(name, target), name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _guarded(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        """The error boundary of a worker: log, pause, carry on; the daemon stays up."""
+
+        def run() -> None:
+            while not self.stop_event.is_set():
+                try:
+                    target()
+                except Exception as error:
+                    self._last_error = f"{name}: {error}"
+                    log.exception("worker.crashed", worker=name, error=str(error))
+                    self.stop_event.wait(5)
+
+        return run
+
+    def _copier_loop(self) -> None:
+        copier = Copier(self.ledger, self.staging, current_owner())
+        while not self.stop_event.is_set():
+            docked = self._take_docking()
+            if docked is None:
+                self._idle()
+                continue
+            try:
+                while not self.stop_event.is_set() and not docked.cancel.is_set():
+                    if not copier.copy_next(docked.cancel, docked.docking_id):
+                        break
+                    self.wake_event.set()  # an uploader may have work now
+                if self.staging.paused:
+                    self.stop_event.wait(IDLE_WAIT_SECONDS)
+            finally:
+                with self._lock:
+                    docked.reader = None
+
+    def _take_docking(self) -> _Docked | None:
+        """A docked camera with clips to copy that no other copier is reading."""
+        me = threading.current_thread().name
+        with self._lock:
+            candidates = [
+                d for d in self._docked.values() if d.reader is None and not d.cancel.is_set()
+            ]
+        for docked in candidates:
+            if self.ledger.copy_pending(docked.volume.camera_serial) == 0:
+                continue
+            with self._lock:
+                if docked.reader is None:
+                    docked.reader = me
+                    return docked
+        return None
+
+    def _uploader_loop(self) -> None:
+        uploader = Uploader(
+            self.ledger,
+            self.backend,
+            self.config.staging_dir,
+            self.config.storage,
+            current_owner(),
+            self._upload_progress,
+            self._storage_refused,
+        )
+        while not self.stop_event.is_set():
+            if not uploader.upload_next():
+                self._idle()
+
+    def _upload_progress(self, _count: int) -> None:
+        if self.stop_event.is_set():
+            raise Interrupted("shutting down")
+
+    def _storage_refused(self, message: str) -> None:
+        self._storage_reachable = False
+        self._last_error = message
+
+    def _idle(self) -> None:
+        self.wake_event.wait(IDLE_WAIT_SECONDS)
+        self.wake_event.clear()
+
+    def _main_loop(self) -> None:
+        timers = {"beat": 0.0, "rescan": time.monotonic(), "purge": 0.0, "storage": 0.0}
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            if now - timers["storage"] >= STORAGE_CHECK_SECONDS:
+                timers["storage"] = now
+                self._check_storage()
+            if now - timers["rescan"] >= self.config.sources.rescan_interval_seconds:
+                timers["rescan"] = now
+                self._rescan()
+            if now - timers["purge"] >= PURGE_INTERVAL_SECONDS:
+                timers["purge"] = now
+                self.purge_staging()
+            self._finish_offloads()
+            if now - timers["beat"] >= self.config.service.heartbeat_seconds:
+                timers["beat"] = now
+                self._beat()
+            for hook in self.on_tick:
+                hook(self)
+            self.stop_event.wait(IDLE_WAIT_SECONDS)
+
+    def _check_storage(self) -> None:
+        try:
+            self.backend.check_reachable()
+            if self._storage_reachable is False:
+                log.info("storage.reachable")
+            self._storage_reachable = True
+        except StorageError as error:
+            if self._storage_reachable is not False:
+                log.error("storage.unreachable", error=str(error))
+            self._storage_reachable = False
+            self._last_error = str(error)
+
+    def _rescan(self) -> None:
+        for source in self.sources:
+            try:
+                source.rescan()
+            except BwcDockError as error:
+                log.warning("source.rescan_failed", source=source.name, error=str(error))
+        with self._lock:
+            docked = list(self._docked.values())
+        for entry in docked:
+            if entry.volume.source == "watch" and not entry.cancel.is_set():
+                try:
+                    scan_into_ledger(self.ledger, self.config, entry.docking_id, entry.volume)
+                except SourceGone as error:
+                    log.warning(
+                        "dock.scan_failed", camera=entry.volume.camera_serial, error=str(error)
+                    )
+
+    def _finish_offloads(self) -> None:
+        """Release volumes whose clips are all off the camera."""
+        with self._lock:
+            done = [
+                d
+                for d in self._docked.values()
+                if d.reader is None and not d.cancel.is_set() and not d.finished_logged
+            ]
+        for docked in done:
+            camera = docked.volume.camera_serial
+            if self.ledger.copy_pending(camera) > 0:
+                continue
+            docked.finished_logged = True
+            log.info("dock.offload_done", camera=camera, docking=docked.docking_id)
+            if docked.volume.source == "watch":
+                continue  # the folder stays docked until it is removed
+            with self._lock:
+                self._docked.pop(docked.volume.device, None)
+            if docked.source is not None:
+                docked.source.release(docked.volume)
+            self.ledger.end_docking(docked.docking_id, "offload done")
+
+    def purge_staging(self) -> int:
+        """Delete staged copies of uploaded clips once past retention."""
+        cutoff = utc_now() - timedelta(hours=self.config.dock.staged_retention_hours)
+        purged = 0
+        for work in self.ledger.purgeable(cutoff):
+            assert work.staged_path is not None
+            folder = self.config.staging_dir / work.staged_path
+            for staged in [folder / work.name, *(folder / s.name for s in work.sidecars)]:
+                staged.unlink(missing_ok=True)
+            try:
+                folder.rmdir()
+            except OSError as error:
+                log.warning("staging.purge_incomplete", clip=work.id, error=str(error))
+            self.ledger.mark_purged(work.id)
+            purged += 1
+        if purged:
+            log.info("staging.purged", clips=purged)
+        return purged
+
+    def status_line(self) -> str:
+        counts = self.ledger.counts_by_state()
+        pending = sum(counts[s] for s in ("discovered", "copying", "staged", "uploading"))
+        with self._lock:
+            cameras = len(self._docked)
+        storage = {True: "ok", False: "UNREACHABLE", None: "unknown"}[self._storage_reachable]
+        line = f"{cameras} cameras docked · {pending} clips pending · storage {storage}"
+        if counts["quarantined"]:
+            line += f" · {counts['quarantined']} QUARANTINED"
+        return line
+
+    def _beat(self) -> None:
+        try:
+            free = self.staging.free_bytes()
+        except OSError:
+            free = None
+        self.ledger.beat(
+            socket.gethostname(),
+            os.getpid(),
+            self._started_at,
+            status_line=self.status_line(),
+            storage_reachable=None
+            if self._storage_reachable is None
+            else int(self._storage_reachable),
+            staging_free_bytes=free,
+            last_error=self._last_error,
+        )
+
+    def reload(self) -> None:
+        """SIGHUP: take a new configuration, or keep the old one if the new one is bad."""
+        if self.config_path is None:
+            return
+        try:
+            new_config = load_config(self.config_path)
+        except ConfigError as error:
+            log.error("config.reload_rejected", error=str(error))
+            return
+        if new_config.ledger_url != self.config.ledger_url or (
+            new_config.storage != self.config.storage
+        ):
+            log.warning("config.reload_partial", reason="ledger and storage changes need a restart")
+        self.config = new_config.model_copy(
+            update={"storage": self.config.storage, "dock": self.config.dock}
+        )
+        log.info("config.reloaded", path=str(self.config_path))
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("daemon.stopping", signal=signal.Signals(signum).name)
+            self.stop_event.set()
+            self.wake_event.set()
+
+        def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+            self.reload_requested.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hangup)
+
+    def shutdown(self) -> None:
+        self.stop_event.set()
+        self.wake_event.set()
+        with self._lock:
+            for docked in self._docked.values():
+                docked.cancel.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        for source in self.sources:
+            source.stop()
+        self.ledger.beat(
+            socket.gethostname(),
+            0,
+            self._started_at,
+            status_line="stopped",
+            last_error=self._last_error,
+        )
+        log.info("daemon.stopped")

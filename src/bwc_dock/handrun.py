@@ -1,0 +1,228 @@
+"""Hand-run work (``ingest``): the same stage code, ledger and leases as the daemon.
+
+With a daemon alive, ``ingest`` records the docking and hands the copying over; with
+none, it copies (and with ``--wait`` uploads) itself. It never writes to the folder.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+
+from bwc_dock.config import Config
+from bwc_dock.copier import Copier, StagingArea
+from bwc_dock.daemon import folder_profile, scan_into_ledger
+from bwc_dock.errors import UsageError
+from bwc_dock.ledger import ClipState, ClipWork, Ledger
+from bwc_dock.ledger.leases import current_owner
+from bwc_dock.ledger.models import utc_now
+from bwc_dock.scanner import ScanResult
+from bwc_dock.sources.base import DockedVolume
+from bwc_dock.storage import open_backend
+from bwc_dock.uploader import Uploader
+
+log = structlog.get_logger(__name__)
+
+POLL_SECONDS = 0.5
+
+
+def daemon_alive(ledger: Ledger, heartbeat_seconds: float) -> bool:
+    beat = ledger.heartbeat()
+    if beat is None or beat.pid == 0:
+        return False
+    fresh = utc_now() - beat.beat_at < timedelta(seconds=max(15.0, 3 * heartbeat_seconds))
+    if fresh and beat.host == socket.gethostname():
+        try:
+            os.kill(beat.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return fresh
+
+
+@dataclass
+class IngestReport:
+    docking_id: int
+    clips: int = 0
+    new: int = 0
+    refused: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    handed_over: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def ingest_folder(
+    config: Config,
+    ledger: Ledger,
+    path: Path,
+    camera_serial: str,
+    *,
+    wait: bool,
+    timeout_seconds: float,
+    progress: ProgressSink | None = None,
+) -> IngestReport:
+    if not path.is_dir():
+        raise UsageError(f"{path}: not a folder")
+    profile = folder_profile(config)
+    volume = DockedVolume(
+        source="ingest",
+        device=str(path.resolve()),
+        root=path.resolve(),
+        camera_serial=camera_serial,
+        profile_name=profile.name,
+    )
+    handing_over = daemon_alive(ledger, config.service.heartbeat_seconds)
+    docking_id = ledger.record_docking(volume, "" if handing_over else current_owner("ingest"))
+    report = IngestReport(docking_id, handed_over=handing_over)
+    new_ids, found = scan_into_ledger(ledger, config, docking_id, volume)
+    report.new, report.refused = len(new_ids), len(found.refused)
+    clip_ids = _clips_of_folder(ledger, camera_serial, found)
+    report.clips = len(clip_ids)
+    deadline = time.monotonic() + timeout_seconds
+    if handing_over:
+        log.info("ingest.handed_over", docking=docking_id, clips=report.clips)
+        if wait:
+            _wait_for(ledger, clip_ids, ClipState.UPLOADED, deadline, progress)
+    else:
+        _copy_all(config, ledger, docking_id, progress)
+        ledger.end_docking(docking_id, "ingest copied")
+        if wait:
+            _upload_all(config, ledger, clip_ids, deadline, progress)
+    return _summarise(ledger, clip_ids, report, wait)
+
+
+def _clips_of_folder(ledger: Ledger, camera_serial: str, found: ScanResult) -> list[int]:
+    """Every clip of this camera whose file is in the folder now (new or seen before)."""
+    present = {(c.video.source_path_raw, c.video.size, c.video.mtime_ns) for c in found.clips}
+    return [
+        w.id
+        for w in ledger.clips(camera_serial=camera_serial)
+        if (w.source_path_raw, w.size, w.mtime_ns) in present
+    ]
+
+
+class ProgressSink:
+    """Where hand-run work reports how far it got (a progress bar, or nothing)."""
+
+    def update(self, done: int, total: int, label: str) -> None:  # pragma: no cover - hook
+        """Called after each step."""
+
+
+def _copy_all(
+    config: Config, ledger: Ledger, docking_id: int, progress: ProgressSink | None
+) -> None:
+    staging = StagingArea(config.staging_dir, config.dock.staging_reserve_mb * 1024**2)
+    cancel = threading.Event()
+    copier = Copier(ledger, staging, current_owner("ingest-copier"))
+    total = len(ledger.clips(docking_id=docking_id))
+    done = 0
+    while True:
+        if copier.copy_next(cancel, docking_id):
+            done += 1
+            if progress:
+                progress.update(done, total, "copying")
+            continue
+        if staging.paused:
+            time.sleep(POLL_SECONDS)  # wait for uploads (the daemon's or ours) to free space
+            continue
+        break
+
+
+def _upload_all(
+    config: Config,
+    ledger: Ledger,
+    clip_ids: list[int],
+    deadline: float,
+    progress: ProgressSink | None,
+) -> None:
+    backend = open_backend(config)
+    try:
+        uploader = Uploader(
+            ledger, backend, config.staging_dir, config.storage, current_owner("ingest-uploader")
+        )
+        wanted = set(clip_ids)
+        while time.monotonic() < deadline:
+            states = {w.id: w for w in ledger.clips() if w.id in wanted}
+            pending = [
+                w
+                for w in states.values()
+                if w.state
+                in (ClipState.STAGED, ClipState.UPLOADING, ClipState.DISCOVERED, ClipState.COPYING)
+            ]
+            if progress:
+                progress.update(len(wanted) - len(pending), len(wanted), "uploading")
+            if not pending or _stuck_for_good(pending):
+                return
+            if not _upload_one_of(uploader, ledger, wanted):
+                time.sleep(POLL_SECONDS)
+    finally:
+        backend.close()
+
+
+def _upload_one_of(uploader: Uploader, ledger: Ledger, wanted: set[int]) -> bool:
+    """Upload a due clip of ours (the daemon's queue order does not matter here)."""
+    work = ledger.claim_for_upload(uploader.owner)
+    if work is None:
+        return False
+    if work.id not in wanted:
+        ledger.release(work, uploader.owner, error=None, retry_at=None, count_attempt=False)
+        return False
+    uploader.upload(work)
+    return True
+
+
+def _stuck_for_good(pending: list[ClipWork]) -> bool:
+    """Only clips that cannot move without a camera (not docked any more) are left."""
+    return all(w.state is ClipState.DISCOVERED for w in pending)
+
+
+def _wait_for(
+    ledger: Ledger,
+    clip_ids: list[int],
+    target: ClipState,
+    deadline: float,
+    progress: ProgressSink | None,
+) -> None:
+    wanted = set(clip_ids)
+    while time.monotonic() < deadline:
+        states = [w.state for w in ledger.clips() if w.id in wanted]
+        finished = sum(s in (target, ClipState.CLEARED, ClipState.QUARANTINED) for s in states)
+        if progress:
+            progress.update(finished, len(wanted), "waiting for the daemon")
+        if finished == len(wanted):
+            return
+        time.sleep(POLL_SECONDS)
+
+
+def _summarise(
+    ledger: Ledger, clip_ids: list[int], report: IngestReport, wait: bool
+) -> IngestReport:
+    wanted = set(clip_ids)
+    clips = [w for w in ledger.clips() if w.id in wanted]
+    for work in clips:
+        report.states[str(work.state)] = report.states.get(str(work.state), 0) + 1
+        good = (
+            (ClipState.UPLOADED, ClipState.CLEARED)
+            if wait
+            else (ClipState.STAGED, ClipState.UPLOADING, ClipState.UPLOADED, ClipState.CLEARED)
+        )
+        if report.handed_over and not wait:
+            continue
+        if work.state not in good:
+            report.problems.append(
+                f"clip {work.id} ({work.source_path}) is {work.state}: "
+                f"{work.last_error or 'no error recorded'}"
+            )
+    return report

@@ -1,0 +1,90 @@
+"""Opening the ledger: engine, SQLite durability settings, migrations.
+
+SQLite runs in WAL mode with ``synchronous=FULL`` so that a committed ``uploaded``
+survives a power cut, with foreign keys on and a busy timeout so hand-run commands
+and the daemon share the file. Every transaction starts with ``BEGIN IMMEDIATE``:
+taking the write lock up front makes a lease claim (read, then update) atomic
+between processes instead of failing late with "database is locked".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import structlog
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
+
+from bwc_dock.errors import LedgerError
+
+log = structlog.get_logger(__name__)
+
+BUSY_TIMEOUT_MS = 30_000
+_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def create_ledger_engine(url: str) -> Engine:
+    """An engine with the durability settings; the SQLite file's folder is created."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            pool_pre_ping=False,
+        )
+        _install_sqlite_hooks(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" hook below issue BEGIN itself (pysqlite would defer it).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def check_durability(engine: Engine) -> None:
+    """Refuse a SQLite ledger that a crash could roll back (not WAL, not synchronous=FULL)."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as connection:
+        journal_mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+        synchronous = connection.exec_driver_sql("PRAGMA synchronous").scalar()
+    if str(journal_mode).lower() != "wal" or synchronous != 2:  # 2 = FULL
+        raise LedgerError(
+            f"ledger {engine.url.database}: journal_mode={journal_mode}, synchronous="
+            f"{synchronous}; bwc-dock needs WAL with synchronous=FULL (is it on a network "
+            "filesystem? keep the ledger on a local disk)"
+        )
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision; a dock upgraded in place keeps its history."""
+    alembic_config = AlembicConfig()
+    alembic_config.set_main_option("script_location", str(_MIGRATIONS))
+    with engine.begin() as connection:
+        alembic_config.attributes["connection"] = connection
+        command.upgrade(alembic_config, "head")
+
+
+def schema_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        try:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except OperationalError:  # no table yet: no revision
+            return None

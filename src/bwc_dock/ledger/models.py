@@ -1,0 +1,196 @@
+"""The ledger's tables (SQLAlchemy 2 typed ORM).
+
+The schema itself is created and changed only by the alembic migrations in
+``bwc_dock/migrations``; these classes must match the newest migration.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out (SQLite keeps no zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Camera(Base):
+    __tablename__ = "cameras"
+
+    serial: Mapped[str] = mapped_column(String(128), primary_key=True)
+    profile_name: Mapped[str | None] = mapped_column(String(128))
+    usb_vendor_id: Mapped[str | None] = mapped_column(String(8))
+    usb_product_id: Mapped[str | None] = mapped_column(String(8))
+    fs_label: Mapped[str | None] = mapped_column(String(64))
+    fs_uuid: Mapped[str | None] = mapped_column(String(64))
+    officer_id: Mapped[str | None] = mapped_column(String(128))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_docked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Docking(Base):
+    """One time a camera was docked (or a folder was ingested)."""
+
+    __tablename__ = "dockings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    camera_serial: Mapped[str] = mapped_column(ForeignKey("cameras.serial"), index=True)
+    dock_id: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str] = mapped_column(Text)
+    volume_root: Mapped[str] = mapped_column(Text)
+    # lease-style owner of the docking: the daemon, or a hand-run ingest (see leases.py)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    docked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    scanned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    undocked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    refused_entries: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Clip(Base):
+    __tablename__ = "clips"
+    __table_args__ = (
+        # discovery identity: the same file seen again is the same clip
+        UniqueConstraint("camera_serial", "source_path_raw", "size", "mtime_ns"),
+        Index("ix_clips_state_next", "state", "next_attempt_at"),
+        Index("ix_clips_camera_sha", "camera_serial", "sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    camera_serial: Mapped[str] = mapped_column(ForeignKey("cameras.serial"))
+    docking_id: Mapped[int] = mapped_column(ForeignKey("dockings.id"))
+    # relative to the volume root; raw bytes to reopen it, text (escaped) to show it
+    source_path_raw: Mapped[bytes] = mapped_column(LargeBinary)
+    source_path: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(String(255))  # sanitised, for staging and keys
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sha256: Mapped[str | None] = mapped_column(String(64))  # taken at first read
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    staged_path: Mapped[str | None] = mapped_column(Text)  # relative to the staging dir
+    remote_key: Mapped[str | None] = mapped_column(Text)
+    remote_sha256: Mapped[str | None] = mapped_column(String(64))  # as storage confirmed
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("clips.id"))
+    copy_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    upload_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    discovered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    staged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    uploaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    staged_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Sidecar(Base):
+    """A same-stem companion file (.JPG, .GPS, .LOG) that travels with its clip."""
+
+    __tablename__ = "sidecars"
+    __table_args__ = (UniqueConstraint("clip_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    clip_id: Mapped[int] = mapped_column(ForeignKey("clips.id"), index=True)
+    source_path_raw: Mapped[bytes] = mapped_column(LargeBinary)
+    source_path: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+    mtime_ns: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    remote_key: Mapped[str | None] = mapped_column(Text)
+    remote_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditEntry(Base):
+    """Append-only, hash-chained record of everything that happened to the evidence."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[str] = mapped_column(String(40))  # ISO-8601 UTC text: hashed as stored
+    dock_id: Mapped[str] = mapped_column(String(128))
+    actor: Mapped[str] = mapped_column(String(128))
+    event: Mapped[str] = mapped_column(String(64))
+    camera_serial: Mapped[str | None] = mapped_column(String(128), index=True)
+    clip_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class MultipartUpload(Base):
+    """An unfinished multipart upload, so a restart resumes it instead of starting over."""
+
+    __tablename__ = "multipart_uploads"
+
+    remote_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    clip_id: Mapped[int | None] = mapped_column(ForeignKey("clips.id"))
+    upload_id: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MultipartPart(Base):
+    __tablename__ = "multipart_parts"
+
+    remote_key: Mapped[str] = mapped_column(
+        ForeignKey("multipart_uploads.remote_key", ondelete="CASCADE"), primary_key=True
+    )
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    etag: Mapped[str] = mapped_column(Text)
+    checksum: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(Integer)
+
+
+class DaemonHeartbeat(Base):
+    """One row: the running daemon's pulse, read by ``bwc-dock status``."""
+
+    __tablename__ = "daemon_heartbeat"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    beat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_line: Mapped[str] = mapped_column(Text, default="")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    storage_reachable: Mapped[int | None] = mapped_column(Integer)
+    staging_free_bytes: Mapped[int | None] = mapped_column(Integer)

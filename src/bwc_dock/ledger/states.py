@@ -1,0 +1,62 @@
+"""The clip state machine, written down once.
+
+Every state change in the ledger goes through :func:`check_transition`; a change not
+in :data:`ALLOWED_TRANSITIONS` is a bug and raises.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from bwc_dock.errors import IllegalTransition
+
+
+class ClipState(StrEnum):
+    DISCOVERED = "discovered"  # seen on a camera, not yet copied
+    COPYING = "copying"  # a copier holds the lease and is reading it
+    STAGED = "staged"  # copied to staging and verified by re-reading from disk
+    UPLOADING = "uploading"  # an uploader holds the lease and is sending it
+    UPLOADED = "uploaded"  # central storage confirmed the SHA-256 taken at first read
+    CLEARED = "cleared"  # deleted from the camera after a verified upload
+    QUARANTINED = "quarantined"  # an integrity failure retries did not cure; never deleted
+
+
+ALLOWED_TRANSITIONS: dict[ClipState, frozenset[ClipState]] = {
+    ClipState.DISCOVERED: frozenset({ClipState.COPYING}),
+    ClipState.COPYING: frozenset(
+        # staged when verified; back to discovered when the camera went away or the
+        # copy was interrupted; quarantined after repeated verify mismatches
+        {ClipState.STAGED, ClipState.DISCOVERED, ClipState.QUARANTINED}
+    ),
+    ClipState.STAGED: frozenset(
+        # discovered: resync found the staged copy damaged and the camera can be read again
+        {ClipState.UPLOADING, ClipState.QUARANTINED, ClipState.DISCOVERED}
+    ),
+    ClipState.UPLOADING: frozenset(
+        # staged: the attempt failed, try again later; quarantined: central storage holds
+        # different bytes under the key, or the staged copy no longer matches
+        {ClipState.UPLOADED, ClipState.STAGED, ClipState.QUARANTINED}
+    ),
+    ClipState.UPLOADED: frozenset(
+        # staged / discovered: resync found the central object missing or wrong
+        {ClipState.CLEARED, ClipState.STAGED, ClipState.DISCOVERED, ClipState.QUARANTINED}
+    ),
+    ClipState.CLEARED: frozenset({ClipState.QUARANTINED}),
+    # only an operator's resync releases a quarantined clip, back to where it can be redone
+    ClipState.QUARANTINED: frozenset({ClipState.STAGED, ClipState.DISCOVERED}),
+}
+
+# States in which the clip's bytes exist only on the camera or in staging.
+PENDING_STATES = frozenset(
+    {ClipState.DISCOVERED, ClipState.COPYING, ClipState.STAGED, ClipState.UPLOADING}
+)
+# States that a worker holds under a lease; after a crash they fall back.
+LEASED_STATES: dict[ClipState, ClipState] = {
+    ClipState.COPYING: ClipState.DISCOVERED,
+    ClipState.UPLOADING: ClipState.STAGED,
+}
+
+
+def check_transition(current: ClipState, target: ClipState) -> None:
+    if target not in ALLOWED_TRANSITIONS[current]:
+        raise IllegalTransition(f"clip state {current} -> {target} is not allowed")

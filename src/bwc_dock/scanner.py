@@ -1,0 +1,294 @@
+"""Finding clips on a camera volume, treating every name and entry as hostile.
+
+The walk never follows a symlink, never descends into the same directory twice
+(directory loops), stops at a depth and entry budget, and refuses, one entry at a
+time with a logged reason, anything that is not a regular file or directory. Names
+are kept as raw bytes to reopen the file and shown escaped; staging and remote names
+are derived from sanitised names and ledger ids, never from these paths.
+Files are reopened relative to directory descriptors with ``O_NOFOLLOW`` so a
+symlink or FIFO swapped in after the scan is refused too.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+from wcmatch import glob
+
+from bwc_dock.config import CameraProfile
+from bwc_dock.errors import HostileEntry, SourceGone
+
+log = structlog.get_logger(__name__)
+
+_GLOB_FLAGS = glob.GLOBSTAR | glob.IGNORECASE | glob.DOTGLOB | glob.FORCEUNIX
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO swapped in after the scan must not hang the copier.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_UNSAFE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_SAFE_NAME = 120
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    source_path_raw: bytes  # relative to the volume root, b"/"-joined raw names
+    size: int
+    mtime_ns: int
+
+    @property
+    def source_path(self) -> str:
+        return display_path(self.source_path_raw)
+
+    @property
+    def name(self) -> str:
+        return safe_name(self.source_path_raw.rsplit(b"/", 1)[-1])
+
+
+@dataclass(frozen=True)
+class FoundClip:
+    video: FoundFile
+    recorded_at: datetime
+    sidecars: tuple[FoundFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    source_path: str  # escaped for display
+    reason: str
+
+
+@dataclass
+class ScanResult:
+    clips: list[FoundClip] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ScanLimits:
+    max_file_size: int
+    max_depth: int = 32
+    max_entries: int = 200_000
+
+
+def display_path(raw: bytes) -> str:
+    """A printable form of a camera path: invalid UTF-8 and control characters escaped."""
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def safe_name(raw_name: bytes) -> str:
+    """A file name that is safe on any filesystem and in any S3 key, from a hostile one."""
+    text = raw_name.decode("utf-8", "replace")
+    cleaned = _UNSAFE_NAME_CHARACTERS.sub("_", text).strip("._") or "unnamed"
+    if len(cleaned) > MAX_SAFE_NAME:
+        stem, dot, extension = cleaned.rpartition(".")
+        keep = MAX_SAFE_NAME - len(extension) - 1
+        cleaned = (
+            f"{stem[:keep]}.{extension}"
+            if dot and 0 < len(extension) < 10
+            else (cleaned[:MAX_SAFE_NAME])
+        )
+    return cleaned
+
+
+def scan_volume(root: Path, profile: CameraProfile, limits: ScanLimits) -> ScanResult:
+    """Every clip (with its sidecars) that ``profile`` names on the volume at ``root``."""
+    result = ScanResult()
+    files_by_directory: dict[bytes, list[FoundFile]] = {}
+    for found in _walk(root, limits, result.refused):
+        directory = found.source_path_raw.rpartition(b"/")[0]
+        files_by_directory.setdefault(directory, []).append(found)
+    for files in files_by_directory.values():
+        result.clips.extend(_group_clips(files, profile))
+    for refusal in result.refused:
+        log.warning("scan.refused", path=refusal.source_path, reason=refusal.reason)
+    return result
+
+
+def _walk(root: Path, limits: ScanLimits, refused: list[Refusal]) -> Iterator[FoundFile]:
+    try:
+        root_fd = os.open(root, _DIRECTORY_FLAGS)
+    except OSError as error:
+        raise SourceGone(f"cannot open volume {root}: {error.strerror}") from error
+    seen_directories: set[tuple[int, int]] = set()
+    pending: list[tuple[int, bytes, int]] = [(root_fd, b"", 0)]
+    entries_seen = 0
+    try:
+        while pending:
+            directory_fd, prefix, depth = pending.pop()
+            try:
+                directory_stat = os.fstat(directory_fd)
+                identity = (directory_stat.st_dev, directory_stat.st_ino)
+                if identity in seen_directories:
+                    refused.append(Refusal(display_path(prefix), "directory loop"))
+                    continue
+                seen_directories.add(identity)
+                for name, entry_stat in _list_directory(directory_fd, prefix, refused):
+                    entries_seen += 1
+                    if entries_seen > limits.max_entries:
+                        refused.append(Refusal(display_path(prefix), "entry budget exhausted"))
+                        return
+                    relative = prefix + b"/" + name if prefix else name
+                    yield from _classify(
+                        directory_fd, name, relative, entry_stat, depth, limits, pending, refused
+                    )
+            finally:
+                os.close(directory_fd)
+    finally:
+        for directory_fd, _prefix, _depth in pending:
+            os.close(directory_fd)
+
+
+def _list_directory(
+    directory_fd: int, prefix: bytes, refused: list[Refusal]
+) -> Iterator[tuple[bytes, os.stat_result]]:
+    try:
+        names = sorted(os.listdir(directory_fd))
+    except OSError as error:
+        refused.append(Refusal(display_path(prefix), f"unreadable directory: {error.strerror}"))
+        return
+    for text_name in names:
+        name = os.fsencode(text_name)
+        if name in (b".", b"..") or b"/" in name or b"\0" in name:
+            refused.append(Refusal(display_path(prefix + b"/" + name), "unsafe name"))
+            continue
+        try:
+            yield name, os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+        except OSError as error:
+            refused.append(Refusal(display_path(prefix + b"/" + name), error.strerror or "stat"))
+
+
+def _classify(
+    directory_fd: int,
+    name: bytes,
+    relative: bytes,
+    entry_stat: os.stat_result,
+    depth: int,
+    limits: ScanLimits,
+    pending: list[tuple[int, bytes, int]],
+    refused: list[Refusal],
+) -> Iterator[FoundFile]:
+    mode = entry_stat.st_mode
+    if stat.S_ISDIR(mode):
+        if depth + 1 > limits.max_depth:
+            refused.append(Refusal(display_path(relative), "too deep"))
+            return
+        try:
+            child_fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=directory_fd)
+            pending.append((child_fd, relative, depth + 1))
+        except OSError as error:
+            refused.append(Refusal(display_path(relative), f"cannot open: {error.strerror}"))
+    elif stat.S_ISREG(mode):
+        if entry_stat.st_size > limits.max_file_size:
+            refused.append(Refusal(display_path(relative), f"too large ({entry_stat.st_size} B)"))
+            return
+        yield FoundFile(relative, entry_stat.st_size, entry_stat.st_mtime_ns)
+    else:
+        refused.append(Refusal(display_path(relative), _kind(mode)))
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device node"
+    return "not a regular file"
+
+
+def _group_clips(files: list[FoundFile], profile: CameraProfile) -> Iterator[FoundClip]:
+    clips = [found for found in files if _matches(found.source_path, profile.clips)]
+    clip_paths = {clip.source_path_raw for clip in clips}
+    for clip in clips:
+        stem = _stem(clip.source_path_raw)
+        sidecars = tuple(
+            found
+            for found in files
+            if found.source_path_raw not in clip_paths
+            and _stem(found.source_path_raw) == stem
+            and _matches(_basename(found.source_path), profile.sidecars)
+        )
+        yield FoundClip(clip, recorded_time(clip, profile.recorded_pattern), sidecars)
+
+
+def _matches(path: str, patterns: tuple[str, ...]) -> bool:
+    return bool(glob.globmatch(path, list(patterns), flags=_GLOB_FLAGS))
+
+
+def _basename(path: str) -> str:
+    return path.rpartition("/")[2]
+
+
+def _stem(raw_path: bytes) -> bytes:
+    name = raw_path.rpartition(b"/")[2]
+    stem, dot, _extension = name.rpartition(b".")
+    return (stem if dot else name).lower()
+
+
+def recorded_time(found: FoundFile, pattern: str | None) -> datetime:
+    """From the profile's file-name pattern when it matches, else the file's mtime (UTC)."""
+    if pattern:
+        match = re.search(pattern, _basename(found.source_path))
+        if match:
+            try:
+                parts = {key: int(value) for key, value in match.groupdict().items() if value}
+                return datetime(
+                    parts["Y"],
+                    parts["m"],
+                    parts["d"],
+                    parts.get("H", 0),
+                    parts.get("M", 0),
+                    parts.get("S", 0),
+                    tzinfo=UTC,
+                )
+            except (KeyError, ValueError):
+                log.warning("scan.bad_recorded_time", path=found.source_path, pattern=pattern)
+    return datetime.fromtimestamp(found.mtime_ns / 1e9, tz=UTC)
+
+
+def open_source_file(root: Path, source_path_raw: bytes, expected_size: int) -> int:
+    """Open a camera file for reading without following any symlink on the way.
+
+    Raises HostileEntry when what is there now is not the regular file that was
+    discovered, SourceGone when the volume cannot be read at all.
+    """
+    *directories, name = source_path_raw.split(b"/")
+    try:
+        directory_fd = os.open(root, _DIRECTORY_FLAGS)
+    except OSError as error:
+        raise SourceGone(f"volume {root} is gone: {error.strerror}") from error
+    try:
+        for directory in directories:
+            next_fd = os.open(directory, _DIRECTORY_FLAGS, dir_fd=directory_fd)
+            os.close(directory_fd)
+            directory_fd = next_fd
+        file_fd = os.open(name, _FILE_FLAGS, dir_fd=directory_fd)
+    except OSError as error:
+        raise _open_error(source_path_raw, error) from error
+    finally:
+        os.close(directory_fd)
+    file_stat = os.fstat(file_fd)
+    if not stat.S_ISREG(file_stat.st_mode) or file_stat.st_size != expected_size:
+        os.close(file_fd)
+        raise HostileEntry(
+            f"{display_path(source_path_raw)}: no longer the regular file of "
+            f"{expected_size} B that was discovered"
+        )
+    os.set_blocking(file_fd, True)
+    return file_fd
+
+
+def _open_error(source_path_raw: bytes, error: OSError) -> Exception:
+    if error.errno in (errno.ELOOP, errno.ENOTDIR):
+        return HostileEntry(f"{display_path(source_path_raw)}: symlink on the path")
+    return SourceGone(f"{display_path(source_path_raw)}: {error.strerror}")

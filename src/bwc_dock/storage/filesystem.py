@@ -1,0 +1,224 @@
+"""The ``file`` backend: central storage is a mounted folder (NAS over SMB or NFS).
+
+Writes go to ``KEY.part`` beside the final name, are hashed while written, fsynced,
+renamed into place create-only (``link`` fails if the name exists), and the folder
+is fsynced. Then the stored file is dropped from the page cache and hashed again, so
+the confirmation comes from what the NAS holds, not from what this PC sent.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import structlog
+
+from bwc_dock.config import Config
+from bwc_dock.errors import (
+    IntegrityError,
+    PermanentStorageError,
+    StorageConflict,
+    TransientStorageError,
+    is_transient,
+)
+from bwc_dock.hashing import copy_hashing, fsync_directory, hash_file_from_disk
+from bwc_dock.scanner import safe_name
+from bwc_dock.storage.base import (
+    MultipartJournal,
+    ProgressCallback,
+    StorageBackend,
+    StoredObject,
+)
+
+log = structlog.get_logger(__name__)
+
+PART_SUFFIX = ".part"
+
+
+class FileBackend(StorageBackend):
+    name = "file"
+
+    def __init__(self, root: Path, dock_tag: str) -> None:
+        self.root = root
+        # Several docks write into one NAS: a dock's temporary files carry its name, so
+        # cleaning up after a crash never removes another dock's upload in progress.
+        self.part_suffix = f".{dock_tag}{PART_SUFFIX}"
+
+    @classmethod
+    def from_config(cls, config: Config) -> FileBackend:
+        assert config.storage.path is not None
+        return cls(config.storage.path, safe_name(config.dock.id.encode()))
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(part in ("", ".", "..") for part in parts):
+            raise PermanentStorageError(f"unsafe storage key {key!r}")
+        return self.root.joinpath(*parts)
+
+    def put_file(
+        self,
+        key: str,
+        source: Path,
+        sha256: str,
+        size: int,
+        metadata: Mapping[str, str],
+        journal: MultipartJournal | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> StoredObject:
+        target = self._path(key)
+        if self._already_stored(target, key, sha256):
+            return StoredObject(key, size, sha256)
+        with _storage_errors(key):
+            source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                written_sha256 = self._write_create_only(target, source_fd, progress)
+            finally:
+                os.close(source_fd)
+        if written_sha256 != sha256:
+            self.delete(key)
+            raise IntegrityError(
+                f"{key}: the staged copy hashed to {written_sha256} while sending, "
+                f"ledger has {sha256}"
+            )
+        return self._confirm(target, key, sha256)
+
+    def put_bytes(
+        self, key: str, data: bytes, metadata: Mapping[str, str], *, replace: bool = False
+    ) -> StoredObject:
+        target = self._path(key)
+        with _storage_errors(key):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part = target.with_name(target.name + self.part_suffix)
+            part_fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(part_fd, data)
+                os.fsync(part_fd)
+            finally:
+                os.close(part_fd)
+            self._publish(part, target, replace=replace)
+        return StoredObject(key, len(data), None)
+
+    def _already_stored(self, target: Path, key: str, sha256: str) -> bool:
+        """A retry after a lost confirmation finds its own object: success, not a copy."""
+        if not target.exists():
+            return False
+        with _storage_errors(key):
+            existing = hash_file_from_disk(target)
+        if existing != sha256:
+            raise StorageConflict(
+                f"{key}: central storage already holds different content "
+                f"(sha256 {existing}, expected {sha256}); nothing was overwritten"
+            )
+        return True
+
+    def _write_create_only(
+        self, target: Path, source_fd: int, progress: ProgressCallback | None
+    ) -> str:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + self.part_suffix)
+        part_fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            written_sha256, _size = copy_hashing(
+                source_fd, part_fd, progress=progress, read_error=OSError
+            )
+            os.fsync(part_fd)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(part_fd)
+        self._publish(part, target, replace=False)
+        return written_sha256
+
+    def _publish(self, part: Path, target: Path, *, replace: bool) -> None:
+        try:
+            if replace:
+                os.replace(part, target)
+            else:
+                os.link(part, target)  # fails with EEXIST instead of overwriting
+                part.unlink()
+        except FileExistsError as error:
+            part.unlink(missing_ok=True)
+            raise StorageConflict(f"{target}: appeared while we were writing it") from error
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        fsync_directory(target.parent)
+
+    def _confirm(self, target: Path, key: str, sha256: str) -> StoredObject:
+        with _storage_errors(key):
+            stored_sha256 = hash_file_from_disk(target)
+            size = target.stat().st_size
+        if stored_sha256 != sha256:
+            self.delete(key)
+            raise IntegrityError(f"{key}: stored copy hashed to {stored_sha256}, not {sha256}")
+        return StoredObject(key, size, stored_sha256)
+
+    def head(self, key: str) -> StoredObject | None:
+        target = self._path(key)
+        with _storage_errors(key):
+            try:
+                size = target.stat().st_size
+            except FileNotFoundError:
+                return None
+        return StoredObject(key, size, None)
+
+    def read_sha256(self, key: str) -> str | None:
+        target = self._path(key)
+        with _storage_errors(key):
+            try:
+                return hash_file_from_disk(target)
+            except FileNotFoundError:
+                return None
+
+    def read_bytes(self, key: str) -> bytes | None:
+        target = self._path(key)
+        with _storage_errors(key):
+            try:
+                return target.read_bytes()
+            except FileNotFoundError:
+                return None
+
+    def delete(self, key: str) -> None:
+        with _storage_errors(key):
+            self._path(key).unlink(missing_ok=True)
+
+    def cleanup_partials(self) -> int:
+        removed = 0
+        with _storage_errors("*" + self.part_suffix):
+            for leftover in self.root.rglob("*" + self.part_suffix):
+                if leftover.is_file() and not leftover.is_symlink():
+                    leftover.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def check_reachable(self) -> None:
+        if not self.root.is_dir():
+            raise TransientStorageError(f"storage folder {self.root} is not there (not mounted?)")
+        if not os.access(self.root, os.W_OK):
+            raise PermanentStorageError(f"storage folder {self.root} is not writable")
+
+
+class _storage_errors:
+    """Turn OS errors into the storage taxonomy, naming the key."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _traceback: object
+    ) -> None:
+        if not isinstance(error, OSError):
+            return
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise PermanentStorageError(
+                f"{self.key}: {error.strerror} ({error.filename})"
+            ) from error
+        if is_transient(error) or error.errno is None:
+            raise TransientStorageError(f"{self.key}: {error.strerror or error}") from error
+        raise PermanentStorageError(f"{self.key}: {error.strerror}") from error

@@ -1,0 +1,258 @@
+"""The uploader stage: staging -> central storage, verified, retried until it works.
+
+A clip is ``uploaded`` only after storage confirmed the SHA-256 taken when the clip
+was first read off the camera, for the clip and every sidecar, and the manifest is
+stored beside it. Errors that can heal are retried a few times at once (tenacity,
+exponential backoff with jitter), then the clip goes back to ``staged`` with its
+attempt count, last error and next attempt time: it is never given up. A permanent
+refusal (credentials, permissions) is logged loudly once per kind and waits long.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from bwc_dock.config import StorageConfig
+from bwc_dock.errors import (
+    IntegrityError,
+    Interrupted,
+    LeaseLost,
+    PermanentStorageError,
+    StorageConflict,
+    StorageError,
+    is_transient,
+)
+from bwc_dock.hashing import hash_file_from_disk
+from bwc_dock.ledger import ClipState, ClipWork, Ledger
+from bwc_dock.ledger.models import utc_now
+from bwc_dock.manifest import KeyTemplate, build_manifest, manifest_key
+from bwc_dock.storage.base import ProgressCallback, StorageBackend
+
+log = structlog.get_logger(__name__)
+
+IMMEDIATE_TRIES = 3
+_DUPLICATE_WAIT = timedelta(seconds=30)
+
+
+class Uploader:
+    """Uploads staged clips for one worker (one lease owner)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        backend: StorageBackend,
+        staging_root: Path,
+        storage_config: StorageConfig,
+        owner: str,
+        throttle: ProgressCallback | None = None,
+        on_permanent_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.backend = backend
+        self.staging_root = staging_root
+        self.config = storage_config
+        self.owner = owner
+        self.keys = KeyTemplate(storage_config.key_template, ledger.dock_id)
+        self.throttle = throttle
+        self.on_permanent_error = on_permanent_error
+        self._reported_permanent: set[str] = set()
+        self._lock = threading.Lock()
+
+    def upload_next(self) -> bool:
+        """Claim and upload one due clip; False when none is due."""
+        work = self.ledger.claim_for_upload(self.owner)
+        if work is None:
+            return False
+        self.upload(work)
+        return True
+
+    def upload(self, work: ClipWork) -> None:
+        bound = log.bind(clip=work.id, camera=work.camera_serial, sha256=work.sha256)
+        try:
+            if work.duplicate_of is not None and self._settle_duplicate(work):
+                return
+            self._send_with_retries(work)
+        except LeaseLost:
+            bound.warning("upload.lease_lost")
+        except Interrupted:
+            bound.info("upload.interrupted")
+            self.ledger.release(
+                work,
+                self.owner,
+                error="interrupted by shutdown",
+                retry_at=None,
+                count_attempt=False,
+            )
+        except StorageConflict as error:
+            bound.error("upload.conflict", error=str(error))
+            self.ledger.quarantine(work, self.owner, str(error))
+        except IntegrityError as error:
+            self._staged_copy_suspect(work, str(error))
+        except PermanentStorageError as error:
+            self._report_permanent(error)
+            self._retry_later(work, error, self.config.permanent_error_backoff_seconds)
+        except StorageError as error:
+            bound.warning("upload.retry", error=str(error), attempts=work.upload_attempts + 1)
+            self._retry_later(work, error, self._backoff_seconds(work.upload_attempts))
+        except OSError as error:  # the staged copy itself could not be read
+            self._staged_copy_suspect(work, f"staged copy unreadable: {error}")
+
+    def _send_with_retries(self, work: ClipWork) -> None:
+        retrying = Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(IMMEDIATE_TRIES),
+            wait=wait_random_exponential(multiplier=self.config.retry_initial_seconds, max=30),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    log.info(
+                        "upload.retry_now", clip=work.id, attempt=attempt.retry_state.attempt_number
+                    )
+                self._send(work)
+
+    def _send(self, work: ClipWork) -> None:
+        assert work.sha256 is not None and work.staged_path is not None
+        folder = self.staging_root / work.staged_path
+        clip_key = self.keys.key(work)
+        metadata = {"sha256": work.sha256, "camera": work.camera_serial, "clip-id": str(work.id)}
+        sidecar_keys: dict[int, str] = {}
+        sidecar_remote: dict[int, tuple[str, str]] = {}
+        for sidecar in work.sidecars:
+            assert sidecar.sha256 is not None
+            key = self.keys.key(work, sidecar.name)
+            stored = self.backend.put_file(
+                key,
+                folder / sidecar.name,
+                sidecar.sha256,
+                sidecar.size,
+                {**metadata, "sha256": sidecar.sha256},
+                self.ledger.multipart_journal(key, work.id),
+                self.throttle,
+            )
+            sidecar_keys[sidecar.id] = key
+            sidecar_remote[sidecar.id] = (key, _confirmed(stored.sha256, sidecar.sha256, key))
+        stored = self.backend.put_file(
+            clip_key,
+            folder / work.name,
+            work.sha256,
+            work.size,
+            metadata,
+            self.ledger.multipart_journal(clip_key, work.id),
+            self.throttle,
+        )
+        confirmed = _confirmed(stored.sha256, work.sha256, clip_key)
+        self._put_manifest(work, clip_key, sidecar_keys)
+        self.ledger.finish_upload(
+            work, self.owner, clip_key, confirmed, sidecar_remote, manifest_key(clip_key)
+        )
+        log.info(
+            "upload.done", clip=work.id, camera=work.camera_serial, sha256=confirmed, key=clip_key
+        )
+
+    def _put_manifest(self, work: ClipWork, clip_key: str, sidecar_keys: dict[int, str]) -> None:
+        officer, times = self.ledger.manifest_facts(work.id)
+        document = build_manifest(
+            work,
+            dock_id=self.ledger.dock_id,
+            clip_key=clip_key,
+            sidecar_keys=sidecar_keys,
+            officer_id=officer,
+            times={**times, "uploaded_at": utc_now()},
+            audit_head=self.ledger.audit_head(),
+        )
+        assert work.sha256 is not None
+        self.backend.put_bytes(
+            manifest_key(clip_key), document, {"clip-sha256": work.sha256}, replace=True
+        )
+
+    def _settle_duplicate(self, work: ClipWork) -> bool:
+        """Same content from the same camera is stored once: point at the first copy."""
+        assert work.duplicate_of is not None
+        original = self.ledger.get(work.duplicate_of)
+        if original is None or original.state is ClipState.QUARANTINED:
+            return False  # the original cannot vouch: upload this copy itself
+        if original.state in (ClipState.UPLOADED, ClipState.CLEARED) and original.remote_key:
+            assert original.sha256 is not None
+            sidecar_remote = {
+                s.id: (self.keys.key(work, s.name), s.sha256 or "") for s in work.sidecars
+            }
+            if work.sidecars:
+                return False  # sidecars may differ: upload normally, the clip key dedups
+            self.ledger.finish_upload(
+                work, self.owner, original.remote_key, original.sha256, sidecar_remote, None
+            )
+            log.info(
+                "upload.duplicate", clip=work.id, original=original.id, key=original.remote_key
+            )
+            return True
+        self.ledger.release(
+            work,
+            self.owner,
+            error=f"waiting for clip {original.id}",
+            retry_at=utc_now() + _DUPLICATE_WAIT,
+            count_attempt=False,
+        )
+        return True
+
+    def _staged_copy_suspect(self, work: ClipWork, reason: str) -> None:
+        """Storage saw other bytes than the ledger's hash: is the staged copy damaged?"""
+        assert work.staged_path is not None and work.sha256 is not None
+        staged = self.staging_root / work.staged_path / work.name
+        try:
+            on_disk = hash_file_from_disk(staged)
+        except OSError as error:
+            on_disk = f"unreadable ({error})"
+        if on_disk == work.sha256:
+            log.warning("upload.retry", clip=work.id, error=reason)
+            self._retry_later(work, IntegrityError(reason), self._backoff_seconds(0))
+            return
+        self.ledger.quarantine(
+            work, self.owner, f"staged copy no longer matches the ledger hash: {reason}"
+        )
+
+    def _retry_later(self, work: ClipWork, error: Exception, delay_seconds: float) -> None:
+        try:
+            self.ledger.release(
+                work,
+                self.owner,
+                error=str(error),
+                retry_at=utc_now() + timedelta(seconds=delay_seconds),
+            )
+        except LeaseLost:
+            log.warning("upload.lease_lost", clip=work.id)
+
+    def _backoff_seconds(self, attempts: int) -> float:
+        ceiling = min(
+            self.config.retry_max_seconds,
+            self.config.retry_initial_seconds * 2 ** min(attempts, 20),
+        )
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not secrecy
+
+    def _report_permanent(self, error: PermanentStorageError) -> None:
+        kind = str(error).split(":", 1)[-1].strip()[:80]
+        with self._lock:
+            first = kind not in self._reported_permanent
+            self._reported_permanent.add(kind)
+        if first:
+            log.error(
+                "storage.refused",
+                error=str(error),
+                hint="check the storage credentials, bucket and permissions",
+            )
+        if self.on_permanent_error is not None:
+            self.on_permanent_error(str(error))
+
+
+def _confirmed(stored_sha256: str | None, expected: str, key: str) -> str:
+    if stored_sha256 is not None and stored_sha256 != expected:
+        raise IntegrityError(f"{key}: storage confirmed {stored_sha256}, expected {expected}")
+    return expected
