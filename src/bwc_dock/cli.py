@@ -26,7 +26,6 @@ from rich.table import Table
 from bwc_dock.config import Config, load_config, resolve_config_path
 from bwc_dock.errors import EXIT_PROBLEM, EXIT_USAGE, BwcDockError, UsageError
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
-from bwc_dock.ledger.audit import find_break
 from bwc_dock.logs import configure_logging
 
 log = structlog.get_logger(__name__)
@@ -353,36 +352,6 @@ def config_check(context: Context) -> None:
     )
 
 
-@cli.group("audit")
-def audit_group() -> None:
-    """The hash-chained audit log."""
-
-
-@audit_group.command("verify")
-@click.option("--json", "as_json", is_flag=True)
-@pass_context
-def audit_verify(context: Context, as_json: bool) -> None:
-    """Recompute the audit hash chain; exit 1 naming the first broken row."""
-    context.logging("warning")
-    with context.ledger(_hand_actor()) as ledger:
-        entries = ledger.audit_entries()
-        broken = find_break(entries)
-    document = {
-        "rows": len(entries),
-        "ok": broken is None,
-        "first_broken_row": broken.entry_id if broken else None,
-        "reason": broken.reason if broken else None,
-    }
-    if as_json:
-        click.echo(json.dumps(document, indent=2))
-    elif broken is None:
-        click.echo(f"audit chain ok: {len(entries)} rows")
-    else:
-        click.echo(f"audit chain broken at row {broken.entry_id}: {broken.reason}", err=True)
-    if broken is not None:
-        sys.exit(EXIT_PROBLEM)
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -412,3 +381,7 @@ def _debug_traceback() -> None:
     arguments = sys.argv[1:]
     if "--log-level=debug" in arguments or ("--log-level", "debug") in pairwise(arguments):
         traceback.print_exc()
+
+
+# Commands that live in their own modules register themselves on ``cli``.
+from bwc_dock import cli_custody  # noqa: E402, F401
