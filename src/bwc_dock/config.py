@@ -80,8 +80,9 @@ class BandwidthWindow(_Section):
 class StorageConfig(_Section):
     backend: Literal["file", "s3"] = "file"
     key_template: str = DEFAULT_KEY_TEMPLATE
-    # file backend
+    # file backend; the folder must exist (bwc-dock never creates the NAS root)
     path: Path | None = None
+    path_must_be_mountpoint: bool = False
     # s3 backend (credentials: the standard AWS chain or a systemd credential, never here)
     endpoint_url: str | None = None
     bucket: str | None = None

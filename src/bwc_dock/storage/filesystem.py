@@ -40,8 +40,9 @@ PART_SUFFIX = ".part"
 class FileBackend(StorageBackend):
     name = "file"
 
-    def __init__(self, root: Path, dock_tag: str) -> None:
+    def __init__(self, root: Path, dock_tag: str, *, must_be_mountpoint: bool = False) -> None:
         self.root = root
+        self.must_be_mountpoint = must_be_mountpoint
         # Several docks write into one NAS: a dock's temporary files carry its name, so
         # cleaning up after a crash never removes another dock's upload in progress.
         self.part_suffix = f".{dock_tag}{PART_SUFFIX}"
@@ -49,9 +50,12 @@ class FileBackend(StorageBackend):
     @classmethod
     def from_config(cls, config: Config) -> FileBackend:
         assert config.storage.path is not None
-        return cls(config.storage.path, safe_name(config.dock.id.encode()))
+        return cls(config.storage.path, safe_name(config.dock.id.encode()),
+                   must_be_mountpoint=config.storage.path_must_be_mountpoint)
 
     def _path(self, key: str) -> Path:
+        # Never write into an empty mount point: the NAS would be missing, not empty.
+        self.check_reachable()
         parts = key.split("/")
         if not key or any(part in ("", ".", "..") for part in parts):
             raise PermanentStorageError(f"unsafe storage key {key!r}")
@@ -197,6 +201,8 @@ class FileBackend(StorageBackend):
     def check_reachable(self) -> None:
         if not self.root.is_dir():
             raise TransientStorageError(f"storage folder {self.root} is not there (not mounted?)")
+        if self.must_be_mountpoint and not os.path.ismount(self.root):
+            raise TransientStorageError(f"storage folder {self.root} is not mounted")
         if not os.access(self.root, os.W_OK):
             raise PermanentStorageError(f"storage folder {self.root} is not writable")
 

@@ -1,0 +1,188 @@
+"""A dock in a temporary folder, driven through the real ``bwc-dock`` command.
+
+Everything is real: the SQLite ledger file, staging and the central-storage folder on
+disk, and ``bwc-dock`` subprocesses that tests kill with real signals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BWC_DOCK = str(Path(sys.executable).parent / "bwc-dock")
+SIDECAR_EXTENSIONS = (".JPG", ".GPS", ".LOG")
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    return json.dumps(str(value))
+
+
+def toml_document(sections: dict[str, dict[str, Any]]) -> str:
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass
+class Dock:
+    root: Path
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.state_dir / "staging"
+
+    @property
+    def nas(self) -> Path:
+        return self.root / "nas"
+
+    @property
+    def watch_dir(self) -> Path:
+        return self.root / "watch"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "ledger.sqlite3"
+
+    def write_config(self, **sections: dict[str, Any]) -> None:
+        base: dict[str, dict[str, Any]] = {
+            "dock": {"id": "dock-test", "state_dir": str(self.state_dir),
+                     "staging_reserve_mb": 0},
+            "storage": {"backend": "file", "path": str(self.nas),
+                        "retry_initial_seconds": 0.2, "retry_max_seconds": 2.0},
+            "sources": {"udev": False, "watch_dirs": [str(self.watch_dir)],
+                        "rescan_interval_seconds": 2},
+            "service": {"heartbeat_seconds": 1},
+        }
+        for name, values in sections.items():
+            base.setdefault(name, {}).update(values)
+        self.settings = base
+        self.nas.mkdir(parents=True, exist_ok=True)
+        self.watch_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(toml_document(base))
+
+    def environment(self) -> dict[str, str]:
+        environment = dict(os.environ)
+        environment["BWC_DOCK_CONFIG"] = str(self.config_path)
+        environment.pop("JOURNAL_STREAM", None)
+        environment.pop("NOTIFY_SOCKET", None)
+        return environment
+
+    def cli(self, *arguments: str, check: bool = True,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [BWC_DOCK, *arguments], capture_output=True, text=True, timeout=timeout,
+            env=self.environment(), check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"bwc-dock {' '.join(arguments)} exited {result.returncode}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}"
+            )
+        return result
+
+    def clips(self, *arguments: str) -> list[dict[str, Any]]:
+        return json.loads(self.cli("clips", "--json", *arguments).stdout)  # type: ignore[no-any-return]
+
+    def start_daemon(self, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+        log_file = (log_path or self.root / "daemon.log").open("ab")
+        return subprocess.Popen(
+            [BWC_DOCK, "--log-format", "json", "run"], stdout=log_file, stderr=log_file,
+            env=self.environment(),
+        )
+
+    def stop_daemon(self, process: subprocess.Popen[bytes], timeout: float = 60) -> int:
+        process.send_signal(signal.SIGTERM)
+        return process.wait(timeout=timeout)
+
+    def log_events(self, log_path: Path | None = None) -> list[dict[str, Any]]:
+        events = []
+        for line in (log_path or self.root / "daemon.log").read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return events
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_random(path: Path, size: int, rng: random.Random) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        remaining = size
+        while remaining:
+            chunk = min(remaining, 1 << 20)
+            out.write(rng.randbytes(chunk))
+            remaining -= chunk
+
+
+def make_camera(folder: Path, sizes: Iterable[int], *, seed: int = 1,
+                sidecars: bool = True) -> dict[str, str]:
+    """A DCIM-style camera tree of random clips (and sidecars); {relative path: sha256}."""
+    rng = random.Random(seed)
+    expected: dict[str, str] = {}
+    for number, size in enumerate(sizes, start=1):
+        directory = f"DCIM/{100 + number // 25}BWC"
+        stem = f"20261124_{number // 3600:02d}{number // 60 % 60:02d}{number % 60:02d}_{number:04d}"
+        clip = folder / directory / f"{stem}.MP4"
+        write_random(clip, size, rng)
+        expected[f"{directory}/{stem}.MP4"] = sha256_of(clip)
+        if sidecars:
+            for extension in SIDECAR_EXTENSIONS[: 1 + number % 3]:
+                sidecar = folder / directory / f"{stem}{extension}"
+                write_random(sidecar, 100 + number * 7, rng)
+                expected[f"{directory}/{stem}{extension}"] = sha256_of(sidecar)
+    return expected
+
+
+def central_objects(nas: Path) -> dict[str, str]:
+    """{key: sha256} of every stored object except manifests."""
+    return {
+        str(path.relative_to(nas)): sha256_of(path)
+        for path in nas.rglob("*")
+        if path.is_file() and not path.name.endswith(".json")
+    }
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, message: str,
+               interval: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s: {message}")

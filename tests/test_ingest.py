@@ -1,0 +1,115 @@
+"""Offloading a camera folder end to end through the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tests.dock import Dock, central_objects, make_camera, sha256_of
+
+MIB = 1024 * 1024
+# 50 clips: one of 200 MiB, a few mid-sized, the rest small; every clip with sidecars
+MIXED_SIZES = [200 * MIB, 64 * MIB, 33 * MIB + 7, 10 * MIB, 4 * MIB + 1, 0] + [
+    (n * 97_531) % (3 * MIB) + 1 for n in range(44)
+]
+
+
+def test_ingest_wait_uploads_every_clip_with_its_first_read_hash(dock: Dock) -> None:
+    """ingest --wait stores every clip and sidecar centrally, hashes equal to the camera's."""
+    camera = dock.root / "card"
+    expected = make_camera(camera, MIXED_SIZES)
+    before = {path: os.stat(camera / path).st_mtime_ns for path in expected}
+
+    result = dock.cli("ingest", str(camera), "--camera-serial", "X81234567", "--wait")
+
+    assert "50 clips (50 new)" in result.stdout
+    clips = dock.clips()
+    assert len(clips) == 50
+    by_path = {clip["source_path"]: clip for clip in clips}
+    for path, sha256 in expected.items():
+        if path.endswith(".MP4"):
+            assert by_path[path]["state"] == "uploaded"
+            assert by_path[path]["sha256"] == sha256
+        else:
+            sidecar_owner = next(c for c in clips if any(s["source_path"] == path
+                                                          for s in c["sidecars"]))
+            assert any(s["sha256"] == sha256 for s in sidecar_owner["sidecars"])
+    stored = central_objects(dock.nas)
+    assert sorted(stored.values()) == sorted(expected.values())
+    for clip in clips:
+        assert stored[clip["remote_key"]] == clip["sha256"]
+        manifest = json.loads((dock.nas / (clip["remote_key"] + ".json")).read_text())
+        assert manifest["sha256"] == clip["sha256"]
+        assert manifest["original_path"] == clip["source_path"]
+        assert manifest["camera"] == "X81234567"
+    # the camera folder was only read
+    assert {path: os.stat(camera / path).st_mtime_ns for path in expected} == before
+    assert not list(dock.nas.rglob("*.part"))
+    assert dock.cli("audit", "verify").returncode == 0
+
+
+def test_keys_follow_the_template_with_recording_date_and_sanitised_names(dock: Dock) -> None:
+    """Remote keys are {camera}/{recorded:%Y/%m/%d}/{clip_id}_{name}."""
+    camera = dock.root / "card"
+    clip = camera / "DCIM" / "100BWC" / "odd name;$(x).mp4"
+    clip.parent.mkdir(parents=True)
+    clip.write_bytes(b"video")
+    os.utime(clip, (1_700_000_000, 1_700_000_000))  # 2023-11-14 UTC
+
+    dock.cli("ingest", str(camera), "--camera-serial", "CAM-7", "--wait")
+
+    [row] = dock.clips()
+    assert row["remote_key"] == f"CAM-7/2023/11/14/{row['id']}_odd_name_x_.mp4"
+    assert sha256_of(dock.nas / row["remote_key"]) == row["sha256"]
+
+
+def test_reingesting_the_same_folder_uploads_nothing_twice(dock: Dock) -> None:
+    """A folder already offloaded is not offloaded again; a reused name with new content is."""
+    camera = dock.root / "card"
+    make_camera(camera, [1000, 2000], sidecars=False)
+    dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+    first = central_objects(dock.nas)
+
+    again = dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+    assert "2 clips (0 new)" in again.stdout
+    assert central_objects(dock.nas) == first
+
+    reused = next(camera.rglob("*.MP4"))
+    reused.write_bytes(b"new content under an old name")
+    dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+    assert len(dock.clips()) == 3
+    assert len(central_objects(dock.nas)) == 3
+
+
+def test_same_content_from_the_same_camera_is_stored_once(dock: Dock) -> None:
+    """A copy of a clip under another name is recorded but points at the first upload."""
+    camera = dock.root / "card"
+    (camera / "DCIM").mkdir(parents=True)
+    (camera / "DCIM" / "A.MP4").write_bytes(b"same bytes" * 1000)
+    dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+    (camera / "DCIM" / "B.MP4").write_bytes(b"same bytes" * 1000)
+    dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+
+    first, second = dock.clips()
+    assert second["state"] == "uploaded"
+    assert second["remote_key"] == first["remote_key"]
+    assert len(central_objects(dock.nas)) == 1
+
+
+def test_storage_unreachable_keeps_clips_staged_and_exits_1(dock: Dock) -> None:
+    """With central storage gone, ingest --wait reports why and loses nothing."""
+    unmounted = dock.root / "unmounted-nas"
+    dock.write_config(storage={"path": str(unmounted)})
+    camera = dock.root / "card"
+    make_camera(camera, [5000], sidecars=False)
+
+    result = dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait",
+                      "--timeout", "3", check=False)
+
+    assert result.returncode == 1, result.stderr
+    assert not unmounted.exists()  # nothing was written where the NAS should be
+    [row] = dock.clips()
+    assert row["state"] == "staged"
+    assert row["upload_attempts"] >= 1
+    assert row["last_error"]
+    assert "problem: clip 1" in result.stderr
