@@ -252,23 +252,34 @@ def make_vfat_image(image: Path, label: str, tree: Path, size_mb: int = 40) -> N
 
 
 def make_exfat_image(image: Path, label: str, tree: Path, size_mb: int = 16) -> None:
-    """exFAT (mkfs.exfat), filled through a temporary read-write FUSE mount."""
+    """exFAT (mkfs.exfat), filled through a temporary read-write FUSE mount.
+
+    mount.exfat-fuse as root insists on a block device, so the image is attached to a
+    loop device for the fill, under a name the test rule ignores (no USB identity: the
+    source under test must not take it for a camera).
+    """
     need_command("mkfs.exfat")
     helper = need_command("mount.exfat-fuse")
-    with image.open("wb") as handle:
+    filling = image.with_name(image.name + ".filling")
+    with filling.open("wb") as handle:
         handle.truncate(size_mb * 1024 * 1024)
-    run("mkfs.exfat", "-L", label, image)
-    with tempfile.TemporaryDirectory(prefix="bwc-exfat-fill-") as mount_point:
-        run(helper, "-o", "rw", image, mount_point)
-        try:
-            for child in sorted(tree.iterdir()):
-                destination = Path(mount_point) / child.name
-                if child.is_dir():
-                    shutil.copytree(child, destination)
-                else:
-                    shutil.copy2(child, destination)
-        finally:
-            run("umount", mount_point)
+    run("mkfs.exfat", "-L", label, filling)
+    device = run("losetup", "--find", "--show", filling).strip()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bwc-exfat-fill-") as mount_point:
+            run(helper, "-o", "rw", device, mount_point)
+            try:
+                for child in sorted(tree.iterdir()):
+                    destination = Path(mount_point) / child.name
+                    if child.is_dir():
+                        shutil.copytree(child, destination)
+                    else:
+                        shutil.copy2(child, destination)
+            finally:
+                run("umount", mount_point)
+    finally:
+        run("losetup", "--detach", device)
+    filling.rename(image)
 
 
 def attached_devices(image: Path) -> list[str]:

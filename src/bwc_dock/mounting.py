@@ -15,7 +15,6 @@ drivers of a production dock and with the FUSE helpers found by mount's helper l
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -233,7 +232,7 @@ class Mounter:
         mount_point = self.mount_point_for(name)
         self.mount_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # private: other users must not even look at evidence while it is mounted
-        os.chmod(self.mount_dir, 0o700)
+        self.mount_dir.chmod(0o700)
         if find_mount(mount_point, self._mountinfo) is not None:
             log.warning("mount.replacing_stale", mount_point=str(mount_point))
             self._unmount_point(mount_point, lazy=True)
