@@ -9,6 +9,7 @@ import errno
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from structlog.testing import capture_logs
@@ -22,7 +23,9 @@ from bwc_dock.mounting import (
     parse_mountinfo_line,
     validate_profile_options,
 )
-from tests.udevharness import CameraBay
+
+if TYPE_CHECKING:
+    from tests.udevharness import CameraBay
 
 pytest_plugins = ("tests.udevharness",)  # fixtures: udevd, clip_source, camera_bay
 
