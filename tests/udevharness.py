@@ -379,6 +379,25 @@ class CameraBay:
         if Path(f"/sys/block/{name}/loop/backing_file").exists():
             Path(f"/sys/block/{name}/uevent").write_text("remove")
 
+    def wait_detached(self, camera: LoopCamera, timeout: float = EVENT_TIMEOUT_SECONDS) -> None:
+        """Wait until the kernel has really let go of the camera's loop device(s)."""
+        wait_until(lambda: not attached_devices(camera.image), timeout,
+                   what=f"{camera.image.name} to detach")
+        settle()
+
+    @staticmethod
+    def settle() -> None:
+        settle()
+
+    @staticmethod
+    def wait_until(predicate: Callable[[], bool], timeout: float = EVENT_TIMEOUT_SECONDS,
+                   what: str = "condition") -> None:
+        wait_until(predicate, timeout, what=what)
+
+    def measure_dock_latency(self, camera: LoopCamera, docked: threading.Event,
+                             timeout: float = EVENT_TIMEOUT_SECONDS) -> float:
+        return measure_dock_latency(self, camera, docked, timeout)
+
     def trigger_change(self, camera: LoopCamera) -> None:
         assert camera.device is not None
         run("udevadm", "trigger", "--action=change", camera.device)
