@@ -257,6 +257,27 @@ def test_release_unmounts_and_the_offloaded_camera_is_not_docked_again(
 
 
 @pytest.mark.realparts
+@pytest.mark.parametrize("fs_type", ["exfat", "vfat"])
+def test_writable_step_deletes_and_is_not_a_new_docking(
+        start_source, listener, camera_bay, fs_type):
+    """Clear-after-upload's rw window: deletes stick, ro comes back, no undock/redock."""
+    source = start_source()
+    camera = camera_bay.make_camera(fs_type)
+    camera_bay.attach(camera)
+    listener.wait_for("docked", 1)
+    volume = listener.volumes[0]
+    clip = camera.files[0]
+    with source.writable(volume) as root:
+        assert root == volume.root
+        (root / clip).unlink()
+    _assert_safely_mounted(volume)
+    assert not (volume.root / clip).exists()
+    assert (volume.root / camera.files[1]).exists()
+    time.sleep(QUIET_SECONDS)  # closing the written device makes udev send change events
+    assert [kind for kind, _ in listener.events] == ["docked"]
+
+
+@pytest.mark.realparts
 def test_serial_from_a_file_on_the_volume(start_source, listener, camera_bay, tmp_path):
     """serial_source = "file": the first line of the named file, sanitised."""
     config = make_config(tmp_path, [{

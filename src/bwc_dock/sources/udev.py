@@ -21,7 +21,7 @@ import re
 import select
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,6 +296,22 @@ class UdevSource(Source):
         os.close(self._wake_read)
         os.close(self._wake_write)
         log.info("udev.stopped")
+
+    @contextlib.contextmanager
+    def writable(self, volume: DockedVolume) -> Iterator[Path]:
+        """The volume's root, writable for the body of the ``with`` only (clear after upload).
+
+        Repeated udev events during the step (closing a written device makes udev look at
+        it again) do not count as a new docking: the identity has not changed.
+        """
+        with self._lock:
+            docking = next((item for item in self._dockings.values() if item.volume == volume),
+                           None)
+            mounted = docking.mounted if docking else None
+        if mounted is None:
+            raise MountError(f"{volume.device} is not docked and mounted by this source")
+        with self._mounter.writable(mounted) as writable:
+            yield writable.mount_point
 
     def docked_volumes(self) -> list[DockedVolume]:
         """The volumes this source currently holds mounted (for status and tests)."""
