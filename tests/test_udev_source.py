@@ -169,6 +169,31 @@ def test_yanked_camera_is_reported_undocked_and_its_mount_cleaned(
 
 
 @pytest.mark.realparts
+@pytest.mark.parametrize("fs_type", ["exfat", "vfat"])
+def test_reads_fail_after_a_yank_that_kills_the_device(
+        start_source, listener, camera_bay, fs_type):
+    """A reader with a clip open gets an OSError once the camera is gone, not stale bytes."""
+    start_source()
+    camera = camera_bay.make_camera(fs_type, padding=2 * 1024 * 1024)
+    camera_bay.attach(camera)
+    listener.wait_for("docked", 1)
+    volume = listener.volumes[0]
+    reader = (volume.root / camera.files[0]).open("rb", buffering=0)
+    assert reader.read(4096)
+    camera_bay.yank(camera, kill_fuse=True)
+    listener.wait_for("undocked", 1)
+    with pytest.raises(OSError) as failed:
+        while reader.read(65536):
+            pass
+    # even close() fails on a dead FUSE mount: a copier must expect that too
+    with pytest.raises(OSError) as close_failed:
+        reader.close()
+    assert close_failed.value.errno == errno.ENOTCONN
+    assert failed.value.errno in {errno.ENOTCONN, errno.EIO, errno.ENODEV}
+    camera_bay.wait_detached(camera)
+
+
+@pytest.mark.realparts
 def test_redocking_after_a_yank_docks_again(start_source, listener, camera_bay):
     """The same camera back in the bay is a new docking with the same serial."""
     start_source()
