@@ -163,8 +163,8 @@ def test_yanked_camera_is_reported_undocked_and_its_mount_cleaned(
     assert time.monotonic() - yanked_at < 1.0  # a copier must hear of it within a second
     assert listener.undocked_devices == [camera.device]
     # the lazy unmount follows the callback in the source's thread
-    camera_bay.wait_until(lambda: find_mount(volume.root) is None, what="the lazy unmount")
-    assert not volume.root.exists()
+    camera_bay.wait_until(lambda: find_mount(volume.root) is None and not volume.root.exists(),
+                          what="the lazy unmount and the mount point's removal")
     assert _mounted_under(config.mount_dir) == []
 
 
