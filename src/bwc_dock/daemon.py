@@ -22,6 +22,7 @@ from types import FrameType
 
 import structlog
 
+from bwc_dock.clearer import clear_camera, clearable, ready_to_clear
 from bwc_dock.config import CameraProfile, Config, load_config
 from bwc_dock.copier import Copier, StagingArea
 from bwc_dock.errors import BwcDockError, ConfigError, Interrupted, SourceGone, StorageError
@@ -339,26 +340,52 @@ class Daemon(SourceListener):
                     )
 
     def _finish_offloads(self) -> None:
-        """Release volumes whose clips are all off the camera."""
+        """Release volumes whose clips are all off the camera (and cleared, if asked)."""
         with self._lock:
-            done = [
-                d
-                for d in self._docked.values()
-                if d.reader is None and not d.cancel.is_set() and not d.finished_logged
+            candidates = [
+                d for d in self._docked.values() if d.reader is None and not d.cancel.is_set()
             ]
-        for docked in done:
+        for docked in candidates:
             camera = docked.volume.camera_serial
             if self.ledger.copy_pending(camera) > 0:
                 continue
-            docked.finished_logged = True
-            log.info("dock.offload_done", camera=camera, docking=docked.docking_id)
+            if not docked.finished_logged:
+                docked.finished_logged = True
+                log.info("dock.offload_done", camera=camera, docking=docked.docking_id)
             if docked.volume.source == "watch":
                 continue  # the folder stays docked until it is removed
+            if self._wants_clearing(docked) and not self._clear(docked):
+                continue  # uploads still to be verified: keep the camera mounted
             with self._lock:
                 self._docked.pop(docked.volume.device, None)
             if docked.source is not None:
                 docked.source.release(docked.volume)
             self.ledger.end_docking(docked.docking_id, "offload done")
+
+    def _wants_clearing(self, docked: _Docked) -> bool:
+        profile = self.config.profile(docked.volume.profile_name or "")
+        return bool(
+            profile
+            and profile.clear_after_upload
+            and docked.source is not None
+            and hasattr(docked.source, "writable")
+        )
+
+    def _clear(self, docked: _Docked) -> bool:
+        """Clear the camera once every clip is verified; True when the docking may end."""
+        camera = docked.volume.camera_serial
+        ready, reason = ready_to_clear(self.ledger, camera)
+        if not ready:
+            # a quarantined clip never clears: release the camera with everything on it
+            return "quarantined" in reason
+        if not clearable(self.ledger, camera):
+            return True
+        try:
+            with docked.source.writable(docked.volume) as root:  # type: ignore[union-attr]
+                clear_camera(self.ledger, camera, root, docked.volume.device)
+        except (BwcDockError, OSError) as error:
+            log.error("clear.failed", camera=camera, error=str(error))
+        return True
 
     def purge_staging(self) -> int:
         """Delete staged copies of uploaded clips once past retention."""

@@ -37,8 +37,24 @@ _MAX_STACKED_MOUNTS = 16
 
 # Options a profile may never add: each would undo a safety flag or change what is mounted.
 _FORBIDDEN_OPTIONS = frozenset(
-    {"rw", "exec", "suid", "dev", "defaults", "user", "users", "owner", "group",
-     "remount", "bind", "rbind", "move", "loop", "rw+", "nonempty"}
+    {
+        "rw",
+        "exec",
+        "suid",
+        "dev",
+        "defaults",
+        "user",
+        "users",
+        "owner",
+        "group",
+        "remount",
+        "bind",
+        "rbind",
+        "move",
+        "loop",
+        "rw+",
+        "nonempty",
+    }
 )
 _OPTION_SHAPE = re.compile(r"^[A-Za-z0-9_.+-]+(=[A-Za-z0-9_.:/+-]+)?$")
 _MOUNT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -171,15 +187,21 @@ class Mounter:
         except MountError:
             self._discard(mount_point)
             raise
-        log.info("mount.mounted", device=device, mount_point=str(mount_point),
-                 fs_type=fs_type, kernel_fs_type=entry.fs_type)
+        log.info(
+            "mount.mounted",
+            device=device,
+            mount_point=str(mount_point),
+            fs_type=fs_type,
+            kernel_fs_type=entry.fs_type,
+        )
         return MountedVolume(device, mount_point, fs_type, entry.fs_type)
 
     def unmount(self, volume: MountedVolume, *, lazy: bool = False) -> None:
         """Unmount ``volume`` (lazily when the device is gone) and remove its mount point."""
         self._unmount_point(volume.mount_point, lazy=lazy)
-        log.info("mount.unmounted", device=volume.device,
-                 mount_point=str(volume.mount_point), lazy=lazy)
+        log.info(
+            "mount.unmounted", device=volume.device, mount_point=str(volume.mount_point), lazy=lazy
+        )
 
     def unmount_point(self, mount_point: Path, *, lazy: bool = False) -> None:
         """Unmount whatever is at ``mount_point`` under mount_dir; nothing there is fine."""
@@ -190,9 +212,12 @@ class Mounter:
         if not self.mount_dir.exists():
             return []
         stale = sorted(
-            {entry.mount_point for entry in read_mountinfo(self._mountinfo)
-             if entry.mount_point.is_relative_to(self.mount_dir)
-             and entry.mount_point != self.mount_dir},
+            {
+                entry.mount_point
+                for entry in read_mountinfo(self._mountinfo)
+                if entry.mount_point.is_relative_to(self.mount_dir)
+                and entry.mount_point != self.mount_dir
+            },
             key=lambda point: len(point.parts),
             reverse=True,  # innermost first
         )
@@ -219,12 +244,15 @@ class Mounter:
             try:
                 self._switch(volume, SAFE_FLAGS)
             except MountError:
-                log.error("mount.read_only_restore_failed", device=volume.device,
-                          mount_point=str(volume.mount_point), exc_info=True)
+                log.error(
+                    "mount.read_only_restore_failed",
+                    device=volume.device,
+                    mount_point=str(volume.mount_point),
+                    exc_info=True,
+                )
                 self._discard(volume.mount_point)
                 raise
-            log.info("mount.read_only", device=volume.device,
-                     mount_point=str(volume.mount_point))
+            log.info("mount.read_only", device=volume.device, mount_point=str(volume.mount_point))
 
     # -- internals -------------------------------------------------------------------------
 
@@ -254,8 +282,12 @@ class Mounter:
             return entry
         # FUSE helpers drop noexec (see the module docstring): set the per-mount flags
         # directly. -i keeps mount(8) from handing the remount to a FUSE helper.
-        log.info("mount.flags_enforced", mount_point=str(mount_point), missing=missing,
-                 kernel_fs_type=entry.fs_type)
+        log.info(
+            "mount.flags_enforced",
+            mount_point=str(mount_point),
+            missing=missing,
+            kernel_fs_type=entry.fs_type,
+        )
         self._run(["mount", "-i", "-o", ",".join(("remount", "bind", *wanted)), str(mount_point)])
         entry = find_mount(mount_point, self._mountinfo)
         if entry is None or missing_flags(entry, wanted):
@@ -273,8 +305,7 @@ class Mounter:
             self._unmount_point(volume.mount_point, lazy=False, remove=False)
             self._mount(volume.device, volume.fs_type, volume.mount_point, flags)
         else:
-            self._run(["mount", "-i", "-o", ",".join(("remount", *flags)),
-                       str(volume.mount_point)])
+            self._run(["mount", "-i", "-o", ",".join(("remount", *flags)), str(volume.mount_point)])
         entry = self._enforce_flags(volume.mount_point, flags)
         return MountedVolume(volume.device, volume.mount_point, volume.fs_type, entry.fs_type)
 
@@ -305,8 +336,9 @@ class Mounter:
             pass
         except OSError as error:
             # never recurse: a directory with contents here may be a mount we did not see
-            log.warning("mount.point_not_removed", mount_point=str(mount_point),
-                        error=error.strerror)
+            log.warning(
+                "mount.point_not_removed", mount_point=str(mount_point), error=error.strerror
+            )
 
     def _remove_empty_dirs(self) -> None:
         for child in sorted(self.mount_dir.iterdir()):

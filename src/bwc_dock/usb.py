@@ -89,14 +89,22 @@ class UsbPort:
             if transfer.request_type & _DIRECTION_IN:
                 length = len(bytes.fromhex(transfer.data_hex)) or 64
                 answer = device.ctrl_transfer(
-                    transfer.request_type, transfer.request, transfer.value, transfer.index,
-                    length, TRANSFER_TIMEOUT_MILLISECONDS,
+                    transfer.request_type,
+                    transfer.request,
+                    transfer.value,
+                    transfer.index,
+                    length,
+                    TRANSFER_TIMEOUT_MILLISECONDS,
                 )
                 result = bytes(answer)
             else:
                 device.ctrl_transfer(
-                    transfer.request_type, transfer.request, transfer.value, transfer.index,
-                    bytes.fromhex(transfer.data_hex), TRANSFER_TIMEOUT_MILLISECONDS,
+                    transfer.request_type,
+                    transfer.request,
+                    transfer.value,
+                    transfer.index,
+                    bytes.fromhex(transfer.data_hex),
+                    TRANSFER_TIMEOUT_MILLISECONDS,
                 )
                 result = b""
         except usb.core.USBError as error:
@@ -105,14 +113,20 @@ class UsbPort:
             raise UsbError(f"control transfer to {location} refused: {error}") from error
         finally:
             self._release(device)
-        log.info("usb.control_transfer", bus=location.bus, address=location.address,
-                 request_type=transfer.request_type, request=transfer.request)
+        log.info(
+            "usb.control_transfer",
+            bus=location.bus,
+            address=location.address,
+            request_type=transfer.request_type,
+            request=transfer.request,
+        )
         return result
 
     def _find(self, location: UsbLocation) -> Any:
         try:
-            device = usb.core.find(backend=self._backend, bus=location.bus,
-                                   address=location.address)
+            device = usb.core.find(
+                backend=self._backend, bus=location.bus, address=location.address
+            )
         except usb.core.NoBackendError as error:
             raise UsbError("no USB backend (is libusb-1.0 installed?)") from error
         except usb.core.USBError as error:

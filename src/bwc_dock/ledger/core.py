@@ -72,6 +72,7 @@ class ClipWork:
     state: ClipState
     staged_path: str | None
     remote_key: str | None
+    remote_sha256: str | None
     duplicate_of: int | None
     copy_attempts: int
     upload_attempts: int
@@ -796,6 +797,7 @@ def _snapshot(session: Session, clip: Clip, volume_root: Path | None) -> ClipWor
         state=ClipState(clip.state),
         staged_path=clip.staged_path,
         remote_key=clip.remote_key,
+        remote_sha256=clip.remote_sha256,
         duplicate_of=clip.duplicate_of,
         copy_attempts=clip.copy_attempts,
         upload_attempts=clip.upload_attempts,

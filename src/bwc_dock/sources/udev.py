@@ -70,13 +70,26 @@ class BlockIdentity:
     @property
     def docking_key(self) -> tuple[str | None, ...]:
         """Equal for the same medium in the same device; different after a replug."""
-        return (self.disk_sequence, self.vendor_id, self.product_id, self.serial,
-                self.fs_type, self.fs_uuid, self.fs_label)
+        return (
+            self.disk_sequence,
+            self.vendor_id,
+            self.product_id,
+            self.serial,
+            self.fs_type,
+            self.fs_uuid,
+            self.fs_label,
+        )
 
     def ids(self) -> dict[str, str | None]:
-        return {"device": self.device, "vendor_id": self.vendor_id,
-                "product_id": self.product_id, "serial": self.serial,
-                "fs_type": self.fs_type, "fs_label": self.fs_label, "fs_uuid": self.fs_uuid}
+        return {
+            "device": self.device,
+            "vendor_id": self.vendor_id,
+            "product_id": self.product_id,
+            "serial": self.serial,
+            "fs_type": self.fs_type,
+            "fs_label": self.fs_label,
+            "fs_uuid": self.fs_uuid,
+        }
 
 
 def _hex_id(value: object) -> str | None:
@@ -148,8 +161,9 @@ def _location(usb_device: Any) -> UsbLocation | None:
 
 def identity_from_device(device: Any) -> BlockIdentity:
     properties = dict(device.properties.items())
-    needs_parent = not all(properties.get(key) for key in
-                           ("ID_VENDOR_ID", "ID_MODEL_ID", "ID_SERIAL_SHORT"))
+    needs_parent = not all(
+        properties.get(key) for key in ("ID_VENDOR_ID", "ID_MODEL_ID", "ID_SERIAL_SHORT")
+    )
     # the USB location is wanted for descriptors too, so look the parent up when it exists
     parent = _usb_parent(device) if needs_parent or properties.get("ID_BUS") == "usb" else None
     return identity_from_properties(device.sys_path, properties, parent)
@@ -166,12 +180,15 @@ def match_profile(
 ) -> CameraProfile | None:
     """The highest-priority profile matching ``identity`` (first in config order on a tie)."""
     candidates = [
-        profile for profile in profiles
+        profile
+        for profile in profiles
         if _profile_applies(profile)
         and profile.usb_vendor_id in (None, identity.vendor_id)
         and profile.usb_product_id in (None, identity.product_id)
-        and (profile.label is None
-             or (identity.fs_label or "").casefold() == profile.label.casefold())
+        and (
+            profile.label is None
+            or (identity.fs_label or "").casefold() == profile.label.casefold()
+        )
         and identity.fs_type in profile.filesystem_types
     ]
     candidates.sort(key=lambda profile: -profile.priority)  # sort is stable
@@ -305,8 +322,9 @@ class UdevSource(Source):
         it again) do not count as a new docking: the identity has not changed.
         """
         with self._lock:
-            docking = next((item for item in self._dockings.values() if item.volume == volume),
-                           None)
+            docking = next(
+                (item for item in self._dockings.values() if item.volume == volume), None
+            )
             mounted = docking.mounted if docking else None
         if mounted is None:
             raise MountError(f"{volume.device} is not docked and mounted by this source")
@@ -387,8 +405,11 @@ class UdevSource(Source):
             self._evaluate(sys_path)
 
     def _present_block_devices(self) -> set[str]:
-        return {device.sys_path for device in self._context.list_devices(subsystem="block")
-                if device.is_initialized}
+        return {
+            device.sys_path
+            for device in self._context.list_devices(subsystem="block")
+            if device.is_initialized
+        }
 
     def _evaluate(self, sys_path: str) -> None:
         identity = self._identity(sys_path)
@@ -420,8 +441,12 @@ class UdevSource(Source):
             return
         serial = self._serial_before_mount(identity, profile)
         if serial is None and profile.serial_source != "file":
-            log.warning("dock.no_serial", profile=profile.name,
-                        serial_source=profile.serial_source, **identity.ids())
+            log.warning(
+                "dock.no_serial",
+                profile=profile.name,
+                serial_source=profile.serial_source,
+                **identity.ids(),
+            )
             self._remember_unusable(identity)
             return
         mounted = self._mount(identity, profile)
@@ -431,21 +456,32 @@ class UdevSource(Source):
             assert profile.serial_file is not None  # the config validator demands it
             serial = clean_serial(read_serial_file(mounted.mount_point, profile.serial_file))
             if serial is None:
-                log.warning("dock.no_serial", profile=profile.name, serial_source="file",
-                            **identity.ids())
+                log.warning(
+                    "dock.no_serial", profile=profile.name, serial_source="file", **identity.ids()
+                )
                 self._mounter.unmount(mounted)
                 self._remember_unusable(identity)
                 return
         assert serial is not None
         volume = DockedVolume(
-            source=self.name, device=identity.device, root=mounted.mount_point,
-            camera_serial=serial, profile_name=profile.name,
-            usb_vendor_id=identity.vendor_id, usb_product_id=identity.product_id,
-            fs_label=identity.fs_label, fs_uuid=identity.fs_uuid,
+            source=self.name,
+            device=identity.device,
+            root=mounted.mount_point,
+            camera_serial=serial,
+            profile_name=profile.name,
+            usb_vendor_id=identity.vendor_id,
+            usb_product_id=identity.product_id,
+            fs_label=identity.fs_label,
+            fs_uuid=identity.fs_uuid,
         )
         self._dockings[identity.sys_path] = _Docking(identity, volume, mounted)
-        log.info("dock.docked", camera=serial, profile=profile.name, device=identity.device,
-                 mount_point=str(mounted.mount_point))
+        log.info(
+            "dock.docked",
+            camera=serial,
+            profile=profile.name,
+            device=identity.device,
+            mount_point=str(mounted.mount_point),
+        )
         self._notify_docked(volume)
 
     def _serial_before_mount(self, identity: BlockIdentity, profile: CameraProfile) -> str | None:
@@ -466,12 +502,12 @@ class UdevSource(Source):
     def _mount(self, identity: BlockIdentity, profile: CameraProfile) -> MountedVolume | None:
         assert identity.fs_type is not None
         try:
-            return self._mounter.mount(identity.device, identity.fs_type, identity.kernel_name,
-                                       profile.mount_options)
+            return self._mounter.mount(
+                identity.device, identity.fs_type, identity.kernel_name, profile.mount_options
+            )
         except MountError as error:
             # not remembered: the next event or rescan tries again (it may be a bad moment)
-            log.error("dock.mount_failed", profile=profile.name, error=str(error),
-                      **identity.ids())
+            log.error("dock.mount_failed", profile=profile.name, error=str(error), **identity.ids())
             return None
 
     def _remember_unusable(self, identity: BlockIdentity) -> None:
@@ -493,8 +529,9 @@ class UdevSource(Source):
         if docking is None:
             return
         if docking.volume is not None:
-            log.info("dock.undocked", camera=docking.volume.camera_serial,
-                     device=docking.identity.device)
+            log.info(
+                "dock.undocked", camera=docking.volume.camera_serial, device=docking.identity.device
+            )
             self._notify_undocked(docking.identity.device)
         self._unmount(docking, lazy=True)
 
@@ -516,8 +553,9 @@ class UdevSource(Source):
         try:
             self._listener.docked(volume)
         except Exception:  # error boundary: a listener bug must not stop docking
-            log.error("dock.listener_failed", callback="docked", device=volume.device,
-                      exc_info=True)
+            log.error(
+                "dock.listener_failed", callback="docked", device=volume.device, exc_info=True
+            )
 
     def _notify_undocked(self, device: str) -> None:
         assert self._listener is not None
@@ -536,22 +574,32 @@ class UdevSource(Source):
         self.send_control_transfer_if_wanted(usb_device.sys_path, vendor_id, product_id, location)
 
     def send_control_transfer_if_wanted(
-        self, sys_path: str, vendor_id: str | None, product_id: str | None,
+        self,
+        sys_path: str,
+        vendor_id: str | None,
+        product_id: str | None,
         location: UsbLocation | None,
     ) -> bool:
         """Send the control transfer of the first profile that wants one for these ids."""
         if sys_path in self._transfers_sent or location is None:
             return False
         for profile in self._profiles:
-            if (profile.control_transfer is not None
-                    and profile.usb_vendor_id == vendor_id
-                    and profile.usb_product_id in (None, product_id)):
+            if (
+                profile.control_transfer is not None
+                and profile.usb_vendor_id == vendor_id
+                and profile.usb_product_id in (None, product_id)
+            ):
                 self._transfers_sent.add(sys_path)
                 try:
                     self._usb.send_control_transfer(location, profile.control_transfer)
                 except UsbError as error:
-                    log.warning("usb.control_transfer_failed", profile=profile.name,
-                                error=str(error), vendor_id=vendor_id, product_id=product_id)
+                    log.warning(
+                        "usb.control_transfer_failed",
+                        profile=profile.name,
+                        error=str(error),
+                        vendor_id=vendor_id,
+                        product_id=product_id,
+                    )
                     return False
                 return True
         return False

@@ -50,8 +50,11 @@ class FileBackend(StorageBackend):
     @classmethod
     def from_config(cls, config: Config) -> FileBackend:
         assert config.storage.path is not None
-        return cls(config.storage.path, safe_name(config.dock.id.encode()),
-                   must_be_mountpoint=config.storage.path_must_be_mountpoint)
+        return cls(
+            config.storage.path,
+            safe_name(config.dock.id.encode()),
+            must_be_mountpoint=config.storage.path_must_be_mountpoint,
+        )
 
     def _path(self, key: str) -> Path:
         # Never write into an empty mount point: the NAS would be missing, not empty.
