@@ -2,7 +2,9 @@
 
 Nothing here touches the machine: every path is under a temporary --root. The installer
 builds a real venv there and pip-installs a copy of this source tree into it (from the
-package index the machine is set up with), so the first run takes half a minute.
+package index the machine is set up with), so the first run takes half a minute. To
+build that venv once, the tests share one installed root and run in file order: install
+twice, verify the installed unit, then uninstall.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (tree / "udev-rules").mkdir()
     (tree / "udev-rules" / "99-bwc-dock.rules").write_text(RULES)
     return tree
+
+
+@pytest.fixture(scope="module")
+def root(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary root after the first run of the installer."""
+    installed = tmp_path_factory.mktemp("installed") / "root"
+    first = run(source, "install", installed)
+    assert first.returncode == 0, first.stderr
+    return installed
 
 
 def run(source: Path, script: str, root: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
@@ -80,14 +91,10 @@ def kernel_has_exfat() -> bool:
     return "exfat" in Path("/proc/filesystems").read_text().split()
 
 
-def test_install_twice_is_idempotent_and_keeps_local_changes(source: Path, tmp_path: Path) -> None:
+def test_install_twice_is_idempotent_and_keeps_local_changes(source: Path, root: Path) -> None:
     """Second run upgrades the code, changes nothing else, and keeps config, keys and state."""
     machine_unit = Path("/etc/systemd/system/bwc-dock.service")
     machine_unit_existed = machine_unit.exists()
-    root = tmp_path / "root"
-
-    first = run(source, "install", root)
-    assert first.returncode == 0, first.stderr
     venv_python = root / "opt/bwc-dock/venv/bin/python"
     assert installed_module_file(root).startswith(str(root / "opt/bwc-dock/venv/lib"))
     assert (root / INSTALLED_PROGRAM.lstrip("/")).exists()
@@ -152,13 +159,9 @@ def test_install_twice_is_idempotent_and_keeps_local_changes(source: Path, tmp_p
     assert machine_unit.exists() == machine_unit_existed
 
 
-def test_installed_unit_verifies_against_the_installed_program(
-    source: Path, tmp_path: Path
-) -> None:
+def test_installed_unit_verifies_against_the_installed_program(root: Path, tmp_path: Path) -> None:
     """systemd-analyze verify accepts the installed unit run by the installed console script."""
     realparts.need_command("systemd-analyze")
-    root = tmp_path / "root"
-    assert run(source, "install", root).returncode == 0
     program = root / INSTALLED_PROGRAM.lstrip("/")
     check_directory = tmp_path / "check"
     check_directory.mkdir()
@@ -166,7 +169,9 @@ def test_installed_unit_verifies_against_the_installed_program(
     result = verify(unit_with_program(check_directory, program, installed_unit))
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
-    # uninstall keeps the evidence and the configuration
+
+def test_uninstall_keeps_evidence_unless_purged_and_forced(source: Path, root: Path) -> None:
+    """Uninstall keeps config and state; --purge refuses while staging holds files."""
     (root / "var/lib/bwc-dock/staging/7.MP4").write_bytes(b"not uploaded yet")
     removed = run(source, "uninstall", root)
     assert removed.returncode == 0, removed.stderr
