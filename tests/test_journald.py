@@ -246,7 +246,8 @@ def real_journald() -> Iterator[str]:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _query(namespace: str, *matches: str) -> list[dict[str, object]]:
+def _query(namespace: str, *matches: str, expected: int) -> list[dict[str, object]]:
+    """Entries matching, polled until ``expected`` arrived (journald stores asynchronously)."""
     deadline = time.monotonic() + 20
     while True:
         finished = subprocess.run(
@@ -255,7 +256,7 @@ def _query(namespace: str, *matches: str) -> list[dict[str, object]]:
             capture_output=True, text=True, timeout=60, check=True,
         )
         entries = [json.loads(line) for line in finished.stdout.splitlines() if line]
-        if entries or time.monotonic() > deadline:
+        if len(entries) >= expected or time.monotonic() > deadline:
             return entries
         time.sleep(0.2)
 
@@ -270,7 +271,7 @@ def test_real_journald_finds_one_cameras_story(real_journald: str) -> None:
     log.info("clip.staged", camera="Y00000001", clip_id=9, sha256=SHA)
     log.info("scan.listing", camera="X81234567", listing="y" * (1024 * 1024))
 
-    entries = _query(real_journald, "BWC_CAMERA=X81234567")
+    entries = _query(real_journald, "BWC_CAMERA=X81234567", expected=3)
     events = [entry["BWC_EVENT"] for entry in entries]
     assert events == ["clip.staged", "clip.quarantined", "scan.listing"]
     staged, quarantined, listing = entries
@@ -284,5 +285,5 @@ def test_real_journald_finds_one_cameras_story(real_journald: str) -> None:
     assert quarantined["BWC_REASON"] == "hash\nmismatch"
     assert len(listing["BWC_LISTING"]) == 1024 * 1024  # through the memfd path
 
-    by_identifier = _query(real_journald, "SYSLOG_IDENTIFIER=bwc-dock", "PRIORITY=3")
+    by_identifier = _query(real_journald, "SYSLOG_IDENTIFIER=bwc-dock", "PRIORITY=3", expected=1)
     assert [entry["BWC_CLIP"] for entry in by_identifier] == ["8"]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bwc_dock.alarms import AlarmBoard, AlarmKind, Observation
+from bwc_dock.config import AlarmsConfig
 from bwc_dock.metrics import MetricsSnapshot, render, write_textfile
 
 
@@ -100,6 +103,20 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path)
         write_textfile(target, snapshot())
     assert sorted(os.listdir(tmp_path)) == ["bwc_dock.prom"]
     assert (target / "keep").read_text() == "old"
+
+
+def test_alarm_board_states_feed_the_alarm_gauges() -> None:
+    """Every alarm kind from the AlarmBoard appears, 1 when active and 0 when not."""
+    alarms = AlarmBoard(AlarmsConfig())
+    now = datetime(2025, 3, 1, tzinfo=UTC)
+    alarms.observe(Observation(now=now, oldest_pending_at=None, staging_free_bytes=0,
+                               staging_reserve_bytes=1024**3, quarantined_clips=2))
+    parsed = samples(render(snapshot(alarms=alarms.states())))
+    gauges = {labels[0][1]: value for (name, labels), value in parsed.items()
+              if name == "bwc_dock_alarm"}
+    assert gauges == {kind.value: 0 for kind in AlarmKind} | {
+        "staging_low": 1, "quarantined": 1,
+    }
 
 
 def test_missing_directory_raises() -> None:

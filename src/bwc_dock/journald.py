@@ -45,6 +45,7 @@ IDENTIFIER = "bwc-dock"
 # syslog priorities (journald's PRIORITY field) for structlog's level names
 _PRIORITIES = {
     "critical": 2,
+    "fatal": 2,
     "exception": 3,
     "error": 3,
     "warning": 4,
