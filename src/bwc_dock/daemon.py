@@ -16,20 +16,29 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
 import structlog
 
+from bwc_dock.alarms import StorageState
 from bwc_dock.clearer import clear_camera, clearable, ready_to_clear
 from bwc_dock.config import CameraProfile, Config, load_config
 from bwc_dock.copier import Copier, StagingArea
-from bwc_dock.errors import BwcDockError, ConfigError, Interrupted, SourceGone, StorageError
+from bwc_dock.errors import (
+    BwcDockError,
+    ConfigError,
+    Interrupted,
+    PermanentStorageError,
+    SourceGone,
+    StorageError,
+)
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner, owner_is_dead
 from bwc_dock.ledger.models import Docking, utc_now
 from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
+from bwc_dock.service import ServiceHooks
 from bwc_dock.sources.base import DockedVolume, Source, SourceListener
 from bwc_dock.storage.base import StorageBackend
 from bwc_dock.uploader import Uploader
@@ -83,6 +92,7 @@ class _Docked:
     cancel: threading.Event = field(default_factory=threading.Event)
     reader: str | None = None  # the copier worker reading it now
     finished_logged: bool = False
+    last_progress_at: datetime = field(default_factory=utc_now)
 
 
 class Daemon(SourceListener):
@@ -109,8 +119,11 @@ class Daemon(SourceListener):
         self._threads: list[threading.Thread] = []
         self._started_at = utc_now()
         self._storage_reachable: bool | None = None
+        self._storage_was_refused = False
         self._last_error: str | None = None
+        self.error_counts: dict[str, int] = {}
         self.on_tick: list[Callable[[Daemon], None]] = []  # hooks: watchdog, status, metrics
+        self.hooks: ServiceHooks | None = None
 
     # -- SourceListener ---------------------------------------------------------------
 
@@ -139,6 +152,8 @@ class Daemon(SourceListener):
 
     def run(self) -> int:
         self._install_signal_handlers()
+        self.hooks = ServiceHooks(self)
+        self.on_tick.append(self.hooks)
         self.recover()
         for source in self.sources:
             source.start(self)
@@ -237,6 +252,7 @@ class Daemon(SourceListener):
                 while not self.stop_event.is_set() and not docked.cancel.is_set():
                     if not copier.copy_next(docked.cancel, docked.docking_id):
                         break
+                    docked.last_progress_at = utc_now()
                     self.wake_event.set()  # an uploader may have work now
                 if self.staging.paused:
                     self.stop_event.wait(IDLE_WAIT_SECONDS)
@@ -280,7 +296,37 @@ class Daemon(SourceListener):
 
     def _storage_refused(self, message: str) -> None:
         self._storage_reachable = False
+        self._storage_was_refused = True
         self._last_error = message
+        self._count_error("storage_refused")
+
+    def _count_error(self, kind: str) -> None:
+        self.error_counts[kind] = self.error_counts.get(kind, 0) + 1
+
+    @property
+    def storage_state(self) -> StorageState:
+        if self._storage_reachable is None:
+            return StorageState.UNKNOWN
+        if self._storage_reachable:
+            return StorageState.OK
+        return StorageState.REFUSED if self._storage_was_refused else StorageState.UNREACHABLE
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    def docked_progress(self) -> list[tuple[str, int, datetime]]:
+        """(camera serial, clips still on the camera only, last progress) per docked camera."""
+        with self._lock:
+            docked = list(self._docked.values())
+        return [
+            (
+                d.volume.camera_serial,
+                self.ledger.copy_pending(d.volume.camera_serial),
+                d.last_progress_at,
+            )
+            for d in docked
+        ]
 
     def _idle(self) -> None:
         self.wake_event.wait(IDLE_WAIT_SECONDS)
@@ -316,11 +362,14 @@ class Daemon(SourceListener):
             if self._storage_reachable is False:
                 log.info("storage.reachable")
             self._storage_reachable = True
+            self._storage_was_refused = False
         except StorageError as error:
             if self._storage_reachable is not False:
                 log.error("storage.unreachable", error=str(error))
             self._storage_reachable = False
+            self._storage_was_refused = isinstance(error, PermanentStorageError)
             self._last_error = str(error)
+            self._count_error("storage_unreachable")
 
     def _rescan(self) -> None:
         for source in self.sources:
@@ -438,10 +487,20 @@ class Daemon(SourceListener):
         """SIGHUP: take a new configuration, or keep the old one if the new one is bad."""
         if self.config_path is None:
             return
+        if self.hooks is not None:
+            self.hooks.reloading()
+        try:
+            self._apply_new_config()
+        finally:
+            if self.hooks is not None:
+                self.hooks.reloaded()
+
+    def _apply_new_config(self) -> None:
+        assert self.config_path is not None
         try:
             new_config = load_config(self.config_path)
         except ConfigError as error:
-            log.error("config.reload_rejected", error=str(error))
+            log.error("config.reload_rejected", error=str(error), kept="the running config")
             return
         if new_config.ledger_url != self.config.ledger_url or (
             new_config.storage != self.config.storage
@@ -469,6 +528,8 @@ class Daemon(SourceListener):
         signal.signal(signal.SIGHUP, on_hangup)
 
     def shutdown(self) -> None:
+        if self.hooks is not None:
+            self.hooks.stopping()
         self.stop_event.set()
         self.wake_event.set()
         with self._lock:

@@ -78,40 +78,69 @@ def _fsync_directory(directory: Path) -> None:
 
 def _lines(snapshot: MetricsSnapshot) -> Iterator[str]:
     dock = {"dock": snapshot.dock_id}
-    yield from _family("clips", "gauge", "Clips in the ledger by state.", [
-        ({**dock, "state": state}, count)
-        for state, count in sorted(snapshot.clips_by_state.items())
-    ])
-    yield from _family("bytes_total", "counter", "Bytes moved, by step.", [
-        ({**dock, "step": "copied"}, snapshot.bytes_copied_total),
-        ({**dock, "step": "uploaded"}, snapshot.bytes_uploaded_total),
-    ])
+    yield from _family(
+        "clips",
+        "gauge",
+        "Clips in the ledger by state.",
+        [
+            ({**dock, "state": state}, count)
+            for state, count in sorted(snapshot.clips_by_state.items())
+        ],
+    )
+    yield from _family(
+        "bytes_total",
+        "counter",
+        "Bytes moved, by step.",
+        [
+            ({**dock, "step": "copied"}, snapshot.bytes_copied_total),
+            ({**dock, "step": "uploaded"}, snapshot.bytes_uploaded_total),
+        ],
+    )
     # no pending clip: age 0, so an alert on "age > limit" simply stays quiet
     oldest = snapshot.oldest_pending_seconds or 0.0
     yield from _family(
-        "oldest_pending_seconds", "gauge",
-        "Age of the oldest clip not yet in central storage (0 when none).", [(dock, oldest)],
+        "oldest_pending_seconds",
+        "gauge",
+        "Age of the oldest clip not yet in central storage (0 when none).",
+        [(dock, oldest)],
     )
-    yield from _family("errors_total", "counter", "Errors by kind.", [
-        ({**dock, "kind": kind}, count) for kind, count in sorted(snapshot.errors_total.items())
-    ])
-    yield from _family("alarm", "gauge", "Whether each alarm is active (1) or not (0).", [
-        ({**dock, "alarm": kind}, int(active)) for kind, active in sorted(snapshot.alarms.items())
-    ])
-    yield from _family("cameras_docked", "gauge", "Cameras docked now.", [
-        (dock, snapshot.cameras_docked)
-    ])
-    yield from _family("staging_free_bytes", "gauge", "Free space in the staging area.", [
-        (dock, snapshot.staging_free_bytes)
-    ])
+    yield from _family(
+        "errors_total",
+        "counter",
+        "Errors by kind.",
+        [({**dock, "kind": kind}, count) for kind, count in sorted(snapshot.errors_total.items())],
+    )
+    yield from _family(
+        "alarm",
+        "gauge",
+        "Whether each alarm is active (1) or not (0).",
+        [
+            ({**dock, "alarm": kind}, int(active))
+            for kind, active in sorted(snapshot.alarms.items())
+        ],
+    )
+    yield from _family(
+        "cameras_docked", "gauge", "Cameras docked now.", [(dock, snapshot.cameras_docked)]
+    )
+    yield from _family(
+        "staging_free_bytes",
+        "gauge",
+        "Free space in the staging area.",
+        [(dock, snapshot.staging_free_bytes)],
+    )
     if snapshot.storage_reachable is not None:
-        yield from _family("storage_reachable", "gauge", "Central storage answered (1) or not.", [
-            (dock, int(snapshot.storage_reachable))
-        ])
+        yield from _family(
+            "storage_reachable",
+            "gauge",
+            "Central storage answered (1) or not.",
+            [(dock, int(snapshot.storage_reachable))],
+        )
     if snapshot.last_loop_timestamp is not None:
         yield from _family(
-            "last_loop_timestamp_seconds", "gauge",
-            "Unix time the daemon's main loop last ran.", [(dock, snapshot.last_loop_timestamp)],
+            "last_loop_timestamp_seconds",
+            "gauge",
+            "Unix time the daemon's main loop last ran.",
+            [(dock, snapshot.last_loop_timestamp)],
         )
 
 

@@ -626,6 +626,17 @@ class Ledger:
                 or 0
             )
 
+    def byte_totals(self) -> tuple[int, int]:
+        """(bytes copied off cameras, bytes confirmed in central storage), ever."""
+        with self.transaction() as session:
+            copied = session.scalar(
+                select(func.coalesce(func.sum(Clip.size), 0)).where(Clip.staged_at.is_not(None))
+            )
+            uploaded = session.scalar(
+                select(func.coalesce(func.sum(Clip.size), 0)).where(Clip.uploaded_at.is_not(None))
+            )
+            return int(copied or 0), int(uploaded or 0)
+
     def oldest_pending_at(self) -> datetime | None:
         with self.transaction() as session:
             return session.scalar(
