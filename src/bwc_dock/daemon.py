@@ -539,6 +539,11 @@ class Daemon(SourceListener):
             thread.join(timeout=30)
         for source in self.sources:
             source.stop()
+        with self._lock:
+            still_docked = list(self._docked.values())
+            self._docked.clear()
+        for docked in still_docked:  # the next start re-docks what is still present
+            self.ledger.end_docking(docked.docking_id, "daemon stopped")
         self.ledger.beat(
             socket.gethostname(),
             0,
