@@ -14,9 +14,11 @@ API (import what you need; pytest finds fixtures imported into a test module)::
 - ``s3_bucket`` (function scope): the name of a fresh empty bucket on ``seaweedfs``.
 
 A :class:`SeaweedServer` gives ``endpoint_url``, ``access_key``, ``secret_key``,
-``bucket`` (created at start), ``client()`` (a boto3 S3 client with the admin
-credentials), ``create_bucket(name, object_lock=False)`` and ``environment()`` (the
-``AWS_*`` variables a subprocess needs to reach it).
+``bucket`` (created at start), ``storage_config(bucket, **overrides)`` (a validated
+StorageConfig for the s3 backend, 5 MiB multipart threshold and parts), ``client()``
+(a boto3 S3 client with the admin credentials), ``create_bucket(name, object_lock=False)``,
+``object_keys(bucket, prefix)`` and ``environment()`` (the ``AWS_*`` variables that
+let this process or a child reach it).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from bwc_dock.config import StorageConfig
 from tests.realparts import unavailable
 
 ACCESS_KEY = "bwc-dock-test-key"
@@ -208,6 +211,23 @@ class SeaweedServer:
         name = name or f"test-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=name, ObjectLockEnabledForBucket=object_lock)
         return name
+
+    def storage_config(self, bucket: str | None = None, **overrides: Any) -> StorageConfig:
+        """A ``[storage]`` section for the s3 backend pointing at this server.
+
+        Credentials are not in it (they never are): set ``environment()`` in the process
+        environment, e.g. with ``monkeypatch.setenv``.
+        """
+        settings: dict[str, Any] = {
+            "backend": "s3",
+            "endpoint_url": self.endpoint_url,
+            "bucket": bucket or self.bucket,
+            "addressing_style": "path",
+            "multipart_threshold_mb": 5,
+            "multipart_part_mb": 5,
+        }
+        settings.update(overrides)
+        return StorageConfig.model_validate(settings)
 
     def object_keys(self, bucket: str, prefix: str = "") -> list[str]:
         """Every key under ``prefix`` (all versions collapse to one key)."""
