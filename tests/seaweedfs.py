@@ -3,9 +3,11 @@
 Every port it opens is a free loopback port picked at start, its data lives in a pytest
 temporary directory, and it is stopped when the test (or session) ends.
 
-API (import what you need; pytest finds fixtures imported into a test module)::
+API: register this module as a plugin to get its fixtures, in ``tests/conftest.py``
+or in the test module itself (import SeaweedServer only under TYPE_CHECKING there, or
+pytest warns that it cannot rewrite the module's asserts)::
 
-    from tests.seaweedfs import seaweedfs, seaweedfs_private, s3_bucket  # noqa: F401
+    pytest_plugins = ("tests.seaweedfs",)
 
 - ``seaweedfs`` (session scope): a shared running server. Do not stop it; make your own
   bucket with ``seaweedfs.create_bucket(...)`` or use ``s3_bucket``.
