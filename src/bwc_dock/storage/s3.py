@@ -290,6 +290,9 @@ class S3Backend(StorageBackend):
         self._client_lock = threading.Lock()
         self._client: Any = None
         self._bucket_confirmed = False
+        # Cleared when the store answers NotImplemented to If-None-Match; the HEAD before
+        # every write is then the only create-only guard.
+        self._conditional_writes = True
         if settings.endpoint_url and urlsplit(settings.endpoint_url).scheme == "http":
             logger.warning("s3.cleartext_endpoint", endpoint=settings.endpoint_url,
                            why="no TLS: bodies are checksummed but not confidential")
@@ -587,24 +590,40 @@ class S3Backend(StorageBackend):
             self._s3().put_object(
                 Bucket=self._settings.bucket, Key=full_key,
                 Body=_MeteredBody(data, progress) if progress else data,
-                ContentLength=len(data), ChecksumSHA256=checksum, IfNoneMatch="*",
-                Metadata=metadata, **self._lock_parameters(),
+                ContentLength=len(data), ChecksumSHA256=checksum, Metadata=metadata,
+                **self._create_only(), **self._lock_parameters(),
             )
 
         with self._translated("PUT", full_key):
             try:
-                self._retrying_checksum(attempt, f"PUT {full_key}")
+                self._retrying_conditional(lambda: self._retrying_checksum(attempt, full_key))
             except ClientError as error:
                 if _is_precondition_failed(error):
                     return False
                 raise
         return True
 
+    def _create_only(self) -> dict[str, str]:
+        return {"IfNoneMatch": "*"} if self._conditional_writes else {}
+
+    def _retrying_conditional(self, call: Callable[[], _Result]) -> _Result:
+        """Run ``call``; once more without If-None-Match if the store does not know it."""
+        try:
+            return call()
+        except ClientError as error:
+            if _error_code(error) != "NotImplemented" or not self._conditional_writes:
+                raise
+            self._conditional_writes = False
+            logger.warning("s3.conditional_writes_unsupported",
+                           endpoint=self._settings.endpoint_url,
+                           why="only the HEAD before each write guards against overwrites")
+            return call()
+
     def _require_head(self, key: str) -> StoredObject:
         stored = self.head(key)
         if stored is None:
-            raise TransientStorageError(f"{self._where(self._full_key(key))}: the store refused"
-                                        " the write as existing but shows no object; retry")
+            raise TransientStorageError(f"{self._where(self._full_key(key))}: no object to"
+                                        " be seen after the write; retry")
         return stored
 
     def _accept_existing(self, key: str, existing: StoredObject, expected: str,
@@ -732,10 +751,17 @@ class S3Backend(StorageBackend):
                  done: dict[int, PartRecord]) -> set[Future[PartRecord]]:
         """Journal the parts that finished (in this thread: the journal may be a ledger)."""
         completed, still_pending = wait(pending, return_when=FIRST_COMPLETED)
+        failure: BaseException | None = None
         for future in completed:
-            record = future.result()  # re-raises the part's error; the finally cancels the rest
+            error = future.exception()
+            if error is not None:
+                failure = failure or error
+                continue
+            record = future.result()
             journal.part_done(record)
             done[record.number] = record
+        if failure is not None:
+            raise failure  # the caller's finally cancels the parts not yet started
         return still_pending
 
     def _upload_part(self, full_key: str, upload_id: str, number: int, data: bytes,
@@ -769,12 +795,16 @@ class S3Backend(StorageBackend):
         """Complete create-only; False when an object appeared under the key first."""
         listing = [{"PartNumber": part.number, "ETag": part.etag, "ChecksumSHA256": part.checksum}
                    for part in parts]
+        def attempt() -> dict[str, Any]:
+            response: dict[str, Any] = self._s3().complete_multipart_upload(
+                Bucket=self._settings.bucket, Key=full_key, UploadId=upload_id,
+                MultipartUpload={"Parts": listing}, **self._create_only(),
+            )
+            return response
+
         with self._translated("COMPLETE MULTIPART", full_key):
             try:
-                response = self._s3().complete_multipart_upload(
-                    Bucket=self._settings.bucket, Key=full_key, UploadId=upload_id,
-                    MultipartUpload={"Parts": listing}, IfNoneMatch="*",
-                )
+                response = self._retrying_conditional(attempt)
             except ClientError as error:
                 if _is_precondition_failed(error):
                     self._abandon(full_key, journal)
