@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -102,6 +103,7 @@ class SeaweedServer:
         self.endpoint_url = f"http://127.0.0.1:{self.ports['s3.port']}"
         self.log_path = directory / "weed.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._socket_directory: Path | None = None
 
     def environment(self) -> dict[str, str]:
         """The environment variables that let boto3 (or a child process) reach this server."""
@@ -141,7 +143,11 @@ class SeaweedServer:
     def start(self) -> None:
         """Start the server and return once S3 answers and the bucket exists."""
         assert not self.running, "already running"
-        environment = {**os.environ, **self.environment()}
+        # weed puts gRPC unix sockets in $TMPDIR and leaves them behind: give it a short
+        # private one (the pytest directory would exceed the 108-byte socket path limit).
+        self._socket_directory = Path(tempfile.mkdtemp(prefix="weed-"))
+        environment = {**os.environ, **self.environment(),
+                       "TMPDIR": str(self._socket_directory)}
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 self._command(),
@@ -172,14 +178,16 @@ class SeaweedServer:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 15 s); a stopped server stays stopped."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=15)
+        if self._socket_directory is not None:
+            shutil.rmtree(self._socket_directory, ignore_errors=True)
+            self._socket_directory = None
 
     def restart(self) -> None:
         self.stop()
