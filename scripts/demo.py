@@ -78,7 +78,7 @@ heartbeat_seconds = 1
 name = "demo-bodycam"
 serial_source = "folder"
 clips = ["DCIM/**/*.MP4"]
-recorded_pattern = '(?P<Y>\\d{{4}})(?P<m>\\d{{2}})(?P<d>\\d{{2}})_(?P<H>\\d{{2}})(?P<M>\\d{{2}})(?P<S>\\d{{2}})'  # noqa: E501
+recorded_pattern = '(?P<Y>\\d{{4}})(?P<m>\\d{{2}})(?P<d>\\d{{2}})_(?P<H>\\d{{2}})(?P<M>\\d{{2}})(?P<S>\\d{{2}})'
 """)
     return config
 

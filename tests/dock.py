@@ -46,6 +46,7 @@ def toml_document(sections: dict[str, dict[str, Any]]) -> str:
 class Dock:
     root: Path
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra_environment: dict[str, str] = field(default_factory=dict)
 
     @property
     def config_path(self) -> Path:
@@ -93,6 +94,7 @@ class Dock:
         environment["BWC_DOCK_CONFIG"] = str(self.config_path)
         environment.pop("JOURNAL_STREAM", None)
         environment.pop("NOTIFY_SOCKET", None)
+        environment.update(self.extra_environment)
         return environment
 
     def cli(self, *arguments: str, check: bool = True,

@@ -23,6 +23,7 @@ from types import FrameType
 import structlog
 
 from bwc_dock.alarms import StorageState
+from bwc_dock.bandwidth import BandwidthLimiter
 from bwc_dock.clearer import clear_camera, clearable, ready_to_clear
 from bwc_dock.config import CameraProfile, Config, load_config
 from bwc_dock.copier import Copier, StagingArea
@@ -124,6 +125,9 @@ class Daemon(SourceListener):
         self.error_counts: dict[str, int] = {}
         self.on_tick: list[Callable[[Daemon], None]] = []  # hooks: watchdog, status, metrics
         self.hooks: ServiceHooks | None = None
+        self._bandwidth = (
+            BandwidthLimiter(config.storage.bandwidth) if config.storage.bandwidth else None
+        )
 
     # -- SourceListener ---------------------------------------------------------------
 
@@ -183,7 +187,9 @@ class Daemon(SourceListener):
         summary["dockings_ended"] = self.ledger.end_stale_dockings()
         summary["staging_partials_removed"] = self._remove_staging_partials()
         try:
-            summary["storage_partials_removed"] = self.backend.cleanup_partials()
+            summary["storage_partials_removed"] = self.backend.cleanup_partials(
+                keep=self.ledger.wanted_upload_ids()
+            )
         except StorageError as error:
             log.warning("recovery.storage_unreachable", error=str(error))
         log.info("daemon.recovered", **summary)
@@ -290,9 +296,11 @@ class Daemon(SourceListener):
             if not uploader.upload_next():
                 self._idle()
 
-    def _upload_progress(self, _count: int) -> None:
+    def _upload_progress(self, count: int) -> None:
         if self.stop_event.is_set():
             raise Interrupted("shutting down")
+        if self._bandwidth is not None:
+            self._bandwidth(count)  # one limiter for the whole dock, shared by all uploaders
 
     def _storage_refused(self, message: str) -> None:
         self._storage_reachable = False

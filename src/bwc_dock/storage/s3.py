@@ -509,18 +509,37 @@ class S3Backend(StorageBackend):
 
     # -- writing ------------------------------------------------------------------------
 
-    def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> StoredObject:
+    def put_bytes(
+        self, key: str, data: bytes, metadata: Mapping[str, str], *, replace: bool = False
+    ) -> StoredObject:
         expected = hashlib.sha256(data).hexdigest()
         full_key = self._full_key(key)
         existing = self._head_raw(full_key)
+        object_metadata = self._object_metadata(metadata, expected)
         if existing is not None:
             stored = self._stored_object(key, existing)
+            if replace and stored.sha256 != expected:
+                # a document (manifest, SHA256SUMS) rewritten on purpose; never evidence
+                self._put_single(full_key, data, object_metadata, None, create_only=False)
+                return self._verify(key, expected, len(data))
             return self._accept_existing(key, stored, expected, len(data))
-        if not self._put_single(full_key, data, self._object_metadata(metadata, expected), None):
+        if not self._put_single(full_key, data, object_metadata, None):
             return self._accept_existing(key, self._require_head(key), expected, len(data))
         return self._verify(key, expected, len(data))
 
-    def put_file(  # noqa: PLR0917 - the signature is the StorageBackend port's
+    def read_bytes(self, key: str) -> bytes | None:
+        full_key = self._full_key(key)
+        with self._translated("GET", full_key):
+            try:
+                response = self._s3().get_object(Bucket=self._settings.bucket, Key=full_key)
+            except ClientError as error:
+                if _error_code(error) in _MISSING_KEY_CODES:
+                    return None
+                raise
+            body: bytes = response["Body"].read()
+        return body
+
+    def put_file(
         self,
         key: str,
         source: Path,
@@ -582,16 +601,17 @@ class S3Backend(StorageBackend):
         return self._put_single(upload.full_key, data, upload.metadata, upload.progress)
 
     def _put_single(self, full_key: str, data: bytes, metadata: dict[str, str],
-                    progress: ProgressCallback | None) -> bool:
+                    progress: ProgressCallback | None, *, create_only: bool = True) -> bool:
         """PUT create-only; False when an object appeared under the key first."""
         checksum = sha256_base64(data)
+        condition = self._create_only() if create_only else {}
 
         def attempt() -> None:
             self._s3().put_object(
                 Bucket=self._settings.bucket, Key=full_key,
                 Body=_MeteredBody(data, progress) if progress else data,
                 ContentLength=len(data), ChecksumSHA256=checksum, Metadata=metadata,
-                **self._create_only(), **self._lock_parameters(),
+                **condition, **self._lock_parameters(),
             )
 
         with self._translated("PUT", full_key):
