@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, message: str,
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s: {message}")
+
+
+def utc_datetime() -> datetime:
+    return datetime.now(UTC)

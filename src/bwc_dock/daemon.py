@@ -195,6 +195,16 @@ class Daemon(SourceListener):
         log.info("daemon.recovered", **summary)
         return summary
 
+    def _adopt_handed_over(self) -> None:
+        """Take over folders a hand-run ``ingest`` handed to us (ownerless dockings)."""
+        adopted = self.ledger.adopt_dockings(self.owner, frozenset({"ingest"}))
+        for docking in adopted:
+            log.info("dock.adopted", camera=docking.camera_serial, docking=docking.id,
+                     device=docking.device)
+            self._adopt(docking)
+        if adopted:
+            self.wake_event.set()
+
     def _adopt(self, docking: Docking) -> None:
         volume = DockedVolume(
             source=docking.source,
@@ -356,6 +366,7 @@ class Daemon(SourceListener):
             if now - timers["purge"] >= PURGE_INTERVAL_SECONDS:
                 timers["purge"] = now
                 self.purge_staging()
+            self._adopt_handed_over()
             self._finish_offloads()
             if now - timers["beat"] >= self.config.service.heartbeat_seconds:
                 timers["beat"] = now

@@ -118,7 +118,7 @@ class Ledger:
 
     # -- cameras and dockings ------------------------------------------------------
 
-    def record_docking(self, volume: DockedVolume, owner: str) -> int:
+    def record_docking(self, volume: DockedVolume, owner: str | None) -> int:
         """A new docking of ``volume``; ``owner`` (a lease-owner name) is who reads it."""
         now = utc_now()
         with self.transaction() as session:
