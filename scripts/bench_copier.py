@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -273,9 +273,7 @@ def measure_cp_sha256sum(dataset: Dataset, scratch: Path) -> Sample:
 
 
 def measure_openssl(dataset: Dataset) -> Sample:
-    seconds, cpu, output = run_tool(
-        ["openssl", "dgst", "-sha256", "--", *map(str, dataset.files)]
-    )
+    seconds, cpu, output = run_tool(["openssl", "dgst", "-sha256", "--", *map(str, dataset.files)])
     return Sample(seconds, cpu, digests=parse_digests(output, openssl=True))
 
 
@@ -508,8 +506,9 @@ def main() -> int:
     parser.add_argument("--big-mib", type=int, default=1024)
     parser.add_argument("--small-count", type=int, default=100)
     parser.add_argument("--small-mib", type=int, default=10)
-    parser.add_argument("--copier-worker", nargs=3, metavar=("MODE", "VOLUME", "WORK"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--copier-worker", nargs=3, metavar=("MODE", "VOLUME", "WORK"), help=argparse.SUPPRESS
+    )
     arguments = parser.parse_args()
     if arguments.copier_worker:
         mode, volume, work = arguments.copier_worker
