@@ -51,7 +51,10 @@ LABELS = {
     "copier_verify": "(b) copier + verify",
     "cp_sha256sum": "(c) cp + sha256sum",
     "openssl_sha256": "(d) openssl sha256",
+    "baseline_no_verify": "(a0) --baseline, no verify",
+    "baseline_verify": "(b0) --baseline + verify",
 }
+BASELINE_ENVIRONMENT = "BWC_BENCH_BASELINE_HASHING"
 
 
 @dataclass
@@ -139,6 +142,21 @@ def _disable_verify() -> None:
     copier_module.hash_file_from_disk = trust_the_copy  # type: ignore[assignment]
 
 
+def _use_baseline_hashing(path: str) -> None:
+    """Benchmark only: run the copier with another hashing.py (before/after tuning)."""
+    import importlib.util
+
+    import bwc_dock.copier as copier_module
+
+    spec = importlib.util.spec_from_file_location("baseline_hashing", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    copier_module.copy_hashing = module.copy_hashing  # type: ignore[assignment]
+    copier_module.hash_file_from_disk = module.hash_file_from_disk  # type: ignore[assignment]
+    copier_module.fsync_directory = module.fsync_directory  # type: ignore[assignment]
+
+
 def copier_worker(mode: str, volume: Path, work: Path) -> None:
     """Copy every clip of ``volume`` through a real ledger; print one JSON result."""
     from bwc_dock.config import parse_config
@@ -173,6 +191,8 @@ def copier_worker(mode: str, volume: Path, work: Path) -> None:
     ledger.record_scan(docking_id, found.clips, len(found.refused))
     staging = StagingArea(config.staging_dir, config.dock.staging_reserve_mb * MIB)
     copier = Copier(ledger, staging, owner)
+    if os.environ.get(BASELINE_ENVIRONMENT):
+        _use_baseline_hashing(os.environ[BASELINE_ENVIRONMENT])
     if mode == "no-verify":
         _disable_verify()
     cancel = threading.Event()
@@ -196,7 +216,9 @@ def copier_worker(mode: str, volume: Path, work: Path) -> None:
     print(json.dumps(result))
 
 
-def measure_copier(dataset: Dataset, scratch: Path, verify: bool) -> Sample:
+def measure_copier(
+    dataset: Dataset, scratch: Path, verify: bool, baseline: str | None = None
+) -> Sample:
     work = scratch / "copier"
     work.mkdir()
     try:
@@ -212,6 +234,7 @@ def measure_copier(dataset: Dataset, scratch: Path, verify: bool) -> Sample:
             check=True,
             capture_output=True,
             text=True,
+            env={**os.environ, BASELINE_ENVIRONMENT: baseline or ""},
         )
         result = json.loads(completed.stdout)
         if result["states"] != ["staged"]:
@@ -321,9 +344,13 @@ def settle() -> None:
     os.sync()
 
 
-def measure(dataset: Dataset, scratch: Path, method: str) -> Sample:
+def measure(dataset: Dataset, scratch: Path, method: str, baseline: str | None) -> Sample:
     warm(dataset)
-    if method == "copier_no_verify":
+    if method == "baseline_no_verify":
+        sample = measure_copier(dataset, scratch, verify=False, baseline=baseline)
+    elif method == "baseline_verify":
+        sample = measure_copier(dataset, scratch, verify=True, baseline=baseline)
+    elif method == "copier_no_verify":
         sample = measure_copier(dataset, scratch, verify=False)
     elif method == "copier_verify":
         sample = measure_copier(dataset, scratch, verify=True)
@@ -412,19 +439,21 @@ def print_table(report: dict[str, Any]) -> None:
         f"4 KiB write+fsync {disk['small_fsync_ms']:.1f} ms"
     )
     header = (
-        f"{'data':<12} {'method':<24} {'MB/s':>8} {'CPU s/GiB':>10} {'vs openssl':>10} "
+        f"{'data':<12} {'method':<27} {'MB/s':>8} {'CPU s/GiB':>10} {'vs openssl':>10} "
         f"{'peak RSS MiB':>13}  runs (s)"
     )
     print(header)
     print("-" * len(header))
     for name, result in report["results"].items():
-        for method in METHODS:
+        for method, label in LABELS.items():
+            if method not in result["methods"]:
+                continue
             entry = result["methods"][method]
             rss = entry.get("peak_rss_mib")
             rss_text = f"{rss:.1f}" if rss is not None else "-"
             runs = " ".join(f"{value:.2f}" for value in entry["runs_seconds"])
             print(
-                f"{name:<12} {LABELS[method]:<24} {entry['mb_per_s']:>8.0f} "
+                f"{name:<12} {label:<27} {entry['mb_per_s']:>8.0f} "
                 f"{entry['cpu_seconds_per_gib']:>10.2f} {entry['ratio_to_openssl']:>10.2f} "
                 f"{rss_text:>13}  {runs}"
             )
@@ -467,15 +496,18 @@ def run(arguments: argparse.Namespace) -> int:
         disk = probe_disk(scratch)
         results = {}
         for dataset in datasets:
-            samples: dict[str, list[Sample]] = {method: [] for method in METHODS}
+            # openssl first in each round: the ceiling every ratio is taken against
+            order = ["openssl_sha256", *METHODS[:3]]
+            if arguments.baseline:
+                order += ["baseline_no_verify", "baseline_verify"]
+            samples: dict[str, list[Sample]] = {method: [] for method in order}
             for repetition in range(arguments.reps):
-                # openssl first in each round: the ceiling every ratio is taken against
-                for method in ("openssl_sha256", *METHODS[:3]):
+                for method in order:
                     print(
                         f"{dataset.name} run {repetition + 1}/{arguments.reps}: {method}",
                         file=sys.stderr,
                     )
-                    samples[method].append(measure(dataset, scratch, method))
+                    samples[method].append(measure(dataset, scratch, method, arguments.baseline))
             results[dataset.name] = summarise(dataset, samples)
         report = {
             "reps": arguments.reps,
@@ -509,7 +541,15 @@ def main() -> int:
     parser.add_argument(
         "--copier-worker", nargs=3, metavar=("MODE", "VOLUME", "WORK"), help=argparse.SUPPRESS
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="HASHING_PY",
+        help="also run the copier with this hashing.py, for before/after comparisons "
+        "(e.g. from git show OLD:src/bwc_dock/hashing.py)",
+    )
     arguments = parser.parse_args()
+    if arguments.baseline:
+        arguments.baseline = str(Path(arguments.baseline).resolve())
     if arguments.copier_worker:
         mode, volume, work = arguments.copier_worker
         copier_worker(mode, Path(volume), Path(work))
