@@ -387,9 +387,17 @@ def summarise(dataset: Dataset, samples: dict[str, list[Sample]]) -> dict[str, A
                 max(run.baseline_rss_kib or 0 for run in runs) / 1024, 1
             )
         methods[method] = entry
-    ceiling = methods["openssl_sha256"]["mb_per_s"]
-    for entry in methods.values():
-        entry["ratio_to_openssl"] = round(entry["mb_per_s"] / ceiling, 3)
+    # Ratios per round (openssl ran just before the others), then the median: other load
+    # on the machine comes and goes, and a round's methods see much the same of it.
+    ceiling = samples["openssl_sha256"]
+    for method, runs in samples.items():
+        rounds = list(zip(ceiling, runs, strict=True))
+        wall = statistics.median(reference.seconds / run.seconds for reference, run in rounds)
+        cpu = statistics.median(
+            reference.cpu_seconds / run.cpu_seconds for reference, run in rounds
+        )
+        methods[method]["ratio_to_openssl"] = round(wall, 3)
+        methods[method]["cpu_ratio_to_openssl"] = round(cpu, 3)
     return {"bytes": dataset.size, "files": len(dataset.files), "methods": methods}
 
 
@@ -432,7 +440,8 @@ def print_table(report: dict[str, Any]) -> None:
     disk = report["disk"]
     print(
         f"copier benchmark: {report['reps']} runs each, median; scratch {report['scratch_fs']}; "
-        f"{report['cpus']} CPUs"
+        f"{report['cpus']} CPUs; CPU pressure from other work during the run "
+        f"{report['cpu_pressure_percent']}% (wall-clock figures are noisy when it is high)"
     )
     print(
         f"disk: buffered write+fsync of 256 MiB {disk['write_fsync_mb_per_s']:.0f} MB/s, "
@@ -440,6 +449,7 @@ def print_table(report: dict[str, Any]) -> None:
     )
     header = (
         f"{'data':<12} {'method':<27} {'MB/s':>8} {'CPU s/GiB':>10} {'vs openssl':>10} "
+        f"{'CPU vs openssl':>14} "
         f"{'peak RSS MiB':>13}  runs (s)"
     )
     print(header)
@@ -455,6 +465,7 @@ def print_table(report: dict[str, Any]) -> None:
             print(
                 f"{name:<12} {label:<27} {entry['mb_per_s']:>8.0f} "
                 f"{entry['cpu_seconds_per_gib']:>10.2f} {entry['ratio_to_openssl']:>10.2f} "
+                f"{entry['cpu_ratio_to_openssl']:>14.2f} "
                 f"{rss_text:>13}  {runs}"
             )
     print()
@@ -472,6 +483,22 @@ def filesystem_of(path: Path) -> str:
     )
     lines = completed.stdout.split()
     return " ".join(lines[-2:]) if len(lines) >= 2 else "unknown"
+
+
+def cpu_pressure_microseconds() -> int | None:
+    """Total time some task waited for a CPU (Linux PSI), to show how busy the box was."""
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return int(first.rsplit("total=", 1)[1])
+
+
+def pressure_percent(before: int | None, started: float) -> float | None:
+    after = cpu_pressure_microseconds()
+    if before is None or after is None:
+        return None
+    return round((after - before) / 1e6 / (time.monotonic() - started) * 100, 1)
 
 
 def size_name(count: int, mib: int) -> str:
@@ -494,6 +521,7 @@ def run(arguments: argparse.Namespace) -> int:
         ]
         settle()
         disk = probe_disk(scratch)
+        pressure_before, started = cpu_pressure_microseconds(), time.monotonic()
         results = {}
         for dataset in datasets:
             # openssl first in each round: the ceiling every ratio is taken against
@@ -514,6 +542,7 @@ def run(arguments: argparse.Namespace) -> int:
             "cpus": os.cpu_count(),
             "scratch_fs": filesystem_of(scratch),
             "disk": {key: round(value, 2) for key, value in disk.items()},
+            "cpu_pressure_percent": pressure_percent(pressure_before, started),
             "results": results,
         }
         report["checks"] = verdicts(results)
