@@ -131,7 +131,10 @@ def _aligned_buffer(size: int) -> mmap.mmap:
 def _fitted_chunk_size(source_fd: int, chunk_size: int) -> int:
     """A small file needs no full-size buffers: allocating and faulting in three 4 MiB
     buffers per 100 KiB sidecar is most of its copy time."""
-    size = _regular_file_size(source_fd)
+    try:
+        size = _regular_file_size(source_fd)
+    except OSError:
+        return chunk_size  # a camera gone already: let the first read report it
     if size is None or size >= chunk_size:
         return chunk_size
     # one page more than the file, so the read that finds the end is not the last fit
