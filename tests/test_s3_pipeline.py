@@ -95,3 +95,62 @@ def _parts_done(dock: Dock) -> int:
     with sqlite3.connect(dock.ledger_path, timeout=30) as connection:
         count: int = connection.execute("SELECT count(*) FROM multipart_parts").fetchone()[0]
     return count
+
+
+def test_store_offline_then_back_loses_and_duplicates_nothing(
+    dock: Dock, seaweedfs_private: SeaweedServer
+) -> None:
+    """With the store down, clips wait staged (attempts counted); when it returns, each
+    clip is stored exactly once."""
+    bucket = seaweedfs_private.create_bucket()
+    _use_s3(dock, seaweedfs_private, bucket)
+    seaweedfs_private.stop()
+    camera = dock.root / "camera"
+    make_camera(camera, [1000, 7 * MIB], sidecars=False)
+    daemon = dock.start_daemon()
+    try:
+        camera.rename(dock.watch_dir / "OFFLINE1")
+        wait_until(lambda: len(dock.clips()) == 2 and all(
+            c["state"] == "staged" and c["upload_attempts"] >= 1 for c in dock.clips()),
+            timeout=120, message="clips staged with failed attempts while offline")
+        seaweedfs_private.start()
+        wait_until(lambda: all(c["state"] == "uploaded" for c in dock.clips()), timeout=180,
+                   message="uploaded once the store is back")
+    finally:
+        assert dock.stop_daemon(daemon) == 0
+    keys = [k for k in seaweedfs_private.object_keys(bucket, "bwc/") if not k.endswith(".json")]
+    assert sorted(keys) == sorted("bwc/" + c["remote_key"] for c in dock.clips())
+    for clip in dock.clips():
+        assert _object_sha256(seaweedfs_private, bucket, "bwc/" + clip["remote_key"]) == (
+            clip["sha256"])
+
+
+def test_wrong_credentials_are_reported_once_and_recovered(
+    dock: Dock, seaweedfs: SeaweedServer, s3_bucket: str
+) -> None:
+    """Refused credentials: one loud error, clips stay staged; fixed credentials upload."""
+    _use_s3(dock, seaweedfs, s3_bucket,
+            storage={"permanent_error_backoff_seconds": 1.0})
+    dock.extra_environment["AWS_SECRET_ACCESS_KEY"] = "wrong-secret"
+    camera = dock.root / "camera"
+    make_camera(camera, [1000, 2000, 3000], sidecars=False)
+    daemon = dock.start_daemon()
+    try:
+        camera.rename(dock.watch_dir / "CREDS1")
+        wait_until(lambda: len(dock.clips()) == 3 and all(
+            c["upload_attempts"] >= 2 for c in dock.clips()), timeout=120,
+            message="several refused attempts")
+    finally:
+        assert dock.stop_daemon(daemon) == 0
+    refused = [e for e in dock.log_events() if e.get("event") == "storage.refused"]
+    assert len(refused) == 1
+    assert refused[0]["level"] == "error"
+    assert "wrong-secret" not in (dock.root / "daemon.log").read_text()
+    assert {c["state"] for c in dock.clips()} == {"staged"}
+    dock.extra_environment.update(seaweedfs.environment())
+    daemon = dock.start_daemon()
+    try:
+        wait_until(lambda: all(c["state"] == "uploaded" for c in dock.clips()), timeout=120,
+                   message="uploaded with the right credentials")
+    finally:
+        assert dock.stop_daemon(daemon) == 0

@@ -42,7 +42,7 @@ from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
 from bwc_dock.service import ServiceHooks
 from bwc_dock.sources.base import DockedVolume, Source, SourceListener
 from bwc_dock.storage.base import StorageBackend
-from bwc_dock.uploader import Uploader
+from bwc_dock.uploader import Uploader, report_refusal_once
 
 log = structlog.get_logger(__name__)
 
@@ -121,6 +121,7 @@ class Daemon(SourceListener):
         self._started_at = utc_now()
         self._storage_reachable: bool | None = None
         self._storage_was_refused = False
+        self._refusals_reported: set[str] = set()
         self._last_error: str | None = None
         self.error_counts: dict[str, int] = {}
         self.on_tick: list[Callable[[Daemon], None]] = []  # hooks: watchdog, status, metrics
@@ -313,6 +314,7 @@ class Daemon(SourceListener):
             self._bandwidth(count)  # one limiter for the whole dock, shared by all uploaders
 
     def _storage_refused(self, message: str) -> None:
+        report_refusal_once(message, self._refusals_reported, self._lock)
         self._storage_reachable = False
         self._storage_was_refused = True
         self._last_error = message

@@ -238,21 +238,27 @@ class Uploader:
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not secrecy
 
     def _report_permanent(self, error: PermanentStorageError) -> None:
-        kind = str(error).split(":", 1)[-1].strip()[:80]
-        with self._lock:
-            first = kind not in self._reported_permanent
-            self._reported_permanent.add(kind)
-        if first:
-            log.error(
-                "storage.refused",
-                error=str(error),
-                hint="check the storage credentials, bucket and permissions",
-            )
+        """Loud once per kind of refusal: the daemon's reporter spans all its uploaders."""
         if self.on_permanent_error is not None:
             self.on_permanent_error(str(error))
+            return
+        report_refusal_once(str(error), self._reported_permanent, self._lock)
 
 
 def _confirmed(stored_sha256: str | None, expected: str, key: str) -> str:
     if stored_sha256 is not None and stored_sha256 != expected:
         raise IntegrityError(f"{key}: storage confirmed {stored_sha256}, expected {expected}")
     return expected
+
+
+def report_refusal_once(message: str, reported: set[str], lock: threading.Lock) -> bool:
+    """Log ``storage.refused`` the first time a kind of refusal is seen; True if logged."""
+    # "ACTION KEY: reason (detail)": the kind is the reason, whatever the key or detail
+    kind = message.split(": ", 1)[-1].split("(", 1)[0].strip()[:60]
+    with lock:
+        if kind in reported:
+            return False
+        reported.add(kind)
+    log.error("storage.refused", error=message,
+              hint="check the storage credentials, bucket and permissions")
+    return True
