@@ -39,6 +39,7 @@ from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger import audit as audit_chain
 from bwc_dock.ledger.leases import current_owner, owner_is_dead
 from bwc_dock.ledger.models import Clip, Docking, Sidecar
+from bwc_dock.manifest import KeyTemplate
 from bwc_dock.scanner import scan_volume
 from bwc_dock.sources.base import DockedVolume, SourceListener
 from bwc_dock.storage.base import StorageBackend
@@ -505,8 +506,7 @@ class Resync:
     def _release_quarantined(self, work: ClipWork, *, staged_ok: bool, on_camera: bool) -> None:
         reason = work.last_error or "no reason recorded"
         if staged_ok:
-            central_bad = check_remote(self.backend, work) if work.remote_key else []
-            differing = [m for m in central_bad if m.found is not None and m.file != "manifest"]
+            differing = self._wrong_objects_under_keys(work)
             self._act(
                 Action(
                     "quarantined",
@@ -536,6 +536,30 @@ class Resync:
             self._unrepairable(
                 work, f"quarantined ({reason}); no verified staged copy and camera not docked"
             )
+
+    def _wrong_objects_under_keys(self, work: ClipWork) -> list[Mismatch]:
+        """Objects under the keys the clip's upload will use that hold other bytes (what
+        quarantined it, when storage refused to overwrite them)."""
+        keys = KeyTemplate(self.config.storage.key_template, self.ledger.dock_id)
+        wanted = [(work.name, work.remote_key or keys.key(work), work.sha256)]
+        wanted += [(s.name, keys.key(work, s.name), s.sha256) for s in work.sidecars]
+        wrong = []
+        for name, key, expected in wanted:
+            found = self.backend.read_sha256(key)
+            if found is not None and found != expected:
+                wrong.append(
+                    Mismatch(
+                        work.id,
+                        work.camera_serial,
+                        "central",
+                        name,
+                        key,
+                        expected,
+                        found,
+                        "content differs from the ledger hash",
+                    )
+                )
+        return wrong
 
     def _requeue(self, work: ClipWork, target: ClipState, reason: str) -> None:
         if work.state is ClipState.CLEARED:
