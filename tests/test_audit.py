@@ -55,9 +55,7 @@ def test_a_tampered_row_is_named_by_audit_verify(dock: Dock) -> None:
     assert dock.cli("audit", "verify").returncode == 0
     target = next(r for r in audit_rows(dock) if r["event"] == "clip.staged")
     with sqlite3.connect(dock.ledger_path) as connection:
-        connection.execute(
-            "UPDATE audit_log SET sha256 = ? WHERE id = ?", ("f" * 64, target["id"])
-        )
+        connection.execute("UPDATE audit_log SET sha256 = ? WHERE id = ?", ("f" * 64, target["id"]))
 
     result = dock.cli("audit", "verify", check=False)
     assert result.returncode == 1
@@ -75,8 +73,9 @@ def test_a_rewritten_chain_is_caught_by_the_anchors_in_central_storage(dock: Doc
     target = next(r for r in audit_rows(dock) if r["event"] == "clip.staged")
     forged = json.loads(target["details"])
     forged["staged_path"] = "clips/elsewhere"
-    rewrite_chain_from(dock, target["id"], details=json.dumps(forged, sort_keys=True,
-                                                              separators=(",", ":")))
+    rewrite_chain_from(
+        dock, target["id"], details=json.dumps(forged, sort_keys=True, separators=(",", ":"))
+    )
 
     assert dock.cli("audit", "verify").returncode == 0  # the local chain alone is fooled
     result = dock.cli("audit", "verify", "--remote", "--json", check=False)
@@ -136,7 +135,9 @@ def test_csv_export_rows_match_the_ledger(dock: Dock) -> None:
     staged = [r for r in rows if r["event"] == "clip.staged"]
     assert staged and all(r["device"] and r["outcome"] == "ok" for r in staged)
     assert {r["step"] for r in rows} >= {
-        "seen on camera", "read off camera and staged", "uploaded, verified by storage"
+        "seen on camera",
+        "read off camera and staged",
+        "uploaded, verified by storage",
     }
 
 

@@ -59,7 +59,7 @@ def offload(dock: Dock, folder: Path, serial: str, *, wait: bool = True) -> list
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(dock: Dock) -> None:
-    """--dry-run lists every repair it would make; ledger rows, staging and NAS stay as they were."""
+    """--dry-run lists every repair it would make; ledger rows, staging and NAS stay as is."""
     camera = dock.watch_dir / "X1"
     make_camera(camera, [3000, 4000, 5000], sidecars=False)
     clips = offload(dock, camera, "X1")
@@ -266,9 +266,7 @@ def test_resync_beside_a_live_daemon_uploads_no_clip_twice(dock: Dock) -> None:
         during = resync(dock)  # while the daemon copies and uploads
         assert during["daemon_alive"] is True
         assert during["copied"] == 0 and during["uploaded"] == 0
-        wait_until(
-            lambda: {c["state"] for c in dock.clips()} == {"uploaded"}, 120, "all uploaded"
-        )
+        wait_until(lambda: {c["state"] for c in dock.clips()} == {"uploaded"}, 120, "all uploaded")
         damaged = dock.clips()[:3]
         for clip in damaged:
             (dock.nas / clip["remote_key"]).unlink()

@@ -104,7 +104,10 @@ def test_docking_sha256sums_pass_the_real_sha256sum_check(dock: Dock, tmp_path: 
     shutil.copytree(sums.parent, download)  # what an investigator fetches: the folder
 
     checked = subprocess.run(
-        [sha256sum, "--strict", "-c", sums.name], cwd=download, capture_output=True, text=True,
+        [sha256sum, "--strict", "-c", sums.name],
+        cwd=download,
+        capture_output=True,
+        text=True,
         check=False,
     )
 
