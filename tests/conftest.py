@@ -15,3 +15,6 @@ def dock(tmp_path: Path) -> Dock:
     instance = Dock(tmp_path)
     instance.write_config()
     return instance
+
+
+pytest_plugins = ("tests.udevharness", "tests.seaweedfs")

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ def toml_document(sections: dict[str, dict[str, Any]]) -> str:
 class Dock:
     root: Path
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra_environment: dict[str, str] = field(default_factory=dict)
 
     @property
     def config_path(self) -> Path:
@@ -93,6 +95,7 @@ class Dock:
         environment["BWC_DOCK_CONFIG"] = str(self.config_path)
         environment.pop("JOURNAL_STREAM", None)
         environment.pop("NOTIFY_SOCKET", None)
+        environment.update(self.extra_environment)
         return environment
 
     def cli(self, *arguments: str, check: bool = True,
@@ -186,3 +189,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, message: str,
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s: {message}")
+
+
+def utc_datetime() -> datetime:
+    return datetime.now(UTC)

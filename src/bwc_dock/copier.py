@@ -239,7 +239,15 @@ class Copier:
             part.unlink(missing_ok=True)
             raise
         finally:
-            os.close(source_fd)
+            _close_source(source_fd)
+
+
+def _close_source(fd: int) -> None:
+    """Close a camera file; on a yanked FUSE volume close fails (ENOTCONN), harmlessly."""
+    try:
+        os.close(fd)
+    except OSError as error:
+        log.debug("copy.close_failed", error=str(error))
 
 
 def _write_part(

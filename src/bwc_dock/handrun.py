@@ -84,7 +84,8 @@ def ingest_folder(
         profile_name=profile.name,
     )
     handing_over = daemon_alive(ledger, config.service.heartbeat_seconds)
-    docking_id = ledger.record_docking(volume, "" if handing_over else current_owner("ingest"))
+    # an ownerless docking is the daemon's to adopt
+    docking_id = ledger.record_docking(volume, None if handing_over else current_owner("ingest"))
     report = IngestReport(docking_id, handed_over=handing_over)
     new_ids, found = scan_into_ledger(ledger, config, docking_id, volume)
     report.new, report.refused = len(new_ids), len(found.refused)

@@ -72,6 +72,7 @@ class ClipWork:
     state: ClipState
     staged_path: str | None
     remote_key: str | None
+    remote_sha256: str | None
     duplicate_of: int | None
     copy_attempts: int
     upload_attempts: int
@@ -117,7 +118,7 @@ class Ledger:
 
     # -- cameras and dockings ------------------------------------------------------
 
-    def record_docking(self, volume: DockedVolume, owner: str) -> int:
+    def record_docking(self, volume: DockedVolume, owner: str | None) -> int:
         """A new docking of ``volume``; ``owner`` (a lease-owner name) is who reads it."""
         now = utc_now()
         with self.transaction() as session:
@@ -625,6 +626,17 @@ class Ledger:
                 or 0
             )
 
+    def byte_totals(self) -> tuple[int, int]:
+        """(bytes copied off cameras, bytes confirmed in central storage), ever."""
+        with self.transaction() as session:
+            copied = session.scalar(
+                select(func.coalesce(func.sum(Clip.size), 0)).where(Clip.staged_at.is_not(None))
+            )
+            uploaded = session.scalar(
+                select(func.coalesce(func.sum(Clip.size), 0)).where(Clip.uploaded_at.is_not(None))
+            )
+            return int(copied or 0), int(uploaded or 0)
+
     def oldest_pending_at(self) -> datetime | None:
         with self.transaction() as session:
             return session.scalar(
@@ -798,6 +810,7 @@ def _snapshot(session: Session, clip: Clip, volume_root: Path | None) -> ClipWor
         state=ClipState(clip.state),
         staged_path=clip.staged_path,
         remote_key=clip.remote_key,
+        remote_sha256=clip.remote_sha256,
         duplicate_of=clip.duplicate_of,
         copy_attempts=clip.copy_attempts,
         upload_attempts=clip.upload_attempts,

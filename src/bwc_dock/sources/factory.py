@@ -24,5 +24,5 @@ def open_sources(config: Config) -> list[Source]:
         except ImportError as error:
             log.error("source.udev_unavailable", error=str(error))
         else:
-            sources.append(UdevSource.from_config(config))
+            sources.append(UdevSource(config))
     return sources

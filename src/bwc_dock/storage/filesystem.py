@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import structlog
@@ -50,8 +50,11 @@ class FileBackend(StorageBackend):
     @classmethod
     def from_config(cls, config: Config) -> FileBackend:
         assert config.storage.path is not None
-        return cls(config.storage.path, safe_name(config.dock.id.encode()),
-                   must_be_mountpoint=config.storage.path_must_be_mountpoint)
+        return cls(
+            config.storage.path,
+            safe_name(config.dock.id.encode()),
+            must_be_mountpoint=config.storage.path_must_be_mountpoint,
+        )
 
     def _path(self, key: str) -> Path:
         # Never write into an empty mount point: the NAS would be missing, not empty.
@@ -189,7 +192,8 @@ class FileBackend(StorageBackend):
         with _storage_errors(key):
             self._path(key).unlink(missing_ok=True)
 
-    def cleanup_partials(self) -> int:
+    def cleanup_partials(self, keep: Collection[str] = frozenset()) -> int:
+        """``keep`` names multipart uploads, which a folder does not have."""
         removed = 0
         with _storage_errors("*" + self.part_suffix):
             for leftover in self.root.rglob("*" + self.part_suffix):

@@ -1,0 +1,103 @@
+"""Clear after upload: delete from the camera exactly the clips central storage vouches for.
+
+Only for profiles that ask for it. A camera with any quarantined clip, or any clip
+whose upload is not verified, keeps everything. A clip is deleted only when it is
+``uploaded`` and the SHA-256 central storage confirmed equals the one taken when it was
+first read off the camera; each deletion is an audit event and the clip becomes
+``cleared``. Files are unlinked relative to directory descriptors without following
+links, and only when they still are the size and mtime that was copied.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import structlog
+
+from bwc_dock.ledger import ClipState, ClipWork, Ledger
+from bwc_dock.scanner import display_path
+
+log = structlog.get_logger(__name__)
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_BLOCKING_STATES = frozenset(
+    {
+        ClipState.DISCOVERED,
+        ClipState.COPYING,
+        ClipState.STAGED,
+        ClipState.UPLOADING,
+        ClipState.QUARANTINED,
+    }
+)
+
+
+def ready_to_clear(ledger: Ledger, camera_serial: str) -> tuple[bool, str]:
+    """Whether the camera may be cleared now, and why not."""
+    clips = ledger.clips(camera_serial=camera_serial)
+    blocking = [c for c in clips if c.state in _BLOCKING_STATES]
+    if any(c.state is ClipState.QUARANTINED for c in blocking):
+        return False, "a clip of this camera is quarantined: the camera keeps everything"
+    if blocking:
+        return False, f"{len(blocking)} clip(s) not yet verified in central storage"
+    return True, ""
+
+
+def clearable(ledger: Ledger, camera_serial: str) -> list[ClipWork]:
+    """Uploaded clips whose central SHA-256 equals the first-read SHA-256."""
+    return [
+        c
+        for c in ledger.clips(camera_serial=camera_serial, state=str(ClipState.UPLOADED))
+        if c.sha256 is not None and c.remote_sha256 == c.sha256
+    ]
+
+
+def clear_camera(ledger: Ledger, camera_serial: str, writable_root: Path, device: str) -> int:
+    """Delete the verified clips (and their sidecars) from a camera mounted read-write."""
+    ready, reason = ready_to_clear(ledger, camera_serial)
+    if not ready:
+        log.warning("clear.skipped", camera=camera_serial, reason=reason)
+        return 0
+    cleared = 0
+    for work in clearable(ledger, camera_serial):
+        paths = [
+            (work.source_path_raw, work.size),
+            *((s.source_path_raw, s.size) for s in work.sidecars),
+        ]
+        removed = [
+            display_path(raw)
+            for raw, size in paths
+            if _unlink_if_unchanged(writable_root, raw, size)
+        ]
+        ledger.mark_cleared(work, {"device": device, "deleted": removed})
+        log.info(
+            "clip.cleared_from_camera",
+            clip=work.id,
+            camera=camera_serial,
+            sha256=work.sha256,
+            files=len(removed),
+        )
+        cleared += 1
+    return cleared
+
+
+def _unlink_if_unchanged(root: Path, source_path_raw: bytes, size: int) -> bool:
+    """Unlink a camera file only if it is still the regular file of that size."""
+    *directories, name = source_path_raw.split(b"/")
+    directory_fd = os.open(root, _DIRECTORY_FLAGS)
+    try:
+        for directory in directories:
+            next_fd = os.open(directory, _DIRECTORY_FLAGS, dir_fd=directory_fd)
+            os.close(directory_fd)
+            directory_fd = next_fd
+        entry = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+        if not stat.S_ISREG(entry.st_mode) or entry.st_size != size:
+            log.warning("clear.file_changed", path=display_path(source_path_raw))
+            return False
+        os.unlink(name, dir_fd=directory_fd)
+        return True
+    except FileNotFoundError:
+        return False  # already gone: deleting what is gone has succeeded
+    finally:
+        os.close(directory_fd)
