@@ -123,3 +123,51 @@ def test_docking_sha256sums_pass_the_real_sha256sum_check(dock: Dock, tmp_path: 
         [sha256sum, "-c", sums.name], cwd=download, capture_output=True, text=True, check=False
     )
     assert failed.returncode == 1 and "FAILED" in failed.stdout
+
+
+def test_on_seaweedfs_deleted_and_corrupted_objects_are_found_and_repaired(
+    dock: Dock, seaweedfs: Any, s3_bucket: str
+) -> None:
+    """The same checks and repairs against a real S3 store (SeaweedFS on loopback), and
+    the SHA256SUMS downloaded from it passes `sha256sum -c`."""
+    dock.extra_environment.update(seaweedfs.environment())
+    dock.write_config(
+        storage={
+            "backend": "s3",
+            "endpoint_url": seaweedfs.endpoint_url,
+            "bucket": s3_bucket,
+            "addressing_style": "path",
+            "prefix": "bwc/",
+            "retry_initial_seconds": 0.2,
+            "retry_max_seconds": 2.0,
+        }
+    )
+    clips = offloaded(dock, [5000, 6000, 7000])
+    client = seaweedfs.client()
+    client.delete_object(Bucket=s3_bucket, Key="bwc/" + clips[0]["remote_key"])
+    client.put_object(Bucket=s3_bucket, Key="bwc/" + clips[1]["remote_key"], Body=b"forged")
+
+    report = verify(dock, "--remote", expect=1)
+    assert {(m["clip_id"], m["problem"]) for m in report["mismatches"]} == {
+        (clips[0]["id"], "missing"),
+        (clips[1]["id"], "content differs from the ledger hash"),
+    }
+    dock.cli("resync")
+    assert verify(dock, "--remote", expect=0)["remote_checked"] == 3
+    assert dock.cli("audit", "verify", "--remote").returncode == 0
+
+    download = dock.root / "download"
+    download.mkdir()
+    [sums_key] = [k for k in seaweedfs.object_keys(s3_bucket, "bwc/") if "/SHA256SUMS." in k]
+    folder = sums_key.rsplit("/", 1)[0] + "/"
+    for key in seaweedfs.object_keys(s3_bucket, folder):
+        body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        (download / key.removeprefix(folder)).write_bytes(body)
+    checked = subprocess.run(
+        ["sha256sum", "--strict", "-c", sums_key.removeprefix(folder)],
+        cwd=download,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
