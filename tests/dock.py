@@ -173,11 +173,13 @@ def make_camera(folder: Path, sizes: Iterable[int], *, seed: int = 1,
 
 
 def central_objects(nas: Path) -> dict[str, str]:
-    """{key: sha256} of every stored object except manifests."""
+    """{key: sha256} of every stored object except manifests and SHA256SUMS anchors."""
     return {
         str(path.relative_to(nas)): sha256_of(path)
         for path in nas.rglob("*")
-        if path.is_file() and not path.name.endswith(".json")
+        if path.is_file()
+        and not path.name.endswith(".json")
+        and not path.name.startswith("SHA256SUMS")
     }
 
 

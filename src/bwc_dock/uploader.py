@@ -20,6 +20,7 @@ import structlog
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from bwc_dock.config import StorageConfig
+from bwc_dock.custody import write_docking_sums
 from bwc_dock.errors import (
     IntegrityError,
     Interrupted,
@@ -154,9 +155,18 @@ class Uploader:
         self.ledger.finish_upload(
             work, self.owner, clip_key, confirmed, sidecar_remote, manifest_key(clip_key)
         )
+        self._write_docking_sums(work)
         log.info(
             "upload.done", clip=work.id, camera=work.camera_serial, sha256=confirmed, key=clip_key
         )
+
+    def _write_docking_sums(self, work: ClipWork) -> None:
+        """Anchor the docking in central storage; the clip is safe already if this fails
+        (resync writes a missing or stale SHA256SUMS again)."""
+        try:
+            write_docking_sums(self.ledger, self.backend, work.docking_id)
+        except StorageError as error:
+            log.warning("custody.sums_failed", docking=work.docking_id, error=str(error))
 
     def _put_manifest(self, work: ClipWork, clip_key: str, sidecar_keys: dict[int, str]) -> None:
         officer, times = self.ledger.manifest_facts(work.id)

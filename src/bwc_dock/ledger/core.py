@@ -673,9 +673,11 @@ class Ledger:
         with self.transaction() as session:
             clip = session.get(Clip, clip_id)
             assert clip is not None
-            camera = session.get(Camera, clip.camera_serial)
             times = {"discovered_at": clip.discovered_at, "staged_at": clip.staged_at}
-            return (camera.officer_id if camera else None), times
+            # the officer who carried the camera when the clip was recorded, not today's
+            from bwc_dock.cameras import officer_at
+
+            return officer_at(session, clip.camera_serial, clip.recorded_at), times
 
     def audit_entries(self) -> list[AuditEntry]:
         with self.transaction() as session:
