@@ -145,3 +145,16 @@ def test_status_json_reports_counts_cameras_and_liveness(dock: Dock) -> None:
     assert document["storage_reachable"] is True
     assert document["oldest_pending_at"] is None
     assert document["cameras"] == []
+
+
+def test_ingest_wait_is_not_held_up_by_other_cameras_staged_clips(dock: Dock) -> None:
+    """ingest --wait uploads its own folder's clips even when other clips wait staged."""
+    first, second = dock.root / "card-a", dock.root / "card-b"
+    make_camera(first, [1000, 2000], sidecars=False, seed=1)
+    make_camera(second, [3000], sidecars=False, seed=2)
+    dock.cli("ingest", str(first), "--camera-serial", "A1")  # copies only: A1 stays staged
+    result = dock.cli("ingest", str(second), "--camera-serial", "B2", "--wait",
+                      "--timeout", "60", "--json")
+    assert json.loads(result.stdout)["states"] == {"uploaded": 1}
+    assert {c["camera_serial"]: c["state"] for c in dock.clips()} == {"A1": "staged",
+                                                                      "B2": "uploaded"}

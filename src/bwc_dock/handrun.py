@@ -173,12 +173,9 @@ def _upload_all(
 
 
 def _upload_one_of(uploader: Uploader, ledger: Ledger, wanted: set[int]) -> bool:
-    """Upload a due clip of ours (the daemon's queue order does not matter here)."""
-    work = ledger.claim_for_upload(uploader.owner)
+    """Upload a due clip of this folder (other cameras' clips are the daemon's)."""
+    work = ledger.claim_for_upload(uploader.owner, only=wanted)
     if work is None:
-        return False
-    if work.id not in wanted:
-        ledger.release(work, uploader.owner, error=None, retry_at=None, count_attempt=False)
         return False
     uploader.upload(work)
     return True

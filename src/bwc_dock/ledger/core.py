@@ -9,7 +9,7 @@ snapshots, never ORM objects, so nothing crosses threads attached to a session.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -329,13 +329,18 @@ class Ledger:
             self._lease(session, clip, ClipState.COPYING, owner, now)
             return _snapshot(session, clip, Path(docking.volume_root))
 
-    def claim_for_upload(self, owner: str) -> ClipWork | None:
-        """The next staged clip that is due: priority clips first, then the oldest."""
+    def claim_for_upload(
+        self, owner: str, only: Collection[int] | None = None
+    ) -> ClipWork | None:
+        """The next staged clip that is due (of ``only``, when given): priority clips
+        first, then the oldest recording."""
         now = utc_now()
         with self.transaction() as session:
+            query = select(Clip).where(Clip.state == ClipState.STAGED, _due(now))
+            if only is not None:
+                query = query.where(Clip.id.in_(list(only)))
             clip = session.scalars(
-                select(Clip)
-                .where(Clip.state == ClipState.STAGED, _due(now))
+                query
                 .order_by(Clip.priority.desc(), Clip.recorded_at, Clip.id)
                 .limit(1)
             ).first()
