@@ -127,8 +127,11 @@ def test_sigterm_during_multipart_upload_loses_nothing(
 def _parts(dock: Dock) -> int:
     if not dock.ledger_path.exists():
         return 0  # the daemon has not created its ledger yet
-    with sqlite3.connect(dock.ledger_path, timeout=30) as connection:
-        count: int = connection.execute("SELECT count(*) FROM multipart_parts").fetchone()[0]
+    try:
+        with sqlite3.connect(dock.ledger_path, timeout=30) as connection:
+            count: int = connection.execute("SELECT count(*) FROM multipart_parts").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0  # the schema is not there yet
     return count
 
 
