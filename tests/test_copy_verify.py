@@ -97,3 +97,20 @@ def test_undock_during_copy_leaves_clip_discovered_without_leftovers(ledger_and_
     assert clip.state is ClipState.DISCOVERED
     assert not list(staging.rglob("*.part"))
     assert [e["event"] for e in logs if e["event"].startswith("copy.")] == ["copy.interrupted"]
+
+
+def test_camera_returning_different_bytes_twice_is_quarantined(ledger_and_copier, monkeypatch):
+    """If a re-read of the camera gives other bytes than the first read, neither is trusted."""
+    ledger, copier, source, _staging = ledger_and_copier
+    real = copier_module.hash_file_from_disk
+
+    def reread(path: Path) -> str:
+        _flip_byte(path)  # the staged copy fails its check ...
+        _flip_byte(source)  # ... and the camera's file reads differently next time
+        return real(path)
+
+    monkeypatch.setattr(copier_module, "hash_file_from_disk", reread)
+    assert copier.copy_next(threading.Event())
+    [clip] = ledger.clips()
+    assert clip.state is ClipState.QUARANTINED
+    assert "different bytes on two reads" in (clip.last_error or "")

@@ -17,11 +17,10 @@ from pathlib import Path
 import structlog
 
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
-from bwc_dock.scanner import display_path
+from bwc_dock.scanner import display_path, parent_directory
 
 log = structlog.get_logger(__name__)
 
-_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _BLOCKING_STATES = frozenset(
     {
         ClipState.DISCOVERED,
@@ -84,20 +83,13 @@ def clear_camera(ledger: Ledger, camera_serial: str, writable_root: Path, device
 
 def _unlink_if_unchanged(root: Path, source_path_raw: bytes, size: int) -> bool:
     """Unlink a camera file only if it is still the regular file of that size."""
-    *directories, name = source_path_raw.split(b"/")
-    directory_fd = os.open(root, _DIRECTORY_FLAGS)
     try:
-        for directory in directories:
-            next_fd = os.open(directory, _DIRECTORY_FLAGS, dir_fd=directory_fd)
-            os.close(directory_fd)
-            directory_fd = next_fd
-        entry = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
-        if not stat.S_ISREG(entry.st_mode) or entry.st_size != size:
-            log.warning("clear.file_changed", path=display_path(source_path_raw))
-            return False
-        os.unlink(name, dir_fd=directory_fd)
-        return True
+        with parent_directory(root, source_path_raw) as (directory_fd, name):
+            entry = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
+            if not stat.S_ISREG(entry.st_mode) or entry.st_size != size:
+                log.warning("clear.file_changed", path=display_path(source_path_raw))
+                return False
+            os.unlink(name, dir_fd=directory_fd)
+            return True
     except FileNotFoundError:
         return False  # already gone: deleting what is gone has succeeded
-    finally:
-        os.close(directory_fd)

@@ -133,26 +133,19 @@ class Copier:
         folder = self.staging.root / folder_relative
         folder.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        renewer = _LeaseRenewer(self.ledger, work.id, self.owner, self.ledger.lease.total_seconds())
+        job = _CopyJob(
+            work.volume_root,
+            cancel,
+            _LeaseRenewer(self.ledger, work.id, self.owner, self.ledger.lease.total_seconds()),
+        )
         try:
-            sha256 = self._copy_file(
-                work.volume_root,
-                work.source_path_raw,
-                work.size,
-                work.mtime_ns,
-                folder / work.name,
-                cancel,
-                renewer,
+            sha256 = job.copy_verified(
+                _CameraFile(work.source_path_raw, work.size, work.mtime_ns), folder / work.name
             )
             sidecar_hashes = {
-                sidecar.id: self._copy_file(
-                    work.volume_root,
-                    sidecar.source_path_raw,
-                    sidecar.size,
-                    None,
+                sidecar.id: job.copy_verified(
+                    _CameraFile(sidecar.source_path_raw, sidecar.size, None),
                     folder / sidecar.name,
-                    cancel,
-                    renewer,
                 )
                 for sidecar in work.sidecars
             }
@@ -171,28 +164,35 @@ class Copier:
             mb_per_s=round(needed / 1e6 / elapsed, 1) if elapsed else None,
         )
 
-    def _copy_file(
-        self,
-        root: Path,
-        source_path_raw: bytes,
-        size: int,
-        mtime_ns: int | None,
-        destination: Path,
-        cancel: threading.Event,
-        renewer: _LeaseRenewer,
-    ) -> str:
-        """Copy one file until its staged copy verifies; IntegrityError after two misses."""
-        first_sha256: str | None = None
+
+@dataclass(frozen=True)
+class _CameraFile:
+    source_path_raw: bytes
+    size: int
+    mtime_ns: int | None  # kept on the staged copy; None for sidecars
+
+
+@dataclass(frozen=True)
+class _CopyJob:
+    """Copying the files of one clip off one camera volume."""
+
+    root: Path
+    cancel: threading.Event
+    renewer: _LeaseRenewer
+
+    def copy_verified(self, source: _CameraFile, destination: Path) -> str:
+        """Copy until the staged copy verifies from disk; IntegrityError after two misses,
+        or when the camera itself returns different bytes for the same file."""
+        first_read: str | None = None
         for attempt in range(1, MAX_COPY_TRIES + 1):
-            sha256 = self._copy_once(
-                root, source_path_raw, size, mtime_ns, destination, cancel, renewer
-            )
-            if first_sha256 is not None and sha256 != first_sha256:
-                # the camera itself gave different bytes twice: do not trust either read
-                log.error(
-                    "copy.source_unstable", path=str(destination), first=first_sha256, second=sha256
+            sha256 = self.copy_once(source, destination)
+            if first_read is not None and sha256 != first_read:
+                destination.unlink(missing_ok=True)
+                raise IntegrityError(
+                    f"{destination.name}: the camera returned different bytes on two reads "
+                    f"({first_read}, then {sha256})"
                 )
-            first_sha256 = first_sha256 or sha256
+            first_read = sha256
             on_disk = hash_file_from_disk(destination)
             if on_disk == sha256:
                 return sha256
@@ -208,25 +208,19 @@ class Copier:
             f"staged copy of {destination.name} did not verify after {MAX_COPY_TRIES} copies"
         )
 
-    def _copy_once(
-        self,
-        root: Path,
-        source_path_raw: bytes,
-        size: int,
-        mtime_ns: int | None,
-        destination: Path,
-        cancel: threading.Event,
-        renewer: _LeaseRenewer,
-    ) -> str:
-        source_fd = open_source_file(root, source_path_raw, size)
+    def copy_once(self, source: _CameraFile, destination: Path) -> str:
+        """One read of the camera file into ``destination``: hashed, fsynced, renamed."""
+        source_fd = open_source_file(self.root, source.source_path_raw, source.size)
         part = destination.with_name(destination.name + ".part")
         try:
             os.posix_fadvise(source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            sha256, copied = _write_part(source_fd, part, cancel, renewer)
-            if copied != size:
-                raise SourceGone(f"read {copied} B of {size} B: the file changed on the camera")
-            if mtime_ns is not None:
-                os.utime(part, ns=(mtime_ns, mtime_ns))
+            sha256, copied = _write_part(source_fd, part, self.cancel, self.renewer)
+            if copied != source.size:
+                raise SourceGone(
+                    f"read {copied} B of {source.size} B: the file changed on the camera"
+                )
+            if source.mtime_ns is not None:
+                os.utime(part, ns=(source.mtime_ns, source.mtime_ns))
             os.replace(part, destination)
             fsync_directory(destination.parent)
             return sha256

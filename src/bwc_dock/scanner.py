@@ -16,6 +16,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -256,27 +257,34 @@ def recorded_time(found: FoundFile, pattern: str | None) -> datetime:
     return datetime.fromtimestamp(found.mtime_ns / 1e9, tz=UTC)
 
 
+@contextmanager
+def parent_directory(root: Path, source_path_raw: bytes) -> Iterator[tuple[int, bytes]]:
+    """(descriptor of the directory holding a camera file, the file's name), reached from
+    the volume root without following any symlink; raises OSError (ELOOP, ENOTDIR) if one
+    is on the way."""
+    *directories, name = source_path_raw.split(b"/")
+    directory_fd = os.open(root, _DIRECTORY_FLAGS)
+    try:
+        for directory in directories:
+            next_fd = os.open(directory, _DIRECTORY_FLAGS, dir_fd=directory_fd)
+            os.close(directory_fd)
+            directory_fd = next_fd
+        yield directory_fd, name
+    finally:
+        os.close(directory_fd)
+
+
 def open_source_file(root: Path, source_path_raw: bytes, expected_size: int) -> int:
     """Open a camera file for reading without following any symlink on the way.
 
     Raises HostileEntry when what is there now is not the regular file that was
     discovered, SourceGone when the volume cannot be read at all.
     """
-    *directories, name = source_path_raw.split(b"/")
     try:
-        directory_fd = os.open(root, _DIRECTORY_FLAGS)
-    except OSError as error:
-        raise SourceGone(f"volume {root} is gone: {error.strerror}") from error
-    try:
-        for directory in directories:
-            next_fd = os.open(directory, _DIRECTORY_FLAGS, dir_fd=directory_fd)
-            os.close(directory_fd)
-            directory_fd = next_fd
-        file_fd = os.open(name, _FILE_FLAGS, dir_fd=directory_fd)
+        with parent_directory(root, source_path_raw) as (directory_fd, name):
+            file_fd = os.open(name, _FILE_FLAGS, dir_fd=directory_fd)
     except OSError as error:
         raise _open_error(source_path_raw, error) from error
-    finally:
-        os.close(directory_fd)
     file_stat = os.fstat(file_fd)
     if not stat.S_ISREG(file_stat.st_mode) or file_stat.st_size != expected_size:
         os.close(file_fd)
