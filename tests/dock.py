@@ -30,22 +30,28 @@ def toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. a profile's control_transfer
+        return "{" + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + "}"
     return json.dumps(str(value))
 
 
-def toml_document(sections: dict[str, dict[str, Any]]) -> str:
+def toml_document(sections: dict[str, Any]) -> str:
+    """Flat ``[section]`` tables from dicts; arrays of tables (``[[camera]]``) from lists."""
     lines: list[str] = []
     for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
-        lines.append("")
+        tables = values if isinstance(values, list | tuple) else [values]
+        header = f"[[{section}]]" if isinstance(values, list | tuple) else f"[{section}]"
+        for table in tables:
+            lines.append(header)
+            lines.extend(f"{key} = {toml_value(value)}" for key, value in table.items())
+            lines.append("")
     return "\n".join(lines)
 
 
 @dataclass
 class Dock:
     root: Path
-    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def config_path(self) -> Path:
@@ -71,8 +77,9 @@ class Dock:
     def ledger_path(self) -> Path:
         return self.state_dir / "ledger.sqlite3"
 
-    def write_config(self, **sections: dict[str, Any]) -> None:
-        base: dict[str, dict[str, Any]] = {
+    def write_config(self, **sections: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Defaults merged with ``sections``; a list (``camera=[{...}]``) is an array of tables."""
+        base: dict[str, Any] = {
             "dock": {"id": "dock-test", "state_dir": str(self.state_dir),
                      "staging_reserve_mb": 0},
             "storage": {"backend": "file", "path": str(self.nas),
@@ -82,7 +89,10 @@ class Dock:
             "service": {"heartbeat_seconds": 1},
         }
         for name, values in sections.items():
-            base.setdefault(name, {}).update(values)
+            if isinstance(values, list):
+                base[name] = values
+            else:
+                base.setdefault(name, {}).update(values)
         self.settings = base
         self.nas.mkdir(parents=True, exist_ok=True)
         self.watch_dir.mkdir(parents=True, exist_ok=True)

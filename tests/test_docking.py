@@ -1,0 +1,227 @@
+"""Docking end to end: real udevd, loop-device cameras, FUSE mounts, the real daemon.
+
+Every part is real: systemd-udevd with the project's rules and the loop-identity test
+rule (tests/udevharness.py), exFAT and FAT32 camera images on loop devices, mounts
+through the FUSE helpers, ``bwc-dock run`` as a subprocess with the file backend and
+the SQLite ledger in the test's tmp folder. Tests read what happened from the daemon's
+JSON log, the ledger (``bwc-dock clips --json``), central storage on disk and
+``/proc/self/mountinfo``.
+
+The cameras here carry a USB product id of their own, chosen per test session, so a
+daemon under test never takes a camera another test session on the same machine docks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+import sqlite3
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.dock import Dock, central_objects, sha256_of
+from tests.udevharness import CameraBay, LoopCamera, settle
+
+pytestmark = [pytest.mark.realparts, pytest.mark.timeout(120)]
+
+VENDOR_ID = "b0c0"
+PRODUCT_ID = f"{random.SystemRandom().randrange(0x1000, 0xF000):04x}"
+CLEARING_PRODUCT_ID = f"{int(PRODUCT_ID, 16) + 1:04x}"  # a profile with clear_after_upload
+OFFLOAD_SECONDS = 45.0
+EVENT_SECONDS = 15.0
+MIB = 1024 * 1024
+
+PROFILES = [
+    {"name": "test-bay", "usb_vendor_id": VENDOR_ID, "usb_product_id": PRODUCT_ID},
+    {"name": "test-bay-clearing", "usb_vendor_id": VENDOR_ID,
+     "usb_product_id": CLEARING_PRODUCT_ID, "clear_after_upload": True},
+]
+
+
+def mount_points() -> list[tuple[Path, str]]:
+    """(mount point, source) of every mount this process sees, from /proc/self/mountinfo."""
+    entries = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        separator = fields.index("-", 6)
+        point = re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), fields[4])
+        entries.append((Path(point), fields[separator + 2]))
+    return entries
+
+
+def timestamp(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+@dataclass
+class UdevDock:
+    """A dock whose daemon takes cameras from udev; the test's cameras come from ``bay``."""
+
+    dock: Dock
+    bay: CameraBay
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def mount_dir(self) -> Path:
+        return self.dock.state_dir / "mounts"
+
+    def camera(self, fs_type: str = "exfat", serial: str = "CAM0001", *,
+               clearing: bool = False, **options: Any) -> LoopCamera:
+        product = CLEARING_PRODUCT_ID if clearing else PRODUCT_ID
+        return self.bay.make_camera(fs_type, serial=serial, vendor_id=VENDOR_ID,
+                                    product_id=product, **options)
+
+    def start(self) -> subprocess.Popen[bytes]:
+        process = self.dock.start_daemon()
+        self.processes.append(process)
+        self.wait_event("udev.started")
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+
+    def events(self, name: str | None = None, **fields: Any) -> list[dict[str, Any]]:
+        return [
+            event for event in self.dock.log_events()
+            if (name is None or event.get("event") == name)
+            and all(event.get(key) == value for key, value in fields.items())
+        ]
+
+    def wait_event(self, name: str, count: int = 1, timeout: float = EVENT_SECONDS,
+                   **fields: Any) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.events(name, **fields)
+            if len(found) >= count:
+                return found
+            for process in self.processes:
+                assert process.poll() is None, f"daemon exited {process.returncode}:\n{self.log()}"
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {count}x {name} {fields} within {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def wait_for(self, condition: Callable[[], bool], message: str,
+                 timeout: float = OFFLOAD_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s: {message}\n{self.log()}")
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        path = self.dock.root / "daemon.log"
+        return path.read_text()[-6000:] if path.exists() else "(no log)"
+
+    def clips(self, serial: str) -> list[dict[str, Any]]:
+        return self.dock.clips("--camera", serial)
+
+    def mounted(self, camera: LoopCamera | None = None) -> list[Path]:
+        """Mount points under the dock's mount dir, or of ``camera``'s loop device."""
+        return [
+            point for point, source in mount_points()
+            if point.is_relative_to(self.mount_dir)
+            or (camera is not None and camera.device is not None and source == camera.device)
+        ]
+
+    def dockings(self, serial: str) -> list[tuple[int, str | None]]:
+        """(docking id, undocked_at) of the camera's dockings, read from the ledger file."""
+        uri = f"file:{self.dock.ledger_path}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as connection:
+            rows = connection.execute(
+                "SELECT id, undocked_at FROM dockings WHERE camera_serial = ? ORDER BY id",
+                (serial,),
+            ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
+
+@pytest.fixture
+def udev_dock(dock: Dock, camera_bay: CameraBay) -> Iterator[UdevDock]:
+    """The daemon takes cameras from udev with the test profiles; stopped after the test."""
+    dock.write_config(
+        dock={"copy_workers": 2, "upload_workers": 2},
+        sources={"udev": True, "watch_dirs": [], "rescan_interval_seconds": 5},
+        camera=PROFILES,
+    )
+    instance = UdevDock(dock, camera_bay)
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def expected_hashes(camera: LoopCamera) -> dict[str, str]:
+    """{path on the camera: sha256} of the files the image was filled from."""
+    tree = camera.image.parent / "tree"
+    return {name: sha256_of(tree / name) for name in camera.files}
+
+
+def stored_by_source_path(udev_dock: UdevDock, serial: str) -> dict[str, str]:
+    """{path on the camera: sha256 of the object in central storage} for clips and sidecars."""
+    stored = central_objects(udev_dock.dock.nas)
+    result: dict[str, str] = {}
+    for clip in udev_dock.clips(serial):
+        key = clip["remote_key"]
+        if key is None:
+            continue
+        result[clip["source_path"]] = stored[key]
+        for sidecar in clip["sidecars"]:
+            sidecar_key = next(k for k in stored if k.startswith(key.rsplit(".", 1)[0])
+                               and k.endswith(Path(sidecar["source_path"]).suffix))
+            result[sidecar["source_path"]] = stored[sidecar_key]
+    return result
+
+
+def all_uploaded(udev_dock: UdevDock, serial: str, count: int) -> Callable[[], bool]:
+    def check() -> bool:
+        clips = udev_dock.clips(serial)
+        return len(clips) == count and all(c["state"] == "uploaded" for c in clips)
+    return check
+
+
+def assert_no_tracebacks(udev_dock: UdevDock) -> None:
+    log = (udev_dock.dock.root / "daemon.log").read_text()
+    assert "Traceback" not in log, log[-6000:]
+    assert not udev_dock.events("worker.crashed")
+
+
+# -- the cases ---------------------------------------------------------------------------
+
+
+def test_docked_camera_is_offloaded_then_unmounted_and_its_docking_ended(udev_dock):
+    """Dock -> every clip and sidecar stored with its camera SHA-256 -> unmounted, ended."""
+    udev_dock.start()
+    camera = udev_dock.camera("exfat", serial="DOCK0001", clip_count=3)
+    udev_dock.bay.attach(camera)
+
+    udev_dock.wait_event("dock.docked", camera="DOCK0001")
+    udev_dock.wait_for(all_uploaded(udev_dock, "DOCK0001", 3), "all 3 clips uploaded")
+    udev_dock.wait_event("dock.released", camera="DOCK0001")
+
+    expected = expected_hashes(camera)
+    camera_files = {k: v for k, v in expected.items() if k.startswith("DCIM/")}
+    assert stored_by_source_path(udev_dock, "DOCK0001") == camera_files
+    for clip in udev_dock.clips("DOCK0001"):
+        assert clip["sha256"] == expected[clip["source_path"]]
+    udev_dock.wait_for(lambda: not udev_dock.mounted(camera), "the camera unmounted", 10)
+    udev_dock.wait_event("clip.uploaded", 3)
+    udev_dock.wait_for(lambda: all(ended for _, ended in udev_dock.dockings("DOCK0001")),
+                       "the docking ended in the ledger", 10)
+    assert len(udev_dock.dockings("DOCK0001")) == 1
+    assert not list(udev_dock.dock.staging_dir.rglob("*.part"))
+    assert_no_tracebacks(udev_dock)
