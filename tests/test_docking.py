@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import random
 import re
-import sqlite3
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.dock import Dock, central_objects, sha256_of
-from tests.udevharness import CameraBay, LoopCamera, settle
+from tests.udevharness import CameraBay, LoopCamera
 
 pytestmark = [pytest.mark.realparts, pytest.mark.timeout(120)]
 
@@ -113,7 +113,8 @@ class UdevDock:
             for process in self.processes:
                 assert process.poll() is None, f"daemon exited {process.returncode}:\n{self.log()}"
             if time.monotonic() > deadline:
-                raise AssertionError(f"no {count}x {name} {fields} within {timeout}s:\n{self.log()}")
+                raise AssertionError(
+                    f"no {count}x {name} {fields} within {timeout}s:\n{self.log()}")
             time.sleep(0.05)
 
     def wait_for(self, condition: Callable[[], bool], message: str,
@@ -224,4 +225,45 @@ def test_docked_camera_is_offloaded_then_unmounted_and_its_docking_ended(udev_do
                        "the docking ended in the ledger", 10)
     assert len(udev_dock.dockings("DOCK0001")) == 1
     assert not list(udev_dock.dock.staging_dir.rglob("*.part"))
+    assert_no_tracebacks(udev_dock)
+
+
+BIG_CLIP_PADDING = 192 * MIB  # long enough to copy that a yank lands mid-copy
+
+
+@pytest.mark.parametrize(("fs_type", "kill_fuse"), [("exfat", True), ("vfat", False)])
+def test_yank_mid_copy_stops_cleanly_and_redock_resumes(udev_dock, fs_type, kill_fuse):
+    """Yanked mid-copy: copier stops within ~1 s, clip stays discovered, no .part; redock ends it."""
+    udev_dock.start()
+    camera = udev_dock.camera(fs_type, serial="YANK0001", clip_count=1, padding=BIG_CLIP_PADDING)
+    udev_dock.bay.attach(camera)
+    copying = udev_dock.wait_event("clip.copying", camera="YANK0001")[0]
+    time.sleep(0.3)  # well into the copy: the first 4 MiB chunk is written
+    yanked_at = time.time()
+    udev_dock.bay.yank(camera, kill_fuse=kill_fuse)
+
+    interrupted = udev_dock.wait_event("copy.interrupted", camera="YANK0001")
+    assert timestamp(interrupted[0]) - yanked_at < 1.2, interrupted
+    udev_dock.wait_event("dock.undocked", camera="YANK0001")
+    udev_dock.bay.wait_detached(camera)
+    time.sleep(1.0)  # anything that would still follow the yank has time to show now
+    [clip] = udev_dock.clips("YANK0001")
+    assert clip["id"] == copying["clip"]
+    assert clip["state"] == "discovered"
+    assert not list(udev_dock.dock.staging_dir.rglob("*.part"))
+    assert not [p for p in udev_dock.dock.staging_dir.rglob("*") if p.is_file()]
+    assert len(udev_dock.events("copy.interrupted")) == 1
+    assert not udev_dock.events("copy.failed")
+    assert_no_tracebacks(udev_dock)
+    assert not udev_dock.mounted(camera)
+    assert [ended is not None for _, ended in udev_dock.dockings("YANK0001")] == [True]
+
+    udev_dock.bay.attach(camera)
+    udev_dock.wait_event("dock.docked", 2, camera="YANK0001")
+    udev_dock.wait_for(all_uploaded(udev_dock, "YANK0001", 1), "the yanked clip uploaded")
+    expected = expected_hashes(camera)
+    assert stored_by_source_path(udev_dock, "YANK0001") == {
+        k: v for k, v in expected.items() if k.startswith("DCIM/")}
+    assert udev_dock.clips("YANK0001")[0]["id"] == copying["clip"]  # resumed, not new
+    udev_dock.wait_for(lambda: not udev_dock.mounted(camera), "the camera unmounted", 10)
     assert_no_tracebacks(udev_dock)
