@@ -14,6 +14,7 @@ daemon under test never takes a camera another test session on the same machine 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import re
 import signal
@@ -29,7 +30,7 @@ from typing import Any
 import pytest
 
 from tests.dock import Dock, central_objects, sha256_of
-from tests.udevharness import CameraBay, LoopCamera
+from tests.udevharness import CameraBay, LoopCamera, settle
 
 pytestmark = [pytest.mark.realparts, pytest.mark.timeout(120)]
 
@@ -228,12 +229,12 @@ def test_docked_camera_is_offloaded_then_unmounted_and_its_docking_ended(udev_do
     assert_no_tracebacks(udev_dock)
 
 
-BIG_CLIP_PADDING = 192 * MIB  # long enough to copy that a yank lands mid-copy
+BIG_CLIP_PADDING = 128 * MIB  # long enough to copy that a yank lands mid-copy
 
 
 @pytest.mark.parametrize(("fs_type", "kill_fuse"), [("exfat", True), ("vfat", False)])
 def test_yank_mid_copy_stops_cleanly_and_redock_resumes(udev_dock, fs_type, kill_fuse):
-    """Yanked mid-copy: copier stops within ~1 s, clip stays discovered, no .part; redock ends it."""
+    """Yanked mid-copy: the copier stops within ~1 s, nothing staged; docked again, it resumes."""
     udev_dock.start()
     camera = udev_dock.camera(fs_type, serial="YANK0001", clip_count=1, padding=BIG_CLIP_PADDING)
     udev_dock.bay.attach(camera)
@@ -266,4 +267,63 @@ def test_yank_mid_copy_stops_cleanly_and_redock_resumes(udev_dock, fs_type, kill
         k: v for k, v in expected.items() if k.startswith("DCIM/")}
     assert udev_dock.clips("YANK0001")[0]["id"] == copying["clip"]  # resumed, not new
     udev_dock.wait_for(lambda: not udev_dock.mounted(camera), "the camera unmounted", 10)
+    assert_no_tracebacks(udev_dock)
+
+
+def copy_interval(udev_dock: UdevDock, serial: str) -> tuple[float, float]:
+    """(first clip.copying, last clip.staged) of a camera, from the daemon's log timestamps."""
+    started = [timestamp(e) for e in udev_dock.events("clip.copying", camera=serial)]
+    staged = [timestamp(e) for e in udev_dock.events("clip.staged", camera=serial)]
+    return min(started), max(staged)
+
+
+def test_two_cameras_are_offloaded_in_parallel_and_their_uploads_interleave(udev_dock):
+    """exFAT and FAT32 docked together: copy intervals overlap, uploads alternate cameras."""
+    udev_dock.start()
+    exfat = udev_dock.camera("exfat", serial="PAR0EXF", clip_count=3, padding=24 * MIB)
+    fat = udev_dock.camera("vfat", serial="PAR0FAT", clip_count=3, padding=24 * MIB)
+    udev_dock.bay.attach(exfat)
+    udev_dock.bay.attach(fat)
+
+    for serial, camera in (("PAR0EXF", exfat), ("PAR0FAT", fat)):
+        udev_dock.wait_for(all_uploaded(udev_dock, serial, 3), f"{serial} uploaded")
+        assert stored_by_source_path(udev_dock, serial) == {
+            k: v for k, v in expected_hashes(camera).items() if k.startswith("DCIM/")}
+
+    exfat_start, exfat_end = copy_interval(udev_dock, "PAR0EXF")
+    fat_start, fat_end = copy_interval(udev_dock, "PAR0FAT")
+    overlap = min(exfat_end, fat_end) - max(exfat_start, fat_start)
+    assert overlap > 0, (exfat_start, exfat_end, fat_start, fat_end)
+    copiers = {e["owner"] for e in udev_dock.events("clip.copying")}
+    assert len(copiers) == 2  # one copier per camera
+    uploads = [e["camera"] for e in udev_dock.events("clip.uploading")]
+    switches = sum(1 for before, after in itertools.pairwise(uploads)
+                   if before != after)
+    assert switches >= 2, uploads  # not one camera's uploads, then the other's
+    udev_dock.wait_for(lambda: not udev_dock.mounted(), "both cameras unmounted", 10)
+    assert_no_tracebacks(udev_dock)
+
+
+def test_camera_present_at_start_is_offloaded_and_unknown_device_never_mounted(udev_dock):
+    """Coldplug: a camera docked before the daemon starts is offloaded; an unknown one is not."""
+    camera = udev_dock.camera("vfat", serial="COLD0001", clip_count=2)
+    stranger = udev_dock.bay.make_camera("exfat", serial="UNKNOWN1", vendor_id="dead",
+                                         product_id="beef", clip_count=1)
+    udev_dock.bay.attach(camera)
+    udev_dock.bay.attach(stranger)
+    settle()
+    udev_dock.start()
+
+    udev_dock.wait_for(all_uploaded(udev_dock, "COLD0001", 2), "the coldplugged camera offloaded")
+    unknown = udev_dock.wait_event("dock.unknown_device", device=stranger.device)
+    assert (unknown[0]["vendor_id"], unknown[0]["product_id"]) == ("dead", "beef")
+    # udev repeats itself, and the daemon rescans: the stranger is still ignored, and quietly
+    udev_dock.bay.trigger_change(stranger)
+    deadline = time.monotonic() + 6  # past one rescan interval
+    while time.monotonic() < deadline:
+        assert not [p for p, source in mount_points() if source == stranger.device]
+        time.sleep(0.1)
+    assert len(udev_dock.events("dock.unknown_device", device=stranger.device)) == 1
+    assert udev_dock.clips("UNKNOWN1") == []
+    assert not udev_dock.events("dock.docked", device=stranger.device)
     assert_no_tracebacks(udev_dock)
