@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import random
 import re
 import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.dock import Dock, central_objects, sha256_of
-from tests.udevharness import CameraBay, LoopCamera, settle
+from tests.udevharness import CameraBay, ClipSource, LoopCamera, populate_tree, run, settle
 
 pytestmark = [pytest.mark.realparts, pytest.mark.timeout(120)]
 
@@ -41,10 +42,15 @@ OFFLOAD_SECONDS = 45.0
 EVENT_SECONDS = 15.0
 MIB = 1024 * 1024
 
+# the harness names clips VID_20240102_0304SS: remote keys are predictable from the name
+RECORDED_PATTERN = (r"VID_(?P<Y>\d{4})(?P<m>\d{2})(?P<d>\d{2})_"
+                    r"(?P<H>\d{2})(?P<M>\d{2})(?P<S>\d{2})")
 PROFILES = [
-    {"name": "test-bay", "usb_vendor_id": VENDOR_ID, "usb_product_id": PRODUCT_ID},
+    {"name": "test-bay", "usb_vendor_id": VENDOR_ID, "usb_product_id": PRODUCT_ID,
+     "recorded_pattern": RECORDED_PATTERN},
     {"name": "test-bay-clearing", "usb_vendor_id": VENDOR_ID,
-     "usb_product_id": CLEARING_PRODUCT_ID, "clear_after_upload": True},
+     "usb_product_id": CLEARING_PRODUCT_ID, "recorded_pattern": RECORDED_PATTERN,
+     "clear_after_upload": True},
 ]
 
 
@@ -141,15 +147,16 @@ class UdevDock:
             or (camera is not None and camera.device is not None and source == camera.device)
         ]
 
-    def dockings(self, serial: str) -> list[tuple[int, str | None]]:
-        """(docking id, undocked_at) of the camera's dockings, read from the ledger file."""
+    def ledger_rows(self, query: str, *parameters: Any) -> list[tuple[Any, ...]]:
+        """Rows from the ledger file itself, opened read-only beside the daemon."""
         uri = f"file:{self.dock.ledger_path}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=10)) as connection:
-            rows = connection.execute(
-                "SELECT id, undocked_at FROM dockings WHERE camera_serial = ? ORDER BY id",
-                (serial,),
-            ).fetchall()
-        return [(row[0], row[1]) for row in rows]
+            return connection.execute(query, parameters).fetchall()
+
+    def dockings(self, serial: str) -> list[tuple[int, str | None]]:
+        """(docking id, undocked_at) of the camera's dockings."""
+        return [(row[0], row[1]) for row in self.ledger_rows(
+            "SELECT id, undocked_at FROM dockings WHERE camera_serial = ? ORDER BY id", serial)]
 
 
 @pytest.fixture
@@ -327,3 +334,106 @@ def test_camera_present_at_start_is_offloaded_and_unknown_device_never_mounted(u
     assert udev_dock.clips("UNKNOWN1") == []
     assert not udev_dock.events("dock.docked", device=stranger.device)
     assert_no_tracebacks(udev_dock)
+
+
+@contextlib.contextmanager
+def inspected(camera: LoopCamera) -> Iterator[Path]:
+    """The (detached) camera image's files, mounted read-only under a name no rule claims."""
+    copy = camera.image.with_name("inspect.img")
+    run("cp", "--sparse=always", camera.image, copy)
+    mount_point = camera.image.parent / "inspect"
+    mount_point.mkdir()
+    device = run("losetup", "--find", "--show", "--read-only", copy).strip()
+    try:
+        run("mount", "-t", camera.fs_type, "-o", "ro", device, mount_point)
+        try:
+            yield mount_point
+        finally:
+            run("umount", mount_point)
+    finally:
+        run("losetup", "--detach", device)
+
+
+def files_under(root: Path, camera: LoopCamera) -> set[str]:
+    # fusefat shows a FAT volume label as an empty file in the root: not the camera's
+    return {str(path.relative_to(root)) for path in root.rglob("*")
+            if path.is_file() and str(path.relative_to(root)) != camera.label}
+
+
+def with_extra_files(clips: ClipSource, extra: Sequence[str]) -> Callable[[Path], list[str]]:
+    """The harness's camera tree plus files that are neither clips nor their sidecars."""
+    def populate(tree: Path) -> list[str]:
+        written = populate_tree(tree, clips, count=3)
+        for name in extra:
+            (tree / name).write_bytes(b"not a clip\n")
+        return [*written, *extra, "SYSTEM/DEVICE.TXT"]
+    return populate
+
+
+def test_clear_after_upload_deletes_exactly_the_verified_clips(udev_dock):
+    """Every clip verified centrally: its clip and sidecars leave the camera, nothing else."""
+    udev_dock.start()
+    extra = ["DCIM/100BWC/INDEX.DAT", "DCIM/OTHER.TXT"]
+    camera = udev_dock.camera("exfat", serial="CLEAR001", clearing=True,
+                              populate=with_extra_files(udev_dock.bay.clips, extra))
+    udev_dock.bay.attach(camera)
+
+    def all_cleared() -> bool:
+        clips = udev_dock.clips("CLEAR001")
+        return len(clips) == 3 and all(c["state"] == "cleared" for c in clips)
+
+    udev_dock.wait_for(all_cleared, "all 3 clips cleared from the camera")
+    udev_dock.wait_event("dock.released", camera="CLEAR001")
+    cleared = udev_dock.events("clip.cleared_from_camera", camera="CLEAR001")
+    clip_ids = sorted(c["id"] for c in udev_dock.clips("CLEAR001"))
+    assert sorted(e["clip"] for e in cleared) == clip_ids
+    assert all(e["files"] == 3 for e in cleared)  # the clip, its .GPS and its .JPG
+    assert len(udev_dock.events("mount.writable")) == 1  # one read-write window
+    udev_dock.wait_for(lambda: not udev_dock.mounted(camera), "the camera unmounted", 10)
+    stored = stored_by_source_path(udev_dock, "CLEAR001")
+    expected = expected_hashes(camera)
+    assert stored == {k: v for k, v in expected.items()
+                      if k.startswith("DCIM/100BWC/VID_")}
+    audited = udev_dock.ledger_rows(
+        "SELECT clip_id, details FROM audit_log WHERE event = 'clip.cleared' ORDER BY clip_id")
+    assert [row[0] for row in audited] == clip_ids  # each deletion is an audit event
+    for _, details in audited:
+        assert len(json.loads(details)["deleted"]) == 3
+    assert udev_dock.dock.cli("audit", "verify").returncode == 0
+
+    udev_dock.bay.detach(camera)
+    udev_dock.bay.wait_detached(camera)
+    with inspected(camera) as root:
+        assert files_under(root, camera) == {*extra, "SYSTEM/DEVICE.TXT"}
+    assert_no_tracebacks(udev_dock)
+
+
+def test_camera_with_a_quarantined_clip_keeps_everything(udev_dock):
+    """A clip whose central key holds other bytes is quarantined; the camera is not cleared."""
+    udev_dock.start()
+    camera = udev_dock.camera("vfat", serial="QUAR0001", clearing=True, clip_count=2)
+    # clip ids follow discovery order in a fresh ledger; the key template is
+    # {camera}/{recorded:%Y/%m/%d}/{clip_id}_{name} with the date from the file name
+    conflicting = udev_dock.dock.nas / "QUAR0001/2024/01/02/2_VID_20240102_030401.MP4"
+    conflicting.parent.mkdir(parents=True)
+    conflicting.write_bytes(b"someone else's object at our key")
+    udev_dock.bay.attach(camera)
+
+    def settled() -> bool:
+        states = {c["id"]: c["state"] for c in udev_dock.clips("QUAR0001")}
+        return states == {1: "uploaded", 2: "quarantined"}
+
+    udev_dock.wait_for(settled, "clip 1 uploaded and clip 2 quarantined")
+    udev_dock.wait_event("dock.released", camera="QUAR0001")
+    udev_dock.wait_for(lambda: not udev_dock.mounted(camera), "the camera unmounted", 10)
+    assert not udev_dock.events("clip.cleared_from_camera")
+    assert not udev_dock.events("mount.writable")
+    assert conflicting.read_bytes() == b"someone else's object at our key"
+
+    udev_dock.bay.detach(camera)
+    udev_dock.bay.wait_detached(camera)
+    with inspected(camera) as root:
+        on_camera = {name: sha256_of(root / name) for name in files_under(root, camera)}
+    tree = camera.image.parent / "tree"
+    assert on_camera == {name: sha256_of(tree / name) for name in files_under(tree, camera)}
+    assert len(on_camera) == 7  # two clips with two sidecars each, and SYSTEM/DEVICE.TXT
