@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from bwc_dock.scanner import display_path
 from tests.dock import Dock, central_objects, sha256_of
 from tests.udevharness import CameraBay, ClipSource, LoopCamera, populate_tree, run, settle
 
@@ -86,6 +87,14 @@ class UdevDock:
         product = CLEARING_PRODUCT_ID if clearing else PRODUCT_ID
         return self.bay.make_camera(fs_type, serial=serial, vendor_id=VENDOR_ID,
                                     product_id=product, **options)
+
+    def configure(self, **dock_settings: Any) -> None:
+        """udev on, no watch folders, the test profiles; ``dock_settings`` go to [dock]."""
+        self.dock.write_config(
+            dock={"copy_workers": 2, "upload_workers": 2, **dock_settings},
+            sources={"udev": True, "watch_dirs": [], "rescan_interval_seconds": 5},
+            camera=PROFILES,
+        )
 
     def start(self) -> subprocess.Popen[bytes]:
         process = self.dock.start_daemon()
@@ -162,12 +171,8 @@ class UdevDock:
 @pytest.fixture
 def udev_dock(dock: Dock, camera_bay: CameraBay) -> Iterator[UdevDock]:
     """The daemon takes cameras from udev with the test profiles; stopped after the test."""
-    dock.write_config(
-        dock={"copy_workers": 2, "upload_workers": 2},
-        sources={"udev": True, "watch_dirs": [], "rescan_interval_seconds": 5},
-        camera=PROFILES,
-    )
     instance = UdevDock(dock, camera_bay)
+    instance.configure()
     try:
         yield instance
     finally:
@@ -437,3 +442,84 @@ def test_camera_with_a_quarantined_clip_keeps_everything(udev_dock):
     tree = camera.image.parent / "tree"
     assert on_camera == {name: sha256_of(tree / name) for name in files_under(tree, camera)}
     assert len(on_camera) == 7  # two clips with two sidecars each, and SYSTEM/DEVICE.TXT
+
+
+HOSTILE_NAMES = [
+    "..MP4",
+    ".. .. ..MP4",
+    "%2e%2e%2f%2e%2e%2fescape.MP4",
+    "..%5c..%5cwin.MP4",
+    "$(touch PWNED);`id`.MP4",
+    "-rf --no-preserve-root.MP4",
+    "L" * 251 + ".MP4",  # 255 bytes, the longest name FAT and exFAT allow
+]
+EXFAT_ONLY_NAMES = ["\u202eKCATTA.MP4", "ünïcødé 名前.MP4"]
+DEEP_DIRECTORIES = "DCIM/" + "/".join(f"D{level}" for level in range(1, 11))
+MAX_SCAN_DEPTH = 6
+
+
+def hostile_tree(clips: ClipSource, fs_type: str) -> Callable[[Path], list[str]]:
+    """Good clips, clips with hostile names (real MP4s: evidence too), one clip too deep."""
+    names = HOSTILE_NAMES + (EXFAT_ONLY_NAMES if fs_type == "exfat" else [])
+
+    def populate(tree: Path) -> list[str]:
+        written = populate_tree(tree, clips, count=2)
+        for name in names:
+            clips.write_clip(tree / "DCIM" / "100BWC" / name)
+            written.append(f"DCIM/100BWC/{name}")
+        clips.write_clip(tree / DEEP_DIRECTORIES / "DEEP.MP4")
+        written.append(f"{DEEP_DIRECTORIES}/DEEP.MP4")
+        return written
+    return populate
+
+
+def files_outside(root: Path, *kept: Path) -> set[Path]:
+    return {path for path in root.rglob("*")
+            if path.is_file() and not any(path.is_relative_to(k) for k in kept)}
+
+
+@pytest.mark.parametrize("fs_type", ["exfat", "vfat"])
+def test_hostile_image_writes_nothing_outside_staging_and_good_clips_arrive(udev_dock, fs_type):
+    """Traversal-looking, 255-byte and odd names, deep folders: stored safely or refused."""
+    udev_dock.configure(max_scan_depth=MAX_SCAN_DEPTH)
+    camera = udev_dock.camera(fs_type, serial="HOST0001",
+                              populate=hostile_tree(udev_dock.bay.clips, fs_type))
+    root = udev_dock.dock.root
+    state, nas = udev_dock.dock.state_dir, udev_dock.dock.nas
+    daemon_log = root / "daemon.log"
+    before = files_outside(root, state, nas, daemon_log)
+    udev_dock.start()
+    udev_dock.bay.attach(camera)
+
+    videos = [n for n in camera.files if n.endswith(".MP4") and not n.startswith(DEEP_DIRECTORIES)]
+    udev_dock.wait_for(all_uploaded(udev_dock, "HOST0001", len(videos)), "every clip uploaded")
+    udev_dock.wait_event("dock.released", camera="HOST0001")
+
+    clips = udev_dock.clips("HOST0001")
+    expected = expected_hashes(camera)
+    shown = {display_path(name.encode()): name for name in videos}  # escaped for display
+    assert sorted(c["source_path"] for c in clips) == sorted(shown)
+    for clip in clips:
+        assert clip["sha256"] == expected[shown[clip["source_path"]]]
+    good = {k: v for k, v in expected.items() if k.startswith("DCIM/100BWC/VID_")}
+    stored = stored_by_source_path(udev_dock, "HOST0001")
+    assert {k: stored[k] for k in good} == good
+    refused = udev_dock.events("scan.refused")
+    assert [e["reason"] for e in refused] == ["too deep"], refused
+    assert refused[0]["path"].startswith("DCIM/D1/")
+
+    # every byte written went to staging or to the camera's folder in central storage
+    assert files_outside(root, state, nas, daemon_log) == before
+    assert not (Path.cwd() / "PWNED").exists()
+    for path in nas.rglob("*"):
+        relative = path.relative_to(nas)
+        assert relative.parts[0] == "HOST0001"
+        assert re.fullmatch(r"[A-Za-z0-9._/-]+", str(relative)), relative
+        assert ".." not in relative.parts
+    staged = [p for p in udev_dock.dock.staging_dir.rglob("*") if p.is_file()]
+    assert staged
+    for path in staged:
+        relative = path.relative_to(udev_dock.dock.staging_dir)
+        assert re.fullmatch(r"clips/\d{8}/[A-Za-z0-9._-]+", str(relative)), relative
+    assert not udev_dock.mounted()
+    assert_no_tracebacks(udev_dock)
