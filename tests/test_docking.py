@@ -20,6 +20,7 @@ import random
 import re
 import signal
 import sqlite3
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -523,3 +524,68 @@ def test_hostile_image_writes_nothing_outside_staging_and_good_clips_arrive(udev
         assert re.fullmatch(r"clips/\d{8}/[A-Za-z0-9._-]+", str(relative)), relative
     assert not udev_dock.mounted()
     assert_no_tracebacks(udev_dock)
+
+
+def loop_fat_directory(image: Path, parent: str, child: str) -> None:
+    """Corrupt a FAT32 image so that ``parent/child`` is ``parent`` itself: a directory loop.
+
+    FAT has no symlinks; a directory entry whose start cluster is an ancestor's is how a
+    directory loop happens on a camera's card (corruption, or a card made to hurt).
+    Names are 8.3 upper case, directly under the root.
+    """
+    def short(name: str) -> bytes:
+        return name.upper().ljust(11).encode()
+
+    with image.open("r+b") as handle:
+        boot = handle.read(512)
+        bytes_per_sector, = struct.unpack_from("<H", boot, 11)
+        reserved, = struct.unpack_from("<H", boot, 14)
+        fat_size, root_cluster = struct.unpack_from("<I", boot, 36)[0], struct.unpack_from(
+            "<I", boot, 44)[0]
+        cluster_bytes = bytes_per_sector * boot[13]
+        data_start = (reserved + boot[16] * fat_size) * bytes_per_sector
+
+        def entry(cluster: int, name: bytes) -> tuple[int, int]:
+            start = data_start + (cluster - 2) * cluster_bytes
+            handle.seek(start)
+            block = handle.read(cluster_bytes)
+            for at in range(0, cluster_bytes, 32):
+                if block[at:at + 11] == name:
+                    high, = struct.unpack_from("<H", block, at + 20)
+                    low, = struct.unpack_from("<H", block, at + 26)
+                    return start + at, high << 16 | low
+            raise AssertionError(f"{name!r} not in cluster {cluster}")
+
+        _, parent_cluster = entry(root_cluster, short(parent))
+        child_entry, _ = entry(parent_cluster, short(child))
+        handle.seek(child_entry + 20)
+        handle.write(struct.pack("<H", parent_cluster >> 16))
+        handle.seek(child_entry + 26)
+        handle.write(struct.pack("<H", parent_cluster & 0xFFFF))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known bug (scanner.py): loop detection keys on (st_dev, st_ino), but a FAT directory "
+    "reached through a looped entry gets a new inode per path (fusefat; the kernel's vfat "
+    "numbers inodes by entry position too), so the walk only stops at max_scan_depth: "
+    "2 clips became 62, each uploaded under its own key"))
+def test_fat_directory_loop_is_refused_and_each_clip_taken_once(udev_dock):
+    """DCIM/LOOP is DCIM again: the walk ends, and each clip is offloaded exactly once."""
+    def populate(tree: Path) -> list[str]:
+        written = populate_tree(tree, udev_dock.bay.clips, count=2)
+        (tree / "DCIM" / "LOOP").mkdir()
+        (tree / "DCIM" / "LOOP" / "PLACE.TXT").write_text("replaced by the loop\n")
+        return written
+
+    camera = udev_dock.camera("vfat", serial="LOOP0001", populate=populate)
+    loop_fat_directory(camera.image, "DCIM", "LOOP")
+    udev_dock.start()
+    udev_dock.bay.attach(camera)
+
+    udev_dock.wait_event("dock.scanned", camera="LOOP0001", timeout=30)
+    udev_dock.wait_event("dock.released", camera="LOOP0001", timeout=OFFLOAD_SECONDS)
+    clips = udev_dock.clips("LOOP0001")
+    assert sorted(c["source_path"] for c in clips) == [
+        "DCIM/100BWC/VID_20240102_030400.MP4", "DCIM/100BWC/VID_20240102_030401.MP4"]
+    assert all(c["state"] == "uploaded" for c in clips)
+    assert any("loop" in e["reason"] for e in udev_dock.events("scan.refused"))
