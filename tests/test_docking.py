@@ -526,6 +526,32 @@ def test_hostile_image_writes_nothing_outside_staging_and_good_clips_arrive(udev
     assert_no_tracebacks(udev_dock)
 
 
+@pytest.mark.parametrize("fs_type", ["exfat", "vfat"])
+def test_daemon_killed_mid_copy_cleans_its_stale_mount_and_resumes(udev_dock, fs_type):
+    """kill -9 with a camera mounted: the restart unmounts the leftover, docks again, resumes."""
+    first = udev_dock.start()
+    camera = udev_dock.camera(fs_type, serial="CRASH001", clip_count=1, padding=BIG_CLIP_PADDING)
+    udev_dock.bay.attach(camera)
+    udev_dock.wait_event("clip.copying", camera="CRASH001")
+    time.sleep(0.3)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    udev_dock.processes.remove(first)
+    assert udev_dock.mounted(camera)  # the FUSE helper outlives the daemon: a stale mount
+
+    udev_dock.start()
+    udev_dock.wait_event("mount.stale_cleaned")
+    udev_dock.wait_for(all_uploaded(udev_dock, "CRASH001", 1), "the clip uploaded after restart")
+    assert stored_by_source_path(udev_dock, "CRASH001") == {
+        k: v for k, v in expected_hashes(camera).items() if k.startswith("DCIM/")}
+    udev_dock.wait_event("dock.released", camera="CRASH001")
+    udev_dock.wait_for(lambda: not udev_dock.mounted(camera), "the camera unmounted", 10)
+    assert not list(udev_dock.dock.staging_dir.rglob("*.part"))
+    assert all(ended for _, ended in udev_dock.dockings("CRASH001"))
+    assert len(udev_dock.events("dock.docked", camera="CRASH001")) == 2
+    assert_no_tracebacks(udev_dock)
+
+
 def loop_fat_directory(image: Path, parent: str, child: str) -> None:
     """Corrupt a FAT32 image so that ``parent/child`` is ``parent`` itself: a directory loop.
 
