@@ -156,8 +156,15 @@ class Copier:
                 )
                 for sidecar in work.sidecars
             }
+        except LeaseLost:
+            raise  # another worker owns the clip, and this folder, now: leave it alone
+        except IntegrityError:
+            _remove_partials(folder)  # what did verify stays beside the quarantined clip
+            raise
         except BaseException:
-            _remove_partials(folder)
+            # the clip goes back to discovered and is copied whole next time: files that
+            # were already in place (the clip, when a sidecar failed) must not stay behind
+            _remove_copies(folder, [work.name, *(sidecar.name for sidecar in work.sidecars)])
             raise
         self.ledger.finish_copy(work, self.owner, sha256, folder_relative, sidecar_hashes)
         elapsed = time.monotonic() - started
@@ -267,6 +274,17 @@ def _write_part(
 def _remove_partials(folder: Path) -> None:
     for leftover in folder.glob("*.part"):
         leftover.unlink(missing_ok=True)
+
+
+def _remove_copies(folder: Path, names: list[str]) -> None:
+    """Remove an unfinished copy of a clip: its files, partials and (if empty) its folder."""
+    _remove_partials(folder)
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError as error:
+        log.debug("copy.folder_kept", folder=str(folder), error=str(error))
 
 
 class _LeaseRenewer:
