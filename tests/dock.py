@@ -196,3 +196,47 @@ def wait_until(condition: Callable[[], bool], timeout: float, message: str,
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s: {message}")
+
+
+BLKIO_ROOT = Path("/sys/fs/cgroup/blkio")
+
+
+class CameraReadThrottle:
+    """Reads from chosen block devices slowed to a camera's speed (a blkio cgroup, v1).
+
+    A loop-device camera reads at memory speed; a camera on USB does not, and a test
+    that must pull a camera out mid-copy needs the copy to take a while. This process
+    joins the group, so what it starts afterwards (the daemon, and the FUSE helpers the
+    daemon's mounts start) is in it too; only devices passed to ``throttle`` slow down.
+    """
+
+    def __init__(self, bytes_per_second: int) -> None:
+        self.bytes_per_second = bytes_per_second
+        self.group = BLKIO_ROOT / f"bwc-dock-slow-{os.getpid()}-{time.monotonic_ns()}"
+        self.group.mkdir()
+        (self.group / "cgroup.procs").write_text(str(os.getpid()))
+
+    @staticmethod
+    def available() -> bool:
+        return (BLKIO_ROOT / "blkio.throttle.read_bps_device").exists()
+
+    def throttle(self, device: str) -> None:
+        rdev = os.stat(device).st_rdev
+        (self.group / "blkio.throttle.read_bps_device").write_text(
+            f"{os.major(rdev)}:{os.minor(rdev)} {self.bytes_per_second}"
+        )
+
+    def close(self) -> None:
+        """Everyone back to the root group (helpers may outlive a test), then remove ours."""
+        for _ in range(50):
+            for pid in (self.group / "cgroup.procs").read_text().split():
+                try:
+                    (BLKIO_ROOT / "cgroup.procs").write_text(pid)
+                except OSError:
+                    continue  # exited meanwhile
+            try:
+                self.group.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"could not remove {self.group}")

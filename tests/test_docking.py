@@ -32,7 +32,8 @@ from typing import Any
 import pytest
 
 from bwc_dock.scanner import display_path
-from tests.dock import Dock, central_objects, sha256_of
+from tests.dock import CameraReadThrottle, Dock, central_objects, sha256_of
+from tests.realparts import need_root, unavailable
 from tests.udevharness import CameraBay, ClipSource, LoopCamera, populate_tree, run, settle
 
 pytestmark = [pytest.mark.realparts, pytest.mark.timeout(120)]
@@ -78,6 +79,7 @@ class UdevDock:
     dock: Dock
     bay: CameraBay
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    throttle: CameraReadThrottle | None = None
 
     @property
     def mount_dir(self) -> Path:
@@ -88,6 +90,12 @@ class UdevDock:
         product = CLEARING_PRODUCT_ID if clearing else PRODUCT_ID
         return self.bay.make_camera(fs_type, serial=serial, vendor_id=VENDOR_ID,
                                     product_id=product, **options)
+
+    def attach(self, camera: LoopCamera) -> None:
+        """Dock the camera (``losetup``), at USB speed when this dock has a throttle."""
+        device = self.bay.attach(camera)
+        if self.throttle is not None:
+            self.throttle.throttle(device)  # well before udev settles and the daemon reads
 
     def configure(self, **dock_settings: Any) -> None:
         """udev on, no watch folders, the test profiles; ``dock_settings`` go to [dock]."""
@@ -242,17 +250,54 @@ def test_docked_camera_is_offloaded_then_unmounted_and_its_docking_ended(udev_do
     assert_no_tracebacks(udev_dock)
 
 
-BIG_CLIP_PADDING = 128 * MIB  # long enough to copy that a yank lands mid-copy
+BIG_FILE_BYTES = 32 * MIB
+CAMERA_BYTES_PER_SECOND = 16_000_000  # a USB 2 camera: a 32 MiB file takes two seconds
 
 
-@pytest.mark.parametrize(("fs_type", "kill_fuse"), [("exfat", True), ("vfat", False)])
-def test_yank_mid_copy_stops_cleanly_and_redock_resumes(udev_dock, fs_type, kill_fuse):
+@pytest.fixture
+def slow_udev_dock(udev_dock_throttle: CameraReadThrottle, udev_dock: UdevDock) -> UdevDock:
+    """A udev dock whose cameras read at USB speed, so a yank can land mid-copy."""
+    udev_dock.throttle = udev_dock_throttle
+    return udev_dock
+
+
+@pytest.fixture
+def udev_dock_throttle() -> Iterator[CameraReadThrottle]:
+    need_root()
+    if not CameraReadThrottle.available():
+        unavailable("needs the blkio cgroup (v1) to read loop devices at a camera's speed")
+    throttle = CameraReadThrottle(CAMERA_BYTES_PER_SECOND)
+    try:
+        yield throttle
+    finally:
+        throttle.close()
+
+
+def big_sidecar_tree(clips: ClipSource) -> Callable[[Path], list[str]]:
+    """One small clip whose .GPS sidecar is big: a yank lands after the clip is in place."""
+    def populate(tree: Path) -> list[str]:
+        stem = "DCIM/100BWC/VID_20240102_030400"
+        clips.write_clip(tree / f"{stem}.MP4")
+        (tree / f"{stem}.GPS").write_bytes(random.randbytes(BIG_FILE_BYTES))
+        return [f"{stem}.MP4", f"{stem}.GPS"]
+    return populate
+
+
+@pytest.mark.parametrize(("fs_type", "kill_fuse", "big"), [
+    ("exfat", True, "clip"), ("vfat", False, "clip"), ("exfat", False, "sidecar")])
+def test_yank_mid_copy_stops_cleanly_and_redock_resumes(slow_udev_dock, fs_type, kill_fuse, big):
     """Yanked mid-copy: the copier stops within ~1 s, nothing staged; docked again, it resumes."""
+    udev_dock = slow_udev_dock
     udev_dock.start()
-    camera = udev_dock.camera(fs_type, serial="YANK0001", clip_count=1, padding=BIG_CLIP_PADDING)
-    udev_dock.bay.attach(camera)
+    if big == "clip":
+        camera = udev_dock.camera(fs_type, serial="YANK0001", clip_count=1,
+                                  padding=BIG_FILE_BYTES)
+    else:
+        camera = udev_dock.camera(fs_type, serial="YANK0001",
+                                  populate=big_sidecar_tree(udev_dock.bay.clips))
+    udev_dock.attach(camera)
     copying = udev_dock.wait_event("clip.copying", camera="YANK0001")[0]
-    time.sleep(0.3)  # well into the copy: the first 4 MiB chunk is written
+    time.sleep(0.5)  # a quarter into the big file
     yanked_at = time.time()
     udev_dock.bay.yank(camera, kill_fuse=kill_fuse)
 
@@ -264,7 +309,6 @@ def test_yank_mid_copy_stops_cleanly_and_redock_resumes(udev_dock, fs_type, kill
     [clip] = udev_dock.clips("YANK0001")
     assert clip["id"] == copying["clip"]
     assert clip["state"] == "discovered"
-    assert not list(udev_dock.dock.staging_dir.rglob("*.part"))
     assert not [p for p in udev_dock.dock.staging_dir.rglob("*") if p.is_file()]
     assert len(udev_dock.events("copy.interrupted")) == 1
     assert not udev_dock.events("copy.failed")
@@ -272,7 +316,7 @@ def test_yank_mid_copy_stops_cleanly_and_redock_resumes(udev_dock, fs_type, kill
     assert not udev_dock.mounted(camera)
     assert [ended is not None for _, ended in udev_dock.dockings("YANK0001")] == [True]
 
-    udev_dock.bay.attach(camera)
+    udev_dock.attach(camera)
     udev_dock.wait_event("dock.docked", 2, camera="YANK0001")
     udev_dock.wait_for(all_uploaded(udev_dock, "YANK0001", 1), "the yanked clip uploaded")
     expected = expected_hashes(camera)
@@ -527,11 +571,12 @@ def test_hostile_image_writes_nothing_outside_staging_and_good_clips_arrive(udev
 
 
 @pytest.mark.parametrize("fs_type", ["exfat", "vfat"])
-def test_daemon_killed_mid_copy_cleans_its_stale_mount_and_resumes(udev_dock, fs_type):
+def test_daemon_killed_mid_copy_cleans_its_stale_mount_and_resumes(slow_udev_dock, fs_type):
     """kill -9 with a camera mounted: the restart unmounts the leftover, docks again, resumes."""
+    udev_dock = slow_udev_dock
     first = udev_dock.start()
-    camera = udev_dock.camera(fs_type, serial="CRASH001", clip_count=1, padding=BIG_CLIP_PADDING)
-    udev_dock.bay.attach(camera)
+    camera = udev_dock.camera(fs_type, serial="CRASH001", clip_count=1, padding=BIG_FILE_BYTES)
+    udev_dock.attach(camera)
     udev_dock.wait_event("clip.copying", camera="CRASH001")
     time.sleep(0.3)
     first.send_signal(signal.SIGKILL)
