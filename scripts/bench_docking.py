@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
 
-from tests.dock import Dock  # noqa: E402
+from tests.dock import CameraReadThrottle, Dock  # noqa: E402
 from tests.udevharness import (  # noqa: E402
     CameraBay,
     ClipSource,
@@ -70,45 +70,26 @@ TARGET_RATIO = 0.90
 EVENT_TIMEOUT_SECONDS = 60.0
 OFFLOAD_TIMEOUT_SECONDS = 600.0
 BLKFLSBUF = 0x1261  # linux/fs.h: flush a block device's buffer cache
-BLKIO_ROOT = Path("/sys/fs/cgroup/blkio")
 
 
 class CameraSpeed:
-    """Reads from camera loop devices throttled to a USB camera's speed (blkio cgroup v1).
-
-    This process joins the cgroup before it starts the daemon, so the daemon, the FUSE
-    helpers its mounts start and the ones cat's mounts start are all in it.
-    """
+    """Camera reads at a USB camera's speed (tests/dock.py's blkio throttle), or unthrottled."""
 
     def __init__(self, megabytes_per_second: float) -> None:
-        self.bytes_per_second = int(megabytes_per_second * 1e6)
-        self.group: Path | None = None
-        if self.bytes_per_second <= 0:
-            return
-        if not (BLKIO_ROOT / "blkio.throttle.read_bps_device").exists():
-            raise SystemExit("bench_docking: --camera-mbps needs the blkio cgroup (v1)")
-        self.group = BLKIO_ROOT / f"bwc-bench-docking-{os.getpid()}"
-        self.group.mkdir()
-        (self.group / "cgroup.procs").write_text(str(os.getpid()))
+        self.throttle: CameraReadThrottle | None = None
+        if megabytes_per_second > 0:
+            if not CameraReadThrottle.available():
+                raise SystemExit("bench_docking: --camera-mbps needs the blkio cgroup (v1)")
+            # joined before the daemon starts: it and its FUSE helpers are throttled too
+            self.throttle = CameraReadThrottle(int(megabytes_per_second * 1e6))
 
-    def throttle(self, device: str) -> None:
-        if self.group is None:
-            return
-        rdev = os.stat(device).st_rdev
-        rule = f"{os.major(rdev)}:{os.minor(rdev)} {self.bytes_per_second}"
-        (self.group / "blkio.throttle.read_bps_device").write_text(rule)
+    def slow_down(self, device: str) -> None:
+        if self.throttle is not None:
+            self.throttle.throttle(device)
 
     def close(self) -> None:
-        if self.group is None:
-            return
-        (BLKIO_ROOT / "cgroup.procs").write_text(str(os.getpid()))
-        for _ in range(50):  # children (daemon, FUSE helpers) may take a moment to exit
-            try:
-                self.group.rmdir()
-                return
-            except OSError:
-                time.sleep(0.1)
-        print(f"bench_docking: could not remove {self.group}", file=sys.stderr)
+        if self.throttle is not None:
+            self.throttle.close()
 
 
 @dataclass
@@ -178,7 +159,7 @@ def offload(camera: LoopCamera, bay: CameraBay, log: Path,
     started = time.time()
     bay.attach(camera)
     assert camera.device is not None
-    speed.throttle(camera.device)  # udev and the daemon's settle time take longer than this
+    speed.slow_down(camera.device)  # udev and the daemon's settle time take longer than this
     serial = camera.serial
     docked = wait_event(log, "dock.docked", EVENT_TIMEOUT_SECONDS, camera=serial)[0]
     first = wait_event(log, "clip.copying", EVENT_TIMEOUT_SECONDS, camera=serial)[0]
