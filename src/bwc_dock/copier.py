@@ -13,6 +13,8 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -81,26 +83,83 @@ class StagingArea:
         return self._paused
 
 
-class Copier:
-    """Copies clips off docked cameras for one worker (one lease owner)."""
+@dataclass
+class _Read:
+    """A clip and its sidecars read once off the camera into staging, not yet verified."""
 
-    def __init__(self, ledger: Ledger, staging: StagingArea, owner: str) -> None:
+    folder_relative: str
+    folder: Path
+    sha256: str
+    sidecar_hashes: dict[int, str]
+    renewer: _LeaseRenewer
+    started: float
+
+
+class Copier:
+    """Copies clips off docked cameras for one worker (one lease owner).
+
+    ``copy_next`` keeps the camera busy: once a clip is read into staging, re-reading it
+    from disk to verify it runs in a thread of its own while the next clip is read off the
+    camera. At most one verification is in flight, and ``copy_next`` says "nothing to
+    copy" only once it has finished, so callers see no difference but the speed.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        staging: StagingArea,
+        owner: str,
+        on_staged: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_staged`` is called once a clip is staged (the daemon wakes its uploaders)."""
         self.ledger = ledger
         self.staging = staging
         self.owner = owner
+        self.on_staged = on_staged
+        self._verifying: threading.Thread | None = None
 
     def copy_next(self, cancel: threading.Event, docking_id: int | None = None) -> bool:
         """Claim and copy one clip; False when there was nothing to copy."""
         work = self.ledger.claim_for_copy(self.owner, docking_id)
         if work is None:
+            self.wait_verified()
             return False
-        self.copy(work, cancel)
+        self._handled(work, lambda: self._read_then_verify_later(work, cancel))
         return True
 
     def copy(self, work: ClipWork, cancel: threading.Event) -> None:
+        """Copy and verify one claimed clip before returning."""
+        self._handled(work, lambda: self._verify(work, self._read(work, cancel), cancel))
+
+    def wait_verified(self) -> None:
+        """Wait for the verification still in flight, if any."""
+        if self._verifying is not None:
+            self._verifying.join()
+            self._verifying = None
+
+    def _read_then_verify_later(self, work: ClipWork, cancel: threading.Event) -> None:
+        read = self._read(work, cancel)
+        self.wait_verified()  # one in flight: staging and the disk are not flooded
+        self._verifying = threading.Thread(
+            target=self._verify_in_background,
+            args=(work, read, cancel),
+            name=f"{threading.current_thread().name}-verify",
+        )
+        self._verifying.start()
+
+    def _verify_in_background(self, work: ClipWork, read: _Read, cancel: threading.Event) -> None:
+        try:
+            self._handled(work, lambda: self._verify(work, read, cancel))
+        except Exception as error:
+            # the error boundary of this thread: the clip goes back to be copied again
+            log.exception("copy.verify_crashed", clip=work.id, error=str(error))
+            self._release(work, str(error), _SOURCE_RETRY, count=True)
+
+    def _handled(self, work: ClipWork, step: Callable[[], None]) -> None:
+        """Run a step of copying ``work``; what can go wrong puts the clip where it belongs."""
         bound = log.bind(clip=work.id, camera=work.camera_serial, path=work.source_path)
         try:
-            self._copy_verified(work, cancel)
+            step()
         except LeaseLost:
             bound.warning("copy.lease_lost")
         except StagingFull as error:
@@ -125,7 +184,8 @@ class Copier:
         except LeaseLost:
             log.warning("copy.lease_lost", clip=work.id)
 
-    def _copy_verified(self, work: ClipWork, cancel: threading.Event) -> None:
+    def _read(self, work: ClipWork, cancel: threading.Event) -> _Read:
+        """Read the clip and its sidecars off the camera once, hashing, into staging."""
         assert work.volume_root is not None
         needed = work.size + sum(sidecar.size for sidecar in work.sidecars)
         self.staging.reserve_room(needed, work.camera_serial)
@@ -134,8 +194,8 @@ class Copier:
         folder.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         renewer = _LeaseRenewer(self.ledger, work.id, self.owner, self.ledger.lease.total_seconds())
-        try:
-            sha256 = self._copy_file(
+        with _discarded_on_failure(folder, work):
+            sha256 = self._copy_once(
                 work.volume_root,
                 work.source_path_raw,
                 work.size,
@@ -145,7 +205,7 @@ class Copier:
                 renewer,
             )
             sidecar_hashes = {
-                sidecar.id: self._copy_file(
+                sidecar.id: self._copy_once(
                     work.volume_root,
                     sidecar.source_path_raw,
                     sidecar.size,
@@ -156,18 +216,40 @@ class Copier:
                 )
                 for sidecar in work.sidecars
             }
-        except LeaseLost:
-            raise  # another worker owns the clip, and this folder, now: leave it alone
-        except IntegrityError:
-            _remove_partials(folder)  # what did verify stays beside the quarantined clip
-            raise
-        except BaseException:
-            # the clip goes back to discovered and is copied whole next time: files that
-            # were already in place (the clip, when a sidecar failed) must not stay behind
-            _remove_copies(folder, [work.name, *(sidecar.name for sidecar in work.sidecars)])
-            raise
-        self.ledger.finish_copy(work, self.owner, sha256, folder_relative, sidecar_hashes)
-        elapsed = time.monotonic() - started
+        return _Read(folder_relative, folder, sha256, sidecar_hashes, renewer, started)
+
+    def _verify(self, work: ClipWork, read: _Read, cancel: threading.Event) -> None:
+        """Check every staged file from disk; then the clip is ``staged``."""
+        assert work.volume_root is not None
+        with _discarded_on_failure(read.folder, work):
+            sha256 = self._verified(
+                work.volume_root,
+                work.source_path_raw,
+                work.size,
+                work.mtime_ns,
+                read.folder / work.name,
+                read.sha256,
+                cancel,
+                read.renewer,
+            )
+            sidecar_hashes = {
+                sidecar.id: self._verified(
+                    work.volume_root,
+                    sidecar.source_path_raw,
+                    sidecar.size,
+                    None,
+                    read.folder / sidecar.name,
+                    read.sidecar_hashes[sidecar.id],
+                    cancel,
+                    read.renewer,
+                )
+                for sidecar in work.sidecars
+            }
+        self.ledger.finish_copy(work, self.owner, sha256, read.folder_relative, sidecar_hashes)
+        if self.on_staged is not None:
+            self.on_staged()
+        elapsed = time.monotonic() - read.started
+        needed = work.size + sum(sidecar.size for sidecar in work.sidecars)
         log.info(
             "copy.done",
             clip=work.id,
@@ -178,28 +260,32 @@ class Copier:
             mb_per_s=round(needed / 1e6 / elapsed, 1) if elapsed else None,
         )
 
-    def _copy_file(
+    def _verified(
         self,
         root: Path,
         source_path_raw: bytes,
         size: int,
         mtime_ns: int | None,
         destination: Path,
+        sha256: str,
         cancel: threading.Event,
         renewer: _LeaseRenewer,
     ) -> str:
-        """Copy one file until its staged copy verifies; IntegrityError after two misses."""
-        first_sha256: str | None = None
+        """The staged file's hash once it verifies; one more copy if not; IntegrityError."""
+        first_sha256 = sha256
         for attempt in range(1, MAX_COPY_TRIES + 1):
-            sha256 = self._copy_once(
-                root, source_path_raw, size, mtime_ns, destination, cancel, renewer
-            )
-            if first_sha256 is not None and sha256 != first_sha256:
-                # the camera itself gave different bytes twice: do not trust either read
-                log.error(
-                    "copy.source_unstable", path=str(destination), first=first_sha256, second=sha256
+            if attempt > 1:
+                sha256 = self._copy_once(
+                    root, source_path_raw, size, mtime_ns, destination, cancel, renewer
                 )
-            first_sha256 = first_sha256 or sha256
+                if sha256 != first_sha256:
+                    # the camera itself gave different bytes twice: do not trust either read
+                    log.error(
+                        "copy.source_unstable",
+                        path=str(destination),
+                        first=first_sha256,
+                        second=sha256,
+                    )
             on_disk = hash_file_from_disk(destination)
             if on_disk == sha256:
                 return sha256
@@ -269,6 +355,23 @@ def _write_part(
         return sha256, copied
     finally:
         os.close(part_fd)
+
+
+@contextmanager
+def _discarded_on_failure(folder: Path, work: ClipWork) -> Iterator[None]:
+    """On failure, leave no unfinished copy of the clip in staging."""
+    try:
+        yield
+    except LeaseLost:
+        raise  # another worker owns the clip, and this folder, now: leave it alone
+    except IntegrityError:
+        _remove_partials(folder)  # what did verify stays beside the quarantined clip
+        raise
+    except BaseException:
+        # the clip goes back to discovered and is copied whole next time: files that
+        # were already in place (the clip, when a sidecar failed) must not stay behind
+        _remove_copies(folder, [work.name, *(sidecar.name for sidecar in work.sidecars)])
+        raise
 
 
 def _remove_partials(folder: Path) -> None:
