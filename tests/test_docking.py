@@ -274,12 +274,16 @@ def udev_dock_throttle() -> Iterator[CameraReadThrottle]:
 
 
 def big_sidecar_tree(clips: ClipSource) -> Callable[[Path], list[str]]:
-    """One small clip whose .GPS sidecar is big: a yank lands after the clip is in place."""
+    """A small clip, then one whose .GPS sidecar is big: the yank lands while the first is
+    verified from staging and the second clip is already in place."""
     def populate(tree: Path) -> list[str]:
-        stem = "DCIM/100BWC/VID_20240102_030400"
-        clips.write_clip(tree / f"{stem}.MP4")
-        (tree / f"{stem}.GPS").write_bytes(random.randbytes(BIG_FILE_BYTES))
-        return [f"{stem}.MP4", f"{stem}.GPS"]
+        written = []
+        for number, sidecar_size in ((0, 1000), (1, BIG_FILE_BYTES)):
+            stem = f"DCIM/100BWC/VID_20240102_03040{number}"
+            clips.write_clip(tree / f"{stem}.MP4")
+            (tree / f"{stem}.GPS").write_bytes(random.randbytes(sidecar_size))
+            written += [f"{stem}.MP4", f"{stem}.GPS"]
+        return written
     return populate
 
 
@@ -295,21 +299,27 @@ def test_yank_mid_copy_stops_cleanly_and_redock_resumes(slow_udev_dock, fs_type,
     else:
         camera = udev_dock.camera(fs_type, serial="YANK0001",
                                   populate=big_sidecar_tree(udev_dock.bay.clips))
+    clip_count = 1 if big == "clip" else 2
     udev_dock.attach(camera)
-    copying = udev_dock.wait_event("clip.copying", camera="YANK0001")[0]
+    copying = udev_dock.wait_event("clip.copying", clip_count, camera="YANK0001")[-1]
     time.sleep(0.5)  # a quarter into the big file
     yanked_at = time.time()
     udev_dock.bay.yank(camera, kill_fuse=kill_fuse)
 
     interrupted = udev_dock.wait_event("copy.interrupted", camera="YANK0001")
     assert timestamp(interrupted[0]) - yanked_at < 1.2, interrupted
+    assert interrupted[0]["clip"] == copying["clip"]
     udev_dock.wait_event("dock.undocked", camera="YANK0001")
     udev_dock.bay.wait_detached(camera)
     time.sleep(1.0)  # anything that would still follow the yank has time to show now
-    [clip] = udev_dock.clips("YANK0001")
-    assert clip["id"] == copying["clip"]
-    assert clip["state"] == "discovered"
-    assert not [p for p in udev_dock.dock.staging_dir.rglob("*") if p.is_file()]
+    clips = {c["id"]: c for c in udev_dock.clips("YANK0001")}
+    assert len(clips) == clip_count
+    assert clips.pop(copying["clip"])["state"] == "discovered"
+    # a clip read before the yank was verified from staging and goes on to be uploaded
+    assert all(c["state"] in ("staged", "uploading", "uploaded") for c in clips.values())
+    yanked_folder = udev_dock.dock.staging_dir / f"clips/{copying['clip']:08d}"
+    assert not yanked_folder.exists() or not list(yanked_folder.iterdir())
+    assert not list(udev_dock.dock.staging_dir.rglob("*.part"))
     assert len(udev_dock.events("copy.interrupted")) == 1
     assert not udev_dock.events("copy.failed")
     assert_no_tracebacks(udev_dock)
@@ -318,11 +328,12 @@ def test_yank_mid_copy_stops_cleanly_and_redock_resumes(slow_udev_dock, fs_type,
 
     udev_dock.attach(camera)
     udev_dock.wait_event("dock.docked", 2, camera="YANK0001")
-    udev_dock.wait_for(all_uploaded(udev_dock, "YANK0001", 1), "the yanked clip uploaded")
+    udev_dock.wait_for(all_uploaded(udev_dock, "YANK0001", clip_count),
+                       "the yanked clip uploaded")
     expected = expected_hashes(camera)
     assert stored_by_source_path(udev_dock, "YANK0001") == {
         k: v for k, v in expected.items() if k.startswith("DCIM/")}
-    assert udev_dock.clips("YANK0001")[0]["id"] == copying["clip"]  # resumed, not new
+    assert copying["clip"] in {c["id"] for c in udev_dock.clips("YANK0001")}  # resumed
     udev_dock.wait_for(lambda: not udev_dock.mounted(camera), "the camera unmounted", 10)
     assert_no_tracebacks(udev_dock)
 
