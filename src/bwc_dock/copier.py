@@ -98,10 +98,10 @@ class _Read:
 class Copier:
     """Copies clips off docked cameras for one worker (one lease owner).
 
-    ``copy_next`` keeps the camera busy: once a clip is read into staging, re-reading it
-    from disk to verify it runs in a thread of its own while the next clip is read off the
-    camera. At most one verification is in flight, and ``copy_next`` says "nothing to
-    copy" only once it has finished, so callers see no difference but the speed.
+    ``copy_next(..., verify_in_background=True)`` keeps the camera busy: once a clip is
+    read into staging, re-reading it from disk to verify it runs in a thread of its own
+    while the next clip is read off the camera. At most one verification is in flight,
+    and ``copy_next`` says "nothing to copy" only once it has finished.
     """
 
     def __init__(
@@ -118,13 +118,26 @@ class Copier:
         self.on_staged = on_staged
         self._verifying: threading.Thread | None = None
 
-    def copy_next(self, cancel: threading.Event, docking_id: int | None = None) -> bool:
-        """Claim and copy one clip; False when there was nothing to copy."""
+    def copy_next(
+        self,
+        cancel: threading.Event,
+        docking_id: int | None = None,
+        *,
+        verify_in_background: bool = False,
+    ) -> bool:
+        """Claim and copy one clip; False when there was nothing (left) to copy.
+
+        Without ``verify_in_background`` the clip is staged (or back, or quarantined) when
+        this returns; with it, its verification may still be running.
+        """
         work = self.ledger.claim_for_copy(self.owner, docking_id)
         if work is None:
             self.wait_verified()
             return False
-        self._handled(work, lambda: self._read_then_verify_later(work, cancel))
+        if verify_in_background:
+            self._handled(work, lambda: self._read_then_verify_later(work, cancel))
+        else:
+            self.copy(work, cancel)
         return True
 
     def copy(self, work: ClipWork, cancel: threading.Event) -> None:

@@ -235,7 +235,9 @@ class Daemon(SourceListener):
                 continue
             try:
                 while not self.stop_event.is_set() and not docked.cancel.is_set():
-                    if not copier.copy_next(docked.cancel, docked.docking_id):
+                    if not copier.copy_next(
+                        docked.cancel, docked.docking_id, verify_in_background=True
+                    ):
                         break
                 if self.staging.paused:
                     self.stop_event.wait(IDLE_WAIT_SECONDS)
