@@ -17,4 +17,4 @@ def dock(tmp_path: Path) -> Dock:
     return instance
 
 
-pytest_plugins = ("tests.udevharness",)
+pytest_plugins = ("tests.udevharness", "tests.seaweedfs")

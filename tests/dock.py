@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ def toml_document(sections: dict[str, Any]) -> str:
 class Dock:
     root: Path
     settings: dict[str, Any] = field(default_factory=dict)
+    extra_environment: dict[str, str] = field(default_factory=dict)
 
     @property
     def config_path(self) -> Path:
@@ -103,6 +105,7 @@ class Dock:
         environment["BWC_DOCK_CONFIG"] = str(self.config_path)
         environment.pop("JOURNAL_STREAM", None)
         environment.pop("NOTIFY_SOCKET", None)
+        environment.update(self.extra_environment)
         return environment
 
     def cli(self, *arguments: str, check: bool = True,
@@ -180,11 +183,13 @@ def make_camera(folder: Path, sizes: Iterable[int], *, seed: int = 1,
 
 
 def central_objects(nas: Path) -> dict[str, str]:
-    """{key: sha256} of every stored object except manifests."""
+    """{key: sha256} of every stored object except manifests and SHA256SUMS anchors."""
     return {
         str(path.relative_to(nas)): sha256_of(path)
         for path in nas.rglob("*")
-        if path.is_file() and not path.name.endswith(".json")
+        if path.is_file()
+        and not path.name.endswith(".json")
+        and not path.name.startswith("SHA256SUMS")
     }
 
 
@@ -240,3 +245,7 @@ class CameraReadThrottle:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"could not remove {self.group}")
+
+
+def utc_datetime() -> datetime:
+    return datetime.now(UTC)

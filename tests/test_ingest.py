@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from tests.dock import Dock, central_objects, make_camera, sha256_of
+from tests.dock import Dock, central_objects, make_camera, sha256_of, wait_until
 
 MIB = 1024 * 1024
 # 50 clips: one of 200 MiB, a few mid-sized, the rest small; every clip with sidecars
@@ -113,3 +113,48 @@ def test_storage_unreachable_keeps_clips_staged_and_exits_1(dock: Dock) -> None:
     assert row["upload_attempts"] >= 1
     assert row["last_error"]
     assert "problem: clip 1" in result.stderr
+
+
+def test_ingest_hands_over_to_a_running_daemon_and_waits(dock: Dock) -> None:
+    """With the daemon alive, ingest --wait records the docking and the daemon does the work."""
+    daemon = dock.start_daemon()
+    try:
+        wait_until(lambda: json.loads(dock.cli("status", "--json").stdout)["daemon_alive"],
+                   timeout=30, message="daemon alive")
+        camera = dock.root / "card"
+        expected = make_camera(camera, [3000, 70000], sidecars=False)
+        result = dock.cli("ingest", str(camera), "--camera-serial", "HAND1", "--wait", "--json")
+    finally:
+        assert dock.stop_daemon(daemon) == 0
+    summary = json.loads(result.stdout)
+    assert summary["handed_over"] is True
+    assert summary["states"] == {"uploaded": 2}
+    copied_by = {e.get("owner", "") for e in dock.log_events() if e.get("event") == "clip.staged"}
+    assert copied_by and all("/copier-" in owner for owner in copied_by)  # the daemon's copiers
+    assert sorted(central_objects(dock.nas).values()) == sorted(expected.values())
+
+
+def test_status_json_reports_counts_cameras_and_liveness(dock: Dock) -> None:
+    """status --json is one document with the keys scripts rely on."""
+    camera = dock.root / "card"
+    make_camera(camera, [10, 20], sidecars=False)
+    dock.cli("ingest", str(camera), "--camera-serial", "S1", "--wait")
+    document = json.loads(dock.cli("status", "--json").stdout)
+    assert document["clips"]["uploaded"] == 2
+    assert document["daemon_alive"] is False
+    assert document["storage_reachable"] is True
+    assert document["oldest_pending_at"] is None
+    assert document["cameras"] == []
+
+
+def test_ingest_wait_is_not_held_up_by_other_cameras_staged_clips(dock: Dock) -> None:
+    """ingest --wait uploads its own folder's clips even when other clips wait staged."""
+    first, second = dock.root / "card-a", dock.root / "card-b"
+    make_camera(first, [1000, 2000], sidecars=False, seed=1)
+    make_camera(second, [3000], sidecars=False, seed=2)
+    dock.cli("ingest", str(first), "--camera-serial", "A1")  # copies only: A1 stays staged
+    result = dock.cli("ingest", str(second), "--camera-serial", "B2", "--wait",
+                      "--timeout", "60", "--json")
+    assert json.loads(result.stdout)["states"] == {"uploaded": 1}
+    assert {c["camera_serial"]: c["state"] for c in dock.clips()} == {"A1": "staged",
+                                                                      "B2": "uploaded"}

@@ -16,23 +16,33 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
 import structlog
 
+from bwc_dock.alarms import StorageState
+from bwc_dock.bandwidth import BandwidthLimiter
 from bwc_dock.clearer import clear_camera, clearable, ready_to_clear
 from bwc_dock.config import CameraProfile, Config, load_config
 from bwc_dock.copier import Copier, StagingArea
-from bwc_dock.errors import BwcDockError, ConfigError, Interrupted, SourceGone, StorageError
+from bwc_dock.errors import (
+    BwcDockError,
+    ConfigError,
+    Interrupted,
+    PermanentStorageError,
+    SourceGone,
+    StorageError,
+)
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner, owner_is_dead
 from bwc_dock.ledger.models import Docking, utc_now
 from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
+from bwc_dock.service import ServiceHooks
 from bwc_dock.sources.base import DockedVolume, Source, SourceListener
 from bwc_dock.storage.base import StorageBackend
-from bwc_dock.uploader import Uploader
+from bwc_dock.uploader import Uploader, report_refusal_once
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +93,7 @@ class _Docked:
     cancel: threading.Event = field(default_factory=threading.Event)
     reader: str | None = None  # the copier worker reading it now
     finished_logged: bool = False
+    last_progress_at: datetime = field(default_factory=utc_now)
 
 
 class Daemon(SourceListener):
@@ -109,8 +120,15 @@ class Daemon(SourceListener):
         self._threads: list[threading.Thread] = []
         self._started_at = utc_now()
         self._storage_reachable: bool | None = None
+        self._storage_was_refused = False
+        self._refusals_reported: set[str] = set()
         self._last_error: str | None = None
+        self.error_counts: dict[str, int] = {}
         self.on_tick: list[Callable[[Daemon], None]] = []  # hooks: watchdog, status, metrics
+        self.hooks: ServiceHooks | None = None
+        self._bandwidth = (
+            BandwidthLimiter(config.storage.bandwidth) if config.storage.bandwidth else None
+        )
 
     # -- SourceListener ---------------------------------------------------------------
 
@@ -139,6 +157,8 @@ class Daemon(SourceListener):
 
     def run(self) -> int:
         self._install_signal_handlers()
+        self.hooks = ServiceHooks(self)
+        self.on_tick.append(self.hooks)
         self.recover()
         for source in self.sources:
             source.start(self)
@@ -168,11 +188,23 @@ class Daemon(SourceListener):
         summary["dockings_ended"] = self.ledger.end_stale_dockings()
         summary["staging_partials_removed"] = self._remove_staging_partials()
         try:
-            summary["storage_partials_removed"] = self.backend.cleanup_partials()
+            summary["storage_partials_removed"] = self.backend.cleanup_partials(
+                keep=self.ledger.wanted_upload_ids()
+            )
         except StorageError as error:
             log.warning("recovery.storage_unreachable", error=str(error))
         log.info("daemon.recovered", **summary)
         return summary
+
+    def _adopt_handed_over(self) -> None:
+        """Take over folders a hand-run ``ingest`` handed to us (ownerless dockings)."""
+        adopted = self.ledger.adopt_dockings(self.owner, frozenset({"ingest"}))
+        for docking in adopted:
+            log.info("dock.adopted", camera=docking.camera_serial, docking=docking.id,
+                     device=docking.device)
+            self._adopt(docking)
+        if adopted:
+            self.wake_event.set()
 
     def _adopt(self, docking: Docking) -> None:
         volume = DockedVolume(
@@ -239,6 +271,7 @@ class Daemon(SourceListener):
                         docked.cancel, docked.docking_id, verify_in_background=True
                     ):
                         break
+                    docked.last_progress_at = utc_now()
                 if self.staging.paused:
                     self.stop_event.wait(IDLE_WAIT_SECONDS)
             finally:
@@ -276,13 +309,46 @@ class Daemon(SourceListener):
             if not uploader.upload_next():
                 self._idle()
 
-    def _upload_progress(self, _count: int) -> None:
+    def _upload_progress(self, count: int) -> None:
         if self.stop_event.is_set():
             raise Interrupted("shutting down")
+        if self._bandwidth is not None:
+            self._bandwidth(count)  # one limiter for the whole dock, shared by all uploaders
 
     def _storage_refused(self, message: str) -> None:
+        report_refusal_once(message, self._refusals_reported, self._lock)
         self._storage_reachable = False
+        self._storage_was_refused = True
         self._last_error = message
+        self._count_error("storage_refused")
+
+    def _count_error(self, kind: str) -> None:
+        self.error_counts[kind] = self.error_counts.get(kind, 0) + 1
+
+    @property
+    def storage_state(self) -> StorageState:
+        if self._storage_reachable is None:
+            return StorageState.UNKNOWN
+        if self._storage_reachable:
+            return StorageState.OK
+        return StorageState.REFUSED if self._storage_was_refused else StorageState.UNREACHABLE
+
+    @property
+    def last_error(self) -> str | None:
+        return self._last_error
+
+    def docked_progress(self) -> list[tuple[str, int, datetime]]:
+        """(camera serial, clips still on the camera only, last progress) per docked camera."""
+        with self._lock:
+            docked = list(self._docked.values())
+        return [
+            (
+                d.volume.camera_serial,
+                self.ledger.copy_pending(d.volume.camera_serial),
+                d.last_progress_at,
+            )
+            for d in docked
+        ]
 
     def _idle(self) -> None:
         self.wake_event.wait(IDLE_WAIT_SECONDS)
@@ -304,6 +370,7 @@ class Daemon(SourceListener):
             if now - timers["purge"] >= PURGE_INTERVAL_SECONDS:
                 timers["purge"] = now
                 self.purge_staging()
+            self._adopt_handed_over()
             self._finish_offloads()
             if now - timers["beat"] >= self.config.service.heartbeat_seconds:
                 timers["beat"] = now
@@ -318,11 +385,14 @@ class Daemon(SourceListener):
             if self._storage_reachable is False:
                 log.info("storage.reachable")
             self._storage_reachable = True
+            self._storage_was_refused = False
         except StorageError as error:
             if self._storage_reachable is not False:
                 log.error("storage.unreachable", error=str(error))
             self._storage_reachable = False
+            self._storage_was_refused = isinstance(error, PermanentStorageError)
             self._last_error = str(error)
+            self._count_error("storage_unreachable")
 
     def _rescan(self) -> None:
         for source in self.sources:
@@ -440,10 +510,20 @@ class Daemon(SourceListener):
         """SIGHUP: take a new configuration, or keep the old one if the new one is bad."""
         if self.config_path is None:
             return
+        if self.hooks is not None:
+            self.hooks.reloading()
+        try:
+            self._apply_new_config()
+        finally:
+            if self.hooks is not None:
+                self.hooks.reloaded()
+
+    def _apply_new_config(self) -> None:
+        assert self.config_path is not None
         try:
             new_config = load_config(self.config_path)
         except ConfigError as error:
-            log.error("config.reload_rejected", error=str(error))
+            log.error("config.reload_rejected", error=str(error), kept="the running config")
             return
         if new_config.ledger_url != self.config.ledger_url or (
             new_config.storage != self.config.storage
@@ -471,6 +551,8 @@ class Daemon(SourceListener):
         signal.signal(signal.SIGHUP, on_hangup)
 
     def shutdown(self) -> None:
+        if self.hooks is not None:
+            self.hooks.stopping()
         self.stop_event.set()
         self.wake_event.set()
         with self._lock:
@@ -480,6 +562,11 @@ class Daemon(SourceListener):
             thread.join(timeout=30)
         for source in self.sources:
             source.stop()
+        with self._lock:
+            still_docked = list(self._docked.values())
+            self._docked.clear()
+        for docked in still_docked:  # the next start re-docks what is still present
+            self.ledger.end_docking(docked.docking_id, "daemon stopped")
         self.ledger.beat(
             socket.gethostname(),
             0,

@@ -84,7 +84,8 @@ def ingest_folder(
         profile_name=profile.name,
     )
     handing_over = daemon_alive(ledger, config.service.heartbeat_seconds)
-    docking_id = ledger.record_docking(volume, "" if handing_over else current_owner("ingest"))
+    # an ownerless docking is the daemon's to adopt
+    docking_id = ledger.record_docking(volume, None if handing_over else current_owner("ingest"))
     report = IngestReport(docking_id, handed_over=handing_over)
     new_ids, found = scan_into_ledger(ledger, config, docking_id, volume)
     report.new, report.refused = len(new_ids), len(found.refused)
@@ -172,12 +173,9 @@ def _upload_all(
 
 
 def _upload_one_of(uploader: Uploader, ledger: Ledger, wanted: set[int]) -> bool:
-    """Upload a due clip of ours (the daemon's queue order does not matter here)."""
-    work = ledger.claim_for_upload(uploader.owner)
+    """Upload a due clip of this folder (other cameras' clips are the daemon's)."""
+    work = ledger.claim_for_upload(uploader.owner, only=wanted)
     if work is None:
-        return False
-    if work.id not in wanted:
-        ledger.release(work, uploader.owner, error=None, retry_at=None, count_attempt=False)
         return False
     uploader.upload(work)
     return True

@@ -52,7 +52,7 @@ def _drop_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str
 def _journald_renderer() -> Any | None:
     """The journald renderer of the service module, when running under journald."""
     try:
-        from bwc_dock import journald  # type: ignore[attr-defined, unused-ignore]
+        from bwc_dock import journald
     except ImportError:
         return None
     if not journald.running_under_journald():

@@ -20,6 +20,7 @@ import structlog
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from bwc_dock.config import StorageConfig
+from bwc_dock.custody import write_docking_sums
 from bwc_dock.errors import (
     IntegrityError,
     Interrupted,
@@ -154,9 +155,18 @@ class Uploader:
         self.ledger.finish_upload(
             work, self.owner, clip_key, confirmed, sidecar_remote, manifest_key(clip_key)
         )
+        self._write_docking_sums(work)
         log.info(
             "upload.done", clip=work.id, camera=work.camera_serial, sha256=confirmed, key=clip_key
         )
+
+    def _write_docking_sums(self, work: ClipWork) -> None:
+        """Anchor the docking in central storage; the clip is safe already if this fails
+        (resync writes a missing or stale SHA256SUMS again)."""
+        try:
+            write_docking_sums(self.ledger, self.backend, work.docking_id)
+        except StorageError as error:
+            log.warning("custody.sums_failed", docking=work.docking_id, error=str(error))
 
     def _put_manifest(self, work: ClipWork, clip_key: str, sidecar_keys: dict[int, str]) -> None:
         officer, times = self.ledger.manifest_facts(work.id)
@@ -238,21 +248,27 @@ class Uploader:
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not secrecy
 
     def _report_permanent(self, error: PermanentStorageError) -> None:
-        kind = str(error).split(":", 1)[-1].strip()[:80]
-        with self._lock:
-            first = kind not in self._reported_permanent
-            self._reported_permanent.add(kind)
-        if first:
-            log.error(
-                "storage.refused",
-                error=str(error),
-                hint="check the storage credentials, bucket and permissions",
-            )
+        """Loud once per kind of refusal: the daemon's reporter spans all its uploaders."""
         if self.on_permanent_error is not None:
             self.on_permanent_error(str(error))
+            return
+        report_refusal_once(str(error), self._reported_permanent, self._lock)
 
 
 def _confirmed(stored_sha256: str | None, expected: str, key: str) -> str:
     if stored_sha256 is not None and stored_sha256 != expected:
         raise IntegrityError(f"{key}: storage confirmed {stored_sha256}, expected {expected}")
     return expected
+
+
+def report_refusal_once(message: str, reported: set[str], lock: threading.Lock) -> bool:
+    """Log ``storage.refused`` the first time a kind of refusal is seen; True if logged."""
+    # "ACTION KEY: reason (detail)": the kind is the reason, whatever the key or detail
+    kind = message.split(": ", 1)[-1].split("(", 1)[0].strip()[:60]
+    with lock:
+        if kind in reported:
+            return False
+        reported.add(kind)
+    log.error("storage.refused", error=message,
+              hint="check the storage credentials, bucket and permissions")
+    return True

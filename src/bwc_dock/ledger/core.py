@@ -9,7 +9,7 @@ snapshots, never ORM objects, so nothing crosses threads attached to a session.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -118,7 +118,7 @@ class Ledger:
 
     # -- cameras and dockings ------------------------------------------------------
 
-    def record_docking(self, volume: DockedVolume, owner: str) -> int:
+    def record_docking(self, volume: DockedVolume, owner: str | None) -> int:
         """A new docking of ``volume``; ``owner`` (a lease-owner name) is who reads it."""
         now = utc_now()
         with self.transaction() as session:
@@ -329,13 +329,18 @@ class Ledger:
             self._lease(session, clip, ClipState.COPYING, owner, now)
             return _snapshot(session, clip, Path(docking.volume_root))
 
-    def claim_for_upload(self, owner: str) -> ClipWork | None:
-        """The next staged clip that is due: priority clips first, then the oldest."""
+    def claim_for_upload(
+        self, owner: str, only: Collection[int] | None = None
+    ) -> ClipWork | None:
+        """The next staged clip that is due (of ``only``, when given): priority clips
+        first, then the oldest recording."""
         now = utc_now()
         with self.transaction() as session:
+            query = select(Clip).where(Clip.state == ClipState.STAGED, _due(now))
+            if only is not None:
+                query = query.where(Clip.id.in_(list(only)))
             clip = session.scalars(
-                select(Clip)
-                .where(Clip.state == ClipState.STAGED, _due(now))
+                query
                 .order_by(Clip.priority.desc(), Clip.recorded_at, Clip.id)
                 .limit(1)
             ).first()
@@ -626,6 +631,17 @@ class Ledger:
                 or 0
             )
 
+    def byte_totals(self) -> tuple[int, int]:
+        """(bytes copied off cameras, bytes confirmed in central storage), ever."""
+        with self.transaction() as session:
+            copied = session.scalar(
+                select(func.coalesce(func.sum(Clip.size), 0)).where(Clip.staged_at.is_not(None))
+            )
+            uploaded = session.scalar(
+                select(func.coalesce(func.sum(Clip.size), 0)).where(Clip.uploaded_at.is_not(None))
+            )
+            return int(copied or 0), int(uploaded or 0)
+
     def oldest_pending_at(self) -> datetime | None:
         with self.transaction() as session:
             return session.scalar(
@@ -662,9 +678,11 @@ class Ledger:
         with self.transaction() as session:
             clip = session.get(Clip, clip_id)
             assert clip is not None
-            camera = session.get(Camera, clip.camera_serial)
             times = {"discovered_at": clip.discovered_at, "staged_at": clip.staged_at}
-            return (camera.officer_id if camera else None), times
+            # the officer who carried the camera when the clip was recorded, not today's
+            from bwc_dock.cameras import officer_at
+
+            return officer_at(session, clip.camera_serial, clip.recorded_at), times
 
     def audit_entries(self) -> list[AuditEntry]:
         with self.transaction() as session:

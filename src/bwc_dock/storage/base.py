@@ -9,7 +9,7 @@ clip, when, how often to retry) is the uploader's.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -108,9 +108,9 @@ class StorageBackend(ABC):
         """Remove ``key``; deleting what is already gone succeeds."""
 
     @abstractmethod
-    def cleanup_partials(self) -> int:
+    def cleanup_partials(self, keep: Collection[str] = frozenset()) -> int:
         """Remove leftovers of interrupted writes (``.part`` files, orphaned multipart
-        uploads the ledger no longer wants); return how many were removed."""
+        uploads whose id is not in ``keep``: the ledger's wanted ones); return how many."""
 
     @abstractmethod
     def check_reachable(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import structlog
@@ -192,7 +192,8 @@ class FileBackend(StorageBackend):
         with _storage_errors(key):
             self._path(key).unlink(missing_ok=True)
 
-    def cleanup_partials(self) -> int:
+    def cleanup_partials(self, keep: Collection[str] = frozenset()) -> int:
+        """``keep`` names multipart uploads, which a folder does not have."""
         removed = 0
         with _storage_errors("*" + self.part_suffix):
             for leftover in self.root.rglob("*" + self.part_suffix):

@@ -1,0 +1,270 @@
+"""Alarms IT staff would otherwise learn about too late, raised once and cleared once.
+
+The daemon feeds an :class:`AlarmBoard` one :class:`Observation` per loop (plain facts
+read from the ledger, the staging filesystem and the storage probe). The board keeps
+which alarms are active and returns only the changes, so the journal gets one
+``alarm.raised`` when a condition starts and one ``alarm.cleared`` when it ends, never
+one per loop. The board does no I/O: it is a pure state machine, fed and asked.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
+
+from bwc_dock.config import AlarmsConfig
+
+_MEBIBYTE = 1024 * 1024
+# Staging space must climb this far above the reserve before its alarm clears, so free
+# space hovering at the reserve does not raise and clear the alarm every loop.
+_STAGING_CLEAR_MARGIN = 0.05
+_STAGING_CLEAR_MARGIN_MINIMUM = 64 * _MEBIBYTE
+# A storage outage this short is a blip the uploader rides out with retries.
+DEFAULT_STORAGE_GRACE = timedelta(minutes=5)
+
+
+class AlarmKind(enum.StrEnum):
+    OLDEST_PENDING = "oldest_pending"
+    STAGING_LOW = "staging_low"
+    STALLED_OFFLOAD = "stalled_offload"
+    STORAGE_UNREACHABLE = "storage_unreachable"
+    STORAGE_REFUSED = "storage_refused"
+    QUARANTINED = "quarantined"
+
+
+Severity = Literal["warning", "error"]
+
+_SEVERITY: dict[AlarmKind, Severity] = {
+    AlarmKind.OLDEST_PENDING: "error",  # an agency's offload deadline is being missed
+    AlarmKind.STAGING_LOW: "warning",
+    AlarmKind.STALLED_OFFLOAD: "warning",
+    AlarmKind.STORAGE_UNREACHABLE: "warning",
+    AlarmKind.STORAGE_REFUSED: "error",  # credentials do not heal by themselves
+    AlarmKind.QUARANTINED: "error",  # evidence failed an integrity check
+}
+
+
+class StorageState(enum.StrEnum):
+    OK = "ok"
+    UNREACHABLE = "unreachable"  # connection failed, timed out, 5xx: may heal
+    REFUSED = "refused"  # credentials or permissions refused: needs a person
+    UNKNOWN = "unknown"  # not probed this loop: alarms about storage stay as they are
+
+
+@dataclass(frozen=True)
+class DockedCamera:
+    serial: str
+    pending_clips: int  # clips on this camera not yet staged
+    last_progress_at: datetime  # docking time, or the last time a byte was copied off it
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the daemon saw in one loop. All times are timezone-aware."""
+
+    now: datetime
+    oldest_pending_at: datetime | None  # discovery time of the oldest clip not yet uploaded
+    staging_free_bytes: int
+    staging_reserve_bytes: int
+    storage: StorageState = StorageState.UNKNOWN
+    storage_error: str = ""  # the last error's text (never holding a secret)
+    quarantined_clips: int = 0
+    docked: tuple[DockedCamera, ...] = ()
+
+
+@dataclass(frozen=True)
+class Alarm:
+    kind: AlarmKind
+    severity: Severity
+    detail: str  # one readable sentence for the journal and `bwc-dock status`
+    short: str  # a few words for the STATUS line
+    camera: str | None = None  # set for alarms about one camera
+
+    @property
+    def key(self) -> tuple[AlarmKind, str | None]:
+        return (self.kind, self.camera)
+
+
+@dataclass(frozen=True)
+class Transition:
+    alarm: Alarm
+    raised: bool  # False: the alarm cleared
+
+    @property
+    def event(self) -> str:
+        return "alarm.raised" if self.raised else "alarm.cleared"
+
+    @property
+    def level(self) -> str:
+        """structlog method: the alarm's severity when raised, info when it clears."""
+        return self.alarm.severity if self.raised else "info"
+
+
+class _Logger(Protocol):
+    def warning(self, event: str, **fields: object) -> object: ...
+    def error(self, event: str, **fields: object) -> object: ...
+    def info(self, event: str, **fields: object) -> object: ...
+
+
+def log_transition(logger: _Logger, transition: Transition) -> None:
+    """Log one transition as ``alarm.raised`` / ``alarm.cleared`` with the alarm's fields."""
+    fields: dict[str, object] = {
+        "alarm": str(transition.alarm.kind),
+        "severity": transition.alarm.severity,
+        "detail": transition.alarm.detail,
+    }
+    if transition.alarm.camera is not None:
+        fields["camera"] = transition.alarm.camera
+    getattr(logger, transition.level)(transition.event, **fields)
+
+
+@dataclass
+class AlarmBoard:
+    """The alarms now active; :meth:`observe` returns what started and what ended.
+
+    On a configuration reload, assign the new ``config``: limits apply from the next
+    observation, and alarms the new limits no longer justify clear then.
+    """
+
+    config: AlarmsConfig
+    storage_grace: timedelta = DEFAULT_STORAGE_GRACE
+    _active: dict[tuple[AlarmKind, str | None], Alarm] = field(default_factory=dict, init=False)
+    _unreachable_since: datetime | None = field(default=None, init=False)
+
+    def observe(self, observation: Observation) -> list[Transition]:
+        """Update from one loop's facts; return the alarms raised and cleared, in that order."""
+        current = self._evaluate(observation)
+        transitions = [
+            Transition(alarm, raised=True)
+            for key, alarm in current.items()
+            if key not in self._active
+        ]
+        transitions += [
+            Transition(alarm, raised=False)
+            for key, alarm in self._active.items()
+            if key not in current
+        ]
+        self._active = current  # details (ages, counts) refresh without a new transition
+        return transitions
+
+    @property
+    def active(self) -> tuple[Alarm, ...]:
+        return tuple(sorted(self._active.values(), key=_display_order))
+
+    def states(self) -> Mapping[AlarmKind, bool]:
+        """Every kind with whether it is active (for metrics: 0 is a value, not absence)."""
+        kinds_active = {kind for kind, _camera in self._active}
+        return {kind: kind in kinds_active for kind in AlarmKind}
+
+    def summary(self) -> str:
+        """A short text for the STATUS line; empty when nothing is wrong."""
+        if not self._active:
+            return ""
+        return "ALARM: " + ", ".join(alarm.short for alarm in self.active)
+
+    def _evaluate(self, observation: Observation) -> dict[tuple[AlarmKind, str | None], Alarm]:
+        alarms = [
+            self._oldest_pending(observation),
+            self._staging_low(observation),
+            *self._storage(observation),
+            _quarantined(observation),
+            *self._stalled(observation),
+        ]
+        return {alarm.key: alarm for alarm in alarms if alarm is not None}
+
+    def _oldest_pending(self, observation: Observation) -> Alarm | None:
+        if observation.oldest_pending_at is None:
+            return None
+        age_hours = (observation.now - observation.oldest_pending_at) / timedelta(hours=1)
+        limit = self.config.oldest_pending_hours
+        if age_hours <= limit:
+            return None
+        return Alarm(
+            AlarmKind.OLDEST_PENDING,
+            _SEVERITY[AlarmKind.OLDEST_PENDING],
+            detail=f"the oldest clip not yet in central storage is {age_hours:.1f} h old "
+            f"(limit {limit:g} h)",
+            short=f"oldest pending {age_hours:.0f} h",
+        )
+
+    def _staging_low(self, observation: Observation) -> Alarm | None:
+        free = observation.staging_free_bytes
+        reserve = observation.staging_reserve_bytes
+        was_active = (AlarmKind.STAGING_LOW, None) in self._active
+        margin = max(int(reserve * _STAGING_CLEAR_MARGIN), _STAGING_CLEAR_MARGIN_MINIMUM)
+        threshold = reserve + margin if was_active else reserve
+        if free >= threshold:
+            return None
+        return Alarm(
+            AlarmKind.STAGING_LOW,
+            _SEVERITY[AlarmKind.STAGING_LOW],
+            detail=f"staging has {free // _MEBIBYTE} MiB free, under its reserve of "
+            f"{reserve // _MEBIBYTE} MiB; copying from cameras waits for uploads",
+            short="staging full",
+        )
+
+    def _storage(self, observation: Observation) -> list[Alarm]:
+        state = observation.storage
+        if state is StorageState.UNKNOWN:
+            # not probed: keep whatever storage alarms were active
+            return [
+                alarm
+                for alarm in self._active.values()
+                if alarm.kind in (AlarmKind.STORAGE_UNREACHABLE, AlarmKind.STORAGE_REFUSED)
+            ]
+        if state is not StorageState.UNREACHABLE:
+            self._unreachable_since = None
+        if state is StorageState.REFUSED:
+            return [_storage_alarm(AlarmKind.STORAGE_REFUSED, observation.storage_error)]
+        if state is StorageState.UNREACHABLE:
+            if self._unreachable_since is None:
+                self._unreachable_since = observation.now
+            if observation.now - self._unreachable_since >= self.storage_grace:
+                return [_storage_alarm(AlarmKind.STORAGE_UNREACHABLE, observation.storage_error)]
+        return []
+
+    def _stalled(self, observation: Observation) -> Iterable[Alarm]:
+        limit = timedelta(minutes=self.config.stalled_offload_minutes)
+        for camera in observation.docked:
+            idle = observation.now - camera.last_progress_at
+            # a camera left in the dock after its offload finished is idle, not stalled
+            if camera.pending_clips > 0 and idle > limit:
+                yield Alarm(
+                    AlarmKind.STALLED_OFFLOAD,
+                    _SEVERITY[AlarmKind.STALLED_OFFLOAD],
+                    detail=f"camera {camera.serial} is docked with {camera.pending_clips} "
+                    f"clip(s) to copy and no progress for {idle / timedelta(minutes=1):.0f} min",
+                    short=f"camera {camera.serial} stalled",
+                    camera=camera.serial,
+                )
+
+
+def _storage_alarm(kind: AlarmKind, error: str) -> Alarm:
+    if kind is AlarmKind.STORAGE_REFUSED:
+        detail, short = "central storage refuses our credentials or permissions", "storage refused"
+    else:
+        detail, short = "central storage is unreachable", "storage unreachable"
+    if error:
+        detail += f": {error}"
+    return Alarm(kind, _SEVERITY[kind], detail=detail, short=short)
+
+
+def _quarantined(observation: Observation) -> Alarm | None:
+    count = observation.quarantined_clips
+    if count <= 0:
+        return None
+    return Alarm(
+        AlarmKind.QUARANTINED,
+        _SEVERITY[AlarmKind.QUARANTINED],
+        detail=f"{count} clip(s) failed an integrity check and are quarantined",
+        short=f"{count} quarantined",
+    )
+
+
+def _display_order(alarm: Alarm) -> tuple[int, int, str]:
+    """Errors first, then the order of :class:`AlarmKind`, then by camera."""
+    kinds = list(AlarmKind)
+    return (alarm.severity != "error", kinds.index(alarm.kind), alarm.camera or "")

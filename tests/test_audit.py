@@ -1,0 +1,178 @@
+"""The audit log: a tampered row named, a rewritten chain caught by central anchors, and
+a chain-of-custody export that matches the ledger row for row.
+
+Real parts: the SQLite ledger file (edited with sqlite3 the way an intruder would),
+the central-storage folder, and the ``bwc-dock`` console script.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from bwc_dock.ledger.audit import HASHED_COLUMNS, row_hash
+from tests.dock import Dock, make_camera
+
+
+def offload(dock: Dock, serial: str = "X1", sizes: tuple[int, ...] = (1000, 2000, 3000)) -> None:
+    camera = dock.root / f"card-{serial}"
+    make_camera(camera, sizes, sidecars=True)
+    dock.cli("ingest", str(camera), "--camera-serial", serial, "--wait")
+
+
+def audit_rows(dock: Dock) -> list[dict[str, Any]]:
+    with sqlite3.connect(dock.ledger_path) as connection:
+        connection.row_factory = sqlite3.Row
+        return [dict(row) for row in connection.execute("SELECT * FROM audit_log ORDER BY id")]
+
+
+def rewrite_chain_from(dock: Dock, row_id: int, **changes: Any) -> None:
+    """What a careful intruder does: change a row, then recompute every hash after it."""
+    rows = audit_rows(dock)
+    previous = rows[row_id - 2]["hash"] if row_id > 1 else "0" * 64
+    with sqlite3.connect(dock.ledger_path) as connection:
+        for row in rows[row_id - 1 :]:
+            if row["id"] == row_id:
+                row.update(changes)
+            row["prev_hash"] = previous
+            row["hash"] = row_hash({name: row[name] for name in HASHED_COLUMNS})
+            connection.execute(
+                "UPDATE audit_log SET details = ?, sha256 = ?, prev_hash = ?, hash = ? "
+                "WHERE id = ?",
+                (row["details"], row["sha256"], row["prev_hash"], row["hash"], row["id"]),
+            )
+            previous = row["hash"]
+
+
+def test_a_tampered_row_is_named_by_audit_verify(dock: Dock) -> None:
+    """Editing one row's content with sqlite3 makes audit verify exit 1 naming that row."""
+    offload(dock)
+    assert dock.cli("audit", "verify").returncode == 0
+    target = next(r for r in audit_rows(dock) if r["event"] == "clip.staged")
+    with sqlite3.connect(dock.ledger_path) as connection:
+        connection.execute("UPDATE audit_log SET sha256 = ? WHERE id = ?", ("f" * 64, target["id"]))
+
+    result = dock.cli("audit", "verify", check=False)
+    assert result.returncode == 1
+    assert f"broken at row {target['id']}" in result.stderr
+    document = json.loads(dock.cli("audit", "verify", "--json", check=False).stdout)
+    assert document["first_broken_row"] == target["id"]
+    assert document["reason"] == "row content does not match its hash"
+
+
+def test_a_rewritten_chain_is_caught_by_the_anchors_in_central_storage(dock: Dock) -> None:
+    """A chain edited and re-hashed from row N verifies locally, but audit verify --remote
+    finds it from central storage alone and bounds where the edit was."""
+    offload(dock)
+    assert dock.cli("audit", "verify", "--remote").returncode == 0
+    target = next(r for r in audit_rows(dock) if r["event"] == "clip.staged")
+    forged = json.loads(target["details"])
+    forged["staged_path"] = "clips/elsewhere"
+    rewrite_chain_from(
+        dock, target["id"], details=json.dumps(forged, sort_keys=True, separators=(",", ":"))
+    )
+
+    assert dock.cli("audit", "verify").returncode == 0  # the local chain alone is fooled
+    result = dock.cli("audit", "verify", "--remote", "--json", check=False)
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["local_break"] is None and report["problems"]
+    assert report["changed_after_row"] < target["id"] <= report["changed_at_or_before_row"]
+    human = dock.cli("audit", "verify", "--remote", check=False)
+    assert "changed after the fact" in human.stderr
+
+
+def test_a_truncated_ledger_is_caught_by_the_anchors(dock: Dock) -> None:
+    """Deleting the newest audit rows leaves a valid-looking chain; anchors name the gap."""
+    offload(dock)
+    newest_anchor = max(
+        json.loads(path.read_text())["audit_chain_head"]["id"] for path in dock.nas.rglob("*.json")
+    )
+    with sqlite3.connect(dock.ledger_path) as connection:
+        connection.execute("DELETE FROM audit_log WHERE id >= ?", (newest_anchor,))
+    assert dock.cli("audit", "verify").returncode == 0
+    report = json.loads(dock.cli("audit", "verify", "--remote", "--json", check=False).stdout)
+    assert any("missing from the local ledger" in p["problem"] for p in report["problems"])
+
+
+def test_csv_export_rows_match_the_ledger(dock: Dock) -> None:
+    """Every audit row of every clip appears once in the CSV, with the clip's facts."""
+    offload(dock, "X1")
+    offload(dock, "X2", sizes=(1500,))
+    dock.cli("cameras", "assign", "X1", "officer-1", "--at", "2000-01-01T00:00:00Z")
+    result = dock.cli("audit", "export", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+
+    with sqlite3.connect(dock.ledger_path) as connection:
+        connection.row_factory = sqlite3.Row
+        ledger_steps = [
+            dict(row)
+            for row in connection.execute(
+                "SELECT a.id, a.at, a.event, a.actor, a.dock_id, a.sha256, a.hash, a.clip_id, "
+                "c.camera_serial, c.source_path, c.sha256 AS clip_sha256, c.remote_key, c.state "
+                "FROM audit_log a JOIN clips c ON c.id = a.clip_id ORDER BY a.id"
+            )
+        ]
+    assert len(rows) == len(ledger_steps)
+    by_audit_id = {int(row["audit_id"]): row for row in rows}
+    for step in ledger_steps:
+        row = by_audit_id[step["id"]]
+        assert int(row["clip_id"]) == step["clip_id"]
+        assert row["event"] == step["event"] and row["at"] == step["at"]
+        assert row["actor"] == step["actor"] and row["dock_id"] == step["dock_id"]
+        assert row["sha256"] == (step["sha256"] or "")
+        assert row["audit_hash"] == step["hash"]
+        assert row["camera_serial"] == step["camera_serial"]
+        assert row["source_path"] == step["source_path"]
+        assert row["clip_sha256"] == step["clip_sha256"]
+        assert row["remote_key"] == step["remote_key"]
+        assert row["officer_id"] == ("officer-1" if step["camera_serial"] == "X1" else "")
+    staged = [r for r in rows if r["event"] == "clip.staged"]
+    assert staged and all(r["device"] and r["outcome"] == "ok" for r in staged)
+    assert {r["step"] for r in rows} >= {
+        "seen on camera",
+        "read off camera and staged",
+        "uploaded, verified by storage",
+    }
+
+
+def test_json_export_filters_by_camera_and_recording_time(dock: Dock) -> None:
+    """--camera, --since and --until select clips by camera and recording time."""
+    camera = dock.root / "card"
+    for name, when in (("OLD.MP4", 1_600_000_000), ("NEW.MP4", 1_700_000_000)):
+        path = camera / "DCIM" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(name.encode())
+        os.utime(path, (when, when))  # 2020-09-13 and 2023-11-14
+    dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+    offload(dock, "X2", sizes=(100,))
+
+    def exported(*arguments: str) -> list[str]:
+        result = dock.cli("audit", "export", "--format", "json", *arguments)
+        return sorted(clip["source_path"] for clip in json.loads(result.stdout)["clips"])
+
+    assert exported("--camera", "X1") == ["DCIM/NEW.MP4", "DCIM/OLD.MP4"]
+    assert exported("--camera", "X1", "--since", "2023-01-01") == ["DCIM/NEW.MP4"]
+    assert exported("--camera", "X1", "--until", "2023-01-01") == ["DCIM/OLD.MP4"]
+    document = json.loads(dock.cli("audit", "export", "--format", "json").stdout)
+    assert document["audit_chain"]["intact"] is True
+    assert len(document["clips"]) == 3
+    assert dock.cli("audit", "export", "--since", "yesterday", check=False).returncode == 2
+
+
+def test_export_defuses_spreadsheet_formulas_in_camera_names(dock: Dock, tmp_path: Path) -> None:
+    """A camera file named like a formula is written as text, never as a formula."""
+    camera = tmp_path / "card"
+    camera.mkdir()
+    (camera / "=HYPERLINK(1).MP4").write_bytes(b"x")
+    dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+    [clip] = dock.clips()
+    assert clip["source_path"].startswith("=")
+    rows = list(csv.DictReader(io.StringIO(dock.cli("audit", "export", "--format", "csv").stdout)))
+    assert rows
+    assert {row["source_path"] for row in rows} == {"'" + clip["source_path"]}

@@ -1,0 +1,64 @@
+"""A bad configuration gives exit 2 and a one-line error naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.dock import Dock
+
+BAD_CONFIGS = {
+    "unknown key": ('[dock]\nstate_dir = "/tmp/x"\nstaging_reserv_mb = 5\n'
+                    '[storage]\npath = "/tmp/n"\n', "dock.staging_reserv_mb: unknown key"),
+    "wrong type": ('[dock]\ncopy_workers = "two"\n[storage]\npath = "/tmp/n"\n',
+                   "dock.copy_workers:"),
+    "missing storage path": ('[storage]\nbackend = "file"\n',
+                             'storage.path: required for backend "file"'),
+    "missing storage section": ('[dock]\nid = "d"\n', "storage: required key is missing"),
+    "bad TOML": ('[dock\nid = "d"\n', "not valid TOML"),
+    "bad usb id": ('[storage]\npath = "/tmp/n"\n[[camera]]\nname = "c"\n'
+                   'usb_vendor_id = "0xZZ"\n', "camera.0.usb_vendor_id: not a hex USB id"),
+    "s3 without bucket": ('[storage]\nbackend = "s3"\n', "storage.bucket: required"),
+    "bad regex": ('[storage]\npath = "/tmp/n"\n[[camera]]\nname = "c"\n'
+                  'recorded_pattern = "(unclosed"\n', "camera.0.recorded_pattern:"),
+    "unknown backend": ('[storage]\nbackend = "ftp"\npath = "/tmp/n"\n', "storage.backend:"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+@pytest.mark.parametrize("command", [["config", "check"], ["status"], ["clips"]])
+def test_bad_config_exits_2_naming_the_key(dock: Dock, case: str, command: list[str]) -> None:
+    """Every command refuses a bad config with exit 2 and one line naming the key."""
+    text, expected = BAD_CONFIGS[case]
+    dock.config_path.write_text(text)
+    result = dock.cli(*command, check=False)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_unreadable_config_exits_2(dock: Dock, tmp_path: Path) -> None:
+    """A missing configuration file is named, exit 2."""
+    result = dock.cli("--config", str(tmp_path / "nope.toml"), "config", "check", check=False)
+    assert result.returncode == 2
+    assert "nope.toml: cannot read the configuration" in result.stderr
+
+
+def test_config_check_accepts_the_shipped_example(dock: Dock) -> None:
+    """config.example.toml is valid as shipped."""
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    result = dock.cli("--config", str(example), "config", "check")
+    assert "ok" in result.stdout
+
+
+def test_usb_ids_are_normalised(dock: Dock) -> None:
+    """USB ids are hex with or without 0x, any case."""
+    from bwc_dock.config import parse_config
+
+    config = parse_config({"storage": {"path": "/n"},
+                           "camera": [{"name": "a", "usb_vendor_id": "0X1A2B",
+                                       "usb_product_id": "ff"}]})
+    assert config.camera[0].usb_vendor_id == "1a2b"
+    assert config.camera[0].usb_product_id == "00ff"

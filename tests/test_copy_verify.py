@@ -1,0 +1,99 @@
+"""The staged copy is verified by re-reading it from disk; damage is caught and recopied.
+
+Fault injection by an explicit map: the copier's disk re-read is wrapped so that, on the
+listed calls, one byte of the staged file on disk is flipped just before it is re-read
+(as a failing disk or a bad RAM page would). Everything else is real: files, ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from bwc_dock import copier as copier_module
+from bwc_dock.config import parse_config
+from bwc_dock.copier import Copier, StagingArea
+from bwc_dock.daemon import scan_into_ledger
+from bwc_dock.ledger import ClipState, Ledger
+from bwc_dock.ledger.leases import current_owner
+from bwc_dock.sources.base import DockedVolume
+from tests.dock import sha256_of, write_random
+
+
+def _flip_byte(path: Path) -> None:
+    with path.open("r+b") as staged:
+        staged.seek(os.path.getsize(path) // 2)
+        byte = staged.read(1)
+        staged.seek(-1, os.SEEK_CUR)
+        staged.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _corrupting(calls_to_corrupt: set[int]) -> Callable[[Path], str]:
+    real = copier_module.hash_file_from_disk
+    calls = {"count": 0}
+
+    def reread(path: Path) -> str:
+        calls["count"] += 1
+        if calls["count"] in calls_to_corrupt:
+            _flip_byte(path)
+        return real(path)
+
+    return reread
+
+
+@pytest.fixture
+def ledger_and_copier(tmp_path: Path):  # type: ignore[no-untyped-def]
+    config = parse_config({"dock": {"id": "t", "state_dir": str(tmp_path / "state")},
+                           "storage": {"path": str(tmp_path / "nas")}})
+    camera = tmp_path / "camera"
+    write_random(camera / "DCIM" / "CLIP.MP4", 9 * 1024 * 1024 + 3, random.Random(1))
+    ledger = Ledger.open(config, "test")
+    volume = DockedVolume("ingest", str(camera), camera, "CAM1")
+    docking = ledger.record_docking(volume, current_owner("test"))
+    scan_into_ledger(ledger, config, docking, volume)
+    copier = Copier(ledger, StagingArea(config.staging_dir, 0), current_owner("copier"))
+    yield ledger, copier, camera / "DCIM" / "CLIP.MP4", config.staging_dir
+    ledger.close()
+
+
+def test_staged_copy_damaged_once_is_caught_and_copied_again(ledger_and_copier, monkeypatch):
+    """A flipped byte on disk after the copy is found by the re-read; the second copy holds."""
+    ledger, copier, source, staging = ledger_and_copier
+    monkeypatch.setattr(copier_module, "hash_file_from_disk", _corrupting({1}))
+    with capture_logs() as logs:
+        assert copier.copy_next(threading.Event())
+    [clip] = ledger.clips()
+    assert clip.state is ClipState.STAGED
+    assert clip.sha256 == sha256_of(source)
+    assert sha256_of(staging / clip.staged_path / clip.name) == clip.sha256
+    assert [e["attempt"] for e in logs if e["event"] == "copy.verify_mismatch"] == [1]
+
+
+def test_staged_copy_damaged_twice_is_quarantined(ledger_and_copier, monkeypatch):
+    """Two failed verifications quarantine the clip; it stays on the camera."""
+    ledger, copier, source, _staging = ledger_and_copier
+    monkeypatch.setattr(copier_module, "hash_file_from_disk", _corrupting({1, 2}))
+    assert copier.copy_next(threading.Event())
+    [clip] = ledger.clips()
+    assert clip.state is ClipState.QUARANTINED
+    assert "did not verify" in (clip.last_error or "")
+    assert source.exists()
+
+
+def test_undock_during_copy_leaves_clip_discovered_without_leftovers(ledger_and_copier):
+    """A cancelled copy (camera gone) puts the clip back, with no .part in staging."""
+    ledger, copier, _source, staging = ledger_and_copier
+    cancel = threading.Event()
+    cancel.set()
+    with capture_logs() as logs:
+        assert copier.copy_next(cancel)
+    [clip] = ledger.clips()
+    assert clip.state is ClipState.DISCOVERED
+    assert not list(staging.rglob("*.part"))
+    assert [e["event"] for e in logs if e["event"].startswith("copy.")] == ["copy.interrupted"]

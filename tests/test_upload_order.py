@@ -1,0 +1,40 @@
+"""Upload order: prioritised clips first, then the oldest recording first."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from bwc_dock.config import parse_config
+from bwc_dock.copier import Copier, StagingArea
+from bwc_dock.daemon import scan_into_ledger
+from bwc_dock.ledger import Ledger
+from bwc_dock.ledger.leases import current_owner
+from bwc_dock.sources.base import DockedVolume
+
+
+def test_prioritised_clip_first_then_oldest_recording(tmp_path: Path) -> None:
+    """A clip marked priority is uploaded first; the rest go oldest recording first."""
+    camera = tmp_path / "camera" / "DCIM"
+    camera.mkdir(parents=True)
+    for name, mtime in (("NEW.MP4", 3_000_000), ("OLD.MP4", 1_000_000), ("MID.MP4", 2_000_000)):
+        (camera / name).write_bytes(name.encode())
+        os.utime(camera / name, (mtime, mtime))
+    config = parse_config({"dock": {"state_dir": str(tmp_path / "state")},
+                           "storage": {"path": str(tmp_path / "nas")}})
+    ledger = Ledger.open(config, "test")
+    volume = DockedVolume("ingest", str(camera.parent), camera.parent, "CAM1")
+    scan_into_ledger(ledger, config, ledger.record_docking(volume, current_owner("t")), volume)
+    copier = Copier(ledger, StagingArea(config.staging_dir, 0), current_owner("copier"))
+    while copier.copy_next(threading.Event()):
+        pass
+    newest = next(c for c in ledger.clips() if c.source_path == "DCIM/NEW.MP4")
+    assert ledger.set_priority(newest.id, 100)
+
+    order = []
+    owner = current_owner("uploader")
+    while (work := ledger.claim_for_upload(owner)) is not None:
+        order.append(work.source_path)
+    assert order == ["DCIM/NEW.MP4", "DCIM/OLD.MP4", "DCIM/MID.MP4"]
+    ledger.close()

@@ -1,0 +1,173 @@
+"""bwc-dock verify: staged and central copies re-hashed against the ledger.
+
+Real parts: the SQLite ledger, staging and the central-storage folder on disk, the
+``bwc-dock`` console script, and GNU ``sha256sum -c`` for the per-docking anchors.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.dock import Dock, make_camera, sha256_of
+
+
+def verify(dock: Dock, *arguments: str, expect: int) -> dict[str, Any]:
+    result = dock.cli("verify", "--json", *arguments, check=False)
+    assert result.returncode == expect, result.stdout + result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def offloaded(dock: Dock, sizes: list[int], *, sidecars: bool = True) -> list[dict[str, Any]]:
+    camera = dock.root / "card"
+    make_camera(camera, sizes, sidecars=sidecars)
+    dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+    return dock.clips()
+
+
+def test_intact_copies_verify_and_leave_an_audit_event_each(dock: Dock) -> None:
+    """Every staged and central copy checks out: exit 0, one clip.verified event per clip."""
+    clips = offloaded(dock, [1000, 2000, 3000])
+
+    report = verify(dock, "--remote", expect=0)
+
+    assert report["staged_checked"] == 3 and report["remote_checked"] == 3
+    assert report["mismatches"] == []
+    export = json.loads(dock.cli("audit", "export", "--format", "json").stdout)
+    for clip in export["clips"]:
+        [step] = [s for s in clip["steps"] if s["event"] == "clip.verified"]
+        assert step["outcome"] == "ok (staging, central)"
+    assert len(export["clips"]) == len(clips)
+
+
+def test_deleted_and_corrupted_central_objects_are_found_and_repaired_by_resync(
+    dock: Dock,
+) -> None:
+    """verify --remote names a deleted and a corrupted object; resync restores both from
+    staging; verify --remote then passes."""
+    clips = offloaded(dock, [5000, 6000, 7000])
+    deleted, corrupted = dock.nas / clips[0]["remote_key"], dock.nas / clips[1]["remote_key"]
+    deleted.unlink()
+    content = bytearray(corrupted.read_bytes())
+    content[100] ^= 0xFF  # same size, one byte flipped
+    corrupted.write_bytes(bytes(content))
+
+    assert verify(dock, expect=0)["mismatches"] == []  # staging is intact
+    report = verify(dock, "--remote", expect=1)
+    found = {(m["clip_id"], m["problem"]) for m in report["mismatches"]}
+    assert found == {
+        (clips[0]["id"], "missing"),
+        (clips[1]["id"], "content differs from the ledger hash"),
+    }
+    [bad] = [m for m in report["mismatches"] if m["clip_id"] == clips[1]["id"]]
+    assert bad["found"] == sha256_of(corrupted) and bad["expected"] == clips[1]["sha256"]
+    human = dock.cli("verify", "--remote", check=False)
+    assert human.returncode == 1 and human.stderr.count("MISMATCH") == 2
+
+    dock.cli("resync")
+
+    assert verify(dock, "--remote", expect=0)["remote_checked"] == 3
+    assert sha256_of(deleted) == clips[0]["sha256"]
+    assert sha256_of(corrupted) == clips[1]["sha256"]
+
+
+def test_damaged_staged_copy_and_sidecar_are_named(dock: Dock) -> None:
+    """verify (staging only) names a damaged staged clip and a missing staged sidecar."""
+    clips = offloaded(dock, [1000, 2000])
+    with_sidecar = next(c for c in clips if c["sidecars"])
+    folder = dock.staging_dir / "clips" / f"{with_sidecar['id']:08d}"
+    video = next(folder.glob("*.MP4"))
+    video.write_bytes(b"damaged")
+    sidecar = next(p for p in folder.iterdir() if p.suffix != ".MP4")
+    sidecar.unlink()
+
+    report = verify(dock, expect=1)
+
+    problems = {(m["where"], m["file"], m["problem"]) for m in report["mismatches"]}
+    assert problems == {
+        ("staging", video.name, "content differs from the ledger hash"),
+        ("staging", sidecar.name, "missing"),
+    }
+
+
+def test_docking_sha256sums_pass_the_real_sha256sum_check(dock: Dock, tmp_path: Path) -> None:
+    """The per-docking SHA256SUMS, downloaded with its objects, passes `sha256sum -c`;
+    a flipped byte makes it fail."""
+    sha256sum = shutil.which("sha256sum")
+    assert sha256sum is not None, "coreutils sha256sum is part of every Debian"
+    clips = offloaded(dock, [3000, 4000, 0])
+    [sums] = list(dock.nas.rglob("SHA256SUMS*"))
+    download = tmp_path / "download"
+    shutil.copytree(sums.parent, download)  # what an investigator fetches: the folder
+
+    checked = subprocess.run(
+        [sha256sum, "--strict", "-c", sums.name],
+        cwd=download,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    listed = {line.split("  ", 1)[1] for line in sums.read_text().splitlines()}
+    expected = {Path(c["remote_key"]).name for c in clips}
+    expected |= {Path(s["remote_key"]).name for c in clips for s in c["sidecars"]}
+    assert listed == expected
+    assert checked.stdout.count(": OK") == len(expected)
+    target = download / Path(clips[0]["remote_key"]).name
+    target.write_bytes(target.read_bytes()[:-1] + b"\x00")
+    failed = subprocess.run(
+        [sha256sum, "-c", sums.name], cwd=download, capture_output=True, text=True, check=False
+    )
+    assert failed.returncode == 1 and "FAILED" in failed.stdout
+
+
+def test_on_seaweedfs_deleted_and_corrupted_objects_are_found_and_repaired(
+    dock: Dock, seaweedfs: Any, s3_bucket: str
+) -> None:
+    """The same checks and repairs against a real S3 store (SeaweedFS on loopback), and
+    the SHA256SUMS downloaded from it passes `sha256sum -c`."""
+    dock.extra_environment.update(seaweedfs.environment())
+    dock.write_config(
+        storage={
+            "backend": "s3",
+            "endpoint_url": seaweedfs.endpoint_url,
+            "bucket": s3_bucket,
+            "addressing_style": "path",
+            "prefix": "bwc/",
+            "retry_initial_seconds": 0.2,
+            "retry_max_seconds": 2.0,
+        }
+    )
+    clips = offloaded(dock, [5000, 6000, 7000])
+    client = seaweedfs.client()
+    client.delete_object(Bucket=s3_bucket, Key="bwc/" + clips[0]["remote_key"])
+    client.put_object(Bucket=s3_bucket, Key="bwc/" + clips[1]["remote_key"], Body=b"forged")
+
+    report = verify(dock, "--remote", expect=1)
+    assert {(m["clip_id"], m["problem"]) for m in report["mismatches"]} == {
+        (clips[0]["id"], "missing"),
+        (clips[1]["id"], "content differs from the ledger hash"),
+    }
+    dock.cli("resync")
+    assert verify(dock, "--remote", expect=0)["remote_checked"] == 3
+    assert dock.cli("audit", "verify", "--remote").returncode == 0
+
+    download = dock.root / "download"
+    download.mkdir()
+    [sums_key] = [k for k in seaweedfs.object_keys(s3_bucket, "bwc/") if "/SHA256SUMS." in k]
+    folder = sums_key.rsplit("/", 1)[0] + "/"
+    for key in seaweedfs.object_keys(s3_bucket, folder):
+        body = client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        (download / key.removeprefix(folder)).write_bytes(body)
+    checked = subprocess.run(
+        ["sha256sum", "--strict", "-c", sums_key.removeprefix(folder)],
+        cwd=download,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
