@@ -31,22 +31,28 @@ def toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):  # an inline table, e.g. a profile's control_transfer
+        return "{" + ", ".join(f"{key} = {toml_value(item)}" for key, item in value.items()) + "}"
     return json.dumps(str(value))
 
 
-def toml_document(sections: dict[str, dict[str, Any]]) -> str:
+def toml_document(sections: dict[str, Any]) -> str:
+    """Flat ``[section]`` tables from dicts; arrays of tables (``[[camera]]``) from lists."""
     lines: list[str] = []
     for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {toml_value(value)}" for key, value in values.items())
-        lines.append("")
+        tables = values if isinstance(values, list | tuple) else [values]
+        header = f"[[{section}]]" if isinstance(values, list | tuple) else f"[{section}]"
+        for table in tables:
+            lines.append(header)
+            lines.extend(f"{key} = {toml_value(value)}" for key, value in table.items())
+            lines.append("")
     return "\n".join(lines)
 
 
 @dataclass
 class Dock:
     root: Path
-    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
     extra_environment: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -73,8 +79,9 @@ class Dock:
     def ledger_path(self) -> Path:
         return self.state_dir / "ledger.sqlite3"
 
-    def write_config(self, **sections: dict[str, Any]) -> None:
-        base: dict[str, dict[str, Any]] = {
+    def write_config(self, **sections: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Defaults merged with ``sections``; a list (``camera=[{...}]``) is an array of tables."""
+        base: dict[str, Any] = {
             "dock": {"id": "dock-test", "state_dir": str(self.state_dir),
                      "staging_reserve_mb": 0},
             "storage": {"backend": "file", "path": str(self.nas),
@@ -84,7 +91,10 @@ class Dock:
             "service": {"heartbeat_seconds": 1},
         }
         for name, values in sections.items():
-            base.setdefault(name, {}).update(values)
+            if isinstance(values, list):
+                base[name] = values
+            else:
+                base.setdefault(name, {}).update(values)
         self.settings = base
         self.nas.mkdir(parents=True, exist_ok=True)
         self.watch_dir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +201,50 @@ def wait_until(condition: Callable[[], bool], timeout: float, message: str,
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s: {message}")
+
+
+BLKIO_ROOT = Path("/sys/fs/cgroup/blkio")
+
+
+class CameraReadThrottle:
+    """Reads from chosen block devices slowed to a camera's speed (a blkio cgroup, v1).
+
+    A loop-device camera reads at memory speed; a camera on USB does not, and a test
+    that must pull a camera out mid-copy needs the copy to take a while. This process
+    joins the group, so what it starts afterwards (the daemon, and the FUSE helpers the
+    daemon's mounts start) is in it too; only devices passed to ``throttle`` slow down.
+    """
+
+    def __init__(self, bytes_per_second: int) -> None:
+        self.bytes_per_second = bytes_per_second
+        self.group = BLKIO_ROOT / f"bwc-dock-slow-{os.getpid()}-{time.monotonic_ns()}"
+        self.group.mkdir()
+        (self.group / "cgroup.procs").write_text(str(os.getpid()))
+
+    @staticmethod
+    def available() -> bool:
+        return (BLKIO_ROOT / "blkio.throttle.read_bps_device").exists()
+
+    def throttle(self, device: str) -> None:
+        rdev = os.stat(device).st_rdev
+        (self.group / "blkio.throttle.read_bps_device").write_text(
+            f"{os.major(rdev)}:{os.minor(rdev)} {self.bytes_per_second}"
+        )
+
+    def close(self) -> None:
+        """Everyone back to the root group (helpers may outlive a test), then remove ours."""
+        for _ in range(50):
+            for pid in (self.group / "cgroup.procs").read_text().split():
+                try:
+                    (BLKIO_ROOT / "cgroup.procs").write_text(pid)
+                except OSError:
+                    continue  # exited meanwhile
+            try:
+                self.group.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"could not remove {self.group}")
 
 
 def utc_datetime() -> datetime:

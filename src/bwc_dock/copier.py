@@ -13,6 +13,8 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -27,7 +29,7 @@ from bwc_dock.errors import (
     StagingFull,
 )
 from bwc_dock.hashing import copy_hashing, fsync_directory, hash_file_from_disk
-from bwc_dock.ledger import ClipWork, Ledger
+from bwc_dock.ledger import ClipWork, Ledger, SidecarWork
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.scanner import open_source_file
 
@@ -81,26 +83,116 @@ class StagingArea:
         return self._paused
 
 
-class Copier:
-    """Copies clips off docked cameras for one worker (one lease owner)."""
+@dataclass(frozen=True)
+class _CameraFile:
+    """One file of a clip on the camera volume."""
 
-    def __init__(self, ledger: Ledger, staging: StagingArea, owner: str) -> None:
+    root: Path
+    source_path_raw: bytes
+    size: int
+    mtime_ns: int | None  # kept on the staged copy; None for sidecars
+
+    @classmethod
+    def of_clip(cls, work: ClipWork) -> _CameraFile:
+        assert work.volume_root is not None
+        return cls(work.volume_root, work.source_path_raw, work.size, work.mtime_ns)
+
+    @classmethod
+    def of_sidecar(cls, work: ClipWork, sidecar: SidecarWork) -> _CameraFile:
+        assert work.volume_root is not None
+        return cls(work.volume_root, sidecar.source_path_raw, sidecar.size, None)
+
+
+@dataclass
+class _Read:
+    """A clip and its sidecars read once off the camera into staging, not yet verified."""
+
+    folder_relative: str
+    folder: Path
+    sha256: str
+    sidecar_hashes: dict[int, str]
+    renewer: _LeaseRenewer
+    started: float
+
+
+class Copier:
+    """Copies clips off docked cameras for one worker (one lease owner).
+
+    ``copy_next(..., verify_in_background=True)`` keeps the camera busy: once a clip is
+    read into staging, re-reading it from disk to verify it runs in a thread of its own
+    while the next clip is read off the camera. At most one verification is in flight,
+    and ``copy_next`` says "nothing to copy" only once it has finished.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        staging: StagingArea,
+        owner: str,
+        on_staged: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_staged`` is called once a clip is staged (the daemon wakes its uploaders)."""
         self.ledger = ledger
         self.staging = staging
         self.owner = owner
+        self.on_staged = on_staged
+        self._verifying: threading.Thread | None = None
 
-    def copy_next(self, cancel: threading.Event, docking_id: int | None = None) -> bool:
-        """Claim and copy one clip; False when there was nothing to copy."""
+    def copy_next(
+        self,
+        cancel: threading.Event,
+        docking_id: int | None = None,
+        *,
+        verify_in_background: bool = False,
+    ) -> bool:
+        """Claim and copy one clip; False when there was nothing (left) to copy.
+
+        Without ``verify_in_background`` the clip is staged (or back, or quarantined) when
+        this returns; with it, its verification may still be running.
+        """
         work = self.ledger.claim_for_copy(self.owner, docking_id)
         if work is None:
+            self.wait_verified()
             return False
-        self.copy(work, cancel)
+        if verify_in_background:
+            self._handled(work, lambda: self._read_then_verify_later(work, cancel))
+        else:
+            self.copy(work, cancel)
         return True
 
     def copy(self, work: ClipWork, cancel: threading.Event) -> None:
+        """Copy and verify one claimed clip before returning."""
+        self._handled(work, lambda: self._verify(work, self._read(work, cancel), cancel))
+
+    def wait_verified(self) -> None:
+        """Wait for the verification still in flight, if any."""
+        if self._verifying is not None:
+            self._verifying.join()
+            self._verifying = None
+
+    def _read_then_verify_later(self, work: ClipWork, cancel: threading.Event) -> None:
+        read = self._read(work, cancel)
+        self.wait_verified()  # one in flight: staging and the disk are not flooded
+        self._verifying = threading.Thread(
+            target=self._verify_in_background,
+            args=(work, read, cancel),
+            name=f"{threading.current_thread().name}-verify",
+        )
+        self._verifying.start()
+
+    def _verify_in_background(self, work: ClipWork, read: _Read, cancel: threading.Event) -> None:
+        try:
+            self._handled(work, lambda: self._verify(work, read, cancel))
+        except Exception as error:
+            # the error boundary of this thread: the clip goes back to be copied again
+            log.exception("copy.verify_crashed", clip=work.id, error=str(error))
+            self._release(work, str(error), _SOURCE_RETRY, count=True)
+
+    def _handled(self, work: ClipWork, step: Callable[[], None]) -> None:
+        """Run a step of copying ``work``; what can go wrong puts the clip where it belongs."""
         bound = log.bind(clip=work.id, camera=work.camera_serial, path=work.source_path)
         try:
-            self._copy_verified(work, cancel)
+            step()
         except LeaseLost:
             bound.warning("copy.lease_lost")
         except StagingFull as error:
@@ -125,7 +217,8 @@ class Copier:
         except LeaseLost:
             log.warning("copy.lease_lost", clip=work.id)
 
-    def _copy_verified(self, work: ClipWork, cancel: threading.Event) -> None:
+    def _read(self, work: ClipWork, cancel: threading.Event) -> _Read:
+        """Read the clip and its sidecars off the camera once, hashing, into staging."""
         assert work.volume_root is not None
         needed = work.size + sum(sidecar.size for sidecar in work.sidecars)
         self.staging.reserve_room(needed, work.camera_serial)
@@ -133,27 +226,43 @@ class Copier:
         folder = self.staging.root / folder_relative
         folder.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        job = _CopyJob(
-            work.volume_root,
-            cancel,
-            _LeaseRenewer(self.ledger, work.id, self.owner, self.ledger.lease.total_seconds()),
-        )
-        try:
-            sha256 = job.copy_verified(
-                _CameraFile(work.source_path_raw, work.size, work.mtime_ns), folder / work.name
-            )
+        renewer = _LeaseRenewer(self.ledger, work.id, self.owner, self.ledger.lease.total_seconds())
+        with _discarded_on_failure(folder, work):
+            sha256 = self._copy_once(_CameraFile.of_clip(work), folder / work.name, cancel, renewer)
             sidecar_hashes = {
-                sidecar.id: job.copy_verified(
-                    _CameraFile(sidecar.source_path_raw, sidecar.size, None),
-                    folder / sidecar.name,
+                sidecar.id: self._copy_once(
+                    _CameraFile.of_sidecar(work, sidecar), folder / sidecar.name, cancel, renewer
                 )
                 for sidecar in work.sidecars
             }
-        except BaseException:
-            _remove_partials(folder)
-            raise
-        self.ledger.finish_copy(work, self.owner, sha256, folder_relative, sidecar_hashes)
-        elapsed = time.monotonic() - started
+        return _Read(folder_relative, folder, sha256, sidecar_hashes, renewer, started)
+
+    def _verify(self, work: ClipWork, read: _Read, cancel: threading.Event) -> None:
+        """Check every staged file from disk; then the clip is ``staged``."""
+        assert work.volume_root is not None
+        with _discarded_on_failure(read.folder, work):
+            sha256 = self._verified(
+                _CameraFile.of_clip(work),
+                read.folder / work.name,
+                read.sha256,
+                cancel,
+                read.renewer,
+            )
+            sidecar_hashes = {
+                sidecar.id: self._verified(
+                    _CameraFile.of_sidecar(work, sidecar),
+                    read.folder / sidecar.name,
+                    read.sidecar_hashes[sidecar.id],
+                    cancel,
+                    read.renewer,
+                )
+                for sidecar in work.sidecars
+            }
+        self.ledger.finish_copy(work, self.owner, sha256, read.folder_relative, sidecar_hashes)
+        if self.on_staged is not None:
+            self.on_staged()
+        elapsed = time.monotonic() - read.started
+        needed = work.size + sum(sidecar.size for sidecar in work.sidecars)
         log.info(
             "copy.done",
             clip=work.id,
@@ -164,35 +273,26 @@ class Copier:
             mb_per_s=round(needed / 1e6 / elapsed, 1) if elapsed else None,
         )
 
-
-@dataclass(frozen=True)
-class _CameraFile:
-    source_path_raw: bytes
-    size: int
-    mtime_ns: int | None  # kept on the staged copy; None for sidecars
-
-
-@dataclass(frozen=True)
-class _CopyJob:
-    """Copying the files of one clip off one camera volume."""
-
-    root: Path
-    cancel: threading.Event
-    renewer: _LeaseRenewer
-
-    def copy_verified(self, source: _CameraFile, destination: Path) -> str:
-        """Copy until the staged copy verifies from disk; IntegrityError after two misses,
-        or when the camera itself returns different bytes for the same file."""
-        first_read: str | None = None
+    def _verified(
+        self,
+        source: _CameraFile,
+        destination: Path,
+        sha256: str,
+        cancel: threading.Event,
+        renewer: _LeaseRenewer,
+    ) -> str:
+        """The staged file's hash once it verifies; one more copy if not; IntegrityError."""
+        first_sha256 = sha256
         for attempt in range(1, MAX_COPY_TRIES + 1):
-            sha256 = self.copy_once(source, destination)
-            if first_read is not None and sha256 != first_read:
-                destination.unlink(missing_ok=True)
-                raise IntegrityError(
-                    f"{destination.name}: the camera returned different bytes on two reads "
-                    f"({first_read}, then {sha256})"
-                )
-            first_read = sha256
+            if attempt > 1:
+                sha256 = self._copy_once(source, destination, cancel, renewer)
+                if sha256 != first_sha256:
+                    # the camera itself gave different bytes twice: trust neither read
+                    destination.unlink(missing_ok=True)
+                    raise IntegrityError(
+                        f"{destination.name}: the camera returned different bytes on two "
+                        f"reads ({first_sha256}, then {sha256})"
+                    )
             on_disk = hash_file_from_disk(destination)
             if on_disk == sha256:
                 return sha256
@@ -208,13 +308,19 @@ class _CopyJob:
             f"staged copy of {destination.name} did not verify after {MAX_COPY_TRIES} copies"
         )
 
-    def copy_once(self, source: _CameraFile, destination: Path) -> str:
+    def _copy_once(
+        self,
+        source: _CameraFile,
+        destination: Path,
+        cancel: threading.Event,
+        renewer: _LeaseRenewer,
+    ) -> str:
         """One read of the camera file into ``destination``: hashed, fsynced, renamed."""
-        source_fd = open_source_file(self.root, source.source_path_raw, source.size)
+        source_fd = open_source_file(source.root, source.source_path_raw, source.size)
         part = destination.with_name(destination.name + ".part")
         try:
             os.posix_fadvise(source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            sha256, copied = _write_part(source_fd, part, self.cancel, self.renewer)
+            sha256, copied = _write_part(source_fd, part, cancel, renewer)
             if copied != source.size:
                 raise SourceGone(
                     f"read {copied} B of {source.size} B: the file changed on the camera"
@@ -258,9 +364,37 @@ def _write_part(
         os.close(part_fd)
 
 
+@contextmanager
+def _discarded_on_failure(folder: Path, work: ClipWork) -> Iterator[None]:
+    """On failure, leave no unfinished copy of the clip in staging."""
+    try:
+        yield
+    except LeaseLost:
+        raise  # another worker owns the clip, and this folder, now: leave it alone
+    except IntegrityError:
+        _remove_partials(folder)  # what did verify stays beside the quarantined clip
+        raise
+    except BaseException:
+        # the clip goes back to discovered and is copied whole next time: files that
+        # were already in place (the clip, when a sidecar failed) must not stay behind
+        _remove_copies(folder, [work.name, *(sidecar.name for sidecar in work.sidecars)])
+        raise
+
+
 def _remove_partials(folder: Path) -> None:
     for leftover in folder.glob("*.part"):
         leftover.unlink(missing_ok=True)
+
+
+def _remove_copies(folder: Path, names: list[str]) -> None:
+    """Remove an unfinished copy of a clip: its files, partials and (if empty) its folder."""
+    _remove_partials(folder)
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError as error:
+        log.debug("copy.folder_kept", folder=str(folder), error=str(error))
 
 
 class _LeaseRenewer:

@@ -259,7 +259,7 @@ class Daemon(SourceListener):
         return run
 
     def _copier_loop(self) -> None:
-        copier = Copier(self.ledger, self.staging, current_owner())
+        copier = Copier(self.ledger, self.staging, current_owner(), self.wake_event.set)
         while not self.stop_event.is_set():
             docked = self._take_docking()
             if docked is None:
@@ -267,15 +267,17 @@ class Daemon(SourceListener):
                 continue
             try:
                 while not self.stop_event.is_set() and not docked.cancel.is_set():
-                    if not copier.copy_next(docked.cancel, docked.docking_id):
+                    if not copier.copy_next(
+                        docked.cancel, docked.docking_id, verify_in_background=True
+                    ):
                         break
                     docked.last_progress_at = utc_now()
-                    self.wake_event.set()  # an uploader may have work now
                 if self.staging.paused:
                     self.stop_event.wait(IDLE_WAIT_SECONDS)
             finally:
                 with self._lock:
                     docked.reader = None
+        copier.wait_verified()  # the clip being verified reaches staged before we stop
 
     def _take_docking(self) -> _Docked | None:
         """A docked camera with clips to copy that no other copier is reading."""
