@@ -646,11 +646,6 @@ def loop_fat_directory(image: Path, parent: str, child: str) -> None:
         handle.write(struct.pack("<H", parent_cluster & 0xFFFF))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug (scanner.py): loop detection keys on (st_dev, st_ino), but a FAT directory "
-    "reached through a looped entry gets a new inode per path (fusefat; the kernel's vfat "
-    "numbers inodes by entry position too), so the walk only stops at max_scan_depth: "
-    "2 clips became 62, each uploaded under its own key"))
 def test_fat_directory_loop_is_refused_and_each_clip_taken_once(udev_dock):
     """DCIM/LOOP is DCIM again: the walk ends, and each clip is offloaded exactly once."""
     def populate(tree: Path) -> list[str]:

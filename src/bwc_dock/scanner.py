@@ -12,6 +12,7 @@ symlink or FIFO swapped in after the scan is refused too.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import stat
@@ -113,38 +114,82 @@ def scan_volume(root: Path, profile: CameraProfile, limits: ScanLimits) -> ScanR
     return result
 
 
+@dataclass(frozen=True)
+class _Directory:
+    """A directory waiting to be listed, with the fingerprints of the ones above it."""
+
+    fd: int
+    prefix: bytes  # its path from the volume root
+    depth: int
+    lineage: frozenset[str] = frozenset()
+
+
 def _walk(root: Path, limits: ScanLimits, refused: list[Refusal]) -> Iterator[FoundFile]:
     try:
         root_fd = os.open(root, _DIRECTORY_FLAGS)
     except OSError as error:
         raise SourceGone(f"cannot open volume {root}: {error.strerror}") from error
     seen_directories: set[tuple[int, int]] = set()
-    pending: list[tuple[int, bytes, int]] = [(root_fd, b"", 0)]
+    pending = [_Directory(root_fd, b"", 0)]
     entries_seen = 0
     try:
         while pending:
-            directory_fd, prefix, depth = pending.pop()
+            directory = pending.pop()
             try:
-                directory_stat = os.fstat(directory_fd)
-                identity = (directory_stat.st_dev, directory_stat.st_ino)
-                if identity in seen_directories:
-                    refused.append(Refusal(display_path(prefix), "directory loop"))
-                    continue
-                seen_directories.add(identity)
-                for name, entry_stat in _list_directory(directory_fd, prefix, refused):
+                listing = _listing_unless_loop(directory, seen_directories, refused)
+                lineage = directory.lineage | {_fingerprint(listing)}
+                for name, entry_stat in listing:
                     entries_seen += 1
                     if entries_seen > limits.max_entries:
-                        refused.append(Refusal(display_path(prefix), "entry budget exhausted"))
+                        refused.append(
+                            Refusal(display_path(directory.prefix), "entry budget exhausted")
+                        )
                         return
-                    relative = prefix + b"/" + name if prefix else name
                     yield from _classify(
-                        directory_fd, name, relative, entry_stat, depth, limits, pending, refused
+                        directory, lineage, name, entry_stat, limits, pending, refused
                     )
             finally:
-                os.close(directory_fd)
+                os.close(directory.fd)
     finally:
-        for directory_fd, _prefix, _depth in pending:
-            os.close(directory_fd)
+        for directory in pending:
+            os.close(directory.fd)
+
+
+def _listing_unless_loop(
+    directory: _Directory, seen: set[tuple[int, int]], refused: list[Refusal]
+) -> list[tuple[bytes, os.stat_result]]:
+    """The directory's entries, or none when it is one already walked (a directory loop).
+
+    Two checks, because FAT has no stable inode numbers: a looped FAT directory gets a
+    new inode on every path (fusefat, and the kernel's vfat numbers by entry position),
+    so a loop also shows as a directory listing exactly like one of its ancestors.
+    """
+    directory_stat = os.fstat(directory.fd)
+    identity = (directory_stat.st_dev, directory_stat.st_ino)
+    if identity in seen:
+        refused.append(Refusal(display_path(directory.prefix), "directory loop"))
+        return []
+    seen.add(identity)
+    listing = list(_list_directory(directory.fd, directory.prefix, refused))
+    if listing and _fingerprint(listing) in directory.lineage:
+        refused.append(
+            Refusal(
+                display_path(directory.prefix),
+                "directory loop (same entries as a parent directory)",
+            )
+        )
+        return []
+    return listing
+
+
+def _fingerprint(listing: list[tuple[bytes, os.stat_result]]) -> str:
+    digest = hashlib.sha256()
+    for name, entry_stat in listing:
+        digest.update(
+            b"%s\0%o\0%d\0%d\n"
+            % (name, stat.S_IFMT(entry_stat.st_mode), entry_stat.st_size, entry_stat.st_mtime_ns)
+        )
+    return digest.hexdigest()
 
 
 def _list_directory(
@@ -167,25 +212,26 @@ def _list_directory(
 
 
 def _classify(
-    directory_fd: int,
+    directory: _Directory,
+    lineage: frozenset[str],
     name: bytes,
-    relative: bytes,
     entry_stat: os.stat_result,
-    depth: int,
     limits: ScanLimits,
-    pending: list[tuple[int, bytes, int]],
+    pending: list[_Directory],
     refused: list[Refusal],
 ) -> Iterator[FoundFile]:
+    relative = directory.prefix + b"/" + name if directory.prefix else name
     mode = entry_stat.st_mode
     if stat.S_ISDIR(mode):
-        if depth + 1 > limits.max_depth:
+        if directory.depth + 1 > limits.max_depth:
             refused.append(Refusal(display_path(relative), "too deep"))
             return
         try:
-            child_fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=directory_fd)
-            pending.append((child_fd, relative, depth + 1))
+            child_fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=directory.fd)
         except OSError as error:
             refused.append(Refusal(display_path(relative), f"cannot open: {error.strerror}"))
+            return
+        pending.append(_Directory(child_fd, relative, directory.depth + 1, lineage))
     elif stat.S_ISREG(mode):
         if entry_stat.st_size > limits.max_file_size:
             refused.append(Refusal(display_path(relative), f"too large ({entry_stat.st_size} B)"))
