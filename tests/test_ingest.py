@@ -86,14 +86,20 @@ def test_same_content_from_the_same_camera_is_stored_once(dock: Dock) -> None:
     camera = dock.root / "card"
     (camera / "DCIM").mkdir(parents=True)
     (camera / "DCIM" / "A.MP4").write_bytes(b"same bytes" * 1000)
+    (camera / "DCIM" / "A.GPS").write_bytes(b"first track")
     dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
     (camera / "DCIM" / "B.MP4").write_bytes(b"same bytes" * 1000)
+    (camera / "DCIM" / "B.GPS").write_bytes(b"second track")
     dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
 
     first, second = dock.clips()
     assert second["state"] == "uploaded"
     assert second["remote_key"] == first["remote_key"]
-    assert len(central_objects(dock.nas)) == 1
+    stored = central_objects(dock.nas)
+    assert sorted(stored.values()) == sorted(
+        sha256_of(camera / "DCIM" / name) for name in ("A.MP4", "A.GPS", "B.GPS"))
+    assert (dock.nas / (dock.clips()[1]["sidecars"][0]["remote_key"])).read_bytes() == (
+        b"second track")
 
 
 def test_storage_unreachable_keeps_clips_staged_and_exits_1(dock: Dock) -> None:

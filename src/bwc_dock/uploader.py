@@ -39,6 +39,7 @@ from bwc_dock.storage.base import ProgressCallback, StorageBackend
 log = structlog.get_logger(__name__)
 
 IMMEDIATE_TRIES = 3
+_WAIT_FOR_ORIGINAL = ("", "")  # _original_copy's answer: try again later
 _DUPLICATE_WAIT = timedelta(seconds=30)
 
 
@@ -77,9 +78,12 @@ class Uploader:
     def upload(self, work: ClipWork) -> None:
         bound = log.bind(clip=work.id, camera=work.camera_serial, sha256=work.sha256)
         try:
-            if work.duplicate_of is not None and self._settle_duplicate(work):
-                return
-            self._send_with_retries(work)
+            stored_as: tuple[str, str] | None = None
+            if work.duplicate_of is not None:
+                stored_as = self._original_copy(work)
+                if stored_as == _WAIT_FOR_ORIGINAL:
+                    return
+            self._send_with_retries(work, stored_as)
         except LeaseLost:
             bound.warning("upload.lease_lost")
         except Interrupted:
@@ -105,7 +109,7 @@ class Uploader:
         except OSError as error:  # the staged copy itself could not be read
             self._staged_copy_suspect(work, f"staged copy unreadable: {error}")
 
-    def _send_with_retries(self, work: ClipWork) -> None:
+    def _send_with_retries(self, work: ClipWork, stored_as: tuple[str, str] | None) -> None:
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(IMMEDIATE_TRIES),
@@ -118,12 +122,14 @@ class Uploader:
                     log.info(
                         "upload.retry_now", clip=work.id, attempt=attempt.retry_state.attempt_number
                     )
-                self._send(work)
+                self._send(work, stored_as)
 
-    def _send(self, work: ClipWork) -> None:
+    def _send(self, work: ClipWork, stored_as: tuple[str, str] | None) -> None:
+        """Upload sidecars, the clip (unless ``stored_as`` names the (key, sha256) its
+        content is stored under already) and the manifest; then record ``uploaded``."""
         assert work.sha256 is not None and work.staged_path is not None
         folder = self.staging_root / work.staged_path
-        clip_key = self.keys.key(work)
+        own_key = self.keys.key(work)
         metadata = {"sha256": work.sha256, "camera": work.camera_serial, "clip-id": str(work.id)}
         sidecar_keys: dict[int, str] = {}
         sidecar_remote: dict[int, tuple[str, str]] = {}
@@ -141,19 +147,23 @@ class Uploader:
             )
             sidecar_keys[sidecar.id] = key
             sidecar_remote[sidecar.id] = (key, _confirmed(stored.sha256, sidecar.sha256, key))
-        stored = self.backend.put_file(
-            clip_key,
-            folder / work.name,
-            work.sha256,
-            work.size,
-            metadata,
-            self.ledger.multipart_journal(clip_key, work.id),
-            self.throttle,
-        )
-        confirmed = _confirmed(stored.sha256, work.sha256, clip_key)
-        self._put_manifest(work, clip_key, sidecar_keys)
+        if stored_as is None:
+            stored = self.backend.put_file(
+                own_key,
+                folder / work.name,
+                work.sha256,
+                work.size,
+                metadata,
+                self.ledger.multipart_journal(own_key, work.id),
+                self.throttle,
+            )
+            clip_key, confirmed = own_key, _confirmed(stored.sha256, work.sha256, own_key)
+        else:
+            clip_key, confirmed = stored_as
+            log.info("upload.duplicate", clip=work.id, original=work.duplicate_of, key=clip_key)
+        self._put_manifest(work, clip_key, sidecar_keys, manifest_key(own_key))
         self.ledger.finish_upload(
-            work, self.owner, clip_key, confirmed, sidecar_remote, manifest_key(clip_key)
+            work, self.owner, clip_key, confirmed, sidecar_remote, manifest_key(own_key)
         )
         self._write_docking_sums(work)
         log.info(
@@ -168,7 +178,9 @@ class Uploader:
         except StorageError as error:
             log.warning("custody.sums_failed", docking=work.docking_id, error=str(error))
 
-    def _put_manifest(self, work: ClipWork, clip_key: str, sidecar_keys: dict[int, str]) -> None:
+    def _put_manifest(
+        self, work: ClipWork, clip_key: str, sidecar_keys: dict[int, str], key: str
+    ) -> None:
         officer, times = self.ledger.manifest_facts(work.id)
         document = build_manifest(
             work,
@@ -180,30 +192,20 @@ class Uploader:
             audit_head=self.ledger.audit_head(),
         )
         assert work.sha256 is not None
-        self.backend.put_bytes(
-            manifest_key(clip_key), document, {"clip-sha256": work.sha256}, replace=True
-        )
+        self.backend.put_bytes(key, document, {"clip-sha256": work.sha256}, replace=True)
 
-    def _settle_duplicate(self, work: ClipWork) -> bool:
-        """Same content from the same camera is stored once: point at the first copy."""
+    def _original_copy(self, work: ClipWork) -> tuple[str, str] | None:
+        """Same content from the same camera is stored once: the (key, sha256) of the
+        first copy when it is stored, None to upload this copy itself (the first copy
+        cannot vouch), or _WAIT_FOR_ORIGINAL after putting the clip back for later."""
         assert work.duplicate_of is not None
         original = self.ledger.get(work.duplicate_of)
         if original is None or original.state is ClipState.QUARANTINED:
-            return False  # the original cannot vouch: upload this copy itself
+            return None
         if original.state in (ClipState.UPLOADED, ClipState.CLEARED) and original.remote_key:
-            assert original.sha256 is not None
-            sidecar_remote = {
-                s.id: (self.keys.key(work, s.name), s.sha256 or "") for s in work.sidecars
-            }
-            if work.sidecars:
-                return False  # sidecars may differ: upload normally, the clip key dedups
-            self.ledger.finish_upload(
-                work, self.owner, original.remote_key, original.sha256, sidecar_remote, None
-            )
-            log.info(
-                "upload.duplicate", clip=work.id, original=original.id, key=original.remote_key
-            )
-            return True
+            if original.remote_sha256 != work.sha256:
+                return None  # not what this clip holds after all: upload it itself
+            return original.remote_key, original.remote_sha256
         self.ledger.release(
             work,
             self.owner,
@@ -211,7 +213,7 @@ class Uploader:
             retry_at=utc_now() + _DUPLICATE_WAIT,
             count_attempt=False,
         )
-        return True
+        return _WAIT_FOR_ORIGINAL
 
     def _staged_copy_suspect(self, work: ClipWork, reason: str) -> None:
         """Storage saw other bytes than the ledger's hash: is the staged copy damaged?"""
@@ -269,6 +271,9 @@ def report_refusal_once(message: str, reported: set[str], lock: threading.Lock) 
         if kind in reported:
             return False
         reported.add(kind)
-    log.error("storage.refused", error=message,
-              hint="check the storage credentials, bucket and permissions")
+    log.error(
+        "storage.refused",
+        error=message,
+        hint="check the storage credentials, bucket and permissions",
+    )
     return True
