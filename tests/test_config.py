@@ -62,3 +62,17 @@ def test_usb_ids_are_normalised(dock: Dock) -> None:
                                        "usb_product_id": "ff"}]})
     assert config.camera[0].usb_vendor_id == "1a2b"
     assert config.camera[0].usb_product_id == "00ff"
+
+
+def test_shipped_udev_rules_tag_every_shipped_usb_profile() -> None:
+    """config.example.toml and udev-rules/99-bwc-dock.rules name the same cameras."""
+    from bwc_dock.config import load_config
+
+    repo = Path(__file__).resolve().parent.parent
+    rules = (repo / "udev-rules" / "99-bwc-dock.rules").read_text()
+    profiles = [p for p in load_config(repo / "config.example.toml").camera if p.usb_vendor_id]
+    assert profiles
+    for profile in profiles:
+        assert (f'ENV{{ID_VENDOR_ID}}=="{profile.usb_vendor_id}", '
+                f'ENV{{ID_MODEL_ID}}=="{profile.usb_product_id}", ENV{{BWC_CAMERA}}="1"'
+                ) in rules, profile.name

@@ -203,9 +203,10 @@ class Uploader:
         if original is None or original.state is ClipState.QUARANTINED:
             return None
         if original.state in (ClipState.UPLOADED, ClipState.CLEARED) and original.remote_key:
-            if original.remote_sha256 != work.sha256:
+            stored_sha256 = original.remote_sha256
+            if stored_sha256 is None or stored_sha256 != work.sha256:
                 return None  # not what this clip holds after all: upload it itself
-            return original.remote_key, original.remote_sha256
+            return original.remote_key, stored_sha256
         self.ledger.release(
             work,
             self.owner,
