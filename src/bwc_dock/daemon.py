@@ -48,6 +48,7 @@ log = structlog.get_logger(__name__)
 
 IDLE_WAIT_SECONDS = 1.0
 PURGE_INTERVAL_SECONDS = 60.0
+PAUSED_PURGE_INTERVAL_SECONDS = 2.0
 STORAGE_CHECK_SECONDS = 30.0
 DEFAULT_FOLDER_PROFILE = CameraProfile(name="folder", serial_source="folder")
 
@@ -367,7 +368,10 @@ class Daemon(SourceListener):
             if now - timers["rescan"] >= self.config.sources.rescan_interval_seconds:
                 timers["rescan"] = now
                 self._rescan()
-            if now - timers["purge"] >= PURGE_INTERVAL_SECONDS:
+            # a paused copier waits for space: purge uploaded copies promptly then
+            purge_every = PAUSED_PURGE_INTERVAL_SECONDS if self.staging.paused else (
+                PURGE_INTERVAL_SECONDS)
+            if now - timers["purge"] >= purge_every:
                 timers["purge"] = now
                 self.purge_staging()
             self._adopt_handed_over()
