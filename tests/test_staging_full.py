@@ -31,8 +31,8 @@ def small_staging(tmp_path: Path) -> Iterator[Path]:
 
 def test_copying_pauses_when_staging_is_full_and_resumes(dock: Dock, small_staging: Path) -> None:
     """A camera holding 3x the staging space is offloaded completely, pausing on the way."""
-    dock.write_config(dock={"staging_dir": str(small_staging), "staging_reserve_mb": 4,
-                            "staged_retention_hours": 0})
+    # the default retention keeps staged copies 72 h; space pressure must override it
+    dock.write_config(dock={"staging_dir": str(small_staging), "staging_reserve_mb": 4})
     camera = dock.root / "camera"
     expected = make_camera(camera, [10 * MIB + n for n in range(12)], sidecars=False)
     daemon = dock.start_daemon()
@@ -49,3 +49,16 @@ def test_copying_pauses_when_staging_is_full_and_resumes(dock: Dock, small_stagi
     assert "copy.resumed" in events
     assert "clip.quarantined" not in events
     assert not any(e.get("level") == "error" for e in dock.log_events())
+
+
+def test_hand_run_ingest_without_a_daemon_gets_through_a_small_staging(
+    dock: Dock, small_staging: Path
+) -> None:
+    """ingest --wait with no daemon uploads and frees staging itself while copying waits."""
+    dock.write_config(dock={"staging_dir": str(small_staging), "staging_reserve_mb": 4})
+    camera = dock.root / "card"
+    expected = make_camera(camera, [10 * MIB + n for n in range(8)], sidecars=False)
+    result = dock.cli("ingest", str(camera), "--camera-serial", "HAND1", "--wait",
+                      "--timeout", "300")
+    assert "8 uploaded" in result.stdout
+    assert sorted(central_objects(dock.nas).values()) == sorted(expected.values())

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -81,6 +81,24 @@ class StagingArea:
     @property
     def paused(self) -> bool:
         return self._paused
+
+    def purge_uploaded(self, ledger: Ledger, uploaded_before: datetime) -> int:
+        """Delete the staged copies of clips uploaded before ``uploaded_before``."""
+        purged = 0
+        for work in ledger.purgeable(uploaded_before):
+            assert work.staged_path is not None
+            folder = self.root / work.staged_path
+            for staged in [folder / work.name, *(folder / s.name for s in work.sidecars)]:
+                staged.unlink(missing_ok=True)
+            try:
+                folder.rmdir()
+            except OSError as error:
+                log.warning("staging.purge_incomplete", clip=work.id, error=str(error))
+            ledger.mark_purged(work.id)
+            purged += 1
+        if purged:
+            log.info("staging.purged", clips=purged)
+        return purged
 
 
 @dataclass(frozen=True)

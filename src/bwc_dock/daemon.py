@@ -201,8 +201,12 @@ class Daemon(SourceListener):
         """Take over folders a hand-run ``ingest`` handed to us (ownerless dockings)."""
         adopted = self.ledger.adopt_dockings(self.owner, frozenset({"ingest"}))
         for docking in adopted:
-            log.info("dock.adopted", camera=docking.camera_serial, docking=docking.id,
-                     device=docking.device)
+            log.info(
+                "dock.adopted",
+                camera=docking.camera_serial,
+                docking=docking.id,
+                device=docking.device,
+            )
             self._adopt(docking)
         if adopted:
             self.wake_event.set()
@@ -369,8 +373,9 @@ class Daemon(SourceListener):
                 timers["rescan"] = now
                 self._rescan()
             # a paused copier waits for space: purge uploaded copies promptly then
-            purge_every = PAUSED_PURGE_INTERVAL_SECONDS if self.staging.paused else (
-                PURGE_INTERVAL_SECONDS)
+            purge_every = (
+                PAUSED_PURGE_INTERVAL_SECONDS if self.staging.paused else (PURGE_INTERVAL_SECONDS)
+            )
             if now - timers["purge"] >= purge_every:
                 timers["purge"] = now
                 self.purge_staging()
@@ -464,23 +469,12 @@ class Daemon(SourceListener):
         return True
 
     def purge_staging(self) -> int:
-        """Delete staged copies of uploaded clips once past retention."""
-        cutoff = utc_now() - timedelta(hours=self.config.dock.staged_retention_hours)
-        purged = 0
-        for work in self.ledger.purgeable(cutoff):
-            assert work.staged_path is not None
-            folder = self.config.staging_dir / work.staged_path
-            for staged in [folder / work.name, *(folder / s.name for s in work.sidecars)]:
-                staged.unlink(missing_ok=True)
-            try:
-                folder.rmdir()
-            except OSError as error:
-                log.warning("staging.purge_incomplete", clip=work.id, error=str(error))
-            self.ledger.mark_purged(work.id)
-            purged += 1
-        if purged:
-            log.info("staging.purged", clips=purged)
-        return purged
+        """Delete staged copies of uploaded clips once past retention, or at once while
+        copying waits for space: they are verified in central storage already."""
+        cutoff = utc_now()
+        if not self.staging.paused:
+            cutoff -= timedelta(hours=self.config.dock.staged_retention_hours)
+        return self.staging.purge_uploaded(self.ledger, cutoff)
 
     def status_line(self) -> str:
         counts = self.ledger.counts_by_state()

@@ -136,9 +136,24 @@ def _copy_all(
                 progress.update(done, total, "copying")
             continue
         if staging.paused:
-            time.sleep(POLL_SECONDS)  # wait for uploads (the daemon's or ours) to free space
+            _make_room(config, ledger, staging)
             continue
         break
+
+
+def _make_room(config: Config, ledger: Ledger, staging: StagingArea) -> None:
+    """Staging is full and no daemon runs: upload a staged clip, then drop the staged
+    copies central storage already holds (retention gives way to space)."""
+    backend = open_backend(config)
+    try:
+        uploader = Uploader(
+            ledger, backend, config.staging_dir, config.storage, current_owner("ingest-uploader")
+        )
+        if not uploader.upload_next():
+            time.sleep(POLL_SECONDS)
+    finally:
+        backend.close()
+    staging.purge_uploaded(ledger, utc_now())
 
 
 def _upload_all(
