@@ -32,11 +32,10 @@ from bwc_dock.errors import (
     ConfigError,
     Interrupted,
     PermanentStorageError,
-    SourceGone,
     StorageError,
 )
 from bwc_dock.ledger import Ledger
-from bwc_dock.ledger.leases import current_owner, owner_is_dead
+from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
 from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
 from bwc_dock.service import ServiceHooks
@@ -95,6 +94,8 @@ class _Docked:
     reader: str | None = None  # the copier worker reading it now
     finished_logged: bool = False
     last_progress_at: datetime = field(default_factory=utc_now)
+    # False until a scan of the volume succeeded: an unscanned camera is never "done"
+    scanned: bool = False
 
 
 class Daemon(SourceListener):
@@ -117,6 +118,7 @@ class Daemon(SourceListener):
         self.wake_event = threading.Event()
         self.reload_requested = threading.Event()
         self._docked: dict[str, _Docked] = {}
+        self._unrecorded: dict[str, DockedVolume] = {}  # dockings the ledger did not take yet
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._started_at = utc_now()
@@ -134,20 +136,43 @@ class Daemon(SourceListener):
     # -- SourceListener ---------------------------------------------------------------
 
     def docked(self, volume: DockedVolume) -> None:
+        """A source reports a volume; a failure here is retried, never dropped."""
         try:
             docking_id = self.ledger.record_docking(volume, self.owner)
-            source = next((s for s in self.sources if s.name == volume.source), None)
+        except Exception as error:  # noqa: BLE001 - the ledger may be briefly unusable
+            log.error(
+                "dock.record_failed",
+                camera=volume.camera_serial,
+                device=volume.device,
+                error=str(error),
+                retry="at the next rescan",
+            )
             with self._lock:
-                self._docked[volume.device] = _Docked(docking_id, volume, source)
-            scan_into_ledger(self.ledger, self.config, docking_id, volume)
-        except SourceGone as error:
-            log.warning("dock.scan_failed", camera=volume.camera_serial, error=str(error))
-        except BwcDockError as error:
-            log.error("dock.failed", camera=volume.camera_serial, error=str(error))
+                self._unrecorded[volume.device] = volume
+            return
+        source = next((s for s in self.sources if s.name == volume.source), None)
+        entry = _Docked(docking_id, volume, source)
+        with self._lock:
+            self._unrecorded.pop(volume.device, None)
+            self._docked[volume.device] = entry
+        self._scan(entry)
         self.wake_event.set()
+
+    def _scan(self, entry: _Docked) -> None:
+        try:
+            scan_into_ledger(self.ledger, self.config, entry.docking_id, entry.volume)
+            entry.scanned = True
+        except Exception as error:  # noqa: BLE001 - camera read or ledger write failed
+            log.warning(
+                "dock.scan_failed",
+                camera=entry.volume.camera_serial,
+                error=str(error),
+                retry="at the next rescan",
+            )
 
     def undocked(self, device: str) -> None:
         with self._lock:
+            self._unrecorded.pop(device, None)
             docked = self._docked.pop(device, None)
         if docked is None:
             return
@@ -219,18 +244,14 @@ class Daemon(SourceListener):
             camera_serial=docking.camera_serial,
         )
         with self._lock:
-            self._docked[docking.device] = _Docked(docking.id, volume, None)
+            self._docked[docking.device] = _Docked(docking.id, volume, None, scanned=True)
 
     def _remove_staging_partials(self) -> int:
         removed = 0
         clips_root = self.config.staging_dir / "clips"
         if not clips_root.is_dir():
             return 0
-        leased = {
-            work.id
-            for work in self.ledger.clips()
-            if work.lease_owner and not owner_is_dead(work.lease_owner)
-        }
+        leased = self.ledger.leased_clip_ids()  # dead workers' leases are released already
         for leftover in clips_root.glob("*/*.part"):
             if leftover.parent.name.isdigit() and int(leftover.parent.name) in leased:
                 continue  # a hand-run command beside us is writing it right now
@@ -289,7 +310,9 @@ class Daemon(SourceListener):
         me = threading.current_thread().name
         with self._lock:
             candidates = [
-                d for d in self._docked.values() if d.reader is None and not d.cancel.is_set()
+                d
+                for d in self._docked.values()
+                if d.reader is None and not d.cancel.is_set() and d.scanned
             ]
         for docked in candidates:
             if self.ledger.copy_pending(docked.volume.camera_serial) == 0:
@@ -362,31 +385,41 @@ class Daemon(SourceListener):
     def _main_loop(self) -> None:
         timers = {"beat": 0.0, "rescan": time.monotonic(), "purge": 0.0, "storage": 0.0}
         while not self.stop_event.is_set():
-            now = time.monotonic()
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
-                self.reload()
-            if now - timers["storage"] >= STORAGE_CHECK_SECONDS:
-                timers["storage"] = now
-                self._check_storage()
-            if now - timers["rescan"] >= self.config.sources.rescan_interval_seconds:
-                timers["rescan"] = now
-                self._rescan()
-            # a paused copier waits for space: purge uploaded copies promptly then
-            purge_every = (
-                PAUSED_PURGE_INTERVAL_SECONDS if self.staging.paused else (PURGE_INTERVAL_SECONDS)
-            )
-            if now - timers["purge"] >= purge_every:
-                timers["purge"] = now
-                self.purge_staging()
-            self._adopt_handed_over()
-            self._finish_offloads()
-            if now - timers["beat"] >= self.config.service.heartbeat_seconds:
-                timers["beat"] = now
-                self._beat()
-            for hook in self.on_tick:
-                hook(self)
+            try:
+                self._tick(timers, time.monotonic())
+            except Exception as error:
+                # e.g. the ledger's disk full for a moment: log, and try again next turn
+                self._last_error = f"main loop: {error}"
+                self._count_error("main_loop")
+                log.exception("daemon.tick_failed", error=str(error))
             self.stop_event.wait(IDLE_WAIT_SECONDS)
+
+    def _tick(self, timers: dict[str, float], now: float) -> None:
+        """One turn of the main loop: reload, storage check, rescans, purge, offloads,
+        heartbeat, service hooks (watchdog, STATUS, alarms, metrics)."""
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.reload()
+        if now - timers["storage"] >= STORAGE_CHECK_SECONDS:
+            timers["storage"] = now
+            self._check_storage()
+        if now - timers["rescan"] >= self.config.sources.rescan_interval_seconds:
+            timers["rescan"] = now
+            self._rescan()
+        # a paused copier waits for space: purge uploaded copies promptly then
+        purge_every = (
+            PAUSED_PURGE_INTERVAL_SECONDS if self.staging.paused else PURGE_INTERVAL_SECONDS
+        )
+        if now - timers["purge"] >= purge_every:
+            timers["purge"] = now
+            self.purge_staging()
+        self._adopt_handed_over()
+        self._finish_offloads()
+        if now - timers["beat"] >= self.config.service.heartbeat_seconds:
+            timers["beat"] = now
+            self._beat()
+        for hook in self.on_tick:
+            hook(self)
 
     def _check_storage(self) -> None:
         try:
@@ -410,21 +443,24 @@ class Daemon(SourceListener):
             except BwcDockError as error:
                 log.warning("source.rescan_failed", source=source.name, error=str(error))
         with self._lock:
+            unrecorded = list(self._unrecorded.values())
             docked = list(self._docked.values())
+        for volume in unrecorded:
+            self.docked(volume)
         for entry in docked:
-            if entry.volume.source == "watch" and not entry.cancel.is_set():
-                try:
-                    scan_into_ledger(self.ledger, self.config, entry.docking_id, entry.volume)
-                except SourceGone as error:
-                    log.warning(
-                        "dock.scan_failed", camera=entry.volume.camera_serial, error=str(error)
-                    )
+            # watch folders may fill up while docked; a failed scan is tried again
+            if (entry.volume.source == "watch" or not entry.scanned) and (
+                not entry.cancel.is_set()
+            ):
+                self._scan(entry)
 
     def _finish_offloads(self) -> None:
         """Release volumes whose clips are all off the camera (and cleared, if asked)."""
         with self._lock:
             candidates = [
-                d for d in self._docked.values() if d.reader is None and not d.cancel.is_set()
+                d
+                for d in self._docked.values()
+                if d.reader is None and not d.cancel.is_set() and d.scanned
             ]
         for docked in candidates:
             camera = docked.volume.camera_serial

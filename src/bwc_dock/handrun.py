@@ -97,10 +97,21 @@ def ingest_folder(
         if wait:
             _wait_for(ledger, clip_ids, ClipState.UPLOADED, deadline, progress)
     else:
-        _copy_all(config, ledger, docking_id, progress)
-        ledger.end_docking(docking_id, "ingest copied")
-        if wait:
-            _upload_all(config, ledger, clip_ids, deadline, progress)
+        backend = open_backend(config)
+        try:
+            uploader = Uploader(
+                ledger,
+                backend,
+                config.staging_dir,
+                config.storage,
+                current_owner("ingest-uploader"),
+            )
+            _copy_all(config, ledger, docking_id, uploader, progress)
+            ledger.end_docking(docking_id, "ingest copied")
+            if wait:
+                _upload_all(ledger, uploader, clip_ids, deadline, progress)
+        finally:
+            backend.close()
     return _summarise(ledger, clip_ids, report, wait)
 
 
@@ -122,7 +133,11 @@ class ProgressSink:
 
 
 def _copy_all(
-    config: Config, ledger: Ledger, docking_id: int, progress: ProgressSink | None
+    config: Config,
+    ledger: Ledger,
+    docking_id: int,
+    uploader: Uploader,
+    progress: ProgressSink | None,
 ) -> None:
     staging = StagingArea(config.staging_dir, config.dock.staging_reserve_mb * 1024**2)
     cancel = threading.Event()
@@ -136,55 +151,40 @@ def _copy_all(
                 progress.update(done, total, "copying")
             continue
         if staging.paused:
-            _make_room(config, ledger, staging)
+            _make_room(ledger, staging, uploader)
             continue
         break
 
 
-def _make_room(config: Config, ledger: Ledger, staging: StagingArea) -> None:
+def _make_room(ledger: Ledger, staging: StagingArea, uploader: Uploader) -> None:
     """Staging is full and no daemon runs: upload a staged clip, then drop the staged
     copies central storage already holds (retention gives way to space)."""
-    backend = open_backend(config)
-    try:
-        uploader = Uploader(
-            ledger, backend, config.staging_dir, config.storage, current_owner("ingest-uploader")
-        )
-        if not uploader.upload_next():
-            time.sleep(POLL_SECONDS)
-    finally:
-        backend.close()
+    if not uploader.upload_next():
+        time.sleep(POLL_SECONDS)
     staging.purge_uploaded(ledger, utc_now())
 
 
 def _upload_all(
-    config: Config,
     ledger: Ledger,
+    uploader: Uploader,
     clip_ids: list[int],
     deadline: float,
     progress: ProgressSink | None,
 ) -> None:
-    backend = open_backend(config)
-    try:
-        uploader = Uploader(
-            ledger, backend, config.staging_dir, config.storage, current_owner("ingest-uploader")
-        )
-        wanted = set(clip_ids)
-        while time.monotonic() < deadline:
-            states = {w.id: w for w in ledger.clips() if w.id in wanted}
-            pending = [
-                w
-                for w in states.values()
-                if w.state
-                in (ClipState.STAGED, ClipState.UPLOADING, ClipState.DISCOVERED, ClipState.COPYING)
-            ]
-            if progress:
-                progress.update(len(wanted) - len(pending), len(wanted), "uploading")
-            if not pending or _stuck_for_good(pending):
-                return
-            if not _upload_one_of(uploader, ledger, wanted):
-                time.sleep(POLL_SECONDS)
-    finally:
-        backend.close()
+    wanted = set(clip_ids)
+    while time.monotonic() < deadline:
+        pending = [
+            w
+            for w in ledger.clips(ids=wanted)
+            if w.state
+            in (ClipState.STAGED, ClipState.UPLOADING, ClipState.DISCOVERED, ClipState.COPYING)
+        ]
+        if progress:
+            progress.update(len(wanted) - len(pending), len(wanted), "uploading")
+        if not pending or _stuck_for_good(pending):
+            return
+        if not _upload_one_of(uploader, ledger, wanted):
+            time.sleep(POLL_SECONDS)
 
 
 def _upload_one_of(uploader: Uploader, ledger: Ledger, wanted: set[int]) -> bool:
@@ -210,7 +210,7 @@ def _wait_for(
 ) -> None:
     wanted = set(clip_ids)
     while time.monotonic() < deadline:
-        states = [w.state for w in ledger.clips() if w.id in wanted]
+        states = [w.state for w in ledger.clips(ids=wanted)]
         finished = sum(s in (target, ClipState.CLEARED, ClipState.QUARANTINED) for s in states)
         if progress:
             progress.update(finished, len(wanted), "waiting for the daemon")
@@ -223,7 +223,7 @@ def _summarise(
     ledger: Ledger, clip_ids: list[int], report: IngestReport, wait: bool
 ) -> IngestReport:
     wanted = set(clip_ids)
-    clips = [w for w in ledger.clips() if w.id in wanted]
+    clips = ledger.clips(ids=wanted)
     for work in clips:
         report.states[str(work.state)] = report.states.get(str(work.state), 0) + 1
         good = (

@@ -37,7 +37,7 @@ from bwc_dock.ledger.models import (
     utc_now,
 )
 from bwc_dock.ledger.states import LEASED_STATES, PENDING_STATES, ClipState, check_transition
-from bwc_dock.scanner import FoundClip, FoundFile
+from bwc_dock.scanner import FoundClip
 from bwc_dock.sources.base import DockedVolume
 from bwc_dock.storage.base import MultipartState, PartRecord
 
@@ -210,25 +210,23 @@ class Ledger:
             assert docking is not None
             docking.scanned_at = now
             docking.refused_entries = refused
+            # one query for the camera's known identities, not one per file: a watch
+            # folder is rescanned every minute and a camera may hold thousands of clips
+            known = {
+                (row.source_path_raw, row.size, row.mtime_ns)
+                for row in session.execute(
+                    select(Clip.source_path_raw, Clip.size, Clip.mtime_ns).where(
+                        Clip.camera_serial == docking.camera_serial
+                    )
+                )
+            }
             for clip in found:
-                if self._known(session, docking.camera_serial, clip.video):
+                video = clip.video
+                if (video.source_path_raw, video.size, video.mtime_ns) in known:
                     continue
                 row = self._new_clip(session, docking, clip, now, priority)
                 new_ids.append(row.id)
         return new_ids
-
-    def _known(self, session: Session, camera_serial: str, video: FoundFile) -> bool:
-        return (
-            session.scalar(
-                select(Clip.id).where(
-                    Clip.camera_serial == camera_serial,
-                    Clip.source_path_raw == video.source_path_raw,
-                    Clip.size == video.size,
-                    Clip.mtime_ns == video.mtime_ns,
-                )
-            )
-            is not None
-        )
 
     def _new_clip(
         self, session: Session, docking: Docking, found: FoundClip, now: datetime, priority: int
@@ -329,9 +327,7 @@ class Ledger:
             self._lease(session, clip, ClipState.COPYING, owner, now)
             return _snapshot(session, clip, Path(docking.volume_root))
 
-    def claim_for_upload(
-        self, owner: str, only: Collection[int] | None = None
-    ) -> ClipWork | None:
+    def claim_for_upload(self, owner: str, only: Collection[int] | None = None) -> ClipWork | None:
         """The next staged clip that is due (of ``only``, when given): priority clips
         first, then the oldest recording."""
         now = utc_now()
@@ -340,9 +336,7 @@ class Ledger:
             if only is not None:
                 query = query.where(Clip.id.in_(list(only)))
             clip = session.scalars(
-                query
-                .order_by(Clip.priority.desc(), Clip.recorded_at, Clip.id)
-                .limit(1)
+                query.order_by(Clip.priority.desc(), Clip.recorded_at, Clip.id).limit(1)
             ).first()
             if clip is None:
                 return None
@@ -565,7 +559,7 @@ class Ledger:
                     Clip.uploaded_at < uploaded_before,
                 )
             ).all()
-            return [_snapshot(session, clip, None) for clip in clips]
+            return _snapshots(session, list(clips))
 
     def mark_purged(self, clip_id: int) -> None:
         with self.transaction() as session:
@@ -599,6 +593,7 @@ class Ledger:
         camera_serial: str | None = None,
         state: str | None = None,
         docking_id: int | None = None,
+        ids: Collection[int] | None = None,
     ) -> list[ClipWork]:
         with self.transaction() as session:
             query = select(Clip).order_by(Clip.id)
@@ -608,7 +603,14 @@ class Ledger:
                 query = query.where(Clip.state == state)
             if docking_id is not None:
                 query = query.where(Clip.docking_id == docking_id)
-            return [_snapshot(session, clip, None) for clip in session.scalars(query)]
+            if ids is not None:
+                query = query.where(Clip.id.in_(list(ids)))
+            return _snapshots(session, list(session.scalars(query)))
+
+    def leased_clip_ids(self) -> set[int]:
+        """Clips some worker holds right now (alive or not)."""
+        with self.transaction() as session:
+            return set(session.scalars(select(Clip.id).where(Clip.lease_owner.is_not(None))))
 
     def counts_by_state(self, camera_serial: str | None = None) -> dict[str, int]:
         with self.transaction() as session:
@@ -797,10 +799,32 @@ def _unique_name(name: str, used: set[str]) -> str:
     return candidate
 
 
-def _snapshot(session: Session, clip: Clip, volume_root: Path | None) -> ClipWork:
-    sidecars = session.scalars(
-        select(Sidecar).where(Sidecar.clip_id == clip.id).order_by(Sidecar.id)
-    )
+_SIDECAR_BATCH = 500  # below SQLite's limit on bound parameters
+
+
+def _snapshots(session: Session, clips: list[Clip]) -> list[ClipWork]:
+    """Snapshots of many clips with their sidecars in one query per batch, not per clip."""
+    by_clip: dict[int, list[Sidecar]] = {}
+    ids = [clip.id for clip in clips]
+    for start in range(0, len(ids), _SIDECAR_BATCH):
+        batch = ids[start : start + _SIDECAR_BATCH]
+        for sidecar in session.scalars(
+            select(Sidecar).where(Sidecar.clip_id.in_(batch)).order_by(Sidecar.id)
+        ):
+            by_clip.setdefault(sidecar.clip_id, []).append(sidecar)
+    return [_snapshot(session, clip, None, by_clip.get(clip.id, [])) for clip in clips]
+
+
+def _snapshot(
+    session: Session,
+    clip: Clip,
+    volume_root: Path | None,
+    sidecars: list[Sidecar] | None = None,
+) -> ClipWork:
+    if sidecars is None:
+        sidecars = list(
+            session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id).order_by(Sidecar.id))
+        )
     return ClipWork(
         id=clip.id,
         camera_serial=clip.camera_serial,
