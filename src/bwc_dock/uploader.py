@@ -171,8 +171,11 @@ class Uploader:
         )
 
     def _write_docking_sums(self, work: ClipWork) -> None:
-        """Anchor the docking in central storage; the clip is safe already if this fails
-        (resync writes a missing or stale SHA256SUMS again)."""
+        """Anchor the docking in central storage once its last clip is there (rewriting the
+        list after every clip would cost O(clips²) per docking); the clip is safe already
+        if this fails or is cut short: resync writes a missing or stale SHA256SUMS again."""
+        if self.ledger.pending_in_docking(work.docking_id):
+            return
         try:
             write_docking_sums(self.ledger, self.backend, work.docking_id)
         except StorageError as error:

@@ -644,6 +644,16 @@ class Ledger:
             )
             return int(copied or 0), int(uploaded or 0)
 
+    def pending_in_docking(self, docking_id: int) -> int:
+        """Clips first seen in this docking that are not yet in central storage."""
+        with self.transaction() as session:
+            return session.scalar(
+                select(func.count()).where(
+                    Clip.docking_id == docking_id,
+                    Clip.state.in_([str(state) for state in PENDING_STATES]),
+                )
+            ) or 0
+
     def oldest_pending_at(self) -> datetime | None:
         with self.transaction() as session:
             return session.scalar(
