@@ -347,6 +347,9 @@ def copy_interval(udev_dock: UdevDock, serial: str) -> tuple[float, float]:
 
 def test_two_cameras_are_offloaded_in_parallel_and_their_uploads_interleave(udev_dock):
     """exFAT and FAT32 docked together: copy intervals overlap, uploads alternate cameras."""
+    with udev_dock.dock.config_path.open("a") as config:  # uploads slower than copies, so
+        config.write("[[storage.bandwidth]]\nstart = 00:00:00\nend = 00:00:00\n"  # both
+                     "limit_mb_per_s = 20\n")  # cameras' clips wait their turn together
     udev_dock.start()
     exfat = udev_dock.camera("exfat", serial="PAR0EXF", clip_count=3, padding=24 * MIB)
     fat = udev_dock.camera("vfat", serial="PAR0FAT", clip_count=3, padding=24 * MIB)

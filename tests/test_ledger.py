@@ -13,7 +13,7 @@ from bwc_dock.config import Config, parse_config
 from bwc_dock.errors import IllegalTransition, LeaseLost, LedgerError
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.audit import find_break
-from bwc_dock.ledger.db import check_durability
+from bwc_dock.ledger.db import check_durability, create_ledger_engine, migrate, schema_revision
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.states import ALLOWED_TRANSITIONS, check_transition
 from bwc_dock.scanner import FoundClip, FoundFile
@@ -123,4 +123,26 @@ def test_audit_chain_detects_an_edited_row(tmp_path: Path) -> None:
         connection.execute("UPDATE audit_log SET details = '{}' WHERE id = 3")
     broken = find_break(ledger.audit_entries())
     assert broken is not None and broken.entry_id == 3
+    ledger.close()
+
+
+def test_a_ledger_from_the_first_release_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A dock's ledger at schema 0001 keeps its camera, clips and audit chain when opened."""
+    config = _config(tmp_path)
+    config.dock.state_dir.mkdir(parents=True)
+    engine = create_ledger_engine(config.ledger_url)
+    migrate(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO cameras (serial, first_seen_at) "
+                                "VALUES ('OLD1', '2026-01-02 03:04:05.000000')"))
+    engine.dispose()
+
+    ledger = Ledger.open(config, "upgraded")
+    assert schema_revision(ledger.engine) == "0002"
+    assert [camera.serial for camera in ledger.cameras()] == ["OLD1"]
+    volume = DockedVolume("ingest", str(tmp_path), tmp_path, "OLD1")
+    docking = ledger.record_docking(volume, current_owner("test"))
+    ledger.record_scan(docking, [FoundClip(FoundFile(b"DCIM/A.MP4", 1, 1), utc_datetime())], 0)
+    assert ledger.claim_for_upload(current_owner("uploader")) is None  # nothing staged yet
+    assert len(ledger.clips()) == 1
     ledger.close()

@@ -38,3 +38,32 @@ def test_prioritised_clip_first_then_oldest_recording(tmp_path: Path) -> None:
         order.append(work.source_path)
     assert order == ["DCIM/NEW.MP4", "DCIM/OLD.MP4", "DCIM/MID.MP4"]
     ledger.close()
+
+
+def test_cameras_docked_together_take_turns_at_uploading(tmp_path: Path) -> None:
+    """Two cameras with staged clips: uploads alternate cameras, each oldest recording first,
+    even though one camera's whole shift is older than the other's."""
+    config = parse_config({"dock": {"state_dir": str(tmp_path / "state")},
+                           "storage": {"path": str(tmp_path / "nas")}})
+    ledger = Ledger.open(config, "test")
+    copier = Copier(ledger, StagingArea(config.staging_dir, 0), current_owner("copier"))
+    for serial, first_mtime in (("EARLY", 1_000_000), ("LATE", 5_000_000)):
+        camera = tmp_path / serial / "DCIM"
+        camera.mkdir(parents=True)
+        for number in range(3):
+            clip = camera / f"{number}.MP4"
+            clip.write_bytes(f"{serial}{number}".encode())
+            os.utime(clip, (first_mtime + number, first_mtime + number))
+        volume = DockedVolume("ingest", str(camera.parent), camera.parent, serial)
+        docking = ledger.record_docking(volume, current_owner("t"))
+        scan_into_ledger(ledger, config, docking, volume)
+    while copier.copy_next(threading.Event()):
+        pass
+
+    order = []
+    owner = current_owner("uploader")
+    while (work := ledger.claim_for_upload(owner)) is not None:
+        order.append(f"{work.camera_serial}/{work.source_path}")
+    assert order == ["EARLY/DCIM/0.MP4", "LATE/DCIM/0.MP4", "EARLY/DCIM/1.MP4",
+                     "LATE/DCIM/1.MP4", "EARLY/DCIM/2.MP4", "LATE/DCIM/2.MP4"]
+    ledger.close()

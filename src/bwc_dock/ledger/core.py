@@ -329,17 +329,32 @@ class Ledger:
 
     def claim_for_upload(self, owner: str, only: Collection[int] | None = None) -> ClipWork | None:
         """The next staged clip that is due (of ``only``, when given): priority clips
-        first, then the oldest recording."""
+        first, then the camera whose turn is oldest, then its oldest recording.
+
+        Cameras take turns so that several docked together all progress, rather than
+        one camera's whole shift going first while the others wait.
+        """
         now = utc_now()
         with self.transaction() as session:
-            query = select(Clip).where(Clip.state == ClipState.STAGED, _due(now))
+            query = (
+                select(Clip, Camera)
+                .join(Camera, Camera.serial == Clip.camera_serial)
+                .where(Clip.state == ClipState.STAGED, _due(now))
+            )
             if only is not None:
                 query = query.where(Clip.id.in_(list(only)))
-            clip = session.scalars(
-                query.order_by(Clip.priority.desc(), Clip.recorded_at, Clip.id).limit(1)
+            row = session.execute(
+                query.order_by(
+                    Clip.priority.desc(),
+                    Camera.last_upload_claimed_at.asc().nulls_first(),
+                    Clip.recorded_at,
+                    Clip.id,
+                ).limit(1)
             ).first()
-            if clip is None:
+            if row is None:
                 return None
+            clip, camera = row
+            camera.last_upload_claimed_at = now
             self._lease(session, clip, ClipState.UPLOADING, owner, now)
             return _snapshot(session, clip, None)
 

@@ -73,13 +73,14 @@ def check_durability(engine: Engine) -> None:
         )
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision; a dock upgraded in place keeps its history."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema up to ``revision``, the newest by default; a dock upgraded in
+    place keeps its history. (Tests name an older revision to build an old dock's ledger.)"""
     alembic_config = AlembicConfig()
     alembic_config.set_main_option("script_location", str(_MIGRATIONS))
     with engine.begin() as connection:
         alembic_config.attributes["connection"] = connection
-        command.upgrade(alembic_config, "head")
+        command.upgrade(alembic_config, revision)
 
 
 def schema_revision(engine: Engine) -> str | None:

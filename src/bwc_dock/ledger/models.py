@@ -60,6 +60,8 @@ class Camera(Base):
     officer_id: Mapped[str | None] = mapped_column(String(128))
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_docked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # when an uploader last took one of this camera's clips: the oldest turn goes next
+    last_upload_claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Docking(Base):
