@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bwc_dock.errors import SourceGone
-from bwc_dock.hashing import copy_hashing, hash_file_from_disk
+from bwc_dock.hashing import CHUNK_SIZE, copy_hashing, hash_file_from_disk
 
 # An aligned chunk takes the O_DIRECT path where the filesystem allows it (ext4, xfs);
 # an odd one forces buffered writes everywhere.
@@ -143,3 +143,22 @@ def test_read_error_defaults_to_source_gone(tmp_path: Path) -> None:
             copy_hashing(write_only_fd, None)
     finally:
         os.close(write_only_fd)
+
+
+def test_pipeline_buffers_kept_between_copies_carry_nothing_over(tmp_path: Path) -> None:
+    """Full-size buffers are reused: a shorter file copied after a longer one (and after
+    a copy that failed midway) gets exactly its own bytes and hash."""
+    chunk = CHUNK_SIZE
+    longer = write_random(tmp_path / "longer", 5 * chunk + 4096)
+    copy_file(tmp_path / "longer", tmp_path / "longer.copy", chunk)
+    failing = os.open(tmp_path / "longer", os.O_RDONLY)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(SourceGone):
+        copy_hashing(failing, None, cancel, chunk_size=chunk)
+    os.close(failing)
+    shorter = write_random(tmp_path / "shorter", chunk + chunk // 2 + 5)
+    sha256, size = copy_file(tmp_path / "shorter", tmp_path / "shorter.copy", chunk)
+    assert (tmp_path / "shorter.copy").read_bytes() == shorter
+    assert (sha256, size) == (hashlib.sha256(shorter).hexdigest(), len(shorter))
+    assert (tmp_path / "longer.copy").read_bytes() == longer
