@@ -7,12 +7,13 @@ Real parts: the SQLite ledger, staging and the central-storage folder on disk, t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.dock import Dock, make_camera, sha256_of
+from tests.dock import Dock, make_camera, sha256_of, wait_until
 
 
 def verify(dock: Dock, *arguments: str, expect: int) -> dict[str, Any]:
@@ -170,4 +171,38 @@ def test_on_seaweedfs_deleted_and_corrupted_objects_are_found_and_repaired(
         text=True,
         check=False,
     )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_sha256sums_the_store_refused_is_written_by_the_daemon_at_start(dock: Dock) -> None:
+    """The store refuses a docking's SHA256SUMS as its last clip lands (here: a folder in
+    the way). The clips are safe; the ledger knows the list is missing, and the next
+    daemon start writes it, once: a later start finds nothing to do."""
+    camera = dock.root / "card"
+    make_camera(camera, [3000, 4000], sidecars=False)
+    for path in camera.rglob("*"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))  # recorded 2023-11-14 UTC
+    sums = dock.nas / "X1/2023/11/14/SHA256SUMS.dock-test.docking-000001"
+    (sums / "in-the-way").mkdir(parents=True)
+
+    ingest = dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+    assert "custody.sums_failed" in ingest.stderr
+    assert {clip["state"] for clip in dock.clips()} == {"uploaded"}
+    shutil.rmtree(sums)
+
+    for expected_written in (1, 0):
+        daemon = dock.start_daemon()
+        try:
+            wait_until(lambda: any(e["event"] == "daemon.recovered" for e in dock.log_events()),
+                       timeout=60, message="the daemon recovered")
+        finally:
+            assert dock.stop_daemon(daemon) == 0
+        [recovered] = [e for e in dock.log_events() if e["event"] == "daemon.recovered"]
+        assert recovered["sums_written"] == expected_written
+        (dock.root / "daemon.log").unlink()
+
+    listed = {line.split("  ", 1)[1] for line in sums.read_text().splitlines()}
+    assert listed == {Path(clip["remote_key"]).name for clip in dock.clips()}
+    checked = subprocess.run(["sha256sum", "--strict", "-c", sums.name], cwd=sums.parent,
+                             capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bwc_dock.errors import UsageError
+from bwc_dock.errors import StorageError, UsageError
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.audit import find_break
 from bwc_dock.ledger.models import AuditEntry, Clip, Docking, Sidecar, utc_now
@@ -97,6 +97,7 @@ def stored_sums_current(backend: StorageBackend, sums: DockingSums) -> bool:
 def write_docking_sums(ledger: Ledger, backend: StorageBackend, docking_id: int) -> str | None:
     """(Re)write a docking's SHA256SUMS from the ledger; return its key."""
     with _SUMS_LOCK:
+        read_at = utc_now()  # an upload after this makes the list stale again
         sums = docking_sums(ledger, docking_id)
         if sums is None:
             return None
@@ -106,8 +107,27 @@ def write_docking_sums(ledger: Ledger, backend: StorageBackend, docking_id: int)
             {"dock": ledger.dock_id, "docking-id": str(docking_id)},
             replace=True,
         )
+        ledger.mark_sums_written(docking_id, read_at)
     log.info("custody.sums_written", docking=docking_id, key=sums.key)
     return sums.key
+
+
+def anchor_dockings(ledger: Ledger, backend: StorageBackend) -> int:
+    """Write every SHA256SUMS the ledger says is missing or stale; the number written.
+
+    The uploader writes a docking's list when its last clip is stored; this catches a
+    daemon killed at that moment or a store that refused the write. A storage error
+    ends the round (the store is down): the next round tries again.
+    """
+    written = 0
+    for docking_id in ledger.dockings_to_anchor():
+        try:
+            write_docking_sums(ledger, backend, docking_id)
+        except StorageError as error:
+            log.warning("custody.sums_failed", docking=docking_id, error=str(error))
+            break
+        written += 1
+    return written
 
 
 # -- audit chain against the anchors in central storage ------------------------------------

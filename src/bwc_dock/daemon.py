@@ -27,6 +27,7 @@ from bwc_dock.bandwidth import BandwidthLimiter
 from bwc_dock.clearer import clear_camera, clearable, ready_to_clear
 from bwc_dock.config import CameraProfile, Config, load_config
 from bwc_dock.copier import Copier, StagingArea
+from bwc_dock.custody import anchor_dockings
 from bwc_dock.errors import (
     BwcDockError,
     ConfigError,
@@ -49,6 +50,9 @@ IDLE_WAIT_SECONDS = 1.0
 PURGE_INTERVAL_SECONDS = 60.0
 PAUSED_PURGE_INTERVAL_SECONDS = 2.0
 STORAGE_CHECK_SECONDS = 30.0
+# a missing or stale SHA256SUMS (a crash or a storage error as it was written) is
+# written again this often, and at start
+ANCHOR_INTERVAL_SECONDS = 60.0
 DEFAULT_FOLDER_PROFILE = CameraProfile(name="folder", serial_source="folder")
 
 
@@ -219,6 +223,7 @@ class Daemon(SourceListener):
             )
         except StorageError as error:
             log.warning("recovery.storage_unreachable", error=str(error))
+        summary["sums_written"] = anchor_dockings(self.ledger, self.backend)
         log.info("daemon.recovered", **summary)
         return summary
 
@@ -383,7 +388,8 @@ class Daemon(SourceListener):
         self.wake_event.clear()
 
     def _main_loop(self) -> None:
-        timers = {"beat": 0.0, "rescan": time.monotonic(), "purge": 0.0, "storage": 0.0}
+        started = time.monotonic()  # recover() has just anchored; rescans start with the sources
+        timers = {"beat": 0.0, "rescan": started, "purge": 0.0, "storage": 0.0, "anchor": started}
         while not self.stop_event.is_set():
             try:
                 self._tick(timers, time.monotonic())
@@ -413,6 +419,9 @@ class Daemon(SourceListener):
         if now - timers["purge"] >= purge_every:
             timers["purge"] = now
             self.purge_staging()
+        if now - timers["anchor"] >= ANCHOR_INTERVAL_SECONDS:
+            timers["anchor"] = now
+            anchor_dockings(self.ledger, self.backend)
         self._adopt_handed_over()
         self._finish_offloads()
         if now - timers["beat"] >= self.config.service.heartbeat_seconds:

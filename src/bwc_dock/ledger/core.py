@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, and_, delete, func, or_, select
+from sqlalchemy import Engine, and_, case, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from bwc_dock.config import Config
@@ -668,6 +668,38 @@ class Ledger:
                     Clip.state.in_([str(state) for state in PENDING_STATES]),
                 )
             ) or 0
+
+    def dockings_to_anchor(self) -> list[int]:
+        """Dockings whose clips are all in central storage (or quarantined) and whose
+        SHA256SUMS was never written, or written before their last upload."""
+        pending = [str(state) for state in PENDING_STATES]
+        delivered = [str(ClipState.UPLOADED), str(ClipState.CLEARED)]
+        with self.transaction() as session:
+            query = (
+                select(Docking.id)
+                .join(Clip, Clip.docking_id == Docking.id)
+                .group_by(Docking.id)
+                .having(
+                    func.sum(case((Clip.state.in_(pending), 1), else_=0)) == 0,
+                    func.sum(
+                        case((and_(Clip.state.in_(delivered), Clip.remote_key.is_not(None)), 1),
+                             else_=0)
+                    ) > 0,
+                    or_(
+                        Docking.sums_written_at.is_(None),
+                        Docking.sums_written_at < func.max(Clip.uploaded_at),
+                    ),
+                )
+                .order_by(Docking.id)
+            )
+            return list(session.scalars(query))
+
+    def mark_sums_written(self, docking_id: int, content_read_at: datetime) -> None:
+        """The docking's SHA256SUMS, as the ledger stood at ``content_read_at``, is stored."""
+        with self.transaction() as session:
+            docking = session.get(Docking, docking_id)
+            if docking is not None:
+                docking.sums_written_at = content_read_at
 
     def oldest_pending_at(self) -> datetime | None:
         with self.transaction() as session:

@@ -81,6 +81,8 @@ class Docking(Base):
     scanned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     undocked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     refused_entries: Mapped[int] = mapped_column(Integer, default=0)
+    # when its SHA256SUMS was last written to central storage (None: not yet)
+    sums_written_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Clip(Base):
