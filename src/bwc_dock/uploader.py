@@ -172,8 +172,9 @@ class Uploader:
 
     def _write_docking_sums(self, work: ClipWork) -> None:
         """Anchor the docking in central storage once its last clip is there (rewriting the
-        list after every clip would cost O(clips²) per docking); the clip is safe already
-        if this fails or is cut short: resync writes a missing or stale SHA256SUMS again."""
+        list after every clip would cost O(clips²) per docking). The clip is safe either
+        way: if this fails or is cut short, the ledger still has the list as unwritten and
+        the daemon writes it at its next start or within a minute (anchor_dockings)."""
         if self.ledger.pending_in_docking(work.docking_id):
             return
         try:
