@@ -9,10 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from bwc_dock.config import load_config
+from bwc_dock.custody import anchor_dockings
+from bwc_dock.ledger import Ledger
+from bwc_dock.storage import open_backend
 from tests.dock import Dock, make_camera, sha256_of, wait_until
 
 
@@ -206,3 +211,29 @@ def test_a_sha256sums_the_store_refused_is_written_by_the_daemon_at_start(dock: 
     checked = subprocess.run(["sha256sum", "--strict", "-c", sums.name], cwd=sums.parent,
                              capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_dockings_left_unanchored_by_an_upgrade_are_anchored_within_a_time_budget(
+    dock: Dock,
+) -> None:
+    """After the 0002 upgrade every old docking counts as unanchored: the catch-up writes
+    their lists, but never past its time budget (the daemon's watchdog waits on it)."""
+    for serial in ("X1", "X2"):
+        card = dock.root / serial
+        make_camera(card, [1000], sidecars=False)
+        dock.cli("ingest", str(card), "--camera-serial", serial, "--wait")
+    with sqlite3.connect(dock.state_dir / "ledger.sqlite3") as connection:
+        connection.execute("UPDATE dockings SET sums_written_at = NULL")  # as 0002 leaves them
+    for sums in dock.nas.rglob("SHA256SUMS*"):
+        sums.unlink()
+    config = load_config(dock.config_path)
+    ledger = Ledger.open(config, "test")
+    backend = open_backend(config)
+    try:
+        assert len(ledger.dockings_to_anchor()) == 2
+        assert anchor_dockings(ledger, backend, budget_seconds=0) == 0
+        assert anchor_dockings(ledger, backend) == 2
+        assert ledger.dockings_to_anchor() == []
+    finally:
+        ledger.close()
+    assert len(list(dock.nas.rglob("SHA256SUMS*"))) == 2

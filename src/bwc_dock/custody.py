@@ -17,6 +17,7 @@ import io
 import json
 import posixpath
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -112,15 +113,20 @@ def write_docking_sums(ledger: Ledger, backend: StorageBackend, docking_id: int)
     return sums.key
 
 
-def anchor_dockings(ledger: Ledger, backend: StorageBackend) -> int:
-    """Write every SHA256SUMS the ledger says is missing or stale; the number written.
+def anchor_dockings(ledger: Ledger, backend: StorageBackend, budget_seconds: float = 5.0) -> int:
+    """Write the SHA256SUMS the ledger says are missing or stale; the number written.
 
     The uploader writes a docking's list when its last clip is stored; this catches a
     daemon killed at that moment or a store that refused the write. A storage error
-    ends the round (the store is down): the next round tries again.
+    ends the round (the store is down), and so does ``budget_seconds``: the daemon's
+    main loop (its watchdog pings) must not wait on a long catch-up. The next round
+    goes on where this one stopped.
     """
+    deadline = time.monotonic() + budget_seconds
     written = 0
     for docking_id in ledger.dockings_to_anchor():
+        if time.monotonic() >= deadline:
+            break
         try:
             write_docking_sums(ledger, backend, docking_id)
         except StorageError as error:
