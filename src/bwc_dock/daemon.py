@@ -121,6 +121,9 @@ class Daemon(SourceListener):
         self.stop_event = threading.Event()
         self.wake_event = threading.Event()
         self.reload_requested = threading.Event()
+        # set by the signal handlers, acted on by the main loop (see _install_signal_handlers)
+        self._stop_signal: int | None = None
+        self._hangup_received = False
         self._docked: dict[str, _Docked] = {}
         self._unrecorded: dict[str, DockedVolume] = {}  # dockings the ledger did not take yet
         self._lock = threading.Lock()
@@ -390,7 +393,7 @@ class Daemon(SourceListener):
     def _main_loop(self) -> None:
         started = time.monotonic()  # recover() has just anchored; rescans start with the sources
         timers = {"beat": 0.0, "rescan": started, "purge": 0.0, "storage": 0.0, "anchor": started}
-        while not self.stop_event.is_set():
+        while not self._stop_requested():
             try:
                 self._tick(timers, time.monotonic())
             except Exception as error:
@@ -578,20 +581,34 @@ class Daemon(SourceListener):
         log.info("config.reloaded", path=str(self.config_path))
 
     def _install_signal_handlers(self) -> None:
+        """The handlers only note the signal. A handler runs in the main thread between
+        two bytecodes, possibly while that thread holds the log's write lock or an
+        Event's lock; taking the same lock again there would hang the daemon for good
+        (seen: SIGTERM during the ``daemon.started`` log line). The main loop acts on
+        the note within IDLE_WAIT_SECONDS."""
         if threading.current_thread() is not threading.main_thread():
             return
 
         def on_stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("daemon.stopping", signal=signal.Signals(signum).name)
-            self.stop_event.set()
-            self.wake_event.set()
+            self._stop_signal = signum
 
         def on_hangup(_signum: int, _frame: FrameType | None) -> None:
-            self.reload_requested.set()
+            self._hangup_received = True
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hangup)
+
+    def _stop_requested(self) -> bool:
+        """Act on the signals noted since the last turn; True once the daemon must stop."""
+        if self._hangup_received:
+            self._hangup_received = False
+            self.reload_requested.set()
+        if self._stop_signal is not None and not self.stop_event.is_set():
+            log.info("daemon.stopping", signal=signal.Signals(self._stop_signal).name)
+            self.stop_event.set()
+            self.wake_event.set()
+        return self.stop_event.is_set()
 
     def shutdown(self) -> None:
         if self.hooks is not None:
