@@ -124,6 +124,8 @@ class Daemon(SourceListener):
         # set by the signal handlers, acted on by the main loop (see _install_signal_handlers)
         self._stop_signal: int | None = None
         self._hangup_received = False
+        self._signal_lock = threading.Lock()  # the main loop and the signals thread
+        self._signal_sockets: tuple[socket.socket, socket.socket] | None = None
         self._docked: dict[str, _Docked] = {}
         self._unrecorded: dict[str, DockedVolume] = {}  # dockings the ledger did not take yet
         self._lock = threading.Lock()
@@ -581,26 +583,52 @@ class Daemon(SourceListener):
         log.info("config.reloaded", path=str(self.config_path))
 
     def _install_signal_handlers(self) -> None:
-        """The handlers only note the signal. A handler runs in the main thread between
-        two bytecodes, possibly while that thread holds the log's write lock or an
-        Event's lock; taking the same lock again there would hang the daemon for good
-        (seen: SIGTERM during the ``daemon.started`` log line). The main loop acts on
-        the note within IDLE_WAIT_SECONDS."""
+        """Signals are acted on by a thread of their own, woken through a wakeup fd.
+
+        A Python handler runs in the main thread between two bytecodes, possibly while
+        that thread holds the log's write lock or an Event's lock; logging or setting an
+        Event there can take the same lock again and hang the daemon for good (seen:
+        SIGTERM during the ``daemon.started`` log line). So the handlers only note the
+        signal, and the C-level handler writes its number to a socket that the
+        ``signals`` thread reads, promptly, in ordinary context.
+        """
         if threading.current_thread() is not threading.main_thread():
             return
+        receiver, sender = socket.socketpair()
+        sender.setblocking(False)
+        signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
+        self._signal_sockets = (receiver, sender)  # kept open for the life of the daemon
 
-        def on_stop(signum: int, _frame: FrameType | None) -> None:
+        def note_stop(signum: int, _frame: FrameType | None) -> None:
             self._stop_signal = signum
 
-        def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        def note_hangup(_signum: int, _frame: FrameType | None) -> None:
             self._hangup_received = True
 
-        signal.signal(signal.SIGTERM, on_stop)
-        signal.signal(signal.SIGINT, on_stop)
-        signal.signal(signal.SIGHUP, on_hangup)
+        signal.signal(signal.SIGTERM, note_stop)
+        signal.signal(signal.SIGINT, note_stop)
+        signal.signal(signal.SIGHUP, note_hangup)
+        threading.Thread(
+            target=self._signal_loop, args=(receiver,), name="signals", daemon=True
+        ).start()
+
+    def _signal_loop(self, receiver: socket.socket) -> None:
+        while True:
+            try:
+                received = receiver.recv(64)
+            except OSError as error:
+                log.error("daemon.signal_watch_failed", error=str(error))
+                return
+            if not received:
+                return
+            self._stop_requested()  # the handlers have run: act on what they noted
 
     def _stop_requested(self) -> bool:
-        """Act on the signals noted since the last turn; True once the daemon must stop."""
+        """Act on the signals noted so far; True once the daemon must stop."""
+        with self._signal_lock:
+            return self._act_on_signals()
+
+    def _act_on_signals(self) -> bool:
         if self._hangup_received:
             self._hangup_received = False
             self.reload_requested.set()
