@@ -621,7 +621,13 @@ class Daemon(SourceListener):
                 return
             if not received:
                 return
-            self._stop_requested()  # the handlers have run: act on what they noted
+            # the bytes are the signal numbers, written before the Python handlers run
+            for signum in received:
+                if signum == signal.SIGHUP:
+                    self._hangup_received = True
+                elif signum in (signal.SIGTERM, signal.SIGINT):
+                    self._stop_signal = signum
+            self._stop_requested()
 
     def _stop_requested(self) -> bool:
         """Act on the signals noted so far; True once the daemon must stop."""
