@@ -32,3 +32,14 @@ def pytest_runtest_makereport(
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which must run every test: {report.longrepr}"
     return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[pytest.CollectReport]:
+    """The same for a whole file skipped as it is collected (a module-level pytest.skip or
+    pytest.importorskip): in CI that is a collection error, not a quiet gap."""
+    report = yield
+    if REQUIRED and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"file skipped in CI, which must run every test: {report.longrepr}"
+    return report
