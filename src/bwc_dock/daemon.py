@@ -51,7 +51,7 @@ PURGE_INTERVAL_SECONDS = 60.0
 PAUSED_PURGE_INTERVAL_SECONDS = 2.0
 STORAGE_CHECK_SECONDS = 30.0
 # a missing or stale SHA256SUMS (a crash or a storage error as it was written) is
-# written again this often, and at start
+# written again at start and then this often, by the anchorer thread
 ANCHOR_INTERVAL_SECONDS = 60.0
 DEFAULT_FOLDER_PROFILE = CameraProfile(name="folder", serial_source="folder")
 
@@ -226,9 +226,11 @@ class Daemon(SourceListener):
             summary["storage_partials_removed"] = self.backend.cleanup_partials(
                 keep=self.ledger.wanted_upload_ids()
             )
+            summary["sums_written"] = anchor_dockings(self.ledger, self.backend)
         except StorageError as error:
+            # unreachable: no anchoring now either (the anchorer thread tries every minute)
             log.warning("recovery.storage_unreachable", error=str(error))
-        summary["sums_written"] = anchor_dockings(self.ledger, self.backend)
+            summary["sums_written"] = 0
         log.info("daemon.recovered", **summary)
         return summary
 
@@ -274,6 +276,7 @@ class Daemon(SourceListener):
             self._spawn(f"copier-{number}", self._copier_loop)
         for number in range(self.config.dock.upload_workers):
             self._spawn(f"uploader-{number}", self._uploader_loop)
+        self._spawn("anchorer", self._anchor_loop)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=self._guarded(name, target), name=name, daemon=True)
@@ -293,6 +296,13 @@ class Daemon(SourceListener):
                     self.stop_event.wait(5)
 
         return run
+
+    def _anchor_loop(self) -> None:
+        """Write missing or stale SHA256SUMS (recover() did so at start) in a thread of
+        its own: a store that hangs must not hold the main loop and its watchdog pings."""
+        while not self.stop_event.wait(ANCHOR_INTERVAL_SECONDS):
+            if self._storage_reachable is not False:  # known down: the next round will do
+                anchor_dockings(self.ledger, self.backend)
 
     def _copier_loop(self) -> None:
         copier = Copier(self.ledger, self.staging, current_owner(), self.wake_event.set)
@@ -393,8 +403,7 @@ class Daemon(SourceListener):
         self.wake_event.clear()
 
     def _main_loop(self) -> None:
-        started = time.monotonic()  # recover() has just anchored; rescans start with the sources
-        timers = {"beat": 0.0, "rescan": started, "purge": 0.0, "storage": 0.0, "anchor": started}
+        timers = {"beat": 0.0, "rescan": time.monotonic(), "purge": 0.0, "storage": 0.0}
         while not self._stop_requested():
             try:
                 self._tick(timers, time.monotonic())
@@ -424,9 +433,6 @@ class Daemon(SourceListener):
         if now - timers["purge"] >= purge_every:
             timers["purge"] = now
             self.purge_staging()
-        if now - timers["anchor"] >= ANCHOR_INTERVAL_SECONDS:
-            timers["anchor"] = now
-            anchor_dockings(self.ledger, self.backend)
         self._adopt_handed_over()
         self._finish_offloads()
         if now - timers["beat"] >= self.config.service.heartbeat_seconds:
