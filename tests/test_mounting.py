@@ -42,7 +42,7 @@ WRITABLE_STEP_FLAGS = {"rw", "nosuid", "nodev", "noexec"}  # only ro is lifted t
 
 def _safe(entry: MountInfo | None) -> bool:
     """The kernel reports every designed flag for this mount."""
-    return entry is not None and DESIGNED_FLAGS <= entry.mount_options
+    return entry is not None and entry.mount_options >= DESIGNED_FLAGS
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_mount_is_read_only_nosuid_nodev_noexec(camera_bay, mounter, fs_type):
     volume = mounter.mount(device, fs_type, "cam0")
     entry = find_mount(volume.mount_point)
     assert entry is not None
-    assert DESIGNED_FLAGS <= entry.mount_options
+    assert entry.mount_options >= DESIGNED_FLAGS
     with pytest.raises(OSError) as refused:
         (volume.mount_point / "new.txt").write_bytes(b"x")
     assert refused.value.errno == errno.EROFS
@@ -163,7 +163,7 @@ def test_writable_only_inside_the_block(camera_bay, mounter, fs_type):
     volume = mounter.mount(device, fs_type, "cam0")
     with mounter.writable(volume) as writable:
         entry = find_mount(writable.mount_point)
-        assert entry is not None and WRITABLE_STEP_FLAGS <= entry.mount_options
+        assert entry is not None and entry.mount_options >= WRITABLE_STEP_FLAGS
         (writable.mount_point / files[0]).unlink()
     entry = find_mount(volume.mount_point)
     assert _safe(entry), entry
