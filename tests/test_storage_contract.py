@@ -49,7 +49,8 @@ class Store:
     keys: Callable[[], list[str]]  # every key stored (listing), sorted
     leftovers: Callable[[], list[str]]  # temporaries or unfinished uploads left behind
     version: Callable[[str], object]  # changes whenever the object under a key is rewritten
-    write_behind: Callable[[str, bytes], None]  # another party stores bytes under a key
+    # another party stores bytes under a key, claiming a SHA-256 where the store keeps claims
+    write_behind: Callable[[str, bytes, str | None], None]
     unreachable: Callable[[], StorageBackend]  # the same backend with its store gone
 
 
@@ -65,8 +66,8 @@ def _folder_store(root: Path) -> Store:
         status = (nas / key).stat()
         return (status.st_ino, status.st_mtime_ns)
 
-    def write_behind(key: str, data: bytes) -> None:
-        (nas / key).parent.mkdir(parents=True, exist_ok=True)
+    def write_behind(key: str, data: bytes, _claimed_sha256: str | None) -> None:
+        (nas / key).parent.mkdir(parents=True, exist_ok=True)  # a folder keeps no claims
         (nas / key).write_bytes(data)
 
     return Store(
@@ -93,8 +94,9 @@ def _s3_store(server: SeaweedServer, bucket: str) -> Store:
         head = client.head_object(Bucket=bucket, Key=key)
         return (head["ETag"], head["LastModified"])
 
-    def write_behind(key: str, data: bytes) -> None:
-        client.put_object(Bucket=bucket, Key=key, Body=data)
+    def write_behind(key: str, data: bytes, claimed_sha256: str | None) -> None:
+        claim = {"sha256": claimed_sha256} if claimed_sha256 else {}
+        client.put_object(Bucket=bucket, Key=key, Body=data, Metadata=claim)
 
     def unreachable() -> StorageBackend:
         [closed_port] = free_ports(1)  # nothing listens there once free_ports returns
@@ -196,12 +198,25 @@ def test_content_another_party_stored_under_the_key_is_a_conflict(
 ) -> None:
     """An object written by someone else (another dock, a person) is never replaced."""
     theirs = b"not the evidence"
-    store.write_behind(KEY, theirs)
+    store.write_behind(KEY, theirs, None)
     clip, sha256 = make_clip(tmp_path, SMALL)
     with pytest.raises(StorageConflict):
         store.backend.put_file(KEY, clip, sha256, SMALL, {})
     assert store.backend.read_sha256(KEY) == hashlib.sha256(theirs).hexdigest()
     assert store.leftovers() == []
+
+
+def test_an_object_only_claiming_our_hash_is_not_taken_for_ours(
+    store: Store, tmp_path: Path
+) -> None:
+    """Same size, our SHA-256 in its metadata, other bytes: a conflict, because an object
+    counts as ours only on the store's own hash or a read of its bytes (DESIGN)."""
+    clip, sha256 = make_clip(tmp_path, SMALL)
+    theirs = os.urandom(SMALL)
+    store.write_behind(KEY, theirs, sha256)
+    with pytest.raises(StorageConflict):
+        store.backend.put_file(KEY, clip, sha256, SMALL, {})
+    assert store.backend.read_sha256(KEY) == hashlib.sha256(theirs).hexdigest()
 
 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["small", "large"])

@@ -46,6 +46,15 @@ _METADATA_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _METADATA_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
 
 
+def _computed_by_store(response: Mapping[str, Any]) -> str | None:
+    """The full-object SHA-256 the store computed itself (hex), if it reports one."""
+    store_checksum = str(response.get("ChecksumSHA256") or "")
+    whole_object = response.get("ChecksumType") != "COMPOSITE" and "-" not in store_checksum
+    if store_checksum and whole_object:
+        return base64.b64decode(store_checksum).hex()
+    return None
+
+
 def _encode_metadata_value(value: str) -> str:
     """S3 metadata travels in HTTP headers: printable ASCII only, the rest %-escaped."""
     return quote(value, safe=_METADATA_SAFE)
@@ -64,13 +73,8 @@ class S3Backend(MultipartUploads, StorageBackend):
     def _stored_object(self, key: str, response: Mapping[str, Any]) -> StoredObject:
         metadata = {name.lower(): value for name, value in response.get("Metadata", {}).items()}
         claimed = metadata.get(SHA256_METADATA_KEY, "").lower()
-        store_checksum = str(response.get("ChecksumSHA256") or "")
-        computed_by_store = None
-        whole_object = response.get("ChecksumType") != "COMPOSITE" and "-" not in store_checksum
-        if store_checksum and whole_object:
-            computed_by_store = base64.b64decode(store_checksum).hex()
         # The store's own full-object hash, where it kept one, outranks our metadata claim.
-        sha256 = computed_by_store or (claimed if _HEX_SHA256.match(claimed) else None)
+        sha256 = _computed_by_store(response) or (claimed if _HEX_SHA256.match(claimed) else None)
         return StoredObject(key=key, size=int(response["ContentLength"]), sha256=sha256,
                             metadata=metadata)
 
@@ -117,9 +121,9 @@ class S3Backend(MultipartUploads, StorageBackend):
                 # a document (manifest, SHA256SUMS) rewritten on purpose; never evidence
                 self._put_single(full_key, data, object_metadata, None, create_only=False)
                 return self._verify(key, expected, len(data))
-            return self._accept_existing(key, stored, expected, len(data))
+            return self._accept_existing(key, existing, expected, len(data))
         if not self._put_single(full_key, data, object_metadata, None):
-            return self._accept_existing(key, self._require_head(key), expected, len(data))
+            return self._accept_existing(key, self._require_head_raw(key), expected, len(data))
         return self._verify(key, expected, len(data))
 
     def read_bytes(self, key: str) -> bytes | None:
@@ -158,13 +162,13 @@ class S3Backend(MultipartUploads, StorageBackend):
         existing = self._head_raw(full_key)
         if existing is not None:
             self._abandon(full_key, upload.journal)
-            return self._accept_existing(key, self._stored_object(key, existing), expected, size)
+            return self._accept_existing(key, existing, expected, size)
         if size < self._settings.multipart_threshold:
             created = self._put_small_file(upload)
         else:
             created = self._put_multipart(upload)
         if not created:
-            return self._accept_existing(key, self._require_head(key), expected, size)
+            return self._accept_existing(key, self._require_head_raw(key), expected, size)
         stored = self._verify(key, expected, size)
         logger.info("s3.put.verified", key=full_key, sha256=expected, size=size)
         return stored
@@ -211,19 +215,27 @@ class S3Backend(MultipartUploads, StorageBackend):
                 raise
         return True
 
-    def _require_head(self, key: str) -> StoredObject:
-        stored = self.head(key)
-        if stored is None:
+    def _require_head_raw(self, key: str) -> Mapping[str, Any]:
+        response = self._head_raw(self._full_key(key))
+        if response is None:
             raise TransientStorageError(f"{self._where(self._full_key(key))}: no object to"
                                         " be seen after the write; retry")
-        return stored
+        return response
 
-    def _accept_existing(self, key: str, existing: StoredObject, expected: str,
+    def _require_head(self, key: str) -> StoredObject:
+        return self._stored_object(key, self._require_head_raw(key))
+
+    def _accept_existing(self, key: str, response: Mapping[str, Any], expected: str,
                          size: int) -> StoredObject:
-        """Success if what is there is our evidence; StorageConflict otherwise."""
-        sha256 = existing.sha256
+        """Success if what is there is our evidence; StorageConflict otherwise.
+
+        Only the store's own full-object hash or a read of the bytes counts: a metadata
+        claim is what anyone writing to the bucket can set (DESIGN, trust boundaries).
+        """
+        existing = self._stored_object(key, response)
+        sha256 = _computed_by_store(response)
         if sha256 is None and existing.size == size:
-            sha256 = self.read_sha256(key)  # no hash on record: hash the bytes themselves
+            sha256 = self.read_sha256(key)  # no hash of the store's own: hash the bytes
         if sha256 == expected and existing.size == size:
             logger.info("s3.put.already_present", key=self._full_key(key), sha256=expected)
             return StoredObject(key, existing.size, expected, existing.metadata)
