@@ -73,9 +73,8 @@ def composite_checksum(part_checksums: Collection[str]) -> str:
 class S3Connection:
     """Requests to one bucket under one prefix, with errors translated and retried."""
 
-    def __init__(self, settings: S3Settings, session: boto3.Session | None = None) -> None:
+    def __init__(self, settings: S3Settings) -> None:
         self._settings = settings
-        self._session = session
         self._client_lock = threading.Lock()
         self._client: Any = None
         self._bucket_confirmed = False
@@ -114,7 +113,7 @@ class S3Connection:
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
                 )
-                session = self._session or self._new_session()
+                session = self._new_session()
                 # verify=None keeps verification on with the default (or AWS_CA_BUNDLE) roots
                 self._client = session.client(
                     "s3",
