@@ -38,7 +38,8 @@ from bwc_dock.hashing import fsync_directory, hash_file_from_disk
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger import audit as audit_chain
 from bwc_dock.ledger.leases import current_owner, owner_is_dead
-from bwc_dock.ledger.models import Clip, Docking, Sidecar
+from bwc_dock.ledger.models import Clip, Sidecar
+from bwc_dock.ledger.snapshots import DockingRecord
 from bwc_dock.manifest import KeyTemplate
 from bwc_dock.scanner import scan_volume
 from bwc_dock.sources.base import DockedVolume, SourceListener
@@ -50,7 +51,6 @@ from bwc_dock.verify import (
     check_remote,
     check_staged,
     has_staged_copy,
-    purged_clip_ids,
 )
 
 log = structlog.get_logger(__name__)
@@ -233,7 +233,7 @@ class Resync:
         return adopted
 
     def _expected_staged_files(self) -> set[Path]:
-        purged = purged_clip_ids(self.ledger)
+        purged = self.ledger.purged_clip_ids()
         expected: set[Path] = set()
         for work in self.ledger.clips():
             if work.staged_path is None or work.id in purged:
@@ -260,7 +260,7 @@ class Resync:
         except OSError as error:
             log.warning("resync.stray_unreadable", path=str(stray), error=str(error))
             return None
-        purged = purged_clip_ids(self.ledger)
+        purged = self.ledger.purged_clip_ids()
         with self.ledger.transaction() as session:
             candidates = [
                 (clip, clip.name)
@@ -406,7 +406,7 @@ class Resync:
 
     def _check_clips(self, docked: list[_Docked], adopted: set[int]) -> None:
         clips = self.ledger.clips(camera_serial=self.camera_serial)
-        purged = purged_clip_ids(self.ledger) - adopted
+        purged = self.ledger.purged_clip_ids() - adopted
         for number, work in enumerate(clips, start=1):
             self.report.clips_checked += 1
             if work.lease_owner and not owner_is_dead(work.lease_owner):
@@ -655,7 +655,7 @@ def _entries(folder: Path) -> list[Path]:
     return list(folder.iterdir())
 
 
-def _volume_of(docking: Docking) -> DockedVolume:
+def _volume_of(docking: DockingRecord) -> DockedVolume:
     return DockedVolume(
         source=docking.source,
         device=docking.device,
