@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bwc_dock.ledger import audit
+from bwc_dock.ledger.audit import chain_head
 from bwc_dock.ledger.models import AuditEntry
 from bwc_dock.ledger.snapshots import AuditRecord, audit_record
 from bwc_dock.ledger.store import Store
@@ -30,4 +30,4 @@ def entries(store: Store) -> list[AuditRecord]:
 
 def head(store: Store) -> tuple[int, str]:
     with store.transaction() as session:
-        return audit.chain_head(session)
+        return chain_head(session)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from bwc_dock.ledger import audit
+from bwc_dock.ledger.audit import append
 
 
 @dataclass(frozen=True)
@@ -32,4 +32,4 @@ class Store:
 
     def audit(self, session: Session, event: str, **fields: Any) -> None:
         """One chained audit row inside the caller's transaction."""
-        audit.append(session, dock_id=self.dock_id, actor=self.actor, event=event, **fields)
+        append(session, dock_id=self.dock_id, actor=self.actor, event=event, **fields)
