@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from sqlalchemy.orm import Session
 
-from bwc_dock.errors import LeaseLost, LedgerError
+from bwc_dock.errors import IllegalTransition, LeaseLost, LedgerError
 from bwc_dock.ledger.models import Clip, utc_now
 from bwc_dock.ledger.states import LEASED_STATES, ClipState, check_transition
 from bwc_dock.ledger.store import Store
@@ -93,8 +93,10 @@ def amend_staged_copy(
     store: Store, session: Session, clip: Clip, staged_path: str, details: Mapping[str, Any]
 ) -> None:
     """Give an unleased clip back its staged copy at ``staged_path``; its state stays."""
-    if clip.lease_owner is not None or ClipState(clip.state) in _NOT_YET_STAGED:
-        raise LeaseLost(f"clip {clip.id} is {clip.state}: its staged copy cannot be adopted")
+    if clip.lease_owner is not None:
+        raise LeaseLost(f"clip {clip.id} is being worked on by {clip.lease_owner}")
+    if ClipState(clip.state) in _NOT_YET_STAGED:
+        raise IllegalTransition(f"clip {clip.id} is {clip.state}: no staged copy to adopt")
     clip.staged_path = staged_path
     clip.staged_purged_at = None
     store.audit(
