@@ -16,7 +16,7 @@ from bwc_dock.errors import IllegalTransition, LeaseLost, LedgerError
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.audit import find_break
 from bwc_dock.ledger.db import check_durability, create_ledger_engine, migrate, schema_revision
-from bwc_dock.ledger.leases import current_owner
+from bwc_dock.ledger.leases import current_owner, owner_is_dead
 from bwc_dock.ledger.states import (
     ALLOWED_TRANSITIONS,
     LEASED_STATES,
@@ -360,3 +360,16 @@ def test_only_dockings_whose_clips_changed_are_looked_at_for_anchoring(tmp_path:
     ledger.finish_upload(staged, current_owner("uploader"), "CAM1/1.MP4", "ab" * 32, {}, None)
     assert ledger.dockings_to_anchor() == [docking]  # uploaded after its list: stale
     ledger.close()
+
+
+def test_a_lease_from_an_earlier_boot_is_dead_even_with_this_pid_and_start_tick() -> None:
+    """After a power cut the daemon may start with the same pid at the same tick; the
+    boot in the owner name still tells the dead daemon's lease from its own."""
+    owner = current_owner("uploader-1")
+    host, pid, identity, thread = owner.split("/", 3)
+    ticks, boot = identity.split(":")
+    assert len(boot) == 8 and int(boot, 16) >= 0  # read from /proc or BWC_DOCK_BOOT_ID
+    assert not owner_is_dead(owner)
+    other_boot = f"{int(boot, 16) ^ 1:08x}"
+    assert owner_is_dead(f"{host}/{pid}/{ticks}:{other_boot}/{thread}")
+    assert owner_is_dead(f"{host}/{pid}/{ticks}/{thread}")  # an owner named before boots
