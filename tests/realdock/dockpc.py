@@ -52,6 +52,7 @@ class DockPC:
 
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
+        self.plugged_since: dict[str, str] = {}  # camera serial -> guest time of its plug
 
     # -- the service ---------------------------------------------------------------------
 
@@ -142,6 +143,8 @@ class DockPC:
     ) -> list[dict[str, Any]]:
         def check() -> list[dict[str, Any]] | None:
             clips = self.clips(serial)
+            if not clips:
+                self.fail_if_unmountable(serial)
             return clips if predicate(clips) else None
 
         try:
@@ -149,6 +152,18 @@ class DockPC:
                               interval=2)
         except MachineError as error:
             raise MachineError(f"{error}\nclips: {self.clips(serial)}\n{self.story()}") from error
+
+    def fail_if_unmountable(self, serial: str) -> None:
+        """A camera the daemon cannot mount will never offload: say so now, with why."""
+        since = self.plugged_since.get(serial)
+        if since is None:
+            return
+        failures = self.events("BWC_EVENT=dock.mount_failed", f"BWC_SERIAL={serial}",
+                               since=since)
+        if failures:
+            raise AssertionError(
+                f"{serial} was not mounted: {failures[-1].get('MESSAGE')}\n{self.story()}"
+            )
 
     def wait_mid_copy(self, serial: str, expected: int, done: int = 1) -> list[dict[str, Any]]:
         """Until ``done`` clips are copied off the camera while others are still on it."""
@@ -201,6 +216,7 @@ class DockPC:
             camera.path, camera.serial, bytes_per_second=bytes_per_second
         )
         plugged.bytes_per_second = bytes_per_second
+        self.plugged_since[camera.serial] = self.guest_now()
         self.machine.plug(plugged)
         return plugged
 
