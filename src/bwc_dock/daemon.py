@@ -40,7 +40,7 @@ from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
 from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
 from bwc_dock.service import ServiceHooks
-from bwc_dock.sources.base import DockedVolume, Source, SourceListener
+from bwc_dock.sources.base import DockedVolume, Source, SourceListener, UnreadableCamera
 from bwc_dock.storage.base import StorageBackend
 from bwc_dock.uploader import Uploader, report_refusal_once
 
@@ -128,6 +128,7 @@ class Daemon(SourceListener):
         self._signal_sockets: tuple[socket.socket, socket.socket] | None = None
         self._docked: dict[str, _Docked] = {}
         self._unrecorded: dict[str, DockedVolume] = {}  # dockings the ledger did not take yet
+        self._unreadable: dict[str, UnreadableCamera] = {}  # docked, but cannot be mounted
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._started_at = utc_now()
@@ -187,6 +188,20 @@ class Daemon(SourceListener):
             return
         docked.cancel.set()  # a copy in progress stops at its next chunk
         self.ledger.end_docking(docked.docking_id, "device removed")
+
+    def unreadable(self, camera: UnreadableCamera) -> None:
+        with self._lock:
+            self._unreadable[camera.device] = camera
+        self.wake_event.set()  # the main loop raises the alarm at its next turn
+
+    def readable_again(self, device: str) -> None:
+        with self._lock:
+            self._unreadable.pop(device, None)
+
+    def unreadable_cameras(self) -> list[UnreadableCamera]:
+        """Docked cameras that cannot be mounted (for the alarm)."""
+        with self._lock:
+            return list(self._unreadable.values())
 
     # -- running ------------------------------------------------------------------------
 

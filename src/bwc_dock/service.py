@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from bwc_dock.alarms import AlarmBoard, DockedCamera, Observation, StorageState, log_transition
+from bwc_dock.alarms import (
+    AlarmBoard,
+    DockedCamera,
+    Observation,
+    StorageState,
+    UnmountableCamera,
+    log_transition,
+)
 from bwc_dock.metrics import MetricsSnapshot, write_textfile
 from bwc_dock.systemd_notify import Notifier, watchdog_interval
 
@@ -72,6 +79,10 @@ class ServiceHooks:
             docked=tuple(
                 DockedCamera(serial, pending, progress)
                 for serial, pending, progress in daemon.docked_progress()
+            ),
+            unmountable=tuple(
+                UnmountableCamera(camera.camera_serial or camera.device, camera.error)
+                for camera in daemon.unreadable_cameras()
             ),
         )
 
