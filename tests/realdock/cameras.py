@@ -1,17 +1,16 @@
-"""Camera disk images made on the host from plain files.
+"""Camera disk images made on the host from plain files, with no loop device.
 
-FAT32 is written with mkfs.vfat (``--offset`` for a partition) and mtools, with no loop
-device. exFAT is made with mkfs.exfat in a partition-sized file, then filled through
-exfat-fuse and written into a partitioned image. exfat-fuse always mounts as ``fuseblk``,
-which needs a block device, and this host kernel has no exFAT driver: so that one file
-goes through a loop device for a second, under the real-parts lock the host suite holds
-while it uses loop devices and udevd. Every clip's SHA-256 is recorded here, when
-it is made: the scenarios assert exactly those hashes in central storage, once each.
+FAT32 is written with mkfs.vfat (``--offset`` for a partition) and mtools. exFAT is made
+with mkfs.exfat in a partition-sized file written into a partitioned image; the host has
+no tool that writes files into exFAT without mounting it through a block device
+(exfat-fuse always mounts as ``fuseblk``), so the clips go in later, through the guest's
+own exFAT driver, with the image attached to the guest as a virtio disk first
+(``dockpc.fill_in_guest``). Every file's bytes are made and hashed here, on the host: the
+scenarios assert exactly those SHA-256 in central storage, once each.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import subprocess
@@ -23,7 +22,6 @@ SECTOR = 512
 PARTITION_START_SECTOR = 2048  # 1 MiB, as partitioning tools align
 FAT32_MINIMUM_MB = 40  # FAT32 wants 65525 clusters: 40 MiB of 512-byte clusters holds them
 RECORDING_DAY = "20261130"
-REALPARTS_LOCK = Path("/tmp/bwc-realparts.lock")
 
 
 @dataclass(frozen=True)
@@ -44,6 +42,8 @@ class CameraImage:
     label: str
     layout: str  # "superfloppy-fat32", "partitioned-fat32", "partitioned-exfat"
     files: list[CameraFile] = field(default_factory=list)
+    # files still to be written onto the image by the guest (exFAT), path -> bytes
+    unwritten: list[tuple[str, bytes]] = field(default_factory=list)
 
     @property
     def hashes(self) -> list[str]:
@@ -118,6 +118,7 @@ def make_camera(
     """A camera image of ``layout`` holding ``clip_count`` clips with sidecars."""
     image = directory / f"{serial}.img"
     payloads = _clip_payloads(clip_count, clip_bytes, serial)
+    camera = CameraImage(image, serial, label, layout, _record(payloads))
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         tree = Path(scratch) / "tree"
         _write_tree(tree, payloads)
@@ -126,10 +127,11 @@ def make_camera(
         elif layout == "partitioned-fat32":
             _make_partitioned_fat32(image, tree, label, size_mb)
         elif layout == "partitioned-exfat":
-            _make_partitioned_exfat(image, tree, label, size_mb, Path(scratch))
+            _make_partitioned_exfat(image, label, size_mb, Path(scratch))
+            camera.unwritten = payloads
         else:
             raise ValueError(f"unknown camera layout {layout!r}")
-    return CameraImage(image, serial, label, layout, _record(payloads))
+    return camera
 
 
 def _make_superfloppy(image: Path, tree: Path, label: str, size_mb: int) -> None:
@@ -150,44 +152,18 @@ def _make_partitioned_fat32(image: Path, tree: Path, label: str, size_mb: int) -
     _mtools_fill(f"{image}@@{PARTITION_START_SECTOR * SECTOR}", tree)
 
 
-def _make_partitioned_exfat(
-    image: Path, tree: Path, label: str, size_mb: int, scratch: Path
-) -> None:
-    """exFAT in partition 1: made in a file of the partition's size, filled through
-    exfat-fuse (a FUSE mount of a plain file), then written into the partitioned image."""
+def _make_partitioned_exfat(image: Path, label: str, size_mb: int, scratch: Path) -> None:
+    """An empty exFAT in partition 1: made in a file of the partition's size, then written
+    into the partitioned image at the partition's offset."""
     _partition(image, size_mb, "7")
-    partition_bytes = size_mb * 1024 * 1024 - PARTITION_START_SECTOR * SECTOR
     partition = scratch / "partition.img"
     with partition.open("wb") as handle:
-        handle.truncate(partition_bytes)
+        handle.truncate(size_mb * 1024 * 1024 - PARTITION_START_SECTOR * SECTOR)
     _run("mkfs.exfat", "-L", label, partition)
-    mount_point = scratch / "mnt"
-    mount_point.mkdir()
-    with REALPARTS_LOCK.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        loop = subprocess.run(
-            ["losetup", "--find", "--show", str(partition)],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip()
-        try:
-            _run("mount.exfat-fuse", loop, mount_point)
-            try:
-                _copy_tree(tree, mount_point)
-            finally:
-                _run("fusermount", "-u", mount_point)
-        finally:
-            _run("losetup", "--detach", loop)
     with partition.open("rb") as source, image.open("r+b") as target:
         target.seek(PARTITION_START_SECTOR * SECTOR)
         while chunk := source.read(4 * 1024 * 1024):
             target.write(chunk)
-
-
-def _copy_tree(tree: Path, destination: Path) -> None:
-    for source in sorted(path for path in tree.rglob("*") if path.is_file()):
-        target = destination / source.relative_to(tree)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(source.read_bytes())
 
 
 def corrupt_fat(camera: CameraImage) -> None:

@@ -212,6 +212,7 @@ class DockPC:
     # -- cameras -------------------------------------------------------------------------
 
     def plug(self, camera: CameraImage, *, bytes_per_second: int | None = None) -> Camera:
+        fill_in_guest(self.machine, camera)
         plugged = self.machine.cameras.get(camera.serial) or self.machine.add_camera(
             camera.path, camera.serial, bytes_per_second=bytes_per_second
         )
@@ -219,6 +220,29 @@ class DockPC:
         self.plugged_since[camera.serial] = self.guest_now()
         self.machine.plug(plugged)
         return plugged
+
+
+def fill_in_guest(machine: Machine, camera: CameraImage) -> None:
+    """Write the camera's unwritten files into partition 1 of its image through the guest's
+    exFAT driver, with the image attached as a virtio disk, then detach it cleanly."""
+    if not camera.unwritten:
+        return
+    name = f"fill{camera.serial.lower()}"[:20]
+    disk = machine.attach_disk(camera.path, name)
+    partition = f"{disk}-part1"
+    wait_until(lambda: machine.run(["test", "-b", partition]).exit_code == 0,
+               timeout=120, what=f"{partition} in the guest")
+    machine.run(["mkdir", "-p", "/run/fill"]).check()
+    machine.run(["mount", "-t", "exfat", partition, "/run/fill"]).check()
+    try:
+        for relative, data in camera.unwritten:
+            target = f"/run/fill/{relative}"
+            machine.run(["mkdir", "-p", target.rsplit("/", 1)[0]]).check()
+            machine.run(["/bin/sh", "-c", f"cat > '{target}'"], input_bytes=data).check()
+    finally:
+        machine.run(["umount", "/run/fill"]).check()
+    machine.detach_disk(name)
+    camera.unwritten = []
 
 
 def write_guest_file(machine: Machine, path: str, text: str) -> None:

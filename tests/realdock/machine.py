@@ -275,6 +275,8 @@ class Machine:
             "-drive", f"file={work / 'boot.qcow2'},if=virtio,format=qcow2,cache=writeback",
             "-drive", f"file={work / 'evidence.raw'},if=virtio,format=raw,cache=writeback",
             "-device", "qemu-xhci,id=xhci",
+            # q35's root bus takes no hot-plugged PCI device: a root port for virtio disks
+            "-device", "pcie-root-port,id=hotplug0,chassis=1",
             "-chardev", f"socket,id=qga0,path={work / 'qga.sock'},server=on,wait=off",
             "-device", "virtio-serial-pci",
             "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
@@ -378,9 +380,8 @@ class Machine:
             self.qmp.close()
         if self.agent is not None:
             self.agent.reset()
+        # cameras keep their plugged flag: one plugged at a power cut is there at power-on
         self.process = self.qmp = self.agent = None
-        for camera in self.cameras.values():
-            camera.plugged = camera.plugged  # a plugged camera stays plugged across a reboot
 
     def release(self) -> None:
         """Stop QEMU if it still runs and let the next VM start."""
@@ -393,7 +394,12 @@ class Machine:
     # -- guest commands ------------------------------------------------------------------
 
     def run(
-        self, command: list[str], *, timeout: float = 120.0, input_text: str | None = None
+        self,
+        command: list[str],
+        *,
+        timeout: float = 120.0,
+        input_text: str | None = None,
+        input_bytes: bytes | None = None,
     ) -> Completed:
         """Run ``command`` in the guest as root; wait for it to end (or fail after timeout)."""
         assert self.agent is not None, "the machine is not running"
@@ -401,7 +407,9 @@ class Machine:
             "path": command[0], "arg": command[1:], "capture-output": True,
         }
         if input_text is not None:
-            arguments["input-data"] = base64.b64encode(input_text.encode()).decode()
+            input_bytes = input_text.encode()
+        if input_bytes is not None:
+            arguments["input-data"] = base64.b64encode(input_bytes).decode()
         started = self.agent.call("guest-exec", **arguments)
         pid = started["pid"]
         deadline = time.monotonic() + timeout
@@ -461,8 +469,21 @@ class Machine:
         self.qmp.execute("blockdev-del", **{"node-name": camera.node})
         camera.plugged = False
 
-    def forget_unplugged_state(self) -> None:
-        """After a power cut QEMU starts without hot-plugged objects; plugged ones coldplug."""
+    def attach_disk(self, image: Path, name: str) -> str:
+        """Hot-plug ``image`` as a virtio disk (not USB: no camera profile matches it);
+        returns its /dev/disk/by-id path prefix in the guest."""
+        assert self.qmp is not None
+        self.qmp.execute("blockdev-add", driver="raw", **{"node-name": name},
+                         file={"driver": "file", "filename": str(image)})
+        self.qmp.execute("device_add", driver="virtio-blk-pci", bus="hotplug0", drive=name,
+                         id=name, serial=name)
+        return f"/dev/disk/by-id/virtio-{name}"
+
+    def detach_disk(self, name: str) -> None:
+        assert self.qmp is not None
+        self.qmp.execute("device_del", id=name)
+        self.qmp.wait_event("DEVICE_DELETED", 60, device=name)
+        self.qmp.execute("blockdev-del", **{"node-name": name})
 
 
 @contextlib.contextmanager
