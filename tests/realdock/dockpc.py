@@ -117,12 +117,20 @@ class DockPC:
         return self.machine.run(["date", "+%Y-%m-%d %H:%M:%S"]).check().stdout.strip()
 
     def story(self, lines: int = 40) -> str:
-        """The last journal lines of the unit and the kernel, for a failure message."""
-        unit = self.machine.run(
-            ["journalctl", "-u", "bwc-dock", "-n", str(lines), "--no-pager", "-o", "cat"]
-        ).stdout
-        kernel = self.machine.run(["journalctl", "-k", "-n", "15", "--no-pager"]).stdout
-        return f"--- bwc-dock journal:\n{unit}\n--- kernel:\n{kernel}"
+        """The last journal lines of the unit and the kernel, and the serial console, for a
+        failure message (the console alone when the guest no longer answers)."""
+        try:
+            unit = self.machine.run(
+                ["journalctl", "-u", "bwc-dock", "-n", str(lines), "--no-pager", "-o", "cat"]
+            ).stdout
+            kernel = self.machine.run(["journalctl", "-k", "-n", "15", "--no-pager"]).stdout
+        except (MachineError, AssertionError) as error:
+            unit = kernel = f"(guest unreachable: {error})"
+        console = self.machine.console_tail(15)
+        return (
+            f"--- bwc-dock journal:\n{unit}\n--- kernel:\n{kernel}\n"
+            f"--- serial console ({self.machine.console_log}):\n{console}"
+        )
 
     # -- the ledger ----------------------------------------------------------------------
 

@@ -234,6 +234,11 @@ def test_pyusb_reads_the_device_descriptor_inside_the_hardened_unit(
     dock_pc.plug(camera)
     sent = dock_pc.wait_event("BWC_EVENT=usb.control_transfer", since=since, timeout=300)
     assert sent[-1].get("BWC_REQUEST") == "6", sent[-1]
+    # the 18-byte device descriptor as the device sent it: bLength 18, type 1 (device),
+    # then idVendor 46f4 and idProduct 0001 little-endian at offset 8
+    descriptor = bytes.fromhex(sent[-1].get("BWC_ANSWER_HEX", ""))
+    assert len(descriptor) == 18 and descriptor[:2] == b"\x12\x01", sent[-1]
+    assert descriptor[8:12] == bytes.fromhex("f4460100"), descriptor.hex()
     failed = dock_pc.events("BWC_EVENT=usb.control_transfer_failed", since=since)
     assert failed == [], failed
     dock_pc.wait_uploaded(camera)
