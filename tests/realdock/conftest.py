@@ -6,17 +6,14 @@ root or QEMU, and fails instead in CI (tests/conftest.py), like every real-parts
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.realdock.dockpc import DockPC
-from tests.realdock.machine import REPO, Machine, kvm_works, qemu_available
+from tests.realdock.machine import REPO, kvm_works, qemu_available
 from tests.realparts import need_root, unavailable
 
 COMMANDS = ("mmdebstrap", "mkfs.vfat", "mcopy", "mmd", "mkfs.exfat", "sfdisk",
@@ -53,20 +50,6 @@ def accelerator(realdock_image: Path, tmp_path_factory: pytest.TempPathFactory) 
     chosen = "kvm" if kvm_works(realdock_image, tmp_path_factory.mktemp("probe")) else "tcg"
     print(f"realdock: accelerator {chosen}")
     return chosen
-
-
-@contextlib.contextmanager
-def new_dock_pc(image: Path, accelerator: str, work: Path) -> Iterator[DockPC]:
-    """A dock PC with fresh disks; QEMU is killed and the VM lock released at the end."""
-    machine = Machine(image, work, accelerator)
-    machine.create_disks()
-    try:
-        yield DockPC(machine)
-    finally:
-        if machine.process is not None:
-            print(f"realdock: console tail of boot {machine.boots}:\n"
-                  f"{machine.console_tail(30)}")
-        machine.release()
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ than a real PC, and CI machines are busy.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,9 +258,15 @@ def write_guest_file(machine: Machine, path: str, text: str) -> None:
     machine.run(["/bin/sh", "-c", f"cat > '{path}'"], input_text=text).check()
 
 
-def elapsed(started: float) -> str:
-    return f"{time.monotonic() - started:.0f} s"
-
-
-def image_dir_from(path: str) -> Path:
-    return Path(path.strip().splitlines()[-1])
+@contextlib.contextmanager
+def new_dock_pc(image: Path, accelerator: str, work: Path) -> Iterator[DockPC]:
+    """A dock PC with fresh disks; QEMU is killed and the VM lock released at the end."""
+    machine = Machine(image, work, accelerator)
+    machine.create_disks()
+    try:
+        yield DockPC(machine)
+    finally:
+        if machine.process is not None:
+            print(f"realdock: console tail of boot {machine.boots}:\n"
+                  f"{machine.console_tail(30)}")
+        machine.release()

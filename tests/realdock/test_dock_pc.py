@@ -24,8 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.realdock.cameras import CameraImage, corrupt_fat, make_camera
-from tests.realdock.conftest import new_dock_pc
-from tests.realdock.dockpc import BWC_DOCK, DockPC
+from tests.realdock.dockpc import BWC_DOCK, DockPC, new_dock_pc
 from tests.realdock.machine import MachineError, wait_until
 
 HARDENED_MOUNT_OPTIONS = {"ro", "nosuid", "nodev", "noexec"}

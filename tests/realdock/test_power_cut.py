@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.realdock.cameras import CameraImage, make_camera
-from tests.realdock.conftest import new_dock_pc
-from tests.realdock.dockpc import DockPC, write_guest_file
+from tests.realdock.dockpc import DockPC, new_dock_pc, write_guest_file
 from tests.realdock.machine import wait_until
 
 SLOW_CAMERA_BYTES_PER_SECOND = 192 * 1024
