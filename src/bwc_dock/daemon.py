@@ -378,11 +378,11 @@ class Daemon(SourceListener):
         if self._bandwidth is not None:
             self._bandwidth(count)  # one limiter for the whole dock, shared by all uploaders
 
-    def _storage_refused(self, message: str) -> None:
-        report_refusal_once(message, self._refusals_reported, self._lock)
+    def _storage_refused(self, error: PermanentStorageError) -> None:
+        report_refusal_once(error, self._refusals_reported, self._lock)
         self._storage_reachable = False
         self._storage_was_refused = True
-        self._last_error = message
+        self._last_error = str(error)
         self._count_error("storage_refused")
 
     def _count_error(self, kind: str) -> None:
