@@ -127,7 +127,8 @@ def _disable_verify() -> None:
     """
     import bwc_dock.copier as copier_module
 
-    real_copy_hashing = copier_module.copy_hashing
+    copier_names = vars(copier_module)  # the copier's own bindings of the hashing functions
+    real_copy_hashing = copier_names["copy_hashing"]
     last: dict[str, str] = {}
 
     def copy_hashing_remembered(*args: Any, **kwargs: Any) -> tuple[str, int]:
@@ -138,8 +139,8 @@ def _disable_verify() -> None:
     def trust_the_copy(_path: object, *_args: object, **_kwargs: object) -> str:
         return last["sha256"]
 
-    copier_module.copy_hashing = copy_hashing_remembered  # type: ignore[assignment]
-    copier_module.hash_file_from_disk = trust_the_copy  # type: ignore[assignment]
+    copier_names["copy_hashing"] = copy_hashing_remembered
+    copier_names["hash_file_from_disk"] = trust_the_copy
 
 
 def _use_baseline_hashing(path: str) -> None:
@@ -152,8 +153,9 @@ def _use_baseline_hashing(path: str) -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    copier_module.copy_hashing = module.copy_hashing  # type: ignore[assignment]
-    copier_module.hash_file_from_disk = module.hash_file_from_disk  # type: ignore[assignment]
+    copier_names = vars(copier_module)  # the copier's own bindings of the hashing functions
+    copier_names["copy_hashing"] = module.copy_hashing
+    copier_names["hash_file_from_disk"] = module.hash_file_from_disk
 
 
 def copier_worker(mode: str, volume: Path, work: Path) -> None:

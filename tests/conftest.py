@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ def dock(tmp_path: Path) -> Dock:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Iterator[None]:
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """With BWC_DOCK_REQUIRE_REALPARTS=1 (CI) a skip of any kind, also a plain pytest.skip
     that bypassed tests/realparts.py, is a failure: nothing real silently falls away."""
     report = yield
@@ -35,7 +35,9 @@ def pytest_runtest_makereport(
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[pytest.CollectReport]:
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
     """The same for a whole file skipped as it is collected (a module-level pytest.skip or
     pytest.importorskip): in CI that is a collection error, not a quiet gap."""
     report = yield

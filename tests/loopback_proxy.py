@@ -156,7 +156,7 @@ def _read_head(reader: BinaryIO) -> tuple[str, list[tuple[str, str]]] | None:
     request_line = reader.readline(MAX_HEAD).decode("latin-1").rstrip("\r\n")
     if not request_line:
         return None
-    headers = []
+    headers: list[tuple[str, str]] = []
     while True:
         line = reader.readline(MAX_HEAD).decode("latin-1").rstrip("\r\n")
         if not line:

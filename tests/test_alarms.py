@@ -14,6 +14,7 @@ from bwc_dock.alarms import (
     DockedCamera,
     Observation,
     StorageState,
+    Transition,
     UnmountableCamera,
     log_transition,
 )
@@ -39,7 +40,7 @@ def board() -> AlarmBoard:
     return AlarmBoard(AlarmsConfig(oldest_pending_hours=12, stalled_offload_minutes=15))
 
 
-def kinds(transitions: list) -> list[tuple[str, bool]]:
+def kinds(transitions: list[Transition]) -> list[tuple[str, bool]]:
     return [(str(transition.alarm.kind), transition.raised) for transition in transitions]
 
 

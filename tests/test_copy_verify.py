@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from bwc_dock import copier as copier_module
 from bwc_dock.config import parse_config
 from bwc_dock.copier import Copier, StagingArea
 from bwc_dock.daemon import scan_into_ledger
+from bwc_dock.hashing import hash_file_from_disk
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.sources.base import DockedVolume
@@ -35,7 +36,7 @@ def _flip_byte(path: Path) -> None:
 
 
 def _corrupting(calls_to_corrupt: set[int]) -> Callable[[Path], str]:
-    real = copier_module.hash_file_from_disk
+    real = hash_file_from_disk
     calls = {"count": 0}
 
     def reread(path: Path) -> str:
@@ -48,7 +49,7 @@ def _corrupting(calls_to_corrupt: set[int]) -> Callable[[Path], str]:
 
 
 @pytest.fixture
-def ledger_and_copier(tmp_path: Path):  # type: ignore[no-untyped-def]
+def ledger_and_copier(tmp_path: Path) -> Iterator[tuple[Ledger, Copier, Path, Path]]:
     config = parse_config({"dock": {"id": "t", "state_dir": str(tmp_path / "state")},
                            "storage": {"path": str(tmp_path / "nas")}})
     camera = tmp_path / "camera"
@@ -62,7 +63,9 @@ def ledger_and_copier(tmp_path: Path):  # type: ignore[no-untyped-def]
     ledger.close()
 
 
-def test_staged_copy_damaged_once_is_caught_and_copied_again(ledger_and_copier, monkeypatch):
+def test_staged_copy_damaged_once_is_caught_and_copied_again(
+    ledger_and_copier: tuple[Ledger, Copier, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A flipped byte on disk after the copy is found by the re-read; the second copy holds."""
     ledger, copier, source, staging = ledger_and_copier
     monkeypatch.setattr(copier_module, "hash_file_from_disk", _corrupting({1}))
@@ -71,11 +74,14 @@ def test_staged_copy_damaged_once_is_caught_and_copied_again(ledger_and_copier, 
     [clip] = ledger.clips()
     assert clip.state is ClipState.STAGED
     assert clip.sha256 == sha256_of(source)
+    assert clip.staged_path is not None
     assert sha256_of(staging / clip.staged_path / clip.name) == clip.sha256
     assert [e["attempt"] for e in logs if e["event"] == "copy.verify_mismatch"] == [1]
 
 
-def test_staged_copy_damaged_twice_is_quarantined(ledger_and_copier, monkeypatch):
+def test_staged_copy_damaged_twice_is_quarantined(
+    ledger_and_copier: tuple[Ledger, Copier, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two failed verifications quarantine the clip; it stays on the camera."""
     ledger, copier, source, _staging = ledger_and_copier
     monkeypatch.setattr(copier_module, "hash_file_from_disk", _corrupting({1, 2}))
@@ -86,7 +92,9 @@ def test_staged_copy_damaged_twice_is_quarantined(ledger_and_copier, monkeypatch
     assert source.exists()
 
 
-def test_undock_during_copy_leaves_clip_discovered_without_leftovers(ledger_and_copier):
+def test_undock_during_copy_leaves_clip_discovered_without_leftovers(
+    ledger_and_copier: tuple[Ledger, Copier, Path, Path],
+) -> None:
     """A cancelled copy (camera gone) puts the clip back, with no .part in staging."""
     ledger, copier, _source, staging = ledger_and_copier
     cancel = threading.Event()
@@ -99,10 +107,12 @@ def test_undock_during_copy_leaves_clip_discovered_without_leftovers(ledger_and_
     assert [e["event"] for e in logs if e["event"].startswith("copy.")] == ["copy.interrupted"]
 
 
-def test_camera_returning_different_bytes_twice_is_quarantined(ledger_and_copier, monkeypatch):
+def test_camera_returning_different_bytes_twice_is_quarantined(
+    ledger_and_copier: tuple[Ledger, Copier, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """If a re-read of the camera gives other bytes than the first read, neither is trusted."""
     ledger, copier, source, _staging = ledger_and_copier
-    real = copier_module.hash_file_from_disk
+    real = hash_file_from_disk
 
     def reread(path: Path) -> str:
         _flip_byte(path)  # the staged copy fails its check ...

@@ -22,9 +22,10 @@ def _in_flight(dock: Dock) -> bool:
     """A clip is being copied or uploaded right now (read straight from the ledger)."""
     try:
         with sqlite3.connect(f"file:{dock.ledger_path}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute(
+            in_flight: int = db.execute(
                 "SELECT count(*) FROM clips WHERE state IN ('copying', 'uploading')"
-            ).fetchone()[0] > 0
+            ).fetchone()[0]
+            return in_flight > 0
     except sqlite3.OperationalError:
         return False  # no ledger or schema yet
 
@@ -56,8 +57,10 @@ def test_kill9_during_offload_loses_and_duplicates_nothing(dock: Dock) -> None:
         daemon = dock.start_daemon()
         try:
             # after its start-up recovery (stale leases of the last life are gone) ...
-            wait_until(lambda n=kill: _count(dock, "daemon.started") > n, timeout=60,
-                       message="daemon started", interval=0.05)
+            def started_again(lives_before: int = kill) -> bool:
+                return _count(dock, "daemon.started") > lives_before
+
+            wait_until(started_again, timeout=60, message="daemon started", interval=0.05)
             # ... and while it really works on a clip
             wait_until(lambda: _in_flight(dock), timeout=60, message="a clip in flight",
                        interval=0.02)

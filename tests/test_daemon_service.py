@@ -213,7 +213,7 @@ def test_sigterm_during_copy_loses_nothing(dock: Dock) -> None:
     daemon = dock.start_daemon()
     try:
         camera.rename(dock.watch_dir / "TERM1")
-        wait_until(lambda: list(dock.staging_dir.rglob("*.part")), timeout=60,
+        wait_until(lambda: bool(list(dock.staging_dir.rglob("*.part"))), timeout=60,
                    message="a copy in progress", interval=0.05)
     finally:
         started = time.monotonic()

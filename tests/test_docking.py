@@ -48,7 +48,7 @@ MIB = 1024 * 1024
 # the harness names clips VID_20240102_0304SS: remote keys are predictable from the name
 RECORDED_PATTERN = (r"VID_(?P<Y>\d{4})(?P<m>\d{2})(?P<d>\d{2})_"
                     r"(?P<H>\d{2})(?P<M>\d{2})(?P<S>\d{2})")
-PROFILES = [
+PROFILES: list[dict[str, Any]] = [
     {"name": "test-bay", "usb_vendor_id": VENDOR_ID, "usb_product_id": PRODUCT_ID,
      "recorded_pattern": RECORDED_PATTERN},
     {"name": "test-bay-clearing", "usb_vendor_id": VENDOR_ID,
@@ -226,7 +226,9 @@ def assert_no_tracebacks(udev_dock: UdevDock) -> None:
 # -- the cases ---------------------------------------------------------------------------
 
 
-def test_docked_camera_is_offloaded_then_unmounted_and_its_docking_ended(udev_dock):
+def test_docked_camera_is_offloaded_then_unmounted_and_its_docking_ended(
+    udev_dock: UdevDock,
+) -> None:
     """Dock -> every clip and sidecar stored with its camera SHA-256 -> unmounted, ended."""
     udev_dock.start()
     camera = udev_dock.camera("exfat", serial="DOCK0001", clip_count=3)
@@ -300,7 +302,9 @@ def big_sidecar_tree(clips: ClipSource) -> Callable[[Path], list[str]]:
 
 @pytest.mark.parametrize(("fs_type", "kill_fuse", "big"), [
     ("exfat", True, "clip"), ("vfat", False, "clip"), ("exfat", False, "sidecar")])
-def test_yank_mid_copy_stops_cleanly_and_redock_resumes(slow_udev_dock, fs_type, kill_fuse, big):
+def test_yank_mid_copy_stops_cleanly_and_redock_resumes(
+    slow_udev_dock: UdevDock, fs_type: str, kill_fuse: bool, big: str,
+) -> None:
     """Yanked mid-copy: the copier stops within ~1 s, nothing staged; docked again, it resumes."""
     udev_dock = slow_udev_dock
     udev_dock.start()
@@ -358,7 +362,9 @@ def copy_interval(udev_dock: UdevDock, serial: str) -> tuple[float, float]:
     return min(started), max(staged)
 
 
-def test_two_cameras_are_offloaded_in_parallel_and_their_uploads_interleave(udev_dock):
+def test_two_cameras_are_offloaded_in_parallel_and_their_uploads_interleave(
+    udev_dock: UdevDock,
+) -> None:
     """exFAT and FAT32 docked together: copy intervals overlap, uploads alternate cameras."""
     with udev_dock.dock.config_path.open("a") as config:  # uploads slower than copies, so
         config.write("[[storage.bandwidth]]\nstart = 00:00:00\nend = 00:00:00\n"  # both
@@ -388,7 +394,9 @@ def test_two_cameras_are_offloaded_in_parallel_and_their_uploads_interleave(udev
     assert_no_tracebacks(udev_dock)
 
 
-def test_camera_present_at_start_is_offloaded_and_unknown_device_never_mounted(udev_dock):
+def test_camera_present_at_start_is_offloaded_and_unknown_device_never_mounted(
+    udev_dock: UdevDock,
+) -> None:
     """Coldplug: a camera docked before the daemon starts is offloaded; an unknown one is not."""
     camera = udev_dock.camera("vfat", serial="COLD0001", clip_count=2)
     stranger = udev_dock.bay.make_camera("exfat", serial="UNKNOWN1", vendor_id="dead",
@@ -447,7 +455,7 @@ def with_extra_files(clips: ClipSource, extra: Sequence[str]) -> Callable[[Path]
     return populate
 
 
-def test_clear_after_upload_deletes_exactly_the_verified_clips(udev_dock):
+def test_clear_after_upload_deletes_exactly_the_verified_clips(udev_dock: UdevDock) -> None:
     """Every clip verified centrally: its clip and sidecars leave the camera, nothing else."""
     udev_dock.start()
     extra = ["DCIM/100BWC/INDEX.DAT", "DCIM/OTHER.TXT"]
@@ -485,7 +493,7 @@ def test_clear_after_upload_deletes_exactly_the_verified_clips(udev_dock):
     assert_no_tracebacks(udev_dock)
 
 
-def test_camera_with_a_quarantined_clip_keeps_everything(udev_dock):
+def test_camera_with_a_quarantined_clip_keeps_everything(udev_dock: UdevDock) -> None:
     """A clip whose central key holds other bytes is quarantined; the camera is not cleared."""
     udev_dock.start()
     camera = udev_dock.camera("vfat", serial="QUAR0001", clearing=True, clip_count=2)
@@ -551,7 +559,9 @@ def files_outside(root: Path, *kept: Path) -> set[Path]:
 
 
 @pytest.mark.parametrize("fs_type", ["exfat", "vfat"])
-def test_hostile_image_writes_nothing_outside_staging_and_good_clips_arrive(udev_dock, fs_type):
+def test_hostile_image_writes_nothing_outside_staging_and_good_clips_arrive(
+    udev_dock: UdevDock, fs_type: str,
+) -> None:
     """Traversal-looking, 255-byte and odd names, deep folders: stored safely or refused."""
     udev_dock.configure(max_scan_depth=MAX_SCAN_DEPTH)
     camera = udev_dock.camera(fs_type, serial="HOST0001",
@@ -598,7 +608,9 @@ def test_hostile_image_writes_nothing_outside_staging_and_good_clips_arrive(udev
 
 
 @pytest.mark.parametrize("fs_type", ["exfat", "vfat"])
-def test_daemon_killed_mid_copy_cleans_its_stale_mount_and_resumes(slow_udev_dock, fs_type):
+def test_daemon_killed_mid_copy_cleans_its_stale_mount_and_resumes(
+    slow_udev_dock: UdevDock, fs_type: str,
+) -> None:
     """kill -9 with a camera mounted: the restart unmounts the leftover, docks again, resumes."""
     udev_dock = slow_udev_dock
     first = udev_dock.start()
@@ -663,7 +675,7 @@ def loop_fat_directory(image: Path, parent: str, child: str) -> None:
         handle.write(struct.pack("<H", parent_cluster & 0xFFFF))
 
 
-def test_fat_directory_loop_is_refused_and_each_clip_taken_once(udev_dock):
+def test_fat_directory_loop_is_refused_and_each_clip_taken_once(udev_dock: UdevDock) -> None:
     """DCIM/LOOP is DCIM again: the walk ends, and each clip is offloaded exactly once."""
     def populate(tree: Path) -> list[str]:
         written = populate_tree(tree, udev_dock.bay.clips, count=2)
@@ -685,7 +697,9 @@ def test_fat_directory_loop_is_refused_and_each_clip_taken_once(udev_dock):
     assert any("loop" in e["reason"] for e in udev_dock.events("scan.refused"))
 
 
-def test_camera_without_a_readable_filesystem_raises_one_alarm_and_no_retry_storm(udev_dock):
+def test_camera_without_a_readable_filesystem_raises_one_alarm_and_no_retry_storm(
+    udev_dock: UdevDock,
+) -> None:
     """A camera whose boot sector is gone: one error, an alarm, no mount per rescan;
     the alarm clears when the camera is taken out."""
     udev_dock.start()

@@ -89,11 +89,12 @@ def journal_socket(tmp_path: Path) -> Iterator[ProtocolSocket]:
 
 def _logger(socket_path: str, fallback: io.StringIO | None = None) -> structlog.BoundLogger:
     renderer = JournaldRenderer(socket_path=socket_path, fallback=fallback)
-    return structlog.wrap_logger(
+    logger: structlog.BoundLogger = structlog.wrap_logger(
         structlog.PrintLogger(io.StringIO()),
         processors=[structlog.processors.add_log_level, renderer],
         wrapper_class=structlog.BoundLogger,
     )
+    return logger
 
 
 def test_event_fields_reach_the_socket(journal_socket: ProtocolSocket) -> None:
@@ -285,6 +286,7 @@ def test_real_journald_finds_one_cameras_story(real_journald: str) -> None:
     assert staged["_PID"] == str(os.getpid())
     assert quarantined["PRIORITY"] == "3"
     assert quarantined["BWC_REASON"] == "hash\nmismatch"
+    assert isinstance(listing["BWC_LISTING"], str)
     assert len(listing["BWC_LISTING"]) == 1024 * 1024  # through the memfd path
 
     by_identifier = _query(real_journald, "SYSLOG_IDENTIFIER=bwc-dock", "PRIORITY=3", expected=1)

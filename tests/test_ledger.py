@@ -128,7 +128,9 @@ def test_reopening_keeps_history_and_schema_revision(tmp_path: Path) -> None:
     ledger.close()
 
 
-def _claim_all(config_document: dict, worker: int, results: multiprocessing.Queue) -> None:
+def _claim_all(
+    config_document: dict[str, object], worker: int, results: multiprocessing.Queue[list[int]],
+) -> None:
     ledger = Ledger.open(parse_config(config_document), f"worker-{worker}")
     owner = current_owner(f"worker-{worker}")
     claimed = []
@@ -143,7 +145,7 @@ def test_each_clip_is_claimed_by_exactly_one_process(tmp_path: Path) -> None:
     _ledger_with_clips(tmp_path, 200).close()
     document = {"dock": {"id": "t", "state_dir": str(tmp_path / "state")},
                 "storage": {"path": str(tmp_path / "nas")}}
-    results: multiprocessing.Queue = multiprocessing.Queue()
+    results: multiprocessing.Queue[list[int]] = multiprocessing.Queue()
     processes = [multiprocessing.Process(target=_claim_all, args=(document, n, results))
                  for n in range(4)]
     for process in processes:
@@ -295,7 +297,7 @@ def test_the_ledger_imports_nothing_that_imports_it() -> None:
 def _counted_by_scan(ledger: Ledger) -> tuple[dict[str, int], tuple[int, int]]:
     """What the trigger-kept tables must equal: the counts and sums over every clip."""
     with ledger.engine.connect() as connection:
-        counts = dict(connection.execute(text(
+        counts: dict[str, int] = dict(connection.execute(text(
             "SELECT state, count(*) FROM clips GROUP BY state")).all())
         copied, uploaded = connection.execute(text(
             "SELECT coalesce(sum(CASE WHEN staged_at IS NOT NULL THEN size END), 0),"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,7 +58,9 @@ def _attached(bay: CameraBay, fs_type: str, **kwargs: object) -> tuple[str, list
 
 @pytest.mark.realparts
 @pytest.mark.parametrize("fs_type", FILESYSTEMS)
-def test_mount_is_read_only_nosuid_nodev_noexec(camera_bay, mounter, fs_type):
+def test_mount_is_read_only_nosuid_nodev_noexec(
+    camera_bay: CameraBay, mounter: Mounter, fs_type: str,
+) -> None:
     """The kernel reports all four safety flags, writing fails, and the clips are readable."""
     device, files = _attached(camera_bay, fs_type)
     volume = mounter.mount(device, fs_type, "cam0")
@@ -77,7 +80,9 @@ def test_mount_is_read_only_nosuid_nodev_noexec(camera_bay, mounter, fs_type):
 
 @pytest.mark.realparts
 @pytest.mark.parametrize("fs_type", FILESYSTEMS)
-def test_program_on_camera_cannot_execute(camera_bay, mounter, fs_type):
+def test_program_on_camera_cannot_execute(
+    camera_bay: CameraBay, mounter: Mounter, fs_type: str,
+) -> None:
     """A script planted on the camera will not run from the mount (noexec really holds)."""
 
     def plant(tree: Path) -> list[str]:
@@ -95,7 +100,9 @@ def test_program_on_camera_cannot_execute(camera_bay, mounter, fs_type):
 
 
 @pytest.mark.realparts
-def test_exfat_fuse_helper_drops_noexec_and_the_mounter_restores_it(camera_bay, mounter, tmp_path):
+def test_exfat_fuse_helper_drops_noexec_and_the_mounter_restores_it(
+    camera_bay: CameraBay, mounter: Mounter, tmp_path: Path,
+) -> None:
     """mount.exfat-fuse ignores noexec; the mounter notices in mountinfo and bind-remounts."""
     device, _ = _attached(camera_bay, "exfat")
     raw_point = tmp_path / "mounts" / "raw"
@@ -124,13 +131,15 @@ def test_exfat_fuse_helper_drops_noexec_and_the_mounter_restores_it(camera_bay, 
 
 @pytest.mark.realparts
 @pytest.mark.parametrize("fs_type", FILESYSTEMS)
-def test_a_mount_that_lost_noexec_is_bind_remounted_with_it(camera_bay, tmp_path, fs_type):
+def test_a_mount_that_lost_noexec_is_bind_remounted_with_it(
+    camera_bay: CameraBay, tmp_path: Path, fs_type: str,
+) -> None:
     """Whatever the helper: a first mount without noexec is seen in mountinfo and restored."""
     device, _ = _attached(camera_bay, fs_type)
     commands: list[list[str]] = []
     first_mount_flags: list[frozenset[str]] = []
 
-    def drop_noexec_from_the_first_mount(arguments):
+    def drop_noexec_from_the_first_mount(arguments: Sequence[str]) -> None:
         # a real mount(8) call, asked for less than the mounter wanted: the situation a
         # helper that drops noexec creates, here on any kernel and filesystem
         arguments = list(arguments)
@@ -157,7 +166,9 @@ def test_a_mount_that_lost_noexec_is_bind_remounted_with_it(camera_bay, tmp_path
 
 @pytest.mark.realparts
 @pytest.mark.parametrize("fs_type", FILESYSTEMS)
-def test_writable_only_inside_the_block(camera_bay, mounter, fs_type):
+def test_writable_only_inside_the_block(
+    camera_bay: CameraBay, mounter: Mounter, fs_type: str,
+) -> None:
     """writable() allows deleting a clip; then the volume is read-only again, the delete kept."""
     device, files = _attached(camera_bay, fs_type)
     volume = mounter.mount(device, fs_type, "cam0")
@@ -174,7 +185,9 @@ def test_writable_only_inside_the_block(camera_bay, mounter, fs_type):
 
 
 @pytest.mark.realparts
-def test_writable_goes_back_to_read_only_when_the_step_fails(camera_bay, mounter):
+def test_writable_goes_back_to_read_only_when_the_step_fails(
+    camera_bay: CameraBay, mounter: Mounter,
+) -> None:
     """An error inside writable() still leaves the camera read-only."""
     device, _ = _attached(camera_bay, "exfat")
     volume = mounter.mount(device, "exfat", "cam0")
@@ -185,7 +198,9 @@ def test_writable_goes_back_to_read_only_when_the_step_fails(camera_bay, mounter
 
 
 @pytest.mark.realparts
-def test_lazy_unmount_detaches_at_once_while_a_reader_holds_a_file(camera_bay, mounter):
+def test_lazy_unmount_detaches_at_once_while_a_reader_holds_a_file(
+    camera_bay: CameraBay, mounter: Mounter,
+) -> None:
     """A yanked camera's mount disappears from the tree even though a copier has a file open."""
     device, files = _attached(camera_bay, "exfat")
     volume = mounter.mount(device, "exfat", "cam0")
@@ -197,7 +212,9 @@ def test_lazy_unmount_detaches_at_once_while_a_reader_holds_a_file(camera_bay, m
 
 
 @pytest.mark.realparts
-def test_stale_mounts_from_a_crash_are_cleaned_at_start(camera_bay, mounter):
+def test_stale_mounts_from_a_crash_are_cleaned_at_start(
+    camera_bay: CameraBay, mounter: Mounter,
+) -> None:
     """Mounts left under mount_dir by a killed daemon are unmounted and their dirs removed."""
     device, _ = _attached(camera_bay, "vfat")
     stale = mounter.mount_dir / "loop99"
@@ -212,7 +229,9 @@ def test_stale_mounts_from_a_crash_are_cleaned_at_start(camera_bay, mounter):
 
 
 @pytest.mark.realparts
-def test_mount_failure_is_a_mount_error_and_leaves_nothing(camera_bay, mounter):
+def test_mount_failure_is_a_mount_error_and_leaves_nothing(
+    camera_bay: CameraBay, mounter: Mounter,
+) -> None:
     """Mounting an exFAT camera as vfat fails cleanly: an error, no mount, no directory."""
     device, _ = _attached(camera_bay, "exfat")
     with pytest.raises(MountError):
@@ -220,7 +239,7 @@ def test_mount_failure_is_a_mount_error_and_leaves_nothing(camera_bay, mounter):
     assert find_mount(mounter.mount_dir / "cam0") is None
 
 
-def test_profile_options_that_weaken_the_mount_are_refused():
+def test_profile_options_that_weaken_the_mount_are_refused() -> None:
     """A profile may tune a mount (uid, iocharset) but never undo ro/nosuid/nodev/noexec."""
     assert validate_profile_options(["uid=0", "iocharset=utf8", "noatime"]) == (
         "uid=0", "iocharset=utf8", "noatime")
@@ -230,7 +249,7 @@ def test_profile_options_that_weaken_the_mount_are_refused():
             validate_profile_options([bad])
 
 
-def test_mount_point_names_cannot_escape_the_mount_dir(tmp_path):
+def test_mount_point_names_cannot_escape_the_mount_dir(tmp_path: Path) -> None:
     """Mount point names are plain: no separators, no dot-dot."""
     mounter = Mounter(tmp_path)
     assert mounter.mount_point_for("sdb1") == tmp_path / "sdb1"
@@ -239,7 +258,7 @@ def test_mount_point_names_cannot_escape_the_mount_dir(tmp_path):
             mounter.mount_point_for(bad)
 
 
-def test_mountinfo_lines_are_parsed_with_escapes():
+def test_mountinfo_lines_are_parsed_with_escapes() -> None:
     """Spaces in mount points arrive as \\040 and are decoded; optional fields are skipped."""
     line = ("42 27 7:0 / /var/lib/bwc\\040dock/m ro,nosuid,nodev,noexec,relatime shared:5 - "
             "fuseblk /dev/loop0 ro,user_id=0,allow_other,blksize=4096")
@@ -252,6 +271,6 @@ def test_mountinfo_lines_are_parsed_with_escapes():
     assert missing_flags(parse_mountinfo_line(line.replace(",noexec,", ","))) == ["noexec"]
 
 
-def test_the_product_safety_flags_are_the_designed_ones():
+def test_the_product_safety_flags_are_the_designed_ones() -> None:
     """SAFE_FLAGS, what every camera mount asks for and checks, is ro,nosuid,nodev,noexec."""
     assert set(SAFE_FLAGS) == DESIGNED_FLAGS and len(SAFE_FLAGS) == 4

@@ -177,7 +177,7 @@ def test_kill_9_mid_multipart_resumes_the_same_upload(
         cwd=REPOSITORY, env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
     )
     try:
-        before = wait_for_parts(journal, 2)
+        before: MultipartState | None = wait_for_parts(journal, 2)
         child.send_signal(signal.SIGKILL)
     finally:
         child.wait(timeout=30)

@@ -12,7 +12,9 @@ from tests.seaweedfs import SeaweedServer
 MIB = 1024 * 1024
 
 
-def _use_s3(target: Dock, server: SeaweedServer, bucket: str, **sections: dict) -> None:
+def _use_s3(
+    target: Dock, server: SeaweedServer, bucket: str, **sections: dict[str, object],
+) -> None:
     target.extra_environment.update(server.environment())
     storage = {
         "backend": "s3", "endpoint_url": server.endpoint_url, "bucket": bucket,

@@ -32,7 +32,7 @@ def _settle() -> None:
     subprocess.run(["udevadm", "settle", "--timeout=20"], check=True, timeout=30)
 
 
-def test_rules_parse_without_a_diagnostic(udevd: UdevDaemon, camera_bay: CameraBay):
+def test_rules_parse_without_a_diagnostic(udevd: UdevDaemon, camera_bay: CameraBay) -> None:
     """udev's own rule checkers have nothing to say about our rules files: `udevadm verify`
     where this udev has it (systemd >= 253), and the parser behind `udevadm test` always."""
     has_verify = subprocess.run(["udevadm", "verify", "--help"], capture_output=True,
@@ -55,7 +55,7 @@ def test_rules_parse_without_a_diagnostic(udevd: UdevDaemon, camera_bay: CameraB
     assert "BWC_CAMERA=1" in output
 
 
-def test_camera_is_tagged_protected_and_named(camera_bay: CameraBay):
+def test_camera_is_tagged_protected_and_named(camera_bay: CameraBay) -> None:
     """A camera of a shipped profile gets BWC_CAMERA=1, UDISKS_IGNORE=1 and /dev/bwc/<serial>."""
     camera = camera_bay.make_camera("exfat", serial="X81234567")
     device = camera_bay.attach(camera)
@@ -74,7 +74,7 @@ def test_camera_is_tagged_protected_and_named(camera_bay: CameraBay):
     assert "BWC_CAMERA" not in _properties(device)
 
 
-def test_unknown_device_is_left_alone(camera_bay: CameraBay):
+def test_unknown_device_is_left_alone(camera_bay: CameraBay) -> None:
     """A USB disk with ids no shipped profile has: no tag, no automount block, no symlink."""
     camera = camera_bay.make_camera("vfat", serial="OTHER1", vendor_id="dead",
                                     product_id="beef")
@@ -87,7 +87,7 @@ def test_unknown_device_is_left_alone(camera_bay: CameraBay):
     assert not Path("/dev/bwc/OTHER1").exists()
 
 
-def test_camera_without_serial_gets_no_symlink(camera_bay: CameraBay):
+def test_camera_without_serial_gets_no_symlink(camera_bay: CameraBay) -> None:
     """No serial, no stable name: the tag and the automount block still apply."""
     camera = camera_bay.make_camera("vfat", serial=None)
     device = camera_bay.attach(camera)
@@ -99,12 +99,15 @@ def test_camera_without_serial_gets_no_symlink(camera_bay: CameraBay):
     assert not [link for link in links if link.is_relative_to("/dev/bwc")]
 
 
-def test_rules_file_is_only_tagging(udevd: UdevDaemon):
+def test_rules_file_is_only_tagging(udevd: UdevDaemon) -> None:
     """The shipped rules run nothing and mount nothing (RUN, PROGRAM and IMPORT are absent)."""
     assert shutil.which("udevadm")
     keys = set()
     for line in RULES.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
-            keys |= {re.match(r"\s*([A-Z_]+)", item).group(1) for item in line.split(",")}
+            for item in line.split(","):
+                key = re.match(r"\s*([A-Z_]+)", item)
+                assert key is not None, item
+                keys.add(key.group(1))
     assert keys <= {"ACTION", "SUBSYSTEM", "ENV", "GOTO", "LABEL", "SYMLINK"}
     assert {"ENV", "SYMLINK"} <= keys

@@ -31,7 +31,7 @@ from bwc_dock.sources.udev import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from tests.udevharness import CameraBay
 
@@ -98,7 +98,7 @@ def listener() -> RecordingListener:
 
 @pytest.fixture
 def start_source(config: Config, listener: RecordingListener, camera_bay: CameraBay
-                 ) -> Iterator[object]:
+                 ) -> Iterator[Callable[..., UdevSource]]:
     """Start a UdevSource (optionally with another config); stopped after the test."""
     started: list[UdevSource] = []
 
@@ -128,7 +128,12 @@ def _mounted_under(directory: Path) -> list[Path]:
 
 
 @pytest.mark.realparts
-def test_exfat_and_fat32_cameras_each_dock_once(start_source, listener, camera_bay, config):
+def test_exfat_and_fat32_cameras_each_dock_once(
+    start_source: Callable[..., UdevSource],
+    listener: RecordingListener,
+    camera_bay: CameraBay,
+    config: Config,
+) -> None:
     """Two cameras docked: two DockedVolumes, right serial and profile, mounted ro/noexec."""
     start_source()
     exfat = camera_bay.make_camera("exfat", serial="EXF0001", label="EXCAM")
@@ -154,7 +159,11 @@ def test_exfat_and_fat32_cameras_each_dock_once(start_source, listener, camera_b
 
 @pytest.mark.realparts
 def test_yanked_camera_is_reported_undocked_and_its_mount_cleaned(
-        start_source, listener, camera_bay, config):
+    start_source: Callable[..., UdevSource],
+    listener: RecordingListener,
+    camera_bay: CameraBay,
+    config: Config,
+) -> None:
     """Pulling a docked camera reports undocked(device) and lazily unmounts it, quickly."""
     start_source()
     camera = camera_bay.make_camera("exfat")
@@ -175,7 +184,11 @@ def test_yanked_camera_is_reported_undocked_and_its_mount_cleaned(
 @pytest.mark.realparts
 @pytest.mark.parametrize("fs_type", ["exfat", "vfat"])
 def test_reads_fail_after_a_yank_that_kills_the_device(
-        start_source, listener, camera_bay, fs_type):
+    start_source: Callable[..., UdevSource],
+    listener: RecordingListener,
+    camera_bay: CameraBay,
+    fs_type: str,
+) -> None:
     """A reader with a clip open gets an OSError once the camera is gone, not stale bytes."""
     start_source()
     camera = camera_bay.make_camera(fs_type, padding=2 * 1024 * 1024)
@@ -198,7 +211,9 @@ def test_reads_fail_after_a_yank_that_kills_the_device(
 
 
 @pytest.mark.realparts
-def test_redocking_after_a_yank_docks_again(start_source, listener, camera_bay):
+def test_redocking_after_a_yank_docks_again(
+    start_source: Callable[..., UdevSource], listener: RecordingListener, camera_bay: CameraBay,
+) -> None:
     """The same camera back in the bay is a new docking with the same serial."""
     start_source()
     camera = camera_bay.make_camera("vfat", serial="AGAIN01")
@@ -215,7 +230,8 @@ def test_redocking_after_a_yank_docks_again(start_source, listener, camera_bay):
 
 @pytest.mark.realparts
 def test_camera_present_at_start_is_docked_before_start_returns(
-        start_source, listener, camera_bay):
+    start_source: Callable[..., UdevSource], listener: RecordingListener, camera_bay: CameraBay,
+) -> None:
     """Coldplug: a dock PC rebooting with a camera in the bay resumes it."""
     camera = camera_bay.make_camera("exfat", serial="COLD001")
     camera_bay.attach(camera)
@@ -227,7 +243,11 @@ def test_camera_present_at_start_is_docked_before_start_returns(
 
 @pytest.mark.realparts
 def test_unknown_device_is_logged_once_and_never_mounted(
-        start_source, listener, camera_bay, config):
+    start_source: Callable[..., UdevSource],
+    listener: RecordingListener,
+    camera_bay: CameraBay,
+    config: Config,
+) -> None:
     """USB storage no profile matches: one log line with its ids, no mount, no callback."""
     with capture_logs() as logs:
         source = start_source()
@@ -251,7 +271,12 @@ def test_unknown_device_is_logged_once_and_never_mounted(
 
 @pytest.mark.realparts
 def test_ids_missing_from_udev_make_the_source_walk_up_for_a_usb_parent(
-        start_source, listener, camera_bay, config, monkeypatch):
+    start_source: Callable[..., UdevSource],
+    listener: RecordingListener,
+    camera_bay: CameraBay,
+    config: Config,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """USB storage whose udev properties lack vendor and model ids sends the identity
     lookup up the device tree; a loop device has no USB parent, so the walk ends with
     none: no ids, no location, the device ignored as unknown and never mounted.
@@ -277,6 +302,7 @@ def test_ids_missing_from_udev_make_the_source_walk_up_for_a_usb_parent(
         camera_bay.wait_until(lambda: any(log["event"] == "dock.unknown_device"
                                           and log["device"] == camera.device for log in logs),
                               what="the camera reported as unknown")
+    assert camera.device is not None
     properties = pyudev.Devices.from_device_file(pyudev.Context(), camera.device).properties
     assert properties.get("ID_BUS") == "usb" and properties.get("ID_SERIAL_SHORT") == "BARE1"
     assert "ID_VENDOR_ID" not in properties and "ID_MODEL_ID" not in properties
@@ -293,7 +319,9 @@ def test_ids_missing_from_udev_make_the_source_walk_up_for_a_usb_parent(
 
 
 @pytest.mark.realparts
-def test_repeated_udev_events_are_one_docking(start_source, listener, camera_bay):
+def test_repeated_udev_events_are_one_docking(
+    start_source: Callable[..., UdevSource], listener: RecordingListener, camera_bay: CameraBay,
+) -> None:
     """udev repeating change events and a rescan do not dock the camera twice."""
     with capture_logs() as logs:
         source = start_source()
@@ -312,7 +340,8 @@ def test_repeated_udev_events_are_one_docking(start_source, listener, camera_bay
 
 @pytest.mark.realparts
 def test_release_unmounts_and_the_offloaded_camera_is_not_docked_again(
-        start_source, listener, camera_bay):
+    start_source: Callable[..., UdevSource], listener: RecordingListener, camera_bay: CameraBay,
+) -> None:
     """After release() the volume is unmounted; events and rescans do not re-offload it."""
     source = start_source()
     camera = camera_bay.make_camera("vfat")
@@ -331,7 +360,11 @@ def test_release_unmounts_and_the_offloaded_camera_is_not_docked_again(
 @pytest.mark.realparts
 @pytest.mark.parametrize("fs_type", ["exfat", "vfat"])
 def test_writable_step_deletes_and_is_not_a_new_docking(
-        start_source, listener, camera_bay, fs_type):
+    start_source: Callable[..., UdevSource],
+    listener: RecordingListener,
+    camera_bay: CameraBay,
+    fs_type: str,
+) -> None:
     """Clear-after-upload's rw window: deletes stick, ro comes back, no undock/redock."""
     source = start_source()
     camera = camera_bay.make_camera(fs_type)
@@ -350,7 +383,12 @@ def test_writable_step_deletes_and_is_not_a_new_docking(
 
 
 @pytest.mark.realparts
-def test_serial_from_a_file_on_the_volume(start_source, listener, camera_bay, tmp_path):
+def test_serial_from_a_file_on_the_volume(
+    start_source: Callable[..., UdevSource],
+    listener: RecordingListener,
+    camera_bay: CameraBay,
+    tmp_path: Path,
+) -> None:
     """serial_source = "file": the first line of the named file, sanitised."""
     config = make_config(tmp_path, [{
         "name": "serial-file-cam", "usb_vendor_id": "1234", "usb_product_id": "5678",
@@ -369,7 +407,12 @@ def test_serial_from_a_file_on_the_volume(start_source, listener, camera_bay, tm
 
 
 @pytest.mark.realparts
-def test_label_profile_and_fs_uuid_serial(start_source, listener, camera_bay, tmp_path):
+def test_label_profile_and_fs_uuid_serial(
+    start_source: Callable[..., UdevSource],
+    listener: RecordingListener,
+    camera_bay: CameraBay,
+    tmp_path: Path,
+) -> None:
     """A label narrows the match; the serial can be the filesystem UUID."""
     config = make_config(tmp_path, [
         {"name": "other-label", "usb_vendor_id": "1234", "label": "NOTTHIS"},
@@ -387,7 +430,9 @@ def test_label_profile_and_fs_uuid_serial(start_source, listener, camera_bay, tm
 
 
 @pytest.mark.realparts
-def test_time_from_losetup_to_docked_callback(start_source, camera_bay, listener):
+def test_time_from_losetup_to_docked_callback(
+    start_source: Callable[..., UdevSource], camera_bay: CameraBay, listener: RecordingListener,
+) -> None:
     """Benchmark probe: docking latency stays small (settle time + mount)."""
     docked = threading.Event()
 
@@ -423,7 +468,7 @@ def _identity(**overrides: object) -> BlockIdentity:
     return identity_from_properties("/sys/devices/x/block/sdb/sdb1", properties)
 
 
-def test_profile_match_needs_ids_label_and_filesystem(tmp_path):
+def test_profile_match_needs_ids_label_and_filesystem(tmp_path: Path) -> None:
     """Vendor, product, label and filesystem type must all agree; priority breaks ties."""
     config = make_config(tmp_path, [
         {"name": "low", "usb_vendor_id": "1234"},
@@ -432,15 +477,17 @@ def test_profile_match_needs_ids_label_and_filesystem(tmp_path):
         {"name": "folder", "serial_source": "folder"},
     ])
     profiles = config.camera
-    assert match_profile(_identity(), profiles).name == "high"
-    assert match_profile(_identity(ID_MODEL_ID="9999"), profiles).name == "low"
+    high = match_profile(_identity(), profiles)
+    assert high is not None and high.name == "high"
+    low = match_profile(_identity(ID_MODEL_ID="9999"), profiles)
+    assert low is not None and low.name == "low"
     assert match_profile(_identity(ID_VENDOR_ID="ABCD", ID_FS_TYPE="exfat"), profiles) is None
-    assert match_profile(_identity(ID_VENDOR_ID="abcd", ID_FS_TYPE="vfat"),
-                         profiles).name == "fat-only"
+    fat_only = match_profile(_identity(ID_VENDOR_ID="abcd", ID_FS_TYPE="vfat"), profiles)
+    assert fat_only is not None and fat_only.name == "fat-only"
     assert match_profile(_identity(ID_VENDOR_ID="ffff"), profiles) is None
 
 
-def test_identity_falls_back_to_the_usb_parent():
+def test_identity_falls_back_to_the_usb_parent() -> None:
     """Missing udev properties are read from the USB parent's sysfs attributes."""
 
     class UsbParent:  # plain sysfs-like data: the walk itself is exercised with real udev above
@@ -452,27 +499,29 @@ def test_identity_falls_back_to_the_usb_parent():
         UsbParent())
     assert (identity.vendor_id, identity.product_id, identity.serial) == (
         "1234", "5678", "PARENT9")
+    assert identity.usb_location is not None
     assert (identity.usb_location.bus, identity.usb_location.address) == (3, 12)
     assert identity.bus == "usb"
 
 
-def test_hostile_serials_are_made_safe():
+def test_hostile_serials_are_made_safe() -> None:
     """Serials become plain names: no separators, dot-dot, control characters or excess length."""
     assert clean_serial("X81234567") == "X81234567"
     assert clean_serial("../../etc/passwd") == "etc_passwd"
     assert clean_serial("a\x00b\nc d") == "a_b_c_d"
     assert clean_serial("..") is None
     assert clean_serial("   ") is None
-    assert len(clean_serial("A" * 500)) == 64
+    long_serial = clean_serial("A" * 500)
+    assert long_serial is not None and len(long_serial) == 64
 
 
-def test_docking_key_changes_with_a_new_medium():
+def test_docking_key_changes_with_a_new_medium() -> None:
     """Same device, new disk sequence number: a new docking, not a repeat."""
     assert _identity().docking_key == _identity().docking_key
     assert _identity().docking_key != _identity(DISKSEQ="8").docking_key
 
 
-def test_setup_realparts_is_valid_bash():
+def test_setup_realparts_is_valid_bash() -> None:
     """scripts/setup-realparts at least parses (it runs for real in CI's scripts/test)."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "setup-realparts"
     subprocess.run(["bash", "-n", str(script)], check=True, timeout=10)

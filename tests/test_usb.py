@@ -9,6 +9,7 @@ lookup, string-descriptor decoding and control-transfer code paths all run for r
 from __future__ import annotations
 
 import array
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,17 +39,17 @@ class FakeCamera:
         self.stalls = False
 
 
-class FakeUsbBackend(usb.backend.IBackend):
+class FakeUsbBackend(usb.backend.IBackend):  # type: ignore[misc]  # pyusb has no types: IBackend is Any
     """A pyusb backend serving FakeCamera devices (there is no USB bus on these machines)."""
 
     def __init__(self, *cameras: FakeCamera) -> None:
         self.cameras = cameras
         self.open_handles = 0
 
-    def enumerate_devices(self):
+    def enumerate_devices(self) -> Iterator[FakeCamera]:
         return iter(self.cameras)
 
-    def get_device_descriptor(self, dev: FakeCamera):
+    def get_device_descriptor(self, dev: FakeCamera) -> SimpleNamespace:
         return SimpleNamespace(
             bLength=18, bDescriptorType=1, bcdUSB=0x0200, bDeviceClass=0, bDeviceSubClass=0,
             bDeviceProtocol=0, bMaxPacketSize0=64, idVendor=dev.vendor_id,
@@ -63,8 +64,8 @@ class FakeUsbBackend(usb.backend.IBackend):
     def close_device(self, dev_handle: FakeCamera) -> None:
         self.open_handles -= 1
 
-    def ctrl_transfer(self, dev_handle: FakeCamera, bmRequestType, bRequest, wValue, wIndex,
-                      data, timeout):
+    def ctrl_transfer(self, dev_handle: FakeCamera, bmRequestType: int, bRequest: int,
+                      wValue: int, wIndex: int, data: array.array[int], timeout: int) -> int:
         if dev_handle.stalls:
             raise usb.core.USBError("Pipe error", errno=32)
         if bRequest == _GET_DESCRIPTOR and wValue >> 8 == _STRING_DESCRIPTOR:
@@ -78,7 +79,7 @@ class FakeUsbBackend(usb.backend.IBackend):
         return len(data)
 
     @staticmethod
-    def _string(camera: FakeCamera, index: int, data) -> int:
+    def _string(camera: FakeCamera, index: int, data: array.array[int]) -> int:
         if index == 0:
             payload = _ENGLISH.to_bytes(2, "little")
         elif index in camera.strings:
@@ -90,7 +91,7 @@ class FakeUsbBackend(usb.backend.IBackend):
         return len(descriptor)
 
 
-def test_descriptors_are_read_and_cleaned():
+def test_descriptors_are_read_and_cleaned() -> None:
     """Manufacturer, product and serial come from the string descriptors, control chars stripped."""
     camera = FakeCamera(3, 12, {1: "Acme Body Cams", 2: "BWC-9\x07", 3: " X81234567\n"})
     backend = FakeUsbBackend(FakeCamera(3, 11, {1: "Other"}), camera)
@@ -103,20 +104,20 @@ def test_descriptors_are_read_and_cleaned():
     assert backend.open_handles == 0  # handles are given back
 
 
-def test_device_without_serial_descriptor():
+def test_device_without_serial_descriptor() -> None:
     """A camera without iSerialNumber gives serial None, not an error."""
     backend = FakeUsbBackend(FakeCamera(1, 2, {1: "Acme", 2: "Cam"}))
     assert UsbPort(backend).descriptors(UsbLocation(1, 2)).serial is None
 
 
-def test_missing_device_is_a_transient_usb_error():
+def test_missing_device_is_a_transient_usb_error() -> None:
     """Nothing at that bus/address (pulled, or re-enumerated): a UsbError that may heal."""
     with pytest.raises(UsbError) as raised:
         UsbPort(FakeUsbBackend()).descriptors(UsbLocation(9, 9))
     assert raised.value.transient
 
 
-def test_vendor_control_transfer_reaches_the_device():
+def test_vendor_control_transfer_reaches_the_device() -> None:
     """A profile's OUT vendor request arrives with its type, request, value, index and data."""
     camera = FakeCamera(2, 5, {})
     transfer = ControlTransfer(request_type=0x40, request=0xA5, value=1, index=2,
@@ -126,7 +127,7 @@ def test_vendor_control_transfer_reaches_the_device():
     assert camera.vendor_requests == [(0x40, 0xA5, 1, 2, b"\xde\xad\xbe\xef")]
 
 
-def test_vendor_in_transfer_returns_the_answer():
+def test_vendor_in_transfer_returns_the_answer() -> None:
     """An IN vendor request returns what the device sent."""
     camera = FakeCamera(2, 5, {})
     camera.vendor_answer = b"\x01\x02"
@@ -135,7 +136,7 @@ def test_vendor_in_transfer_returns_the_answer():
         UsbLocation(2, 5), transfer) == b"\x01\x02"
 
 
-def test_stalled_control_transfer_is_a_usb_error():
+def test_stalled_control_transfer_is_a_usb_error() -> None:
     """A device that stalls the request raises UsbError, not pyusb's own exception."""
     camera = FakeCamera(2, 5, {})
     camera.stalls = True
@@ -157,7 +158,7 @@ def _source(tmp_path: Path, backend: FakeUsbBackend) -> UdevSource:
     return UdevSource(config, usb=UsbPort(backend))
 
 
-def test_source_sends_a_profiles_control_transfer_once_per_plug(tmp_path):
+def test_source_sends_a_profiles_control_transfer_once_per_plug(tmp_path: Path) -> None:
     """The wake-up request goes out once per USB device appearance, only for its profile."""
     camera = FakeCamera(1, 4, {})
     source = _source(tmp_path, FakeUsbBackend(camera))
@@ -168,7 +169,7 @@ def test_source_sends_a_profiles_control_transfer_once_per_plug(tmp_path):
     assert camera.vendor_requests == [(0x40, 0x10, 1, 0, b"")]
 
 
-def test_source_reads_the_serial_descriptor_when_udev_has_none(tmp_path):
+def test_source_reads_the_serial_descriptor_when_udev_has_none(tmp_path: Path) -> None:
     """No ID_SERIAL_SHORT and no sysfs serial: the serial comes from the USB descriptor."""
     source = _source(tmp_path, FakeUsbBackend(FakeCamera(1, 4, {1: "A", 2: "B", 3: "SN/42"})))
 
