@@ -30,9 +30,7 @@ import structlog
 from sqlalchemy import select
 
 from bwc_dock.config import Config
-from bwc_dock.copier import Copier, StagingArea
 from bwc_dock.custody import docking_sums, stored_sums_current, write_docking_sums
-from bwc_dock.daemon import folder_profile, scan_into_ledger, scan_limits
 from bwc_dock.errors import BwcDockError, SourceGone, StorageError
 from bwc_dock.hashing import fsync_directory, hash_file_from_disk
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
@@ -41,9 +39,9 @@ from bwc_dock.ledger.leases import current_owner, owner_is_dead
 from bwc_dock.ledger.models import Clip, Docking, Sidecar
 from bwc_dock.manifest import KeyTemplate
 from bwc_dock.scanner import scan_volume
+from bwc_dock.scanning import folder_profile, scan_into_ledger, scan_limits
 from bwc_dock.sources.base import DockedVolume, SourceListener
 from bwc_dock.storage.base import StorageBackend
-from bwc_dock.uploader import Uploader
 from bwc_dock.verify import (
     REMOTE_STATES,
     Mismatch,
@@ -52,6 +50,7 @@ from bwc_dock.verify import (
     has_staged_copy,
     purged_clip_ids,
 )
+from bwc_dock.wiring import Stages
 
 log = structlog.get_logger(__name__)
 
@@ -616,8 +615,8 @@ class Resync:
     # -- no daemon: do the work ourselves ---------------------------------------------------
 
     def _work_off(self, docked: list[_Docked]) -> None:
-        staging = StagingArea(self.staging_root, self.config.dock.staging_reserve_mb * 1024**2)
-        copier = Copier(self.ledger, staging, current_owner("resync-copier"))
+        stages = Stages(self.config, self.ledger, self.backend)
+        copier = stages.copier(current_owner("resync-copier"))
         cancel = threading.Event()
         for entry in docked:
             if entry.docking_id is None:
@@ -626,13 +625,7 @@ class Resync:
                 self.report.copied += 1
                 if self.progress:
                     self.progress(self.report.copied, self.report.copied, "copying")
-        uploader = Uploader(
-            self.ledger,
-            self.backend,
-            self.staging_root,
-            self.config.storage,
-            current_owner("resync-uploader"),
-        )
+        uploader = stages.uploader(current_owner("resync-uploader"))
         # every due staged clip, not only ours: with no daemon nobody else would send them
         while uploader.upload_next():
             self.report.uploaded += 1

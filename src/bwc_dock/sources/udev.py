@@ -32,7 +32,7 @@ import structlog
 from bwc_dock.config import CameraProfile, Config
 from bwc_dock.errors import BwcDockError
 from bwc_dock.mounting import MountedVolume, Mounter, MountError
-from bwc_dock.sources.base import DockedVolume, Source, SourceListener
+from bwc_dock.sources.base import DockedVolume, Source, SourceCapabilities, SourceListener
 from bwc_dock.usb import UsbError, UsbLocation, UsbPort
 
 log = structlog.get_logger(__name__)
@@ -239,6 +239,7 @@ class UdevSource(Source):
     """The production docking path: udev events -> camera profile -> read-only mount."""
 
     name = "udev"
+    capabilities = SourceCapabilities(clears_after_upload=True)
 
     def __init__(
         self,
