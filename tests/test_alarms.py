@@ -14,6 +14,7 @@ from bwc_dock.alarms import (
     DockedCamera,
     Observation,
     StorageState,
+    UnmountableCamera,
     log_transition,
 )
 from bwc_dock.config import AlarmsConfig
@@ -196,3 +197,21 @@ def test_transitions_are_logged_as_stable_events() -> None:
     ]
     assert logs[0]["alarm"] == "stalled_offload"
     assert "no progress for 60 min" in logs[0]["detail"]
+
+
+def test_unmountable_camera_is_an_error_alarm_per_camera_until_it_goes() -> None:
+    """A docked camera that cannot be mounted raises one error alarm naming it, shown in
+    the summary, and clears once when it is mounted or taken out."""
+    alarms = board()
+    broken = replace(calm(), unmountable=(UnmountableCamera("X81234567", "bad superblock"),))
+    raised = alarms.observe(broken)
+    assert kinds(raised) == [("camera_unmountable", True)]
+    assert raised[0].alarm.severity == "error"
+    assert raised[0].alarm.camera == "X81234567"
+    assert "bad superblock" in raised[0].alarm.detail
+    assert alarms.observe(replace(broken, now=START + timedelta(minutes=1))) == []
+    assert "camera X81234567 unmountable" in alarms.summary()
+    assert alarms.states()[AlarmKind.CAMERA_UNMOUNTABLE]
+    assert kinds(alarms.observe(calm(START + timedelta(minutes=2)))) == [
+        ("camera_unmountable", False)
+    ]

@@ -669,3 +669,35 @@ def test_fat_directory_loop_is_refused_and_each_clip_taken_once(udev_dock):
         "DCIM/100BWC/VID_20240102_030400.MP4", "DCIM/100BWC/VID_20240102_030401.MP4"]
     assert all(c["state"] == "uploaded" for c in clips)
     assert any("loop" in e["reason"] for e in udev_dock.events("scan.refused"))
+
+
+def test_camera_without_a_readable_filesystem_raises_one_alarm_and_no_retry_storm(udev_dock):
+    """A camera whose boot sector is gone: one error, an alarm, no mount per rescan;
+    the alarm clears when the camera is taken out."""
+    udev_dock.start()
+    camera = udev_dock.camera("vfat", serial="CORRUPT01", clip_count=1)
+    with camera.image.open("r+b") as image:
+        image.write(bytes(4096))  # boot sector and FSInfo zeroed: no filesystem signature
+    udev_dock.bay.attach(camera)
+
+    failed = udev_dock.wait_event("dock.mount_failed", device=camera.device)
+    assert failed[0]["level"] == "error"
+    assert "no filesystem" in failed[0]["error"]
+    raised = udev_dock.wait_event("alarm.raised", alarm="camera_unmountable")
+    assert raised[0]["camera"] == "CORRUPT01"
+    assert raised[0]["level"] == "error"
+    # rescans come every 5 s here: after 12 s at least two have looked at the camera
+    # again, and before the fix each one tried to mount it and logged another error
+    udev_dock.wait_for(lambda: _seconds_since(failed[0]) > 12, "two rescan intervals", 30)
+    assert len(udev_dock.events("dock.mount_failed", device=camera.device)) == 1
+    assert len(udev_dock.events("alarm.raised", alarm="camera_unmountable")) == 1
+    assert not udev_dock.mounted(camera)
+    assert not udev_dock.events("dock.docked", camera="CORRUPT01")
+
+    udev_dock.bay.detach(camera)
+    udev_dock.wait_event("alarm.cleared", alarm="camera_unmountable")
+    assert_no_tracebacks(udev_dock)
+
+
+def _seconds_since(event: dict[str, Any]) -> float:
+    return time.time() - timestamp(event)

@@ -18,11 +18,16 @@ from pathlib import Path
 
 import pytest
 
+from bwc_dock.config import load_config
+from bwc_dock.udev_rules import render_rules
 from tests import realparts
 from tests.test_unit_file import unit_with_program, verify
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-EXAMPLE_CONFIG = '[storage]\nbackend = "file"\npath = "/mnt/evidence"\n'
+EXAMPLE_CONFIG = (
+    '[storage]\nbackend = "file"\npath = "/mnt/evidence"\n'
+    '[[camera]]\nname = "site-camera"\nusb_vendor_id = "0x4321"\nusb_product_id = "0xAB"\n'
+)
 RULES = 'SUBSYSTEM=="block", ENV{ID_BUS}=="usb", TAG+="bwc-dock"\n'
 INSTALLED_PROGRAM = "/opt/bwc-dock/venv/bin/bwc-dock"
 
@@ -102,7 +107,17 @@ def test_install_twice_is_idempotent_and_keeps_local_changes(source: Path, root:
     assert unit.read_bytes() == (source / "systemd/bwc-dock.service").read_bytes()
     assert mode(unit) == 0o644
     rules = root / "etc/udev/rules.d/99-bwc-dock.rules"
-    assert rules.read_text() == RULES
+    # generated from the installed config's [[camera]] profiles, not copied from the tree
+    assert rules.read_text() == render_rules(load_config(root / "etc/bwc-dock/config.toml").camera)
+    assert 'ENV{ID_VENDOR_ID}=="4321", ENV{ID_MODEL_ID}=="00ab", ENV{BWC_CAMERA}="1"' in (
+        rules.read_text()
+    )
+    assert rules.read_text() != RULES
+    assert mode(rules) == 0o644
+    command = root / "usr/local/bin/bwc-dock"
+    assert os.readlink(command) == INSTALLED_PROGRAM  # the README's commands are on PATH
+    modules = root / "etc/modules-load.d/bwc-dock.conf"
+    assert {"usb_storage", "sd_mod", "vfat", "exfat"} <= set(modules.read_text().split())
     config = root / "etc/bwc-dock/config.toml"
     assert config.read_text() == EXAMPLE_CONFIG
     assert mode(config) == 0o640
@@ -176,7 +191,8 @@ def test_uninstall_keeps_evidence_unless_purged_and_forced(source: Path, root: P
     removed = run(source, "uninstall", root)
     assert removed.returncode == 0, removed.stderr
     for gone in ("opt/bwc-dock", "etc/systemd/system/bwc-dock.service",
-                 "etc/udev/rules.d/99-bwc-dock.rules",
+                 "etc/udev/rules.d/99-bwc-dock.rules", "etc/modules-load.d/bwc-dock.conf",
+                 "usr/local/bin/bwc-dock",
                  "etc/systemd/system/multi-user.target.wants/bwc-dock.service",
                  "sbin/mount.exfat"):
         assert not (root / gone).exists() and not (root / gone).is_symlink(), gone

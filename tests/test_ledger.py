@@ -138,7 +138,11 @@ def test_a_ledger_from_the_first_release_is_upgraded_in_place(tmp_path: Path) ->
     engine.dispose()
 
     ledger = Ledger.open(config, "upgraded")
-    assert schema_revision(ledger.engine) == "0002"
+    assert schema_revision(ledger.engine) == "0003"
+    with ledger.engine.connect() as connection:
+        indexes = set(connection.execute(text(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")).scalars())
+    assert {"ix_clips_docking_state", "ix_dockings_open"} <= indexes  # 0003
     assert [camera.serial for camera in ledger.cameras()] == ["OLD1"]
     volume = DockedVolume("ingest", str(tmp_path), tmp_path, "OLD1")
     docking = ledger.record_docking(volume, current_owner("test"))

@@ -33,6 +33,7 @@ class AlarmKind(enum.StrEnum):
     STORAGE_UNREACHABLE = "storage_unreachable"
     STORAGE_REFUSED = "storage_refused"
     QUARANTINED = "quarantined"
+    CAMERA_UNMOUNTABLE = "camera_unmountable"
 
 
 Severity = Literal["warning", "error"]
@@ -44,6 +45,7 @@ _SEVERITY: dict[AlarmKind, Severity] = {
     AlarmKind.STORAGE_UNREACHABLE: "warning",
     AlarmKind.STORAGE_REFUSED: "error",  # credentials do not heal by themselves
     AlarmKind.QUARANTINED: "error",  # evidence failed an integrity check
+    AlarmKind.CAMERA_UNMOUNTABLE: "error",  # evidence sits on a camera nobody can read
 }
 
 
@@ -62,6 +64,12 @@ class DockedCamera:
 
 
 @dataclass(frozen=True)
+class UnmountableCamera:
+    name: str  # the camera serial when known before mounting, else the device
+    error: str
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the daemon saw in one loop. All times are timezone-aware."""
 
@@ -73,6 +81,7 @@ class Observation:
     storage_error: str = ""  # the last error's text (never holding a secret)
     quarantined_clips: int = 0
     docked: tuple[DockedCamera, ...] = ()
+    unmountable: tuple[UnmountableCamera, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,7 @@ class AlarmBoard:
             *self._storage(observation),
             _quarantined(observation),
             *self._stalled(observation),
+            *_unmountable(observation),
         ]
         return {alarm.key: alarm for alarm in alarms if alarm is not None}
 
@@ -262,6 +272,17 @@ def _quarantined(observation: Observation) -> Alarm | None:
         detail=f"{count} clip(s) failed an integrity check and are quarantined",
         short=f"{count} quarantined",
     )
+
+
+def _unmountable(observation: Observation) -> Iterable[Alarm]:
+    for camera in observation.unmountable:
+        yield Alarm(
+            AlarmKind.CAMERA_UNMOUNTABLE,
+            _SEVERITY[AlarmKind.CAMERA_UNMOUNTABLE],
+            detail=f"camera {camera.name} is docked but cannot be mounted: {camera.error}",
+            short=f"camera {camera.name} unmountable",
+            camera=camera.name,
+        )
 
 
 def _display_order(alarm: Alarm) -> tuple[int, int, str]:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bwc_dock import udev_rules
 from bwc_dock.config import Config, load_config, resolve_config_path
 from bwc_dock.errors import EXIT_PROBLEM, EXIT_USAGE, BwcDockError, UsageError
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
@@ -350,6 +351,22 @@ def config_check(context: Context) -> None:
         f"{context.config_path}: ok (dock {config.dock.id}, storage "
         f"{config.storage.backend}, {len(config.camera)} camera profile(s))"
     )
+    rules = udev_rules.sync_installed(config.camera, config.service.udev_rules_file)
+    if rules is udev_rules.RulesState.UPDATED:
+        click.echo(f"{config.service.udev_rules_file}: rewritten from the camera profiles, "
+                   "udev reloaded (a camera docked now is tagged at its next docking)")
+    elif rules is udev_rules.RulesState.STALE:
+        raise BwcDockError(
+            f"{config.service.udev_rules_file} differs from the camera profiles and cannot be "
+            "rewritten here: run `bwc-dock config check` as root"
+        )
+
+
+@cli.command("udev-rules")
+@pass_context
+def udev_rules_command(context: Context) -> None:
+    """Print the udev rules for the configured camera profiles."""
+    click.echo(udev_rules.render_rules(context.config.camera), nl=False)
 
 
 def _iso(value: datetime | None) -> str | None:

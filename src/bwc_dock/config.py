@@ -182,6 +182,8 @@ class AlarmsConfig(_Section):
 class ServiceConfig(_Section):
     metrics_textfile: Path | None = None
     heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # The installed udev rules, which `config check` keeps in step with [[camera]].
+    udev_rules_file: Path = Path("/etc/udev/rules.d/99-bwc-dock.rules")
 
 
 class LoggingConfig(_Section):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from bwc_dock.alarms import DockedCamera
+from bwc_dock.alarms import DockedCamera, UnmountableCamera
 from bwc_dock.bandwidth import BandwidthLimiter
 from bwc_dock.clearer import ClearVerdict, clear_camera, clearable, ready_to_clear
 from bwc_dock.config import Config, load_config
@@ -35,7 +35,7 @@ from bwc_dock.recovery import recover
 from bwc_dock.scanning import scan_into_ledger
 from bwc_dock.service import DaemonStatus, ServiceHooks
 from bwc_dock.signals import SignalWatcher
-from bwc_dock.sources.base import DockedVolume, Source, SourceListener
+from bwc_dock.sources.base import DockedVolume, Source, SourceListener, UnreadableCamera
 from bwc_dock.storage.base import StorageBackend
 from bwc_dock.storage_health import StorageHealth
 from bwc_dock.uploader import report_refusal_once
@@ -126,6 +126,13 @@ class Daemon(SourceListener):
             return
         docked.cancel.set()  # a copy in progress stops at its next chunk
         self.ledger.end_docking(docked.docking_id, "device removed")
+
+    def unreadable(self, camera: UnreadableCamera) -> None:
+        self.docked_cameras.add_unreadable(camera)
+        self.wake_event.set()  # the main loop raises the alarm at its next turn
+
+    def readable_again(self, device: str) -> None:
+        self.docked_cameras.readable_again(device)
 
     # -- running ------------------------------------------------------------------------
 
@@ -412,6 +419,10 @@ class Daemon(SourceListener):
                     docked.last_progress_at,
                 )
                 for docked in self.docked_cameras.everything()
+            ),
+            unmountable=tuple(
+                UnmountableCamera(camera.camera_serial or camera.device, camera.error)
+                for camera in self.docked_cameras.unreadable()
             ),
             error_counts=dict(self.error_counts),
             byte_totals=self.ledger.byte_totals() if metrics_textfile is not None else None,

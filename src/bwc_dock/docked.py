@@ -1,4 +1,5 @@
-"""The daemon's registry of docked cameras: which volume is docked, which copier reads it.
+"""The daemon's registry of docked cameras: which volume is docked, which copier reads it,
+and which docked camera cannot be read at all.
 
 All work state lives in the ledger; this only remembers, per device, the docking, the
 source that reported it, whether its volume was scanned, and which copier worker reads
@@ -14,7 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bwc_dock.ledger.models import utc_now
-from bwc_dock.sources.base import HANDED_OVER, DockedVolume, Source, SourceCapabilities
+from bwc_dock.sources.base import (
+    HANDED_OVER,
+    DockedVolume,
+    Source,
+    SourceCapabilities,
+    UnreadableCamera,
+)
 
 
 @dataclass
@@ -45,6 +52,7 @@ class DockedRegistry:
     def __init__(self) -> None:
         self._docked: dict[str, Docked] = {}
         self._unrecorded: dict[str, DockedVolume] = {}  # dockings the ledger did not take yet
+        self._unreadable: dict[str, UnreadableCamera] = {}  # docked, but cannot be mounted
         self._lock = threading.Lock()
 
     def add(self, docked: Docked) -> None:
@@ -56,6 +64,19 @@ class DockedRegistry:
         """A volume whose docking the ledger could not record: tried again at a rescan."""
         with self._lock:
             self._unrecorded[volume.device] = volume
+
+    def add_unreadable(self, camera: UnreadableCamera) -> None:
+        """A docked camera that cannot be mounted (for the alarm); reported again while so."""
+        with self._lock:
+            self._unreadable[camera.device] = camera
+
+    def readable_again(self, device: str) -> None:
+        with self._lock:
+            self._unreadable.pop(device, None)
+
+    def unreadable(self) -> list[UnreadableCamera]:
+        with self._lock:
+            return list(self._unreadable.values())
 
     def undock(self, device: str) -> Docked | None:
         """The device went away: forget it, recorded or not."""

@@ -236,9 +236,25 @@ def _classify(
         if entry_stat.st_size > limits.max_file_size:
             refused.append(Refusal(display_path(relative), f"too large ({entry_stat.st_size} B)"))
             return
+        if not _representable(entry_stat.st_mtime_ns):
+            # a date past 2262 (tmpfs, btrfs) fits neither the ledger nor a datetime:
+            # refuse this file alone instead of failing the camera's whole scan
+            refused.append(Refusal(display_path(relative), "modification time out of range"))
+            return
         yield FoundFile(relative, entry_stat.st_size, entry_stat.st_mtime_ns)
     else:
         refused.append(Refusal(display_path(relative), _kind(mode)))
+
+
+def _representable(mtime_ns: int) -> bool:
+    """The time fits a signed 64-bit integer (SQLite) and a timezone-aware datetime."""
+    if not -(2**63) <= mtime_ns < 2**63:
+        return False
+    try:
+        datetime.fromtimestamp(mtime_ns / 1e9, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return False
+    return True
 
 
 def _kind(mode: int) -> str:

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import structlog
 
-from bwc_dock.alarms import AlarmBoard, DockedCamera, Observation, StorageState, log_transition
+from bwc_dock.alarms import (
+    AlarmBoard,
+    DockedCamera,
+    Observation,
+    StorageState,
+    UnmountableCamera,
+    log_transition,
+)
 from bwc_dock.config import AlarmsConfig
 from bwc_dock.metrics import MetricsSnapshot, write_textfile
 from bwc_dock.systemd_notify import Notifier, watchdog_interval
@@ -42,6 +49,7 @@ class DaemonStatus:
     storage: StorageState
     last_error: str | None
     docked: tuple[DockedCamera, ...]
+    unmountable: tuple[UnmountableCamera, ...]  # docked cameras that cannot be read
     error_counts: Mapping[str, int]
     # (bytes copied off cameras, bytes confirmed in central storage), ever; read from the
     # ledger only when there is a metrics textfile to write them to
@@ -132,4 +140,5 @@ def _observation(status: DaemonStatus) -> Observation:
         storage_error=status.last_error or "",
         quarantined_clips=status.clips_by_state["quarantined"],
         docked=status.docked,
+        unmountable=status.unmountable,
     )

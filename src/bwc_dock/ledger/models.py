@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -68,6 +69,10 @@ class Docking(Base):
     """One time a camera was docked (or a folder was ingested)."""
 
     __tablename__ = "dockings"
+    __table_args__ = (
+        # the open dockings, without reading every docking ever (migration 0003)
+        Index("ix_dockings_open", "id", sqlite_where=text("undocked_at IS NULL")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     camera_serial: Mapped[str] = mapped_column(ForeignKey("cameras.serial"), index=True)
@@ -92,6 +97,7 @@ class Clip(Base):
         UniqueConstraint("camera_serial", "source_path_raw", "size", "mtime_ns"),
         Index("ix_clips_state_next", "state", "next_attempt_at"),
         Index("ix_clips_camera_sha", "camera_serial", "sha256"),
+        Index("ix_clips_docking_state", "docking_id", "state"),  # migration 0003
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

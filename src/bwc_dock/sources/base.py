@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -50,8 +51,26 @@ HANDED_OVER = SourceCapabilities()
 """A folder a hand-run ``ingest`` handed to the daemon: no source object watches it."""
 
 
+@dataclass(frozen=True)
+class UnreadableCamera:
+    """A device a camera profile claims that could not be mounted (or holds no filesystem
+    the profile accepts): nothing is copied off it, so somebody must be told."""
+
+    device: str  # /dev/sdb1
+    profile_name: str
+    camera_serial: str | None  # known before mounting only for USB serials
+    error: str  # one line, as the mount or the probe reported it
+    since: datetime  # the first failure of this docking
+
+
 class SourceListener(ABC):
     """What a source reports to (the daemon)."""
+
+    def unreadable(self, camera: UnreadableCamera) -> None:  # noqa: B027 - optional hook
+        """A docked camera cannot be read; reported again while it stays so."""
+
+    def readable_again(self, device: str) -> None:  # noqa: B027 - optional hook
+        """``device`` mounted after all, or went away: its unreadable report is over."""
 
     @abstractmethod
     def docked(self, volume: DockedVolume) -> None:

@@ -16,6 +16,7 @@ is logged once with its ids and never mounted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import select
@@ -23,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,13 @@ import structlog
 from bwc_dock.config import CameraProfile, Config
 from bwc_dock.errors import BwcDockError
 from bwc_dock.mounting import MountedVolume, Mounter, MountError
-from bwc_dock.sources.base import DockedVolume, Source, SourceCapabilities, SourceListener
+from bwc_dock.sources.base import (
+    DockedVolume,
+    Source,
+    SourceCapabilities,
+    SourceListener,
+    UnreadableCamera,
+)
 from bwc_dock.usb import UsbError, UsbLocation, UsbPort
 
 log = structlog.get_logger(__name__)
@@ -43,6 +51,9 @@ _SERIAL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_SERIAL_LENGTH = 64
 _MAX_SERIAL_FILE_BYTES = 256
 _HEX_ID = re.compile(r"^[0-9a-f]{4}$")
+# An unreadable camera is tried again at rescans, waiting longer each time up to this: a
+# bad moment heals at once, a corrupt card does not need a mount attempt every minute.
+_UNREADABLE_RETRY_MAX_SECONDS = 15 * 60.0
 
 
 @dataclass(frozen=True)
@@ -62,10 +73,21 @@ class BlockIdentity:
     fs_label: str | None
     fs_uuid: str | None
     usb_location: UsbLocation | None
+    whole_disk: bool = False  # DEVTYPE=disk (a partition otherwise)
+    partition_table: str | None = None  # ID_PART_TABLE_TYPE: "dos", "gpt" on a whole disk
+    has_medium: bool = True  # False for an empty card reader (size 0)
 
     @property
     def has_filesystem(self) -> bool:
         return self.fs_usage == "filesystem" and bool(self.fs_type)
+
+    @property
+    def could_hold_a_volume(self) -> bool:
+        """A superfloppy disk or a partition with a medium: where a camera's volume lives.
+        A partitioned whole disk holds its volumes in its partitions, not itself."""
+        if not self.has_medium:
+            return False
+        return not (self.whole_disk and self.partition_table)
 
     @property
     def docking_key(self) -> tuple[str | None, ...]:
@@ -147,6 +169,8 @@ def identity_from_properties(
         fs_label=properties.get("ID_FS_LABEL") or None,
         fs_uuid=properties.get("ID_FS_UUID") or None,
         usb_location=location,
+        whole_disk=properties.get("DEVTYPE") == "disk",
+        partition_table=properties.get("ID_PART_TABLE_TYPE") or None,
     )
 
 
@@ -166,7 +190,11 @@ def identity_from_device(device: Any) -> BlockIdentity:
     )
     # the USB location is wanted for descriptors too, so look the parent up when it exists
     parent = _usb_parent(device) if needs_parent or properties.get("ID_BUS") == "usb" else None
-    return identity_from_properties(device.sys_path, properties, parent)
+    identity = identity_from_properties(device.sys_path, properties, parent)
+    size = _text(_attribute(device, "size"))
+    if size is not None and size.isdigit() and int(size) == 0:
+        return dataclasses.replace(identity, has_medium=False)
+    return identity
 
 
 def _profile_applies(profile: CameraProfile) -> bool:
@@ -179,20 +207,41 @@ def match_profile(
     identity: BlockIdentity, profiles: Iterable[CameraProfile]
 ) -> CameraProfile | None:
     """The highest-priority profile matching ``identity`` (first in config order on a tie)."""
-    candidates = [
+    return _best(
         profile
         for profile in profiles
-        if _profile_applies(profile)
+        if _claims_device(profile, identity) and identity.fs_type in profile.filesystem_types
+    )
+
+
+def claiming_profile(
+    identity: BlockIdentity, profiles: Iterable[CameraProfile]
+) -> CameraProfile | None:
+    """The profile whose USB ids claim this device whatever its filesystem: a camera whose
+    volume cannot be read is still a camera somebody must hear about. A profile that
+    names only a label claims nothing here (the label is on the unreadable filesystem)."""
+    return _best(
+        profile
+        for profile in profiles
+        if (profile.usb_vendor_id or profile.usb_product_id) and _claims_device(profile, identity)
+    )
+
+
+def _claims_device(profile: CameraProfile, identity: BlockIdentity) -> bool:
+    return (
+        _profile_applies(profile)
         and profile.usb_vendor_id in (None, identity.vendor_id)
         and profile.usb_product_id in (None, identity.product_id)
         and (
             profile.label is None
             or (identity.fs_label or "").casefold() == profile.label.casefold()
         )
-        and identity.fs_type in profile.filesystem_types
-    ]
-    candidates.sort(key=lambda profile: -profile.priority)  # sort is stable
-    return candidates[0] if candidates else None
+    )
+
+
+def _best(candidates: Iterable[CameraProfile]) -> CameraProfile | None:
+    ordered = sorted(candidates, key=lambda profile: -profile.priority)  # sort is stable
+    return ordered[0] if ordered else None
 
 
 def clean_serial(raw: str | None) -> str | None:
@@ -235,6 +284,16 @@ class _Docking:
     mounted: MountedVolume | None
 
 
+@dataclass
+class _Unreadable:
+    """A claimed device that could not be read, and when to try it again."""
+
+    report: UnreadableCamera
+    docking_key: tuple[str | None, ...]
+    attempts: int
+    retry_at: float  # time.monotonic()
+
+
 class UdevSource(Source):
     """The production docking path: udev events -> camera profile -> read-only mount."""
 
@@ -263,6 +322,7 @@ class UdevSource(Source):
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
         self._dockings: dict[str, _Docking] = {}
+        self._unreadable: dict[str, _Unreadable] = {}  # by sys_path
         self._pending: dict[str, float] = {}
         self._reported_unknown: set[tuple[str | None, ...]] = set()
         self._transfers_sent: set[str] = set()
@@ -419,11 +479,17 @@ class UdevSource(Source):
             if identity is None or not identity.has_filesystem:
                 if current is not None:
                     self._gone(sys_path)
+                if identity is None or not identity.could_hold_a_volume:
+                    self._readable_again(sys_path)
+                else:
+                    self._check_claimed_without_filesystem(identity)
                 return
             if current is not None and current.identity.docking_key == identity.docking_key:
                 return  # the same docking: a repeated event, or already offloaded
             if current is not None:
                 self._gone(sys_path)  # another medium in the same device
+            if self._waiting_to_retry(identity):
+                return
             self._dock(identity)
 
     def _identity(self, sys_path: str) -> BlockIdentity | None:
@@ -438,6 +504,16 @@ class UdevSource(Source):
     def _dock(self, identity: BlockIdentity) -> None:
         profile = match_profile(identity, self._profiles)
         if profile is None:
+            claimed = claiming_profile(identity, self._profiles)
+            if claimed is not None and identity.could_hold_a_volume:
+                accepted = ", ".join(claimed.filesystem_types)
+                self._report_unreadable(
+                    identity,
+                    claimed,
+                    f"filesystem {identity.fs_type} is not one the profile accepts ({accepted})",
+                    serial=None,
+                )
+                return
             self._report_unknown(identity)
             return
         serial = self._serial_before_mount(identity, profile)
@@ -450,9 +526,10 @@ class UdevSource(Source):
             )
             self._remember_unusable(identity)
             return
-        mounted = self._mount(identity, profile)
+        mounted = self._mount(identity, profile, serial)
         if mounted is None:
             return
+        self._readable_again(identity.sys_path)
         if profile.serial_source == "file":
             assert profile.serial_file is not None  # the config validator demands it
             serial = clean_serial(read_serial_file(mounted.mount_point, profile.serial_file))
@@ -500,16 +577,96 @@ class UdevSource(Source):
                 return None
         return clean_serial(identity.serial)
 
-    def _mount(self, identity: BlockIdentity, profile: CameraProfile) -> MountedVolume | None:
+    def _mount(
+        self, identity: BlockIdentity, profile: CameraProfile, serial: str | None
+    ) -> MountedVolume | None:
         assert identity.fs_type is not None
         try:
             return self._mounter.mount(
                 identity.device, identity.fs_type, identity.kernel_name, profile.mount_options
             )
         except MountError as error:
-            # not remembered: the next event or rescan tries again (it may be a bad moment)
-            log.error("dock.mount_failed", profile=profile.name, error=str(error), **identity.ids())
+            # tried again at later rescans (it may have been a bad moment), ever more slowly
+            self._report_unreadable(identity, profile, str(error), serial=serial)
             return None
+
+    # -- cameras that cannot be read -----------------------------------------------------
+
+    def _check_claimed_without_filesystem(self, identity: BlockIdentity) -> None:
+        """A camera's disk with no filesystem at all (a corrupt boot sector, say)."""
+        profile = claiming_profile(identity, self._profiles)
+        if profile is None:
+            self._readable_again(identity.sys_path)
+            return
+        known = self._unreadable.get(identity.sys_path)
+        if known is not None and known.docking_key == identity.docking_key:
+            return  # reported already; only a new medium can change this
+        self._report_unreadable(
+            identity,
+            profile,
+            "no filesystem found on the device (corrupt or unformatted)",
+            serial=clean_serial(identity.serial),
+        )
+
+    def _report_unreadable(
+        self, identity: BlockIdentity, profile: CameraProfile, error: str, *, serial: str | None
+    ) -> None:
+        """Log (loudly once, quietly after) and tell the listener, which raises an alarm."""
+        known = self._unreadable.get(identity.sys_path)
+        if known is not None and known.docking_key != identity.docking_key:
+            known = None  # another medium in the same bay: a report of its own
+        attempts = 1 if known is None else known.attempts + 1
+        delay = min(self._rescan_interval * 2 ** (attempts - 1), _UNREADABLE_RETRY_MAX_SECONDS)
+        report = UnreadableCamera(
+            device=identity.device,
+            profile_name=profile.name,
+            camera_serial=serial,
+            error=error,
+            since=known.report.since if known else datetime.now(UTC),
+        )
+        self._unreadable[identity.sys_path] = _Unreadable(
+            report, identity.docking_key, attempts, time.monotonic() + delay
+        )
+        level = log.error if known is None or known.report.error != error else log.debug
+        level(
+            "dock.mount_failed",
+            profile=profile.name,
+            error=error,
+            attempts=attempts,
+            retry_in_seconds=round(delay),
+            **identity.ids(),
+        )
+        self._notify_unreadable(report)
+
+    def _waiting_to_retry(self, identity: BlockIdentity) -> bool:
+        known = self._unreadable.get(identity.sys_path)
+        if known is None:
+            return False
+        if known.docking_key != identity.docking_key:
+            self._readable_again(identity.sys_path)  # a new medium: judge it afresh
+            return False
+        return time.monotonic() < known.retry_at
+
+    def _readable_again(self, sys_path: str) -> None:
+        known = self._unreadable.pop(sys_path, None)
+        if known is None:
+            return
+        log.info(
+            "dock.readable_again", device=known.report.device, profile=known.report.profile_name
+        )
+        if self._listener is not None:
+            try:
+                self._listener.readable_again(known.report.device)
+            except Exception:  # error boundary: a listener bug must not stop docking
+                log.error("dock.listener_failed", callback="readable_again", exc_info=True)
+
+    def _notify_unreadable(self, report: UnreadableCamera) -> None:
+        assert self._listener is not None
+        try:
+            self._listener.unreadable(report)
+        except Exception:  # error boundary: a listener bug must not stop docking
+            log.error("dock.listener_failed", callback="unreadable", device=report.device,
+                      exc_info=True)
 
     def _remember_unusable(self, identity: BlockIdentity) -> None:
         """Held without a volume, so repeated events do not retry a hopeless device."""
@@ -526,6 +683,7 @@ class UdevSource(Source):
 
     def _gone(self, sys_path: str) -> None:
         """The device went away or lost its medium: tell the listener, then unmount."""
+        self._readable_again(sys_path)
         docking = self._dockings.pop(sys_path, None)
         if docking is None:
             return

@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""Ledger-age benchmark: the same commands on a fresh ledger and on one grown for years.
+
+The aged ledger is a busy station after a few years: 1,000,000 `uploaded` clips from 400
+cameras and 3,000,000 audit rows, written with raw SQL into the schema that bwc-dock
+itself created (so every index and migration is the real one). The fresh ledger is the
+same schema with one earlier docking in it. On each, the median of --reps runs of:
+
+  ingest 20     `bwc-dock ingest DIR --camera-serial NEW --wait` of 20 tiny new clips
+                (file backend, same disk), on its own copy of the ledger each time
+  status        `bwc-dock status --json`
+  clips staged  `bwc-dock clips --state staged --json`
+  clips camera  `bwc-dock clips --camera NEW --json` (the 20 clips just ingested)
+
+and the ratio aged / fresh, whose target is <= 1.2 (issue: "nothing slows as the ledger
+ages"). With --explain it also records every SQL statement one ingest and the three
+commands run (through an SQLAlchemy hook in the command's own process), runs EXPLAIN
+QUERY PLAN for each on the aged ledger, and lists those that scan a table that grows with
+history (clips, audit_log, dockings, sidecars) instead of searching an index.
+
+Usage: scripts/bench_ledger.py [--json] [--reps N] [--clips N] [--explain] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+BWC_DOCK = str(Path(sys.executable).with_name("bwc-dock"))
+TARGET_RATIO = 1.2
+NEW_CLIPS = 20
+GROWING_TABLES = ("clips", "audit_log", "dockings", "sidecars")
+# Runs inside the command's own process: every statement it sends, to a file.
+CAPTURE = """
+import json, os, sys
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+capture = open(os.environ["BWC_BENCH_SQL_CAPTURE"], "a")
+@event.listens_for(Engine, "before_cursor_execute")
+def _record(connection, cursor, statement, parameters, context, executemany):
+    if not executemany:
+        capture.write(json.dumps([statement, list(parameters or ())], default=str) + "\\n")
+        capture.flush()
+from bwc_dock.cli import main
+sys.argv[0] = "bwc-dock"
+main()
+"""
+
+
+def write_config(dock: Path) -> Path:
+    (dock / "nas").mkdir(parents=True, exist_ok=True)
+    config = dock / "config.toml"
+    config.write_text(
+        f'[dock]\nid = "bench"\nstate_dir = "{dock / "state"}"\nstaging_reserve_mb = 0\n'
+        f'[storage]\nbackend = "file"\npath = "{dock / "nas"}"\n'
+        f'[sources]\nudev = false\nwatch_dirs = []\n'
+    )
+    return config
+
+
+def make_card(folder: Path, count: int, tag: str) -> Path:
+    clips = folder / "DCIM" / "100BWC"
+    clips.mkdir(parents=True, exist_ok=True)
+    for number in range(count):
+        (clips / f"VID_{number:04d}.MP4").write_bytes(f"{tag}-{number}".encode() * 256)
+    return folder
+
+
+def bwc(config: Path, *arguments: str, capture: Path | None = None) -> float:
+    """Run one command; its wall time in seconds."""
+    environment = {**os.environ, "BWC_DOCK_CONFIG": str(config)}
+    command = [BWC_DOCK, *arguments]
+    if capture is not None:
+        environment["BWC_BENCH_SQL_CAPTURE"] = str(capture)
+        command = [sys.executable, "-c", CAPTURE, *arguments]
+    started = time.perf_counter()
+    subprocess.run(command, env=environment, check=True, capture_output=True, timeout=3600)
+    return time.perf_counter() - started
+
+
+def fresh_template(work: Path) -> Path:
+    """A dock whose ledger bwc-dock created itself, with one earlier docking in it."""
+    dock = work / "template"
+    config = write_config(dock)
+    card = make_card(work / "first-card", 2, "first")
+    bwc(config, "ingest", str(card), "--camera-serial", "FIRST", "--wait")
+    return dock
+
+
+def age(ledger: Path, clip_count: int) -> None:
+    """Grow ``ledger`` with raw SQL to ``clip_count`` uploaded clips, 3 audit rows each."""
+    connection = sqlite3.connect(ledger)
+    connection.execute("PRAGMA synchronous=OFF")
+    cameras = 400
+    per_docking = 50
+    start = datetime(2023, 1, 1, tzinfo=UTC)
+    with connection:
+        connection.executemany(
+            "INSERT INTO cameras (serial, first_seen_at) VALUES (?, ?)",
+            ((f"OLD{number:05d}", _sql_time(start)) for number in range(cameras)),
+        )
+        docking_count = clip_count // per_docking
+        connection.executemany(
+            "INSERT INTO dockings (id, camera_serial, dock_id, source, device, volume_root,"
+            " docked_at, scanned_at, undocked_at, refused_entries, sums_written_at)"
+            " VALUES (?, ?, 'bench', 'udev', '/dev/sdb1', '/mnt', ?, ?, ?, 0, ?)",
+            (
+                (1000 + number, f"OLD{number % cameras:05d}", *[_sql_time(
+                    start + timedelta(hours=number))] * 4)
+                for number in range(docking_count)
+            ),
+        )
+        connection.executemany(
+            "INSERT INTO clips (camera_serial, docking_id, source_path_raw, source_path, name,"
+            " size, mtime_ns, recorded_at, sha256, state, priority, remote_key, remote_sha256,"
+            " copy_attempts, upload_attempts, discovered_at, staged_at, uploaded_at,"
+            " staged_purged_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, 1000, ?, ?, ?, 'uploaded', 0, ?, ?, 1, 1, ?, ?, ?, ?, ?)",
+            (_old_clip(number, cameras, per_docking, start) for number in range(clip_count)),
+        )
+        connection.executemany(
+            "INSERT INTO audit_log (at, dock_id, actor, event, camera_serial, clip_id, sha256,"
+            " details, prev_hash, hash) VALUES (?, 'bench', 'daemon', ?, ?, ?, ?, '{}', ?, ?)",
+            (_old_audit(number, cameras, start) for number in range(clip_count * 3)),
+        )
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.execute("ANALYZE")
+    connection.close()
+
+
+def _sql_time(moment: datetime) -> str:
+    return moment.replace(tzinfo=None).isoformat(sep=" ")
+
+
+def _old_clip(number: int, cameras: int, per_docking: int, start: datetime) -> tuple[Any, ...]:
+    when = _sql_time(start + timedelta(seconds=number * 90))
+    digest = hashlib.sha256(number.to_bytes(8, "big")).hexdigest()
+    path = f"DCIM/100BWC/VID_{number:08d}.MP4"
+    serial = f"OLD{(number // per_docking) % cameras:05d}"
+    return (serial, 1000 + number // per_docking, path.encode(), path, path.rsplit("/", 1)[1],
+            number, when, digest, f"{serial}/{digest}.MP4", digest, when, when, when, when, when)
+
+
+def _old_audit(number: int, cameras: int, start: datetime) -> tuple[Any, ...]:
+    clip = number // 3 + 1
+    moment = (start + timedelta(seconds=number * 30)).isoformat()
+    event = ("clip.staged", "clip.uploading", "clip.uploaded")[number % 3]
+    link = hashlib.sha256(number.to_bytes(8, "big")).hexdigest()
+    return (moment, event, f"OLD{clip % cameras:05d}", clip, link, link, link)
+
+
+def measure(template: Path, work: Path, name: str, reps: int) -> dict[str, list[float]]:
+    """Median-ready timings of the four operations on copies of ``template``."""
+    timings: dict[str, list[float]] = {"ingest": [], "status": [], "staged": [], "camera": []}
+    for rep in range(reps):
+        dock = work / f"{name}-{rep}"
+        shutil.copytree(template / "state", dock / "state")
+        config = write_config(dock)
+        card = make_card(work / f"{name}-card-{rep}", NEW_CLIPS, f"{name}{rep}")
+        timings["ingest"].append(
+            bwc(config, "ingest", str(card), "--camera-serial", "NEW", "--wait"))
+        timings["status"].append(bwc(config, "status", "--json"))
+        timings["staged"].append(bwc(config, "clips", "--state", "staged", "--json"))
+        timings["camera"].append(bwc(config, "clips", "--camera", "NEW", "--json"))
+        shutil.rmtree(dock)
+    return timings
+
+
+def explain(template: Path, work: Path) -> list[dict[str, Any]]:
+    """Statements of the hot path whose plan scans a table that grows with history."""
+    dock = work / "explain"
+    shutil.copytree(template / "state", dock / "state")
+    config = write_config(dock)
+    capture = work / "statements.jsonl"
+    card = make_card(work / "explain-card", NEW_CLIPS, "explain")
+    bwc(config, "ingest", str(card), "--camera-serial", "NEW", "--wait", capture=capture)
+    for arguments in (("status", "--json"), ("clips", "--state", "staged", "--json"),
+                      ("clips", "--camera", "NEW", "--json")):
+        bwc(config, *arguments, capture=capture)
+    connection = sqlite3.connect(dock / "state" / "ledger.sqlite3")
+    partial = {name for name, sql in connection.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql LIKE '% WHERE %'")}
+    findings: dict[str, dict[str, Any]] = {}
+    for line in capture.read_text().splitlines():
+        statement, parameters = json.loads(line)
+        if not statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "WITH")):
+            continue
+        try:
+            plan = connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
+        except sqlite3.Error:
+            continue
+        scans = [row[3] for row in plan
+                 if _scans_history(row[3], statement) and not _partial(row[3], partial)]
+        if scans:
+            entry = findings.setdefault(statement, {"statement": " ".join(statement.split()),
+                                                    "plan": scans, "count": 0})
+            entry["count"] += 1
+    connection.close()
+    return list(findings.values())
+
+
+def _scans_history(detail: str, statement: str) -> bool:
+    """A full scan of a growing table. Not one walking the rowid backwards to its first
+    row (``ORDER BY id DESC LIMIT 1``: the chain head), which reads one row."""
+    words = detail.split()
+    if len(words) < 2 or words[0] != "SCAN" or words[1] not in GROWING_TABLES:
+        return False
+    newest_first = f"ORDER BY {words[1]}.id DESC LIMIT" in " ".join(statement.split())
+    return not newest_first
+
+
+def _partial(detail: str, partial_indexes: set[str]) -> bool:
+    """A scan of a partial index reads only the rows it holds (the open dockings, say)."""
+    return any(detail.endswith(f"INDEX {name}") for name in partial_indexes)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="bench-ledger-", dir=arguments.dir))
+    try:
+        fresh = fresh_template(work)
+        aged = work / "aged"
+        shutil.copytree(fresh, aged)
+        started = time.perf_counter()
+        age(aged / "state" / "ledger.sqlite3", arguments.clips)
+        build_seconds = time.perf_counter() - started
+        results = {
+            "fresh": measure(fresh, work, "fresh", arguments.reps),
+            "aged": measure(aged, work, "aged", arguments.reps),
+        }
+        report = _report(results, arguments.clips, build_seconds)
+        if arguments.explain:
+            report["scans"] = explain(aged, work)
+        _print(report, arguments.json)
+        return 0 if report["met"] else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _report(results: dict[str, dict[str, list[float]]], clips: int,
+            build_seconds: float) -> dict[str, Any]:
+    rows = {}
+    for operation in results["fresh"]:
+        fresh = statistics.median(results["fresh"][operation])
+        aged = statistics.median(results["aged"][operation])
+        rows[operation] = {"fresh_s": round(fresh, 3), "aged_s": round(aged, 3),
+                           "ratio": round(aged / fresh, 2)}
+    return {"aged_clips": clips, "build_s": round(build_seconds, 1), "target": TARGET_RATIO,
+            "operations": rows,
+            "met": all(row["ratio"] <= TARGET_RATIO for row in rows.values())}
+
+
+def _print(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"ledger age: {report['aged_clips']:,} uploaded clips (built in "
+          f"{report['build_s']} s); target aged/fresh <= {report['target']}")
+    print(f"{'operation':<14}{'fresh s':>10}{'aged s':>10}{'ratio':>8}")
+    labels = {"ingest": "ingest 20", "status": "status", "staged": "clips staged",
+              "camera": "clips camera"}
+    for operation, row in report["operations"].items():
+        print(f"{labels[operation]:<14}{row['fresh_s']:>10}{row['aged_s']:>10}{row['ratio']:>8}")
+    for scan in report.get("scans", []):
+        statement = scan["statement"]
+        shown = statement[statement.find(" FROM "):] if " FROM " in statement else statement
+        print(f"\nscans history ({scan['count']}x): {scan['plan']}\n  ...{shown[:400]}")
+    print("\ntarget met" if report["met"] else "\ntarget MISSED")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--clips", type=int, default=1_000_000, help="uploaded clips, aged")
+    parser.add_argument("--explain", action="store_true", help="list statements that scan")
+    parser.add_argument("--dir", default=None, help="where the temporary ledgers go")
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
