@@ -18,8 +18,10 @@ from pathlib import Path
 
 import structlog
 
+from bwc_dock.errors import BwcDockError
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.scanner import display_path, parent_directory
+from bwc_dock.sources.base import DockedVolume, Source
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +106,25 @@ def clear_camera(ledger: Ledger, camera_serial: str, writable_root: Path, device
         )
         cleared += 1
     return cleared
+
+
+def clear_when_verified(ledger: Ledger, volume: DockedVolume, source: Source) -> bool:
+    """Clear a docked camera through its source once every clip is verified in central
+    storage; True when its docking may end (cleared, or never to be cleared)."""
+    camera = volume.camera_serial
+    verdict = ready_to_clear(ledger, camera).verdict
+    if verdict is ClearVerdict.WAITING:
+        return False
+    if verdict is ClearVerdict.KEEPS_EVERYTHING:
+        return True  # a quarantined clip never clears: release the camera as it is
+    if not clearable(ledger, camera):
+        return True
+    try:
+        with source.writable(volume) as root:
+            clear_camera(ledger, camera, root, volume.device)
+    except (BwcDockError, OSError) as error:
+        log.error("clear.failed", camera=camera, error=str(error))
+    return True
 
 
 def _unlink_if_unchanged(root: Path, source_path_raw: bytes, size: int) -> bool:

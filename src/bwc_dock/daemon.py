@@ -22,7 +22,7 @@ import structlog
 
 from bwc_dock.alarms import DockedCamera, UnmountableCamera
 from bwc_dock.bandwidth import BandwidthLimiter
-from bwc_dock.clearer import ClearVerdict, clear_camera, clearable, ready_to_clear
+from bwc_dock.clearer import clear_when_verified
 from bwc_dock.config import Config, load_config
 from bwc_dock.custody import anchor_dockings
 from bwc_dock.docked import Docked, DockedRegistry
@@ -346,36 +346,22 @@ class Daemon(SourceListener):
                 log.info("dock.offload_done", camera=camera, docking=docked.docking_id)
             if not docked.capabilities.releases_after_offload:
                 continue  # e.g. a watch folder stays docked until it is removed
-            if self._wants_clearing(docked) and not self._clear(docked):
+            clearing = self._clearing_source(docked)
+            if clearing is not None and not clear_when_verified(
+                self.ledger, docked.volume, clearing
+            ):
                 continue  # uploads still to be verified: keep the camera mounted
             self.docked_cameras.discard(docked)
             if docked.source is not None:
                 docked.source.release(docked.volume)
             self.ledger.end_docking(docked.docking_id, "offload done")
 
-    def _wants_clearing(self, docked: Docked) -> bool:
+    def _clearing_source(self, docked: Docked) -> Source | None:
+        """The source to clear the camera through, when its profile asks for clearing."""
         profile = self.config.profile(docked.volume.profile_name or "")
-        return bool(
-            profile and profile.clear_after_upload and docked.capabilities.clears_after_upload
-        )
-
-    def _clear(self, docked: Docked) -> bool:
-        """Clear the camera once every clip is verified; True when the docking may end."""
-        camera = docked.volume.camera_serial
-        verdict = ready_to_clear(self.ledger, camera).verdict
-        if verdict is ClearVerdict.WAITING:
-            return False
-        if verdict is ClearVerdict.KEEPS_EVERYTHING:
-            return True  # a quarantined clip never clears: release the camera as it is
-        if not clearable(self.ledger, camera):
-            return True
-        assert docked.source is not None  # only a source that declares it clears
-        try:
-            with docked.source.writable(docked.volume) as root:
-                clear_camera(self.ledger, camera, root, docked.volume.device)
-        except (BwcDockError, OSError) as error:
-            log.error("clear.failed", camera=camera, error=str(error))
-        return True
+        if profile and profile.clear_after_upload and docked.capabilities.clears_after_upload:
+            return docked.source
+        return None
 
     def purge_staging(self) -> int:
         """Delete staged copies of uploaded clips once past retention, or at once while
