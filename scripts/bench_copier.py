@@ -154,7 +154,6 @@ def _use_baseline_hashing(path: str) -> None:
     spec.loader.exec_module(module)
     copier_module.copy_hashing = module.copy_hashing  # type: ignore[assignment]
     copier_module.hash_file_from_disk = module.hash_file_from_disk  # type: ignore[assignment]
-    copier_module.fsync_directory = module.fsync_directory  # type: ignore[assignment]
 
 
 def copier_worker(mode: str, volume: Path, work: Path) -> None:

@@ -13,8 +13,9 @@ same schema with one earlier docking in it. On each, the median of --reps runs o
   clips camera  `bwc-dock clips --camera NEW --json` (the 20 clips just ingested)
 
 and the ratio aged / fresh, whose target is <= 1.2 (issue: "nothing slows as the ledger
-ages"). With --explain it also records every SQL statement one ingest and the three
-commands run (through an SQLAlchemy hook in the command's own process), runs EXPLAIN
+ages"). With --explain it also records every SQL statement one ingest, the three
+commands and a daemon offloading a docked camera folder run (through an SQLAlchemy hook
+in each command's own process), runs EXPLAIN
 QUERY PLAN for each on the aged ledger, and lists those that scan a table that grows with
 history (clips, audit_log, dockings, sidecars) instead of searching an index.
 
@@ -28,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -60,13 +62,14 @@ main()
 """
 
 
-def write_config(dock: Path) -> Path:
+def write_config(dock: Path, watch_dir: Path | None = None) -> Path:
     (dock / "nas").mkdir(parents=True, exist_ok=True)
     config = dock / "config.toml"
+    watch = f'"{watch_dir}"' if watch_dir else ""
     config.write_text(
         f'[dock]\nid = "bench"\nstate_dir = "{dock / "state"}"\nstaging_reserve_mb = 0\n'
         f'[storage]\nbackend = "file"\npath = "{dock / "nas"}"\n'
-        f'[sources]\nudev = false\nwatch_dirs = []\n'
+        f'[sources]\nudev = false\nwatch_dirs = [{watch}]\nrescan_interval_seconds = 2\n'
     )
     return config
 
@@ -190,6 +193,7 @@ def explain(template: Path, work: Path) -> list[dict[str, Any]]:
     for arguments in (("status", "--json"), ("clips", "--state", "staged", "--json"),
                       ("clips", "--camera", "NEW", "--json")):
         bwc(config, *arguments, capture=capture)
+    daemon_offload(template, work, capture)
     connection = sqlite3.connect(dock / "state" / "ledger.sqlite3")
     partial = {name for name, sql in connection.execute(
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql LIKE '% WHERE %'")}
@@ -220,6 +224,36 @@ def _scans_history(detail: str, statement: str) -> bool:
         return False
     newest_first = f"ORDER BY {words[1]}.id DESC LIMIT" in " ".join(statement.split())
     return not newest_first
+
+
+def daemon_offload(template: Path, work: Path, capture: Path) -> None:
+    """The daemon's own statements (claim, finish, anchor, heartbeat, status hooks) while
+    it offloads a docked camera folder on the aged ledger, until every clip is uploaded."""
+    dock = work / "explain-daemon"
+    shutil.copytree(template / "state", dock / "state")
+    make_card(dock / "watch" / "DAEMONCAM", NEW_CLIPS, "daemon")
+    config = write_config(dock, dock / "watch")
+    environment = {**os.environ, "BWC_DOCK_CONFIG": str(config),
+                   "BWC_BENCH_SQL_CAPTURE": str(capture)}
+    daemon = subprocess.Popen([sys.executable, "-c", CAPTURE, "run"], env=environment,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and _uploaded(config, "DAEMONCAM") < NEW_CLIPS:
+            time.sleep(0.5)
+        time.sleep(3)  # a few more turns of the main loop: heartbeat, anchor, status hooks
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=120)
+
+
+def _uploaded(config: Path, camera: str) -> int:
+    environment = {**os.environ, "BWC_DOCK_CONFIG": str(config)}
+    listing = subprocess.run([BWC_DOCK, "clips", "--camera", camera, "--json"], env=environment,
+                             capture_output=True, text=True, timeout=600, check=False)
+    if listing.returncode != 0:
+        return 0
+    return sum(clip["state"] == "uploaded" for clip in json.loads(listing.stdout))
 
 
 def _partial(detail: str, partial_indexes: set[str]) -> bool:

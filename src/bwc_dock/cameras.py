@@ -1,85 +1,43 @@
-"""Cameras the dock has seen, and who each one is issued to.
+"""Cameras the dock has seen, and who each one is issued to: the checks on an
+assignment (from the command line or a CSV file) and the documents ``cameras`` prints.
 
 An assignment is an audit event (``camera.assigned``), so the history of who carried
-a camera is hash-chained with the evidence; ``cameras.officer_id`` only caches the
-newest one. The officer of a clip is the one assigned when the clip was *recorded*,
-looked up in that history, not whoever holds the camera at upload time.
+a camera is hash-chained with the evidence; the ledger keeps it
+(:mod:`bwc_dock.ledger.assignments`). The officer of a clip is the one assigned when the
+clip was *recorded*, not whoever holds the camera at upload time.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
 from bwc_dock.errors import UsageError
 from bwc_dock.ledger import Ledger
-from bwc_dock.ledger import audit as audit_chain
-from bwc_dock.ledger.models import AuditEntry, Camera, Clip, Docking, utc_now
-from bwc_dock.ledger.states import PENDING_STATES
+from bwc_dock.ledger.assignments import ASSIGNED_EVENT, Assignment
+from bwc_dock.ledger.models import utc_now
+from bwc_dock.ledger.snapshots import CameraInfo
 from bwc_dock.scanner import safe_name
 
-ASSIGNED_EVENT = "camera.assigned"
+__all__ = [
+    "ASSIGNED_EVENT",
+    "Assignment",
+    "CameraInfo",
+    "assign",
+    "camera_documents",
+    "checked_assignment",
+    "list_cameras",
+    "read_assignments_csv",
+]
+
 MAX_OFFICER_ID = 128
-
-
-@dataclass(frozen=True)
-class CameraInfo:
-    serial: str
-    profile: str | None
-    officer_id: str | None
-    first_seen_at: datetime
-    last_docked_at: datetime | None
-    docked_now: bool
-    pending_clips: int
-    clips: int
-
-
-@dataclass(frozen=True)
-class Assignment:
-    serial: str
-    officer_id: str
-    assigned_at: datetime
 
 
 def list_cameras(ledger: Ledger) -> list[CameraInfo]:
     """Every camera in the ledger, with how many of its clips are not yet uploaded."""
-    pending = [str(state) for state in PENDING_STATES]
-    with ledger.transaction() as session:
-        pending_counts = dict(
-            session.execute(
-                select(Clip.camera_serial, func.count())
-                .where(Clip.state.in_(pending))
-                .group_by(Clip.camera_serial)
-            ).all()
-        )
-        totals = dict(
-            session.execute(
-                select(Clip.camera_serial, func.count()).group_by(Clip.camera_serial)
-            ).all()
-        )
-        docked = set(
-            session.scalars(select(Docking.camera_serial).where(Docking.undocked_at.is_(None)))
-        )
-        return [
-            CameraInfo(
-                serial=camera.serial,
-                profile=camera.profile_name,
-                officer_id=camera.officer_id,
-                first_seen_at=camera.first_seen_at,
-                last_docked_at=camera.last_docked_at,
-                docked_now=camera.serial in docked,
-                pending_clips=pending_counts.get(camera.serial, 0),
-                clips=totals.get(camera.serial, 0),
-            )
-            for camera in session.scalars(select(Camera).order_by(Camera.serial))
-        ]
+    return ledger.cameras()
 
 
 def checked_assignment(serial: str, officer_id: str, assigned_at: datetime | None) -> Assignment:
@@ -97,61 +55,7 @@ def checked_assignment(serial: str, officer_id: str, assigned_at: datetime | Non
 
 def assign(ledger: Ledger, assignments: Sequence[Assignment]) -> None:
     """Record every assignment in one transaction: all of a CSV file, or none of it."""
-    with ledger.transaction() as session:
-        for assignment in assignments:
-            _assign_one(ledger, session, assignment)
-
-
-def _assign_one(ledger: Ledger, session: Session, assignment: Assignment) -> None:
-    camera = session.get(Camera, assignment.serial)
-    if camera is None:  # issued before its first docking
-        camera = Camera(serial=assignment.serial, first_seen_at=utc_now())
-        session.add(camera)
-    previous = camera.officer_id
-    if _newest_assignment_time(session, assignment.serial) <= assignment.assigned_at:
-        camera.officer_id = assignment.officer_id  # the cache holds the newest assignment only
-    audit_chain.append(
-        session,
-        dock_id=ledger.dock_id,
-        actor=ledger.actor,
-        event=ASSIGNED_EVENT,
-        camera_serial=assignment.serial,
-        details={
-            "officer_id": assignment.officer_id,
-            "previous_officer_id": previous,
-            "assigned_at": assignment.assigned_at.isoformat(),
-        },
-    )
-    session.flush()
-
-
-def _newest_assignment_time(session: Session, serial: str) -> datetime:
-    times = [assigned_at for assigned_at, _ in assignment_history(session, serial)]
-    return max(times, default=datetime.min.replace(tzinfo=UTC))
-
-
-def assignment_history(session: Session, serial: str) -> list[tuple[datetime, str]]:
-    """(assigned_at, officer_id) of every assignment of ``serial``, oldest first."""
-    rows = session.scalars(
-        select(AuditEntry.details)
-        .where(AuditEntry.event == ASSIGNED_EVENT, AuditEntry.camera_serial == serial)
-        .order_by(AuditEntry.id)
-    )
-    history = []
-    for details in rows:
-        document = json.loads(details)
-        history.append((datetime.fromisoformat(document["assigned_at"]), document["officer_id"]))
-    return sorted(history, key=lambda item: item[0])
-
-
-def officer_at(session: Session, serial: str, moment: datetime) -> str | None:
-    """The officer ``serial`` was issued to at ``moment`` (None before any assignment)."""
-    officer: str | None = None
-    for assigned_at, officer_id in assignment_history(session, serial):
-        if assigned_at > moment:
-            break
-        officer = officer_id
-    return officer
+    ledger.assign_cameras(assignments)
 
 
 def read_assignments_csv(path: Path) -> list[Assignment]:

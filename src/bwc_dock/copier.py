@@ -1,7 +1,7 @@
 """The copier stage: camera -> staging, hashed on the one read, verified from disk.
 
-For each clip (and its sidecars): write ``NAME.part`` in the clip's own staging
-folder while hashing, fsync, rename into place, fsync the folder, then drop the
+For each clip (and its sidecars): write a ``.part`` file in the clip's own staging
+folder while hashing, fsync, rename into place, fsync the folder (durable.py), then drop the
 staged file from the page cache and hash it again from disk. A mismatch copies
 again; a second mismatch quarantines the clip. Staging paths come from the ledger id
 and the sanitised name, never from a camera path.
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import structlog
 
+from bwc_dock.durable import write_durably
 from bwc_dock.errors import (
     HostileEntry,
     IntegrityError,
@@ -28,7 +29,7 @@ from bwc_dock.errors import (
     SourceGone,
     StagingFull,
 )
-from bwc_dock.hashing import copy_hashing, fsync_directory, hash_file_from_disk
+from bwc_dock.hashing import copy_hashing, hash_file_from_disk
 from bwc_dock.ledger import ClipWork, Ledger, SidecarWork
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.scanner import open_source_file
@@ -335,26 +336,23 @@ class Copier:
     ) -> str:
         """One read of the camera file into ``destination``: hashed, fsynced, renamed."""
         source_fd = open_source_file(source.root, source.source_path_raw, source.size)
-        part = destination.with_name(destination.name + ".part")
-        try:
-            os.posix_fadvise(source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            sha256, copied = _write_part(source_fd, part, cancel, renewer)
+
+        def fill(part_fd: int) -> str:
+            sha256, copied = copy_hashing(source_fd, part_fd, cancel, renewer.progress)
             if copied != source.size:
                 raise SourceGone(
                     f"read {copied} B of {source.size} B: the file changed on the camera"
                 )
             if source.mtime_ns is not None:
-                os.utime(part, ns=(source.mtime_ns, source.mtime_ns))
-            os.replace(part, destination)
-            fsync_directory(destination.parent)
+                os.utime(part_fd, ns=(source.mtime_ns, source.mtime_ns))
             return sha256
+
+        try:
+            os.posix_fadvise(source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            return write_durably(destination, fill, mode=0o640)
         except OSError as error:
-            part.unlink(missing_ok=True)
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StagingFull(f"staging filled up while copying: {error.strerror}") from error
-            raise
-        except BaseException:
-            part.unlink(missing_ok=True)
             raise
         finally:
             _close_source(source_fd)
@@ -366,20 +364,6 @@ def _close_source(fd: int) -> None:
         os.close(fd)
     except OSError as error:
         log.debug("copy.close_failed", error=str(error))
-
-
-def _write_part(
-    source_fd: int, part: Path, cancel: threading.Event, renewer: _LeaseRenewer
-) -> tuple[str, int]:
-    part_fd = os.open(
-        part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640
-    )
-    try:
-        sha256, copied = copy_hashing(source_fd, part_fd, cancel, renewer.progress)
-        os.fsync(part_fd)
-        return sha256, copied
-    finally:
-        os.close(part_fd)
 
 
 @contextmanager

@@ -23,20 +23,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from bwc_dock.errors import StorageError, UsageError
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.audit import find_break
-from bwc_dock.ledger.models import AuditEntry, Clip, Docking, Sidecar, utc_now
+from bwc_dock.ledger.models import utc_now
+from bwc_dock.ledger.snapshots import AuditRecord, ClipWork
 from bwc_dock.manifest import manifest_key
 from bwc_dock.scanner import safe_name
 from bwc_dock.storage.base import StorageBackend
 
 log = structlog.get_logger(__name__)
 
-DELIVERED_STATES = (str(ClipState.UPLOADED), str(ClipState.CLEARED))
 # Two uploader threads finishing clips of one docking must not write its list in turns
 # with stale views; across processes a later write (or resync) puts the newest list.
 _SUMS_LOCK = threading.Lock()
@@ -54,8 +52,7 @@ class DockingSums:
 
 def docking_sums(ledger: Ledger, docking_id: int) -> DockingSums | None:
     """The SHA256SUMS document of a docking's delivered objects; None before any."""
-    with ledger.transaction() as session:
-        objects = _delivered_objects(session, docking_id)
+    objects = ledger.delivered_objects(docking_id)
     if not objects:
         return None
     folder = _common_folder(list(objects))
@@ -66,24 +63,6 @@ def docking_sums(ledger: Ledger, docking_id: int) -> DockingSums | None:
         for object_key, sha256 in sorted(objects.items())
     ]
     return DockingSums(docking_id, key, "".join(lines).encode("ascii"))
-
-
-def _delivered_objects(session: Session, docking_id: int) -> dict[str, str]:
-    objects: dict[str, str] = {}
-    clips = session.scalars(
-        select(Clip).where(
-            Clip.docking_id == docking_id,
-            Clip.state.in_(DELIVERED_STATES),
-            Clip.remote_key.is_not(None),
-        )
-    )
-    for clip in clips:
-        assert clip.remote_key is not None
-        objects[clip.remote_key] = clip.remote_sha256 or clip.sha256 or ""
-        for sidecar in session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id)):
-            if sidecar.remote_key and sidecar.sha256:
-                objects[sidecar.remote_key] = sidecar.sha256
-    return {key: sha256 for key, sha256 in objects.items() if sha256}
 
 
 def _common_folder(keys: list[str]) -> str:
@@ -297,49 +276,21 @@ def parse_moment(text: str | None, option: str) -> datetime | None:
 
 def custody_records(ledger: Ledger, selection: ExportFilter) -> list[dict[str, Any]]:
     """One record per clip, each with every step of its history in audit order."""
-    from bwc_dock.cameras import officer_at
-
-    with ledger.transaction() as session:
-        query = select(Clip).order_by(Clip.id)
-        if selection.camera_serial is not None:
-            query = query.where(Clip.camera_serial == selection.camera_serial)
-        if selection.since is not None:
-            query = query.where(Clip.recorded_at >= selection.since)
-        if selection.until is not None:
-            query = query.where(Clip.recorded_at < selection.until)
-        clips = list(session.scalars(query))
-        devices = {d.id: d.device for d in session.scalars(select(Docking))}
-        steps = _steps_by_clip(session, {clip.id for clip in clips})
-        return [
-            _clip_record(
-                clip,
-                officer_at(session, clip.camera_serial, clip.recorded_at),
-                steps.get(clip.id, []),
-                devices,
-                session,
-            )
-            for clip in clips
-        ]
-
-
-def _steps_by_clip(session: Session, clip_ids: set[int]) -> dict[int, list[AuditEntry]]:
-    steps: dict[int, list[AuditEntry]] = {}
-    for entry in session.scalars(
-        select(AuditEntry).where(AuditEntry.clip_id.is_not(None)).order_by(AuditEntry.id)
-    ):
-        if entry.clip_id in clip_ids:
-            steps.setdefault(entry.clip_id, []).append(entry)
-    return steps
+    facts = ledger.custody_facts(selection.camera_serial, selection.since, selection.until)
+    return [
+        _clip_record(
+            clip, facts.officers[clip.id], facts.steps.get(clip.id, []), facts.devices
+        )
+        for clip in facts.clips
+    ]
 
 
 def _clip_record(
-    clip: Clip,
+    clip: ClipWork,
     officer: str | None,
-    entries: list[AuditEntry],
+    entries: list[AuditRecord],
     devices: dict[int, str],
-    session: Session,
 ) -> dict[str, Any]:
-    sidecars = session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id))
     return {
         "clip_id": clip.id,
         "camera_serial": clip.camera_serial,
@@ -350,16 +301,16 @@ def _clip_record(
         "sha256": clip.sha256,
         "remote_key": clip.remote_key,
         "remote_sha256": clip.remote_sha256,
-        "state": clip.state,
+        "state": str(clip.state),
         "sidecars": [
             {"source_path": s.source_path, "sha256": s.sha256, "remote_key": s.remote_key}
-            for s in sidecars
+            for s in clip.sidecars
         ],
         "steps": [_step(entry, clip, devices) for entry in entries],
     }
 
 
-def _step(entry: AuditEntry, clip: Clip, devices: dict[int, str]) -> dict[str, Any]:
+def _step(entry: AuditRecord, clip: ClipWork, devices: dict[int, str]) -> dict[str, Any]:
     details = json.loads(entry.details)
     device = None
     if entry.event in CAMERA_SIDE_EVENTS:

@@ -26,7 +26,7 @@ from bwc_dock.clearer import clear_when_verified
 from bwc_dock.config import Config, load_config
 from bwc_dock.custody import anchor_dockings
 from bwc_dock.docked import Docked, DockedRegistry
-from bwc_dock.errors import BwcDockError, ConfigError, Interrupted
+from bwc_dock.errors import BwcDockError, ConfigError, Interrupted, PermanentStorageError
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
@@ -258,10 +258,10 @@ class Daemon(SourceListener):
         if self._bandwidth is not None:
             self._bandwidth(count)  # one limiter for the whole dock, shared by all uploaders
 
-    def _storage_refused(self, message: str) -> None:
-        report_refusal_once(message, self._refusals_reported, self._lock)
+    def _storage_refused(self, error: PermanentStorageError) -> None:
+        report_refusal_once(error, self._refusals_reported, self._lock)
         self.storage.refused()
-        self._last_error = message
+        self._last_error = str(error)
         self._count_error("storage_refused")
 
     def _count_error(self, kind: str) -> None:

@@ -9,6 +9,7 @@ question "is this worth another try?" is answered in exactly one place.
 from __future__ import annotations
 
 import errno
+from enum import StrEnum
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -85,8 +86,28 @@ class TransientStorageError(StorageError):
     transient = True
 
 
+class RefusalKind(StrEnum):
+    """What kind of refusal a PermanentStorageError is: what the operator has to fix.
+
+    Set where the store's own error is translated (the backends), so that callers decide
+    on the kind, never on the wording of the message.
+    """
+
+    CREDENTIALS = "credentials"  # the store does not accept our key or secret
+    PERMISSION = "permission"  # access denied, a read-only or non-writable folder
+    MISSING_BUCKET = "missing_bucket"
+    WRONG_LOCATION = "wrong_location"  # the bucket lives in another region or endpoint
+    TLS = "tls"  # the store's certificate could not be verified
+    INVALID_REQUEST = "invalid_request"  # an unusable key or setting on our side
+    OTHER = "other"  # any other refusal the store gave
+
+
 class PermanentStorageError(StorageError):
     """Central storage refused the request (credentials, permissions, missing bucket)."""
+
+    def __init__(self, message: str | None = None, kind: RefusalKind = RefusalKind.OTHER) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class StorageConflict(StorageError):

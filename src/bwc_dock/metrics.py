@@ -4,7 +4,7 @@ Dock PCs are usually watched by a node_exporter the agency already runs; its tex
 collector reads ``*.prom`` files from one folder. The daemon writes a small snapshot
 there each loop (``[service] metrics_textfile``). The file is replaced atomically, so
 the collector never reads half a file: a temporary name that does not end in ``.prom``
-in the same folder, fsync, ``os.replace``, fsync the folder.
+in the same folder, fsync, ``os.replace``, fsync the folder (durable.py).
 
 The exposition format is a few lines of text, so no client library is needed; the
 tests check the output with prometheus_client's own parser. (prometheus_client's
@@ -15,10 +15,11 @@ counts events, not one that reports a snapshot read from the ledger.)
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bwc_dock.durable import write_all_hashing, write_durably
 
 PREFIX = "bwc_dock"
 _TEXTFILE_MODE = 0o644  # node_exporter runs as its own user and must read the file
@@ -49,31 +50,13 @@ def render(snapshot: MetricsSnapshot) -> str:
 def write_textfile(path: Path, snapshot: MetricsSnapshot) -> None:
     """Replace ``path`` with the rendered snapshot atomically; raise OSError on failure."""
     text = render(snapshot).encode("utf-8")
-    directory = path.parent
-    # the collector reads *.prom only, so it never picks up the temporary file
-    descriptor, temporary_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp", dir=directory
-    )
-    temporary = Path(temporary_name)
-    try:
-        with os.fdopen(descriptor, "wb") as output:
-            output.write(text)
-            output.flush()
-            os.fchmod(output.fileno(), _TEXTFILE_MODE)
-            os.fsync(output.fileno())
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(directory)
 
+    def fill(descriptor: int) -> str:
+        os.fchmod(descriptor, _TEXTFILE_MODE)  # exactly this mode, whatever the umask
+        return write_all_hashing(descriptor, text)
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    # the collector reads *.prom only, so it never picks up the temporary .part file
+    write_durably(path, fill, mode=_TEXTFILE_MODE)
 
 
 def _lines(snapshot: MetricsSnapshot) -> Iterator[str]:

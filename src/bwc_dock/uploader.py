@@ -54,7 +54,7 @@ class Uploader:
         storage_config: StorageConfig,
         owner: str,
         throttle: ProgressCallback | None = None,
-        on_permanent_error: Callable[[str], None] | None = None,
+        on_permanent_error: Callable[[PermanentStorageError], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.backend = backend
@@ -64,7 +64,7 @@ class Uploader:
         self.keys = KeyTemplate(storage_config.key_template, ledger.dock_id)
         self.throttle = throttle
         self.on_permanent_error = on_permanent_error
-        self._reported_permanent: set[str] = set()
+        self._reported_permanent: set[str] = set()  # RefusalKind values
         self._lock = threading.Lock()
 
     def upload_next(self) -> bool:
@@ -257,9 +257,9 @@ class Uploader:
     def _report_permanent(self, error: PermanentStorageError) -> None:
         """Loud once per kind of refusal: the daemon's reporter spans all its uploaders."""
         if self.on_permanent_error is not None:
-            self.on_permanent_error(str(error))
+            self.on_permanent_error(error)
             return
-        report_refusal_once(str(error), self._reported_permanent, self._lock)
+        report_refusal_once(error, self._reported_permanent, self._lock)
 
 
 def _confirmed(stored_sha256: str | None, expected: str, key: str) -> str:
@@ -268,17 +268,21 @@ def _confirmed(stored_sha256: str | None, expected: str, key: str) -> str:
     return expected
 
 
-def report_refusal_once(message: str, reported: set[str], lock: threading.Lock) -> bool:
-    """Log ``storage.refused`` the first time a kind of refusal is seen; True if logged."""
-    # "ACTION KEY: reason (detail)": the kind is the reason, whatever the key or detail
-    kind = message.split(": ", 1)[-1].split("(", 1)[0].strip()[:60]
+def report_refusal_once(
+    error: PermanentStorageError, reported: set[str], lock: threading.Lock
+) -> bool:
+    """Log ``storage.refused`` the first time a kind of refusal is seen; True if logged.
+
+    ``reported`` holds the RefusalKind values seen so far (a StrEnum is a str).
+    """
     with lock:
-        if kind in reported:
+        if error.kind in reported:
             return False
-        reported.add(kind)
+        reported.add(error.kind)
     log.error(
         "storage.refused",
-        error=message,
+        error=str(error),
+        kind=error.kind.value,
         hint="check the storage credentials, bucket and permissions",
     )
     return True

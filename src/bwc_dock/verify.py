@@ -14,12 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import structlog
-from sqlalchemy import select
 
 from bwc_dock.errors import StorageError
 from bwc_dock.hashing import hash_file_from_disk
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
-from bwc_dock.ledger.models import Clip
 from bwc_dock.manifest import manifest_key
 from bwc_dock.storage.base import StorageBackend
 
@@ -81,12 +79,6 @@ def remote_files(work: ClipWork) -> Iterator[tuple[str, str, str | None]]:
     for sidecar in work.sidecars:
         if sidecar.remote_key is not None:
             yield sidecar.name, sidecar.remote_key, sidecar.sha256
-
-
-def purged_clip_ids(ledger: Ledger) -> set[int]:
-    """Clips whose staged copies were deleted after retention (snapshots do not say)."""
-    with ledger.transaction() as session:
-        return set(session.scalars(select(Clip.id).where(Clip.staged_purged_at.is_not(None))))
 
 
 def has_staged_copy(work: ClipWork, purged: bool) -> bool:
@@ -172,7 +164,7 @@ def verify(
     """Check every staged copy, and every central object when ``backend`` is given."""
     report = VerifyReport()
     clips = ledger.clips(camera_serial=camera_serial)
-    purged = purged_clip_ids(ledger)
+    purged = ledger.purged_clip_ids()
     for number, work in enumerate(clips, start=1):
         found: list[Mismatch] = []
         where: list[str] = []

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from bwc_dock.config import Config
 from bwc_dock.copier import Copier, StagingArea
+from bwc_dock.errors import PermanentStorageError
 from bwc_dock.ledger import Ledger
 from bwc_dock.storage.base import ProgressCallback, StorageBackend
 from bwc_dock.uploader import Uploader
@@ -34,7 +35,7 @@ class Stages:
         self,
         owner: str,
         throttle: ProgressCallback | None = None,
-        on_permanent_error: Callable[[str], None] | None = None,
+        on_permanent_error: Callable[[PermanentStorageError], None] | None = None,
     ) -> Uploader:
         """An uploader for one worker (one lease owner)."""
         return Uploader(

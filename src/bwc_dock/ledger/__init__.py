@@ -1,6 +1,25 @@
-"""The ledger: SQLite (or any SQLAlchemy URL) holding cameras, dockings, clips and audit."""
+"""The ledger: SQLite (or any SQLAlchemy URL) holding cameras, dockings, clips and audit.
 
-from bwc_dock.ledger.core import ClipWork, Ledger, SidecarWork
+All SQL of bwc-dock lives in this package, one module per kind of question; the
+:class:`Ledger` facade (``facade.py``) is what the rest of bwc-dock holds, and it hands
+out frozen snapshots (``snapshots.py``), never ORM rows. The package imports nothing
+above it (no stage, no daemon, no command).
+
+- ``models.py``: the tables; ``db.py``: engine, SQLite durability, migrations.
+- ``states.py``: the clip state machine; ``transitions.py``: the one checked, audited
+  way a clip row changes.
+- ``store.py``: engine, dock id and actor shared by the parts, one transaction each.
+- ``dockings.py``: cameras arriving and leaving; ``discovery.py``: clips a scan found.
+- ``queue.py``: claim, lease, finish, release, quarantine, re-queue.
+- ``reports.py``: lists, counts and totals; ``custody.py``: SHA256SUMS, manifest and
+  custody-export facts; ``assignments.py``: who carried each camera when.
+- ``audit.py``: the hash chain; ``audit_log.py``: events, rows and head of the log.
+- ``multipart.py``: the multipart journal; ``heartbeat.py``: the daemon's pulse;
+  ``leases.py``: lease-owner names that say whether their process lives.
+"""
+
+from bwc_dock.ledger.facade import Ledger
+from bwc_dock.ledger.snapshots import ClipWork, SidecarWork
 from bwc_dock.ledger.states import ClipState
 
 __all__ = ["ClipState", "ClipWork", "Ledger", "SidecarWork"]

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bwc_dock.ledger.models import AuditEntry
+from bwc_dock.ledger.snapshots import AuditRecord
 
 GENESIS_HASH = "0" * 64
 HASHED_COLUMNS = (
@@ -81,7 +82,7 @@ class ChainBreak:
     reason: str
 
 
-def find_break(entries: Iterable[AuditEntry]) -> ChainBreak | None:
+def find_break(entries: Iterable[AuditRecord]) -> ChainBreak | None:
     """The first row whose hash or link is wrong, or None when the chain holds."""
     expected_prev = GENESIS_HASH
     expected_id = 1

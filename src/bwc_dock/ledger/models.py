@@ -98,6 +98,12 @@ class Clip(Base):
         Index("ix_clips_state_next", "state", "next_attempt_at"),
         Index("ix_clips_camera_sha", "camera_serial", "sha256"),
         Index("ix_clips_docking_state", "docking_id", "state"),  # migration 0003
+        Index("ix_clips_leased", "id", sqlite_where=text("lease_owner IS NOT NULL")),
+        Index(
+            "ix_clips_staged_copies",
+            "uploaded_at",
+            sqlite_where=text("staged_path IS NOT NULL AND staged_purged_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -1,29 +1,35 @@
 """The ``file`` backend: central storage is a mounted folder (NAS over SMB or NFS).
 
-Writes go to ``KEY.part`` beside the final name, are hashed while written, fsynced,
-renamed into place create-only (``link`` fails if the name exists), and the folder
-is fsynced. Then the stored file is dropped from the page cache and hashed again, so
-the confirmation comes from what the NAS holds, not from what this PC sent.
+Writes are crash-safe (durable.py): a random ``KEY.RANDOM.DOCK.part`` beside the final
+name, hashed while written and refused before it is named if the hash is not the
+ledger's, fsynced, linked into place create-only (``link`` fails if the name exists),
+and the folder is fsynced. Then the stored file is dropped from the page cache and
+hashed again, so the confirmation comes from what the NAS holds, not from what this PC
+sent. Content already under the key is a verified no-op when it hashes the same, and a
+StorageConflict, never an overwrite, when it does not.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 import structlog
 
 from bwc_dock.config import Config
+from bwc_dock.durable import PART_SUFFIX, write_all_hashing, write_bytes_durably, write_durably
 from bwc_dock.errors import (
     IntegrityError,
     PermanentStorageError,
+    RefusalKind,
     StorageConflict,
     TransientStorageError,
     is_transient,
 )
-from bwc_dock.hashing import copy_hashing, fsync_directory, hash_file_from_disk
+from bwc_dock.hashing import copy_hashing, hash_file_from_disk
 from bwc_dock.scanner import safe_name
 from bwc_dock.storage.base import (
     MultipartJournal,
@@ -33,8 +39,6 @@ from bwc_dock.storage.base import (
 )
 
 log = structlog.get_logger(__name__)
-
-PART_SUFFIX = ".part"
 
 
 class FileBackend(StorageBackend):
@@ -61,7 +65,9 @@ class FileBackend(StorageBackend):
         self.check_reachable()
         parts = key.split("/")
         if not key or any(part in ("", ".", "..") for part in parts):
-            raise PermanentStorageError(f"unsafe storage key {key!r}")
+            raise PermanentStorageError(
+                f"unsafe storage key {key!r}", RefusalKind.INVALID_REQUEST
+            )
         return self.root.joinpath(*parts)
 
     def put_file(
@@ -77,35 +83,43 @@ class FileBackend(StorageBackend):
         target = self._path(key)
         if self._already_stored(target, key, sha256):
             return StoredObject(key, size, sha256)
+
+        def fill(part_fd: int) -> str:
+            written_sha256, _size = copy_hashing(
+                source_fd, part_fd, progress=progress, read_error=OSError
+            )
+            if written_sha256 != sha256:  # refused before it ever has the final name
+                raise IntegrityError(
+                    f"{key}: the staged copy hashed to {written_sha256} while sending, "
+                    f"ledger has {sha256}"
+                )
+            return written_sha256
+
         with _storage_errors(key):
             source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
-                written_sha256 = self._write_create_only(target, source_fd, progress)
+                if not self._write_create_only(target, key, sha256, fill):
+                    return StoredObject(key, size, sha256)
             finally:
                 os.close(source_fd)
-        if written_sha256 != sha256:
-            self.delete(key)
-            raise IntegrityError(
-                f"{key}: the staged copy hashed to {written_sha256} while sending, "
-                f"ledger has {sha256}"
-            )
         return self._confirm(target, key, sha256)
 
     def put_bytes(
         self, key: str, data: bytes, metadata: Mapping[str, str], *, replace: bool = False
     ) -> StoredObject:
         target = self._path(key)
-        with _storage_errors(key):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            part = target.with_name(target.name + self.part_suffix)
-            part_fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(part_fd, data)
-                os.fsync(part_fd)
-            finally:
-                os.close(part_fd)
-            self._publish(part, target, replace=replace)
-        return StoredObject(key, len(data), None)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if replace:
+            with _storage_errors(key):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes_durably(target, data, suffix=self.part_suffix)
+        elif self._already_stored(target, key, sha256):
+            return StoredObject(key, len(data), sha256)
+        else:
+            with _storage_errors(key):
+                self._write_create_only(target, key, sha256, lambda fd: write_all_hashing(fd, data))
+        # a replaced document may be someone else's by now: only a create-only one is ours
+        return self._confirm(target, key, sha256, remove_on_mismatch=not replace)
 
     def _already_stored(self, target: Path, key: str, sha256: str) -> bool:
         """A retry after a lost confirmation finds its own object: success, not a copy."""
@@ -121,45 +135,29 @@ class FileBackend(StorageBackend):
         return True
 
     def _write_create_only(
-        self, target: Path, source_fd: int, progress: ProgressCallback | None
-    ) -> str:
+        self, target: Path, key: str, sha256: str, fill: Callable[[int], str]
+    ) -> bool:
+        """Write ``target`` create-only; False when the same content got there first
+        (another dock storing the same clip), StorageConflict when other content did."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(target.name + self.part_suffix)
-        part_fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            written_sha256, _size = copy_hashing(
-                source_fd, part_fd, progress=progress, read_error=OSError
-            )
-            os.fsync(part_fd)
-        except BaseException:
-            part.unlink(missing_ok=True)
+            write_durably(target, fill, create_only=True, suffix=self.part_suffix)
+        except FileExistsError:
+            if self._already_stored(target, key, sha256):
+                return False
             raise
-        finally:
-            os.close(part_fd)
-        self._publish(part, target, replace=False)
-        return written_sha256
+        return True
 
-    def _publish(self, part: Path, target: Path, *, replace: bool) -> None:
-        try:
-            if replace:
-                os.replace(part, target)
-            else:
-                os.link(part, target)  # fails with EEXIST instead of overwriting
-                part.unlink()
-        except FileExistsError as error:
-            part.unlink(missing_ok=True)
-            raise StorageConflict(f"{target}: appeared while we were writing it") from error
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
-        fsync_directory(target.parent)
-
-    def _confirm(self, target: Path, key: str, sha256: str) -> StoredObject:
+    def _confirm(
+        self, target: Path, key: str, sha256: str, *, remove_on_mismatch: bool = True
+    ) -> StoredObject:
+        """The stored file as the NAS holds it, re-read from disk, must hash to ``sha256``."""
         with _storage_errors(key):
             stored_sha256 = hash_file_from_disk(target)
             size = target.stat().st_size
         if stored_sha256 != sha256:
-            self.delete(key)
+            if remove_on_mismatch:
+                self.delete(key)
             raise IntegrityError(f"{key}: stored copy hashed to {stored_sha256}, not {sha256}")
         return StoredObject(key, size, stored_sha256)
 
@@ -208,7 +206,9 @@ class FileBackend(StorageBackend):
         if self.must_be_mountpoint and not os.path.ismount(self.root):
             raise TransientStorageError(f"storage folder {self.root} is not mounted")
         if not os.access(self.root, os.W_OK):
-            raise PermanentStorageError(f"storage folder {self.root} is not writable")
+            raise PermanentStorageError(
+                f"storage folder {self.root} is not writable", RefusalKind.PERMISSION
+            )
 
 
 class _storage_errors:
@@ -227,8 +227,10 @@ class _storage_errors:
             return
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise PermanentStorageError(
-                f"{self.key}: {error.strerror} ({error.filename})"
+                f"{self.key}: {error.strerror} ({error.filename})", RefusalKind.PERMISSION
             ) from error
         if is_transient(error) or error.errno is None:
             raise TransientStorageError(f"{self.key}: {error.strerror or error}") from error
-        raise PermanentStorageError(f"{self.key}: {error.strerror}") from error
+        raise PermanentStorageError(
+            f"{self.key}: {error.strerror}", RefusalKind.OTHER
+        ) from error

@@ -12,6 +12,13 @@ clip finished: an ingest of 20 clips grew with every clip the dock had ever seen
 
 ``ix_dockings_open``: the dockings still open (recovery, the daemon's start) scanned
 every docking there ever was; a partial index holds only the open ones.
+
+``ix_clips_leased``: the clips a worker holds (recovery takes back a dead worker's
+leases) scanned every clip; the partial index holds only leased clips.
+
+``ix_clips_staged_copies``: the daemon's staging purge looked for uploaded clips whose
+staged copy is still on disk among every uploaded clip; the partial index holds only the
+clips that still have a staged copy, which staging's size bounds.
 """
 
 import sqlalchemy as sa
@@ -32,8 +39,19 @@ def upgrade() -> None:
         ["id"],
         sqlite_where=sa.text("undocked_at IS NULL"),
     )
+    op.create_index(
+        "ix_clips_leased", "clips", ["id"], sqlite_where=sa.text("lease_owner IS NOT NULL")
+    )
+    op.create_index(
+        "ix_clips_staged_copies",
+        "clips",
+        ["uploaded_at"],
+        sqlite_where=sa.text("staged_path IS NOT NULL AND staged_purged_at IS NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_clips_staged_copies", table_name="clips")
+    op.drop_index("ix_clips_leased", table_name="clips")
     op.drop_index("ix_dockings_open", table_name="dockings")
     op.drop_index("ix_clips_docking_state", table_name="clips")

@@ -1,0 +1,136 @@
+"""What chain-of-custody documents are built from: the objects each docking delivered
+(its SHA256SUMS), which dockings need that list (re)written, the facts a clip's
+manifest records, and everything the custody export shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, case, func, or_, select
+
+from bwc_dock.ledger.assignments import officer_at
+from bwc_dock.ledger.models import AuditEntry, Clip, Docking, Sidecar
+from bwc_dock.ledger.snapshots import AuditRecord, ClipWork, audit_record, clip_snapshots
+from bwc_dock.ledger.states import PENDING_STATES, ClipState
+from bwc_dock.ledger.store import Store
+
+DELIVERED_STATES = (str(ClipState.UPLOADED), str(ClipState.CLEARED))
+
+
+@dataclass(frozen=True)
+class CustodyFacts:
+    """One consistent read of what the custody export shows about a set of clips."""
+
+    clips: list[ClipWork]
+    officers: dict[int, str | None]  # clip id -> officer when it was recorded
+    devices: dict[int, str]  # docking id -> device
+    steps: dict[int, list[AuditRecord]]  # clip id -> its audit rows, in order
+
+
+def delivered_objects(store: Store, docking_id: int) -> dict[str, str]:
+    """Remote key -> SHA-256 of every object (clip and sidecar) a docking delivered."""
+    objects: dict[str, str] = {}
+    with store.transaction() as session:
+        delivered = session.scalars(
+            select(Clip).where(
+                Clip.docking_id == docking_id,
+                Clip.state.in_(DELIVERED_STATES),
+                Clip.remote_key.is_not(None),
+            )
+        )
+        for clip in delivered:
+            assert clip.remote_key is not None
+            objects[clip.remote_key] = clip.remote_sha256 or clip.sha256 or ""
+            for sidecar in session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id)):
+                if sidecar.remote_key and sidecar.sha256:
+                    objects[sidecar.remote_key] = sidecar.sha256
+    return {key: sha256 for key, sha256 in objects.items() if sha256}
+
+
+def delivering_dockings(store: Store, camera_serial: str | None = None) -> list[int]:
+    """Dockings (of ``camera_serial``, when given) with a clip in central storage."""
+    query = select(Clip.docking_id).where(Clip.state.in_(DELIVERED_STATES)).distinct()
+    if camera_serial is not None:
+        query = query.where(Clip.camera_serial == camera_serial)
+    with store.transaction() as session:
+        return sorted(session.scalars(query))
+
+
+def dockings_to_anchor(store: Store) -> list[int]:
+    """Dockings whose clips are all in central storage (or quarantined) and whose
+    SHA256SUMS was never written, or written before their last upload."""
+    pending = [str(state) for state in PENDING_STATES]
+    delivered = list(DELIVERED_STATES)
+    with store.transaction() as session:
+        query = (
+            select(Docking.id)
+            .join(Clip, Clip.docking_id == Docking.id)
+            .group_by(Docking.id)
+            .having(
+                func.sum(case((Clip.state.in_(pending), 1), else_=0)) == 0,
+                func.sum(
+                    case((and_(Clip.state.in_(delivered), Clip.remote_key.is_not(None)), 1),
+                         else_=0)
+                ) > 0,
+                or_(
+                    Docking.sums_written_at.is_(None),
+                    Docking.sums_written_at < func.max(Clip.uploaded_at),
+                ),
+            )
+            .order_by(Docking.id)
+        )
+        return list(session.scalars(query))
+
+
+def mark_sums_written(store: Store, docking_id: int, content_read_at: datetime) -> None:
+    """The docking's SHA256SUMS, as the ledger stood at ``content_read_at``, is stored."""
+    with store.transaction() as session:
+        docking = session.get(Docking, docking_id)
+        if docking is not None:
+            docking.sums_written_at = content_read_at
+
+
+def manifest_facts(store: Store, clip_id: int) -> tuple[str | None, dict[str, datetime | None]]:
+    """The officer the camera is assigned to, and when each step happened."""
+    with store.transaction() as session:
+        clip = session.get(Clip, clip_id)
+        assert clip is not None
+        times = {"discovered_at": clip.discovered_at, "staged_at": clip.staged_at}
+        # the officer who carried the camera when the clip was recorded, not today's
+        return officer_at(session, clip.camera_serial, clip.recorded_at), times
+
+
+def custody_facts(
+    store: Store,
+    camera_serial: str | None,
+    recorded_since: datetime | None,
+    recorded_until: datetime | None,
+) -> CustodyFacts:
+    """Clips recorded in [since, until) (of one camera, when given), with their history."""
+    query = select(Clip).order_by(Clip.id)
+    if camera_serial is not None:
+        query = query.where(Clip.camera_serial == camera_serial)
+    if recorded_since is not None:
+        query = query.where(Clip.recorded_at >= recorded_since)
+    if recorded_until is not None:
+        query = query.where(Clip.recorded_at < recorded_until)
+    with store.transaction() as session:
+        rows = list(session.scalars(query))
+        wanted = {clip.id for clip in rows}
+        steps: dict[int, list[AuditRecord]] = {}
+        for entry in session.scalars(
+            select(AuditEntry).where(AuditEntry.clip_id.is_not(None)).order_by(AuditEntry.id)
+        ):
+            if entry.clip_id in wanted:
+                steps.setdefault(entry.clip_id, []).append(audit_record(entry))
+        return CustodyFacts(
+            clips=clip_snapshots(session, rows),
+            officers={
+                clip.id: officer_at(session, clip.camera_serial, clip.recorded_at)
+                for clip in rows
+            },
+            devices={d.id: d.device for d in session.scalars(select(Docking))},
+            steps=steps,
+        )

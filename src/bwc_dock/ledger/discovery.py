@@ -1,0 +1,125 @@
+"""Discovery: registering the clips a scan of a docked camera found.
+
+A clip is known by (camera serial, raw path, size, mtime); one seen again is left
+alone, and a reused file name with new content is a new clip. Sidecars get names
+unique within their clip, since staging and remote keys are built from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bwc_dock.ledger.models import Clip, Docking, Sidecar, utc_now
+from bwc_dock.ledger.states import ClipState
+from bwc_dock.ledger.store import Store
+from bwc_dock.scanner import FoundClip
+
+log = structlog.get_logger(__name__)
+
+
+def record_scan(
+    store: Store, docking_id: int, found: Sequence[FoundClip], refused: int, priority: int = 0
+) -> list[int]:
+    """Register newly seen clips; clips already known by identity are left alone."""
+    now = utc_now()
+    new_ids: list[int] = []
+    with store.transaction() as session:
+        docking = session.get(Docking, docking_id)
+        assert docking is not None
+        docking.scanned_at = now
+        docking.refused_entries = refused
+        # one query for the camera's known identities, not one per file: a watch
+        # folder is rescanned every minute and a camera may hold thousands of clips
+        known = {
+            (row.source_path_raw, row.size, row.mtime_ns)
+            for row in session.execute(
+                select(Clip.source_path_raw, Clip.size, Clip.mtime_ns).where(
+                    Clip.camera_serial == docking.camera_serial
+                )
+            )
+        }
+        for clip in found:
+            video = clip.video
+            if (video.source_path_raw, video.size, video.mtime_ns) in known:
+                continue
+            row = _new_clip(store, session, docking, clip, now, priority)
+            new_ids.append(row.id)
+    return new_ids
+
+
+def _new_clip(
+    store: Store,
+    session: Session,
+    docking: Docking,
+    found: FoundClip,
+    now: datetime,
+    priority: int,
+) -> Clip:
+    video = found.video
+    clip = Clip(
+        camera_serial=docking.camera_serial,
+        docking_id=docking.id,
+        source_path_raw=video.source_path_raw,
+        source_path=video.source_path,
+        name=video.name,
+        size=video.size,
+        mtime_ns=video.mtime_ns,
+        recorded_at=found.recorded_at,
+        state=ClipState.DISCOVERED,
+        priority=priority,
+        copy_attempts=0,
+        upload_attempts=0,
+        discovered_at=now,
+        updated_at=now,
+    )
+    session.add(clip)
+    session.flush()
+    used_names = {clip.name.lower()}
+    for sidecar in found.sidecars:
+        name = _unique_name(sidecar.name, used_names)
+        session.add(
+            Sidecar(
+                clip_id=clip.id,
+                source_path_raw=sidecar.source_path_raw,
+                source_path=sidecar.source_path,
+                name=name,
+                size=sidecar.size,
+                mtime_ns=sidecar.mtime_ns,
+            )
+        )
+    store.audit(
+        session,
+        "clip.discovered",
+        camera_serial=clip.camera_serial,
+        clip_id=clip.id,
+        details={
+            "source_path": clip.source_path,
+            "size": clip.size,
+            "mtime_ns": clip.mtime_ns,
+            "docking_id": docking.id,
+            "sidecars": [s.source_path for s in found.sidecars],
+        },
+    )
+    log.info(
+        "clip.discovered",
+        clip=clip.id,
+        camera=clip.camera_serial,
+        path=clip.source_path,
+        size=clip.size,
+    )
+    return clip
+
+
+def _unique_name(name: str, used: set[str]) -> str:
+    candidate, counter = name, 1
+    while candidate.lower() in used:
+        stem, dot, extension = name.rpartition(".")
+        candidate = f"{stem}-{counter}.{extension}" if dot else f"{name}-{counter}"
+        counter += 1
+    used.add(candidate.lower())
+    return candidate

@@ -1,0 +1,116 @@
+"""Dockings: a camera (or an ingested folder) arriving, being read, and leaving.
+
+Recording a docking also keeps the camera's row (profile, USB ids, filesystem) current.
+A docking's ``owner`` is a lease-owner name: a docking whose reader died is taken over
+(``adopt``) or ended (``end_stale``) when the daemon starts.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from bwc_dock.ledger.leases import owner_is_dead
+from bwc_dock.ledger.models import Camera, Docking, utc_now
+from bwc_dock.ledger.snapshots import DockingRecord, docking_record
+from bwc_dock.ledger.store import Store
+from bwc_dock.sources.base import DockedVolume
+
+
+def record(store: Store, volume: DockedVolume, owner: str | None) -> int:
+    """A new docking of ``volume``; ``owner`` (a lease-owner name) is who reads it."""
+    now = utc_now()
+    with store.transaction() as session:
+        camera = session.get(Camera, volume.camera_serial)
+        if camera is None:
+            camera = Camera(serial=volume.camera_serial, first_seen_at=now)
+            session.add(camera)
+        camera.profile_name = volume.profile_name
+        camera.usb_vendor_id = volume.usb_vendor_id
+        camera.usb_product_id = volume.usb_product_id
+        camera.fs_label = volume.fs_label
+        camera.fs_uuid = volume.fs_uuid
+        camera.last_docked_at = now
+        docking = Docking(
+            camera_serial=volume.camera_serial,
+            dock_id=store.dock_id,
+            source=volume.source,
+            device=volume.device,
+            volume_root=str(volume.root),
+            owner=owner,
+            docked_at=now,
+            refused_entries=0,
+        )
+        session.add(docking)
+        session.flush()
+        store.audit(
+            session,
+            "camera.docked",
+            camera_serial=volume.camera_serial,
+            details={
+                "docking_id": docking.id,
+                "device": volume.device,
+                "source": volume.source,
+                "profile": volume.profile_name,
+            },
+        )
+        return docking.id
+
+
+def end(store: Store, docking_id: int, reason: str) -> None:
+    with store.transaction() as session:
+        docking = session.get(Docking, docking_id)
+        if docking is None or docking.undocked_at is not None:
+            return
+        docking.undocked_at = utc_now()
+        store.audit(
+            session,
+            "camera.undocked",
+            camera_serial=docking.camera_serial,
+            details={"docking_id": docking_id, "reason": reason},
+        )
+
+
+def adopt(store: Store, new_owner: str, sources: frozenset[str]) -> list[Docking]:
+    """Take over open dockings of ``sources`` whose owner is gone; return them."""
+    with store.transaction() as session:
+        open_dockings = session.scalars(
+            select(Docking).where(Docking.undocked_at.is_(None), Docking.source.in_(sources))
+        ).all()
+        adopted = [d for d in open_dockings if d.owner is None or owner_is_dead(d.owner)]
+        for docking in adopted:
+            docking.owner = new_owner
+        return list(adopted)
+
+
+def end_stale(store: Store) -> int:
+    """At start-up: dockings whose reader died are over (the sources re-dock what is
+    still present)."""
+    with store.transaction() as session:
+        open_dockings = session.scalars(select(Docking).where(Docking.undocked_at.is_(None))).all()
+        stale = [d for d in open_dockings if d.owner is None or owner_is_dead(d.owner)]
+        for docking in stale:
+            docking.undocked_at = utc_now()
+            store.audit(
+                session,
+                "camera.undocked",
+                camera_serial=docking.camera_serial,
+                details={"docking_id": docking.id, "reason": "daemon restarted"},
+            )
+        return len(stale)
+
+
+def active(store: Store) -> list[DockingRecord]:
+    """Every docking not yet ended, oldest first."""
+    with store.transaction() as session:
+        return [
+            docking_record(docking)
+            for docking in session.scalars(
+                select(Docking).where(Docking.undocked_at.is_(None)).order_by(Docking.id)
+            )
+        ]
+
+
+def get(store: Store, docking_id: int) -> DockingRecord | None:
+    with store.transaction() as session:
+        docking = session.get(Docking, docking_id)
+        return None if docking is None else docking_record(docking)

@@ -1,0 +1,30 @@
+"""The daemon's heartbeat: one row the running daemon rewrites, read by ``status`` and by
+hand-run commands deciding whether a daemon is alive."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from bwc_dock.ledger.models import DaemonHeartbeat, utc_now
+from bwc_dock.ledger.snapshots import HeartbeatRecord, heartbeat_record
+from bwc_dock.ledger.store import Store
+
+
+def beat(store: Store, host: str, pid: int, started_at: datetime, **fields: Any) -> None:
+    with store.transaction() as session:
+        row = session.get(DaemonHeartbeat, 1)
+        if row is None:
+            row = DaemonHeartbeat(
+                id=1, host=host, pid=pid, started_at=started_at, beat_at=utc_now()
+            )
+            session.add(row)
+        row.host, row.pid, row.started_at, row.beat_at = host, pid, started_at, utc_now()
+        for name, value in fields.items():
+            setattr(row, name, value)
+
+
+def read(store: Store) -> HeartbeatRecord | None:
+    with store.transaction() as session:
+        row = session.get(DaemonHeartbeat, 1)
+        return None if row is None else heartbeat_record(row)

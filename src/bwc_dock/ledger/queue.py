@@ -1,0 +1,310 @@
+"""The clip queue: claiming work under a lease, recording results, putting clips back.
+
+Workers take a clip with a ``claim_*`` function (which moves it into a leased state
+and names them its owner), do their work outside any transaction, and record the
+result with ``finish_*``, ``release`` or ``quarantine``, which check that the lease is
+still theirs. Hand-run repairs (``requeue``, ``adopt_staged_copy``) touch only clips
+nobody holds. Every change goes through :mod:`bwc_dock.ledger.transitions`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, or_, select
+
+from bwc_dock.errors import LeaseLost
+from bwc_dock.ledger.leases import owner_is_dead
+from bwc_dock.ledger.models import Camera, Clip, Docking, Sidecar, utc_now
+from bwc_dock.ledger.snapshots import ClipWork, clip_snapshot
+from bwc_dock.ledger.states import LEASED_STATES, ClipState
+from bwc_dock.ledger.store import Store
+from bwc_dock.ledger.transitions import amend_staged_copy, lease, move, owned, unleased
+
+log = structlog.get_logger(__name__)
+
+
+# -- claiming work -------------------------------------------------------------------------
+
+
+def claim_for_copy(store: Store, owner: str, docking_id: int | None = None) -> ClipWork | None:
+    """The next discovered clip whose camera is docked now, leased to ``owner``."""
+    now = utc_now()
+    with store.transaction() as session:
+        query = (
+            select(Clip, Docking)
+            .join(
+                Docking,
+                and_(Docking.camera_serial == Clip.camera_serial, Docking.undocked_at.is_(None)),
+            )
+            .where(Clip.state == ClipState.DISCOVERED, _due(now))
+            .order_by(Clip.priority.desc(), Clip.id, Docking.id.desc())
+            .limit(1)
+        )
+        if docking_id is not None:
+            query = query.where(Docking.id == docking_id)
+        row = session.execute(query).first()
+        if row is None:
+            return None
+        clip, docking = row
+        lease(store, session, clip, ClipState.COPYING, owner, now)
+        return clip_snapshot(session, clip, Path(docking.volume_root))
+
+
+def claim_for_upload(
+    store: Store, owner: str, only: Collection[int] | None = None
+) -> ClipWork | None:
+    """The next staged clip that is due (of ``only``, when given): priority clips
+    first, then the camera whose turn is oldest, then its oldest recording.
+
+    Cameras take turns so that several docked together all progress, rather than
+    one camera's whole shift going first while the others wait.
+    """
+    now = utc_now()
+    with store.transaction() as session:
+        query = (
+            select(Clip, Camera)
+            .join(Camera, Camera.serial == Clip.camera_serial)
+            .where(Clip.state == ClipState.STAGED, _due(now))
+        )
+        if only is not None:
+            query = query.where(Clip.id.in_(list(only)))
+        row = session.execute(
+            query.order_by(
+                Clip.priority.desc(),
+                Camera.last_upload_claimed_at.asc().nulls_first(),
+                Clip.recorded_at,
+                Clip.id,
+            ).limit(1)
+        ).first()
+        if row is None:
+            return None
+        clip, camera = row
+        camera.last_upload_claimed_at = now
+        lease(store, session, clip, ClipState.UPLOADING, owner, now)
+        return clip_snapshot(session, clip, None)
+
+
+def renew_lease(store: Store, clip_id: int, owner: str) -> None:
+    """Keep a long copy or upload ours; raises LeaseLost when it is not."""
+    with store.transaction() as session:
+        clip = session.get(Clip, clip_id)
+        renewed = clip is not None and clip.lease_owner == owner
+        if clip is not None and renewed:
+            clip.lease_expires_at = utc_now() + store.lease
+    if not renewed:
+        raise LeaseLost(f"clip {clip_id}: lease lost")
+
+
+def set_priority(store: Store, clip_id: int, priority: int) -> bool:
+    with store.transaction() as session:
+        clip = session.get(Clip, clip_id)
+        if clip is None:
+            return False
+        clip.priority = priority
+        store.audit(
+            session,
+            "clip.prioritized",
+            camera_serial=clip.camera_serial,
+            clip_id=clip.id,
+            details={"priority": priority},
+        )
+        return True
+
+
+# -- recording results ---------------------------------------------------------------------
+
+
+def finish_copy(
+    store: Store,
+    work: ClipWork,
+    owner: str,
+    sha256: str,
+    staged_path: str,
+    sidecar_hashes: Mapping[int, str],
+) -> None:
+    with store.transaction() as session:
+        clip = owned(session, work.id, owner)
+        clip.sha256 = sha256
+        clip.staged_path = staged_path
+        clip.staged_at = utc_now()
+        clip.last_error = None
+        clip.next_attempt_at = None
+        for sidecar in session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id)):
+            sidecar.sha256 = sidecar_hashes[sidecar.id]
+        clip.duplicate_of = session.scalar(
+            select(Clip.id)
+            .where(
+                Clip.camera_serial == clip.camera_serial,
+                Clip.sha256 == sha256,
+                Clip.id != clip.id,
+                Clip.duplicate_of.is_(None),
+                Clip.state != ClipState.QUARANTINED,
+            )
+            .order_by(Clip.id)
+            .limit(1)
+        )
+        move(
+            store,
+            session,
+            clip,
+            ClipState.STAGED,
+            owner,
+            details={
+                "staged_path": staged_path,
+                "duplicate_of": clip.duplicate_of,
+                "sidecars": {str(k): v for k, v in sidecar_hashes.items()},
+            },
+        )
+
+
+def finish_upload(
+    store: Store,
+    work: ClipWork,
+    owner: str,
+    remote_key: str,
+    remote_sha256: str,
+    sidecar_remote: Mapping[int, tuple[str, str]],
+    manifest_key: str | None,
+) -> None:
+    with store.transaction() as session:
+        clip = owned(session, work.id, owner)
+        clip.remote_key = remote_key
+        clip.remote_sha256 = remote_sha256
+        clip.uploaded_at = utc_now()
+        clip.last_error = None
+        clip.next_attempt_at = None
+        for sidecar in session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id)):
+            sidecar.remote_key, sidecar.remote_sha256 = sidecar_remote[sidecar.id]
+        move(
+            store,
+            session,
+            clip,
+            ClipState.UPLOADED,
+            owner,
+            details={
+                "remote_key": remote_key,
+                "remote_sha256": remote_sha256,
+                "manifest_key": manifest_key,
+            },
+        )
+
+
+def release(
+    store: Store,
+    work: ClipWork,
+    owner: str,
+    *,
+    error: str | None,
+    retry_at: datetime | None,
+    count_attempt: bool = True,
+) -> None:
+    """Give a leased clip back (copying -> discovered, uploading -> staged)."""
+    with store.transaction() as session:
+        clip = owned(session, work.id, owner)
+        target = LEASED_STATES[ClipState(clip.state)]
+        if count_attempt:
+            if target is ClipState.STAGED:
+                clip.upload_attempts += 1
+            else:
+                clip.copy_attempts += 1
+        clip.last_error = error
+        clip.next_attempt_at = retry_at
+        move(store, session, clip, target, owner, details={"error": error})
+
+
+def quarantine(store: Store, work: ClipWork, owner: str | None, reason: str) -> None:
+    with store.transaction() as session:
+        clip = owned(session, work.id, owner) if owner else session.get(Clip, work.id)
+        assert clip is not None
+        clip.last_error = reason
+        move(store, session, clip, ClipState.QUARANTINED, owner, details={"reason": reason})
+    log.error(
+        "clip.quarantined",
+        clip=work.id,
+        camera=work.camera_serial,
+        sha256=work.sha256,
+        reason=reason,
+    )
+
+
+def mark_cleared(store: Store, work: ClipWork, details: Mapping[str, Any]) -> None:
+    with store.transaction() as session:
+        clip = session.get(Clip, work.id)
+        assert clip is not None
+        clip.cleared_at = utc_now()
+        move(store, session, clip, ClipState.CLEARED, None, details=details)
+
+
+def mark_purged(store: Store, clip_id: int) -> None:
+    with store.transaction() as session:
+        clip = session.get(Clip, clip_id)
+        assert clip is not None
+        clip.staged_purged_at = utc_now()
+        store.audit(
+            session,
+            "clip.staging_purged",
+            camera_serial=clip.camera_serial,
+            clip_id=clip.id,
+            sha256=clip.sha256,
+        )
+
+
+# -- hand-run repairs and recovery ---------------------------------------------------------
+
+
+def requeue(store: Store, clip_id: int, target: ClipState, reason: str) -> None:
+    """Hand-run repair: put an unleased clip back to be done again."""
+    with store.transaction() as session:
+        clip = unleased(session, clip_id)
+        clip.next_attempt_at = None
+        clip.last_error = reason
+        if target is ClipState.DISCOVERED:
+            clip.staged_path = None
+        move(store, session, clip, target, None, details={"reason": reason})
+
+
+def adopt_staged_copy(
+    store: Store, clip_id: int, staged_path: str, moved_from: str, moved_to: str
+) -> None:
+    """Hand-run repair: a file found in staging is this unleased clip's staged copy."""
+    with store.transaction() as session:
+        clip = unleased(session, clip_id)
+        amend_staged_copy(
+            store, session, clip, staged_path, details={"from": moved_from, "to": moved_to}
+        )
+
+
+def recover_leases(store: Store, *, all_expired: bool = True) -> dict[str, int]:
+    """Put back clips whose worker died (or whose lease ran out)."""
+    now = utc_now()
+    recovered: dict[str, int] = {}
+    with store.transaction() as session:
+        leased = session.scalars(select(Clip).where(Clip.lease_owner.is_not(None))).all()
+        for clip in leased:
+            assert clip.lease_owner is not None and clip.lease_expires_at is not None
+            expired = all_expired and clip.lease_expires_at < now
+            if not (owner_is_dead(clip.lease_owner) or expired):
+                continue
+            target = LEASED_STATES[ClipState(clip.state)]
+            move(
+                store,
+                session,
+                clip,
+                target,
+                None,
+                details={
+                    "reason": "lease of a dead or stalled worker",
+                    "owner": clip.lease_owner,
+                },
+            )
+            recovered[str(target)] = recovered.get(str(target), 0) + 1
+    return recovered
+
+
+def _due(now: datetime) -> Any:
+    return or_(Clip.next_attempt_at.is_(None), Clip.next_attempt_at <= now)

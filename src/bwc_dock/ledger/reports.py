@@ -1,0 +1,179 @@
+"""Read-only questions about clips and cameras: lists, counts and totals for
+``status``, ``clips``, ``cameras``, metrics, verify and resync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from bwc_dock.ledger.models import Camera, Clip, Docking, Sidecar
+from bwc_dock.ledger.snapshots import CameraInfo, ClipWork, clip_snapshot, clip_snapshots
+from bwc_dock.ledger.states import PENDING_STATES, ClipState
+from bwc_dock.ledger.store import Store
+
+_PENDING = [str(state) for state in PENDING_STATES]
+
+
+def get(store: Store, clip_id: int) -> ClipWork | None:
+    with store.transaction() as session:
+        clip = session.get(Clip, clip_id)
+        return None if clip is None else clip_snapshot(session, clip, None)
+
+
+def clips(
+    store: Store,
+    camera_serial: str | None = None,
+    state: str | None = None,
+    docking_id: int | None = None,
+    ids: Collection[int] | None = None,
+) -> list[ClipWork]:
+    """Clips in id order, narrowed by whichever filters are given."""
+    query = select(Clip).order_by(Clip.id)
+    if camera_serial is not None:
+        query = query.where(Clip.camera_serial == camera_serial)
+    if state is not None:
+        query = query.where(Clip.state == state)
+    if docking_id is not None:
+        query = query.where(Clip.docking_id == docking_id)
+    if ids is not None:
+        query = query.where(Clip.id.in_(list(ids)))
+    with store.transaction() as session:
+        return clip_snapshots(session, list(session.scalars(query)))
+
+
+def clips_holding(store: Store, sha256: str) -> list[tuple[ClipWork, str]]:
+    """(clip, file name) of every clip whose video, or one of whose sidecars, hashes to
+    ``sha256``: the clips first, then sidecars' clips."""
+    with store.transaction() as session:
+        found = [
+            (clip_snapshot(session, clip, None), clip.name)
+            for clip in session.scalars(
+                select(Clip).where(Clip.sha256 == sha256).order_by(Clip.id)
+            )
+        ]
+        for sidecar in session.scalars(
+            select(Sidecar).where(Sidecar.sha256 == sha256).order_by(Sidecar.id)
+        ):
+            parent = session.get(Clip, sidecar.clip_id)
+            if parent is not None:
+                found.append((clip_snapshot(session, parent, None), sidecar.name))
+        return found
+
+
+def leased_clip_ids(store: Store) -> set[int]:
+    """Clips some worker holds right now (alive or not)."""
+    with store.transaction() as session:
+        return set(session.scalars(select(Clip.id).where(Clip.lease_owner.is_not(None))))
+
+
+def purged_clip_ids(store: Store) -> set[int]:
+    """Clips whose staged copies were deleted after retention (snapshots do not say)."""
+    with store.transaction() as session:
+        return set(session.scalars(select(Clip.id).where(Clip.staged_purged_at.is_not(None))))
+
+
+def purgeable(store: Store, uploaded_before: datetime) -> list[ClipWork]:
+    """Uploaded clips whose staged copies are past retention."""
+    with store.transaction() as session:
+        found = session.scalars(
+            select(Clip).where(
+                Clip.state.in_([ClipState.UPLOADED, ClipState.CLEARED]),
+                Clip.staged_path.is_not(None),
+                Clip.staged_purged_at.is_(None),
+                Clip.uploaded_at < uploaded_before,
+            )
+        ).all()
+        return clip_snapshots(session, list(found))
+
+
+def counts_by_state(store: Store, camera_serial: str | None = None) -> dict[str, int]:
+    with store.transaction() as session:
+        query = select(Clip.state, func.count()).group_by(Clip.state)
+        if camera_serial is not None:
+            query = query.where(Clip.camera_serial == camera_serial)
+        counts = {str(state): 0 for state in ClipState}
+        counts.update({state: count for state, count in session.execute(query).all()})
+        return counts
+
+
+def pending_for_camera(store: Store, camera_serial: str, states: frozenset[ClipState]) -> int:
+    with store.transaction() as session:
+        return (
+            session.scalar(
+                select(func.count()).where(
+                    Clip.camera_serial == camera_serial,
+                    Clip.state.in_([str(s) for s in states]),
+                )
+            )
+            or 0
+        )
+
+
+def pending_in_docking(store: Store, docking_id: int) -> int:
+    """Clips first seen in this docking that are not yet in central storage."""
+    with store.transaction() as session:
+        return (
+            session.scalar(
+                select(func.count()).where(
+                    Clip.docking_id == docking_id, Clip.state.in_(_PENDING)
+                )
+            )
+            or 0
+        )
+
+
+def byte_totals(store: Store) -> tuple[int, int]:
+    """(bytes copied off cameras, bytes confirmed in central storage), ever."""
+    with store.transaction() as session:
+        copied = session.scalar(
+            select(func.coalesce(func.sum(Clip.size), 0)).where(Clip.staged_at.is_not(None))
+        )
+        uploaded = session.scalar(
+            select(func.coalesce(func.sum(Clip.size), 0)).where(Clip.uploaded_at.is_not(None))
+        )
+        return int(copied or 0), int(uploaded or 0)
+
+
+def oldest_pending_at(store: Store) -> datetime | None:
+    with store.transaction() as session:
+        return session.scalar(
+            select(func.min(Clip.discovered_at)).where(Clip.state.in_(_PENDING))
+        )
+
+
+def cameras(store: Store) -> list[CameraInfo]:
+    """Every camera in the ledger, with how many of its clips are not yet uploaded."""
+    with store.transaction() as session:
+        pending_counts: dict[str, int] = {
+            serial: count
+            for serial, count in session.execute(
+                select(Clip.camera_serial, func.count())
+                .where(Clip.state.in_(_PENDING))
+                .group_by(Clip.camera_serial)
+            ).all()
+        }
+        totals: dict[str, int] = {
+            serial: count
+            for serial, count in session.execute(
+                select(Clip.camera_serial, func.count()).group_by(Clip.camera_serial)
+            ).all()
+        }
+        docked = set(
+            session.scalars(select(Docking.camera_serial).where(Docking.undocked_at.is_(None)))
+        )
+        return [
+            CameraInfo(
+                serial=camera.serial,
+                profile=camera.profile_name,
+                officer_id=camera.officer_id,
+                first_seen_at=camera.first_seen_at,
+                last_docked_at=camera.last_docked_at,
+                docked_now=camera.serial in docked,
+                pending_clips=pending_counts.get(camera.serial, 0),
+                clips=totals.get(camera.serial, 0),
+            )
+            for camera in session.scalars(select(Camera).order_by(Camera.serial))
+        ]

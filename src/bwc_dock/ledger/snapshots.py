@@ -1,0 +1,216 @@
+"""Frozen snapshots of ledger rows: what the rest of bwc-dock receives, never ORM objects.
+
+A snapshot is taken inside a transaction and stays valid after it, so nothing crosses
+threads (or leaves the ledger package) attached to a session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bwc_dock.ledger.models import AuditEntry, Clip, DaemonHeartbeat, Docking, Sidecar
+from bwc_dock.ledger.states import ClipState
+
+
+@dataclass(frozen=True)
+class SidecarWork:
+    id: int
+    source_path_raw: bytes
+    source_path: str
+    name: str
+    size: int
+    sha256: str | None
+    remote_key: str | None
+
+
+@dataclass(frozen=True)
+class ClipWork:
+    """A snapshot of a clip handed to a worker."""
+
+    id: int
+    camera_serial: str
+    docking_id: int
+    source_path_raw: bytes
+    source_path: str
+    name: str
+    size: int
+    mtime_ns: int
+    recorded_at: datetime
+    sha256: str | None
+    state: ClipState
+    staged_path: str | None
+    remote_key: str | None
+    remote_sha256: str | None
+    duplicate_of: int | None
+    copy_attempts: int
+    upload_attempts: int
+    sidecars: tuple[SidecarWork, ...]
+    volume_root: Path | None  # where the camera is readable now (copy claims only)
+    lease_owner: str | None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class DockingRecord:
+    """One docking of a camera (or one ingested folder)."""
+
+    id: int
+    camera_serial: str
+    dock_id: str
+    source: str
+    device: str
+    volume_root: str
+    owner: str | None
+    docked_at: datetime
+    scanned_at: datetime | None
+    undocked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One row of the hash-chained audit log, every hashed column included."""
+
+    id: int
+    at: str
+    dock_id: str
+    actor: str
+    event: str
+    camera_serial: str | None
+    clip_id: int | None
+    sha256: str | None
+    details: str  # canonical JSON
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class CameraInfo:
+    """A camera the dock has seen, with how many of its clips are not yet uploaded."""
+
+    serial: str
+    profile: str | None
+    officer_id: str | None
+    first_seen_at: datetime
+    last_docked_at: datetime | None
+    docked_now: bool
+    pending_clips: int
+    clips: int
+
+
+@dataclass(frozen=True)
+class HeartbeatRecord:
+    """The running daemon's pulse, as ``bwc-dock status`` reads it."""
+
+    host: str
+    pid: int
+    started_at: datetime
+    beat_at: datetime
+    status_line: str
+    last_error: str | None
+    storage_reachable: int | None
+    staging_free_bytes: int | None
+
+
+_SIDECAR_BATCH = 500  # below SQLite's limit on bound parameters
+
+
+def clip_snapshots(session: Session, clips: list[Clip]) -> list[ClipWork]:
+    """Snapshots of many clips with their sidecars in one query per batch, not per clip."""
+    by_clip: dict[int, list[Sidecar]] = {}
+    ids = [clip.id for clip in clips]
+    for start in range(0, len(ids), _SIDECAR_BATCH):
+        batch = ids[start : start + _SIDECAR_BATCH]
+        for sidecar in session.scalars(
+            select(Sidecar).where(Sidecar.clip_id.in_(batch)).order_by(Sidecar.id)
+        ):
+            by_clip.setdefault(sidecar.clip_id, []).append(sidecar)
+    return [clip_snapshot(session, clip, None, by_clip.get(clip.id, [])) for clip in clips]
+
+
+def clip_snapshot(
+    session: Session,
+    clip: Clip,
+    volume_root: Path | None,
+    sidecars: list[Sidecar] | None = None,
+) -> ClipWork:
+    if sidecars is None:
+        sidecars = list(
+            session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id).order_by(Sidecar.id))
+        )
+    return ClipWork(
+        id=clip.id,
+        camera_serial=clip.camera_serial,
+        docking_id=clip.docking_id,
+        source_path_raw=clip.source_path_raw,
+        source_path=clip.source_path,
+        name=clip.name,
+        size=clip.size,
+        mtime_ns=clip.mtime_ns,
+        recorded_at=clip.recorded_at,
+        sha256=clip.sha256,
+        state=ClipState(clip.state),
+        staged_path=clip.staged_path,
+        remote_key=clip.remote_key,
+        remote_sha256=clip.remote_sha256,
+        duplicate_of=clip.duplicate_of,
+        copy_attempts=clip.copy_attempts,
+        upload_attempts=clip.upload_attempts,
+        sidecars=tuple(
+            SidecarWork(
+                s.id, s.source_path_raw, s.source_path, s.name, s.size, s.sha256, s.remote_key
+            )
+            for s in sidecars
+        ),
+        volume_root=volume_root,
+        lease_owner=clip.lease_owner,
+        last_error=clip.last_error,
+    )
+
+
+def docking_record(docking: Docking) -> DockingRecord:
+    return DockingRecord(
+        id=docking.id,
+        camera_serial=docking.camera_serial,
+        dock_id=docking.dock_id,
+        source=docking.source,
+        device=docking.device,
+        volume_root=docking.volume_root,
+        owner=docking.owner,
+        docked_at=docking.docked_at,
+        scanned_at=docking.scanned_at,
+        undocked_at=docking.undocked_at,
+    )
+
+
+def audit_record(entry: AuditEntry) -> AuditRecord:
+    return AuditRecord(
+        id=entry.id,
+        at=entry.at,
+        dock_id=entry.dock_id,
+        actor=entry.actor,
+        event=entry.event,
+        camera_serial=entry.camera_serial,
+        clip_id=entry.clip_id,
+        sha256=entry.sha256,
+        details=entry.details,
+        prev_hash=entry.prev_hash,
+        hash=entry.hash,
+    )
+
+
+def heartbeat_record(row: DaemonHeartbeat) -> HeartbeatRecord:
+    return HeartbeatRecord(
+        host=row.host,
+        pid=row.pid,
+        started_at=row.started_at,
+        beat_at=row.beat_at,
+        status_line=row.status_line,
+        last_error=row.last_error,
+        storage_reachable=row.storage_reachable,
+        staging_free_bytes=row.staging_free_bytes,
+    )

@@ -1,0 +1,35 @@
+"""What every part of the ledger shares: the engine, who writes, and one transaction.
+
+Each ledger function takes a :class:`Store` and opens one transaction of its own; the
+audit rows it writes carry this dock's id and the actor named here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from bwc_dock.ledger.audit import append
+
+
+@dataclass(frozen=True)
+class Store:
+    engine: Engine
+    dock_id: str
+    actor: str
+    lease: timedelta
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def audit(self, session: Session, event: str, **fields: Any) -> None:
+        """One chained audit row inside the caller's transaction."""
+        append(session, dock_id=self.dock_id, actor=self.actor, event=event, **fields)

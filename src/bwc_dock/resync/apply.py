@@ -1,0 +1,291 @@
+"""Carrying out resync's plan: each repair value through the ledger's own methods (every
+state change checked against the state machine and audited), the staging folder and
+central storage; with no daemon running, the copying and uploading too, through the
+same Copier and Uploader under the same leases.
+
+:class:`PlanOnly` is the dry run's stand-in: it carries out nothing and reports each
+repair as planned, so the run itself never asks whether it is a dry run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+
+from bwc_dock.config import Config
+from bwc_dock.custody import write_docking_sums
+from bwc_dock.errors import BwcDockError, StorageError
+from bwc_dock.hashing import fsync_directory
+from bwc_dock.ledger import ClipState, Ledger
+from bwc_dock.ledger.leases import current_owner
+from bwc_dock.resync.repairs import (
+    Action,
+    AdoptStagedCopy,
+    CannotRepair,
+    CleanPartials,
+    Outcome,
+    QuarantineStrayFile,
+    RedoWork,
+    RemoveWrongObject,
+    Repair,
+    Requeue,
+    Rescan,
+    RewriteSums,
+    Status,
+    Unrepairable,
+)
+from bwc_dock.storage.base import StorageBackend
+from bwc_dock.verify import REMOTE_STATES
+from bwc_dock.wiring import Stages
+
+log = structlog.get_logger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+class Carrier(Protocol):
+    """What the run hands each repair to: the applier, or the dry run's PlanOnly."""
+
+    requeued: set[int]  # clips actually put back in the queue
+
+    def begin(self, details: Mapping[str, object]) -> None: ...
+
+    def apply(self, repair: Repair) -> Outcome: ...
+
+    def end(self, summary: Mapping[str, object]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def unrepairable(repair: CannotRepair) -> Outcome:
+    problem = Unrepairable(repair.clip_id, repair.camera_serial, repair.problem)
+    return Outcome(Status.CANNOT_REPAIR, unrepairable=(problem,))
+
+
+class PlanOnly:
+    """A dry run: nothing carried out, nothing audited; each repair's finding reported."""
+
+    def __init__(self) -> None:
+        self.requeued: set[int] = set()
+
+    def begin(self, details: Mapping[str, object]) -> None:
+        """A dry run leaves no audit row."""
+
+    def apply(self, repair: Repair) -> Outcome:
+        if isinstance(repair, CannotRepair):
+            return unrepairable(repair)
+        return Outcome(Status.PLANNED, action=repair.finding())
+
+    def end(self, summary: Mapping[str, object]) -> None:
+        """A dry run leaves no audit row."""
+
+    def close(self) -> None:
+        """Nothing was opened."""
+
+
+class Applier:
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        backend: StorageBackend,
+        *,
+        camera_serial: str | None,
+        progress: Progress | None,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.backend = backend
+        self.camera_serial = camera_serial
+        self.progress = progress
+        self.owner = current_owner("resync")
+        self.requeued: set[int] = set()
+        self._opened_dockings: list[int] = []
+        self._scanned_dockings: list[int] = []  # every docked camera's, for RedoWork
+
+    def begin(self, details: Mapping[str, object]) -> None:
+        self.ledger.record_event(
+            "resync.started", camera_serial=self.camera_serial, details=dict(details)
+        )
+
+    def end(self, summary: Mapping[str, object]) -> None:
+        self.ledger.record_event(
+            "resync.done", camera_serial=self.camera_serial, details=dict(summary)
+        )
+
+    def close(self) -> None:
+        """End the dockings resync itself opened for cameras nobody else read."""
+        for docking_id in self._opened_dockings:
+            self.ledger.end_docking(docking_id, "resync done")
+
+    def apply(self, repair: Repair) -> Outcome:
+        outcome = Outcome(Status.DONE, action=repair.finding())
+        match repair:
+            case AdoptStagedCopy():
+                outcome = self._adopt(repair)
+            case QuarantineStrayFile():
+                outcome = self._quarantine_file(repair)
+            case Rescan():
+                outcome = self._rescan(repair)
+            case Requeue():
+                outcome = self._requeue(repair)
+            case RemoveWrongObject():
+                self._remove_wrong_object(repair)
+            case RewriteSums():
+                write_docking_sums(self.ledger, self.backend, repair.docking_id)
+            case CleanPartials():
+                outcome = self._clean_partials()
+            case RedoWork():
+                outcome = self._redo_work()
+            case CannotRepair():
+                outcome = unrepairable(repair)
+        return outcome
+
+    # -- staging -------------------------------------------------------------------------
+
+    def _adopt(self, repair: AdoptStagedCopy) -> Outcome:
+        repair.target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(repair.stray, repair.target)
+        fsync_directory(repair.target.parent)
+        fsync_directory(repair.stray.parent)
+        try:
+            self.ledger.adopt_staged_copy(
+                repair.clip_id, repair.staged_path, str(repair.stray), str(repair.target)
+            )
+        except BwcDockError as error:  # a worker took the clip since it was planned
+            return self._failed(repair.finding(), repair.clip_id, repair.camera_serial, error)
+        return Outcome(Status.DONE, action=repair.finding())
+
+    def _quarantine_file(self, repair: QuarantineStrayFile) -> Outcome:
+        target = repair.target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target = target.with_name(f"{target.name}.{datetime.now().strftime('%Y%m%d%H%M%S%f')}")
+        os.replace(repair.stray, target)  # a rename: never follows a symlink, never loses bytes
+        fsync_directory(target.parent)
+        self.ledger.record_event(
+            "staging.quarantined_file", details={"from": str(repair.stray), "to": str(target)}
+        )
+        return Outcome(Status.DONE, action=repair.finding())
+
+    # -- docked cameras ------------------------------------------------------------------
+
+    def _rescan(self, repair: Rescan) -> Outcome:
+        volume = repair.camera.volume
+        docking_id = repair.camera.docking_id
+        if docking_id is None:
+            docking_id = self.ledger.record_docking(volume, self.owner)
+            self._opened_dockings.append(docking_id)
+        self._scanned_dockings.append(docking_id)
+        if repair.scan is None:
+            return Outcome(Status.FAILED, error="the scan failed")
+        new_ids = self.ledger.record_scan(
+            docking_id, repair.scan.clips, len(repair.scan.refused), priority=repair.priority
+        )
+        log.info(
+            "dock.scanned",
+            camera=volume.camera_serial,
+            docking=docking_id,
+            clips=len(repair.scan.clips),
+            new=len(new_ids),
+            refused=len(repair.scan.refused),
+        )
+        found = (
+            repair.found(f"{len(new_ids)} clips on {{}} were not in the ledger", "recorded")
+            if new_ids
+            else None
+        )
+        return Outcome(Status.DONE, action=found)
+
+    # -- clips -----------------------------------------------------------------------------
+
+    def _requeue(self, repair: Requeue) -> Outcome:
+        work = repair.work
+        try:
+            for removal in repair.remove_first:
+                self._remove_wrong_object(removal)
+            if work.state is ClipState.CLEARED:
+                # cleared -> staged is no transition of its own: the clip is quarantined
+                # first, so the audit log says plainly that a cleared clip lost its copy
+                self.ledger.quarantine(work, None, repair.reason)
+            self.ledger.requeue(work.id, repair.target, repair.reason)
+        except BwcDockError as error:
+            return self._failed(repair.found, work.id, work.camera_serial, error)
+        self.requeued.add(work.id)
+        return Outcome(Status.DONE, action=repair.found)
+
+    def _remove_wrong_object(self, repair: RemoveWrongObject) -> None:
+        self.ledger.record_event(
+            "central.wrong_object_removed",
+            camera_serial=repair.camera_serial,
+            clip_id=repair.clip_id,
+            sha256=repair.found,
+            details={"key": repair.key, "expected": repair.expected},
+        )
+        self.backend.delete(repair.key)
+
+    @staticmethod
+    def _failed(
+        action: Action, clip_id: int, camera_serial: str, error: BwcDockError
+    ) -> Outcome:
+        problem = Unrepairable(clip_id, camera_serial, f"repair failed: {error}")
+        return Outcome(Status.FAILED, action=action, unrepairable=(problem,), error=str(error))
+
+    # -- no daemon: do the work ourselves ---------------------------------------------------
+
+    def _clean_partials(self) -> Outcome:
+        try:
+            removed = self.backend.cleanup_partials()
+        except StorageError as error:
+            log.warning("resync.cleanup_failed", error=str(error))
+            return Outcome(Status.FAILED, error=str(error))
+        action = (
+            Action("partial_uploads", f"{removed} leftovers of interrupted uploads", "removed them")
+            if removed
+            else None
+        )
+        return Outcome(Status.DONE, action=action)
+
+    def _redo_work(self) -> Outcome:
+        copied = self._copy_docked()
+        uploaded = self._upload_due()
+        problems = tuple(
+            Unrepairable(
+                work.id,
+                work.camera_serial,
+                f"repair attempted, clip is {work.state}: {work.last_error or '-'}",
+            )
+            for work in self.ledger.clips(camera_serial=self.camera_serial)
+            if work.id in self.requeued and work.state not in REMOTE_STATES
+        )
+        return Outcome(Status.DONE, unrepairable=problems, copied=copied, uploaded=uploaded)
+
+    def _copy_docked(self) -> int:
+        copier = Stages(self.config, self.ledger, self.backend).copier(
+            current_owner("resync-copier")
+        )
+        cancel = threading.Event()
+        copied = 0
+        for docking_id in self._scanned_dockings:
+            while copier.copy_next(cancel, docking_id):
+                copied += 1
+                if self.progress:
+                    self.progress(copied, copied, "copying")
+        return copied
+
+    def _upload_due(self) -> int:
+        uploader = Stages(self.config, self.ledger, self.backend).uploader(
+            current_owner("resync-uploader")
+        )
+        uploaded = 0
+        # every due staged clip, not only ours: with no daemon nobody else would send them
+        while uploader.upload_next():
+            uploaded += 1
+            if self.progress:
+                self.progress(uploaded, uploaded, "uploading")
+        return uploaded

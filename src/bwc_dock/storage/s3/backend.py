@@ -1,0 +1,301 @@
+"""The S3 backend itself: create-only, checksummed, verified puts and the reads around them.
+
+A file below the multipart threshold is one PUT of the buffer that was hashed and
+checked against the ledger's SHA-256; a larger one is a multipart upload (multipart.py).
+Every write starts with a HEAD and is conditional (``If-None-Match: *``); after it a
+HEAD confirms size and SHA-256.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+from botocore.exceptions import ClientError
+
+from bwc_dock.config import StorageConfig
+from bwc_dock.errors import IntegrityError, StorageConflict, TransientStorageError
+from bwc_dock.storage.base import (
+    MultipartJournal,
+    ProgressCallback,
+    StorageBackend,
+    StoredObject,
+)
+from bwc_dock.storage.s3.connection import MeteredBody, sha256_base64
+from bwc_dock.storage.s3.multipart import MemoryJournal, MultipartUploads, Upload, read_exactly
+from bwc_dock.storage.s3.settings import (
+    DEFAULT_ORPHAN_AGE,
+    DOWNLOAD_CHUNK,
+    SHA256_METADATA_KEY,
+    S3Settings,
+)
+from bwc_dock.storage.s3.translate import MISSING_KEY_CODES, error_code, is_precondition_failed
+
+logger = structlog.get_logger("bwc_dock.storage.s3")
+
+_HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_METADATA_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# Printable ASCII except '%', which introduces our percent-escapes of anything else.
+_METADATA_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
+
+
+def _computed_by_store(response: Mapping[str, Any]) -> str | None:
+    """The full-object SHA-256 the store computed itself (hex), if it reports one."""
+    store_checksum = str(response.get("ChecksumSHA256") or "")
+    whole_object = response.get("ChecksumType") != "COMPOSITE" and "-" not in store_checksum
+    if store_checksum and whole_object:
+        return base64.b64decode(store_checksum).hex()
+    return None
+
+
+def _encode_metadata_value(value: str) -> str:
+    """S3 metadata travels in HTTP headers: printable ASCII only, the rest %-escaped."""
+    return quote(value, safe=_METADATA_SAFE)
+
+class S3Backend(MultipartUploads, StorageBackend):
+    """Create-only, checksummed, resumable storage in one bucket under one prefix."""
+
+    name = "s3"
+
+    @classmethod
+    def from_config(cls, config: StorageConfig) -> S3Backend:
+        return cls(S3Settings.from_config(config))
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _stored_object(self, key: str, response: Mapping[str, Any]) -> StoredObject:
+        metadata = {name.lower(): value for name, value in response.get("Metadata", {}).items()}
+        claimed = metadata.get(SHA256_METADATA_KEY, "").lower()
+        # The store's own full-object hash, where it kept one, outranks our metadata claim.
+        sha256 = _computed_by_store(response) or (claimed if _HEX_SHA256.match(claimed) else None)
+        return StoredObject(key=key, size=int(response["ContentLength"]), sha256=sha256,
+                            metadata=metadata)
+
+    def head(self, key: str) -> StoredObject | None:
+        full_key = self._full_key(key)
+        response = self._head_raw(full_key)
+        if response is None:
+            if not self._bucket_confirmed:
+                self._probe_bucket()
+            return None
+        return self._stored_object(key, response)
+
+    def read_sha256(self, key: str) -> str | None:
+        full_key = self._full_key(key)
+        digest = hashlib.sha256()
+        with self._translated("GET", full_key):
+            try:
+                response = self._s3().get_object(Bucket=self._settings.bucket, Key=full_key)
+            except ClientError as error:
+                if error_code(error) in MISSING_KEY_CODES:
+                    if not self._bucket_confirmed:
+                        self._probe_bucket()
+                    return None
+                raise
+            for chunk in response["Body"].iter_chunks(DOWNLOAD_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def check_reachable(self) -> None:
+        self._probe_bucket()
+
+    # -- writing ------------------------------------------------------------------------
+
+    def put_bytes(
+        self, key: str, data: bytes, metadata: Mapping[str, str], *, replace: bool = False
+    ) -> StoredObject:
+        expected = hashlib.sha256(data).hexdigest()
+        full_key = self._full_key(key)
+        existing = self._head_raw(full_key)
+        object_metadata = self._object_metadata(metadata, expected)
+        if existing is not None:
+            stored = self._stored_object(key, existing)
+            if replace and stored.sha256 != expected:
+                # a document (manifest, SHA256SUMS) rewritten on purpose; never evidence
+                self._put_single(full_key, data, object_metadata, None, create_only=False)
+                return self._verify(key, expected, len(data))
+            return self._accept_existing(key, existing, expected, len(data))
+        if not self._put_single(full_key, data, object_metadata, None):
+            return self._accept_existing(key, self._require_head_raw(key), expected, len(data))
+        return self._verify(key, expected, len(data))
+
+    def read_bytes(self, key: str) -> bytes | None:
+        full_key = self._full_key(key)
+        with self._translated("GET", full_key):
+            try:
+                response = self._s3().get_object(Bucket=self._settings.bucket, Key=full_key)
+            except ClientError as error:
+                if error_code(error) in MISSING_KEY_CODES:
+                    return None
+                raise
+            body: bytes = response["Body"].read()
+        return body
+
+    def put_file(
+        self,
+        key: str,
+        source: Path,
+        sha256: str,
+        size: int,
+        metadata: Mapping[str, str],
+        journal: MultipartJournal | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> StoredObject:
+        expected = sha256.lower()
+        if not _HEX_SHA256.match(expected):
+            raise ValueError(f"not a SHA-256: {sha256!r}")
+        full_key = self._full_key(key)
+        actual_size = source.stat().st_size
+        if actual_size != size:
+            raise IntegrityError(f"{source}: staged copy has {actual_size} bytes,"
+                                 f" ledger says {size}")
+        object_metadata = self._object_metadata(metadata, expected)
+        upload = Upload(full_key, source, expected, size, object_metadata,
+                         journal or MemoryJournal(), progress)
+        existing = self._head_raw(full_key)
+        if existing is not None:
+            self._abandon(full_key, upload.journal)
+            return self._accept_existing(key, existing, expected, size)
+        if size < self._settings.multipart_threshold:
+            created = self._put_small_file(upload)
+        else:
+            created = self._put_multipart(upload)
+        if not created:
+            return self._accept_existing(key, self._require_head_raw(key), expected, size)
+        stored = self._verify(key, expected, size)
+        logger.info("s3.put.verified", key=full_key, sha256=expected, size=size)
+        return stored
+
+    def _object_metadata(self, metadata: Mapping[str, str], sha256: str) -> dict[str, str]:
+        cleaned: dict[str, str] = {}
+        for name, value in metadata.items():
+            lowered = name.lower()
+            if not _METADATA_NAME.match(lowered):
+                raise ValueError(f"not a valid S3 metadata name: {name!r}")
+            cleaned[lowered] = _encode_metadata_value(value)
+        cleaned[SHA256_METADATA_KEY] = sha256
+        return cleaned
+
+    def _put_small_file(self, upload: Upload) -> bool:
+        with upload.source.open("rb") as file:
+            data = read_exactly(file, upload.size, upload.source)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != upload.expected:
+            raise IntegrityError(f"{upload.source}: staged copy hashes to {actual},"
+                                 f" ledger says {upload.expected}")
+        return self._put_single(upload.full_key, data, upload.metadata, upload.progress)
+
+    def _put_single(self, full_key: str, data: bytes, metadata: dict[str, str],
+                    progress: ProgressCallback | None, *, create_only: bool = True) -> bool:
+        """PUT create-only; False when an object appeared under the key first."""
+        checksum = sha256_base64(data)
+        condition = self._create_only() if create_only else {}
+
+        def attempt() -> None:
+            self._s3().put_object(
+                Bucket=self._settings.bucket, Key=full_key,
+                Body=MeteredBody(data, progress) if progress else data,
+                ContentLength=len(data), ChecksumSHA256=checksum, Metadata=metadata,
+                **condition, **self._lock_parameters(),
+            )
+
+        with self._translated("PUT", full_key):
+            try:
+                self._retrying_conditional(lambda: self._retrying_checksum(attempt, full_key))
+            except ClientError as error:
+                if is_precondition_failed(error):
+                    return False
+                raise
+        return True
+
+    def _require_head_raw(self, key: str) -> Mapping[str, Any]:
+        response = self._head_raw(self._full_key(key))
+        if response is None:
+            raise TransientStorageError(f"{self._where(self._full_key(key))}: no object to"
+                                        " be seen after the write; retry")
+        return response
+
+    def _require_head(self, key: str) -> StoredObject:
+        return self._stored_object(key, self._require_head_raw(key))
+
+    def _accept_existing(self, key: str, response: Mapping[str, Any], expected: str,
+                         size: int) -> StoredObject:
+        """Success if what is there is our evidence; StorageConflict otherwise.
+
+        Only the store's own full-object hash or a read of the bytes counts: a metadata
+        claim is what anyone writing to the bucket can set (DESIGN, trust boundaries).
+        """
+        existing = self._stored_object(key, response)
+        sha256 = _computed_by_store(response)
+        if sha256 is None and existing.size == size:
+            sha256 = self.read_sha256(key)  # no hash of the store's own: hash the bytes
+        if sha256 == expected and existing.size == size:
+            logger.info("s3.put.already_present", key=self._full_key(key), sha256=expected)
+            return StoredObject(key, existing.size, expected, existing.metadata)
+        raise StorageConflict(
+            f"{self._where(self._full_key(key))} already holds a different object"
+            f" ({existing.size} bytes, sha256 {sha256 or 'unknown'}; ours: {size} bytes,"
+            f" sha256 {expected}); nothing was overwritten"
+        )
+
+    def _verify(self, key: str, expected: str, size: int) -> StoredObject:
+        stored = self._require_head(key)
+        if stored.size != size or stored.sha256 != expected:
+            raise IntegrityError(
+                f"{self._where(self._full_key(key))}: after upload the store reports"
+                f" {stored.size} bytes, sha256 {stored.sha256}; expected {size} bytes, {expected}"
+            )
+        return stored
+
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        full_key = self._full_key(key)
+        with self._translated("DELETE", full_key):
+            try:
+                self._s3().delete_object(Bucket=self._settings.bucket, Key=full_key)
+            except ClientError as error:
+                if error_code(error) not in MISSING_KEY_CODES:
+                    raise
+
+    def cleanup_partials(
+        self,
+        keep: Collection[str] = frozenset(),
+        older_than: timedelta = DEFAULT_ORPHAN_AGE,
+    ) -> int:
+        """Abort multipart uploads under the prefix that no journal wants.
+
+        ``keep`` is the set of upload ids the ledger still wants. Uploads younger than
+        ``older_than`` are spared too: one may have just been created and not yet
+        journaled by a running uploader.
+        """
+        cutoff = datetime.now(UTC) - older_than
+        aborted = 0
+        with self._translated("LIST MULTIPART", None):
+            paginator = self._s3().get_paginator("list_multipart_uploads")
+            pages = paginator.paginate(Bucket=self._settings.bucket, Prefix=self._settings.prefix)
+            uploads = [upload for page in pages for upload in page.get("Uploads", [])]
+        for upload in uploads:
+            upload_id, full_key = str(upload["UploadId"]), str(upload["Key"])
+            initiated = upload.get("Initiated")
+            if upload_id in keep or (isinstance(initiated, datetime) and initiated > cutoff):
+                continue
+            with self._translated("ABORT MULTIPART", full_key):
+                try:
+                    self._s3().abort_multipart_upload(Bucket=self._settings.bucket,
+                                                      Key=full_key, UploadId=upload_id)
+                except ClientError as error:
+                    if error_code(error) not in ("NoSuchUpload", "404"):
+                        raise
+            logger.info("s3.multipart.orphan_aborted", key=full_key, upload_id=upload_id)
+            aborted += 1
+        return aborted
+

@@ -1,0 +1,235 @@
+"""The S3 backend's connection: the boto3 client, error translation, request retries.
+
+What every request needs, whichever object or upload it is about: the client (made
+on first use, made again after the store refused the credentials), the bucket, the
+create-only condition and Object Lock parameters, and the HEAD every write starts with.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import threading
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.session
+import structlog
+import tenacity
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
+
+from bwc_dock.errors import PermanentStorageError, RefusalKind, StorageError
+from bwc_dock.storage.base import ProgressCallback
+from bwc_dock.storage.s3.settings import (
+    BOTOCORE_ATTEMPTS,
+    CHECKSUM_ATTEMPTS,
+    S3Settings,
+    systemd_credential_file,
+)
+from bwc_dock.storage.s3.translate import (
+    MISSING_KEY_CODES,
+    error_code,
+    http_status,
+    is_checksum_rejection,
+    translate,
+)
+
+logger = structlog.get_logger("bwc_dock.storage.s3")
+
+_Result = TypeVar("_Result")
+
+
+class MeteredBody(io.BytesIO):
+    """A request body that reports each chunk read from it (for the bandwidth limiter)."""
+
+    def __init__(self, data: bytes, progress: ProgressCallback) -> None:
+        super().__init__(data)  # shares the bytes; no copy until written to
+        self._progress = progress
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        if chunk:
+            self._progress(len(chunk))
+        return chunk
+
+
+def sha256_base64(data: bytes) -> str:
+    """The base64 SHA-256 of ``data``, as S3's x-amz-checksum-sha256 wants it."""
+    return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+
+
+def composite_checksum(part_checksums: Collection[str]) -> str:
+    """S3's checksum of a multipart object: SHA-256 over the part digests, ``-N``."""
+    joined = b"".join(base64.b64decode(checksum) for checksum in part_checksums)
+    return f"{sha256_base64(joined)}-{len(part_checksums)}"
+
+
+class S3Connection:
+    """Requests to one bucket under one prefix, with errors translated and retried."""
+
+    def __init__(self, settings: S3Settings) -> None:
+        self._settings = settings
+        self._client_lock = threading.Lock()
+        self._client: Any = None
+        self._bucket_confirmed = False
+        # Cleared when the store answers NotImplemented to If-None-Match; the HEAD before
+        # every write is then the only create-only guard.
+        self._conditional_writes = True
+        if settings.endpoint_url and urlsplit(settings.endpoint_url).scheme == "http":
+            logger.warning("s3.cleartext_endpoint", endpoint=settings.endpoint_url,
+                           why="no TLS: bodies are checksummed but not confidential")
+
+    # -- the client ---------------------------------------------------------------------
+
+    def _new_session(self) -> boto3.Session:
+        core = botocore.session.Session()
+        credential_file = systemd_credential_file()
+        if credential_file is not None:
+            core.set_config_variable("credentials_file", str(credential_file))
+        return boto3.Session(botocore_session=core, region_name=self._settings.region)
+
+    def _s3(self) -> Any:
+        """The boto3 client, made on first use (and again after credentials were refused)."""
+        with self._client_lock:
+            if self._client is None:
+                settings = self._settings
+                s3_options: Any = {"addressing_style": settings.addressing_style,
+                                   "payload_signing_enabled": False}
+                config = BotoConfig(
+                    region_name=settings.region,
+                    signature_version="s3v4",
+                    s3=s3_options,
+                    retries={"mode": "standard", "total_max_attempts": BOTOCORE_ATTEMPTS},
+                    connect_timeout=settings.connect_timeout,
+                    read_timeout=settings.read_timeout,
+                    max_pool_connections=settings.concurrency + 4,
+                    tcp_keepalive=True,
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                )
+                session = self._new_session()
+                # verify=None keeps verification on with the default (or AWS_CA_BUNDLE) roots
+                self._client = session.client(
+                    "s3",
+                    endpoint_url=settings.endpoint_url,
+                    verify=str(settings.ca_bundle) if settings.ca_bundle else None,
+                    config=config,
+                )
+            return self._client
+
+    def _forget_client(self) -> None:
+        """Drop the client so fixed credentials are read again on the next call.
+
+        Not closed here: other upload threads may still be using it.
+        """
+        with self._client_lock:
+            self._client = None
+
+    def close(self) -> None:
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- keys and errors ----------------------------------------------------------------
+
+    def _full_key(self, key: str) -> str:
+        if not key or key.startswith("/") or "\x00" in key:
+            raise ValueError(f"not a storage key: {key!r}")
+        return self._settings.prefix + key
+
+    def _where(self, full_key: str | None = None) -> str:
+        endpoint = self._settings.endpoint_url or "AWS S3"
+        target = f"s3://{self._settings.bucket}/{full_key or ''}"
+        return f"{target} at {endpoint}"
+
+    def _translate(self, error: Exception, action: str, full_key: str | None) -> StorageError:
+        """The S3 failure as our error, and what it tells this connection."""
+        translated = translate(error, action, self._where(full_key), self._settings.bucket)
+        if isinstance(translated, PermanentStorageError):
+            if translated.kind is RefusalKind.CREDENTIALS and isinstance(error, ClientError):
+                self._forget_client()  # fixed credentials are read again on the next call
+            elif translated.kind is RefusalKind.MISSING_BUCKET:
+                self._bucket_confirmed = False
+        return translated
+
+    @contextmanager
+    def _translated(self, action: str, full_key: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except (ClientError, BotoCoreError) as error:
+            raise self._translate(error, action, full_key) from error
+
+    def _retrying_checksum(self, call: Callable[[], _Result], what: str) -> _Result:
+        """Run ``call`` again when the store rejected its checksum (bytes damaged in flight)."""
+
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            logger.warning("s3.checksum_rejected", request=what, attempt=state.attempt_number)
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(CHECKSUM_ATTEMPTS),
+            retry=tenacity.retry_if_exception(is_checksum_rejection),
+            wait=tenacity.wait_exponential(multiplier=0.2, max=2),
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        return retrying(call)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _create_only(self) -> dict[str, str]:
+        return {"IfNoneMatch": "*"} if self._conditional_writes else {}
+
+    def _retrying_conditional(self, call: Callable[[], _Result]) -> _Result:
+        """Run ``call``; once more without If-None-Match if the store does not know it."""
+        try:
+            return call()
+        except ClientError as error:
+            if error_code(error) != "NotImplemented" or not self._conditional_writes:
+                raise
+            self._conditional_writes = False
+            logger.warning("s3.conditional_writes_unsupported",
+                           endpoint=self._settings.endpoint_url,
+                           why="only the HEAD before each write guards against overwrites")
+            return call()
+
+    def _lock_parameters(self) -> dict[str, Any]:
+        settings = self._settings
+        if not settings.object_lock_mode or not settings.object_lock_days:
+            return {}
+        until = datetime.now(UTC) + timedelta(days=settings.object_lock_days)
+        return {"ObjectLockMode": settings.object_lock_mode, "ObjectLockRetainUntilDate": until}
+
+    # -- the HEAD every read and write starts with ----------------------------------------
+
+    def _head_raw(self, full_key: str) -> dict[str, Any] | None:
+        """HEAD the object; None when the store has nothing under the key."""
+        with self._translated("HEAD", full_key):
+            try:
+                response: dict[str, Any] = self._s3().head_object(
+                    Bucket=self._settings.bucket, Key=full_key, ChecksumMode="ENABLED"
+                )
+            except ClientError as error:
+                if error_code(error) in MISSING_KEY_CODES:
+                    return None
+                if http_status(error) == 403:
+                    # A HEAD answer has no body, so a 403 does not say whether the key or
+                    # the credentials are at fault; a listing raises the precise error.
+                    self._probe_bucket()
+                raise
+        return response
+
+    def _probe_bucket(self) -> None:
+        """Raise the precise error when the bucket is missing or the credentials are bad."""
+        with self._translated("LIST", None):
+            self._s3().list_objects_v2(
+                Bucket=self._settings.bucket, Prefix=self._settings.prefix, MaxKeys=1
+            )
+        self._bucket_confirmed = True
+

@@ -1,0 +1,312 @@
+"""Multipart uploads: read the file once in order, hash all of it, send parts in parallel.
+
+One thread reads the file and feeds every byte into the SHA-256 of the whole file; a
+pool sends each part with its own ``x-amz-checksum-sha256``. The upload is completed
+only if the whole file hashed to the ledger's SHA-256. Its id and finished parts go to
+the caller's MultipartJournal, so a restart resumes the same upload: finished parts are
+re-read and re-hashed, not sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+from botocore.exceptions import ClientError
+
+from bwc_dock.errors import IntegrityError, TransientStorageError
+from bwc_dock.storage.base import (
+    MultipartJournal,
+    MultipartState,
+    PartRecord,
+    ProgressCallback,
+)
+from bwc_dock.storage.s3.connection import (
+    MeteredBody,
+    S3Connection,
+    composite_checksum,
+    sha256_base64,
+)
+from bwc_dock.storage.s3.settings import MAX_PARTS, MIB
+from bwc_dock.storage.s3.translate import error_code, is_precondition_failed
+
+logger = structlog.get_logger("bwc_dock.storage.s3")
+
+
+class MemoryJournal:
+    """A MultipartJournal that lives only as long as one put_file call (no resume)."""
+
+    def __init__(self) -> None:
+        self._state: MultipartState | None = None
+
+    def load(self) -> MultipartState | None:
+        return self._state
+
+    def begin(self, upload_id: str) -> None:
+        self._state = MultipartState(upload_id=upload_id, parts=())
+
+    def part_done(self, part: PartRecord) -> None:
+        assert self._state is not None, "part_done before begin"
+        self._state = MultipartState(self._state.upload_id, (*self._state.parts, part))
+
+    def finish(self) -> None:
+        self._state = None
+
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One put_file call's inputs, checked."""
+
+    full_key: str
+    source: Path
+    expected: str  # the ledger's SHA-256, lowercase hex
+    size: int
+    metadata: dict[str, str]
+    journal: MultipartJournal
+    progress: ProgressCallback | None
+
+
+@dataclass(frozen=True)
+class _Part:
+    number: int
+    offset: int
+    length: int
+
+
+class _StaleUpload(Exception):  # an internal signal; never leaves this package
+    """The journaled upload does not hold the parts of this file; start a new one."""
+
+
+
+class MultipartUploads(S3Connection):
+    """The multipart half of the S3 backend (put_file above the multipart threshold)."""
+
+    def _plan(self, size: int) -> list[_Part]:
+        part_size = max(self._settings.part_size, -(-size // MAX_PARTS))
+        part_size = -(-part_size // MIB) * MIB  # whole MiB, so a resumed plan is the same
+        return [
+            _Part(number=index + 1, offset=offset, length=min(part_size, size - offset))
+            for index, offset in enumerate(range(0, size, part_size))
+        ]
+
+    def _put_multipart(self, upload: Upload) -> bool:
+        plan = self._plan(upload.size)
+        full_key, journal = upload.full_key, upload.journal
+        for _ in range(2):  # a stale journaled upload is replaced once by a new one
+            upload_id, finished = self._resume_or_begin(full_key, plan, upload.metadata, journal)
+            try:
+                digest, parts = self._send_parts(upload, upload_id, plan, finished)
+            except _StaleUpload as stale:
+                logger.warning("s3.multipart.restart", key=full_key, upload_id=upload_id,
+                               reason=str(stale))
+                self._abandon(full_key, journal)
+                continue
+            if digest != upload.expected:
+                self._abandon(full_key, journal)
+                raise IntegrityError(f"{upload.source}: hashed to {digest} while sending,"
+                                     f" ledger says {upload.expected}; the upload was aborted")
+            return self._complete(full_key, upload_id, parts, journal)
+        raise TransientStorageError(f"{self._where(full_key)}: multipart upload restarted twice")
+
+    def _resume_or_begin(self, full_key: str, plan: list[_Part], metadata: dict[str, str],
+                         journal: MultipartJournal) -> tuple[str, dict[int, PartRecord]]:
+        state = journal.load()
+        if state is not None:
+            listed = self._listed_parts(full_key, state.upload_id)
+            if listed is not None:
+                finished = _usable_parts(state, listed, plan)
+                logger.info("s3.multipart.resume", key=full_key, upload_id=state.upload_id,
+                            finished_parts=len(finished), parts=len(plan))
+                return state.upload_id, finished
+            logger.warning("s3.multipart.vanished", key=full_key, upload_id=state.upload_id)
+            journal.finish()
+        with self._translated("CREATE MULTIPART", full_key):
+            response = self._s3().create_multipart_upload(
+                Bucket=self._settings.bucket, Key=full_key, Metadata=metadata,
+                ChecksumAlgorithm="SHA256", **self._lock_parameters(),
+            )
+        upload_id = str(response["UploadId"])
+        journal.begin(upload_id)
+        logger.info("s3.multipart.begin", key=full_key, upload_id=upload_id, parts=len(plan))
+        return upload_id, {}
+
+    def _listed_parts(self, full_key: str, upload_id: str) -> dict[int, tuple[str, int]] | None:
+        """Part number -> (ETag, size) as the store lists them; None if the upload is gone."""
+        listed: dict[int, tuple[str, int]] = {}
+        with self._translated("LIST PARTS", full_key):
+            try:
+                paginator = self._s3().get_paginator("list_parts")
+                pages = paginator.paginate(Bucket=self._settings.bucket, Key=full_key,
+                                           UploadId=upload_id)
+                for page in pages:
+                    for part in page.get("Parts", []):
+                        listed[int(part["PartNumber"])] = (str(part["ETag"]), int(part["Size"]))
+            except ClientError as error:
+                if error_code(error) in ("NoSuchUpload", "404"):
+                    return None
+                raise
+        return listed
+
+    def _send_parts(self, upload: Upload, upload_id: str, plan: list[_Part],
+                    finished: dict[int, PartRecord]) -> tuple[str, list[PartRecord]]:
+        """Hash the whole file in order while the pool sends the parts not yet finished."""
+        whole = hashlib.sha256()
+        done = dict(finished)
+        journal = upload.journal
+        concurrency = self._settings.concurrency
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="s3-part")
+        pending: set[Future[PartRecord]] = set()
+        try:
+            with upload.source.open("rb") as file:
+                for part in plan:
+                    data = read_exactly(file, part.length, upload.source)
+                    whole.update(data)
+                    if part.number in finished:
+                        _check_finished_part(finished[part.number], data)
+                        continue
+                    while len(pending) >= concurrency:
+                        pending = self._collect(pending, journal, done)
+                    pending.add(pool.submit(self._upload_part, upload.full_key, upload_id,
+                                            part.number, data, upload.progress))
+            while pending:
+                pending = self._collect(pending, journal, done)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            _journal_succeeded(pending, journal, done)
+        return whole.hexdigest(), [done[part.number] for part in plan]
+
+    @staticmethod
+    def _collect(pending: set[Future[PartRecord]], journal: MultipartJournal,
+                 done: dict[int, PartRecord]) -> set[Future[PartRecord]]:
+        """Journal the parts that finished (in this thread: the journal may be a ledger)."""
+        completed, still_pending = wait(pending, return_when=FIRST_COMPLETED)
+        failure: BaseException | None = None
+        for future in completed:
+            error = future.exception()
+            if error is not None:
+                failure = failure or error
+                continue
+            record = future.result()
+            journal.part_done(record)
+            done[record.number] = record
+        if failure is not None:
+            raise failure  # the caller's finally cancels the parts not yet started
+        return still_pending
+
+    def _upload_part(self, full_key: str, upload_id: str, number: int, data: bytes,
+                     progress: ProgressCallback | None) -> PartRecord:
+        checksum = sha256_base64(data)
+
+        def attempt() -> dict[str, Any]:
+            response: dict[str, Any] = self._s3().upload_part(
+                Bucket=self._settings.bucket, Key=full_key, UploadId=upload_id,
+                PartNumber=number, Body=MeteredBody(data, progress) if progress else data,
+                ContentLength=len(data), ChecksumSHA256=checksum,
+            )
+            return response
+
+        with self._translated(f"PUT part {number}", full_key):
+            try:
+                response = self._retrying_checksum(attempt, f"part {number} of {full_key}")
+            except ClientError as error:
+                if error_code(error) == "NoSuchUpload":
+                    raise _StaleUpload(f"upload {upload_id} is gone") from error
+                raise
+        confirmed = response.get("ChecksumSHA256")
+        if confirmed and confirmed != checksum:
+            raise IntegrityError(f"{self._where(full_key)}: part {number} stored with checksum"
+                                 f" {confirmed}, sent {checksum}")
+        return PartRecord(number=number, etag=str(response["ETag"]), checksum=checksum,
+                          size=len(data))
+
+    def _complete(self, full_key: str, upload_id: str, parts: list[PartRecord],
+                  journal: MultipartJournal) -> bool:
+        """Complete create-only; False when an object appeared under the key first."""
+        listing = [{"PartNumber": part.number, "ETag": part.etag, "ChecksumSHA256": part.checksum}
+                   for part in parts]
+        def attempt() -> dict[str, Any]:
+            response: dict[str, Any] = self._s3().complete_multipart_upload(
+                Bucket=self._settings.bucket, Key=full_key, UploadId=upload_id,
+                MultipartUpload={"Parts": listing}, **self._create_only(),
+            )
+            return response
+
+        with self._translated("COMPLETE MULTIPART", full_key):
+            try:
+                response = self._retrying_conditional(attempt)
+            except ClientError as error:
+                if is_precondition_failed(error):
+                    self._abandon(full_key, journal)
+                    return False
+                if error_code(error) == "NoSuchUpload":
+                    # completed by an earlier try whose answer was lost, or aborted: the
+                    # HEAD that follows tells which
+                    journal.finish()
+                    return False
+                raise
+        journal.finish()
+        expected = composite_checksum([part.checksum for part in parts])
+        reported = response.get("ChecksumSHA256")
+        if reported and reported != expected:
+            raise IntegrityError(f"{self._where(full_key)}: the store assembled checksum"
+                                 f" {reported}, the parts sent make {expected}")
+        return True
+
+    def _abandon(self, full_key: str, journal: MultipartJournal) -> None:
+        """Abort the journaled upload (if any) and forget it."""
+        state = journal.load()
+        if state is None:
+            return
+        with self._translated("ABORT MULTIPART", full_key):
+            try:
+                self._s3().abort_multipart_upload(Bucket=self._settings.bucket, Key=full_key,
+                                                  UploadId=state.upload_id)
+            except ClientError as error:
+                if error_code(error) not in ("NoSuchUpload", "404"):
+                    raise
+        journal.finish()
+        logger.info("s3.multipart.aborted", key=full_key, upload_id=state.upload_id)
+
+
+
+def read_exactly(file: IO[bytes], length: int, source: Path) -> bytes:
+    data = file.read(length)
+    if len(data) != length:
+        raise IntegrityError(f"{source}: the staged copy ended early (file shrank while sending)")
+    return data
+
+
+def _journal_succeeded(futures: Collection[Future[PartRecord]], journal: MultipartJournal,
+                       done: dict[int, PartRecord]) -> None:
+    """After a failure, keep the parts that did get through, so a retry skips them."""
+    for future in futures:
+        if future.done() and not future.cancelled() and future.exception() is None:
+            record = future.result()
+            if record.number not in done:
+                journal.part_done(record)
+                done[record.number] = record
+
+
+def _check_finished_part(record: PartRecord, data: bytes) -> None:
+    """A journaled part counts only if our bytes hash to what the store verified for it."""
+    if record.size != len(data) or record.checksum != sha256_base64(data):
+        raise _StaleUpload(f"part {record.number} on the store is not this file's part")
+
+
+def _usable_parts(state: MultipartState, listed: Mapping[int, tuple[str, int]],
+                  plan: list[_Part]) -> dict[int, PartRecord]:
+    """Journaled parts that the store still lists with the same ETag and size."""
+    lengths = {part.number: part.length for part in plan}
+    usable: dict[int, PartRecord] = {}
+    for record in state.parts:
+        if lengths.get(record.number) != record.size:
+            continue
+        if listed.get(record.number) == (record.etag, record.size):
+            usable[record.number] = record
+    return usable
