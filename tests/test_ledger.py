@@ -241,3 +241,73 @@ def test_the_ledger_imports_nothing_that_imports_it() -> None:
             reached.add(dependency)
             frontier.append(dependency)
     assert not {name for name in reached if name.startswith("bwc_dock.ledger")}
+
+
+def _counted_by_scan(ledger: Ledger) -> tuple[dict[str, int], tuple[int, int]]:
+    """What the trigger-kept tables must equal: the counts and sums over every clip."""
+    with ledger.engine.connect() as connection:
+        counts = dict(connection.execute(text(
+            "SELECT state, count(*) FROM clips GROUP BY state")).all())
+        copied, uploaded = connection.execute(text(
+            "SELECT coalesce(sum(CASE WHEN staged_at IS NOT NULL THEN size END), 0),"
+            " coalesce(sum(CASE WHEN uploaded_at IS NOT NULL THEN size END), 0) FROM clips"
+        )).one()
+    return {state: counts.get(state, 0) for state in map(str, ClipState)}, (copied, uploaded)
+
+
+def _copy_and_upload(ledger: Ledger, clip_id: int) -> None:
+    copier, uploader = current_owner("copier"), current_owner("uploader")
+    work = ledger.claim_for_copy(copier)
+    assert work is not None and work.id == clip_id
+    ledger.finish_copy(work, copier, "ab" * 32, f"{clip_id}.MP4", {})
+    staged = ledger.claim_for_upload(uploader, only=[clip_id])
+    assert staged is not None
+    ledger.finish_upload(staged, uploader, f"CAM1/{clip_id}.MP4", "ab" * 32, {}, None)
+
+
+def test_counts_and_byte_totals_kept_by_triggers_match_a_full_count(tmp_path: Path) -> None:
+    """`status` reads counts by state and the metrics' byte totals from tables that
+    triggers keep: after copies, uploads, a quarantine and a release they equal a count
+    over every clip."""
+    ledger = _ledger_with_clips(tmp_path, 4)
+    _copy_and_upload(ledger, 1)
+    _copy_and_upload(ledger, 2)
+    copier = current_owner("copier")
+    third = ledger.claim_for_copy(copier)
+    assert third is not None
+    ledger.quarantine(third, copier, "test: camera returned different bytes")
+    fourth = ledger.claim_for_copy(copier)
+    assert fourth is not None
+    ledger.release(fourth, copier, error="test: yanked", retry_at=None)
+
+    counts, totals = _counted_by_scan(ledger)
+    assert counts == ledger.counts_by_state()
+    assert counts["uploaded"] == 2 and counts["quarantined"] == 1 and counts["discovered"] == 1
+    assert totals == ledger.byte_totals() == (0 + 1, 0 + 1)  # clips 1 and 2: sizes 0 and 1
+    ledger.close()
+
+
+def test_only_dockings_whose_clips_changed_are_looked_at_for_anchoring(tmp_path: Path) -> None:
+    """A docking is due for its SHA256SUMS once all its clips are stored; once written it
+    is no longer due, and a later upload of one of its clips makes it due again."""
+    ledger = _ledger_with_clips(tmp_path, 2)
+    docking = ledger.active_dockings()[0].id
+    _copy_and_upload(ledger, 1)
+    assert ledger.dockings_to_anchor() == []  # clip 2 still pending
+    _copy_and_upload(ledger, 2)
+    assert ledger.dockings_to_anchor() == [docking]
+
+    ledger.mark_sums_written(docking, utc_datetime())
+    assert ledger.dockings_to_anchor() == []
+    with ledger.engine.connect() as connection:
+        flagged = connection.execute(text(
+            "SELECT id FROM dockings INDEXED BY ix_dockings_sums_due WHERE sums_due = 1")).all()
+    assert flagged == []  # settled: the anchorer reads no row of it any more
+
+    ledger.requeue(1, ClipState.STAGED, "test: central copy found missing")
+    assert ledger.dockings_to_anchor() == []  # pending again: nothing to write yet
+    staged = ledger.claim_for_upload(current_owner("uploader"), only=[1])
+    assert staged is not None
+    ledger.finish_upload(staged, current_owner("uploader"), "CAM1/1.MP4", "ab" * 32, {}, None)
+    assert ledger.dockings_to_anchor() == [docking]  # uploaded after its list: stale
+    ledger.close()

@@ -223,7 +223,8 @@ def test_dockings_left_unanchored_by_an_upgrade_are_anchored_within_a_time_budge
         make_camera(card, [1000], sidecars=False)
         dock.cli("ingest", str(card), "--camera-serial", serial, "--wait")
     with sqlite3.connect(dock.state_dir / "ledger.sqlite3") as connection:
-        connection.execute("UPDATE dockings SET sums_written_at = NULL")  # as 0002 leaves them
+        # as the upgrades leave them: 0002 unanchored, 0003 flagged for a look
+        connection.execute("UPDATE dockings SET sums_written_at = NULL, sums_due = 1")
     for sums in dock.nas.rglob("SHA256SUMS*"):
         sums.unlink()
     config = load_config(dock.config_path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, case, func, or_, select, update
 
 from bwc_dock.ledger.assignments import officer_at
 from bwc_dock.ledger.models import AuditEntry, Clip, Docking, Sidecar
@@ -60,36 +60,53 @@ def delivering_dockings(store: Store, camera_serial: str | None = None) -> list[
 
 def dockings_to_anchor(store: Store) -> list[int]:
     """Dockings whose clips are all in central storage (or quarantined) and whose
-    SHA256SUMS was never written, or written before their last upload."""
+    SHA256SUMS was never written, or written before their last upload.
+
+    Only dockings flagged ``sums_due`` (a clip of theirs changed state) are looked at;
+    a flagged docking found with nothing to write is unflagged here."""
     pending = [str(state) for state in PENDING_STATES]
     delivered = list(DELIVERED_STATES)
     with store.transaction() as session:
-        query = (
-            select(Docking.id)
-            .join(Clip, Clip.docking_id == Docking.id)
-            .group_by(Docking.id)
-            .having(
-                func.sum(case((Clip.state.in_(pending), 1), else_=0)) == 0,
+        rows = session.execute(
+            select(
+                Docking.id,
+                func.sum(case((Clip.state.in_(pending), 1), else_=0)),
                 func.sum(
                     case((and_(Clip.state.in_(delivered), Clip.remote_key.is_not(None)), 1),
                          else_=0)
-                ) > 0,
+                ),
                 or_(
                     Docking.sums_written_at.is_(None),
                     Docking.sums_written_at < func.max(Clip.uploaded_at),
                 ),
             )
+            .outerjoin(Clip, Clip.docking_id == Docking.id)  # a docking with no clip settles
+            .where(Docking.sums_due == 1)
+            .group_by(Docking.id)
             .order_by(Docking.id)
-        )
-        return list(session.scalars(query))
+        ).all()
+        due = [docking for docking, waiting, stored, stale in rows
+               if not waiting and stored and stale]
+        settled = [docking for docking, waiting, stored, stale in rows
+                   if not waiting and not (stored and stale)]
+        if settled:
+            session.execute(update(Docking).where(Docking.id.in_(settled)).values(sums_due=0))
+        return due
 
 
 def mark_sums_written(store: Store, docking_id: int, content_read_at: datetime) -> None:
-    """The docking's SHA256SUMS, as the ledger stood at ``content_read_at``, is stored."""
+    """The docking's SHA256SUMS, as the ledger stood at ``content_read_at``, is stored.
+    The flag stays up when a clip was uploaded after that moment: the list is stale."""
     with store.transaction() as session:
         docking = session.get(Docking, docking_id)
-        if docking is not None:
-            docking.sums_written_at = content_read_at
+        if docking is None:
+            return
+        docking.sums_written_at = content_read_at
+        newest = session.scalar(
+            select(func.max(Clip.uploaded_at)).where(Clip.docking_id == docking_id)
+        )
+        if newest is None or newest <= content_read_at:
+            docking.sums_due = 0
 
 
 def manifest_facts(store: Store, clip_id: int) -> tuple[str | None, dict[str, datetime | None]]:

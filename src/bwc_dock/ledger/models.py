@@ -72,6 +72,7 @@ class Docking(Base):
     __table_args__ = (
         # the open dockings, without reading every docking ever (migration 0003)
         Index("ix_dockings_open", "id", sqlite_where=text("undocked_at IS NULL")),
+        Index("ix_dockings_sums_due", "id", sqlite_where=text("sums_due = 1")),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -88,6 +89,9 @@ class Docking(Base):
     refused_entries: Mapped[int] = mapped_column(Integer, default=0)
     # when its SHA256SUMS was last written to central storage (None: not yet)
     sums_written_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # 1: a clip of it changed state since its SHA256SUMS was last settled (a trigger
+    # sets it, migration 0003); the anchorer looks only at these dockings
+    sums_due: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class Clip(Base):
@@ -135,6 +139,26 @@ class Clip(Base):
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     staged_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ClipStateCount(Base):
+    """How many clips are in each state, kept by triggers on ``clips`` (migration 0003)
+    so that counting does not read every clip the dock has ever seen."""
+
+    __tablename__ = "clip_state_counts"
+
+    state: Mapped[str] = mapped_column(String(16), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class ClipByteTotal(Base):
+    """Bytes copied off cameras (``copied``) and confirmed in central storage
+    (``uploaded``), ever; kept by triggers on ``clips`` (migration 0003)."""
+
+    __tablename__ = "clip_byte_totals"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    bytes: Mapped[int] = mapped_column(Integer)
 
 
 class Sidecar(Base):

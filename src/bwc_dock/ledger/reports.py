@@ -9,7 +9,14 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
-from bwc_dock.ledger.models import Camera, Clip, Docking, Sidecar
+from bwc_dock.ledger.models import (
+    Camera,
+    Clip,
+    ClipByteTotal,
+    ClipStateCount,
+    Docking,
+    Sidecar,
+)
 from bwc_dock.ledger.snapshots import CameraInfo, ClipWork, clip_snapshot, clip_snapshots
 from bwc_dock.ledger.states import PENDING_STATES, ClipState
 from bwc_dock.ledger.store import Store
@@ -90,10 +97,16 @@ def purgeable(store: Store, uploaded_before: datetime) -> list[ClipWork]:
 
 
 def counts_by_state(store: Store, camera_serial: str | None = None) -> dict[str, int]:
+    """Clips per state; the dock-wide counts are kept by triggers, not counted here."""
     with store.transaction() as session:
-        query = select(Clip.state, func.count()).group_by(Clip.state)
-        if camera_serial is not None:
-            query = query.where(Clip.camera_serial == camera_serial)
+        if camera_serial is None:
+            query = select(ClipStateCount.state, ClipStateCount.count)
+        else:
+            query = (
+                select(Clip.state, func.count())
+                .where(Clip.camera_serial == camera_serial)
+                .group_by(Clip.state)
+            )
         counts = {str(state): 0 for state in ClipState}
         counts.update({state: count for state, count in session.execute(query).all()})
         return counts
@@ -128,13 +141,8 @@ def pending_in_docking(store: Store, docking_id: int) -> int:
 def byte_totals(store: Store) -> tuple[int, int]:
     """(bytes copied off cameras, bytes confirmed in central storage), ever."""
     with store.transaction() as session:
-        copied = session.scalar(
-            select(func.coalesce(func.sum(Clip.size), 0)).where(Clip.staged_at.is_not(None))
-        )
-        uploaded = session.scalar(
-            select(func.coalesce(func.sum(Clip.size), 0)).where(Clip.uploaded_at.is_not(None))
-        )
-        return int(copied or 0), int(uploaded or 0)
+        totals = dict(session.execute(select(ClipByteTotal.kind, ClipByteTotal.bytes)).all())
+        return int(totals.get("copied", 0)), int(totals.get("uploaded", 0))
 
 
 def oldest_pending_at(store: Store) -> datetime | None:
