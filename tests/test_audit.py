@@ -69,7 +69,8 @@ def test_a_rewritten_chain_is_caught_by_the_anchors_in_central_storage(dock: Doc
     """A chain edited and re-hashed from row N verifies locally, but audit verify --remote
     finds it from central storage alone and bounds where the edit was."""
     offload(dock)
-    assert dock.cli("audit", "verify", "--remote").returncode == 0
+    intact = dock.cli("audit", "verify", "--remote", check=False)
+    assert intact.returncode == 0, intact.stderr
     target = next(r for r in audit_rows(dock) if r["event"] == "clip.staged")
     forged = json.loads(target["details"])
     forged["staged_path"] = "clips/elsewhere"
@@ -84,6 +85,7 @@ def test_a_rewritten_chain_is_caught_by_the_anchors_in_central_storage(dock: Doc
     assert report["local_break"] is None and report["problems"]
     assert report["changed_after_row"] < target["id"] <= report["changed_at_or_before_row"]
     human = dock.cli("audit", "verify", "--remote", check=False)
+    assert human.returncode == 1
     assert "changed after the fact" in human.stderr
 
 
@@ -93,11 +95,17 @@ def test_a_truncated_ledger_is_caught_by_the_anchors(dock: Dock) -> None:
     newest_anchor = max(
         json.loads(path.read_text())["audit_chain_head"]["id"] for path in dock.nas.rglob("*.json")
     )
+    intact = dock.cli("audit", "verify", "--remote", "--json", check=False)
+    assert intact.returncode == 0, intact.stderr
+    assert json.loads(intact.stdout)["problems"] == []
     with sqlite3.connect(dock.ledger_path) as connection:
         connection.execute("DELETE FROM audit_log WHERE id >= ?", (newest_anchor,))
     assert dock.cli("audit", "verify").returncode == 0
-    report = json.loads(dock.cli("audit", "verify", "--remote", "--json", check=False).stdout)
+    result = dock.cli("audit", "verify", "--remote", "--json", check=False)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
     assert any("missing from the local ledger" in p["problem"] for p in report["problems"])
+    assert dock.cli("audit", "verify", "--remote", check=False).returncode == 1
 
 
 def test_csv_export_rows_match_the_ledger(dock: Dock) -> None:

@@ -273,6 +273,17 @@ def udev_dock_throttle() -> Iterator[CameraReadThrottle]:
         throttle.close()
 
 
+def _largest_part(udev_dock: UdevDock) -> int:
+    """Bytes in the largest partial copy in staging now (0 when there is none)."""
+    sizes = []
+    for part in udev_dock.dock.staging_dir.rglob("*.part"):
+        try:
+            sizes.append(part.stat().st_size)
+        except FileNotFoundError:
+            continue  # renamed into place meanwhile
+    return max(sizes, default=0)
+
+
 def big_sidecar_tree(clips: ClipSource) -> Callable[[Path], list[str]]:
     """A small clip, then one whose .GPS sidecar is big: the yank lands while the first is
     verified from staging and the second clip is already in place."""
@@ -302,7 +313,9 @@ def test_yank_mid_copy_stops_cleanly_and_redock_resumes(slow_udev_dock, fs_type,
     clip_count = 1 if big == "clip" else 2
     udev_dock.attach(camera)
     copying = udev_dock.wait_event("clip.copying", clip_count, camera="YANK0001")[-1]
-    time.sleep(0.5)  # a quarter into the big file
+    # a quarter into the big file, seen in staging rather than guessed from a sleep
+    udev_dock.wait_for(lambda: _largest_part(udev_dock) >= BIG_FILE_BYTES // 4,
+                       "a quarter of the big file staged")
     yanked_at = time.time()
     udev_dock.bay.yank(camera, kill_fuse=kill_fuse)
 
@@ -592,7 +605,8 @@ def test_daemon_killed_mid_copy_cleans_its_stale_mount_and_resumes(slow_udev_doc
     camera = udev_dock.camera(fs_type, serial="CRASH001", clip_count=1, padding=BIG_FILE_BYTES)
     udev_dock.attach(camera)
     udev_dock.wait_event("clip.copying", camera="CRASH001")
-    time.sleep(0.3)
+    # bytes really in flight when the kill lands (seen in staging, not assumed after a sleep)
+    udev_dock.wait_for(lambda: _largest_part(udev_dock) > 0, "the copy under way")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     udev_dock.processes.remove(first)

@@ -8,10 +8,24 @@ from pathlib import Path
 
 from tests.dock import Dock, central_objects, sha256_of
 from tests.realparts import need_root
+from tests.treesnapshot import NO_DIFFERENCES, Snapshot, differences, tree_snapshot
+
+# what the hostile links point at: a dock that followed them could change these
+LINK_TARGETS = (Path("/etc/passwd"),)
 
 
-def _snapshot(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
+def _outside(dock: Dock) -> tuple[Snapshot, Snapshot, set[str]]:
+    """Everything the run could touch outside state/ and nas/: the dock's folder with the
+    camera and config in it (whole tree), the entries beside the dock's folder, the files
+    the camera's links point at, and the names in / (where root-link leads)."""
+    dock_tree = tree_snapshot(dock.root, exclude=("state", "nas"))
+    around = {f"{dock.root.parent.name}/{entry.name}": ("entry", 0, 0, 0, "")
+              for entry in dock.root.parent.iterdir()}
+    for target in LINK_TARGETS:
+        status = target.stat()
+        around[str(target)] = ("file", status.st_mode, status.st_size, status.st_mtime_ns,
+                               sha256_of(target))
+    return dock_tree, around, {entry.name for entry in Path("/").iterdir()}
 
 
 def _hostile_camera(camera: Path) -> dict[str, str]:
@@ -56,7 +70,7 @@ def test_hostile_folder_is_refused_entry_by_entry(dock: Dock) -> None:
     dock.write_config(dock={"max_clip_size_gb": 0.002, "max_scan_depth": 40})
     camera = dock.root / "card"
     good = _hostile_camera(camera)
-    outside_before = _snapshot(dock.root.parent)
+    outside_before = _outside(dock)
 
     result = dock.cli("ingest", str(camera), "--camera-serial", "EVIL1", "--wait")
 
@@ -79,10 +93,13 @@ def test_hostile_folder_is_refused_entry_by_entry(dock: Dock) -> None:
     assert sha256_of(Path("/etc/passwd")) not in stored.values()
     for key in stored:  # keys are built from sanitised names only
         assert "\n" not in key and ".." not in key.split("/")
-    # outside this dock's folder nothing changed; inside, only state/ and nas/ grew
-    outside_after = _snapshot(dock.root.parent)
-    new = {p for p in outside_after - outside_before}
-    allowed = (f"{dock.root.name}/state", f"{dock.root.name}/nas", f"{dock.root.name}/config")
-    assert all(p.startswith(allowed) for p in new), sorted(new)[:10]
+    # nothing outside state/ and nas/ was added, removed or changed: not the camera, not
+    # the config, not what the links point at; / has no new entry named like the camera's
+    dock_before, around_before, root_before = outside_before
+    dock_after, around_after, root_after = _outside(dock)
+    assert differences(dock_before, dock_after) == NO_DIFFERENCES
+    assert differences(around_before, around_after) == NO_DIFFERENCES
+    camera_names = {Path(path).name for path in dock_before if path.startswith("card")}
+    assert not (root_after - root_before) & camera_names, root_after - root_before
     assert "DEEP45.MP4" not in str(by_path)
     assert f"{len(good) + 2} clips" in result.stdout  # the good ones and the two odd names

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 from tests.dock import Dock, central_objects, make_camera, sha256_of, wait_until
+from tests.treesnapshot import NO_DIFFERENCES, differences, tree_snapshot
 
 MIB = 1024 * 1024
 # 50 clips: one of 200 MiB, a few mid-sized, the rest small; every clip with sidecars
@@ -18,7 +20,7 @@ def test_ingest_wait_uploads_every_clip_with_its_first_read_hash(dock: Dock) -> 
     """ingest --wait stores every clip and sidecar centrally, hashes equal to the camera's."""
     camera = dock.root / "card"
     expected = make_camera(camera, MIXED_SIZES)
-    before = {path: os.stat(camera / path).st_mtime_ns for path in expected}
+    before = tree_snapshot(camera)
 
     result = dock.cli("ingest", str(camera), "--camera-serial", "X81234567", "--wait")
 
@@ -42,8 +44,9 @@ def test_ingest_wait_uploads_every_clip_with_its_first_read_hash(dock: Dock) -> 
         assert manifest["sha256"] == clip["sha256"]
         assert manifest["original_path"] == clip["source_path"]
         assert manifest["camera"] == "X81234567"
-    # the camera folder was only read
-    assert {path: os.stat(camera / path).st_mtime_ns for path in expected} == before
+    # the camera folder was only read: every name, type, mode, size, mtime and hash as it
+    # was, nothing added, nothing removed (access times may change)
+    assert differences(before, tree_snapshot(camera)) == NO_DIFFERENCES
     assert not list(dock.nas.rglob("*.part"))
     assert dock.cli("audit", "verify").returncode == 0
 
@@ -164,3 +167,34 @@ def test_ingest_wait_is_not_held_up_by_other_cameras_staged_clips(dock: Dock) ->
     assert json.loads(result.stdout)["states"] == {"uploaded": 1}
     assert {c["camera_serial"]: c["state"] for c in dock.clips()} == {"A1": "staged",
                                                                       "B2": "uploaded"}
+
+
+def test_a_refused_manifest_keeps_its_clip_from_counting_as_uploaded(dock: Dock) -> None:
+    """Storage refuses a clip's custody record (a folder in its way): the clip stays staged
+    and pending, ingest exits 1; with the way clear it is uploaded with its manifest."""
+    # a fixed template, so the test knows the manifest's key without the product's help
+    dock.write_config(storage={"key_template": "{camera}/{name}",
+                               "permanent_error_backoff_seconds": 0.5})
+    camera = dock.root / "card"
+    (camera / "DCIM").mkdir(parents=True)
+    (camera / "DCIM" / "A.MP4").write_bytes(b"evidence" * 1000)
+    manifest = dock.nas / "R1" / "A.MP4.json"
+    (manifest / "in-the-way").mkdir(parents=True)
+
+    refused = dock.cli("ingest", str(camera), "--camera-serial", "R1", "--wait",
+                       "--timeout", "5", check=False)
+
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    [clip] = dock.clips()
+    assert clip["state"] == "staged"
+    assert "A.MP4.json" in clip["last_error"]
+    status = json.loads(dock.cli("status", "--json").stdout)
+    assert status["clips"].get("uploaded", 0) == 0
+    assert status["oldest_pending_at"] is not None
+    assert manifest.is_dir()  # nothing of the refusal was overwritten
+
+    shutil.rmtree(manifest)
+    dock.cli("ingest", str(camera), "--camera-serial", "R1", "--wait", "--timeout", "60")
+    [clip] = dock.clips()
+    assert clip["state"] == "uploaded"
+    assert json.loads(manifest.read_text())["sha256"] == clip["sha256"]

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from bwc_dock.journald import (
     running_under_journald,
 )
 from tests import realparts
+from tests.dock import BWC_DOCK, Dock, make_camera
 
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
@@ -287,3 +289,64 @@ def test_real_journald_finds_one_cameras_story(real_journald: str) -> None:
 
     by_identifier = _query(real_journald, "SYSLOG_IDENTIFIER=bwc-dock", "PRIORITY=3", expected=1)
     assert [entry["BWC_CLIP"] for entry in by_identifier] == ["8"]
+
+
+# The daemon sends to journald's fixed socket path. In a private mount namespace (unshare)
+# that path is made to lead to the test's journald, so the host's /run is never touched.
+POINT_JOURNAL_SOCKET_AND_RUN = (
+    'mount --bind "$1" "$2" && mount -t tmpfs tmpfs /run/systemd && '
+    'mkdir /run/systemd/journal && ln -s "$2/socket" /run/systemd/journal/socket && '
+    'shift 2 && exec "$@"'
+)
+# Only stop a hung test: start-up on a loaded CI machine has taken about 10 s.
+DAEMON_DEADLINE_SECONDS = 120.0
+
+
+@pytest.mark.realparts
+def test_running_daemon_logs_to_journald_with_native_fields(
+    real_journald: str, tmp_path: Path
+) -> None:
+    """`bwc-dock run` whose stderr is the JOURNAL_STREAM sends its events to journald:
+    journalctl BWC_CAMERA=... finds a docked camera's offload, from the daemon's PID."""
+    realparts.need_command("unshare")
+    dock = Dock(tmp_path / "dock")
+    dock.root.mkdir()
+    dock.write_config()
+    camera = dock.root / "camera"
+    expected = make_camera(camera, [2000], sidecars=False)
+    runtime_view = tmp_path / "journal-runtime"
+    runtime_view.mkdir()
+    stderr_path = tmp_path / "stderr"
+    with stderr_path.open("wb") as stderr_file:
+        status = os.fstat(stderr_file.fileno())
+        environment = {**dock.environment(), "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+        daemon = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+             POINT_JOURNAL_SOCKET_AND_RUN, "sh", f"/run/systemd/journal.{real_journald}",
+             str(runtime_view), BWC_DOCK, "run"],
+            stdout=stderr_file, stderr=stderr_file, env=environment,
+        )
+    try:
+        _query_until(real_journald, "BWC_EVENT=daemon.started")
+        camera.rename(dock.watch_dir / "JRNL1")
+        uploaded = _query_until(real_journald, "BWC_CAMERA=JRNL1", "BWC_EVENT=upload.done")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0, stderr_path.read_text()[-3000:]
+    [entry] = uploaded
+    assert entry["_PID"] == str(daemon.pid)  # unshare and sh exec'd: the daemon itself
+    assert entry["SYSLOG_IDENTIFIER"] == "bwc-dock"
+    assert entry["PRIORITY"] == "6"
+    assert entry["BWC_SHA256"] == next(iter(expected.values()))
+    story = [e["BWC_EVENT"] for e in _query_until(real_journald, "BWC_CAMERA=JRNL1")]
+    assert {"clip.discovered", "upload.done"} <= set(story), story
+    assert "upload.done" not in stderr_path.read_text()  # journald only, not also on stderr
+
+
+def _query_until(namespace: str, *matches: str) -> list[dict[str, object]]:
+    """Entries matching, polled until at least one arrived (the daemon works at its pace)."""
+    deadline = time.monotonic() + DAEMON_DEADLINE_SECONDS
+    while not (entries := _query(namespace, *matches, expected=1)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no journal entry {matches} in {DAEMON_DEADLINE_SECONDS} s")
+    return entries

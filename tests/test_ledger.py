@@ -16,8 +16,13 @@ from bwc_dock.errors import IllegalTransition, LeaseLost, LedgerError
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.audit import find_break
 from bwc_dock.ledger.db import check_durability, create_ledger_engine, migrate, schema_revision
-from bwc_dock.ledger.leases import current_owner
-from bwc_dock.ledger.states import ALLOWED_TRANSITIONS, check_transition
+from bwc_dock.ledger.leases import current_owner, owner_is_dead
+from bwc_dock.ledger.states import (
+    ALLOWED_TRANSITIONS,
+    LEASED_STATES,
+    PENDING_STATES,
+    check_transition,
+)
 from bwc_dock.scanner import FoundClip, FoundFile
 from bwc_dock.sources.base import DockedVolume
 from tests.dock import utc_datetime
@@ -40,15 +45,59 @@ def _ledger_with_clips(tmp_path: Path, count: int) -> Ledger:
     return ledger
 
 
-def test_every_state_pair_outside_the_table_is_refused() -> None:
-    """The state machine allows exactly the transitions written in its table."""
-    for current in ClipState:
-        for target in ClipState:
-            if target in ALLOWED_TRANSITIONS[current]:
-                check_transition(current, target)
+# The clip life cycle written out from ../shared/DESIGN.md, independently of the product's
+# table, so a wrong edit of ALLOWED_TRANSITIONS fails here (checking the product against
+# its own table could not). Each edge names the design sentence that allows it.
+DESIGNED_STATES = ("discovered", "copying", "staged", "uploading", "uploaded", "cleared",
+                   "quarantined")
+DESIGNED_TRANSITIONS: dict[str, set[str]] = {
+    # a copier claims a clip seen on a camera
+    "discovered": {"copying"},
+    # staged: copied and verified by re-reading; discovered: "a camera undocked mid-copy
+    # leaves its clip discovered"; quarantined: an integrity failure retries did not cure
+    "copying": {"staged", "discovered", "quarantined"},
+    # discovered: resync re-queues a clip whose staged copy is missing or damaged
+    "staged": {"uploading", "quarantined", "discovered"},
+    # staged: "upload failures never end a clip: it stays staged"; quarantined: "a key
+    # that holds other content is an integrity conflict"
+    "uploading": {"uploaded", "staged", "quarantined"},
+    # cleared: deleted from the camera after storage confirmed the hash; staged or
+    # discovered: resync "re-queues what is missing" centrally; quarantined: verify
+    # --remote finds the central copy wrong
+    "uploaded": {"cleared", "staged", "discovered", "quarantined"},
+    # the central copy of a clip already cleared from its camera is found wrong
+    "cleared": {"quarantined"},
+    # only an operator's resync releases a quarantined clip to be redone (the design says
+    # a quarantined clip is never deleted; it does not forbid redoing it)
+    "quarantined": {"staged", "discovered"},
+}
+DESIGNED_PENDING = {"discovered", "copying", "staged", "uploading"}  # bytes not yet central
+DESIGNED_LEASE_FALLBACK = {"copying": "discovered", "uploading": "staged"}  # kill -9 resumes
+
+
+def test_the_states_are_the_designed_ones_in_order() -> None:
+    """The ledger knows exactly the seven designed states, in pipeline order."""
+    assert tuple(str(state) for state in ClipState) == DESIGNED_STATES
+
+
+def test_every_state_pair_follows_the_designed_life_cycle() -> None:
+    """check_transition allows exactly the designed transitions and refuses every other pair."""
+    for current in DESIGNED_STATES:
+        for target in DESIGNED_STATES:
+            if target in DESIGNED_TRANSITIONS[current]:
+                check_transition(ClipState(current), ClipState(target))
             else:
                 with pytest.raises(IllegalTransition):
-                    check_transition(current, target)
+                    check_transition(ClipState(current), ClipState(target))
+    assert {str(state): {str(target) for target in targets}
+            for state, targets in ALLOWED_TRANSITIONS.items()} == DESIGNED_TRANSITIONS
+
+
+def test_pending_and_leased_states_are_the_designed_ones() -> None:
+    """Pending means not yet in central storage; a dead worker's lease falls back one step."""
+    assert {str(state) for state in PENDING_STATES} == DESIGNED_PENDING
+    assert {str(held): str(fallback) for held, fallback in LEASED_STATES.items()} == (
+        DESIGNED_LEASE_FALLBACK)
 
 
 def test_ledger_file_runs_wal_with_synchronous_full(tmp_path: Path) -> None:
@@ -311,3 +360,16 @@ def test_only_dockings_whose_clips_changed_are_looked_at_for_anchoring(tmp_path:
     ledger.finish_upload(staged, current_owner("uploader"), "CAM1/1.MP4", "ab" * 32, {}, None)
     assert ledger.dockings_to_anchor() == [docking]  # uploaded after its list: stale
     ledger.close()
+
+
+def test_a_lease_from_an_earlier_boot_is_dead_even_with_this_pid_and_start_tick() -> None:
+    """After a power cut the daemon may start with the same pid at the same tick; the
+    boot in the owner name still tells the dead daemon's lease from its own."""
+    owner = current_owner("uploader-1")
+    host, pid, identity, thread = owner.split("/", 3)
+    ticks, boot = identity.split(":")
+    assert len(boot) == 8 and int(boot, 16) >= 0  # read from /proc or BWC_DOCK_BOOT_ID
+    assert not owner_is_dead(owner)
+    other_boot = f"{int(boot, 16) ^ 1:08x}"
+    assert owner_is_dead(f"{host}/{pid}/{ticks}:{other_boot}/{thread}")
+    assert owner_is_dead(f"{host}/{pid}/{ticks}/{thread}")  # an owner named before boots

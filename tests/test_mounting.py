@@ -18,11 +18,14 @@ from bwc_dock.mounting import (
     SAFE_FLAGS,
     Mounter,
     MountError,
+    MountInfo,
     find_mount,
     missing_flags,
     parse_mountinfo_line,
+    run_command,
     validate_profile_options,
 )
+from tests.realparts import unavailable
 
 if TYPE_CHECKING:
     from tests.udevharness import CameraBay
@@ -31,6 +34,15 @@ pytest_plugins = ("tests.udevharness",)  # fixtures: udevd, clip_source, camera_
 
 pytestmark = pytest.mark.timeout(120)
 FILESYSTEMS = ["exfat", "vfat"]
+# Written out from ../shared/DESIGN.md ("mount -t TYPE -o ro,nosuid,nodev,noexec"), not
+# taken from the product's SAFE_FLAGS, so a weakened table fails these tests.
+DESIGNED_FLAGS = {"ro", "nosuid", "nodev", "noexec"}
+WRITABLE_STEP_FLAGS = {"rw", "nosuid", "nodev", "noexec"}  # only ro is lifted to clear
+
+
+def _safe(entry: MountInfo | None) -> bool:
+    """The kernel reports every designed flag for this mount."""
+    return entry is not None and entry.mount_options >= DESIGNED_FLAGS
 
 
 @pytest.fixture
@@ -51,7 +63,7 @@ def test_mount_is_read_only_nosuid_nodev_noexec(camera_bay, mounter, fs_type):
     volume = mounter.mount(device, fs_type, "cam0")
     entry = find_mount(volume.mount_point)
     assert entry is not None
-    assert set(SAFE_FLAGS) <= entry.mount_options
+    assert entry.mount_options >= DESIGNED_FLAGS
     with pytest.raises(OSError) as refused:
         (volume.mount_point / "new.txt").write_bytes(b"x")
     assert refused.value.errno == errno.EROFS
@@ -92,18 +104,55 @@ def test_exfat_fuse_helper_drops_noexec_and_the_mounter_restores_it(camera_bay, 
                     str(raw_point)], check=True, timeout=30)
     raw_entry = find_mount(raw_point)
     assert raw_entry is not None
-    helper_dropped = missing_flags(raw_entry)
+    helper_dropped = missing_flags(raw_entry, tuple(sorted(DESIGNED_FLAGS)))
     subprocess.run(["umount", str(raw_point)], check=True, timeout=30)
+    if not raw_entry.fs_type.startswith("fuse"):
+        # a kernel exFAT driver keeps noexec, so this path cannot be shown here; the test
+        # below forces the restore on any kernel
+        unavailable(f"exfat served by {raw_entry.fs_type}, not the FUSE helper that drops noexec")
+    # here exfat-fuse serves exfat (see DESIGN.md); if it stopped dropping noexec, this test
+    # would no longer reach the restore: fail and say so rather than pass without it
+    assert helper_dropped == ["noexec"], f"exfat-fuse now keeps the flags: {raw_entry}"
 
     with capture_logs() as logs:
         volume = mounter.mount(device, "exfat", "cam0")
     entry = find_mount(volume.mount_point)
-    assert entry is not None and not missing_flags(entry)
+    assert _safe(entry), entry
     enforced = [log for log in logs if log["event"] == "mount.flags_enforced"]
-    if helper_dropped:
-        assert enforced and enforced[0]["missing"] == helper_dropped
-    else:  # a fixed helper (or a kernel driver) needs no second step
-        assert not enforced
+    assert [log["missing"] for log in enforced] == [["noexec"]]
+
+
+@pytest.mark.realparts
+@pytest.mark.parametrize("fs_type", FILESYSTEMS)
+def test_a_mount_that_lost_noexec_is_bind_remounted_with_it(camera_bay, tmp_path, fs_type):
+    """Whatever the helper: a first mount without noexec is seen in mountinfo and restored."""
+    device, _ = _attached(camera_bay, fs_type)
+    commands: list[list[str]] = []
+    first_mount_flags: list[frozenset[str]] = []
+
+    def drop_noexec_from_the_first_mount(arguments):
+        # a real mount(8) call, asked for less than the mounter wanted: the situation a
+        # helper that drops noexec creates, here on any kernel and filesystem
+        arguments = list(arguments)
+        if arguments[:2] == ["mount", "-t"] and not commands:
+            options = arguments[arguments.index("-o") + 1].split(",")
+            arguments[arguments.index("-o") + 1] = ",".join(o for o in options if o != "noexec")
+        commands.append(arguments)
+        run_command(arguments)
+        if len(commands) == 1:
+            entry = find_mount(Path(arguments[-1]))
+            assert entry is not None
+            first_mount_flags.append(entry.mount_options)
+
+    mounter = Mounter(tmp_path / "mounts", runner=drop_noexec_from_the_first_mount)
+    with capture_logs() as logs:
+        volume = mounter.mount(device, fs_type, "cam0")
+    assert "noexec" not in first_mount_flags[0]  # the restore really had something to do
+    enforced = [log for log in logs if log["event"] == "mount.flags_enforced"]
+    assert len(enforced) == 1 and "noexec" in enforced[0]["missing"]
+    assert any(command[:3] == ["mount", "-i", "-o"] and "remount" in command[3]
+               and "noexec" in command[3] for command in commands), commands
+    assert _safe(find_mount(volume.mount_point))
 
 
 @pytest.mark.realparts
@@ -114,11 +163,10 @@ def test_writable_only_inside_the_block(camera_bay, mounter, fs_type):
     volume = mounter.mount(device, fs_type, "cam0")
     with mounter.writable(volume) as writable:
         entry = find_mount(writable.mount_point)
-        assert entry is not None and "rw" in entry.mount_options
-        assert {"nosuid", "nodev", "noexec"} <= entry.mount_options
+        assert entry is not None and entry.mount_options >= WRITABLE_STEP_FLAGS
         (writable.mount_point / files[0]).unlink()
     entry = find_mount(volume.mount_point)
-    assert entry is not None and not missing_flags(entry)
+    assert _safe(entry), entry
     assert not (volume.mount_point / files[0]).exists()
     assert (volume.mount_point / files[1]).exists()
     with pytest.raises(OSError):
@@ -133,7 +181,7 @@ def test_writable_goes_back_to_read_only_when_the_step_fails(camera_bay, mounter
     with pytest.raises(RuntimeError, match="clear step failed"), mounter.writable(volume):
         raise RuntimeError("clear step failed")
     entry = find_mount(volume.mount_point)
-    assert entry is not None and not missing_flags(entry)
+    assert _safe(entry), entry
 
 
 @pytest.mark.realparts
@@ -201,3 +249,9 @@ def test_mountinfo_lines_are_parsed_with_escapes():
     assert entry.source == "/dev/loop0"
     assert not missing_flags(entry)
     assert os.fspath(entry.mount_point).count(" ") == 1
+    assert missing_flags(parse_mountinfo_line(line.replace(",noexec,", ","))) == ["noexec"]
+
+
+def test_the_product_safety_flags_are_the_designed_ones():
+    """SAFE_FLAGS, what every camera mount asks for and checks, is ro,nosuid,nodev,noexec."""
+    assert set(SAFE_FLAGS) == DESIGNED_FLAGS and len(SAFE_FLAGS) == 4

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import pyudev
 from structlog.testing import capture_logs
 
 from bwc_dock.config import Config, parse_config
 from bwc_dock.mounting import find_mount, missing_flags, read_mountinfo
+from bwc_dock.sources import udev as udev_source
 from bwc_dock.sources.base import DockedVolume, SourceListener
 from bwc_dock.sources.identity import (
     BlockIdentity,
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from tests.udevharness import CameraBay
+
+from tests.udevharness import HIDDEN_USB_ID
 
 pytest_plugins = ("tests.udevharness",)  # fixtures: udevd, clip_source, camera_bay
 
@@ -243,6 +247,49 @@ def test_unknown_device_is_logged_once_and_never_mounted(
     assert listener.events == []
     assert _mounted_under(config.mount_dir) == []
     assert not [entry for entry in read_mountinfo() if entry.source == camera.device]
+
+
+@pytest.mark.realparts
+def test_ids_missing_from_udev_make_the_source_walk_up_for_a_usb_parent(
+        start_source, listener, camera_bay, config, monkeypatch):
+    """USB storage whose udev properties lack vendor and model ids sends the identity
+    lookup up the device tree; a loop device has no USB parent, so the walk ends with
+    none: no ids, no location, the device ignored as unknown and never mounted.
+
+    What this shows: the walk is reached from a real udev event and ends cleanly when
+    there is no USB parent. What it cannot show here: reading ids from a found parent
+    (this machine has no USB bus); the VM rig's hot-plugged usb-storage cameras cover
+    that, and test_identity_falls_back_to_the_usb_parent covers the reading itself."""
+    walks: list[tuple[str, object]] = []
+    real_walk = udev_source._usb_parent
+
+    def recorded_walk(device: object) -> object:  # the real walk, recorded
+        parent = real_walk(device)
+        walks.append((device.sys_path, parent))  # type: ignore[attr-defined]
+        return parent
+
+    monkeypatch.setattr(udev_source, "_usb_parent", recorded_walk)
+    camera = camera_bay.make_camera("vfat", serial="BARE1", vendor_id=HIDDEN_USB_ID,
+                                    product_id=HIDDEN_USB_ID)
+    with capture_logs() as logs:
+        start_source()
+        camera_bay.attach(camera)
+        camera_bay.wait_until(lambda: any(log["event"] == "dock.unknown_device"
+                                          and log["device"] == camera.device for log in logs),
+                              what="the camera reported as unknown")
+    properties = pyudev.Devices.from_device_file(pyudev.Context(), camera.device).properties
+    assert properties.get("ID_BUS") == "usb" and properties.get("ID_SERIAL_SHORT") == "BARE1"
+    assert "ID_VENDOR_ID" not in properties and "ID_MODEL_ID" not in properties
+    walked = [parent for path, parent in walks if Path(path).name == Path(camera.device).name]
+    assert walked and all(parent is None for parent in walked), walks
+    [unknown] = [log for log in logs if log["event"] == "dock.unknown_device"
+                 and log["device"] == camera.device]
+    assert (unknown["vendor_id"], unknown["product_id"], unknown["serial"]) == (
+        None, None, "BARE1")
+    assert not [log for log in logs if log["event"] in ("udev.event_failed",
+                                                        "udev.evaluate_failed")]
+    assert listener.events == []
+    assert _mounted_under(config.mount_dir) == []
 
 
 @pytest.mark.realparts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.scanning import scan_into_ledger
 from bwc_dock.sources.base import DockedVolume
+from tests.dock import Dock
 
 
 def test_prioritised_clip_first_then_oldest_recording(tmp_path: Path) -> None:
@@ -67,3 +69,31 @@ def test_cameras_docked_together_take_turns_at_uploading(tmp_path: Path) -> None
     assert order == ["EARLY/DCIM/0.MP4", "LATE/DCIM/0.MP4", "EARLY/DCIM/1.MP4",
                      "LATE/DCIM/1.MP4", "EARLY/DCIM/2.MP4", "LATE/DCIM/2.MP4"]
     ledger.close()
+
+
+def test_clips_prioritize_puts_a_staged_clip_first_in_the_upload_queue(dock: Dock) -> None:
+    """`clips --prioritize ID` makes that clip the first uploaded, ahead of older recordings;
+    an unknown id is an error."""
+    card = dock.root / "card"
+    (card / "DCIM").mkdir(parents=True)
+    for name, mtime in (("NEW.MP4", 3_000_000), ("OLD.MP4", 1_000_000), ("MID.MP4", 2_000_000)):
+        (card / "DCIM" / name).write_bytes(name.encode() * 100)
+        os.utime(card / "DCIM" / name, (mtime, mtime))
+    dock.cli("ingest", str(card), "--camera-serial", "P1")  # copies only: all three staged
+    ids = {clip["source_path"]: clip["id"] for clip in dock.clips()}
+    assert {clip["state"] for clip in dock.clips()} == {"staged"}
+
+    result = dock.cli("clips", "--prioritize", str(ids["DCIM/NEW.MP4"]))
+    assert f"clip {ids['DCIM/NEW.MP4']} will be uploaded first" in result.stdout
+    dock.cli("ingest", str(card), "--camera-serial", "P1", "--wait")
+
+    with sqlite3.connect(dock.ledger_path) as connection:
+        prioritized = connection.execute(
+            "SELECT clip_id FROM audit_log WHERE event = 'clip.prioritized'").fetchall()
+        uploaded = [row[0] for row in connection.execute(
+            "SELECT clip_id FROM audit_log WHERE event = 'clip.uploaded' ORDER BY id")]
+    assert prioritized == [(ids["DCIM/NEW.MP4"],)]  # the operator's choice is audited
+    assert uploaded == [ids["DCIM/NEW.MP4"], ids["DCIM/OLD.MP4"], ids["DCIM/MID.MP4"]]
+    unknown = dock.cli("clips", "--prioritize", "9999", check=False)
+    assert unknown.returncode == 1
+    assert "no clip 9999" in unknown.stderr

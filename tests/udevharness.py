@@ -45,17 +45,25 @@ CAMERA_VENDOR_ID = "1234"
 CAMERA_PRODUCT_ID = "5678"
 UNKNOWN_VENDOR_ID = "dead"
 UNKNOWN_PRODUCT_ID = "beef"
+HIDDEN_USB_ID = "hidden"  # the test rule gives such a loop device no ID_VENDOR_ID/ID_MODEL_ID
 EVENT_TIMEOUT_SECONDS = 15.0
 COMMAND_TIMEOUT_SECONDS = 60.0
 
 LOOP_IDENTITY_HELPER = """#!/bin/sh
 # bwc-dock TEST ONLY: give a loop device the USB identity its backing file announces,
 # bwccam-<vendor>-<product>-<serial>.img (serial "none": the camera has none).
+# Vendor and product "hidden": USB storage whose block device udev gave no USB ids, so
+# bwc-dock has to walk up to the USB parent for them.
 name=${1##*/}
 name=${name%.img}
 IFS=-
 set -- $name
 [ "$1" = bwccam ] || exit 0
+if [ "$2$3" = hiddenhidden ]; then
+    echo ID_BUS=usb
+    case "$4" in ''|none|*[!A-Za-z0-9]*) ;; *) echo ID_SERIAL_SHORT=$4;; esac
+    exit 0
+fi
 case "$2$3" in *[!0-9a-f]*) exit 0;; esac
 [ ${#2} -eq 4 ] && [ ${#3} -eq 4 ] || exit 0
 echo ID_BUS=usb

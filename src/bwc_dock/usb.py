@@ -119,6 +119,9 @@ class UsbPort:
             address=location.address,
             request_type=transfer.request_type,
             request=transfer.request,
+            # what an IN request read (a descriptor, a status word): at most a few dozen
+            # bytes, kept so a support case can see what the camera answered
+            answer_hex=result.hex(),
         )
         return result
 
