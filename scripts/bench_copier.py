@@ -162,11 +162,11 @@ def copier_worker(mode: str, volume: Path, work: Path) -> None:
     """Copy every clip of ``volume`` through a real ledger; print one JSON result."""
     from bwc_dock.config import parse_config
     from bwc_dock.copier import Copier, StagingArea
-    from bwc_dock.daemon import folder_profile, scan_limits
     from bwc_dock.ledger import Ledger
     from bwc_dock.ledger.leases import current_owner
     from bwc_dock.logs import configure_logging
     from bwc_dock.scanner import scan_volume
+    from bwc_dock.scanning import folder_profile, scan_limits
     from bwc_dock.sources.base import DockedVolume
 
     configure_logging("warning")

@@ -22,13 +22,13 @@ from bwc_dock.config import Config, parse_config
 from bwc_dock.mounting import find_mount, missing_flags, read_mountinfo
 from bwc_dock.sources import udev as udev_source
 from bwc_dock.sources.base import DockedVolume, SourceListener
-from bwc_dock.sources.udev import (
+from bwc_dock.sources.identity import (
     BlockIdentity,
-    UdevSource,
     clean_serial,
     identity_from_properties,
     match_profile,
 )
+from bwc_dock.sources.udev import UdevSource
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

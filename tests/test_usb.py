@@ -18,7 +18,8 @@ import usb.backend
 import usb.core
 
 from bwc_dock.config import ControlTransfer, parse_config
-from bwc_dock.sources.udev import UdevSource, identity_from_properties
+from bwc_dock.sources.identity import identity_from_properties
+from bwc_dock.sources.udev import UdevSource
 from bwc_dock.usb import UsbError, UsbLocation, UsbPort
 
 _GET_DESCRIPTOR = 0x06

@@ -10,14 +10,18 @@ links, and only when they still are the size and mtime that was copied.
 
 from __future__ import annotations
 
+import enum
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
+from bwc_dock.errors import BwcDockError
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.scanner import display_path, parent_directory
+from bwc_dock.sources.base import DockedVolume, Source
 
 log = structlog.get_logger(__name__)
 
@@ -32,15 +36,38 @@ _BLOCKING_STATES = frozenset(
 )
 
 
-def ready_to_clear(ledger: Ledger, camera_serial: str) -> tuple[bool, str]:
+class ClearVerdict(enum.StrEnum):
+    READY = "ready"  # every clip is verified in central storage: clear now
+    WAITING = "waiting"  # uploads still to be verified: keep the camera as it is
+    KEEPS_EVERYTHING = "keeps_everything"  # a clip is quarantined: never cleared
+
+
+@dataclass(frozen=True)
+class ClearDecision:
+    """Whether a camera may be cleared now, and in words why not."""
+
+    verdict: ClearVerdict
+    reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.verdict is ClearVerdict.READY
+
+
+def ready_to_clear(ledger: Ledger, camera_serial: str) -> ClearDecision:
     """Whether the camera may be cleared now, and why not."""
     clips = ledger.clips(camera_serial=camera_serial)
     blocking = [c for c in clips if c.state in _BLOCKING_STATES]
     if any(c.state is ClipState.QUARANTINED for c in blocking):
-        return False, "a clip of this camera is quarantined: the camera keeps everything"
+        return ClearDecision(
+            ClearVerdict.KEEPS_EVERYTHING,
+            "a clip of this camera is quarantined: the camera keeps everything",
+        )
     if blocking:
-        return False, f"{len(blocking)} clip(s) not yet verified in central storage"
-    return True, ""
+        return ClearDecision(
+            ClearVerdict.WAITING, f"{len(blocking)} clip(s) not yet verified in central storage"
+        )
+    return ClearDecision(ClearVerdict.READY)
 
 
 def clearable(ledger: Ledger, camera_serial: str) -> list[ClipWork]:
@@ -54,9 +81,9 @@ def clearable(ledger: Ledger, camera_serial: str) -> list[ClipWork]:
 
 def clear_camera(ledger: Ledger, camera_serial: str, writable_root: Path, device: str) -> int:
     """Delete the verified clips (and their sidecars) from a camera mounted read-write."""
-    ready, reason = ready_to_clear(ledger, camera_serial)
-    if not ready:
-        log.warning("clear.skipped", camera=camera_serial, reason=reason)
+    decision = ready_to_clear(ledger, camera_serial)
+    if not decision.ready:
+        log.warning("clear.skipped", camera=camera_serial, reason=decision.reason)
         return 0
     cleared = 0
     for work in clearable(ledger, camera_serial):
@@ -79,6 +106,25 @@ def clear_camera(ledger: Ledger, camera_serial: str, writable_root: Path, device
         )
         cleared += 1
     return cleared
+
+
+def clear_when_verified(ledger: Ledger, volume: DockedVolume, source: Source) -> bool:
+    """Clear a docked camera through its source once every clip is verified in central
+    storage; True when its docking may end (cleared, or never to be cleared)."""
+    camera = volume.camera_serial
+    verdict = ready_to_clear(ledger, camera).verdict
+    if verdict is ClearVerdict.WAITING:
+        return False
+    if verdict is ClearVerdict.KEEPS_EVERYTHING:
+        return True  # a quarantined clip never clears: release the camera as it is
+    if not clearable(ledger, camera):
+        return True
+    try:
+        with source.writable(volume) as root:
+            clear_camera(ledger, camera, root, volume.device)
+    except (BwcDockError, OSError) as error:
+        log.error("clear.failed", camera=camera, error=str(error))
+    return True
 
 
 def _unlink_if_unchanged(root: Path, source_path_raw: bytes, size: int) -> bool:

@@ -13,20 +13,23 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from bwc_dock.config import Config
-from bwc_dock.copier import Copier, StagingArea
-from bwc_dock.daemon import folder_profile, scan_into_ledger
+from bwc_dock.copier import StagingArea
 from bwc_dock.errors import UsageError
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import utc_now
+from bwc_dock.ledger.states import PENDING_STATES
 from bwc_dock.scanner import ScanResult
+from bwc_dock.scanning import folder_profile, scan_into_ledger
 from bwc_dock.sources.base import DockedVolume
 from bwc_dock.storage import open_backend
 from bwc_dock.uploader import Uploader
+from bwc_dock.wiring import Stages
 
 log = structlog.get_logger(__name__)
 
@@ -99,14 +102,9 @@ def ingest_folder(
     else:
         backend = open_backend(config)
         try:
-            uploader = Uploader(
-                ledger,
-                backend,
-                config.staging_dir,
-                config.storage,
-                current_owner("ingest-uploader"),
-            )
-            _copy_all(config, ledger, docking_id, uploader, progress)
+            stages = Stages(config, ledger, backend)
+            uploader = stages.uploader(current_owner("ingest-uploader"))
+            _copy_all(stages, docking_id, uploader, progress)
             ledger.end_docking(docking_id, "ingest copied")
             if wait:
                 _upload_all(ledger, uploader, clip_ids, deadline, progress)
@@ -125,23 +123,22 @@ def _clips_of_folder(ledger: Ledger, camera_serial: str, found: ScanResult) -> l
     ]
 
 
-class ProgressSink:
+class ProgressSink(Protocol):
     """Where hand-run work reports how far it got (a progress bar, or nothing)."""
 
-    def update(self, done: int, total: int, label: str) -> None:  # pragma: no cover - hook
+    def update(self, done: int, total: int, label: str) -> None:
         """Called after each step."""
 
 
 def _copy_all(
-    config: Config,
-    ledger: Ledger,
+    stages: Stages,
     docking_id: int,
     uploader: Uploader,
     progress: ProgressSink | None,
 ) -> None:
-    staging = StagingArea(config.staging_dir, config.dock.staging_reserve_mb * 1024**2)
+    ledger, staging = stages.ledger, stages.staging
     cancel = threading.Event()
-    copier = Copier(ledger, staging, current_owner("ingest-copier"))
+    copier = stages.copier(current_owner("ingest-copier"))
     total = len(ledger.clips(docking_id=docking_id))
     done = 0
     while True:
@@ -173,12 +170,7 @@ def _upload_all(
 ) -> None:
     wanted = set(clip_ids)
     while time.monotonic() < deadline:
-        pending = [
-            w
-            for w in ledger.clips(ids=wanted)
-            if w.state
-            in (ClipState.STAGED, ClipState.UPLOADING, ClipState.DISCOVERED, ClipState.COPYING)
-        ]
+        pending = [w for w in ledger.clips(ids=wanted) if w.state in PENDING_STATES]
         if progress:
             progress.update(len(wanted) - len(pending), len(wanted), "uploading")
         if not pending or _stuck_for_good(pending):

@@ -1,16 +1,19 @@
 """The daemon's face to systemd and monitoring: sd_notify, alarms, Prometheus textfile.
 
-Runs from the daemon's main loop (``Daemon.on_tick``). READY=1 is sent after start-up
-recovery; STATUS= is kept current; WATCHDOG=1 proves the main loop turns; alarms are
-raised and cleared once each (journald at warning/error priority, in STATUS and in the
-metrics).
+Called from the daemon's main loop with a way to read a :class:`DaemonStatus`, a frozen
+value the daemon builds; the hooks never see the daemon itself. READY=1 is sent after
+start-up recovery; STATUS= is kept current; WATCHDOG=1 proves the main loop turns;
+alarms are raised and cleared once each (journald at warning/error priority, in STATUS
+and in the metrics).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import structlog
 
@@ -22,28 +25,52 @@ from bwc_dock.alarms import (
     UnmountableCamera,
     log_transition,
 )
+from bwc_dock.config import AlarmsConfig
 from bwc_dock.metrics import MetricsSnapshot, write_textfile
 from bwc_dock.systemd_notify import Notifier, watchdog_interval
-
-if TYPE_CHECKING:
-    from bwc_dock.daemon import Daemon
 
 log = structlog.get_logger(__name__)
 
 ALARM_CHECK_SECONDS = 5.0
 
 
+@dataclass(frozen=True)
+class DaemonStatus:
+    """What the running daemon reports to systemd and monitoring, taken at one moment."""
+
+    dock_id: str
+    alarms_config: AlarmsConfig  # a SIGHUP may change thresholds
+    metrics_textfile: Path | None
+    status_line: str
+    clips_by_state: Mapping[str, int]
+    oldest_pending_at: datetime | None
+    staging_free_bytes: int  # 0 when it cannot be read
+    staging_reserve_bytes: int
+    storage: StorageState
+    last_error: str | None
+    docked: tuple[DockedCamera, ...]
+    unmountable: tuple[UnmountableCamera, ...]  # docked cameras that cannot be read
+    error_counts: Mapping[str, int]
+    # (bytes copied off cameras, bytes confirmed in central storage), ever; read from the
+    # ledger only when there is a metrics textfile to write them to
+    byte_totals: tuple[int, int] | None
+
+
+StatusReader = Callable[[], DaemonStatus]
+
+
 class ServiceHooks:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, alarms_config: AlarmsConfig) -> None:
         self.notifier = Notifier()
-        self.alarms = AlarmBoard(daemon.config.alarms)
+        self.alarms = AlarmBoard(alarms_config)
         self.watchdog_every = watchdog_interval()
         self._last_watchdog = 0.0
         self._last_alarm_check = 0.0
         self._last_status = ""
         self._ready_sent = False
 
-    def __call__(self, daemon: Daemon) -> None:
+    def __call__(self, read_status: StatusReader) -> None:
+        """One turn of the main loop; ``read_status`` is called only when it is needed."""
         now = time.monotonic()
         if self.watchdog_every is not None and now - self._last_watchdog >= self.watchdog_every:
             self.notifier.watchdog()
@@ -51,59 +78,40 @@ class ServiceHooks:
         if now - self._last_alarm_check < ALARM_CHECK_SECONDS and self._ready_sent:
             return
         self._last_alarm_check = now
-        self.alarms.config = daemon.config.alarms  # a SIGHUP may have changed thresholds
-        for transition in self.alarms.observe(self._observe(daemon)):
+        status = read_status()
+        self.alarms.config = status.alarms_config
+        for transition in self.alarms.observe(_observation(status)):
             log_transition(log, transition)
-        status = daemon.status_line()
+        line = status.status_line
         summary = self.alarms.summary()
         if summary:
-            status = f"{status} · {summary}"
+            line = f"{line} · {summary}"
         if not self._ready_sent:
-            self.notifier.ready(status)
+            self.notifier.ready(line)
             self._ready_sent = True
-        elif status != self._last_status:
-            self.notifier.status(status)
-        self._last_status = status
-        self._write_metrics(daemon)
+        elif line != self._last_status:
+            self.notifier.status(line)
+        self._last_status = line
+        self._write_metrics(status)
 
-    def _observe(self, daemon: Daemon) -> Observation:
-        counts = daemon.ledger.counts_by_state()
-        return Observation(
-            now=datetime.now(UTC),
-            oldest_pending_at=daemon.ledger.oldest_pending_at(),
-            staging_free_bytes=_free(daemon),
-            staging_reserve_bytes=daemon.staging.reserve_bytes,
-            storage=daemon.storage_state,
-            storage_error=daemon.last_error or "",
-            quarantined_clips=counts["quarantined"],
-            docked=tuple(
-                DockedCamera(serial, pending, progress)
-                for serial, pending, progress in daemon.docked_progress()
-            ),
-            unmountable=tuple(
-                UnmountableCamera(camera.camera_serial or camera.device, camera.error)
-                for camera in daemon.unreadable_cameras()
-            ),
-        )
-
-    def _write_metrics(self, daemon: Daemon) -> None:
-        path = daemon.config.service.metrics_textfile
-        if path is None:
+    def _write_metrics(self, status: DaemonStatus) -> None:
+        path = status.metrics_textfile
+        if path is None or status.byte_totals is None:
             return
-        copied, uploaded = daemon.ledger.byte_totals()
-        oldest = daemon.ledger.oldest_pending_at()
+        copied, uploaded = status.byte_totals
+        oldest = status.oldest_pending_at
         snapshot = MetricsSnapshot(
-            dock_id=daemon.config.dock.id,
-            clips_by_state=daemon.ledger.counts_by_state(),
+            dock_id=status.dock_id,
+            clips_by_state=dict(status.clips_by_state),
             bytes_copied_total=copied,
             bytes_uploaded_total=uploaded,
             oldest_pending_seconds=(datetime.now(UTC) - oldest).total_seconds() if oldest else None,
-            cameras_docked=len(daemon.docked_progress()),
-            staging_free_bytes=_free(daemon),
+            cameras_docked=len(status.docked),
+            staging_free_bytes=status.staging_free_bytes,
             storage_reachable={StorageState.OK: True, StorageState.UNKNOWN: None}.get(
-                daemon.storage_state, False
+                status.storage, False
             ),
-            errors_total=dict(daemon.error_counts),
+            errors_total=dict(status.error_counts),
             alarms={str(kind): active for kind, active in self.alarms.states().items()},
             last_loop_timestamp=time.time(),
         )
@@ -122,8 +130,15 @@ class ServiceHooks:
         self.notifier.stopping("stopping: checkpointing work in flight")
 
 
-def _free(daemon: Daemon) -> int:
-    try:
-        return daemon.staging.free_bytes()
-    except OSError:
-        return 0
+def _observation(status: DaemonStatus) -> Observation:
+    return Observation(
+        now=datetime.now(UTC),
+        oldest_pending_at=status.oldest_pending_at,
+        staging_free_bytes=status.staging_free_bytes,
+        staging_reserve_bytes=status.staging_reserve_bytes,
+        storage=status.storage,
+        storage_error=status.last_error or "",
+        quarantined_clips=status.clips_by_state["quarantined"],
+        docked=status.docked,
+        unmountable=status.unmountable,
+    )

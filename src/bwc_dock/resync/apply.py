@@ -18,7 +18,6 @@ from typing import Protocol
 import structlog
 
 from bwc_dock.config import Config
-from bwc_dock.copier import Copier, StagingArea
 from bwc_dock.custody import write_docking_sums
 from bwc_dock.errors import BwcDockError, StorageError
 from bwc_dock.hashing import fsync_directory
@@ -41,8 +40,8 @@ from bwc_dock.resync.repairs import (
     Unrepairable,
 )
 from bwc_dock.storage.base import StorageBackend
-from bwc_dock.uploader import Uploader
 from bwc_dock.verify import REMOTE_STATES
+from bwc_dock.wiring import Stages
 
 log = structlog.get_logger(__name__)
 
@@ -267,10 +266,9 @@ class Applier:
         return Outcome(Status.DONE, unrepairable=problems, copied=copied, uploaded=uploaded)
 
     def _copy_docked(self) -> int:
-        staging = StagingArea(
-            self.config.staging_dir, self.config.dock.staging_reserve_mb * 1024**2
+        copier = Stages(self.config, self.ledger, self.backend).copier(
+            current_owner("resync-copier")
         )
-        copier = Copier(self.ledger, staging, current_owner("resync-copier"))
         cancel = threading.Event()
         copied = 0
         for docking_id in self._scanned_dockings:
@@ -281,12 +279,8 @@ class Applier:
         return copied
 
     def _upload_due(self) -> int:
-        uploader = Uploader(
-            self.ledger,
-            self.backend,
-            self.config.staging_dir,
-            self.config.storage,
-            current_owner("resync-uploader"),
+        uploader = Stages(self.config, self.ledger, self.backend).uploader(
+            current_owner("resync-uploader")
         )
         uploaded = 0
         # every due staged clip, not only ours: with no daemon nobody else would send them

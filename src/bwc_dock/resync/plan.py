@@ -17,7 +17,6 @@ import structlog
 
 from bwc_dock.config import Config
 from bwc_dock.custody import docking_sums, stored_sums_current
-from bwc_dock.daemon import folder_profile, scan_limits
 from bwc_dock.errors import SourceGone, StorageError
 from bwc_dock.hashing import hash_file_from_disk
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
@@ -39,6 +38,7 @@ from bwc_dock.resync.repairs import (
     RewriteSums,
 )
 from bwc_dock.scanner import scan_volume
+from bwc_dock.scanning import folder_profile, scan_limits
 from bwc_dock.sources.base import DockedVolume, SourceListener
 from bwc_dock.storage.base import StorageBackend
 from bwc_dock.verify import REMOTE_STATES, Mismatch, check_remote, check_staged, has_staged_copy

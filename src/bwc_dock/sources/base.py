@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import ClassVar
+
+from bwc_dock.errors import BwcDockError
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,24 @@ class DockedVolume:
     usb_product_id: str | None = None
     fs_label: str | None = None
     fs_uuid: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceCapabilities:
+    """What the daemon may do with the volumes of a source; each source declares its own."""
+
+    # a volume may fill up while docked (a watch folder): scan it again at every rescan
+    rescans_while_docked: bool = False
+    # once offloaded, the volume is handed back (unmounted) and its docking ends; otherwise
+    # it stays docked until it goes away
+    releases_after_offload: bool = True
+    # the source can make a volume writable for a moment (``Source.writable``), so a
+    # profile's ``clear_after_upload`` can be honoured
+    clears_after_upload: bool = False
+
+
+HANDED_OVER = SourceCapabilities()
+"""A folder a hand-run ``ingest`` handed to the daemon: no source object watches it."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,7 @@ class SourceListener(ABC):
 
 class Source(ABC):
     name: str
+    capabilities: ClassVar[SourceCapabilities] = SourceCapabilities()
 
     @abstractmethod
     def start(self, listener: SourceListener) -> None:
@@ -77,6 +100,13 @@ class Source(ABC):
     @abstractmethod
     def stop(self) -> None:
         """Stop watching and release everything this source holds."""
+
+    def writable(self, volume: DockedVolume) -> AbstractContextManager[Path]:
+        """The volume's root, writable for the body of the ``with`` only (clear after upload).
+
+        Only sources that declare ``clears_after_upload`` can do this.
+        """
+        raise BwcDockError(f"the {self.name} source cannot make {volume.device} writable")
 
 
 VolumeCallback = Callable[[DockedVolume], None]

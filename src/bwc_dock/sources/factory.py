@@ -5,14 +5,13 @@ from __future__ import annotations
 import structlog
 
 from bwc_dock.config import Config
+from bwc_dock.scanning import folder_profile
 from bwc_dock.sources.base import Source
 
 log = structlog.get_logger(__name__)
 
 
 def open_sources(config: Config) -> list[Source]:
-    from bwc_dock.daemon import folder_profile
-
     sources: list[Source] = []
     if config.sources.watch_dirs:
         from bwc_dock.sources.watch import WatchFolderSource

@@ -24,7 +24,7 @@ from watchdog.observers import Observer
 
 from bwc_dock.config import CameraProfile
 from bwc_dock.scanner import display_path, safe_name
-from bwc_dock.sources.base import DockedVolume, Source, SourceListener
+from bwc_dock.sources.base import DockedVolume, Source, SourceCapabilities, SourceListener
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +33,8 @@ MAX_SERIAL_FILE_BYTES = 256
 
 class WatchFolderSource(Source):
     name = "watch"
+    # a folder may still be filling up; it stays docked until it is removed
+    capabilities = SourceCapabilities(rescans_while_docked=True, releases_after_offload=False)
 
     def __init__(self, watch_dirs: tuple[Path, ...], profile: CameraProfile) -> None:
         self.watch_dirs = watch_dirs

@@ -1,0 +1,78 @@
+"""``bwc-dock cameras [assign|import]``: the cameras seen here and who each is issued to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bwc_dock.cli.context import Context, emit, hand_actor, pass_context
+
+
+@click.group("cameras", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cameras_group(click_context: click.Context, as_json: bool) -> None:
+    """The cameras this dock has seen (serial, profile, officer, last docked, pending clips)."""
+    if click_context.invoked_subcommand is not None:
+        return
+    # lazy: the cameras module loads only for these commands
+    from bwc_dock.cameras import camera_documents, list_cameras
+
+    context: Context = click_context.obj
+    context.logging("warning")
+    with context.ledger(hand_actor()) as ledger:
+        documents = camera_documents(list_cameras(ledger))
+    if as_json:
+        emit(documents)
+        return
+    table = Table()
+    for column in ("serial", "profile", "officer", "last docked", "docked", "pending", "clips"):
+        table.add_column(column)
+    for camera in documents:
+        table.add_row(
+            str(camera["serial"]),
+            str(camera["profile"] or "-"),
+            str(camera["officer_id"] or "-"),
+            str(camera["last_docked_at"] or "-"),
+            "yes" if camera["docked"] else "no",
+            str(camera["pending_clips"]),
+            str(camera["clips"]),
+        )
+    Console().print(table)
+
+
+@cameras_group.command("assign")
+@click.argument("serial")
+@click.argument("officer_id")
+@click.option("--at", "assigned_at", metavar="TIME", help="when it was issued (default: now)")
+@pass_context
+def cameras_assign(context: Context, serial: str, officer_id: str, assigned_at: str | None) -> None:
+    """Record that camera SERIAL is issued to OFFICER_ID (an audit event)."""
+    from bwc_dock.cameras import assign, checked_assignment  # lazy, as above
+    from bwc_dock.custody import parse_moment
+
+    context.logging("warning")
+    assignment = checked_assignment(serial, officer_id, parse_moment(assigned_at, "--at"))
+    with context.ledger(hand_actor()) as ledger:
+        assign(ledger, [assignment])
+    click.echo(
+        f"camera {assignment.serial} issued to {assignment.officer_id} "
+        f"from {assignment.assigned_at.isoformat()}"
+    )
+
+
+@cameras_group.command("import")
+@click.argument("csv_path", metavar="CSV", type=click.Path(path_type=Path))
+@pass_context
+def cameras_import(context: Context, csv_path: Path) -> None:
+    """Assignments from a CSV file with columns serial,officer_id[,assigned_at]; all or none."""
+    from bwc_dock.cameras import assign, read_assignments_csv  # lazy, as above
+
+    context.logging("warning")
+    assignments = read_assignments_csv(csv_path)
+    with context.ledger(hand_actor()) as ledger:
+        assign(ledger, assignments)
+    click.echo(f"{len(assignments)} assignments recorded")

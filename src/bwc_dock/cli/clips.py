@@ -1,0 +1,83 @@
+"""``bwc-dock clips``: the ledger's clips, and ``--prioritize`` to send one first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bwc_dock.cli.context import Context, emit, hand_actor, iso, pass_context
+from bwc_dock.errors import BwcDockError
+from bwc_dock.ledger import ClipState, ClipWork
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--camera", "camera_serial", metavar="SERIAL")
+@click.option("--state", type=click.Choice([str(s) for s in ClipState]))
+@click.option(
+    "--prioritize",
+    "prioritize_id",
+    type=int,
+    metavar="ID",
+    help="upload this clip before all others",
+)
+@pass_context
+def clips(
+    context: Context,
+    as_json: bool,
+    camera_serial: str | None,
+    state: str | None,
+    prioritize_id: int | None,
+) -> None:
+    """The ledger's clips."""
+    context.logging("warning")
+    with context.ledger(hand_actor()) as ledger:
+        if prioritize_id is not None:
+            if not ledger.set_priority(prioritize_id, 100):
+                raise BwcDockError(f"no clip {prioritize_id}")
+            click.echo(f"clip {prioritize_id} will be uploaded first")
+            return
+        rows = [_clip_document(w) for w in ledger.clips(camera_serial, state)]
+    if as_json:
+        emit(rows)
+        return
+    table = Table()
+    for column in ("id", "camera", "path", "size", "state", "sha256"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["camera_serial"],
+            row["source_path"],
+            str(row["size"]),
+            row["state"],
+            (row["sha256"] or "")[:16],
+        )
+    Console().print(table)
+
+
+def _clip_document(work: ClipWork) -> dict[str, Any]:
+    return {
+        "id": work.id,
+        "camera_serial": work.camera_serial,
+        "source_path": work.source_path,
+        "size": work.size,
+        "sha256": work.sha256,
+        "state": str(work.state),
+        "remote_key": work.remote_key,
+        "recorded_at": iso(work.recorded_at),
+        "upload_attempts": work.upload_attempts,
+        "last_error": work.last_error,
+        "sidecars": [
+            {
+                "source_path": s.source_path,
+                "size": s.size,
+                "sha256": s.sha256,
+                "remote_key": s.remote_key,
+            }
+            for s in work.sidecars
+        ],
+    }
