@@ -6,12 +6,9 @@ none, it copies (and with ``--wait`` uploads) itself. It never writes to the fol
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -21,7 +18,7 @@ from bwc_dock.config import Config
 from bwc_dock.copier import StagingArea
 from bwc_dock.errors import UsageError
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
-from bwc_dock.ledger.leases import current_owner
+from bwc_dock.ledger.leases import current_owner, heartbeat_alive
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.ledger.states import PENDING_STATES
 from bwc_dock.scanner import ScanResult
@@ -37,18 +34,7 @@ POLL_SECONDS = 0.5
 
 
 def daemon_alive(ledger: Ledger, heartbeat_seconds: float) -> bool:
-    beat = ledger.heartbeat()
-    if beat is None or beat.pid == 0:
-        return False
-    fresh = utc_now() - beat.beat_at < timedelta(seconds=max(15.0, 3 * heartbeat_seconds))
-    if fresh and beat.host == socket.gethostname():
-        try:
-            os.kill(beat.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-    return fresh
+    return heartbeat_alive(ledger.heartbeat(), heartbeat_seconds)
 
 
 @dataclass

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from bwc_dock.cli.context import Context, emit, hand_actor, pass_context
+from bwc_dock.cli.tables import Table
 
 
 @click.group("cameras", invoke_without_command=True)
@@ -28,20 +27,18 @@ def cameras_group(click_context: click.Context, as_json: bool) -> None:
     if as_json:
         emit(documents)
         return
-    table = Table()
-    for column in ("serial", "profile", "officer", "last docked", "docked", "pending", "clips"):
-        table.add_column(column)
+    table = Table(("serial", "profile", "officer", "last docked", "docked", "pending", "clips"))
     for camera in documents:
         table.add_row(
-            str(camera["serial"]),
-            str(camera["profile"] or "-"),
-            str(camera["officer_id"] or "-"),
-            str(camera["last_docked_at"] or "-"),
+            camera["serial"],
+            camera["profile"],
+            camera["officer_id"],
+            camera["last_docked_at"],
             "yes" if camera["docked"] else "no",
-            str(camera["pending_clips"]),
-            str(camera["clips"]),
+            camera["pending_clips"],
+            camera["clips"],
         )
-    Console().print(table)
+    table.print()
 
 
 @cameras_group.command("assign")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from bwc_dock.cli.context import Context, emit, hand_actor, pass_context, progress_bar
+from bwc_dock.cli.tables import shown
 from bwc_dock.errors import EXIT_PROBLEM, UsageError
 
 
@@ -66,7 +67,7 @@ def ingest(
             + ", ".join(f"{n} {s}" for s, n in sorted(report.states.items()))
         )
         for problem in report.problems:
-            click.echo(f"problem: {problem}", err=True)
+            click.echo(f"problem: {shown(problem)}", err=True)
     sys.exit(0 if report.ok else EXIT_PROBLEM)
 
 
