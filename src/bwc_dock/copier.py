@@ -37,6 +37,8 @@ from bwc_dock.scanner import open_source_file
 log = structlog.get_logger(__name__)
 
 MAX_COPY_TRIES = 2
+# Evidence waiting in staging is for root and the daemon alone, whatever the umask.
+STAGING_DIRECTORY_MODE = 0o700
 _STAGING_RETRY = timedelta(seconds=5)
 _SOURCE_RETRY = timedelta(seconds=2)
 _HOSTILE_RETRY = timedelta(hours=1)
@@ -60,7 +62,7 @@ class StagingArea:
 
     def reserve_room(self, needed: int, camera: str) -> None:
         """Raise StagingFull (logged once per pause) when ``needed`` bytes do not fit."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=STAGING_DIRECTORY_MODE, parents=True, exist_ok=True)
         free = self.free_bytes()
         with self._lock:
             if free - needed < self.reserve_bytes:
@@ -243,7 +245,7 @@ class Copier:
         self.staging.reserve_room(needed, work.camera_serial)
         folder_relative = self.staging.clip_folder(work.id)
         folder = self.staging.root / folder_relative
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=STAGING_DIRECTORY_MODE, parents=True, exist_ok=True)
         started = time.monotonic()
         renewer = _LeaseRenewer(self.ledger, work.id, self.owner, self.ledger.lease.total_seconds())
         with _discarded_on_failure(folder, work):

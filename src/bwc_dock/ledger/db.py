@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 BUSY_TIMEOUT_MS = 30_000
+# The ledger holds evidence metadata and the audit chain: root and the daemon alone may
+# read it, also when it was first created by a command run by hand under umask 022.
+LEDGER_FILE_MODE = 0o600
+LEDGER_DIRECTORY_MODE = 0o700
+_SQLITE_FILES = ("", "-wal", "-shm")
 _MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 # `revision = "0003"` / `down_revision: str | None = "0002"` in a migration script
 _REVISION_LINE = re.compile(
@@ -37,18 +42,30 @@ def create_ledger_engine(url: str) -> Engine:
     from sqlalchemy import create_engine  # lazy, like every SQLAlchemy import here
 
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(mode=LEDGER_DIRECTORY_MODE, parents=True, exist_ok=True)
         engine = create_engine(
             url,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
             pool_pre_ping=False,
         )
-        _install_sqlite_hooks(engine)
+        _install_sqlite_hooks(engine, path)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
 
-def _install_sqlite_hooks(engine: Engine) -> None:
+def restrict_ledger_files(path: Path) -> None:
+    """The ledger, its WAL and shared-memory files at :data:`LEDGER_FILE_MODE`."""
+    for suffix in _SQLITE_FILES:
+        try:
+            path.with_name(path.name + suffix).chmod(LEDGER_FILE_MODE)
+        except FileNotFoundError:
+            continue  # no WAL yet, or already checkpointed away
+        except PermissionError:
+            continue  # another user's file (its owner's process restricts it)
+
+
+def _install_sqlite_hooks(engine: Engine, path: Path) -> None:
     from sqlalchemy import event
 
     @event.listens_for(engine, "connect")
@@ -61,6 +78,7 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cursor.close()
+        restrict_ledger_files(path)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
