@@ -22,7 +22,7 @@ from bwc_dock.errors import EXIT_PROBLEM, UsageError
     type=float,
     default=3600.0,
     show_default=True,
-    help="with --wait: give up waiting after this many seconds",
+    help="give up after this many seconds (copying stuck on a full staging, or --wait)",
 )
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
