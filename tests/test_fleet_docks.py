@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -308,3 +309,51 @@ def test_a_flipped_byte_under_a_content_key_is_a_conflict_kept_by_resync(fleet: 
         "the clip released at B",
     )
     assert fleet.a.cli("verify", "--remote", "--camera", "FLIP01", check=False).returncode == 0
+
+
+# -- custody records: written once, never over another ------------------------------------
+
+
+def planted_record(dock: Dock, sha256: str, **fields: Any) -> tuple[Path, dict[str, Any]]:
+    """A card with one clip, and a custody record put in advance under the key of its
+    offload (clip 1 of this dock, content-addressed key): (the record's path, its content)."""
+    camera = dock.root / "card"
+    (camera / "DCIM").mkdir(parents=True)
+    (camera / "DCIM" / "A.MP4").write_bytes(b"evidence")
+    os.utime(camera / "DCIM" / "A.MP4", (1_700_000_000, 1_700_000_000))  # 2023-11-14 UTC
+    key = f"R1/2023/11/14/A.{hashlib.sha256(b'evidence').hexdigest()[:16]}.MP4"
+    record = {"schema": "bwc-dock/manifest/1", "dock": "dock-test", "clip_id": 1,
+              "sha256": sha256, "times": {"uploaded_at": "2026-11-30T09:00:00+00:00"},
+              **fields}
+    path = dock.nas / f"{key}.dock-test.clip-1.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    return path, record
+
+
+def test_a_record_of_the_same_offload_left_by_a_cut_short_attempt_is_kept(dock: Dock) -> None:
+    """The record of this very offload (same dock, clip id and hash), written before a crash
+    kept the ledger from knowing, counts: the clip is uploaded, the record not rewritten."""
+    path, record = planted_record(dock, hashlib.sha256(b"evidence").hexdigest())
+
+    dock.cli("ingest", str(dock.root / "card"), "--camera-serial", "R1", "--wait")
+
+    [clip] = dock.clips()
+    assert clip["state"] == "uploaded"
+    assert json.loads(path.read_text()) == record
+
+
+def test_another_record_under_an_offloads_manifest_key_is_a_loud_conflict(dock: Dock) -> None:
+    """A record naming other content under this offload's manifest key is never overwritten:
+    the clip is quarantined with a conflict naming the key; ingest exits 1."""
+    path, record = planted_record(dock, "0" * 64)
+
+    result = dock.cli("ingest", str(dock.root / "card"), "--camera-serial", "R1", "--wait",
+                      check=False)
+
+    assert result.returncode == 1
+    [clip] = dock.clips()
+    assert clip["state"] == "quarantined"
+    assert str(path.relative_to(dock.nas)) in clip["last_error"]
+    assert "tampering or corruption" in clip["last_error"]
+    assert json.loads(path.read_text()) == record
