@@ -19,7 +19,7 @@ import structlog
 
 from bwc_dock.config import Config
 from bwc_dock.custody import write_docking_sums
-from bwc_dock.errors import BwcDockError, PermanentStorageError, StorageError
+from bwc_dock.errors import BwcDockError, PermanentStorageError, RefusalKind, StorageError
 from bwc_dock.hashing import fsync_directory
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.leases import current_owner
@@ -229,6 +229,8 @@ class Applier:
         try:
             copy = self.backend.copy_object(kept.key, kept.aside_key)
         except StorageError as error:
+            if getattr(error, "kind", None) is RefusalKind.MISSING_OBJECT:
+                return None  # gone since it was read: nothing in the way, nothing to keep
             return self._cannot(
                 kept, f"could not be kept aside at {kept.aside_key} ({error}); nothing removed"
             )
