@@ -112,7 +112,8 @@ def test_csv_export_rows_match_the_ledger(dock: Dock) -> None:
     """Every audit row of every clip appears once in the CSV, with the clip's facts."""
     offload(dock, "X1")
     offload(dock, "X2", sizes=(1500,))
-    dock.cli("cameras", "assign", "X1", "officer-1", "--at", "2000-01-01T00:00:00Z")
+    # back-dated over uploaded clips: refused unless forced (issue 13 item 7a)
+    dock.cli("cameras", "assign", "X1", "officer-1", "--at", "2000-01-01T00:00:00Z", "--force")
     result = dock.cli("audit", "export", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
 

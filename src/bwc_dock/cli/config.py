@@ -7,7 +7,6 @@ import click
 
 from bwc_dock import udev_rules
 from bwc_dock.cli.context import Context, pass_context
-from bwc_dock.config import key_template_risks
 from bwc_dock.errors import BwcDockError
 
 
@@ -25,6 +24,8 @@ def config_check(context: Context) -> None:
         f"{context.config_path}: ok (dock {config.dock.id}, storage "
         f"{config.storage.backend}, {len(config.camera)} camera profile(s))"
     )
+    from bwc_dock.config import key_template_risks  # lazy: --help must not load pydantic
+
     # a warning, not an error: one dock alone may use any template it likes
     for risk in key_template_risks(config.storage.key_template):
         click.echo(f"warning: storage.key_template: {risk} (not fleet-safe)", err=True)

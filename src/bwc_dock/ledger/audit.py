@@ -12,13 +12,13 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+if TYPE_CHECKING:  # SQLAlchemy loads on first append: `audit verify` imports find_break early
+    from sqlalchemy.orm import Session
 
-from bwc_dock.ledger.models import AuditEntry
-from bwc_dock.ledger.snapshots import AuditRecord
+    from bwc_dock.ledger.models import AuditEntry
+    from bwc_dock.ledger.snapshots import AuditRecord
 
 GENESIS_HASH = "0" * 64
 HASHED_COLUMNS = (
@@ -56,6 +56,10 @@ def append(
     details: Mapping[str, Any] | None = None,
 ) -> AuditEntry:
     """Add one chained row inside the caller's transaction (which holds the write lock)."""
+    from sqlalchemy import select
+
+    from bwc_dock.ledger.models import AuditEntry
+
     last = session.execute(
         select(AuditEntry.id, AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)
     ).first()
@@ -101,6 +105,10 @@ def find_break(entries: Iterable[AuditRecord]) -> ChainBreak | None:
 
 def chain_head(session: Session) -> tuple[int, str]:
     """(id, hash) of the newest row; (0, genesis) for an empty log."""
+    from sqlalchemy import select
+
+    from bwc_dock.ledger.models import AuditEntry
+
     last = session.execute(
         select(AuditEntry.id, AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)
     ).first()
