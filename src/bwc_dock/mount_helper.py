@@ -20,6 +20,13 @@ It accepts only narrow requests, and checks each before it acts:
 
 It runs in the host's mount namespace (the unit sets no option that would give it one),
 so its mounts reach the daemon's namespace through mount propagation.
+
+Why a helper of our own: udisks2 with a polkit rule would put the daemon on the system
+D-Bus and grant by user, not by device tag, with a large daemon parsing the camera's
+filesystem metadata as root; ``systemd-mount`` needs PID 1's bus, the very way out of
+the sandbox the daemon must not have, and could not verify the flags afterwards. This
+helper is a few hundred lines, speaks one JSON line each way, checks the udev tag and
+the disk, and reads the flags back from the kernel (``mounting.py``).
 """
 
 from __future__ import annotations
@@ -232,17 +239,18 @@ def serve_connection(service: MountService, connection: socket.socket) -> None:
     """Answer one request on ``connection``."""
     connection.settimeout(_CONNECTION_TIMEOUT_SECONDS)
     uid = peer_uid(connection)
+    # read the request (bounded in size and time) before any answer, even a refusal: a
+    # client still sending when we close would see a broken pipe instead of the reason
+    try:
+        request = read_message(connection)
+    except (OSError, ValueError) as error:  # UnicodeError and JSON errors are ValueErrors
+        request, answer = None, {"ok": False, "error": f"bad request: {error}"}
     if uid not in service.allowed_uids:
         log.warning("mount_helper.peer_refused", uid=uid)
-        answer: dict[str, Any] = {"ok": False, "error": f"uid {uid} may not use the mount helper"}
-    else:
-        try:
-            request = read_message(connection)
-        except (OSError, ValueError) as error:  # UnicodeError and JSON errors are ValueErrors
-            answer = {"ok": False, "error": f"bad request: {error}"}
-        else:
-            connection.settimeout(None)  # the work itself has its own command timeouts
-            answer = service.handle(request)
+        answer = {"ok": False, "error": f"uid {uid} may not use the mount helper"}
+    elif request is not None:
+        connection.settimeout(None)  # the work itself has its own command timeouts
+        answer = service.handle(request)
     try:
         connection.sendall(encode(answer))
     except OSError as error:
