@@ -385,6 +385,7 @@ STEP_NAMES = {
     "clip.staging_adopted": "staged copy adopted by resync",
     "clip.prioritized": "prioritised",
     "central.wrong_object_removed": "wrong central object removed by resync",
+    "object.conflict_kept": "other bytes under the clip's key kept aside by resync",
 }
 CAMERA_SIDE_EVENTS = frozenset({"clip.discovered", "clip.copying", "clip.staged", "clip.cleared"})
 FORMULA_STARTS = frozenset("=+-@\t\r")
