@@ -4,23 +4,37 @@ per interval, without ever holding up offloading; ``bwc-dock fleet`` reads them 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bwc_dock.alarms import Alarm, AlarmKind, DockedCamera, StorageState
-from bwc_dock.config import AlarmsConfig
+from bwc_dock.config import AlarmsConfig, Config, DockConfig, parse_config
+from bwc_dock.errors import ConfigError
 from bwc_dock.fleet import (
+    INTERVAL_OVERRIDE_FOR_TESTS,
     SCHEMA,
     FleetPublisher,
     document_key,
     encode,
+    fleet_backend,
+    fleet_publisher,
     judge,
     parse_document,
+    read_fleet,
     status_document,
 )
 from bwc_dock.service import DaemonStatus
 from bwc_dock.storage.filesystem import FileBackend
+from tests.dock import Dock, make_camera, wait_until
+from tests.realparts import need_root
+from tests.seaweedfs import SeaweedServer
 
 NOW = datetime(2026, 11, 30, 13, 0, tzinfo=UTC)
 PREFIX = "_fleet/"
@@ -191,3 +205,230 @@ def test_judge_marks_old_heartbeats_stale_and_alarms_unhealthy() -> None:
     assert [v.healthy for v in verdicts] == [True, False, False, True]
     tight = judge(reports, NOW, stale_after=timedelta(seconds=10))
     assert [v.state for v in tight] == ["stale", "stale", "alive", "stale"]
+
+
+# -- real daemons ---------------------------------------------------------------------
+
+FAST_PUBLISHING = {INTERVAL_OVERRIDE_FOR_TESTS: "1"}  # a test cannot wait a minute per publish
+# a dock whose heartbeat is this old counts as stale in these tests (12 s, a dozen intervals)
+STALE_AFTER_MINUTES = "0.2"
+DEADLINE_SECONDS = 180
+
+
+def fleet_of_two(tmp_path: Path, storage: dict[str, object] | None = None) -> list[Dock]:
+    """Docks A and B with their own ledgers and dock ids, sharing one central store."""
+    shared = tmp_path / "central"
+    shared.mkdir()
+    docks = []
+    for name in ("dock-a", "dock-b"):
+        dock = Dock(tmp_path / name, extra_environment=dict(FAST_PUBLISHING))
+        dock.write_config(dock={"id": name}, storage=storage or {"path": str(shared)})
+        docks.append(dock)
+    return docks
+
+
+def fleet(dock: Dock, *arguments: str) -> tuple[int, dict[str, Any]]:
+    result = dock.cli("fleet", "--json", *arguments, check=False, timeout=120)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def states(document: dict[str, Any]) -> dict[str, str]:
+    return {entry["dock"]: entry["state"] for entry in document["docks"]}
+
+
+def offload_one_camera(dock: Dock, serial: str, seed: int) -> None:
+    camera = dock.root / f"camera-{serial}"
+    make_camera(camera, [200_000, 300_000], seed=seed)
+    camera.rename(dock.watch_dir / serial)
+
+
+def all_uploaded(dock: Dock, count: int) -> bool:
+    clips = dock.clips()
+    return len(clips) == count and all(clip["state"] == "uploaded" for clip in clips)
+
+
+def check_fleet_marks_the_killed_dock_stale(docks: list[Dock]) -> None:
+    dock_a, dock_b = docks
+    daemons = [dock.start_daemon() for dock in docks]
+    try:
+        for number, dock in enumerate(docks):
+            offload_one_camera(dock, f"CAM{number}", seed=number + 1)
+        for dock in docks:
+            wait_until(partial(all_uploaded, dock, 2), DEADLINE_SECONDS, "clips uploaded")
+
+        # both publish; once each has published after its offload, both are alive, healthy
+        def both_alive_and_done() -> bool:
+            code, document = fleet(dock_a, "--stale-after", STALE_AFTER_MINUTES)
+            entries = {entry["dock"]: entry for entry in document["docks"]}
+            return (
+                code == 0
+                and states(document) == {"dock-a": "alive", "dock-b": "alive"}
+                and all(entry["clips"].get("uploaded") == 2 for entry in entries.values())
+            )
+
+        wait_until(both_alive_and_done, DEADLINE_SECONDS, "both docks alive in `fleet`", 0.5)
+        code, document = fleet(dock_b)  # any dock of the fleet sees the same
+        assert code == 0 and document["healthy"] is True
+        entry_b = next(entry for entry in document["docks"] if entry["dock"] == "dock-b")
+        assert entry_b["pending"] == 0 and entry_b["alarms"] == []
+        assert [camera["serial"] for camera in entry_b["cameras"]] == ["CAM1"]
+
+        daemons[1].send_signal(signal.SIGKILL)
+        assert daemons[1].wait(timeout=30) == -signal.SIGKILL
+        killed_at = datetime.now(UTC)
+
+        def b_stale_a_alive() -> bool:
+            code, document = fleet(dock_a, "--stale-after", STALE_AFTER_MINUTES)
+            return code == 1 and states(document) == {"dock-a": "alive", "dock-b": "stale"}
+
+        wait_until(b_stale_a_alive, DEADLINE_SECONDS, "dock-b stale, dock-a alive", 0.5)
+        _code, document = fleet(dock_a, "--stale-after", STALE_AFTER_MINUTES)
+        entry_b = next(entry for entry in document["docks"] if entry["dock"] == "dock-b")
+        assert datetime.fromisoformat(entry_b["heartbeat_at"]) <= killed_at
+        table = dock_a.cli("fleet", "--stale-after", STALE_AFTER_MINUTES, check=False)
+        assert table.returncode == 1
+        rows = {line.split()[1]: line for line in table.stdout.splitlines() if "dock-" in line}
+        assert "stale" in rows["dock-b"] and "alive" in rows["dock-a"]
+    finally:
+        for daemon in daemons:
+            if daemon.poll() is None:
+                daemon.send_signal(signal.SIGKILL)
+                daemon.wait(timeout=30)
+
+
+def test_fleet_on_a_shared_folder_shows_both_docks_then_the_killed_one_stale(
+    tmp_path: Path,
+) -> None:
+    """Two daemons on one NAS folder: `fleet` shows both alive; after kill -9 of one, that
+    one is stale (its heartbeat stops) and `fleet` exits 1."""
+    check_fleet_marks_the_killed_dock_stale(fleet_of_two(tmp_path))
+
+
+def test_fleet_on_shared_seaweedfs_shows_both_docks_then_the_killed_one_stale(
+    tmp_path: Path, seaweedfs: SeaweedServer, s3_bucket: str
+) -> None:
+    """The same two docks on one real S3 bucket (SeaweedFS)."""
+    storage = {
+        "backend": "s3",
+        "endpoint_url": seaweedfs.endpoint_url,
+        "bucket": s3_bucket,
+        "addressing_style": "path",
+        "prefix": "bwc/",
+        "retry_initial_seconds": 0.2,
+        "retry_max_seconds": 2.0,
+    }
+    docks = fleet_of_two(tmp_path, storage)
+    for dock in docks:
+        dock.extra_environment.update(seaweedfs.environment())
+    check_fleet_marks_the_killed_dock_stale(docks)
+    keys = seaweedfs.object_keys(s3_bucket, "bwc/_fleet/")
+    assert keys == ["bwc/_fleet/dock-a.json", "bwc/_fleet/dock-b.json"]
+
+
+@pytest.mark.realparts
+def test_a_store_refusing_fleet_writes_does_not_hold_up_offloading(dock: Dock) -> None:
+    """The fleet folder read-only: every clip still reaches `uploaded`, the refusal is
+    logged once though retried each interval, and the document appears once writable."""
+    need_root()  # a read-only bind mount of the fleet folder
+    dock.extra_environment.update(FAST_PUBLISHING)
+    dock.write_config(logging={"level": "debug"})
+    fleet_folder = dock.nas / "_fleet"
+    fleet_folder.mkdir()
+    mount("--bind", str(fleet_folder), str(fleet_folder))
+    try:
+        mount("-o", "remount,bind,ro", str(fleet_folder))
+        daemon = dock.start_daemon()
+        try:
+            offload_one_camera(dock, "REFUSED", seed=7)
+            wait_until(lambda: all_uploaded(dock, 2), DEADLINE_SECONDS, "clips uploaded")
+
+            def failures() -> list[dict[str, Any]]:
+                return [e for e in dock.log_events() if e.get("event") == "fleet.publish_failed"]
+
+            wait_until(lambda: len(failures()) >= 4, DEADLINE_SECONDS, "publish retried")
+            warned = [e for e in failures() if e["level"] == "warning"]
+            assert len(warned) == 1 and warned[0]["kind"] == "refused:permission"
+            assert not (fleet_folder / "dock-test.json").exists()
+
+            mount("-o", "remount,bind,rw", str(fleet_folder))
+            wait_until(
+                (fleet_folder / "dock-test.json").exists,
+                DEADLINE_SECONDS,
+                "document published once writable",
+            )
+            assert any(e.get("event") == "fleet.publish_recovered" for e in dock.log_events())
+        finally:
+            assert dock.stop_daemon(daemon) == 0
+    finally:
+        subprocess.run(["umount", str(fleet_folder)], check=False, timeout=30)
+    assert dock.cli("fleet", "--json").returncode == 0
+
+
+def mount(*arguments: str) -> None:
+    subprocess.run(["mount", *arguments], check=True, timeout=30, capture_output=True)
+
+
+def test_fleet_documents_on_an_object_lock_bucket_carry_no_retention(
+    tmp_path: Path, seaweedfs: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Object Lock retention configured for evidence, a fleet document is replaced
+    without retention (each version would otherwise be kept for years)."""
+    for name, value in seaweedfs.environment().items():
+        monkeypatch.setenv(name, value)
+    bucket = seaweedfs.create_bucket(object_lock=True)
+    storage = seaweedfs.storage_config(
+        bucket, prefix="bwc/", object_lock_mode="GOVERNANCE", object_lock_days=1
+    )
+    config = Config(dock=DockConfig(id="dock-lock", state_dir=tmp_path), storage=storage)
+    backend = fleet_backend(config)
+    try:
+        publisher = FleetPublisher(backend, document_key(config.fleet.prefix, "dock-lock"), 60)
+        for minute in range(2):
+            document = status_document(
+                daemon_status("dock-lock"),
+                [],
+                now=NOW + timedelta(minutes=minute),
+                interval_seconds=60,
+            )
+            assert publisher.publish(encode(document))
+        reports = read_fleet(backend, config.fleet.prefix)
+    finally:
+        backend.close()
+    assert [(r.key, r.problem) for r in reports] == [("_fleet/dock-lock.json", None)]
+    assert reports[0].document is not None
+    assert reports[0].document.heartbeat_at == NOW + timedelta(minutes=1)
+    client = seaweedfs.client()
+    versions = client.list_object_versions(Bucket=bucket, Prefix="bwc/_fleet/")["Versions"]
+    assert len(versions) == 2  # versioned (Object Lock needs it): one per publish
+    for version in versions:
+        head = client.head_object(
+            Bucket=bucket, Key="bwc/_fleet/dock-lock.json", VersionId=version["VersionId"]
+        )
+        assert "ObjectLockMode" not in head and "ObjectLockRetainUntilDate" not in head
+
+
+def test_fleet_path_publishes_beside_the_evidence_share_not_on_it(tmp_path: Path) -> None:
+    """`[fleet] path` (file backend) moves the documents off storage.path; `[fleet] bucket`
+    with the file backend is a configuration error naming the key."""
+    evidence, status_share = tmp_path / "evidence", tmp_path / "status"
+    evidence.mkdir()
+    status_share.mkdir()
+    config = parse_config(
+        {
+            "dock": {"id": "dock-01", "state_dir": str(tmp_path / "state")},
+            "storage": {"path": str(evidence)},
+            "fleet": {"path": str(status_share)},
+        }
+    )
+    publisher = fleet_publisher(config)
+    assert publisher is not None
+    assert publisher.publish(
+        encode(status_document(daemon_status(), [], now=NOW, interval_seconds=60))
+    )
+    assert (status_share / "_fleet" / "dock-01.json").is_file()
+    assert list(evidence.iterdir()) == []
+    with pytest.raises(ConfigError, match=r"fleet\.bucket: only with storage\.backend"):
+        parse_config({"storage": {"path": str(evidence)}, "fleet": {"bucket": "status"}})
+    disabled = parse_config({"storage": {"path": str(evidence)}, "fleet": {"enabled": False}})
+    assert fleet_publisher(disabled) is None

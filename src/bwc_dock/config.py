@@ -197,6 +197,8 @@ class FleetConfig(_Section):
     # s3 only: publish to this bucket instead of storage.bucket (one without default
     # Object Lock retention); same endpoint and credentials
     bucket: str | None = None
+    # file only: publish under this folder instead of storage.path (e.g. off a WORM share)
+    path: Path | None = None
 
     @field_validator("prefix")
     @classmethod
@@ -242,6 +244,8 @@ class Config(_Section):
     def _fleet_bucket_needs_s3(self) -> Config:
         if self.fleet.bucket is not None and self.storage.backend != "s3":
             raise ValueError('fleet.bucket: only with storage.backend = "s3"')
+        if self.fleet.path is not None and self.storage.backend != "file":
+            raise ValueError('fleet.path: only with storage.backend = "file"')
         return self
 
 

@@ -114,13 +114,15 @@ def encode(document: Mapping[str, Any]) -> bytes:
 
 
 def fleet_backend(config: Config) -> StorageBackend:
-    """A backend of its own for fleet writes: the same store (or ``[fleet] bucket``),
-    without Object Lock retention, which would keep every minute's version for years."""
+    """A backend of its own for fleet writes: the same store (or ``[fleet] bucket`` or
+    ``path``), without Object Lock retention, which would keep every minute's version
+    for years."""
     storage = config.storage.model_copy(
         update={
             "object_lock_mode": None,
             "object_lock_days": None,
             "bucket": config.fleet.bucket or config.storage.bucket,
+            "path": config.fleet.path or config.storage.path,
         }
     )
     return open_backend(config.model_copy(update={"storage": storage}))

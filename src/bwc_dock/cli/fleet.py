@@ -143,8 +143,11 @@ def _print_table(verdicts: list[Verdict], now: datetime) -> None:
     from rich.text import Text
 
     table = Table()
-    for column in ("dock", "state", "heartbeat", "pending", "oldest pending", "alarms"):
-        table.add_column(column)
+    # nothing is cut off with an ellipsis: a long name or alarm list folds instead
+    table.add_column("dock", overflow="fold")
+    for column in ("state", "heartbeat", "pending", "oldest pending"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("alarms", overflow="fold")
     for verdict in verdicts:
         style = None if verdict.healthy else "bold red"
         # Text cells: a document's words are never read as Rich markup
