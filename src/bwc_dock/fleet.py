@@ -132,7 +132,13 @@ def publish_interval(config: Config) -> float:
     """``[fleet] interval_seconds``, or the override tests set (see INTERVAL_OVERRIDE_FOR_TESTS)."""
     override = os.environ.get(INTERVAL_OVERRIDE_FOR_TESTS)
     if override:
-        return float(override)
+        try:
+            seconds = float(override)
+        except ValueError:
+            seconds = 0.0
+        if seconds > 0:
+            return seconds
+        log.warning("fleet.interval_override_ignored", variable=INTERVAL_OVERRIDE_FOR_TESTS)
     return config.fleet.interval_seconds
 
 
