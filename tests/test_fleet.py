@@ -7,6 +7,8 @@ import json
 import signal
 import subprocess
 import threading
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -31,6 +33,7 @@ from bwc_dock.fleet import (
     status_document,
 )
 from bwc_dock.service import DaemonStatus
+from bwc_dock.storage.base import StoredObject
 from bwc_dock.storage.filesystem import FileBackend
 from tests.dock import Dock, make_camera, wait_until
 from tests.realparts import need_root
@@ -432,3 +435,55 @@ def test_fleet_path_publishes_beside_the_evidence_share_not_on_it(tmp_path: Path
         parse_config({"storage": {"path": str(evidence)}, "fleet": {"bucket": "status"}})
     disabled = parse_config({"storage": {"path": str(evidence)}, "fleet": {"enabled": False}})
     assert fleet_publisher(disabled) is None
+
+
+class StallingBackend(FileBackend):
+    """A real folder backend whose fleet write hangs until released (fault injection:
+    a store that accepts the connection and never answers)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, "dock-01")
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def put_bytes(
+        self, key: str, data: bytes, metadata: Mapping[str, str], *, replace: bool = False
+    ) -> StoredObject:
+        self.entered.set()
+        self.release.wait(timeout=60)
+        return super().put_bytes(key, data, metadata, replace=replace)
+
+
+def test_a_hanging_store_never_holds_the_main_loop(tmp_path: Path) -> None:
+    """While a publish hangs, tick returns at once, skips the due publishes and says so
+    once; when the store answers, the next due publish goes out."""
+    from structlog.testing import capture_logs
+
+    backend = StallingBackend(tmp_path)
+    clock = Clock()
+    publisher = FleetPublisher(backend, document_key(PREFIX, "dock-01"), 60, clock=clock)
+    stop = threading.Event()
+    thread = threading.Thread(target=publisher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        with capture_logs() as logs:
+            publisher.tick(daemon_status, [])
+            assert backend.entered.wait(timeout=30)
+            for _minute in range(3):
+                clock.now += 60
+                started = time.monotonic()
+                publisher.tick(daemon_status, [])
+                assert time.monotonic() - started < 5  # no wait for the store
+            slow = [e for e in logs if e["event"] == "fleet.publish_failed"]
+            assert [e["log_level"] for e in slow] == ["warning", "debug", "debug"]
+            assert slow[0]["kind"] == "slow"
+            backend.release.set()
+            wait_until(lambda: publisher.published == 1, 30, "the hung publish finished")
+            clock.now += 60
+            publisher.tick(daemon_status, [])
+            wait_until(lambda: publisher.published == 2, 30, "the next publish")
+    finally:
+        backend.release.set()
+        stop.set()
+        thread.join(timeout=10)
+    assert any(e["event"] == "fleet.publish_recovered" for e in logs)

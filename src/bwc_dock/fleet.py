@@ -173,7 +173,7 @@ class FleetPublisher:
         self._next_due = 0.0
         self._started_at = datetime.now(UTC)
         self._waiting: bytes | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the document waiting, the failures reported
         self._ready = threading.Event()
         self._sending = threading.Event()
         self._failures_reported: set[str] = set()
@@ -225,16 +225,21 @@ class FleetPublisher:
             self._report_failure(_failure_kind(error), str(error))
             return False
         self.published += 1
-        if self._failures_reported:
-            log.info("fleet.publish_recovered", key=self.key)
+        with self._lock:
+            recovered = bool(self._failures_reported)
             self._failures_reported.clear()
+        if recovered:
+            log.info("fleet.publish_recovered", key=self.key)
         return True
 
     def _report_failure(self, kind: str, error: str) -> None:
-        if kind in self._failures_reported:
+        """Called from the main loop ("slow") and the publishing thread: one lock for both."""
+        with self._lock:
+            first = kind not in self._failures_reported
+            self._failures_reported.add(kind)
+        if not first:
             log.debug("fleet.publish_failed", key=self.key, kind=kind, error=error)
             return
-        self._failures_reported.add(kind)
         log.warning(
             "fleet.publish_failed",
             key=self.key,
