@@ -487,3 +487,48 @@ def test_a_hanging_store_never_holds_the_main_loop(tmp_path: Path) -> None:
         stop.set()
         thread.join(timeout=10)
     assert any(e["event"] == "fleet.publish_recovered" for e in logs)
+
+
+def test_fleet_command_shows_hostile_text_as_text_and_foreign_objects_as_such(
+    dock: Dock,
+) -> None:
+    """Markup and control characters in a document are printed literally and escaped; a
+    foreign object and a non-JSON one are rows of their own; the exit code is 1."""
+    folder = dock.nas / "_fleet"
+    folder.mkdir()
+    hostile = status_document(
+        daemon_status("dock-x"), [], now=datetime.now(UTC), interval_seconds=60
+    )
+    hostile["alarms"] = [
+        {"kind": "[bold red]boom[/]\x1b[2J", "subject": "cam\x07\n", "severity": "error"}
+    ]
+    (folder / "dock-x.json").write_bytes(encode(hostile))
+    (folder / "broken.json").write_bytes(b"{not json")
+    (folder / "notes.txt").write_text("someone's notes")
+    dock.extra_environment["COLUMNS"] = "200"  # wide enough that no cell folds
+    result = dock.cli("fleet", check=False, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if line[:1] == "│"}
+    assert "[bold red]boom[/]\\x1b[2J (cam\\x07\\x0a)" in rows["dock-x"]
+    assert "malformed: not JSON" in rows["_fleet/broken.json"]
+    assert "not a fleet status document (foreign object)" in rows["_fleet/notes.txt"]
+    document = json.loads(dock.cli("fleet", "--json", check=False).stdout)
+    problems = {entry["key"]: entry["problem"] for entry in document["docks"]}
+    assert problems["_fleet/dock-x.json"] is None
+    assert problems["_fleet/broken.json"].startswith("malformed: not JSON")
+    assert problems["_fleet/notes.txt"].startswith("not a fleet status document")
+    alarm = next(e for e in document["docks"] if e["key"] == "_fleet/dock-x.json")["alarms"][0]
+    assert alarm["kind"] == "[bold red]boom[/]\x1b[2J"  # JSON keeps the exact text, escaped
+
+
+def test_fleet_command_with_nothing_published_or_a_bad_config(dock: Dock) -> None:
+    """No document under the prefix: exit 1 saying so; a bad [fleet] key: exit 2."""
+    result = dock.cli("fleet", check=False, timeout=120)
+    assert result.returncode == 1
+    assert "no fleet status documents under '_fleet/'" in result.stderr
+    dock.write_config(fleet={"interval_seconds": 5})
+    result = dock.cli("fleet", check=False, timeout=120)
+    assert result.returncode == 2
+    assert "fleet.interval_seconds" in result.stderr
+    assert dock.cli("fleet", "--stale-after", "0", check=False).returncode == 2
