@@ -52,6 +52,8 @@ class Store:
     # another party stores bytes under a key, claiming a SHA-256 where the store keeps claims
     write_behind: Callable[[str, bytes, str | None], None]
     unreachable: Callable[[], StorageBackend]  # the same backend with its store gone
+    # an interrupted write under a key: a temporary file, or an unfinished upload
+    leave_partial: Callable[[str], None]
 
 
 def _folder_store(root: Path) -> Store:
@@ -70,6 +72,10 @@ def _folder_store(root: Path) -> Store:
         (nas / key).parent.mkdir(parents=True, exist_ok=True)  # a folder keeps no claims
         (nas / key).write_bytes(data)
 
+    def leave_partial(key: str) -> None:
+        (nas / key).parent.mkdir(parents=True, exist_ok=True)
+        (nas / key).with_name((nas / key).name + ".0123abcd.dock-b.part").write_bytes(b"half")
+
     return Store(
         backend=FileBackend(nas, "dock-a"),
         keys=keys,
@@ -77,6 +83,7 @@ def _folder_store(root: Path) -> Store:
         version=version,
         write_behind=write_behind,
         unreachable=lambda: FileBackend(root / "not-mounted", "dock-a"),
+        leave_partial=leave_partial,
     )
 
 
@@ -103,6 +110,11 @@ def _s3_store(server: SeaweedServer, bucket: str) -> Store:
         config = server.storage_config(bucket, endpoint_url=f"http://127.0.0.1:{closed_port}")
         return S3Backend.from_config(config)
 
+    def leave_partial(key: str) -> None:
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)
+        client.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1,
+                           Body=b"half")
+
     return Store(
         backend=S3Backend.from_config(server.storage_config(bucket)),
         keys=keys,
@@ -110,6 +122,7 @@ def _s3_store(server: SeaweedServer, bucket: str) -> Store:
         version=version,
         write_behind=write_behind,
         unreachable=unreachable,
+        leave_partial=leave_partial,
     )
 
 
@@ -259,6 +272,76 @@ def test_a_document_put_with_replace_is_rewritten(store: Store) -> None:
     assert store.leftovers() == []
 
 
+# Keys whose sorted order differs from a folder-by-folder walk: '-' < '.' < '/'.
+LISTED = ["a-b/c.mp4", "a.b", "a/b-c.json", "a/b.json", "a/b/c/d.json", "cam1/2026/x.mp4"]
+
+
+def test_list_keys_gives_every_key_under_a_prefix_sorted(store: Store) -> None:
+    """list_keys yields the stored keys under a string prefix in sorted (byte) order,
+    and no temporary file or unfinished upload."""
+    for key in reversed(LISTED):
+        store.backend.put_bytes(key, key.encode(), {})
+    store.leave_partial("a/b/unfinished.mp4")
+    assert list(store.backend.list_keys("")) == LISTED
+    assert list(store.backend.list_keys("a")) == LISTED[:5]
+    assert list(store.backend.list_keys("a/")) == LISTED[2:5]
+    assert list(store.backend.list_keys("a/b")) == LISTED[2:5]
+    assert list(store.backend.list_keys("a/b.")) == ["a/b.json"]
+    assert list(store.backend.list_keys("a/b/")) == ["a/b/c/d.json"]
+    assert list(store.backend.list_keys("cam1/2026/")) == ["cam1/2026/x.mp4"]
+    assert list(store.backend.list_keys("cam2/")) == []
+    assert list(store.backend.list_keys("a/b.json/")) == []
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["small", "large"])
+def test_copy_object_copies_create_only_and_hashes_the_copy(
+    store: Store, tmp_path: Path, size: int
+) -> None:
+    """copy_object stores the same bytes under the new key and reports their SHA-256;
+    the same copy again is a no-op, and the source is left as it was."""
+    clip, sha256 = make_clip(tmp_path, size)
+    store.backend.put_file(KEY, clip, sha256, size, {"camera": "X1"})
+    copied = store.backend.copy_object(KEY, "conflicts/" + KEY)
+    assert (copied.key, copied.size, copied.sha256) == ("conflicts/" + KEY, size, sha256)
+    assert store.backend.read_sha256("conflicts/" + KEY) == sha256
+    before = store.version("conflicts/" + KEY)
+    again = store.backend.copy_object(KEY, "conflicts/" + KEY)
+    assert (again.size, again.sha256) == (size, sha256)
+    assert store.version("conflicts/" + KEY) == before
+    assert store.keys() == sorted([KEY, "conflicts/" + KEY])
+    assert store.leftovers() == []
+
+
+def test_copy_object_reports_the_bytes_not_a_metadata_claim(store: Store) -> None:
+    """An object claiming another SHA-256 in its metadata is copied with the hash of
+    its real bytes."""
+    theirs = os.urandom(SMALL)
+    store.write_behind(KEY, theirs, "ab" * 32)
+    copied = store.backend.copy_object(KEY, "conflicts/planted.mp4")
+    assert copied.sha256 == hashlib.sha256(theirs).hexdigest()
+    assert copied.size == SMALL
+
+
+def test_copy_object_never_overwrites_other_content(store: Store) -> None:
+    """A copy onto a key that holds other bytes is a conflict; both objects stay."""
+    store.backend.put_bytes("cam1/a.json", b"first", {})
+    store.backend.put_bytes("cam1/b.json", b"second", {})
+    with pytest.raises(StorageConflict):
+        store.backend.copy_object("cam1/a.json", "cam1/b.json")
+    assert store.backend.read_bytes("cam1/b.json") == b"second"
+    assert store.backend.read_bytes("cam1/a.json") == b"first"
+    assert store.leftovers() == []
+
+
+def test_copy_object_of_a_missing_key_says_so(store: Store) -> None:
+    """Copying what is not stored raises a refusal of kind MISSING_OBJECT, naming the
+    key, and creates nothing."""
+    with pytest.raises(PermanentStorageError, match=r"cam1/nothing\.mp4") as missing:
+        store.backend.copy_object("cam1/nothing.mp4", "conflicts/nothing.mp4")
+    assert missing.value.kind is RefusalKind.MISSING_OBJECT
+    assert store.keys() == []
+
+
 def test_delete_is_idempotent(store: Store, tmp_path: Path) -> None:
     """Deleting removes the object; deleting what is gone, or never was, succeeds."""
     clip, sha256 = make_clip(tmp_path, SMALL)
@@ -293,6 +376,24 @@ def test_refusals_name_their_kind(tmp_path: Path) -> None:
     with pytest.raises(PermanentStorageError) as unsafe:
         backend.put_bytes("cam1/../escape.json", b"{}", {})
     assert unsafe.value.kind is RefusalKind.INVALID_REQUEST
+
+
+def test_folder_list_keys_enters_no_symlink(tmp_path: Path) -> None:
+    """Folder backend only: a symlinked folder or file in the store is skipped (and
+    logged), never entered or listed, even when it points inside the store."""
+    nas = tmp_path / "nas"
+    outside = tmp_path / "outside"
+    (nas / "cam1").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.mp4").write_bytes(b"not central")
+    (nas / "cam1" / "real.mp4").write_bytes(b"central")
+    (nas / "cam2").symlink_to(outside)
+    (nas / "cam1" / "linked.mp4").symlink_to(nas / "cam1" / "real.mp4")
+    (nas / "cam3").symlink_to(nas / "cam1")
+    backend = FileBackend(nas, "dock-a")
+    assert list(backend.list_keys("")) == ["cam1/real.mp4"]
+    assert list(backend.list_keys("cam2/")) == []
+    assert list(backend.list_keys("cam3/")) == []
 
 
 @pytest.fixture

@@ -83,6 +83,9 @@ class StorageConfig(_Section):
     # file backend; the folder must exist (bwc-dock never creates the NAS root)
     path: Path | None = None
     path_must_be_mountpoint: bool = False
+    # modes of what the file backend creates there (explicit: never the umask's)
+    file_mode: int = Field(default=0o640, ge=0, le=0o777)
+    directory_mode: int = Field(default=0o750, ge=0, le=0o777)
     # s3 backend (credentials: the standard AWS chain or a systemd credential, never here)
     endpoint_url: str | None = None
     bucket: str | None = None

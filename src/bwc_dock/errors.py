@@ -99,6 +99,9 @@ class RefusalKind(StrEnum):
     WRONG_LOCATION = "wrong_location"  # the bucket lives in another region or endpoint
     TLS = "tls"  # the store's certificate could not be verified
     INVALID_REQUEST = "invalid_request"  # an unusable key or setting on our side
+    MISSING_OBJECT = "missing_object"  # the object a request is about is not stored
+    LINK_REFUSED = "link_refused"  # a symlink on the way to a key (someone planted it)
+    ROOT_CHANGED = "root_changed"  # the storage folder is no longer the one first opened
     OTHER = "other"  # any other refusal the store gave
 
 

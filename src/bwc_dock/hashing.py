@@ -331,11 +331,17 @@ def hash_file_from_disk(path: os.PathLike[str] | str, chunk_size: int = CHUNK_SI
     """SHA-256 of a file as stored on disk, not as remembered by the page cache."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        # dropped first in any case: the tail of a direct read may be read buffered
-        drop_cache(fd)
-        if not (_direct_capable(fd, chunk_size) and _set_direct(fd, enabled=True)):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        sha256, _size = copy_hashing(fd, None, chunk_size=chunk_size, read_error=OSError)
-        return sha256
+        return hash_fd_from_disk(fd, chunk_size)
     finally:
         os.close(fd)
+
+
+def hash_fd_from_disk(fd: int, chunk_size: int = CHUNK_SIZE) -> str:
+    """SHA-256 of the open file ``fd`` (read from its start) as stored on disk."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    # dropped first in any case: the tail of a direct read may be read buffered
+    drop_cache(fd)
+    if not (_direct_capable(fd, chunk_size) and _set_direct(fd, enabled=True)):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    sha256, _size = copy_hashing(fd, None, chunk_size=chunk_size, read_error=OSError)
+    return sha256

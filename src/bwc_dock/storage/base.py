@@ -9,7 +9,7 @@ clip, when, how often to retry) is the uploader's.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -102,6 +102,27 @@ class StorageBackend(ABC):
     @abstractmethod
     def read_sha256(self, key: str) -> str | None:
         """Download and hash the stored object (for ``verify --remote``); None if missing."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """Every stored key under the ``/``-separated ``prefix`` ("" = all), sorted.
+
+        Sorted as Python sorts str (code points, which is UTF-8 byte order, S3's own).
+        Temporary ``.part`` files and unfinished multipart uploads are not keys. A prefix
+        is matched as a string (``"cam1/2026"`` also finds ``"cam1/2026-old/x"``), as S3
+        matches it. The folder backend follows no link: a symlink is skipped and logged.
+        """
+
+    @abstractmethod
+    def copy_object(self, key: str, new_key: str) -> StoredObject:
+        """Copy what is stored under ``key`` to ``new_key``, create-only.
+
+        Returns the copy with a SHA-256 the store computed over the whole copied object
+        or one this dock computed by reading the copy back, never a metadata claim.
+        ``new_key`` already holding the same bytes is success; other bytes raise
+        StorageConflict and are left as they are. A missing ``key`` raises
+        PermanentStorageError (RefusalKind.MISSING_OBJECT).
+        """
 
     @abstractmethod
     def delete(self, key: str) -> None:

@@ -1,12 +1,22 @@
 """The ``file`` backend: central storage is a mounted folder (NAS over SMB or NFS).
 
-Writes are crash-safe (durable.py): a random ``KEY.RANDOM.DOCK.part`` beside the final
-name, hashed while written and refused before it is named if the hash is not the
-ledger's, fsynced, linked into place create-only (``link`` fails if the name exists),
-and the folder is fsynced. Then the stored file is dropped from the page cache and
-hashed again, so the confirmation comes from what the NAS holds, not from what this PC
-sent. Content already under the key is a verified no-op when it hashes the same, and a
-StorageConflict, never an overwrite, when it does not.
+The folder is shared, not trusted (DESIGN, trust boundaries): other docks, people and
+machines write there, and this dock runs as root. So no path below the storage root is
+ever handed to the kernel whole. The root is opened once per operation and must still
+be the folder (device and inode) first opened; every key is walked from it one folder
+at a time with ``openat(O_NOFOLLOW | O_DIRECTORY)`` (folder_walk.py). A symlink anywhere
+on the way (a camera folder, the key itself, a temporary name) is refused with
+PermanentStorageError(LINK_REFUSED): nothing is written, the clip stays ``staged`` and
+the daemon raises its ``storage_refused`` alarm.
+
+Writes are crash-safe: a random ``KEY.RANDOM.DOCK.part`` beside the final name, created
+``O_EXCL | O_NOFOLLOW`` with an explicit mode (not the umask's), hashed while written
+and refused before it is named if the hash is not the ledger's, fsynced, linked into
+place create-only (``linkat`` fails if the name exists), and the folder is fsynced.
+Then the stored file is opened again without following links, dropped from the page
+cache and hashed, so the confirmation comes from what the NAS holds, not from what this
+PC sent. Content already under the key is a verified no-op when it hashes the same, and
+a StorageConflict, never an overwrite, when it does not.
 """
 
 from __future__ import annotations
@@ -14,13 +24,17 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Callable, Collection, Mapping
+import secrets
+import stat
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import structlog
 
 from bwc_dock.config import Config
-from bwc_dock.durable import PART_SUFFIX, write_all_hashing, write_bytes_durably, write_durably
+from bwc_dock.durable import PART_SUFFIX, write_all_hashing
 from bwc_dock.errors import (
     IntegrityError,
     PermanentStorageError,
@@ -29,7 +43,7 @@ from bwc_dock.errors import (
     TransientStorageError,
     is_transient,
 )
-from bwc_dock.hashing import copy_hashing, hash_file_from_disk
+from bwc_dock.hashing import copy_hashing, hash_fd_from_disk
 from bwc_dock.scanner import safe_name
 from bwc_dock.storage.base import (
     MultipartJournal,
@@ -37,19 +51,47 @@ from bwc_dock.storage.base import (
     StorageBackend,
     StoredObject,
 )
+from bwc_dock.storage.folder_walk import (
+    LinkRefused,
+    directory_of,
+    open_file,
+    split_key,
+    walk_files,
+)
 
 log = structlog.get_logger(__name__)
+
+DEFAULT_FILE_MODE = 0o640
+DEFAULT_DIRECTORY_MODE = 0o750
+# The destination's name is kept in the temporary name (so a leftover says what it was),
+# cut short so name + token + a dock's suffix stays below the 255-byte name limit.
+_NAME_KEPT = 100
+_TOKEN_BYTES = 8
 
 
 class FileBackend(StorageBackend):
     name = "file"
 
-    def __init__(self, root: Path, dock_tag: str, *, must_be_mountpoint: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        dock_tag: str,
+        *,
+        must_be_mountpoint: bool = False,
+        file_mode: int = DEFAULT_FILE_MODE,
+        directory_mode: int = DEFAULT_DIRECTORY_MODE,
+    ) -> None:
         self.root = root
         self.must_be_mountpoint = must_be_mountpoint
+        self.file_mode = file_mode
+        self.directory_mode = directory_mode
         # Several docks write into one NAS: a dock's temporary files carry its name, so
         # cleaning up after a crash never removes another dock's upload in progress.
         self.part_suffix = f".{dock_tag}{PART_SUFFIX}"
+        # (st_dev, st_ino) of the root when first opened: a NAS unmounted, or swapped
+        # for a local folder, is then refused instead of written to unseen.
+        self._root_identity: tuple[int, int] | None = None
+        self._identity_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config: Config) -> FileBackend:
@@ -58,17 +100,69 @@ class FileBackend(StorageBackend):
             config.storage.path,
             safe_name(config.dock.id.encode()),
             must_be_mountpoint=config.storage.path_must_be_mountpoint,
+            file_mode=config.storage.file_mode,
+            directory_mode=config.storage.directory_mode,
         )
 
-    def _path(self, key: str) -> Path:
+    # -- the root and the walk to a key --------------------------------------------------
+
+    def _open_root(self) -> int:
+        """A descriptor of the storage root, checked to be the folder first opened."""
         # Never write into an empty mount point: the NAS would be missing, not empty.
-        self.check_reachable()
-        parts = key.split("/")
-        if not key or any(part in ("", ".", "..") for part in parts):
+        self._check_mounted()
+        try:
+            # the configured path is the administrator's: links in it are theirs
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as error:
+            raise TransientStorageError(
+                f"storage folder {self.root} cannot be opened: {error.strerror}"
+            ) from error
+        try:
+            self._check_identity(os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _check_identity(self, status: os.stat_result) -> None:
+        identity = (status.st_dev, status.st_ino)
+        with self._identity_lock:
+            if self._root_identity is None:
+                self._root_identity = identity
+                log.info("storage.root_opened", root=str(self.root), device=status.st_dev,
+                         inode=status.st_ino)
+                return
+            expected = self._root_identity
+        if identity != expected:
             raise PermanentStorageError(
-                f"unsafe storage key {key!r}", RefusalKind.INVALID_REQUEST
+                f"storage folder {self.root} is no longer the folder first opened (device"
+                f" {expected[0]} inode {expected[1]}, now device {identity[0]} inode"
+                f" {identity[1]}): the NAS was unmounted or swapped for another folder;"
+                f" nothing is written there. Remount the NAS, then restart bwc-dock",
+                RefusalKind.ROOT_CHANGED,
             )
-        return self.root.joinpath(*parts)
+
+    @contextmanager
+    def _folder_of(self, key: str, *, create: bool = False) -> Iterator[tuple[int, str]]:
+        """(descriptor of the key's folder, the key's last name), walked without links.
+
+        ``create``: make missing folders; else a missing one raises FileNotFoundError.
+        """
+        parts = split_key(key)
+        if parts[-1].endswith(PART_SUFFIX):
+            raise PermanentStorageError(
+                f"unsafe storage key {key!r}: .part names are temporary files",
+                RefusalKind.INVALID_REQUEST,
+            )
+        root_fd = self._open_root()
+        try:
+            create_mode = self.directory_mode if create else None
+            with directory_of(root_fd, parts[:-1], key, create_mode=create_mode) as folder:
+                yield folder, parts[-1]
+        finally:
+            os.close(root_fd)
+
+    # -- writing ------------------------------------------------------------------------
 
     def put_file(
         self,
@@ -80,10 +174,6 @@ class FileBackend(StorageBackend):
         journal: MultipartJournal | None = None,
         progress: ProgressCallback | None = None,
     ) -> StoredObject:
-        target = self._path(key)
-        if self._already_stored(target, key, sha256):
-            return StoredObject(key, size, sha256)
-
         def fill(part_fd: int) -> str:
             written_sha256, _size = copy_hashing(
                 source_fd, part_fd, progress=progress, read_error=OSError
@@ -95,38 +185,85 @@ class FileBackend(StorageBackend):
                 )
             return written_sha256
 
-        with _storage_errors(key):
+        with _storage_errors(key), self._folder_of(key, create=True) as (folder, name):
+            if self._already_stored(folder, name, key, sha256):
+                return StoredObject(key, size, sha256)
             source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
-                if not self._write_create_only(target, key, sha256, fill):
-                    return StoredObject(key, size, sha256)
+                self._write_create_only(folder, name, key, sha256, fill)
             finally:
                 os.close(source_fd)
-        return self._confirm(target, key, sha256)
+            return self._confirm(folder, name, key, sha256)
 
     def put_bytes(
         self, key: str, data: bytes, metadata: Mapping[str, str], *, replace: bool = False
     ) -> StoredObject:
-        target = self._path(key)
         sha256 = hashlib.sha256(data).hexdigest()
-        if replace:
-            with _storage_errors(key):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                write_bytes_durably(target, data, suffix=self.part_suffix)
-        elif self._already_stored(target, key, sha256):
-            return StoredObject(key, len(data), sha256)
-        else:
-            with _storage_errors(key):
-                self._write_create_only(target, key, sha256, lambda fd: write_all_hashing(fd, data))
-        # a replaced document may be someone else's by now: only a create-only one is ours
-        return self._confirm(target, key, sha256, remove_on_mismatch=not replace)
+        with _storage_errors(key), self._folder_of(key, create=True) as (folder, name):
+            if replace:
+                self._write_replacing(folder, name, lambda fd: write_all_hashing(fd, data))
+                # a replaced document may be someone else's by now: only ours is removed
+                return self._confirm(folder, name, key, sha256, remove_on_mismatch=False)
+            if self._already_stored(folder, name, key, sha256):
+                return StoredObject(key, len(data), sha256)
+            self._write_create_only(folder, name, key, sha256,
+                                    lambda fd: write_all_hashing(fd, data))
+            return self._confirm(folder, name, key, sha256)
 
-    def _already_stored(self, target: Path, key: str, sha256: str) -> bool:
-        """A retry after a lost confirmation finds its own object: success, not a copy."""
-        if not target.exists():
+    def copy_object(self, key: str, new_key: str) -> StoredObject:
+        source_fd = self._open_stored(key)
+        if source_fd is None:
+            raise PermanentStorageError(f"{key}: nothing stored there to copy to {new_key}",
+                                        RefusalKind.MISSING_OBJECT)
+        try:
+            with _storage_errors(new_key), self._folder_of(new_key, create=True) as (
+                folder, name
+            ):
+                if self._exists(folder, name, new_key):
+                    source_sha256 = hash_fd_from_disk(source_fd)
+                    self._already_stored(folder, name, new_key, source_sha256)
+                    return self._confirm(folder, name, new_key, source_sha256,
+                                         remove_on_mismatch=False)
+                copied: list[str] = []
+
+                def fill(part_fd: int) -> str:
+                    copied_sha256, _size = copy_hashing(source_fd, part_fd, read_error=OSError)
+                    copied.append(copied_sha256)
+                    return copied_sha256
+
+                self._write_create_only(folder, name, new_key, None, fill)
+                # the copy re-read from disk must hash as the source did while copied
+                return self._confirm(folder, name, new_key, copied[0])
+        finally:
+            os.close(source_fd)
+
+    def _open_stored(self, key: str) -> int | None:
+        """The stored file under ``key`` opened for reading without links; None if missing."""
+        with _storage_errors(key), suppress(FileNotFoundError), self._folder_of(key) as (
+            folder, name
+        ):
+            return open_file(folder, name, key)
+        return None
+
+    def _exists(self, folder: int, name: str, key: str) -> bool:
+        try:
+            status = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
             return False
-        with _storage_errors(key):
-            existing = hash_file_from_disk(target)
+        if stat.S_ISLNK(status.st_mode):
+            raise LinkRefused(f"{key}: is a symlink; refused, not followed")
+        return True
+
+    def _already_stored(self, folder: int, name: str, key: str, sha256: str) -> bool:
+        """A retry after a lost confirmation finds its own object: success, not a copy."""
+        try:
+            fd = open_file(folder, name, key)
+        except FileNotFoundError:
+            return False
+        try:
+            existing = hash_fd_from_disk(fd)
+        finally:
+            os.close(fd)
         if existing != sha256:
             raise StorageConflict(
                 f"{key}: central storage already holds different content "
@@ -134,81 +271,182 @@ class FileBackend(StorageBackend):
             )
         return True
 
-    def _write_create_only(
-        self, target: Path, key: str, sha256: str, fill: Callable[[int], str]
-    ) -> bool:
-        """Write ``target`` create-only; False when the same content got there first
-        (another dock storing the same clip), StorageConflict when other content did."""
-        target.parent.mkdir(parents=True, exist_ok=True)
+    def _new_temporary(self, folder: int, name: str) -> tuple[str, int]:
+        """A fresh random ``.part`` name beside ``name``, created ``O_EXCL|O_NOFOLLOW``."""
+        temporary = f"{name[:_NAME_KEPT]}.{secrets.token_hex(_TOKEN_BYTES)}{self.part_suffix}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temporary, flags, self.file_mode, dir_fd=folder)
         try:
-            write_durably(target, fill, create_only=True, suffix=self.part_suffix)
-        except FileExistsError:
-            if self._already_stored(target, key, sha256):
-                return False
+            os.fchmod(fd, self.file_mode)  # the configured mode, whatever the umask
+        except BaseException:
+            os.close(fd)
+            os.unlink(temporary, dir_fd=folder)
             raise
-        return True
+        return temporary, fd
 
-    def _confirm(
-        self, target: Path, key: str, sha256: str, *, remove_on_mismatch: bool = True
-    ) -> StoredObject:
+    def _filled(self, folder: int, name: str, fill: Callable[[int], str]) -> tuple[str, str,
+                                                                                    os.stat_result]:
+        """A temporary beside ``name`` written by ``fill`` and fsynced: (its name, what
+        fill returned, its identity); it is removed if anything fails."""
+        temporary, fd = self._new_temporary(folder, name)
+        try:
+            try:
+                filled = fill(fd)
+                os.fsync(fd)
+                identity = os.fstat(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            _unlink_quietly(folder, temporary)
+            raise
+        return temporary, filled, identity
+
+    def _write_create_only(self, folder: int, name: str, key: str, sha256: str | None,
+                           fill: Callable[[int], str]) -> None:
+        """Write ``name`` create-only. When the same content got there first (another
+        dock storing the same clip) that is success; other content is StorageConflict."""
+        temporary, filled, identity = self._filled(folder, name, fill)
+        try:
+            # linkat without AT_SYMLINK_FOLLOW: if the temporary name was swapped for a
+            # link meanwhile, the link itself is named, and refused by the check below
+            os.link(temporary, name, src_dir_fd=folder, dst_dir_fd=folder,
+                    follow_symlinks=False)
+        except FileExistsError:
+            self._already_stored(folder, name, key, sha256 or filled)
+            return
+        finally:
+            _unlink_quietly(folder, temporary)
+        self._check_named(folder, name, key, identity, remove=True)
+        os.fsync(folder)
+
+    def _write_replacing(self, folder: int, name: str, fill: Callable[[int], str]) -> None:
+        temporary, _filled_sha256, identity = self._filled(folder, name, fill)
+        try:
+            os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            _unlink_quietly(folder, temporary)
+            raise
+        self._check_named(folder, name, name, identity, remove=False)
+        os.fsync(folder)
+
+    @staticmethod
+    def _check_named(folder: int, name: str, key: str, written: os.stat_result, *,
+                     remove: bool) -> None:
+        """The name now holds the file this dock wrote, not something swapped in."""
+        named = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        if (named.st_dev, named.st_ino) != (written.st_dev, written.st_ino):
+            if remove:
+                _unlink_quietly(folder, name)
+            raise LinkRefused(f"{key}: the temporary file was replaced while it was being"
+                              f" written (a link or another file); refused")
+
+    def _confirm(self, folder: int, name: str, key: str, sha256: str, *,
+                 remove_on_mismatch: bool = True) -> StoredObject:
         """The stored file as the NAS holds it, re-read from disk, must hash to ``sha256``."""
-        with _storage_errors(key):
-            stored_sha256 = hash_file_from_disk(target)
-            size = target.stat().st_size
+        fd = open_file(folder, name, key)
+        try:
+            stored_sha256 = hash_fd_from_disk(fd)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
         if stored_sha256 != sha256:
             if remove_on_mismatch:
-                self.delete(key)
+                _unlink_quietly(folder, name)
             raise IntegrityError(f"{key}: stored copy hashed to {stored_sha256}, not {sha256}")
         return StoredObject(key, size, stored_sha256)
 
+    # -- reading ------------------------------------------------------------------------
+
     def head(self, key: str) -> StoredObject | None:
-        target = self._path(key)
-        with _storage_errors(key):
-            try:
-                size = target.stat().st_size
-            except FileNotFoundError:
-                return None
-        return StoredObject(key, size, None)
+        with _storage_errors(key), suppress(FileNotFoundError), self._folder_of(key) as (
+            folder, name
+        ):
+            status = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            if stat.S_ISLNK(status.st_mode):
+                raise LinkRefused(f"{key}: is a symlink; refused, not followed")
+            return StoredObject(key, status.st_size, None)
+        return None
 
     def read_sha256(self, key: str) -> str | None:
-        target = self._path(key)
-        with _storage_errors(key):
-            try:
-                return hash_file_from_disk(target)
-            except FileNotFoundError:
-                return None
+        fd = self._open_stored(key)
+        if fd is None:
+            return None
+        try:
+            with _storage_errors(key):
+                return hash_fd_from_disk(fd)
+        finally:
+            os.close(fd)
 
     def read_bytes(self, key: str) -> bytes | None:
-        target = self._path(key)
-        with _storage_errors(key):
+        fd = self._open_stored(key)
+        if fd is None:
+            return None
+        with _storage_errors(key), os.fdopen(fd, "rb") as file:
+            return file.read()
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        folder_part, _, name_start = prefix.rpartition("/")
+        parts = split_key(folder_part) if folder_part else []
+        listed_prefix = folder_part + "/" if folder_part else ""
+        with _storage_errors(prefix or "/"):
+            root_fd = self._open_root()
             try:
-                return target.read_bytes()
+                with directory_of(root_fd, parts, prefix) as folder:
+                    for _folder, key in walk_files(folder, listed_prefix, name_start):
+                        if not key.endswith(PART_SUFFIX):
+                            yield key
             except FileNotFoundError:
-                return None
+                return
+            except LinkRefused as refused:
+                log.warning("storage.list.symlink_skipped", key=prefix, error=str(refused))
+                return
+            finally:
+                os.close(root_fd)
+
+    # -- housekeeping -------------------------------------------------------------------
 
     def delete(self, key: str) -> None:
-        with _storage_errors(key):
-            self._path(key).unlink(missing_ok=True)
+        with _storage_errors(key), suppress(FileNotFoundError), self._folder_of(key) as (
+            folder, name
+        ):
+            os.unlink(name, dir_fd=folder)  # a link itself is removed, never its target
 
     def cleanup_partials(self, keep: Collection[str] = frozenset()) -> int:
         """``keep`` names multipart uploads, which a folder does not have."""
         removed = 0
         with _storage_errors("*" + self.part_suffix):
-            for leftover in self.root.rglob("*" + self.part_suffix):
-                if leftover.is_file() and not leftover.is_symlink():
-                    leftover.unlink(missing_ok=True)
-                    removed += 1
+            root_fd = self._open_root()
+            try:
+                for folder, key in walk_files(root_fd, ""):
+                    name = key.rpartition("/")[2]
+                    if name.endswith(self.part_suffix):
+                        _unlink_quietly(folder, name)
+                        removed += 1
+            finally:
+                os.close(root_fd)
         return removed
 
-    def check_reachable(self) -> None:
+    def _check_mounted(self) -> None:
         if not self.root.is_dir():
             raise TransientStorageError(f"storage folder {self.root} is not there (not mounted?)")
         if self.must_be_mountpoint and not os.path.ismount(self.root):
             raise TransientStorageError(f"storage folder {self.root} is not mounted")
+
+    def check_reachable(self) -> None:
+        os.close(self._open_root())  # also checks it is still the folder first opened
         if not os.access(self.root, os.W_OK):
             raise PermanentStorageError(
                 f"storage folder {self.root} is not writable", RefusalKind.PERMISSION
             )
+
+
+def _unlink_quietly(folder: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=folder)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        log.warning("storage.unlink_failed", name=name, error=str(error))
 
 
 class _storage_errors:

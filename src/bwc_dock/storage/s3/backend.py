@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,13 @@ import structlog
 from botocore.exceptions import ClientError
 
 from bwc_dock.config import StorageConfig
-from bwc_dock.errors import IntegrityError, StorageConflict, TransientStorageError
+from bwc_dock.errors import (
+    IntegrityError,
+    PermanentStorageError,
+    RefusalKind,
+    StorageConflict,
+    TransientStorageError,
+)
 from bwc_dock.storage.base import (
     MultipartJournal,
     ProgressCallback,
@@ -40,6 +46,7 @@ from bwc_dock.storage.s3.translate import MISSING_KEY_CODES, error_code, is_prec
 
 logger = structlog.get_logger("bwc_dock.storage.s3")
 
+_COPY_OBJECT_LIMIT = 5 * 1024 * 1024 * 1024  # the most one CopyObject request copies
 _HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _METADATA_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # Printable ASCII except '%', which introduces our percent-escapes of anything else.
@@ -102,6 +109,37 @@ class S3Backend(MultipartUploads, StorageBackend):
             for chunk in response["Body"].iter_chunks(DOWNLOAD_CHUNK):
                 digest.update(chunk)
         return digest.hexdigest()
+
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """Keys listed one ``/`` level at a time, each level sorted here.
+
+        Not every store lists in key order (SeaweedFS lists folder by folder, so
+        ``a/b/c`` before ``a/b-c``). Sorting a level's keys together with its common
+        prefixes (which end in ``/``) and descending into each prefix in its place gives
+        key order while holding only one level in memory. Unfinished multipart uploads
+        are not objects, so they are not listed.
+        """
+        yield from self._list_level(self._settings.prefix + prefix, len(self._settings.prefix))
+
+    def _list_level(self, full_prefix: str, strip: int) -> Iterator[str]:
+        # (key or common prefix, whether it is a prefix to descend into)
+        level: list[tuple[str, bool]] = []
+        with self._translated("LIST", full_prefix or None):
+            paginator = self._s3().get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=self._settings.bucket, Prefix=full_prefix,
+                                       Delimiter="/")
+            for page in pages:
+                # an object whose key ends in "/" is a folder marker, not a key
+                level.extend((str(listed["Key"]), False) for listed in page.get("Contents", [])
+                             if not str(listed["Key"]).endswith("/"))
+                level.extend((str(common["Prefix"]), True)
+                             for common in page.get("CommonPrefixes", [])
+                             if str(common["Prefix"]) != full_prefix)
+        for full_key, is_prefix in sorted(level):
+            if is_prefix:
+                yield from self._list_level(full_key, strip)
+            else:
+                yield full_key[strip:]
 
     def check_reachable(self) -> None:
         self._probe_bucket()
@@ -254,6 +292,69 @@ class S3Backend(MultipartUploads, StorageBackend):
             )
         return stored
 
+
+    def copy_object(self, key: str, new_key: str) -> StoredObject:
+        """CopyObject inside the store, create-only (HEAD, then ``If-None-Match: *``),
+        asking the store for a full-object SHA-256 of the copy; where it keeps none,
+        the copy is downloaded and hashed. Objects over 5 GiB (the CopyObject limit) are
+        refused: copying them needs a multipart copy, not written yet."""
+        full_source, full_target = self._full_key(key), self._full_key(new_key)
+        source = self._head_raw(full_source)
+        if source is None:
+            raise PermanentStorageError(
+                f"{self._where(full_source)}: nothing stored there to copy to {new_key}",
+                RefusalKind.MISSING_OBJECT)
+        size = int(source["ContentLength"])
+        existing: Mapping[str, Any] | None = self._head_raw(full_target)
+        if existing is None:
+            if size > _COPY_OBJECT_LIMIT:
+                raise PermanentStorageError(
+                    f"{self._where(full_source)}: {size} bytes is above the 5 GiB a single"
+                    f" copy can take; copy it by hand", RefusalKind.INVALID_REQUEST)
+            if self._copy_single(full_source, full_target):
+                return self._hashed_copy(new_key, size)
+            existing = self._require_head_raw(new_key)
+        source_sha256 = _computed_by_store(source) or self.read_sha256(key)
+        if source_sha256 is None:
+            raise PermanentStorageError(f"{self._where(full_source)}: vanished while copied",
+                                        RefusalKind.MISSING_OBJECT)
+        return self._accept_existing(new_key, existing, source_sha256, size)
+
+    def _copy_single(self, full_source: str, full_target: str) -> bool:
+        """CopyObject create-only; False when an object appeared under the target first."""
+        condition = self._create_only()
+
+        def attempt() -> None:
+            self._s3().copy_object(
+                Bucket=self._settings.bucket, Key=full_target,
+                CopySource={"Bucket": self._settings.bucket, "Key": full_source},
+                ChecksumAlgorithm="SHA256", MetadataDirective="COPY",
+                **condition, **self._lock_parameters(),
+            )
+
+        with self._translated("COPY", full_target):
+            try:
+                self._retrying_conditional(attempt)
+            except ClientError as error:
+                if is_precondition_failed(error):
+                    return False
+                if error_code(error) in MISSING_KEY_CODES:
+                    raise PermanentStorageError(
+                        f"{self._where(full_source)}: vanished while copied",
+                        RefusalKind.MISSING_OBJECT) from error
+                raise
+        return True
+
+    def _hashed_copy(self, key: str, size: int) -> StoredObject:
+        """The copy as stored, with the store's own full-object SHA-256 or a read's."""
+        response = self._require_head_raw(key)
+        stored = self._stored_object(key, response)
+        sha256 = _computed_by_store(response) or self.read_sha256(key)
+        if stored.size != size or sha256 is None:
+            raise IntegrityError(f"{self._where(self._full_key(key))}: the copy holds"
+                                 f" {stored.size} bytes (sha256 {sha256}), source {size}")
+        logger.info("s3.copy.verified", key=self._full_key(key), sha256=sha256, size=size)
+        return StoredObject(key, stored.size, sha256, stored.metadata)
 
     # -- housekeeping -------------------------------------------------------------------
 

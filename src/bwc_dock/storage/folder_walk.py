@@ -1,0 +1,151 @@
+"""Walking a shared folder without following links (DESIGN, trust boundaries).
+
+Central storage is written by other docks, people and machines. A symlink planted in
+it (at a camera folder, at a key, at a temporary name) must never lead this dock, which
+runs as root, to read or write outside the storage root. So every path below the root
+is walked one component at a time with ``openat(O_NOFOLLOW)`` from a descriptor of the
+root itself: a link anywhere on the way fails the open (ELOOP or ENOTDIR) instead of
+being followed. Kernel path resolution is never given a path with more than one
+component below a trusted descriptor.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import structlog
+
+from bwc_dock.errors import PermanentStorageError, RefusalKind
+
+log = structlog.get_logger(__name__)
+
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# The errors openat(O_NOFOLLOW) gives when the last component is a symlink (ELOOP) or
+# when a directory was expected and a symlink or file is there (ENOTDIR).
+_LINK_ERRNOS = frozenset({errno.ELOOP, errno.ENOTDIR})
+
+
+class LinkRefused(PermanentStorageError):
+    """A symlink (or a file where a folder belongs) on the way to a key was refused."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, RefusalKind.LINK_REFUSED)
+
+
+def split_key(key: str) -> list[str]:
+    """The components of a key; an unsafe key (empty part, ``.``, ``..``) is refused."""
+    parts = key.split("/")
+    if not key or any(part in ("", ".", "..") or "\x00" in part for part in parts):
+        raise PermanentStorageError(f"unsafe storage key {key!r}", RefusalKind.INVALID_REQUEST)
+    return parts
+
+
+def open_directory(parent_fd: int, name: str, where: str) -> int:
+    """``name`` in ``parent_fd`` opened as a directory, never through a link."""
+    try:
+        return os.open(name, DIRECTORY_FLAGS, dir_fd=parent_fd)
+    except OSError as error:
+        if error.errno in _LINK_ERRNOS:
+            raise LinkRefused(
+                f"{where}: {name!r} is a symlink or not a folder; refused (a link in"
+                f" central storage that bwc-dock did not make is never followed)"
+            ) from error
+        raise
+
+
+def make_directory(parent_fd: int, name: str, where: str, mode: int) -> int:
+    """``name`` in ``parent_fd`` opened as a directory, made first if missing."""
+    try:
+        return open_directory(parent_fd, name, where)
+    except FileNotFoundError:
+        pass
+    try:
+        os.mkdir(name, mode, dir_fd=parent_fd)
+    except FileExistsError:
+        pass  # another dock made it meanwhile; opened below, still without following
+    else:
+        os.chmod(name, mode, dir_fd=parent_fd, follow_symlinks=False)  # not the umask's
+    return open_directory(parent_fd, name, where)
+
+
+@contextmanager
+def directory_of(root_fd: int, parts: Sequence[str], where: str, *,
+                 create_mode: int | None = None) -> Iterator[int]:
+    """A descriptor of the folder ``parts`` below ``root_fd``, walked without links.
+
+    ``create_mode``: make missing folders with this mode; None: a missing one raises
+    FileNotFoundError. The descriptor is closed when the block ends.
+    """
+    fd = os.dup(root_fd)
+    try:
+        for name in parts:
+            if create_mode is None:
+                child = open_directory(fd, name, where)
+            else:
+                child = make_directory(fd, name, where, create_mode)
+            os.close(fd)
+            fd = child
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def open_file(directory_fd: int, name: str, where: str, flags: int = os.O_RDONLY) -> int:
+    """A regular file ``name`` in ``directory_fd`` opened without following a link."""
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=directory_fd)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise LinkRefused(f"{where}: is a symlink; refused, not followed") from error
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device would block or lie
+        os.close(fd)
+        raise PermanentStorageError(f"{where}: not a regular file", RefusalKind.OTHER)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def walk_files(directory_fd: int, prefix: str, name_start: str = "") -> Iterator[tuple[int, str]]:
+    """(folder descriptor, key) of each regular file below ``directory_fd``, whose key
+    prefix is ``prefix`` (empty or ending in ``/``), first name starting with
+    ``name_start``; sorted by key. The descriptor is valid until the next item.
+
+    Sorted by whole key: a folder's entries are ordered by ``name/`` for folders and
+    ``name`` for files, as every key below folder ``name`` starts with ``name/``.
+    Symlinks and special files are skipped and logged, never entered or read.
+    """
+    entries: list[tuple[str, str, bool]] = []
+    with os.scandir(directory_fd) as scan:
+        for entry in scan:
+            if not entry.name.startswith(name_start):
+                continue
+            if entry.is_symlink():
+                log.warning("storage.list.symlink_skipped", key=prefix + entry.name,
+                            why="a link in central storage is never followed")
+            elif entry.is_dir(follow_symlinks=False):
+                entries.append((entry.name + "/", entry.name, True))
+            elif entry.is_file(follow_symlinks=False):
+                entries.append((entry.name, entry.name, False))
+            else:
+                log.warning("storage.list.special_file_skipped", key=prefix + entry.name)
+    for _order, name, is_directory in sorted(entries):
+        if not is_directory:
+            yield directory_fd, prefix + name
+            continue
+        try:
+            child = open_directory(directory_fd, name, prefix + name)
+        except LinkRefused:  # swapped for a link since it was listed
+            log.warning("storage.list.symlink_skipped", key=prefix + name,
+                        why="a link in central storage is never followed")
+            continue
+        except FileNotFoundError:
+            continue  # removed since it was listed
+        try:
+            yield from walk_files(child, prefix + name + "/")
+        finally:
+            os.close(child)
