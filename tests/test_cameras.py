@@ -62,7 +62,7 @@ def test_assign_is_an_audit_event_and_reaches_the_manifest(dock: Dock) -> None:
     make_camera(dock.root / "card", [500], sidecars=False)
     dock.cli("ingest", str(dock.root / "card"), "--camera-serial", "C3", "--wait")
     [clip] = dock.clips()
-    manifest = json.loads((dock.nas / (clip["remote_key"] + ".json")).read_text())
+    manifest = json.loads((dock.nas / dock.manifest_key(clip)).read_text())
     assert manifest["officer"] == "badge-1001"
     assert dock.cli("audit", "verify").returncode == 0
 
@@ -82,7 +82,7 @@ def test_each_clip_carries_the_officer_assigned_when_it_was_recorded(dock: Dock)
 
     officers = {}
     for clip in dock.clips():
-        manifest = json.loads((dock.nas / (clip["remote_key"] + ".json")).read_text())
+        manifest = json.loads((dock.nas / dock.manifest_key(clip)).read_text())
         officers[clip["source_path"]] = manifest["officer"]
     assert officers == {"DCIM/EARLY.MP4": "first-officer", "DCIM/LATE.MP4": "second-officer"}
     export = json.loads(dock.cli("audit", "export", "--format", "json").stdout)

@@ -163,7 +163,7 @@ def check_anchors(ledger: Ledger, backend: StorageBackend) -> AnchorReport:
             continue
         if clip.duplicate_of is not None:
             continue  # points at its original's objects and manifest
-        key = manifest_key(clip.remote_key)
+        key = manifest_key(clip.remote_key, ledger.dock_id, clip.id)
         anchor = _read_anchor(backend, key)
         if isinstance(anchor, str):
             report.problems.append(AnchorProblem(clip.id, key, None, anchor))
@@ -231,6 +231,7 @@ STEP_NAMES = {
     "clip.staging_adopted": "staged copy adopted by resync",
     "clip.prioritized": "prioritised",
     "central.wrong_object_removed": "wrong central object removed by resync",
+    "object.conflict_kept": "other bytes under the clip's key kept aside by resync",
 }
 CAMERA_SIDE_EVENTS = frozenset({"clip.discovered", "clip.copying", "clip.staged", "clip.cleared"})
 FORMULA_STARTS = frozenset("=+-@\t\r")

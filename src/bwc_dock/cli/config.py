@@ -7,6 +7,7 @@ import click
 
 from bwc_dock import udev_rules
 from bwc_dock.cli.context import Context, pass_context
+from bwc_dock.config import key_template_risks
 from bwc_dock.errors import BwcDockError
 
 
@@ -24,6 +25,9 @@ def config_check(context: Context) -> None:
         f"{context.config_path}: ok (dock {config.dock.id}, storage "
         f"{config.storage.backend}, {len(config.camera)} camera profile(s))"
     )
+    # a warning, not an error: one dock alone may use any template it likes
+    for risk in key_template_risks(config.storage.key_template):
+        click.echo(f"warning: storage.key_template: {risk} (not fleet-safe)", err=True)
     rules = udev_rules.sync_installed(config.camera, config.service.udev_rules_file)
     if rules is udev_rules.RulesState.UPDATED:
         click.echo(f"{config.service.udev_rules_file}: rewritten from the camera profiles, "
