@@ -107,7 +107,12 @@ def audit_export(
     output: Path | None,
 ) -> None:
     """Chain-of-custody report: every step of every clip, with when, where, who, hashes."""
-    from bwc_dock.custody import ExportFilter, export_csv, export_document, parse_moment  # lazy
+    from bwc_dock.custody_export import (  # lazy
+        ExportFilter,
+        export_csv,
+        export_document,
+        parse_moment,
+    )
 
     context.logging("warning")
     selection = ExportFilter(

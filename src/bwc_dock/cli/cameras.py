@@ -60,7 +60,7 @@ def cameras_assign(
 ) -> None:
     """Record that camera SERIAL is issued to OFFICER_ID (an audit event)."""
     from bwc_dock.cameras import assign, checked_assignment  # lazy, as above
-    from bwc_dock.custody import parse_moment
+    from bwc_dock.custody_export import parse_moment
 
     context.logging("warning")
     assignment = checked_assignment(serial, officer_id, parse_moment(assigned_at, "--at"))

@@ -21,7 +21,6 @@ a StorageConflict, never an overwrite, when it does not.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import secrets
@@ -41,7 +40,6 @@ from bwc_dock.errors import (
     RefusalKind,
     StorageConflict,
     TransientStorageError,
-    is_transient,
 )
 from bwc_dock.hashing import copy_hashing, hash_fd_from_disk
 from bwc_dock.scanner import safe_name
@@ -56,6 +54,8 @@ from bwc_dock.storage.folder_walk import (
     directory_of,
     open_file,
     split_key,
+    storage_errors,
+    unlink_quietly,
     walk_files,
 )
 
@@ -228,7 +228,7 @@ class FileBackend(StorageBackend):
                 )
             return written_sha256
 
-        with self._watching_links(key), _storage_errors(key), self._folder_of(
+        with self._watching_links(key), storage_errors(key), self._folder_of(
             key, create=True
         ) as (folder, name):
             if self._already_stored(folder, name, key, sha256):
@@ -244,7 +244,7 @@ class FileBackend(StorageBackend):
         self, key: str, data: bytes, metadata: Mapping[str, str], *, replace: bool = False
     ) -> StoredObject:
         sha256 = hashlib.sha256(data).hexdigest()
-        with self._watching_links(key), _storage_errors(key), self._folder_of(
+        with self._watching_links(key), storage_errors(key), self._folder_of(
             key, create=True
         ) as (folder, name):
             if replace:
@@ -263,7 +263,7 @@ class FileBackend(StorageBackend):
             raise PermanentStorageError(f"{key}: nothing stored there to copy to {new_key}",
                                         RefusalKind.MISSING_OBJECT)
         try:
-            with self._watching_links(new_key), _storage_errors(new_key), self._folder_of(
+            with self._watching_links(new_key), storage_errors(new_key), self._folder_of(
                 new_key, create=True
             ) as (folder, name):
                 if self._exists(folder, name, new_key):
@@ -286,7 +286,7 @@ class FileBackend(StorageBackend):
 
     def _open_stored(self, key: str) -> int | None:
         """The stored file under ``key`` opened for reading without links; None if missing."""
-        with _storage_errors(key), suppress(FileNotFoundError), self._folder_of(key) as (
+        with storage_errors(key), suppress(FileNotFoundError), self._folder_of(key) as (
             folder, name
         ):
             return open_file(folder, name, key)
@@ -348,7 +348,7 @@ class FileBackend(StorageBackend):
             finally:
                 os.close(fd)
         except BaseException:
-            _unlink_quietly(folder, temporary)
+            unlink_quietly(folder, temporary)
             raise
         return temporary, filled, identity
 
@@ -366,7 +366,7 @@ class FileBackend(StorageBackend):
             self._already_stored(folder, name, key, sha256 or filled)
             return
         finally:
-            _unlink_quietly(folder, temporary)
+            unlink_quietly(folder, temporary)
         self._check_named(folder, name, key, identity, remove=True)
         os.fsync(folder)
 
@@ -375,7 +375,7 @@ class FileBackend(StorageBackend):
         try:
             os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
         except BaseException:
-            _unlink_quietly(folder, temporary)
+            unlink_quietly(folder, temporary)
             raise
         self._check_named(folder, name, name, identity, remove=False)
         os.fsync(folder)
@@ -387,7 +387,7 @@ class FileBackend(StorageBackend):
         named = os.stat(name, dir_fd=folder, follow_symlinks=False)
         if (named.st_dev, named.st_ino) != (written.st_dev, written.st_ino):
             if remove:
-                _unlink_quietly(folder, name)
+                unlink_quietly(folder, name)
             raise LinkRefused(f"{key}: the temporary file was replaced while it was being"
                               f" written (a link or another file); refused")
 
@@ -402,14 +402,14 @@ class FileBackend(StorageBackend):
             os.close(fd)
         if stored_sha256 != sha256:
             if remove_on_mismatch:
-                _unlink_quietly(folder, name)
+                unlink_quietly(folder, name)
             raise IntegrityError(f"{key}: stored copy hashed to {stored_sha256}, not {sha256}")
         return StoredObject(key, size, stored_sha256)
 
     # -- reading ------------------------------------------------------------------------
 
     def head(self, key: str) -> StoredObject | None:
-        with _storage_errors(key), suppress(FileNotFoundError), self._folder_of(key) as (
+        with storage_errors(key), suppress(FileNotFoundError), self._folder_of(key) as (
             folder, name
         ):
             status = os.stat(name, dir_fd=folder, follow_symlinks=False)
@@ -423,7 +423,7 @@ class FileBackend(StorageBackend):
         if fd is None:
             return None
         try:
-            with _storage_errors(key):
+            with storage_errors(key):
                 return hash_fd_from_disk(fd)
         finally:
             os.close(fd)
@@ -432,14 +432,14 @@ class FileBackend(StorageBackend):
         fd = self._open_stored(key)
         if fd is None:
             return None
-        with _storage_errors(key), os.fdopen(fd, "rb") as file:
+        with storage_errors(key), os.fdopen(fd, "rb") as file:
             return file.read()
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         folder_part, _, name_start = prefix.rpartition("/")
         parts = split_key(folder_part) if folder_part else []
         listed_prefix = folder_part + "/" if folder_part else ""
-        with _storage_errors(prefix or "/"):
+        with storage_errors(prefix or "/"):
             root_fd = self._open_root()
             try:
                 with directory_of(root_fd, parts, prefix) as folder:
@@ -457,7 +457,7 @@ class FileBackend(StorageBackend):
     # -- housekeeping -------------------------------------------------------------------
 
     def delete(self, key: str) -> None:
-        with _storage_errors(key), suppress(FileNotFoundError), self._folder_of(key) as (
+        with storage_errors(key), suppress(FileNotFoundError), self._folder_of(key) as (
             folder, name
         ):
             os.unlink(name, dir_fd=folder)  # a link itself is removed, never its target
@@ -465,13 +465,13 @@ class FileBackend(StorageBackend):
     def cleanup_partials(self, keep: Collection[str] = frozenset()) -> int:
         """``keep`` names multipart uploads, which a folder does not have."""
         removed = 0
-        with _storage_errors("*" + self.part_suffix):
+        with storage_errors("*" + self.part_suffix):
             root_fd = self._open_root()
             try:
                 for folder, key in walk_files(root_fd, ""):
                     name = key.rpartition("/")[2]
                     if name.endswith(self.part_suffix):
-                        _unlink_quietly(folder, name)
+                        unlink_quietly(folder, name)
                         removed += 1
             finally:
                 os.close(root_fd)
@@ -491,36 +491,3 @@ class FileBackend(StorageBackend):
                 f"storage folder {self.root} is not writable", RefusalKind.PERMISSION
             )
 
-
-def _unlink_quietly(folder: int, name: str) -> None:
-    try:
-        os.unlink(name, dir_fd=folder)
-    except FileNotFoundError:
-        pass
-    except OSError as error:
-        log.warning("storage.unlink_failed", name=name, error=str(error))
-
-
-class _storage_errors:
-    """Turn OS errors into the storage taxonomy, naming the key."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, _traceback: object
-    ) -> None:
-        if not isinstance(error, OSError):
-            return
-        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise PermanentStorageError(
-                f"{self.key}: {error.strerror} ({error.filename})", RefusalKind.PERMISSION
-            ) from error
-        if is_transient(error) or error.errno is None:
-            raise TransientStorageError(f"{self.key}: {error.strerror or error}") from error
-        raise PermanentStorageError(
-            f"{self.key}: {error.strerror}", RefusalKind.OTHER
-        ) from error

@@ -19,7 +19,12 @@ from contextlib import contextmanager
 
 import structlog
 
-from bwc_dock.errors import PermanentStorageError, RefusalKind
+from bwc_dock.errors import (
+    PermanentStorageError,
+    RefusalKind,
+    TransientStorageError,
+    is_transient,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -149,3 +154,37 @@ def walk_files(directory_fd: int, prefix: str, name_start: str = "") -> Iterator
             yield from walk_files(child, prefix + name + "/")
         finally:
             os.close(child)
+
+
+def unlink_quietly(folder: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=folder)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        log.warning("storage.unlink_failed", name=name, error=str(error))
+
+
+class storage_errors:
+    """Turn OS errors into the storage taxonomy, naming the key."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _traceback: object
+    ) -> None:
+        if not isinstance(error, OSError):
+            return
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise PermanentStorageError(
+                f"{self.key}: {error.strerror} ({error.filename})", RefusalKind.PERMISSION
+            ) from error
+        if is_transient(error) or error.errno is None:
+            raise TransientStorageError(f"{self.key}: {error.strerror or error}") from error
+        raise PermanentStorageError(
+            f"{self.key}: {error.strerror}", RefusalKind.OTHER
+        ) from error
