@@ -164,10 +164,7 @@ def _use_baseline_hashing(path: str) -> None:
     spec.loader.exec_module(module)
     copier_names = vars(copier_module)  # the copier's own bindings of the hashing functions
     copier_names["copy_hashing"] = module.copy_hashing
-    # an older hashing.py may not know the options the copier passes now
-    copier_names["hash_file_from_disk"] = lambda path, *_args, **_options: (
-        module.hash_file_from_disk(path)
-    )
+    copier_names["hash_file_from_disk"] = module.hash_file_from_disk
 
 
 def copier_worker(mode: str, volume: Path, work: Path) -> None:

@@ -341,9 +341,7 @@ class Copier:
                         f"{destination.name}: the camera returned different bytes on two "
                         f"reads ({first_sha256}, then {sha256})"
                     )
-            # kept in the page cache: the upload that usually follows reads it from there
-            # (pass 2 of README's passes feeds pass 3; pass 4 checks what was stored)
-            on_disk = hash_file_from_disk(destination, keep_cached=True)
+            on_disk = hash_file_from_disk(destination)
             if on_disk == sha256:
                 return sha256
             log.error(

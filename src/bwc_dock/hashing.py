@@ -351,29 +351,21 @@ def _result(future: Future[int], read_error: type[Exception]) -> int:
         raise read_error(f"read failed: {error.strerror or error}") from error
 
 
-def hash_file_from_disk(
-    path: os.PathLike[str] | str, chunk_size: int = CHUNK_SIZE, *, keep_cached: bool = False
-) -> str:
-    """SHA-256 of a file as stored on disk, not as remembered by the page cache.
-
-    ``keep_cached``: the pages just read from disk stay cached, so that a pass that
-    follows at once (the upload of a clip just verified) reads them from memory instead
-    of reading the disk again; otherwise the read bypasses the cache where it can.
-    """
+def hash_file_from_disk(path: os.PathLike[str] | str, chunk_size: int = CHUNK_SIZE) -> str:
+    """SHA-256 of a file as stored on disk, not as remembered by the page cache."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        return hash_fd_from_disk(fd, chunk_size, keep_cached=keep_cached)
+        return hash_fd_from_disk(fd, chunk_size)
     finally:
         os.close(fd)
 
 
-def hash_fd_from_disk(fd: int, chunk_size: int = CHUNK_SIZE, *, keep_cached: bool = False) -> str:
+def hash_fd_from_disk(fd: int, chunk_size: int = CHUNK_SIZE) -> str:
     """SHA-256 of the open file ``fd`` (read from its start) as stored on disk."""
     os.lseek(fd, 0, os.SEEK_SET)
-    # dropped first in any case (the tail of a direct read may be read buffered): what
-    # is hashed comes from the disk, never from pages cached when it was written
+    # dropped first in any case: the tail of a direct read may be read buffered
     drop_cache(fd)
-    if keep_cached or not (_direct_capable(fd, chunk_size) and _set_direct(fd, enabled=True)):
+    if not (_direct_capable(fd, chunk_size) and _set_direct(fd, enabled=True)):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
     sha256, _size = copy_hashing(fd, None, chunk_size=chunk_size, read_error=OSError)
     return sha256
