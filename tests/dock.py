@@ -121,6 +121,10 @@ class Dock:
             )
         return result
 
+    def manifest_key(self, clip: dict[str, Any]) -> str:
+        """The key of this dock's custody record of ``clip``, spelt out as the README says."""
+        return f"{clip['remote_key']}.{self.settings['dock']['id']}.clip-{clip['id']}.json"
+
     def clips(self, *arguments: str) -> list[dict[str, Any]]:
         return json.loads(self.cli("clips", "--json", *arguments).stdout)  # type: ignore[no-any-return]
 

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +109,113 @@ def test_a_truncated_ledger_is_caught_by_the_anchors(dock: Dock) -> None:
     assert dock.cli("audit", "verify", "--remote", check=False).returncode == 1
 
 
+def manifests(dock: Dock) -> dict[int, tuple[str, int]]:
+    """clip id -> (manifest key, anchored audit row), read from central storage."""
+    found: dict[int, tuple[str, int]] = {}
+    for path in dock.nas.rglob("*.json"):
+        document = json.loads(path.read_text())
+        found[document["clip_id"]] = (str(path.relative_to(dock.nas)),
+                                      document["audit_chain_head"]["id"])
+    return found
+
+
+def test_rows_rewritten_and_clips_hidden_as_duplicates_are_caught(dock: Dock) -> None:
+    """Issue 13's attack: rows after the first clip's anchor rewritten, the chain
+    recomputed, and the later clips marked duplicate_of so the ledger would not ask
+    for their manifests; audit verify --remote still finds those manifests by listing
+    central storage and fails, naming them."""
+    offload(dock)
+    anchored = manifests(dock)
+    assert sorted(anchored) == [1, 2, 3]
+    first_anchor = anchored[1][1]
+    assert anchored[2][1] > first_anchor and anchored[3][1] > first_anchor
+    target = next(r for r in audit_rows(dock) if r["id"] > first_anchor)
+    forged = json.loads(target["details"])
+    forged["forged"] = True
+    rewrite_chain_from(dock, target["id"],
+                       details=json.dumps(forged, sort_keys=True, separators=(",", ":")))
+    with sqlite3.connect(dock.ledger_path) as connection:
+        connection.execute("UPDATE clips SET duplicate_of = 1 WHERE id IN (2, 3)")
+
+    assert dock.cli("audit", "verify").returncode == 0  # the local chain alone is fooled
+    result = dock.cli("audit", "verify", "--remote", "--json", check=False)
+    assert result.returncode == 1, result.stdout
+    report = json.loads(result.stdout)
+    named = {problem["anchor_key"] for problem in report["problems"]}
+    assert {anchored[2][0], anchored[3][0]} <= named
+    assert anchored[1][0] not in named
+    human = dock.cli("audit", "verify", "--remote", check=False)
+    assert human.returncode == 1
+    assert anchored[2][0] in human.stderr and "differs from the chain head" in human.stderr
+
+
+def test_a_manifest_of_a_clip_the_ledger_lost_is_named(dock: Dock) -> None:
+    """A clip row deleted from the ledger (and its audit rows left as they are): its
+    manifest in central storage is an anchor the ledger cannot explain."""
+    offload(dock)
+    anchored = manifests(dock)
+    with sqlite3.connect(dock.ledger_path) as connection:
+        connection.execute("DELETE FROM sidecars WHERE clip_id = 3")
+        connection.execute("DELETE FROM clips WHERE id = 3")
+    result = dock.cli("audit", "verify", "--remote", "--json", check=False)
+    assert result.returncode == 1
+    problems = json.loads(result.stdout)["problems"]
+    assert [p["anchor_key"] for p in problems if "does not have" in p["problem"]] == [
+        anchored[3][0]]
+
+
+def test_a_docking_list_is_never_replaced_and_a_planted_one_is_named(dock: Dock) -> None:
+    """A SHA256SUMS already under the docking's list name (planted, or an older list)
+    is left as it is: the dock's list goes beside it as .v2 and checks with
+    sha256sum --strict -c; audit verify --remote names the list the ledger cannot
+    explain, and accepts an older list that is a part of the real one."""
+    camera = dock.root / "card"
+    make_camera(camera, [1000, 2000], sidecars=False)
+    for path in camera.rglob("*"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))  # recorded 2023-11-14 UTC
+    folder = dock.nas / "X1/2023/11/14"
+    folder.mkdir(parents=True)
+    planted = folder / "SHA256SUMS.dock-test.docking-000001"
+    planted.write_text(f"{'0' * 64}  not-delivered.mp4\n")
+    dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+
+    assert planted.read_text() == f"{'0' * 64}  not-delivered.mp4\n"
+    written = folder / "SHA256SUMS.dock-test.docking-000001.v2"
+    listed = written.read_text().splitlines()
+    assert len(listed) == 2
+    checked = subprocess.run(["sha256sum", "--strict", "-c", written.name], cwd=folder,
+                             capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    result = dock.cli("audit", "verify", "--remote", "--json", check=False)
+    assert result.returncode == 1
+    problems = json.loads(result.stdout)["problems"]
+    assert [p["anchor_key"] for p in problems] == [str(planted.relative_to(dock.nas))]
+    assert "not-delivered.mp4" in problems[0]["problem"]
+
+    planted.write_text(listed[0] + "\n")  # now an older, shorter list of the same docking
+    assert dock.cli("audit", "verify", "--remote", check=False).returncode == 0
+
+
+def test_a_forged_list_for_a_docking_the_ledger_lacks_is_named(dock: Dock) -> None:
+    """A SHA256SUMS in this dock's name for a docking the ledger never delivered fails
+    the check, naming it."""
+    offload(dock)
+    forged = dock.nas / "X1" / "SHA256SUMS.dock-test.docking-000099"
+    forged.write_text(f"{'1' * 64}  clip.mp4\n")
+    other_dock = dock.nas / "X1" / "SHA256SUMS.dock-other.docking-000099"
+    other_dock.write_text(f"{'1' * 64}  clip.mp4\n")  # another dock's: not ours to check
+    result = dock.cli("audit", "verify", "--remote", "--json", check=False)
+    assert result.returncode == 1
+    problems = json.loads(result.stdout)["problems"]
+    assert [p["anchor_key"] for p in problems] == ["X1/SHA256SUMS.dock-test.docking-000099"]
+
+
 def test_csv_export_rows_match_the_ledger(dock: Dock) -> None:
     """Every audit row of every clip appears once in the CSV, with the clip's facts."""
     offload(dock, "X1")
     offload(dock, "X2", sizes=(1500,))
-    dock.cli("cameras", "assign", "X1", "officer-1", "--at", "2000-01-01T00:00:00Z")
+    # back-dated over uploaded clips: refused unless forced (issue 13 item 7a)
+    dock.cli("cameras", "assign", "X1", "officer-1", "--at", "2000-01-01T00:00:00Z", "--force")
     result = dock.cli("audit", "export", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
 

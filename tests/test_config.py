@@ -23,6 +23,10 @@ BAD_CONFIGS = {
     "bad regex": ('[storage]\npath = "/tmp/n"\n[[camera]]\nname = "c"\n'
                   'recorded_pattern = "(unclosed"\n', "camera.0.recorded_pattern:"),
     "unknown backend": ('[storage]\nbackend = "ftp"\npath = "/tmp/n"\n', "storage.backend:"),
+    "unknown key field": ('[storage]\npath = "/tmp/n"\nkey_template = "{camera}/{serial}"\n',
+                          "storage.key_template: unknown field(s) {serial}"),
+    "bad key format": ('[storage]\npath = "/tmp/n"\nkey_template = "{camera}/{sha16!z}"\n',
+                       "storage.key_template: not a valid template"),
 }
 
 
@@ -51,6 +55,34 @@ def test_config_check_accepts_the_shipped_example(dock: Dock) -> None:
     example = Path(__file__).resolve().parent.parent / "config.example.toml"
     result = dock.cli("--config", str(example), "config", "check")
     assert "ok" in result.stdout
+
+
+def test_shipped_defaults_are_fleet_safe_without_a_warning(dock: Dock) -> None:
+    """The default key template is content-addressed: config check has nothing to warn."""
+    result = dock.cli("config", "check")
+    assert "warning" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("template", "warnings"),
+    [
+        ("{camera}/{recorded:%Y}/{name}", ["no {sha16} or {sha256}"]),
+        ("{camera}/{sha16}_{clip_id}_{name}", ["dock-local field(s) {clip_id}"]),
+        ("{dock}/{clip_id}_{name}", ["no {sha16} or {sha256}", "{clip_id}, {dock}"]),
+        ("{camera}/{sha256}{ext}", []),
+    ],
+)
+def test_config_check_warns_about_templates_that_are_not_fleet_safe(
+    dock: Dock, template: str, warnings: list[str]
+) -> None:
+    """A key template that can collide or duplicate across docks is a warning, not an error."""
+    dock.write_config(storage={"key_template": template})
+    result = dock.cli("config", "check")
+    lines = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(lines) == len(warnings)
+    for line, expected in zip(lines, warnings, strict=True):
+        assert line.startswith("warning: storage.key_template: ")
+        assert expected in line
 
 
 def test_usb_ids_are_normalised(dock: Dock) -> None:

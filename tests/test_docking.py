@@ -204,9 +204,7 @@ def stored_by_source_path(udev_dock: UdevDock, serial: str) -> dict[str, str]:
             continue
         result[clip["source_path"]] = stored[key]
         for sidecar in clip["sidecars"]:
-            sidecar_key = next(k for k in stored if k.startswith(key.rsplit(".", 1)[0])
-                               and k.endswith(Path(sidecar["source_path"]).suffix))
-            result[sidecar["source_path"]] = stored[sidecar_key]
+            result[sidecar["source_path"]] = stored[sidecar["remote_key"]]
     return result
 
 
@@ -497,9 +495,11 @@ def test_camera_with_a_quarantined_clip_keeps_everything(udev_dock: UdevDock) ->
     """A clip whose central key holds other bytes is quarantined; the camera is not cleared."""
     udev_dock.start()
     camera = udev_dock.camera("vfat", serial="QUAR0001", clearing=True, clip_count=2)
-    # clip ids follow discovery order in a fresh ledger; the key template is
-    # {camera}/{recorded:%Y/%m/%d}/{clip_id}_{name} with the date from the file name
-    conflicting = udev_dock.dock.nas / "QUAR0001/2024/01/02/2_VID_20240102_030401.MP4"
+    # the key template is {camera}/{recorded:%Y/%m/%d}/{stem}.{sha16}{ext} with the date
+    # from the file name: the key of the second clip's content, someone else's bytes in it
+    name = "VID_20240102_030401"
+    sha16 = sha256_of(camera.image.parent / "tree" / "DCIM" / "100BWC" / f"{name}.MP4")[:16]
+    conflicting = udev_dock.dock.nas / f"QUAR0001/2024/01/02/{name}.{sha16}.MP4"
     conflicting.parent.mkdir(parents=True)
     conflicting.write_bytes(b"someone else's object at our key")
     udev_dock.bay.attach(camera)

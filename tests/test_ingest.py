@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ def test_ingest_wait_uploads_every_clip_with_its_first_read_hash(dock: Dock) -> 
     assert sorted(stored.values()) == sorted(expected.values())
     for clip in clips:
         assert stored[clip["remote_key"]] == clip["sha256"]
-        manifest = json.loads((dock.nas / (clip["remote_key"] + ".json")).read_text())
+        manifest = json.loads((dock.nas / dock.manifest_key(clip)).read_text())
         assert manifest["sha256"] == clip["sha256"]
         assert manifest["original_path"] == clip["source_path"]
         assert manifest["camera"] == "X81234567"
@@ -54,18 +55,24 @@ def test_ingest_wait_uploads_every_clip_with_its_first_read_hash(dock: Dock) -> 
 
 
 def test_keys_follow_the_template_with_recording_date_and_sanitised_names(dock: Dock) -> None:
-    """Remote keys are {camera}/{recorded:%Y/%m/%d}/{clip_id}_{name}."""
+    """Remote keys are {camera}/{recorded:%Y/%m/%d}/{stem}.{sha16}{ext}, sidecars' too."""
     camera = dock.root / "card"
     clip = camera / "DCIM" / "100BWC" / "odd name;$(x).mp4"
     clip.parent.mkdir(parents=True)
     clip.write_bytes(b"video")
     os.utime(clip, (1_700_000_000, 1_700_000_000))  # 2023-11-14 UTC
+    clip.with_suffix(".GPS").write_bytes(b"track")  # a sidecar: its own name and hash
 
     dock.cli("ingest", str(camera), "--camera-serial", "CAM-7", "--wait")
 
     [row] = dock.clips()
-    assert row["remote_key"] == f"CAM-7/2023/11/14/{row['id']}_odd_name_x_.mp4"
+    sha16 = hashlib.sha256(b"video").hexdigest()[:16]
+    assert row["remote_key"] == f"CAM-7/2023/11/14/odd_name_x_.{sha16}.mp4"
     assert sha256_of(dock.nas / row["remote_key"]) == row["sha256"]
+    [sidecar] = row["sidecars"]
+    track16 = hashlib.sha256(b"track").hexdigest()[:16]
+    assert sidecar["remote_key"] == f"CAM-7/2023/11/14/odd_name_x_.{track16}.GPS"
+    assert (dock.nas / sidecar["remote_key"]).read_bytes() == b"track"
 
 
 def test_reingesting_the_same_folder_uploads_nothing_twice(dock: Dock) -> None:
@@ -180,7 +187,7 @@ def test_a_refused_manifest_keeps_its_clip_from_counting_as_uploaded(dock: Dock)
     camera = dock.root / "card"
     (camera / "DCIM").mkdir(parents=True)
     (camera / "DCIM" / "A.MP4").write_bytes(b"evidence" * 1000)
-    manifest = dock.nas / "R1" / "A.MP4.json"
+    manifest = dock.nas / "R1" / "A.MP4.dock-test.clip-1.json"
     (manifest / "in-the-way").mkdir(parents=True)
 
     refused = dock.cli("ingest", str(camera), "--camera-serial", "R1", "--wait",
@@ -189,7 +196,7 @@ def test_a_refused_manifest_keeps_its_clip_from_counting_as_uploaded(dock: Dock)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     [clip] = dock.clips()
     assert clip["state"] == "staged"
-    assert "A.MP4.json" in clip["last_error"]
+    assert "A.MP4.dock-test.clip-1.json" in clip["last_error"]
     status = json.loads(dock.cli("status", "--json").stdout)
     assert status["clips"].get("uploaded", 0) == 0
     assert status["oldest_pending_at"] is not None

@@ -21,7 +21,7 @@ import pytest
 from bwc_dock.config import load_config
 from bwc_dock.udev_rules import render_rules
 from tests import realparts
-from tests.test_unit_file import unit_with_program, verify
+from tests.test_unit_file import helper_with_program, unit_with_program, verify
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = (
@@ -103,9 +103,11 @@ def test_install_twice_is_idempotent_and_keeps_local_changes(source: Path, root:
     venv_python = root / "opt/bwc-dock/venv/bin/python"
     assert installed_module_file(root).startswith(str(root / "opt/bwc-dock/venv/lib"))
     assert (root / INSTALLED_PROGRAM.lstrip("/")).exists()
-    unit = root / "etc/systemd/system/bwc-dock.service"
-    assert unit.read_bytes() == (source / "systemd/bwc-dock.service").read_bytes()
-    assert mode(unit) == 0o644
+    for name in ("bwc-dock.service", "bwc-dock-mount.socket", "bwc-dock-mount.service"):
+        unit = root / "etc/systemd/system" / name
+        assert unit.read_bytes() == (source / "systemd" / name).read_bytes(), name
+        assert mode(unit) == 0o644, name
+    assert (root / "opt/bwc-dock/venv/bin/bwc-dock-mount").exists()  # the helper's ExecStart
     rules = root / "etc/udev/rules.d/99-bwc-dock.rules"
     # generated from the installed config's [[camera]] profiles, not copied from the tree
     assert rules.read_text() == render_rules(load_config(root / "etc/bwc-dock/config.toml").camera)
@@ -128,8 +130,10 @@ def test_install_twice_is_idempotent_and_keeps_local_changes(source: Path, root:
     for state in ("var/lib/bwc-dock", "var/lib/bwc-dock/staging", "var/lib/bwc-dock/mounts"):
         assert mode(root / state) == 0o750, state
     wants = root / "etc/systemd/system/multi-user.target.wants/bwc-dock.service"
+    socket_wants = root / "etc/systemd/system/sockets.target.wants/bwc-dock-mount.socket"
     if shutil.which("systemctl"):
         assert os.readlink(wants) == "/etc/systemd/system/bwc-dock.service"
+        assert os.readlink(socket_wants) == "/etc/systemd/system/bwc-dock-mount.socket"
     exfat_link = root / "sbin/mount.exfat"
     if not kernel_has_exfat() and Path("/sbin/mount.exfat-fuse").exists():
         assert os.readlink(exfat_link) == "mount.exfat-fuse"
@@ -185,12 +189,27 @@ def test_installed_unit_verifies_against_the_installed_program(root: Path, tmp_p
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
+def test_installed_helper_unit_verifies_against_the_installed_helper(
+    root: Path, tmp_path: Path
+) -> None:
+    """systemd-analyze verify accepts the installed mount helper unit run by its installed
+    console script (the venv really has bwc-dock-mount)."""
+    realparts.need_command("systemd-analyze")
+    program = root / "opt/bwc-dock/venv/bin/bwc-dock-mount"
+    installed_unit = (root / "etc/systemd/system/bwc-dock-mount.service").read_text()
+    result = verify(helper_with_program(tmp_path, program, installed_unit))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
 def test_uninstall_keeps_evidence_unless_purged_and_forced(source: Path, root: Path) -> None:
     """Uninstall keeps config and state; --purge refuses while staging holds files."""
     (root / "var/lib/bwc-dock/staging/7.MP4").write_bytes(b"not uploaded yet")
     removed = run(source, "uninstall", root)
     assert removed.returncode == 0, removed.stderr
     for gone in ("opt/bwc-dock", "etc/systemd/system/bwc-dock.service",
+                 "etc/systemd/system/bwc-dock-mount.socket",
+                 "etc/systemd/system/bwc-dock-mount.service",
+                 "etc/systemd/system/sockets.target.wants/bwc-dock-mount.socket",
                  "etc/udev/rules.d/99-bwc-dock.rules", "etc/modules-load.d/bwc-dock.conf",
                  "usr/local/bin/bwc-dock",
                  "etc/systemd/system/multi-user.target.wants/bwc-dock.service",

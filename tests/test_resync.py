@@ -6,14 +6,17 @@ Real parts: the SQLite ledger file, staging and the central-storage folder on di
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from tests.dock import Dock, central_objects, make_camera, sha256_of, wait_until
+from tests.realparts import need_command, need_root
 
 
 def ledger_rows(dock: Dock) -> list[str]:
@@ -150,7 +153,7 @@ def test_lost_staged_copy_is_adopted_and_unknown_files_are_quarantined(dock: Doc
     first = clips[0]
     staged = dock.staging_dir / "clips" / f"{first['id']:08d}"
     saved = dock.root / "saved.bin"
-    saved.write_bytes((staged / Path(first["remote_key"]).name.split("_", 1)[1]).read_bytes())
+    saved.write_bytes((staged / Path(first["source_path"]).name).read_bytes())
     mark_purged(dock, first["id"])
     lost = dock.staging_dir / "clips" / "restored" / "copy.bin"
     lost.parent.mkdir(parents=True)
@@ -189,27 +192,110 @@ def test_damaged_staged_copy_is_read_again_from_the_docked_camera(dock: Dock) ->
     assert sha256_of(dock.nas / after["remote_key"]) == clip["sha256"]
 
 
-def test_quarantined_clip_with_a_good_staged_copy_is_released(dock: Dock) -> None:
-    """Other bytes under the clip's key quarantine it; resync removes them and uploads."""
+def squat_on_the_key(dock: Dock) -> tuple[dict[str, Any], Path, Path]:
+    """A clip quarantined because other bytes sit under its content key: (the clip, the
+    squatted key's path, where resync keeps the other bytes)."""
     camera = dock.root / "card"
     clip_path = camera / "DCIM" / "100BWC" / "A.MP4"
     clip_path.parent.mkdir(parents=True)
     clip_path.write_bytes(b"the evidence")
     os.utime(clip_path, (1_700_000_000, 1_700_000_000))  # recorded 2023-11-14 UTC
     [clip] = offload(dock, camera, "X1", wait=False)
-    squatter = dock.nas / "X1" / "2023" / "11" / "14" / f"{clip['id']}_A.MP4"
+    key = f"X1/2023/11/14/A.{hashlib.sha256(b'the evidence').hexdigest()[:16]}.MP4"
+    squatter = dock.nas / key
     squatter.parent.mkdir(parents=True)
     squatter.write_bytes(b"not the evidence")
-    dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait", check=False)
-    assert dock.clips()[0]["state"] == "quarantined"
+    aside = dock.nas / "_conflicts" / f"{key}.{hashlib.sha256(b'not the evidence').hexdigest()}"
+    ingest = dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait", check=False)
+    assert ingest.returncode == 1
+    [quarantined] = dock.clips()
+    assert quarantined["state"] == "quarantined"
+    assert "tampering or corruption" in quarantined["last_error"]
+    assert hashlib.sha256(b"not the evidence").hexdigest() in quarantined["last_error"]
+    return clip, squatter, aside
+
+
+def test_quarantined_clip_keeps_the_other_bytes_aside_then_is_released(dock: Dock) -> None:
+    """Other bytes under the clip's key quarantine it; resync copies them to _conflicts/
+    (audited), then removes them from the key and uploads the evidence."""
+    clip, squatter, aside = squat_on_the_key(dock)
 
     report = resync(dock)
 
     assert [a["kind"] for a in report["actions"]] == ["quarantined"]
     assert dock.clips()[0]["state"] == "uploaded"
     assert squatter.read_bytes() == b"the evidence"
+    assert aside.read_bytes() == b"not the evidence"
     events = _audit_events(dock, clip["id"])
-    assert "central.wrong_object_removed" in events
+    assert events.index("object.conflict_kept") < events.index("central.wrong_object_removed")
+    [kept] = _audit_details(dock, clip["id"], "object.conflict_kept")
+    assert kept == {
+        "key": str(squatter.relative_to(dock.nas)),
+        "their_sha256": hashlib.sha256(b"not the evidence").hexdigest(),
+        "expected": clip["sha256"],
+        "aside_key": str(aside.relative_to(dock.nas)),
+    }
+    assert dock.cli("audit", "verify").returncode == 0
+
+
+def test_a_store_that_refuses_to_remove_the_other_bytes_leaves_the_clip_unrepairable(
+    dock: Dock,
+) -> None:
+    """Where the store will not delete (immutable, as under Object Lock), resync keeps the
+    other bytes aside, removes nothing and reports the clip as unrepairable (exit 1)."""
+    need_root()
+    chattr = need_command("chattr")
+    clip, squatter, aside = squat_on_the_key(dock)
+    subprocess.run([chattr, "+i", str(squatter)], check=True)
+    try:
+        report = resync(dock, expect=1)
+    finally:
+        subprocess.run([chattr, "-i", str(squatter)], check=True)
+
+    [problem] = report["unrepairable"]
+    assert problem["clip_id"] == clip["id"]
+    assert "tampering or corruption" in problem["problem"]
+    assert "refuses to remove" in problem["problem"]
+    assert squatter.read_bytes() == b"not the evidence"
+    assert aside.read_bytes() == b"not the evidence"
+    assert dock.clips()[0]["state"] == "quarantined"
+    assert "central.wrong_object_removed" not in _audit_events(dock, clip["id"])
+
+
+def test_a_wrong_object_under_an_uploaded_clips_key_is_kept_aside_not_deleted(
+    dock: Dock,
+) -> None:
+    """Central bytes flipped under an uploaded clip's key: resync keeps them under
+    _conflicts/<key>.<their sha256> before it uploads the evidence again."""
+    camera = dock.root / "card"
+    make_camera(camera, [3000, 4000], sidecars=False)
+    clips = offload(dock, camera, "X1")
+    flipped = dock.nas / clips[0]["remote_key"]
+    data = bytearray(flipped.read_bytes())
+    data[100] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    their_sha256 = hashlib.sha256(data).hexdigest()
+
+    report = resync(dock)
+
+    assert report["ok"] and report["uploaded"] == 1
+    assert sha256_of(flipped) == clips[0]["sha256"]
+    kept = dock.nas / "_conflicts" / f"{clips[0]['remote_key']}.{their_sha256}"
+    assert kept.read_bytes() == bytes(data)
+    [requeue] = [e for e in report["plan"] if e["repair"] == "requeue"]
+    [planned] = requeue["keep_aside_first"]
+    assert planned["aside_key"] == f"_conflicts/{clips[0]['remote_key']}.{their_sha256}"
+
+
+def _audit_details(dock: Dock, clip_id: int, event: str) -> list[dict[str, Any]]:
+    with sqlite3.connect(dock.ledger_path) as connection:
+        return [
+            json.loads(row[0])
+            for row in connection.execute(
+                "SELECT details FROM audit_log WHERE clip_id = ? AND event = ? ORDER BY id",
+                (clip_id, event),
+            )
+        ]
 
 
 def _audit_events(dock: Dock, clip_id: int) -> list[str]:

@@ -47,7 +47,7 @@ def test_ingest_to_s3_stores_every_clip_with_its_hash_and_manifest(
         head = seaweedfs.client().head_object(Bucket=s3_bucket, Key=key)
         assert head["Metadata"]["sha256"] == clip["sha256"]
         manifest = json.loads(seaweedfs.client().get_object(
-            Bucket=s3_bucket, Key=key + ".json")["Body"].read())
+            Bucket=s3_bucket, Key="bwc/" + dock.manifest_key(clip))["Body"].read())
         assert manifest["sha256"] == clip["sha256"]
         for sidecar in clip["sidecars"]:
             assert _object_sha256(seaweedfs, s3_bucket, "bwc/" + sidecar["remote_key"]) == (

@@ -429,3 +429,29 @@ def test_folder_write_failing_for_space_leaves_no_part_behind(
     with pytest.raises(TransientStorageError):
         backend.put_file("cam1/clip.mp4", clip, sha256, 256 * 1024, {})
     assert sorted(path.name for path in full_folder.rglob("*") if path.is_file()) == ["filler"]
+
+
+@pytest.mark.realparts
+def test_s3_copy_above_the_single_copy_limit_is_a_multipart_copy(
+    seaweedfs: SeaweedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 only: an object above the single-copy limit (5 GiB on AWS, lowered here so a
+    test can reach it) is copied by parts; the copy reads back with the source's hash
+    and no unfinished upload is left."""
+    for name, value in seaweedfs.environment().items():
+        monkeypatch.setenv(name, value)
+    bucket = seaweedfs.create_bucket()
+    backend = S3Backend.from_config(seaweedfs.storage_config(bucket))
+    backend.single_copy_limit = 5 * MIB
+    try:
+        clip, sha256 = make_clip(tmp_path, LARGE)
+        backend.put_file(KEY, clip, sha256, LARGE, {})
+        copied = backend.copy_object(KEY, "conflicts/" + KEY)
+        assert (copied.size, copied.sha256) == (LARGE, sha256)
+        client = seaweedfs.client()
+        head = client.head_object(Bucket=bucket, Key="conflicts/" + KEY)
+        assert "-" in head["ETag"]  # assembled from parts, not one CopyObject
+        assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        assert backend.copy_object(KEY, "conflicts/" + KEY).sha256 == sha256
+    finally:
+        backend.close()

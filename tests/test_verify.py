@@ -6,6 +6,7 @@ Real parts: the SQLite ledger, staging and the central-storage folder on disk, t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -151,7 +152,9 @@ def test_on_seaweedfs_deleted_and_corrupted_objects_are_found_and_repaired(
     clips = offloaded(dock, [5000, 6000, 7000])
     client = seaweedfs.client()
     client.delete_object(Bucket=s3_bucket, Key="bwc/" + clips[0]["remote_key"])
-    client.put_object(Bucket=s3_bucket, Key="bwc/" + clips[1]["remote_key"], Body=b"forged")
+    # other bytes that claim the evidence's hash in their metadata: a claim never counts
+    client.put_object(Bucket=s3_bucket, Key="bwc/" + clips[1]["remote_key"], Body=b"forged",
+                      Metadata={"sha256": clips[1]["sha256"]})
 
     report = verify(dock, "--remote", expect=1)
     assert {(m["clip_id"], m["problem"]) for m in report["mismatches"]} == {
@@ -160,6 +163,9 @@ def test_on_seaweedfs_deleted_and_corrupted_objects_are_found_and_repaired(
     }
     dock.cli("resync")
     assert verify(dock, "--remote", expect=0)["remote_checked"] == 3
+    forged_sha256 = hashlib.sha256(b"forged").hexdigest()
+    kept = f"bwc/_conflicts/{clips[1]['remote_key']}.{forged_sha256}"
+    assert client.get_object(Bucket=s3_bucket, Key=kept)["Body"].read() == b"forged"
     assert dock.cli("audit", "verify", "--remote").returncode == 0
 
     download = dock.root / "download"

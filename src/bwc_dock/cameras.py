@@ -3,8 +3,10 @@ assignment (from the command line or a CSV file) and the documents ``cameras`` p
 
 An assignment is an audit event (``camera.assigned``), so the history of who carried
 a camera is hash-chained with the evidence; the ledger keeps it
-(:mod:`bwc_dock.ledger.assignments`). The officer of a clip is the one assigned when the
-clip was *recorded*, not whoever holds the camera at upload time.
+(:mod:`bwc_dock.ledger.assignments`). A back-dated one that would change the officer of
+clips already delivered is refused unless forced (then audited with the clips). The
+officer of a clip is the one assigned when the clip was *recorded*, not whoever holds
+the camera at upload time.
 """
 
 from __future__ import annotations
@@ -16,15 +18,22 @@ from pathlib import Path
 
 from bwc_dock.errors import UsageError
 from bwc_dock.ledger import Ledger
-from bwc_dock.ledger.assignments import ASSIGNED_EVENT, Assignment
+from bwc_dock.ledger.assignments import (
+    ASSIGNED_EVENT,
+    REATTRIBUTED_EVENT,
+    Assignment,
+    Reattribution,
+)
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.ledger.snapshots import CameraInfo
 from bwc_dock.scanner import safe_name
 
 __all__ = [
     "ASSIGNED_EVENT",
+    "REATTRIBUTED_EVENT",
     "Assignment",
     "CameraInfo",
+    "Reattribution",
     "assign",
     "camera_documents",
     "checked_assignment",
@@ -53,9 +62,12 @@ def checked_assignment(serial: str, officer_id: str, assigned_at: datetime | Non
     return Assignment(serial, officer_id, when.astimezone(UTC))
 
 
-def assign(ledger: Ledger, assignments: Sequence[Assignment]) -> None:
-    """Record every assignment in one transaction: all of a CSV file, or none of it."""
-    ledger.assign_cameras(assignments)
+def assign(
+    ledger: Ledger, assignments: Sequence[Assignment], *, force: bool = False
+) -> list[Reattribution]:
+    """Record every assignment in one transaction: all of a CSV file, or none of it.
+    One that would re-attribute clips already delivered is refused unless ``force``."""
+    return ledger.assign_cameras(assignments, force=force)
 
 
 def read_assignments_csv(path: Path) -> list[Assignment]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import re
 import socket
+import string
 import tomllib
-from datetime import time
+from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +40,14 @@ DEFAULT_CLIP_GLOBS = (
     "**/*.wmv",
 )
 DEFAULT_SIDECAR_GLOBS = ("*",)
-DEFAULT_KEY_TEMPLATE = "{camera}/{recorded:%Y/%m/%d}/{clip_id}_{name}"
+# Content-addressed: built only from what every dock agrees on, so the same content from
+# the same camera has the same key at every dock and different content never shares one.
+DEFAULT_KEY_TEMPLATE = "{camera}/{recorded:%Y/%m/%d}/{stem}.{sha16}{ext}"
+# Fields a key_template may use; the last two are dock-local (not fleet-safe).
+KEY_FIELDS = ("camera", "recorded", "name", "stem", "ext", "sha256", "sha16", "clip_id", "dock")
+CONTENT_FIELDS = frozenset({"sha256", "sha16"})
+DOCK_LOCAL_FIELDS = frozenset({"clip_id", "dock"})
+_SAMPLE_SHA256 = "0" * 64
 _USB_ID = re.compile(r"^(0x)?[0-9a-f]{1,4}$", re.IGNORECASE)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -104,6 +112,14 @@ class StorageConfig(_Section):
     retry_max_seconds: float = Field(default=600.0, gt=0)
     permanent_error_backoff_seconds: float = Field(default=900.0, gt=0)
 
+    @field_validator("key_template")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        problem = key_template_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _backend_keys(self) -> StorageConfig:
         if self.backend == "file" and self.path is None:
@@ -113,6 +129,60 @@ class StorageConfig(_Section):
         if self.object_lock_mode and not self.object_lock_days:
             raise ValueError("object_lock_days: required with object_lock_mode")
         return self
+
+
+def key_template_fields(template: str) -> set[str]:
+    """The field names a key template uses (``{recorded:%Y}`` -> ``recorded``)."""
+    fields = set()
+    for _text, field_name, _spec, _conversion in string.Formatter().parse(template):
+        if field_name is not None:
+            fields.add(re.split(r"[.\[]", field_name, maxsplit=1)[0])
+    return fields
+
+
+def key_template_problem(template: str) -> str | None:
+    """Why ``template`` cannot make keys (an unknown field, a bad format); None if it can."""
+    try:
+        fields = key_template_fields(template)
+    except ValueError as error:
+        return f"not a valid template: {error}"
+    unknown = sorted(fields - set(KEY_FIELDS))
+    if unknown:
+        return (
+            f"unknown field(s) {', '.join('{' + name + '}' for name in unknown)}; "
+            f"known: {', '.join('{' + name + '}' for name in KEY_FIELDS)}"
+        )
+    sample = {name: "x" for name in KEY_FIELDS} | {
+        "recorded": datetime(2026, 11, 24, 8, 15, tzinfo=UTC),
+        "sha256": _SAMPLE_SHA256,
+        "sha16": _SAMPLE_SHA256[:16],
+        "clip_id": 1,
+    }
+    try:
+        key = template.format(**sample)
+    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as error:
+        return f"not a valid template: {error}"
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        return f"makes keys with an empty, '.' or '..' part (e.g. {key!r})"
+    return None
+
+
+def key_template_risks(template: str) -> list[str]:
+    """Why keys from ``template`` are not fleet-safe (docks sharing one store)."""
+    fields = key_template_fields(template)
+    risks = []
+    if not fields & CONTENT_FIELDS:
+        risks.append(
+            "has no {sha16} or {sha256} field: different content can get the same key "
+            "at two docks (or after a camera is cleared), and the second is quarantined"
+        )
+    local = sorted(fields & DOCK_LOCAL_FIELDS)
+    if local:
+        risks.append(
+            f"uses dock-local field(s) {', '.join('{' + name + '}' for name in local)}: the "
+            "same clip offloaded at two docks is stored twice, under two keys"
+        )
+    return risks
 
 
 class SourcesConfig(_Section):

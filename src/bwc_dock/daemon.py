@@ -364,12 +364,15 @@ class Daemon(SourceListener):
         return None
 
     def purge_staging(self) -> int:
-        """Delete staged copies of uploaded clips once past retention, or at once while
-        copying waits for space: they are verified in central storage already."""
-        cutoff = utc_now()
-        if not self.staging.paused:
-            cutoff -= timedelta(hours=self.config.dock.staged_retention_hours)
-        return self.staging.purge_uploaded(self.ledger, cutoff)
+        """Delete staged copies of uploaded clips once past retention; while copying waits
+        for space, also younger ones (verified in central storage already), but only as
+        many as the waiting clip needs: one clip must not empty staging."""
+        now = utc_now()
+        retention = timedelta(hours=self.config.dock.staged_retention_hours)
+        purged = self.staging.purge_uploaded(self.ledger, now - retention)
+        if self.staging.paused:
+            purged += self.staging.make_room(self.ledger, now)
+        return purged
 
     def status_line(self, counts: dict[str, int] | None = None) -> str:
         counts = self.ledger.counts_by_state() if counts is None else counts

@@ -6,13 +6,10 @@ none, it copies (and with ``--wait`` uploads) itself. It never writes to the fol
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +19,7 @@ from bwc_dock.config import Config
 from bwc_dock.copier import StagingArea
 from bwc_dock.errors import UsageError
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
-from bwc_dock.ledger.leases import current_owner
+from bwc_dock.ledger.leases import current_owner, heartbeat_alive
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.ledger.states import PENDING_STATES
 from bwc_dock.scanner import ScanResult
@@ -35,21 +32,12 @@ from bwc_dock.wiring import Stages
 log = structlog.get_logger(__name__)
 
 POLL_SECONDS = 0.5
+# A hand-run copy waiting for staging space gives up when nothing moved for this long.
+STALL_SECONDS = 60.0
 
 
 def daemon_alive(ledger: Ledger, heartbeat_seconds: float) -> bool:
-    beat = ledger.heartbeat()
-    if beat is None or beat.pid == 0:
-        return False
-    fresh = utc_now() - beat.beat_at < timedelta(seconds=max(15.0, 3 * heartbeat_seconds))
-    if fresh and beat.host == socket.gethostname():
-        try:
-            os.kill(beat.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-    return fresh
+    return heartbeat_alive(ledger.heartbeat(), heartbeat_seconds)
 
 
 @dataclass
@@ -106,10 +94,15 @@ def ingest_folder(
             stages = Stages(config, ledger, backend)
             uploader = stages.uploader(current_owner("ingest-uploader"))
             if wait:
-                _copy_while_uploading(stages, docking_id, uploader, clip_ids, deadline, progress)
+                stopped = _copy_while_uploading(
+                    stages, docking_id, uploader, clip_ids, deadline, progress
+                )
             else:
-                _copy_all(stages, docking_id, uploader, progress)
+                stopped = _copy_all(stages, docking_id, uploader, progress, deadline)
                 ledger.end_docking(docking_id, "ingest copied")
+            if stopped is not None:
+                log.error("ingest.stopped", docking=docking_id, reason=stopped)
+                report.problems.append(stopped)
         finally:
             backend.close()
     return _summarise(ledger, clip_ids, report, wait)
@@ -148,9 +141,10 @@ def _copy_while_uploading(
     clip_ids: list[int],
     deadline: float,
     progress: ProgressSink | None,
-) -> None:
+) -> str | None:
     """Copy the folder in this thread while a second one uploads what is staged: clip N
-    goes to central storage while clip N+1 is read off the camera, as in the daemon."""
+    goes to central storage while clip N+1 is read off the camera, as in the daemon.
+    What _copy_all says (why copying stopped short, or None)."""
     handoff = _Handoff()
     failures: list[Exception] = []
 
@@ -164,7 +158,9 @@ def _copy_while_uploading(
     uploading = threading.Thread(target=upload, name="ingest-uploader", daemon=True)
     uploading.start()
     try:
-        _copy_all(stages, docking_id, uploader, progress, on_staged=handoff.staged.set)
+        stopped = _copy_all(
+            stages, docking_id, uploader, progress, deadline, on_staged=handoff.staged.set
+        )
         stages.ledger.end_docking(docking_id, "ingest copied")
     except BaseException:
         handoff.abandoned.set()  # the upload in progress finishes; no new one starts
@@ -175,6 +171,7 @@ def _copy_while_uploading(
         uploading.join()
     if failures:
         raise failures[0]
+    return stopped
 
 
 def _copy_all(
@@ -182,32 +179,46 @@ def _copy_all(
     docking_id: int,
     uploader: Uploader,
     progress: ProgressSink | None,
+    deadline: float,
     on_staged: Callable[[], None] | None = None,
-) -> None:
+) -> str | None:
+    """Copy every clip of the docking; None when done, else why copying stopped short:
+    staging stayed full with nothing to upload or purge, or the deadline passed."""
     ledger, staging = stages.ledger, stages.staging
     cancel = threading.Event()
     copier = stages.copier(current_owner("ingest-copier"), on_staged)
     total = len(ledger.clips(docking_id=docking_id))
     done = 0
+    last_progress = time.monotonic()
     while True:
         # verifying clip N from disk overlaps reading clip N+1, as in the daemon
         if copier.copy_next(cancel, docking_id, verify_in_background=True):
             done += 1
+            last_progress = time.monotonic()
             if progress:
                 progress.update(done, total, "copying")
             continue
-        if staging.paused:
-            _make_room(ledger, staging, uploader)
-            continue
-        break
+        if not staging.paused:
+            return None
+        if _make_room(ledger, staging, uploader):
+            last_progress = time.monotonic()
+        now = time.monotonic()
+        if now - last_progress >= STALL_SECONDS or now >= deadline:
+            return (
+                f"staging full: the next clip needs {staging.shortfall_bytes()} B more and "
+                f"nothing was copied, uploaded or purged for {now - last_progress:.0f} s "
+                f"(free {staging.free_bytes()} B, reserve {staging.reserve_bytes} B); "
+                "free space in staging or run the daemon, then ingest again"
+            )
 
 
-def _make_room(ledger: Ledger, staging: StagingArea, uploader: Uploader) -> None:
-    """Staging is full and no daemon runs: upload a staged clip, then drop the staged
-    copies central storage already holds (retention gives way to space)."""
+def _make_room(ledger: Ledger, staging: StagingArea, uploader: Uploader) -> bool:
+    """Staging is full and no daemon runs: upload a staged clip, then drop as many staged
+    copies central storage already holds as the waiting clip needs (retention gives way
+    to space, and only that far). Whether any room was made."""
     if not uploader.upload_next():
         time.sleep(POLL_SECONDS)
-    staging.purge_uploaded(ledger, utc_now())
+    return staging.make_room(ledger, utc_now()) > 0
 
 
 def _upload_all(

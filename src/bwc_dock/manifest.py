@@ -1,12 +1,20 @@
-"""Remote keys and the JSON manifest stored beside every clip.
+"""Remote keys and the JSON custody records (manifests) stored beside every clip.
 
-Keys come from the configured template and ledger values only (camera serial
-sanitised, ledger id, sanitised name); nothing from a camera path reaches a key.
+Keys come from the configured template and ledger values only (camera serial and file
+name sanitised, recording time, SHA-256); nothing from a camera path reaches a key. The
+default template is content-addressed, so every dock of a fleet gives the same content
+from the same camera the same key (DESIGN, "Identity, paths, keys").
+
+Each offload leaves its own manifest, ``{clip_key}.{dock}.clip-{clip_id}.json``: the
+dock and its ledger id name the offload, so no dock ever writes over another's record,
+and a dock's record is written once (create-only).
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +24,8 @@ from bwc_dock.ledger import ClipWork
 from bwc_dock.scanner import safe_name
 
 MANIFEST_SUFFIX = ".json"
+MANIFEST_SCHEMA = "bwc-dock/manifest/1"
+SHORT_SHA256 = 16  # hex digits of the SHA-256 in the {sha16} key field
 
 
 @dataclass(frozen=True)
@@ -23,18 +33,66 @@ class KeyTemplate:
     template: str
     dock_id: str
 
-    def key(self, work: ClipWork, name: str | None = None) -> str:
+    def key(self, work: ClipWork, name: str | None = None, sha256: str | None = None) -> str:
+        """The key of the clip, or of its sidecar ``name`` whose hash is ``sha256``:
+        a sidecar takes the clip's camera and recording time, its own name and hash."""
+        if name is None:
+            name, sha256 = work.name, work.sha256
+        if sha256 is None:
+            raise ValueError(f"clip {work.id}: {name} has no SHA-256 yet; it has no key")
+        stem, extension = posixpath.splitext(name)
         return self.template.format(
             camera=safe_name(work.camera_serial.encode()),
             recorded=work.recorded_at,
+            name=name,
+            stem=stem,
+            ext=extension,
+            sha256=sha256,
+            sha16=sha256[:SHORT_SHA256],
             clip_id=work.id,
-            name=name or work.name,
             dock=safe_name(self.dock_id.encode()),
         )
 
 
-def manifest_key(clip_key: str) -> str:
+def manifest_key(clip_key: str, dock_id: str, clip_id: int) -> str:
+    """The key of one offload's custody record: beside the clip object, named by the
+    dock and that dock's ledger id of the clip (unique per offload together)."""
+    return f"{clip_key}.{safe_name(dock_id.encode())}.clip-{clip_id}{MANIFEST_SUFFIX}"
+
+
+def legacy_manifest_key(clip_key: str) -> str:
+    """Where releases before per-offload records put a clip's manifest."""
     return clip_key + MANIFEST_SUFFIX
+
+
+def own_manifest_pattern(dock_id: str) -> re.Pattern[str]:
+    """Matches this dock's manifest keys; groups ``clip_key`` and ``clip_id``."""
+    dock = re.escape(safe_name(dock_id.encode()))
+    return re.compile(
+        rf"^(?P<clip_key>.+)\.{dock}\.clip-(?P<clip_id>[0-9]+){re.escape(MANIFEST_SUFFIX)}$"
+    )
+
+
+@dataclass(frozen=True)
+class ManifestIdentity:
+    """What names the offload a manifest records."""
+
+    dock: str
+    clip_id: int
+    sha256: str
+
+
+def manifest_identity(content: bytes) -> ManifestIdentity | None:
+    """The dock, clip id and hash a stored manifest records; None if it is none of ours."""
+    try:
+        document = json.loads(content)
+        if not isinstance(document, dict) or document.get("schema") != MANIFEST_SCHEMA:
+            return None
+        return ManifestIdentity(
+            str(document["dock"]), int(document["clip_id"]), str(document["sha256"])
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def build_manifest(
@@ -48,10 +106,11 @@ def build_manifest(
     audit_head: tuple[int, str],
 ) -> bytes:
     document: dict[str, Any] = {
-        "schema": "bwc-dock/manifest/1",
+        "schema": MANIFEST_SCHEMA,
         "clip_id": work.id,
         "camera": work.camera_serial,
         "dock": dock_id,
+        "docking_id": work.docking_id,
         "officer": officer_id,
         "original_path": work.source_path,
         "size": work.size,

@@ -15,6 +15,7 @@ drivers of a production dock and with the FUSE helpers found by mount's helper l
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -75,6 +77,7 @@ class MountInfo:
     fs_type: str
     source: str
     super_options: frozenset[str]  # filesystem-level options
+    device_number: str = ""  # "major:minor" of the filesystem (a block device's, or 0:N)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,27 @@ class MountedVolume:
 
 
 CommandRunner = Callable[[Sequence[str]], None]
+
+
+class VolumeMounter(Protocol):
+    """What the camera bays need from a mounter: :class:`Mounter` mounts directly (tests,
+    development machines), ``mount_protocol.HelperMounter`` asks the privileged mount
+    helper (the installed service, which holds no privilege to mount)."""
+
+    mount_dir: Path
+
+    def mount(
+        self, device: str, fs_type: str, name: str, profile_options: Sequence[str] = ()
+    ) -> MountedVolume: ...
+
+    def unmount(self, volume: MountedVolume, *, lazy: bool = False) -> None: ...
+
+    def unmount_point(self, mount_point: Path, *, lazy: bool = False) -> None: ...
+
+    def cleanup_stale_mounts(self) -> list[Path]: ...
+
+    def writable(self, volume: MountedVolume) -> contextlib.AbstractContextManager[MountedVolume]:
+        ...
 
 
 def run_command(arguments: Sequence[str]) -> None:
@@ -126,6 +150,7 @@ def parse_mountinfo_line(line: str) -> MountInfo:
         fs_type=fields[separator + 1],
         source=_unescape(fields[separator + 2]),
         super_options=frozenset(fields[separator + 3].split(",")),
+        device_number=fields[2],
     )
 
 
@@ -236,23 +261,35 @@ class Mounter:
         read-write, and the other way round afterwards. If going back to read-only fails
         the volume is unmounted: a camera never stays mounted writable.
         """
-        writable = self._switch(volume, WRITABLE_FLAGS)
-        log.info("mount.writable", device=volume.device, mount_point=str(volume.mount_point))
+        writable = self.switch_mode(volume, writable=True)
         try:
             yield writable
         finally:
-            try:
-                self._switch(volume, SAFE_FLAGS)
-            except MountError:
-                log.error(
-                    "mount.read_only_restore_failed",
-                    device=volume.device,
-                    mount_point=str(volume.mount_point),
-                    exc_info=True,
-                )
-                self._discard(volume.mount_point)
-                raise
-            log.info("mount.read_only", device=volume.device, mount_point=str(volume.mount_point))
+            self.switch_mode(volume, writable=False)
+
+    def switch_mode(self, volume: MountedVolume, *, writable: bool) -> MountedVolume:
+        """Make ``volume`` writable (to clear it) or read-only again, and prove the flags.
+
+        If going back to read-only fails the volume is unmounted: a camera never stays
+        mounted writable. (The mount helper calls this once per step of ``writable``.)
+        """
+        if writable:
+            switched = self._switch(volume, WRITABLE_FLAGS)
+            log.info("mount.writable", device=volume.device, mount_point=str(volume.mount_point))
+            return switched
+        try:
+            switched = self._switch(volume, SAFE_FLAGS)
+        except MountError:
+            log.error(
+                "mount.read_only_restore_failed",
+                device=volume.device,
+                mount_point=str(volume.mount_point),
+                exc_info=True,
+            )
+            self._discard(volume.mount_point)
+            raise
+        log.info("mount.read_only", device=volume.device, mount_point=str(volume.mount_point))
+        return switched
 
     # -- internals -------------------------------------------------------------------------
 

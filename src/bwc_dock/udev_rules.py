@@ -16,8 +16,10 @@ import subprocess
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bwc_dock.config import CameraProfile
+if TYPE_CHECKING:  # annotations only: `bwc-dock --help` must not load pydantic
+    from bwc_dock.config import CameraProfile
 
 # udev has no escapes inside a match string and treats *?[ as a pattern: a label outside
 # this set is left out of the rule (the tag is then broader; the daemon still decides).

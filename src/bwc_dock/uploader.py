@@ -19,7 +19,7 @@ from pathlib import Path
 import structlog
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from bwc_dock.config import StorageConfig
+from bwc_dock.config import CONTENT_FIELDS, StorageConfig, key_template_fields
 from bwc_dock.custody import write_docking_sums
 from bwc_dock.errors import (
     IntegrityError,
@@ -33,7 +33,13 @@ from bwc_dock.errors import (
 from bwc_dock.hashing import hash_file_from_disk
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.models import utc_now
-from bwc_dock.manifest import KeyTemplate, build_manifest, manifest_key
+from bwc_dock.manifest import (
+    KeyTemplate,
+    ManifestIdentity,
+    build_manifest,
+    manifest_identity,
+    manifest_key,
+)
 from bwc_dock.storage.base import ProgressCallback, StorageBackend
 
 log = structlog.get_logger(__name__)
@@ -62,6 +68,9 @@ class Uploader:
         self.config = storage_config
         self.owner = owner
         self.keys = KeyTemplate(storage_config.key_template, ledger.dock_id)
+        self.content_addressed = bool(
+            key_template_fields(storage_config.key_template) & CONTENT_FIELDS
+        )
         self.throttle = throttle
         self.on_permanent_error = on_permanent_error
         self._reported_permanent: set[str] = set()  # RefusalKind values
@@ -129,46 +138,58 @@ class Uploader:
         content is stored under already) and the manifest; then record ``uploaded``."""
         assert work.sha256 is not None and work.staged_path is not None
         folder = self.staging_root / work.staged_path
-        own_key = self.keys.key(work)
         metadata = {"sha256": work.sha256, "camera": work.camera_serial, "clip-id": str(work.id)}
         sidecar_keys: dict[int, str] = {}
         sidecar_remote: dict[int, tuple[str, str]] = {}
         for sidecar in work.sidecars:
             assert sidecar.sha256 is not None
-            key = self.keys.key(work, sidecar.name)
-            stored = self.backend.put_file(
-                key,
-                folder / sidecar.name,
-                sidecar.sha256,
-                sidecar.size,
+            key = self.keys.key(work, sidecar.name, sidecar.sha256)
+            confirmed_sidecar = self._put_evidence(
+                work, key, folder / sidecar.name, sidecar.sha256, sidecar.size,
                 {**metadata, "sha256": sidecar.sha256},
-                self.ledger.multipart_journal(key, work.id),
-                self.throttle,
             )
             sidecar_keys[sidecar.id] = key
-            sidecar_remote[sidecar.id] = (key, _confirmed(stored.sha256, sidecar.sha256, key))
+            sidecar_remote[sidecar.id] = (key, confirmed_sidecar)
         if stored_as is None:
-            stored = self.backend.put_file(
-                own_key,
-                folder / work.name,
-                work.sha256,
-                work.size,
-                metadata,
-                self.ledger.multipart_journal(own_key, work.id),
-                self.throttle,
+            clip_key = self.keys.key(work)
+            confirmed = self._put_evidence(
+                work, clip_key, folder / work.name, work.sha256, work.size, metadata
             )
-            clip_key, confirmed = own_key, _confirmed(stored.sha256, work.sha256, own_key)
         else:
             clip_key, confirmed = stored_as
             log.info("upload.duplicate", clip=work.id, original=work.duplicate_of, key=clip_key)
-        self._put_manifest(work, clip_key, sidecar_keys, manifest_key(own_key))
-        self.ledger.finish_upload(
-            work, self.owner, clip_key, confirmed, sidecar_remote, manifest_key(own_key)
-        )
+        record_key = manifest_key(clip_key, self.ledger.dock_id, work.id)
+        self._put_manifest(work, clip_key, sidecar_keys, record_key)
+        self.ledger.finish_upload(work, self.owner, clip_key, confirmed, sidecar_remote, record_key)
         self._write_docking_sums(work)
         log.info(
             "upload.done", clip=work.id, camera=work.camera_serial, sha256=confirmed, key=clip_key
         )
+
+    def _put_evidence(
+        self,
+        work: ClipWork,
+        key: str,
+        source: Path,
+        sha256: str,
+        size: int,
+        metadata: dict[str, str],
+    ) -> str:
+        """Store one staged file create-only; its confirmed SHA-256. The same content
+        already under the key (another dock, an earlier attempt) is a verified no-op."""
+        try:
+            stored = self.backend.put_file(
+                key,
+                source,
+                sha256,
+                size,
+                metadata,
+                self.ledger.multipart_journal(key, work.id),
+                self.throttle,
+            )
+        except StorageConflict as error:
+            raise content_conflict(self.backend, key, sha256, self.content_addressed) from error
+        return _confirmed(stored.sha256, sha256, key)
 
     def _write_docking_sums(self, work: ClipWork) -> None:
         """Anchor the docking in central storage once its last clip is there (rewriting the
@@ -185,6 +206,8 @@ class Uploader:
     def _put_manifest(
         self, work: ClipWork, clip_key: str, sidecar_keys: dict[int, str], key: str
     ) -> None:
+        """Write this offload's custody record once. One already there is accepted only
+        when it records this very offload (an attempt cut short before the ledger knew)."""
         officer, times = self.ledger.manifest_facts(work.id)
         document = build_manifest(
             work,
@@ -196,7 +219,19 @@ class Uploader:
             audit_head=self.ledger.audit_head(),
         )
         assert work.sha256 is not None
-        self.backend.put_bytes(key, document, {"clip-sha256": work.sha256}, replace=True)
+        try:
+            self.backend.put_bytes(key, document, {"clip-sha256": work.sha256}, replace=False)
+        except StorageConflict:
+            stored = self.backend.read_bytes(key)
+            identity = manifest_identity(stored) if stored is not None else None
+            if identity != ManifestIdentity(self.ledger.dock_id, work.id, work.sha256):
+                raise StorageConflict(
+                    f"{key}: central storage already holds another custody record under "
+                    f"this offload's manifest key ({_describe(identity)}; this offload: dock "
+                    f"{self.ledger.dock_id}, clip {work.id}, sha256 {work.sha256}): "
+                    "tampering or corruption; nothing was overwritten"
+                ) from None
+            log.info("upload.manifest_present", clip=work.id, key=key)
 
     def _original_copy(self, work: ClipWork) -> tuple[str, str] | None:
         """Same content from the same camera is stored once: the (key, sha256) of the
@@ -266,6 +301,35 @@ def _confirmed(stored_sha256: str | None, expected: str, key: str) -> str:
     if stored_sha256 is not None and stored_sha256 != expected:
         raise IntegrityError(f"{key}: storage confirmed {stored_sha256}, expected {expected}")
     return expected
+
+
+def content_conflict(
+    backend: StorageBackend, key: str, expected: str, content_addressed: bool = True
+) -> StorageConflict:
+    """The loud conflict for a key that holds other bytes than ``expected``: the stored
+    hash is read from the bytes themselves, never from a metadata claim."""
+    try:
+        stored: str | None = backend.read_sha256(key)
+    except StorageError as error:
+        log.warning("upload.conflict_unreadable", key=key, error=str(error))
+        stored = None
+    cause = (
+        "tampering or corruption"
+        if content_addressed
+        else "tampering or corruption, or another clip with the same key "
+        "(the key_template has no {sha16} or {sha256})"
+    )
+    return StorageConflict(
+        f"{key}: integrity conflict, central storage holds other content under this key "
+        f"(stored sha256 {stored or 'unreadable'}, expected sha256 {expected}): {cause}; "
+        "nothing was overwritten"
+    )
+
+
+def _describe(identity: ManifestIdentity | None) -> str:
+    if identity is None:
+        return "not a bwc-dock manifest"
+    return f"dock {identity.dock}, clip {identity.clip_id}, sha256 {identity.sha256}"
 
 
 def report_refusal_once(

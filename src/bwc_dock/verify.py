@@ -18,7 +18,7 @@ import structlog
 from bwc_dock.errors import StorageError
 from bwc_dock.hashing import hash_file_from_disk
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
-from bwc_dock.manifest import manifest_key
+from bwc_dock.manifest import legacy_manifest_key, manifest_key
 from bwc_dock.storage.base import StorageBackend
 
 log = structlog.get_logger(__name__)
@@ -103,23 +103,26 @@ def check_staged(staging_root: Path, work: ClipWork) -> list[Mismatch]:
     return mismatches
 
 
-def check_remote(backend: StorageBackend, work: ClipWork) -> list[Mismatch]:
-    """Download and hash every central object of the clip; check its manifest too."""
+def check_remote(backend: StorageBackend, work: ClipWork, dock_id: str) -> list[Mismatch]:
+    """Download and hash every central object of the clip (its bytes, never a metadata
+    claim); check this dock's manifest of it too."""
     mismatches = []
     for name, key, expected in remote_files(work):
         found = backend.read_sha256(key)
         if found != expected:
             problem = "missing" if found is None else "content differs from the ledger hash"
             mismatches.append(_mismatch(work, "central", name, key, expected, found, problem))
-    if work.duplicate_of is None:  # a duplicate points at its original's objects
-        mismatches.extend(_check_manifest(backend, work))
+    mismatches.extend(_check_manifest(backend, work, dock_id))
     return mismatches
 
 
-def _check_manifest(backend: StorageBackend, work: ClipWork) -> list[Mismatch]:
+def _check_manifest(backend: StorageBackend, work: ClipWork, dock_id: str) -> list[Mismatch]:
     assert work.remote_key is not None
-    key = manifest_key(work.remote_key)
+    key = manifest_key(work.remote_key, dock_id, work.id)
     content = backend.read_bytes(key)
+    if content is None and work.duplicate_of is None:
+        # uploaded by a release that kept one manifest per key: the record is there
+        content = backend.read_bytes(legacy_manifest_key(work.remote_key))
     if content is None:
         return [_mismatch(work, "central", "manifest", key, work.sha256, None, "missing")]
     try:
@@ -176,7 +179,7 @@ def verify(
             report.remote_checked += 1
             where.append("central")
             try:
-                found.extend(check_remote(backend, work))
+                found.extend(check_remote(backend, work, ledger.dock_id))
             except StorageError as error:
                 found.append(
                     _mismatch(

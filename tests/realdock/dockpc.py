@@ -20,7 +20,8 @@ BWC_DOCK = "/opt/bwc-dock/venv/bin/bwc-dock"  # the checks do not depend on PATH
 LEDGER = "/var/lib/bwc-dock/ledger.sqlite3"
 STAGING = "/var/lib/bwc-dock/staging"
 EVIDENCE = "/mnt/evidence"
-MOUNTS = "/var/lib/bwc-dock/mounts"
+# where bwc-dock-mount (the privileged mount helper) mounts cameras, in the host namespace
+MOUNTS = "/run/bwc-dock/cameras"
 OFFLOAD_TIMEOUT = 420.0
 
 # Run in the guest by its own python3: every file of one camera in central storage with
@@ -75,8 +76,9 @@ class DockPC:
         return wait_until(active, timeout=timeout, what="bwc-dock active (READY=1)", interval=2)
 
     def daemon_mounts(self) -> list[tuple[str, str, str]]:
-        """(mount point, options, source) of camera mounts in the daemon's own namespace
-        (the unit has PrivateMounts=yes: the host's mount table does not show them)."""
+        """(mount point, options, source) of camera mounts as the daemon's own namespace
+        sees them: the helper mounts in the host's namespace, and propagation brings them
+        into the daemon's (PrivateMounts=yes, ProtectSystem=strict)."""
         pid = self.main_pid()
         if pid == 0:
             return []
@@ -88,6 +90,15 @@ class DockPC:
             if fields[4].startswith(MOUNTS + "/"):
                 mounts.append((fields[4], fields[5], fields[separator + 2]))
         return mounts
+
+    def daemon_capabilities(self) -> dict[str, int]:
+        """CapEff, CapPrm, CapBnd and CapAmb of the daemon's main process, as numbers."""
+        status = self.machine.run(["cat", f"/proc/{self.main_pid()}/status"]).check().stdout
+        return {
+            key: int(value.strip(), 16)
+            for key, _, value in (line.partition(":") for line in status.splitlines())
+            if key in ("CapEff", "CapPrm", "CapBnd", "CapAmb")
+        }
 
     # -- the journal ---------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from tests.realdock.dockpc import BWC_DOCK, DockPC, new_dock_pc
 from tests.realdock.machine import MachineError, wait_until
 
 HARDENED_MOUNT_OPTIONS = {"ro", "nosuid", "nodev", "noexec"}
+CAP_SYS_ADMIN = 21  # linux/capability.h
 # Slow enough that a mount is still there to inspect, and that "mid-copy" lasts seconds
 # on any machine: QEMU throttles the camera's reads, the guest's speed does not matter.
 SLOW_CAMERA_BYTES_PER_SECOND = 192 * 1024
@@ -97,8 +98,9 @@ def test_enable_now_reports_ready_and_status(dock_pc: DockPC) -> None:
 def test_hotplugged_camera_is_mounted_hardened_and_offloaded(
     dock_pc: DockPC, camera_dir: Path, layout: str
 ) -> None:
-    """A camera hot-plugged after boot is mounted by the kernel's own driver, read-only,
-    nosuid, nodev, noexec in the daemon's namespace, and every file arrives exactly once."""
+    """A camera hot-plugged after boot is mounted by the mount helper with the kernel's own
+    driver, read-only, nosuid, nodev, noexec, seen in the daemon's namespace, while the
+    daemon holds no capability at all; every file arrives exactly once."""
     serial = HOTPLUG_SERIALS[layout]
     camera = make_camera(camera_dir, serial=serial, layout=layout)
     since = dock_pc.guest_now()
@@ -109,9 +111,20 @@ def test_hotplugged_camera_is_mounted_hardened_and_offloaded(
     mount_point, options, source = mounts[-1]
     assert set(options.split(",")) >= HARDENED_MOUNT_OPTIONS, (mount_point, options)
     expected_type = "exfat" if "exfat" in layout else "vfat"
-    fs_type = dock_pc.machine.run(["findmnt", "-N", str(dock_pc.main_pid()), "-n", "-o",
-                                   "FSTYPE", mount_point]).stdout.strip()
-    assert fs_type == expected_type, f"{source} mounted as {fs_type!r}, not the kernel driver"
+    # propagation may show the mount twice in the daemon's namespace (under /run, and in
+    # the writable bind of /run/bwc-dock that ProtectSystem=strict adds over it)
+    fs_types = set(dock_pc.machine.run(["findmnt", "-N", str(dock_pc.main_pid()), "-n", "-o",
+                                        "FSTYPE", mount_point]).stdout.split())
+    assert fs_types == {expected_type}, f"{source} mounted as {fs_types}, not the kernel driver"
+    # the helper mounted it in the host's namespace; the daemon, while reading that very
+    # mount, has no CAP_SYS_ADMIN (nor any capability) effective or in its bounding set
+    host = dock_pc.machine.run(["findmnt", "-n", "-o", "SOURCE", mount_point]).stdout.strip()
+    assert host == source, f"{mount_point} is not mounted in the host's namespace: {host!r}"
+    capabilities = dock_pc.daemon_capabilities()
+    assert capabilities["CapEff"] & (1 << CAP_SYS_ADMIN) == 0, capabilities
+    assert capabilities["CapBnd"] & (1 << CAP_SYS_ADMIN) == 0, capabilities
+    assert capabilities == {"CapEff": 0, "CapPrm": 0, "CapBnd": 0, "CapAmb": 0}, capabilities
+    assert dock_pc.daemon_mounts(), "the camera vanished from the daemon's namespace"
     if layout == "superfloppy-fat32":
         tags = dock_pc.machine.run(["udevadm", "info", "--query=property", f"--name={source}"])
         assert "BWC_CAMERA=1" in tags.stdout, f"udev rules did not tag the camera: {tags.stdout}"

@@ -1,9 +1,13 @@
-"""The ``bwc-dock`` group, its global options, the explicit list of commands, and ``main``."""
+"""The ``bwc-dock`` group, its global options, the explicit list of commands, and ``main``.
+
+Every command module imports only click and light bwc-dock modules at the top, so that
+``bwc-dock --help`` starts at once; what a command needs loads when it runs.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
-import traceback
 from itertools import pairwise
 
 import click
@@ -42,8 +46,14 @@ for command in COMMANDS:
     cli.add_command(command)
 
 
+# Files and folders the CLI creates (ledger, WAL, staging, state dirs) are for root and
+# the daemon alone, also when a supervisor runs a command by hand under umask 022.
+CLI_UMASK = 0o077
+
+
 def main() -> None:
     """Entry point: one line on stderr for every error, and the error's exit code."""
+    os.umask(CLI_UMASK)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Exit as done:
@@ -66,4 +76,6 @@ def main() -> None:
 def _debug_traceback() -> None:
     arguments = sys.argv[1:]
     if "--log-level=debug" in arguments or ("--log-level", "debug") in pairwise(arguments):
+        import traceback
+
         traceback.print_exc()

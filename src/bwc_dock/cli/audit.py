@@ -69,9 +69,8 @@ def _print_anchor_report(report: Any) -> None:
             err=True,
         )
     for problem in report.problems:
-        click.echo(
-            f"clip {problem.clip_id}: {problem.problem} (anchor {problem.manifest_key})", err=True
-        )
+        subject = f"clip {problem.clip_id}" if problem.clip_id is not None else "anchor"
+        click.echo(f"{subject}: {problem.problem} (anchor {problem.anchor_key})", err=True)
     if report.changed_at_or_before_row is not None:
         click.echo(
             "the local ledger was changed after the fact: at a row after "
@@ -80,8 +79,9 @@ def _print_anchor_report(report: Any) -> None:
         )
     if report.ok:
         click.echo(
-            f"audit chain ok: {report.local_rows} rows, {report.anchors_checked} anchors in "
-            f"central storage agree (rows after {report.newest_anchor_row} not anchored yet)"
+            f"audit chain ok: {report.local_rows} rows; this dock's {report.anchors_checked}"
+            f" manifests and {report.lists_checked} SHA256SUMS lists found in central storage"
+            f" agree (rows after {report.newest_anchor_row} not anchored yet)"
         )
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from bwc_dock.cli.context import Context, emit, hand_actor, pass_context
+from bwc_dock.cli.tables import Table, shown
+
+if TYPE_CHECKING:
+    from bwc_dock.ledger.assignments import Reattribution
 
 
 @click.group("cameras", invoke_without_command=True)
@@ -28,28 +32,32 @@ def cameras_group(click_context: click.Context, as_json: bool) -> None:
     if as_json:
         emit(documents)
         return
-    table = Table()
-    for column in ("serial", "profile", "officer", "last docked", "docked", "pending", "clips"):
-        table.add_column(column)
+    table = Table(("serial", "profile", "officer", "last docked", "docked", "pending", "clips"))
     for camera in documents:
         table.add_row(
-            str(camera["serial"]),
-            str(camera["profile"] or "-"),
-            str(camera["officer_id"] or "-"),
-            str(camera["last_docked_at"] or "-"),
+            camera["serial"],
+            camera["profile"],
+            camera["officer_id"],
+            camera["last_docked_at"],
             "yes" if camera["docked"] else "no",
-            str(camera["pending_clips"]),
-            str(camera["clips"]),
+            camera["pending_clips"],
+            camera["clips"],
         )
-    Console().print(table)
+    table.print()
+
+
+_FORCE_HELP = "also when it re-attributes clips already delivered (audited with their ids)"
 
 
 @cameras_group.command("assign")
 @click.argument("serial")
 @click.argument("officer_id")
 @click.option("--at", "assigned_at", metavar="TIME", help="when it was issued (default: now)")
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @pass_context
-def cameras_assign(context: Context, serial: str, officer_id: str, assigned_at: str | None) -> None:
+def cameras_assign(
+    context: Context, serial: str, officer_id: str, assigned_at: str | None, force: bool
+) -> None:
     """Record that camera SERIAL is issued to OFFICER_ID (an audit event)."""
     from bwc_dock.cameras import assign, checked_assignment  # lazy, as above
     from bwc_dock.custody import parse_moment
@@ -57,22 +65,34 @@ def cameras_assign(context: Context, serial: str, officer_id: str, assigned_at: 
     context.logging("warning")
     assignment = checked_assignment(serial, officer_id, parse_moment(assigned_at, "--at"))
     with context.ledger(hand_actor()) as ledger:
-        assign(ledger, [assignment])
+        reattributed = assign(ledger, [assignment], force=force)
     click.echo(
-        f"camera {assignment.serial} issued to {assignment.officer_id} "
+        f"camera {shown(assignment.serial)} issued to {shown(assignment.officer_id)} "
         f"from {assignment.assigned_at.isoformat()}"
     )
+    _echo_reattributed(reattributed)
 
 
 @cameras_group.command("import")
 @click.argument("csv_path", metavar="CSV", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @pass_context
-def cameras_import(context: Context, csv_path: Path) -> None:
+def cameras_import(context: Context, csv_path: Path, force: bool) -> None:
     """Assignments from a CSV file with columns serial,officer_id[,assigned_at]; all or none."""
     from bwc_dock.cameras import assign, read_assignments_csv  # lazy, as above
 
     context.logging("warning")
     assignments = read_assignments_csv(csv_path)
     with context.ledger(hand_actor()) as ledger:
-        assign(ledger, assignments)
+        reattributed = assign(ledger, assignments, force=force)
     click.echo(f"{len(assignments)} assignments recorded")
+    _echo_reattributed(reattributed)
+
+
+def _echo_reattributed(reattributed: Sequence[Reattribution]) -> None:
+    if reattributed:
+        ids = ", ".join(str(item.clip_id) for item in reattributed)
+        click.echo(
+            f"forced: {len(reattributed)} delivered clip(s) re-attributed ({ids}); "
+            "recorded in the audit log as camera.clips_reattributed"
+        )

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from bwc_dock.cli.context import Context, emit, hand_actor, iso, pass_context
+from bwc_dock.cli.tables import Table
 from bwc_dock.errors import BwcDockError
-from bwc_dock.ledger import ClipState, ClipWork
+from bwc_dock.ledger.states import ClipState
+
+if TYPE_CHECKING:
+    from bwc_dock.ledger import ClipWork
 
 
 @click.command()
@@ -33,30 +35,30 @@ def clips(
     prioritize_id: int | None,
 ) -> None:
     """The ledger's clips."""
-    context.logging("warning")
-    with context.ledger(hand_actor()) as ledger:
-        if prioritize_id is not None:
+    if prioritize_id is not None:
+        context.logging("warning")
+        with context.ledger(hand_actor()) as ledger:
             if not ledger.set_priority(prioritize_id, 100):
                 raise BwcDockError(f"no clip {prioritize_id}")
-            click.echo(f"clip {prioritize_id} will be uploaded first")
-            return
-        rows = [_clip_document(w) for w in ledger.clips(camera_serial, state)]
+        click.echo(f"clip {prioritize_id} will be uploaded first")
+        return
+    context.logging("warning", deferred=True)
+    with context.reader(hand_actor()) as reader:
+        rows = [_clip_document(w) for w in reader.clips(camera_serial, state)]
     if as_json:
         emit(rows)
         return
-    table = Table()
-    for column in ("id", "camera", "path", "size", "state", "sha256"):
-        table.add_column(column)
+    table = Table(("id", "camera", "path", "size", "state", "sha256"))
     for row in rows:
         table.add_row(
-            str(row["id"]),
+            row["id"],
             row["camera_serial"],
             row["source_path"],
-            str(row["size"]),
+            row["size"],
             row["state"],
             (row["sha256"] or "")[:16],
         )
-    Console().print(table)
+    table.print()
 
 
 def _clip_document(work: ClipWork) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """What every command shares: the configuration and ledger of this run, the hand-run
-actor, JSON output, progress bars."""
+actor, JSON output, progress bars.
+
+Imports stay lazy here and in every command module: ``bwc-dock --help`` loads click
+and nothing else, and ``status``/``clips`` load neither SQLAlchemy, alembic, structlog
+nor rich unless they need them (issue 12: IT staff run ``status`` in loops).
+"""
 
 from __future__ import annotations
 
@@ -8,35 +13,70 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bwc_dock.config import Config, load_config, resolve_config_path
-from bwc_dock.ledger import Ledger
-from bwc_dock.logs import configure_logging
-from bwc_dock.storage import StorageBackend, open_backend
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from bwc_dock.config import Config
+    from bwc_dock.ledger import ClipWork, Ledger
+    from bwc_dock.ledger.snapshots import DockingRecord, HeartbeatRecord
+    from bwc_dock.storage import StorageBackend
+
+
+class LedgerReader(Protocol):
+    """The read-only questions ``status`` and ``clips`` ask: answered by the
+    :class:`Ledger` facade or, much faster to start, by the quick sqlite3 reader."""
+
+    def heartbeat(self) -> HeartbeatRecord | None: ...
+    def counts_by_state(self) -> dict[str, int]: ...
+    def oldest_pending_at(self) -> datetime | None: ...
+    def active_dockings(self) -> list[DockingRecord]: ...
+    def clips(
+        self, camera_serial: str | None = None, state: str | None = None
+    ) -> list[ClipWork]: ...
 
 
 class Context:
     def __init__(self, config_option: str | None, log_level: str | None, log_format: str) -> None:
+        from bwc_dock.config import resolve_config_path  # light: pydantic loads with load_config
+
         self.config_path = resolve_config_path(config_option)
         self.log_level = log_level
         self.log_format = log_format
         self._config: Config | None = None
+        self._pending_log_level: str | None = None
 
     @property
     def config(self) -> Config:
         if self._config is None:
+            from bwc_dock.config import load_config
+
             self._config = load_config(self.config_path)
         return self._config
 
-    def logging(self, default_level: str) -> None:
+    def logging(self, default_level: str, *, deferred: bool = False) -> None:
+        """Configure logging now, or (``deferred``) only once the ledger facade or the
+        storage backend is opened: the quick read path loads no structlog at all."""
+        if deferred:
+            self._pending_log_level = self.log_level or default_level
+            return
+        from bwc_dock.logs import configure_logging
+
         configure_logging(self.log_level or default_level, self.log_format)
+        self._pending_log_level = None
+
+    def _configure_pending_logging(self) -> None:
+        if self._pending_log_level is not None:
+            self.logging(self._pending_log_level)
 
     @contextmanager
     def ledger(self, actor: str) -> Iterator[Ledger]:
+        from bwc_dock.ledger import Ledger
+
+        self._configure_pending_logging()
         ledger = Ledger.open(self.config, actor)
         try:
             yield ledger
@@ -44,7 +84,26 @@ class Context:
             ledger.close()
 
     @contextmanager
+    def reader(self, actor: str) -> Iterator[LedgerReader]:
+        """Read-only ledger questions: the quick sqlite3 reader when the ledger allows it
+        (SQLite, schema up to date), else the facade (which may migrate first)."""
+        from bwc_dock.ledger.quick import QuickReader
+
+        quick = QuickReader.open(self.config.ledger_url)
+        if quick is None:
+            with self.ledger(actor) as ledger:
+                yield ledger
+            return
+        try:
+            yield quick
+        finally:
+            quick.close()
+
+    @contextmanager
     def backend(self) -> Iterator[StorageBackend]:
+        from bwc_dock.storage import open_backend
+
+        self._configure_pending_logging()
         backend = open_backend(self.config)
         try:
             yield backend
@@ -93,6 +152,14 @@ def progress_bar() -> Iterator[ProgressBar | None]:
     if not sys.stdout.isatty():
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

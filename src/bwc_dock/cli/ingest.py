@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from bwc_dock.cli.context import Context, emit, hand_actor, pass_context, progress_bar
+from bwc_dock.cli.tables import shown
 from bwc_dock.errors import EXIT_PROBLEM, UsageError
 
 
@@ -21,7 +22,7 @@ from bwc_dock.errors import EXIT_PROBLEM, UsageError
     type=float,
     default=3600.0,
     show_default=True,
-    help="with --wait: give up waiting after this many seconds",
+    help="give up after this many seconds (copying stuck on a full staging, or --wait)",
 )
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
@@ -66,7 +67,7 @@ def ingest(
             + ", ".join(f"{n} {s}" for s, n in sorted(report.states.items()))
         )
         for problem in report.problems:
-            click.echo(f"problem: {problem}", err=True)
+            click.echo(f"problem: {shown(problem)}", err=True)
     sys.exit(0 if report.ok else EXIT_PROBLEM)
 
 

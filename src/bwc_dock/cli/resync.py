@@ -15,6 +15,7 @@ from bwc_dock.cli.context import (
     progress_bar,
     progress_callback,
 )
+from bwc_dock.cli.tables import shown
 from bwc_dock.errors import EXIT_PROBLEM
 
 
@@ -57,10 +58,11 @@ def _print_resync(report: Any) -> None:
     verb = "would" if report.dry_run else "did"
     for action in report.actions:
         clip = f"clip {action.clip_id}: " if action.clip_id is not None else ""
-        click.echo(f"{clip}{action.detail} -> {verb}: {action.action}")
+        click.echo(f"{clip}{shown(action.detail)} -> {verb}: {shown(action.action)}")
     for problem in report.unrepairable:
-        clip = f"clip {problem.clip_id} ({problem.camera_serial}): " if problem.clip_id else ""
-        click.echo(f"CANNOT REPAIR {clip}{problem.problem}", err=True)
+        serial = shown(problem.camera_serial)
+        clip = f"clip {problem.clip_id} ({serial}): " if problem.clip_id else ""
+        click.echo(f"CANNOT REPAIR {clip}{shown(problem.problem)}", err=True)
     click.echo(
         f"{report.clips_checked} clips checked, {len(report.actions)} findings, "
         f"{len(report.unrepairable)} unrepairable, {len(report.busy)} busy"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from bwc_dock.cli.context import Context, emit, hand_actor, iso, pass_context
+from bwc_dock.cli.tables import Table, shown
 from bwc_dock.errors import BwcDockError
+
+if TYPE_CHECKING:
+    from bwc_dock.ledger.snapshots import HeartbeatRecord
 
 
 @click.command()
@@ -17,19 +19,18 @@ from bwc_dock.errors import BwcDockError
 @pass_context
 def status(context: Context, as_json: bool) -> None:
     """Counts by state, cameras docked, oldest pending clip, storage reachable."""
-    # lazy: handrun brings the stage modules, which a status look does not need loaded first
-    from bwc_dock.handrun import daemon_alive
+    from bwc_dock.ledger.leases import heartbeat_alive
 
-    context.logging("warning")
-    with context.ledger(hand_actor()) as ledger:
-        beat = ledger.heartbeat()
-        alive = daemon_alive(ledger, context.config.service.heartbeat_seconds)
-        oldest = ledger.oldest_pending_at()
+    context.logging("warning", deferred=True)
+    with context.reader(hand_actor()) as reader:
+        beat = reader.heartbeat()
+        alive = heartbeat_alive(beat, context.config.service.heartbeat_seconds)
+        oldest = reader.oldest_pending_at()
         document = {
-            "clips": ledger.counts_by_state(),
+            "clips": reader.counts_by_state(),
             "cameras": [
                 {"serial": d.camera_serial, "device": d.device, "docked_at": iso(d.docked_at)}
-                for d in ledger.active_dockings()
+                for d in reader.active_dockings()
             ],
             "oldest_pending_at": iso(oldest),
             "storage_reachable": _storage_reachable(context, beat, alive),
@@ -45,7 +46,7 @@ def status(context: Context, as_json: bool) -> None:
     _print_status(document)
 
 
-def _storage_reachable(context: Context, beat: Any, alive: bool) -> bool | None:
+def _storage_reachable(context: Context, beat: HeartbeatRecord | None, alive: bool) -> bool | None:
     """The daemon's last finding when it runs; else ask the store now."""
     if alive and beat is not None and beat.storage_reachable is not None:
         return bool(beat.storage_reachable)
@@ -58,22 +59,18 @@ def _storage_reachable(context: Context, beat: Any, alive: bool) -> bool | None:
 
 
 def _print_status(document: dict[str, Any]) -> None:
-    console = Console()
-    table = Table(title=f"bwc-dock {document['dock']}")
-    table.add_column("state")
-    table.add_column("clips", justify="right")
+    table = Table(("state", "clips"), title=f"bwc-dock {document['dock']}")
     for state, count in document["clips"].items():
-        style = "bold red" if state == "quarantined" and count else None
-        table.add_row(state, str(count), style=style)
-    console.print(table)
-    console.print(
-        f"daemon alive: {document['daemon_alive']}"
-        + (f" ({document['daemon_status']})" if document["daemon_status"] else "")
-    )
-    console.print(f"cameras docked: {len(document['cameras'])}")
+        table.add_row(state, count, alarmed=state == "quarantined" and bool(count))
+    table.print()
+    status_line = f" ({shown(document['daemon_status'])})" if document["daemon_status"] else ""
+    click.echo(f"daemon alive: {document['daemon_alive']}{status_line}")
+    click.echo(f"cameras docked: {len(document['cameras'])}")
     for camera in document["cameras"]:
-        console.print(f"  {camera['serial']} on {camera['device']} since {camera['docked_at']}")
-    console.print(f"oldest pending clip: {document['oldest_pending_at'] or '-'}")
-    console.print(f"storage reachable: {document['storage_reachable']}")
+        click.echo(
+            f"  {shown(camera['serial'])} on {shown(camera['device'])} since {camera['docked_at']}"
+        )
+    click.echo(f"oldest pending clip: {document['oldest_pending_at'] or '-'}")
+    click.echo(f"storage reachable: {document['storage_reachable']}")
     if document["last_error"]:
-        console.print(f"last error: {document['last_error']}")
+        click.echo(f"last error: {shown(document['last_error'])}")

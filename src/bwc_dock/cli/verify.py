@@ -14,6 +14,7 @@ from bwc_dock.cli.context import (
     progress_bar,
     progress_callback,
 )
+from bwc_dock.cli.tables import shown
 from bwc_dock.errors import EXIT_PROBLEM
 
 
@@ -50,9 +51,10 @@ def verify(context: Context, remote: bool, camera_serial: str | None, as_json: b
     else:
         for mismatch in report.mismatches:
             click.echo(
-                f"MISMATCH clip {mismatch.clip_id} ({mismatch.camera_serial}) {mismatch.where} "
-                f"{mismatch.file} at {mismatch.location}: {mismatch.problem} "
-                f"(expected {mismatch.expected}, found {mismatch.found})",
+                f"MISMATCH clip {mismatch.clip_id} ({shown(mismatch.camera_serial)}) "
+                f"{mismatch.where} {shown(mismatch.file)} at {shown(mismatch.location)}: "
+                f"{shown(mismatch.problem)} "
+                f"(expected {shown(mismatch.expected)}, found {shown(mismatch.found)})",
                 err=True,
             )
         click.echo(

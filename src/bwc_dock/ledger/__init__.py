@@ -16,10 +16,36 @@ above it (no stage, no daemon, no command).
 - ``audit.py``: the hash chain; ``audit_log.py``: events, rows and head of the log.
 - ``multipart.py``: the multipart journal; ``heartbeat.py``: the daemon's pulse;
   ``leases.py``: lease-owner names that say whether their process lives.
+- ``quick.py``: read-only answers for ``status`` and ``clips`` over the stdlib sqlite3
+  driver, so that those commands start at once (issue 12).
+
+Importing the package costs nothing: its names load on first use, so that a command
+needing only :class:`ClipState` (the ``clips --state`` choices) or the quick reader
+(``quick.py``) does not load SQLAlchemy and every query module first.
 """
 
-from bwc_dock.ledger.facade import Ledger
-from bwc_dock.ledger.snapshots import ClipWork, SidecarWork
-from bwc_dock.ledger.states import ClipState
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bwc_dock.ledger.facade import Ledger
+    from bwc_dock.ledger.snapshots import ClipWork, SidecarWork
+    from bwc_dock.ledger.states import ClipState
+
+_HOMES = {
+    "Ledger": "bwc_dock.ledger.facade",
+    "ClipWork": "bwc_dock.ledger.snapshots",
+    "SidecarWork": "bwc_dock.ledger.snapshots",
+    "ClipState": "bwc_dock.ledger.states",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)
+
 
 __all__ = ["ClipState", "ClipWork", "Ledger", "SidecarWork"]

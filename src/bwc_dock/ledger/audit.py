@@ -12,13 +12,12 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import CursorResult, select, text
-from sqlalchemy.orm import Session
+if TYPE_CHECKING:  # SQLAlchemy loads on first append: `audit verify` imports find_break early
+    from sqlalchemy.orm import Session
 
-from bwc_dock.ledger.models import AuditEntry
-from bwc_dock.ledger.snapshots import AuditRecord
+    from bwc_dock.ledger.snapshots import AuditRecord
 
 GENESIS_HASH = "0" * 64
 HASHED_COLUMNS = (
@@ -61,9 +60,9 @@ _COLUMNS = (*HASHED_COLUMNS, "hash")
 _NAMES = ", ".join(_COLUMNS)
 _VALUES = ", ".join(f":{name}" for name in _COLUMNS)
 # column names from the constant tuple above, values bound: no text from outside
-_INSERT = text(f"INSERT INTO audit_log ({_NAMES}) VALUES ({_VALUES})")  # noqa: S608
+_INSERT = f"INSERT INTO audit_log ({_NAMES}) VALUES ({_VALUES})"  # noqa: S608
 # the row goes in only if the newest row is still the one it links to
-_INSERT_IF_HEAD = text(
+_INSERT_IF_HEAD = (
     f"INSERT INTO audit_log ({_NAMES}) SELECT {_VALUES}"  # noqa: S608
     " WHERE COALESCE((SELECT max(id) FROM audit_log), 0) = :known_id"
     " AND COALESCE((SELECT hash FROM audit_log WHERE id = :known_id), :genesis) = :prev_hash"
@@ -83,6 +82,8 @@ def append(
     details: Mapping[str, Any] | None = None,
 ) -> None:
     """Add one chained row inside the caller's transaction (which holds the write lock)."""
+    from sqlalchemy import CursorResult, text
+
     fields = {
         "at": datetime.now(UTC).isoformat(timespec="microseconds"),
         "dock_id": dock_id,
@@ -96,12 +97,12 @@ def append(
     if chain.known is not None:
         row = _linked(chain.known, fields)
         parameters = {**row, "known_id": chain.known[0], "genesis": GENESIS_HASH}
-        inserted = cast("CursorResult[Any]", session.execute(_INSERT_IF_HEAD, parameters))
-        if inserted.rowcount == 1:
+        inserted = session.execute(text(_INSERT_IF_HEAD), parameters)
+        if isinstance(inserted, CursorResult) and inserted.rowcount == 1:
             chain.known = (row["id"], row["hash"])
             return
     row = _linked(chain_head(session), fields)
-    session.execute(_INSERT, row)
+    session.execute(text(_INSERT), row)
     chain.known = (row["id"], row["hash"])
 
 
@@ -137,6 +138,10 @@ def find_break(entries: Iterable[AuditRecord]) -> ChainBreak | None:
 
 def chain_head(session: Session) -> tuple[int, str]:
     """(id, hash) of the newest row; (0, genesis) for an empty log."""
+    from sqlalchemy import select
+
+    from bwc_dock.ledger.models import AuditEntry
+
     last = session.execute(
         select(AuditEntry.id, AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)
     ).first()

@@ -27,7 +27,7 @@ from bwc_dock.ledger import (
     queue,
     reports,
 )
-from bwc_dock.ledger.assignments import Assignment
+from bwc_dock.ledger.assignments import Assignment, Reattribution
 from bwc_dock.ledger.custody import CustodyFacts
 from bwc_dock.ledger.db import check_durability, create_ledger_engine, migrate
 from bwc_dock.ledger.models import Docking
@@ -243,8 +243,10 @@ class Ledger:
 
     # -- camera assignments (ledger/assignments.py) ------------------------------------------
 
-    def assign_cameras(self, assigned: Sequence[Assignment]) -> None:
-        assignments.assign(self.store, assigned)
+    def assign_cameras(
+        self, assigned: Sequence[Assignment], *, force: bool = False
+    ) -> list[Reattribution]:
+        return assignments.assign(self.store, assigned, force=force)
 
     # -- custody and anchors (ledger/custody.py) ---------------------------------------------
 

@@ -16,7 +16,12 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from datetime import UTC, datetime, timedelta
 from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bwc_dock.ledger.snapshots import HeartbeatRecord
 
 
 @cache
@@ -74,3 +79,20 @@ def process_owner_prefix() -> str:
     """The prefix every owner name of this process starts with."""
     pid = os.getpid()
     return f"{_host()}/{pid}/{_process_identity(pid)}/"
+
+
+def heartbeat_alive(beat: HeartbeatRecord | None, heartbeat_seconds: float) -> bool:
+    """Whether the daemon that wrote ``beat`` still runs: a fresh beat, and on this host
+    its process still there."""
+    if beat is None or beat.pid == 0:
+        return False
+    age = datetime.now(UTC) - beat.beat_at
+    fresh = age < timedelta(seconds=max(15.0, 3 * heartbeat_seconds))
+    if fresh and beat.host == _host():
+        try:
+            os.kill(beat.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return fresh

@@ -83,15 +83,18 @@ def purged_clip_ids(store: Store) -> set[int]:
 
 
 def purgeable(store: Store, uploaded_before: datetime) -> list[ClipWork]:
-    """Uploaded clips whose staged copies are past retention."""
+    """Uploaded clips with staged copies, uploaded before ``uploaded_before``; the oldest
+    upload first (making room for a waiting clip purges those first)."""
     with store.transaction() as session:
         found = session.scalars(
-            select(Clip).where(
+            select(Clip)
+            .where(
                 Clip.state.in_([ClipState.UPLOADED, ClipState.CLEARED]),
                 Clip.staged_path.is_not(None),
                 Clip.staged_purged_at.is_(None),
                 Clip.uploaded_at < uploaded_before,
             )
+            .order_by(Clip.uploaded_at, Clip.id)
         ).all()
         return clip_snapshots(session, list(found))
 

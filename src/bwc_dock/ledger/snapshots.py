@@ -1,7 +1,8 @@
 """Frozen snapshots of ledger rows: what the rest of bwc-dock receives, never ORM objects.
 
 A snapshot is taken inside a transaction and stays valid after it, so nothing crosses
-threads (or leaves the ledger package) attached to a session.
+threads (or leaves the ledger package) attached to a session. The snapshot types load
+without SQLAlchemy: the quick reader (``quick.py``) hands out the same ones.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from bwc_dock.ledger.models import AuditEntry, Clip, DaemonHeartbeat, Docking, Sidecar
 from bwc_dock.ledger.states import ClipState
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from bwc_dock.ledger.models import AuditEntry, Clip, DaemonHeartbeat, Docking, Sidecar
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,9 @@ _SIDECAR_BATCH = 500  # below SQLite's limit on bound parameters
 
 def clip_snapshots(session: Session, clips: list[Clip]) -> list[ClipWork]:
     """Snapshots of many clips with their sidecars in one query per batch, not per clip."""
+    from sqlalchemy import select
+
+    from bwc_dock.ledger.models import Sidecar
     by_clip: dict[int, list[Sidecar]] = {}
     ids = [clip.id for clip in clips]
     for start in range(0, len(ids), _SIDECAR_BATCH):
@@ -139,6 +145,10 @@ def clip_snapshot(
     sidecars: list[Sidecar] | None = None,
 ) -> ClipWork:
     if sidecars is None:
+        from sqlalchemy import select
+
+        from bwc_dock.ledger.models import Sidecar
+
         sidecars = list(
             session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id).order_by(Sidecar.id))
         )

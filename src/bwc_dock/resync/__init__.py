@@ -2,12 +2,13 @@
 
 Resync first *plans*: it reads every view and returns what is wrong and what it would
 do about it as repair values (``repairs.py``: adopt, quarantine a file, rescan,
-re-queue, remove a wrong object, rewrite SUMS, clean partial uploads, redo the work,
-cannot repair). ``--dry-run`` reports the plan and changes nothing (no audit row, no
-file moved). Otherwise ``apply.py`` carries each repair out through the ledger's own
-methods (every state change audited and checked against the state machine) and, when
-no daemon runs, does the copying and uploading itself with the same Copier and Uploader
-under the same leases; with a daemon alive, putting clips back in the queue is enough.
+re-queue, keep a wrong object aside under ``_conflicts/`` before removing it, rewrite
+SUMS, clean partial uploads, redo the work, cannot repair). ``--dry-run`` reports the
+plan and changes nothing (no audit row, no file moved). Otherwise ``apply.py`` carries
+each repair out through the ledger's own methods (every state change audited and
+checked against the state machine) and, when no daemon runs, does the copying and
+uploading itself with the same Copier and Uploader under the same leases; with a daemon
+alive, putting clips back in the queue is enough.
 
 Phases, in order (``run.py``), each planned once the one before is carried out: staged
 files the ledger lost are adopted when their hash is known, staged files nobody knows

@@ -19,7 +19,7 @@ import structlog
 
 from bwc_dock.config import Config
 from bwc_dock.custody import write_docking_sums
-from bwc_dock.errors import BwcDockError, StorageError
+from bwc_dock.errors import BwcDockError, PermanentStorageError, RefusalKind, StorageError
 from bwc_dock.hashing import fsync_directory
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.leases import current_owner
@@ -28,10 +28,10 @@ from bwc_dock.resync.repairs import (
     AdoptStagedCopy,
     CannotRepair,
     CleanPartials,
+    KeepConflictAside,
     Outcome,
     QuarantineStrayFile,
     RedoWork,
-    RemoveWrongObject,
     Repair,
     Requeue,
     Rescan,
@@ -134,8 +134,8 @@ class Applier:
                 outcome = self._rescan(repair)
             case Requeue():
                 outcome = self._requeue(repair)
-            case RemoveWrongObject():
-                self._remove_wrong_object(repair)
+            case KeepConflictAside():
+                outcome = self._keep_conflict_aside(repair) or outcome
             case RewriteSums():
                 write_docking_sums(self.ledger, self.backend, repair.docking_id)
             case CleanPartials():
@@ -207,8 +207,10 @@ class Applier:
     def _requeue(self, repair: Requeue) -> Outcome:
         work = repair.work
         try:
-            for removal in repair.remove_first:
-                self._remove_wrong_object(removal)
+            for kept in repair.keep_aside_first:
+                refused = self._keep_conflict_aside(kept)
+                if refused is not None:
+                    return refused
             if work.state is ClipState.CLEARED:
                 # cleared -> staged is no transition of its own: the clip is quarantined
                 # first, so the audit log says plainly that a cleared clip lost its copy
@@ -219,15 +221,70 @@ class Applier:
         self.requeued.add(work.id)
         return Outcome(Status.DONE, action=repair.found)
 
-    def _remove_wrong_object(self, repair: RemoveWrongObject) -> None:
+    def _keep_conflict_aside(self, kept: KeepConflictAside) -> Outcome | None:
+        """Copy the other bytes under a clip's key aside (verified by their hash), audit
+        it, then remove them so the evidence can be stored again; None when done. Where
+        the copy or the removal is refused (Object Lock), the clip cannot be repaired
+        here: nothing is removed that was not kept first."""
+        try:
+            copy = self.backend.copy_object(kept.key, kept.aside_key)
+        except StorageError as error:
+            if getattr(error, "kind", None) is RefusalKind.MISSING_OBJECT:
+                return None  # gone since it was read: nothing in the way, nothing to keep
+            return self._cannot(
+                kept, f"could not be kept aside at {kept.aside_key} ({error}); nothing removed"
+            )
+        if copy.sha256 != kept.found:
+            return self._cannot(
+                kept,
+                f"its copy at {kept.aside_key} hashes to {copy.sha256} (changed while resync "
+                "ran?); nothing removed",
+            )
+        self.ledger.record_event(
+            "object.conflict_kept",
+            camera_serial=kept.camera_serial,
+            clip_id=kept.clip_id,
+            sha256=kept.found,
+            details={
+                "key": kept.key,
+                "their_sha256": kept.found,
+                "expected": kept.expected,
+                "aside_key": kept.aside_key,
+            },
+        )
+        log.error(
+            "resync.conflict_kept",
+            clip=kept.clip_id,
+            camera=kept.camera_serial,
+            key=kept.key,
+            their_sha256=kept.found,
+            expected=kept.expected,
+            aside_key=kept.aside_key,
+        )
+        try:
+            self.backend.delete(kept.key)
+        except PermanentStorageError as error:
+            return self._cannot(
+                kept,
+                f"kept at {kept.aside_key}, but the store refuses to remove it "
+                f"(Object Lock?): {error}",
+            )
         self.ledger.record_event(
             "central.wrong_object_removed",
-            camera_serial=repair.camera_serial,
-            clip_id=repair.clip_id,
-            sha256=repair.found,
-            details={"key": repair.key, "expected": repair.expected},
+            camera_serial=kept.camera_serial,
+            clip_id=kept.clip_id,
+            sha256=kept.found,
+            details={"key": kept.key, "expected": kept.expected, "kept_at": kept.aside_key},
         )
-        self.backend.delete(repair.key)
+        return None
+
+    @staticmethod
+    def _cannot(kept: KeepConflictAside, what: str) -> Outcome:
+        problem = (
+            f"{kept.key} holds other content (sha256 {kept.found}, expected "
+            f"{kept.expected}): tampering or corruption; {what}"
+        )
+        return unrepairable(CannotRepair(kept.clip_id, kept.camera_serial, problem))
 
     @staticmethod
     def _failed(

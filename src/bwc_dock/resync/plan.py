@@ -22,16 +22,17 @@ from bwc_dock.hashing import hash_file_from_disk
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.leases import owner_is_dead
 from bwc_dock.ledger.snapshots import DockingRecord
-from bwc_dock.manifest import KeyTemplate
+from bwc_dock.manifest import KeyTemplate, ManifestIdentity, manifest_identity, manifest_key
 from bwc_dock.resync.repairs import (
+    CONFLICTS_PREFIX,
     Action,
     AdoptStagedCopy,
     CannotRepair,
     CleanPartials,
     DockedCamera,
+    KeepConflictAside,
     QuarantineStrayFile,
     RedoWork,
-    RemoveWrongObject,
     Repair,
     Requeue,
     Rescan,
@@ -232,7 +233,7 @@ class Planner:
         staged_ok = staged_bad == [] or work.id in assumed_staged
         on_camera = _camera_has(docked, work)
         if work.state in REMOTE_STATES and work.remote_key and work.duplicate_of is None:
-            central_bad = check_remote(self.backend, work)
+            central_bad = check_remote(self.backend, work, self.ledger.dock_id)
             if central_bad:
                 return [self._central(work, central_bad, staged_ok=staged_ok, on_camera=on_camera)]
         elif work.state is ClipState.STAGED and has_staged_copy(work, not staging_kept):
@@ -246,7 +247,7 @@ class Planner:
         self, work: ClipWork, central_bad: list[Mismatch], *, staged_ok: bool, on_camera: bool
     ) -> Repair:
         described = _describe(central_bad)
-        differing = [m for m in central_bad if m.found is not None and m.file != "manifest"]
+        differing = [m for m in central_bad if m.found is not None]
         if staged_ok:
             target, how = ClipState.STAGED, "re-upload from the staged copy"
         elif on_camera and work.state is ClipState.UPLOADED:
@@ -259,13 +260,13 @@ class Planner:
             )
             return CannotRepair.of(work, f"central copy {described}; {why}")
         if differing:
-            how = f"remove the wrong central object(s), then {how}"
+            how = f"keep the wrong central object(s) under {CONFLICTS_PREFIX}, then {how}"
         return Requeue(
             work,
             target,
             f"resync: central copy {described}",
             Action("central_copy_bad", described, how, work.id, work.camera_serial),
-            tuple(_removal(mismatch) for mismatch in differing),
+            self._keep_aside(differing),
         )
 
     def _staged(self, work: ClipWork, staged_bad: list[Mismatch], *, on_camera: bool) -> Repair:
@@ -291,7 +292,7 @@ class Planner:
         reason = work.last_error or "no reason recorded"
         if staged_ok:
             how, target = "the staged copy verifies: upload it again", ClipState.STAGED
-            removals = tuple(_removal(m) for m in self._wrong_objects_under_keys(work))
+            removals = self._keep_aside(self._wrong_objects_under_keys(work))
         elif on_camera:
             how, target, removals = "read it off the docked camera again", ClipState.DISCOVERED, ()
         else:
@@ -308,10 +309,16 @@ class Planner:
 
     def _wrong_objects_under_keys(self, work: ClipWork) -> list[Mismatch]:
         """Objects under the keys the clip's upload will use that hold other bytes (what
-        quarantined it, when storage refused to overwrite them)."""
+        quarantined it, when storage refused to overwrite them), this offload's custody
+        record included."""
         keys = KeyTemplate(self.config.storage.key_template, self.ledger.dock_id)
-        wanted = [(work.name, work.remote_key or keys.key(work), work.sha256)]
-        wanted += [(s.name, keys.key(work, s.name), s.sha256) for s in work.sidecars]
+        clip_key = work.remote_key or keys.key(work)
+        wanted = [(work.name, clip_key, work.sha256)]
+        wanted += [
+            (s.name, keys.key(work, s.name, s.sha256), s.sha256)
+            for s in work.sidecars
+            if s.sha256 is not None
+        ]
         wrong = []
         for name, key, expected in wanted:
             found = self.backend.read_sha256(key)
@@ -328,7 +335,46 @@ class Planner:
                         "content differs from the ledger hash",
                     )
                 )
+        record_key = manifest_key(clip_key, self.ledger.dock_id, work.id)
+        record = self.backend.read_bytes(record_key)
+        if record is not None and work.sha256 is not None:
+            identity = manifest_identity(record)
+            if identity != ManifestIdentity(self.ledger.dock_id, work.id, work.sha256):
+                recorded = identity.sha256 if identity else "unreadable"
+                wrong.append(
+                    Mismatch(
+                        work.id,
+                        work.camera_serial,
+                        "central",
+                        "manifest",
+                        record_key,
+                        work.sha256,
+                        recorded,
+                        "another custody record under this offload's manifest key",
+                    )
+                )
         return wrong
+
+    def _keep_aside(self, wrong: list[Mismatch]) -> tuple[KeepConflictAside, ...]:
+        """What to keep aside before repairing: each wrong object under the hash of its
+        bytes (for a manifest the mismatch names the hash it records, not its own)."""
+        kept = []
+        for mismatch in wrong:
+            found = mismatch.found
+            if mismatch.file == "manifest":
+                found = self.backend.read_sha256(mismatch.location)
+            if found is None:
+                continue  # gone since it was read: nothing in the way, nothing to keep
+            kept.append(
+                KeepConflictAside(
+                    mismatch.clip_id,
+                    mismatch.camera_serial,
+                    mismatch.location,
+                    mismatch.expected,
+                    found,
+                )
+            )
+        return tuple(kept)
 
     # -- with no daemon: our own work; then the anchors -----------------------------------
 
@@ -361,13 +407,6 @@ class Planner:
                 continue
             repairs.append(RewriteSums(docking_id, sums.key))
         return repairs
-
-
-def _removal(mismatch: Mismatch) -> RemoveWrongObject:
-    return RemoveWrongObject(
-        mismatch.clip_id, mismatch.camera_serial, mismatch.location, mismatch.expected,
-        mismatch.found,
-    )
 
 
 def _describe(mismatches: list[Mismatch]) -> str:

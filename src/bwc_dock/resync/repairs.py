@@ -23,7 +23,7 @@ class RepairKind(StrEnum):
     QUARANTINE_FILE = "quarantine_file"  # a staged file nobody knows goes to quarantine/
     RESCAN = "rescan"  # a docked camera's clips the ledger lacks are recorded
     REQUEUE = "requeue"  # a clip goes back to be uploaded, or read off its camera, again
-    REMOVE_WRONG_OBJECT = "remove_wrong_object"  # other bytes under a clip's own key
+    KEEP_CONFLICT = "keep_conflict"  # other bytes under a clip's key: kept aside, then removed
     REWRITE_SUMS = "rewrite_sums"  # a docking's SHA256SUMS is missing or stale
     CLEAN_PARTIALS = "clean_partials"  # leftovers of interrupted uploads
     REDO_WORK = "redo_work"  # no daemon runs: copy and upload what is queued ourselves
@@ -119,17 +119,26 @@ class Rescan:
         )
 
 
-@dataclass(frozen=True)
-class RemoveWrongObject:
-    """An object under the clip's own key that does not hash to the evidence is not the
-    evidence; the create-only upload can only put the right bytes back once it is gone."""
+CONFLICTS_PREFIX = "_conflicts/"
 
-    kind: ClassVar[RepairKind] = RepairKind.REMOVE_WRONG_OBJECT
+
+@dataclass(frozen=True)
+class KeepConflictAside:
+    """An object under the clip's own key that does not hash to the evidence is not the
+    evidence, but it is evidence of tampering or corruption: its bytes are copied aside
+    to ``aside_key`` (and the copy verified by its hash) before it is removed, so the
+    create-only upload can put the right bytes back."""
+
+    kind: ClassVar[RepairKind] = RepairKind.KEEP_CONFLICT
     clip_id: int
     camera_serial: str
     key: str
     expected: str | None
-    found: str | None
+    found: str  # the SHA-256 of the bytes under ``key`` when resync read them
+
+    @property
+    def aside_key(self) -> str:
+        return f"{CONFLICTS_PREFIX}{self.key}.{self.found}"
 
     def finding(self) -> None:
         return None  # reported with the re-queue it prepares
@@ -138,14 +147,14 @@ class RemoveWrongObject:
 @dataclass(frozen=True)
 class Requeue:
     """Put a clip back to ``target`` (staged: upload again; discovered: read it off the
-    camera again), after removing the wrong objects in the way."""
+    camera again), after keeping aside and removing the wrong objects in the way."""
 
     kind: ClassVar[RepairKind] = RepairKind.REQUEUE
     work: ClipWork
     target: ClipState
     reason: str
     found: Action
-    remove_first: tuple[RemoveWrongObject, ...] = ()
+    keep_aside_first: tuple[KeepConflictAside, ...] = ()
 
     def finding(self) -> Action:
         return self.found
@@ -199,7 +208,7 @@ Repair = (
     AdoptStagedCopy
     | QuarantineStrayFile
     | Rescan
-    | RemoveWrongObject
+    | KeepConflictAside
     | Requeue
     | RewriteSums
     | CleanPartials
@@ -230,7 +239,7 @@ def describe(repair: Repair) -> dict[str, object]:
                 camera_serial=repair.work.camera_serial,
                 target=str(repair.target),
                 reason=repair.reason,
-                remove_first=[describe(removal) for removal in repair.remove_first],
+                keep_aside_first=[describe(kept) for kept in repair.keep_aside_first],
             )
         case Rescan():
             document.update(
@@ -240,6 +249,8 @@ def describe(repair: Repair) -> dict[str, object]:
                 scanned=repair.scan is not None,
                 new_clips=repair.new_clips,
             )
+        case KeepConflictAside():
+            document.update(asdict(repair), aside_key=repair.aside_key)
         case _:
             document.update({name: _plain(value) for name, value in asdict(repair).items()})
     return document

@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 
 from bwc_dock.config import CameraProfile
-from bwc_dock.mounting import MountedVolume, Mounter, MountError
+from bwc_dock.mounting import MountedVolume, MountError, VolumeMounter
 from bwc_dock.sources.base import DockedVolume, SourceListener
 from bwc_dock.sources.identity import (
     BlockIdentity,
@@ -46,7 +46,7 @@ class Bays:
         self,
         source_name: str,
         profiles: tuple[CameraProfile, ...],
-        mounter: Mounter,
+        mounter: VolumeMounter,
         usb: UsbPort,
         lock: threading.RLock,
         rescan_interval: float,

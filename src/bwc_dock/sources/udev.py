@@ -31,7 +31,8 @@ import structlog
 
 from bwc_dock.config import CameraProfile, Config
 from bwc_dock.errors import BwcDockError
-from bwc_dock.mounting import Mounter
+from bwc_dock.mount_protocol import make_mounter
+from bwc_dock.mounting import VolumeMounter
 from bwc_dock.sources.base import DockedVolume, Source, SourceCapabilities, SourceListener
 from bwc_dock.sources.bays import Bays
 from bwc_dock.sources.identity import (
@@ -81,7 +82,7 @@ class UdevSource(Source):
         self,
         config: Config,
         *,
-        mounter: Mounter | None = None,
+        mounter: VolumeMounter | None = None,
         usb: UsbPort | None = None,
         context: Any = None,
         rescan_interval_seconds: float | None = None,
@@ -93,7 +94,7 @@ class UdevSource(Source):
         self._bays = Bays(
             self.name,
             tuple(config.camera),
-            mounter or Mounter(config.mount_dir),
+            mounter or make_mounter(config.mount_dir),
             usb or UsbPort(),
             self._lock,
             self._rescan_interval,

@@ -69,8 +69,8 @@ DEFAULT_DIRECTORY_MODE = 0o750
 # cut short so name + token + a dock's suffix stays below the 255-byte name limit.
 _NAME_KEPT = 100
 _TOKEN_BYTES = 8
-# Clips go to the NAS in 4 MiB writes: fewer, larger requests over SMB/NFS (three
-# buffers per upload, 12 MiB, whatever the clip's size).
+_REFUSALS_KEPT = 1000  # link refusals remembered for check_reachable (memory bound)
+# Clips go to the NAS in 4 MiB writes: fewer, larger requests over SMB/NFS
 _SEND_CHUNK_SIZE = 4 * 1024 * 1024
 
 
@@ -96,7 +96,12 @@ class FileBackend(StorageBackend):
         # (st_dev, st_ino) of the root when first opened: a NAS unmounted, or swapped
         # for a local folder, is then refused instead of written to unseen.
         self._root_identity: tuple[int, int] | None = None
+        self._root_was_mountpoint = False
         self._identity_lock = threading.Lock()
+        # Keys refused for a link on their way, with the refusal: check_reachable keeps
+        # failing while a link is still there, so the daemon's storage_refused alarm
+        # stays raised until someone removes it (and clears by itself after).
+        self._link_refusals: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> FileBackend:
@@ -132,12 +137,19 @@ class FileBackend(StorageBackend):
     def _check_identity(self, status: os.stat_result) -> None:
         identity = (status.st_dev, status.st_ino)
         with self._identity_lock:
-            if self._root_identity is None:
-                self._root_identity = identity
-                log.info("storage.root_opened", root=str(self.root), device=status.st_dev,
-                         inode=status.st_ino)
-                return
             expected = self._root_identity
+            mounted_late = (
+                expected is not None and identity != expected
+                and not self._root_was_mountpoint and os.path.ismount(self.root)
+            )
+            if expected is None or mounted_late:
+                # first open, or the NAS mounted after bwc-dock first looked at the
+                # empty mount point: the mount is the root from now on
+                self._root_identity = identity
+                self._root_was_mountpoint = os.path.ismount(self.root)
+                log.info("storage.root_opened", root=str(self.root), device=status.st_dev,
+                         inode=status.st_ino, mountpoint=self._root_was_mountpoint)
+                return
         if identity != expected:
             raise PermanentStorageError(
                 f"storage folder {self.root} is no longer the folder first opened (device"
@@ -169,6 +181,36 @@ class FileBackend(StorageBackend):
 
     # -- writing ------------------------------------------------------------------------
 
+    @contextmanager
+    def _watching_links(self, key: str) -> Iterator[None]:
+        """Remember a write refused for a link on its way; forget it once one succeeds."""
+        try:
+            yield
+        except LinkRefused as refused:
+            with self._identity_lock:
+                if len(self._link_refusals) < _REFUSALS_KEPT:
+                    self._link_refusals[key] = str(refused)
+            log.error("storage.link_refused", key=key, error=str(refused))
+            raise
+        with self._identity_lock:
+            self._link_refusals.pop(key, None)
+
+    def _links_still_there(self) -> None:
+        """Raise LinkRefused while a link that refused a write is still on its way."""
+        with self._identity_lock:
+            refused = dict(self._link_refusals)
+        for key, message in refused.items():
+            try:
+                with self._folder_of(key) as (folder, name):
+                    self._exists(folder, name, key)
+            except LinkRefused:
+                raise LinkRefused(f"{message} ({len(refused)} key(s) refused for links;"
+                                  f" remove the link(s) from central storage)") from None
+            except (OSError, PermanentStorageError):
+                pass  # gone, or refused for another reason now: the next write will say
+            with self._identity_lock:
+                self._link_refusals.pop(key, None)
+
     def put_file(
         self,
         key: str,
@@ -185,7 +227,9 @@ class FileBackend(StorageBackend):
             copy_unhashed(source_fd, part_fd, progress, _SEND_CHUNK_SIZE, read_error=OSError)
             return sha256
 
-        with _storage_errors(key), self._folder_of(key, create=True) as (folder, name):
+        with self._watching_links(key), _storage_errors(key), self._folder_of(
+            key, create=True
+        ) as (folder, name):
             if self._already_stored(folder, name, key, sha256):
                 return StoredObject(key, size, sha256)
             source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -200,7 +244,9 @@ class FileBackend(StorageBackend):
         self, key: str, data: bytes, metadata: Mapping[str, str], *, replace: bool = False
     ) -> StoredObject:
         sha256 = hashlib.sha256(data).hexdigest()
-        with _storage_errors(key), self._folder_of(key, create=True) as (folder, name):
+        with self._watching_links(key), _storage_errors(key), self._folder_of(
+            key, create=True
+        ) as (folder, name):
             if replace:
                 self._write_replacing(folder, name, lambda fd: write_all_hashing(fd, data))
                 # a replaced document may be someone else's by now: only ours is removed
@@ -217,9 +263,9 @@ class FileBackend(StorageBackend):
             raise PermanentStorageError(f"{key}: nothing stored there to copy to {new_key}",
                                         RefusalKind.MISSING_OBJECT)
         try:
-            with _storage_errors(new_key), self._folder_of(new_key, create=True) as (
-                folder, name
-            ):
+            with self._watching_links(new_key), _storage_errors(new_key), self._folder_of(
+                new_key, create=True
+            ) as (folder, name):
                 if self._exists(folder, name, new_key):
                     source_sha256 = hash_fd_from_disk(source_fd)
                     self._already_stored(folder, name, new_key, source_sha256)
@@ -277,7 +323,11 @@ class FileBackend(StorageBackend):
         temporary = f"{name[:_NAME_KEPT]}.{secrets.token_hex(_TOKEN_BYTES)}{self.part_suffix}"
         # read-write: the written copy is verified through the same descriptor
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temporary, flags, self.file_mode, dir_fd=folder)
+        try:
+            fd = os.open(temporary, flags, self.file_mode, dir_fd=folder)
+        except FileExistsError as error:  # a random name taken: planted, not chance
+            raise LinkRefused(f"{temporary}: something is already at this random temporary"
+                              f" name; refused, nothing written") from error
         try:
             os.fchmod(fd, self.file_mode)  # the configured mode, whatever the umask
         except BaseException:
@@ -442,6 +492,7 @@ class FileBackend(StorageBackend):
 
     def check_reachable(self) -> None:
         os.close(self._open_root())  # also checks it is still the folder first opened
+        self._links_still_there()
         if not os.access(self.root, os.W_OK):
             raise PermanentStorageError(
                 f"storage folder {self.root} is not writable", RefusalKind.PERMISSION

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 import structlog
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from bwc_dock.config import StorageConfig
 from bwc_dock.errors import (
@@ -39,6 +39,7 @@ from bwc_dock.storage.s3.multipart import MemoryJournal, MultipartUploads, Uploa
 from bwc_dock.storage.s3.settings import (
     DEFAULT_ORPHAN_AGE,
     DOWNLOAD_CHUNK,
+    MAX_PARTS,
     SHA256_METADATA_KEY,
     S3Settings,
 )
@@ -46,7 +47,8 @@ from bwc_dock.storage.s3.translate import MISSING_KEY_CODES, error_code, is_prec
 
 logger = structlog.get_logger("bwc_dock.storage.s3")
 
-_COPY_OBJECT_LIMIT = 5 * 1024 * 1024 * 1024  # the most one CopyObject request copies
+COPY_OBJECT_LIMIT = 5 * 1024 * 1024 * 1024  # the most one CopyObject request copies
+_COPY_PART_MINIMUM = 64 * 1024 * 1024  # fewer, larger copy requests; the store moves the bytes
 _HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _METADATA_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # Printable ASCII except '%', which introduces our percent-escapes of anything else.
@@ -70,6 +72,8 @@ class S3Backend(MultipartUploads, StorageBackend):
     """Create-only, checksummed, resumable storage in one bucket under one prefix."""
 
     name = "s3"
+    # Above this, copy_object copies by parts (tests lower it to reach that path).
+    single_copy_limit = COPY_OBJECT_LIMIT
 
     @classmethod
     def from_config(cls, config: StorageConfig) -> S3Backend:
@@ -294,10 +298,12 @@ class S3Backend(MultipartUploads, StorageBackend):
 
 
     def copy_object(self, key: str, new_key: str) -> StoredObject:
-        """CopyObject inside the store, create-only (HEAD, then ``If-None-Match: *``),
-        asking the store for a full-object SHA-256 of the copy; where it keeps none,
-        the copy is downloaded and hashed. Objects over 5 GiB (the CopyObject limit) are
-        refused: copying them needs a multipart copy, not written yet."""
+        """Copy inside the store, create-only (HEAD, then ``If-None-Match: *``).
+
+        Up to 5 GiB one CopyObject, asking the store for a full-object SHA-256 of the
+        copy; above it (the CopyObject limit) a multipart copy by byte ranges of the
+        unchanged source (``x-amz-copy-source-if-match`` its ETag). Where the store
+        keeps no full-object SHA-256 of the copy, the copy is downloaded and hashed."""
         full_source, full_target = self._full_key(key), self._full_key(new_key)
         source = self._head_raw(full_source)
         if source is None:
@@ -307,11 +313,11 @@ class S3Backend(MultipartUploads, StorageBackend):
         size = int(source["ContentLength"])
         existing: Mapping[str, Any] | None = self._head_raw(full_target)
         if existing is None:
-            if size > _COPY_OBJECT_LIMIT:
-                raise PermanentStorageError(
-                    f"{self._where(full_source)}: {size} bytes is above the 5 GiB a single"
-                    f" copy can take; copy it by hand", RefusalKind.INVALID_REQUEST)
-            if self._copy_single(full_source, full_target):
+            if size > self.single_copy_limit:
+                created = self._copy_by_parts(full_source, full_target, size, source)
+            else:
+                created = self._copy_single(full_source, full_target)
+            if created:
                 return self._hashed_copy(new_key, size)
             existing = self._require_head_raw(new_key)
         source_sha256 = _computed_by_store(source) or self.read_sha256(key)
@@ -344,6 +350,58 @@ class S3Backend(MultipartUploads, StorageBackend):
                         RefusalKind.MISSING_OBJECT) from error
                 raise
         return True
+
+    def _copy_by_parts(self, full_source: str, full_target: str, size: int,
+                       source: Mapping[str, Any]) -> bool:
+        """Multipart copy create-only; False when an object appeared under the target."""
+        bucket = self._settings.bucket
+        part_size = max(self._settings.part_size, -(-size // MAX_PARTS), _COPY_PART_MINIMUM)
+        with self._translated("COPY MULTIPART", full_target):
+            upload_id = str(self._s3().create_multipart_upload(
+                Bucket=bucket, Key=full_target, Metadata=dict(source.get("Metadata", {})),
+                **self._lock_parameters())["UploadId"])
+        try:
+            parts: list[dict[str, Any]] = []
+            for number, start in enumerate(range(0, size, part_size), start=1):
+                last = min(start + part_size, size) - 1
+                with self._translated("COPY PART", full_target):
+                    result = self._s3().upload_part_copy(
+                        Bucket=bucket, Key=full_target, UploadId=upload_id, PartNumber=number,
+                        CopySource={"Bucket": bucket, "Key": full_source},
+                        CopySourceRange=f"bytes={start}-{last}",
+                        CopySourceIfMatch=str(source["ETag"]),
+                    )["CopyPartResult"]
+                parts.append({"PartNumber": number, "ETag": result["ETag"]})
+            return self._complete_copy(full_target, upload_id, parts)
+        except BaseException:
+            self._abort_quietly(full_target, upload_id)
+            raise
+
+    def _complete_copy(self, full_target: str, upload_id: str,
+                       parts: list[dict[str, Any]]) -> bool:
+        def attempt() -> None:
+            self._s3().complete_multipart_upload(
+                Bucket=self._settings.bucket, Key=full_target, UploadId=upload_id,
+                MultipartUpload={"Parts": parts}, **self._create_only(),
+            )
+
+        with self._translated("COMPLETE MULTIPART", full_target):
+            try:
+                self._retrying_conditional(attempt)
+            except ClientError as error:
+                if is_precondition_failed(error):
+                    self._abort_quietly(full_target, upload_id)
+                    return False
+                raise
+        return True
+
+    def _abort_quietly(self, full_key: str, upload_id: str) -> None:
+        try:
+            self._s3().abort_multipart_upload(Bucket=self._settings.bucket, Key=full_key,
+                                              UploadId=upload_id)
+        except (ClientError, BotoCoreError) as error:  # cleanup_partials retries later
+            logger.warning("s3.multipart.abort_failed", key=full_key, upload_id=upload_id,
+                           error=str(error))
 
     def _hashed_copy(self, key: str, size: int) -> StoredObject:
         """The copy as stored, with the store's own full-object SHA-256 or a read's."""

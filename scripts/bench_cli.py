@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Command-line start-up benchmark: how long the commands people run in loops take.
+
+IT staff run `bwc-dock status` in monitoring loops; the issue asks that `--help`,
+`status --json` and `clips --state staged --json` finish within 0.3 s, or within 3x of
+`python3 -c 'import sqlite3, json'` measured in the same run with the same interpreter.
+Each command runs --reps times against a small real dock (file backend, a ledger with a
+few ingested clips); the median is printed with its ratio to that baseline, and the
+heavy libraries each command loaded (read from its own process), so a regression shows
+what crept in.
+
+`status --json` is measured twice: with no daemon (it then asks central storage itself,
+which loads the storage backend and logging) and with a real `bwc-dock run` beside it
+(it then takes the daemon's last finding), the usual case on a dock.
+
+PYTHONDONTWRITEBYTECODE is dropped for the measured commands and each runs once before
+timing: an installed bwc-dock runs from compiled bytecode, and timing the compiler
+would measure the sandbox, not the command.
+
+Usage: scripts/bench_cli.py [--json] [--reps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BWC_DOCK = str(Path(sys.executable).with_name("bwc-dock"))
+TARGET_SECONDS = 0.3
+TARGET_RATIO = 3.0
+HEAVY = ("alembic", "sqlalchemy", "rich", "structlog", "pydantic", "boto3", "botocore")
+# Runs the command in its own process, then names the heavy libraries it loaded.
+LOADS = """
+import sys
+from bwc_dock.cli import main
+sys.argv[0] = "bwc-dock"
+try:
+    main()
+except SystemExit:
+    pass
+heavy = sorted(name for name in {heavy!r} if name in sys.modules)
+sys.stderr.write("BWC_BENCH_LOADS " + ",".join(heavy) + "\\n")
+"""
+COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("--help", ("--help",)),
+    ("status --json (no daemon)", ("status", "--json")),
+    ("clips --state staged --json", ("clips", "--state", "staged", "--json")),
+)
+DAEMON_COMMAND = ("status --json (daemon running)", ("status", "--json"))
+
+
+def _environment(config: Path) -> dict[str, str]:
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    environment["BWC_DOCK_CONFIG"] = str(config)
+    return environment
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _median_seconds(
+    command: list[str], environment: dict[str, str], reps: int
+) -> tuple[float, float]:
+    """(median wall seconds, median CPU seconds) of ``reps`` runs after one warm-up. CPU
+    time barely moves when other work shares the machine; wall time does."""
+    subprocess.run(command, env=environment, stdout=subprocess.DEVNULL, check=False)  # warm
+    walls, cpus = [], []
+    for _ in range(reps):
+        cpu_before = _children_cpu_seconds()
+        started = time.perf_counter()
+        subprocess.run(command, env=environment, stdout=subprocess.DEVNULL, check=False)
+        walls.append(time.perf_counter() - started)
+        cpus.append(_children_cpu_seconds() - cpu_before)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def _loads(arguments: tuple[str, ...], environment: dict[str, str]) -> list[str]:
+    script = LOADS.format(heavy=HEAVY)
+    done = subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    for line in done.stderr.splitlines():
+        if line.startswith("BWC_BENCH_LOADS "):
+            return [name for name in line.split(" ", 1)[1].split(",") if name]
+    raise RuntimeError(f"bwc-dock {' '.join(arguments)} failed: {done.stderr.strip()}")
+
+
+def _make_dock(root: Path) -> Path:
+    """A config, a central folder, and a ledger holding a few ingested clips."""
+    central = root / "central"
+    central.mkdir()
+    camera = root / "camera" / "DCIM"
+    camera.mkdir(parents=True)
+    for number in range(5):
+        (camera / f"CLIP{number:04d}.MP4").write_bytes(os.urandom(4096))
+    config = root / "config.toml"
+    config.write_text(
+        f'[dock]\nid = "bench-cli"\nstate_dir = "{root / "state"}"\n'
+        f'[storage]\nbackend = "file"\npath = "{central}"\n'
+        "[sources]\nudev = false\n"
+        "[service]\nheartbeat_seconds = 1\n"
+    )
+    subprocess.run(
+        [BWC_DOCK, "ingest", str(camera.parent), "--camera-serial", "CAM1", "--wait"],
+        env=_environment(config),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
+    return config
+
+
+def _start_daemon(config: Path) -> subprocess.Popen[bytes]:
+    environment = _environment(config)
+    daemon = subprocess.Popen(
+        [BWC_DOCK, "run"], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = subprocess.run(
+            [BWC_DOCK, "status", "--json"], env=environment, capture_output=True, check=False
+        )
+        if status.returncode == 0 and json.loads(status.stdout)["daemon_alive"]:
+            return daemon
+        time.sleep(0.5)
+    daemon.kill()
+    raise RuntimeError("bwc-dock run did not come up within 60 s")
+
+
+def _measure(
+    label: str,
+    arguments: tuple[str, ...],
+    config: Path,
+    reps: int,
+    baseline: tuple[float, float],
+) -> dict[str, Any]:
+    environment = _environment(config)
+    seconds, cpu_seconds = _median_seconds([BWC_DOCK, *arguments], environment, reps)
+    ratio = seconds / baseline[0]
+    return {
+        "command": label,
+        "median_seconds": round(seconds, 4),
+        "ratio": round(ratio, 2),
+        "median_cpu_seconds": round(cpu_seconds, 4),
+        "cpu_ratio": round(cpu_seconds / baseline[1], 2) if baseline[1] else None,
+        "loads": _loads(arguments, environment),
+        "met": seconds <= TARGET_SECONDS or ratio <= TARGET_RATIO,
+    }
+
+
+def run(reps: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bwc-bench-cli-") as directory:
+        config = _make_dock(Path(directory))
+        environment = _environment(config)
+        baseline = _median_seconds(
+            [sys.executable, "-c", "import sqlite3, json"], environment, reps
+        )
+        rows = [_measure(label, args, config, reps, baseline) for label, args in COMMANDS]
+        daemon = _start_daemon(config)
+        try:
+            label, arguments = DAEMON_COMMAND
+            rows.append(_measure(label, arguments, config, reps, baseline))
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=60)
+    return {
+        "baseline": "python3 -c 'import sqlite3, json' (same interpreter)",
+        "baseline_seconds": round(baseline[0], 4),
+        "baseline_cpu_seconds": round(baseline[1], 4),
+        "load_average": [round(load, 2) for load in os.getloadavg()],
+        "target": f"<= {TARGET_SECONDS} s or <= {TARGET_RATIO}x the baseline",
+        "reps": reps,
+        "commands": rows,
+        "met": all(row["met"] for row in rows),
+    }
+
+
+def _print(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print(
+        f"baseline {report['baseline']}: {report['baseline_seconds']:.3f} s wall, "
+        f"{report['baseline_cpu_seconds']:.3f} s CPU (load average {report['load_average']})"
+    )
+    print(f"target: {report['target']}; median of {report['reps']} runs each")
+    print(f"{'command':32} {'wall s':>7} {'ratio':>6} {'CPU s':>6} {'ratio':>6}  met  loads")
+    for row in report["commands"]:
+        cpu_ratio = f"{row['cpu_ratio']:5.1f}x" if row["cpu_ratio"] is not None else "     -"
+        print(
+            f"{row['command']:32} {row['median_seconds']:7.3f} {row['ratio']:5.1f}x "
+            f"{row['median_cpu_seconds']:6.3f} {cpu_ratio}  "
+            f"{'yes' if row['met'] else 'NO ':3}  {','.join(row['loads']) or '-'}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument("--reps", type=int, default=15)
+    arguments = parser.parse_args()
+    report = run(max(1, arguments.reps))
+    _print(report, arguments.json)
+    return 0 if report["met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
