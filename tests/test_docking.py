@@ -591,10 +591,15 @@ def test_hostile_image_writes_nothing_outside_staging_and_good_clips_arrive(
     assert refused[0]["path"].startswith("DCIM/D1/")
 
     # every byte written went to staging or to the camera's folder in central storage
+    # (and the dock's own fleet status document, named by the dock id, not the camera)
     assert files_outside(root, state, nas, daemon_log) == before
     assert not (Path.cwd() / "PWNED").exists()
+    fleet_folder = nas / "_fleet"
+    assert [p.name for p in fleet_folder.iterdir()] == ["dock-test.json"]
     for path in nas.rglob("*"):
         relative = path.relative_to(nas)
+        if path.is_relative_to(fleet_folder):
+            continue
         assert relative.parts[0] == "HOST0001"
         assert re.fullmatch(r"[A-Za-z0-9._/-]+", str(relative)), relative
         assert ".." not in relative.parts

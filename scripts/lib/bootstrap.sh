@@ -20,6 +20,35 @@ debian_install() {  # debian_install PACKAGE...: install what is missing, when r
     apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
 }
 
+debian_install_tool() {  # debian_install_tool PACKAGE...: install, starting no service
+    # For packages wanted only for a command they ship (promtool from prometheus): a fresh
+    # install neither starts the package's service (policy-rc.d) nor enables it at boot.
+    [[ $(id -u) -eq 0 ]] || return 0
+    command -v dpkg-query >/dev/null || return 0
+    local missing=()
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$package")
+    done
+    ((${#missing[@]})) || return 0
+    local policy=/usr/sbin/policy-rc.d
+    local own_policy=""
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# bwc-dock bootstrap: installing tools, start no service\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        own_policy=1
+    fi
+    local status=0
+    debian_install "${missing[@]}" || status=$?
+    [[ -z $own_policy ]] || rm -f "$policy"
+    if command -v systemctl >/dev/null; then
+        for package in "${missing[@]}"; do
+            systemctl disable --quiet "$package.service" 2>/dev/null || true
+        done
+    fi
+    return "$status"
+}
+
 python_venv() {  # python_venv EXTRAS: create/refresh .venv with bwc-dock[EXTRAS]
     local extras="${1:-}"
     local python="${PYTHON:-python3}"

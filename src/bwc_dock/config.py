@@ -259,6 +259,30 @@ class ServiceConfig(_Section):
     udev_rules_file: Path = Path("/etc/udev/rules.d/99-bwc-dock.rules")
 
 
+class FleetConfig(_Section):
+    """The status document this dock publishes for ``bwc-dock fleet`` (fleet.py)."""
+
+    enabled: bool = True
+    # under the storage prefix, on the same store; a trailing "/" is added when missing
+    prefix: str = "_fleet/"
+    # at most once a minute: each publish is a replace, a new version on versioned buckets
+    interval_seconds: float = Field(default=60.0, ge=60.0)
+    # s3 only: publish to this bucket instead of storage.bucket (one without default
+    # Object Lock retention); same endpoint and credentials
+    bucket: str | None = None
+    # file only: publish under this folder instead of storage.path (e.g. off a WORM share)
+    path: Path | None = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_is_a_folder(cls, value: str) -> str:
+        value = value.strip("/")
+        parts = value.split("/")
+        if not value or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"not a usable key prefix: {value!r}")
+        return value + "/"
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json", "journald"] = "auto"
@@ -271,6 +295,7 @@ class Config(_Section):
     camera: tuple[CameraProfile, ...] = ()
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @property
@@ -287,6 +312,14 @@ class Config(_Section):
 
     def profile(self, name: str) -> CameraProfile | None:
         return next((profile for profile in self.camera if profile.name == name), None)
+
+    @model_validator(mode="after")
+    def _fleet_bucket_needs_s3(self) -> Config:
+        if self.fleet.bucket is not None and self.storage.backend != "s3":
+            raise ValueError('fleet.bucket: only with storage.backend = "s3"')
+        if self.fleet.path is not None and self.storage.backend != "file":
+            raise ValueError('fleet.path: only with storage.backend = "file"')
+        return self
 
 
 def resolve_config_path(explicit: str | Path | None) -> Path:

@@ -27,6 +27,7 @@ from bwc_dock.config import Config, load_config
 from bwc_dock.custody import anchor_dockings
 from bwc_dock.docked import Docked, DockedRegistry
 from bwc_dock.errors import BwcDockError, ConfigError, Interrupted, PermanentStorageError
+from bwc_dock.fleet import FleetPublisher, fleet_publisher
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
@@ -82,6 +83,7 @@ class Daemon(SourceListener):
         self._last_error: str | None = None
         self.error_counts: dict[str, int] = {}
         self.hooks: ServiceHooks | None = None  # watchdog, STATUS, alarms, metrics
+        self.fleet: FleetPublisher | None = None  # the status document for `bwc-dock fleet`
         self._bandwidth = (
             BandwidthLimiter(config.storage.bandwidth) if config.storage.bandwidth else None
         )
@@ -139,6 +141,7 @@ class Daemon(SourceListener):
     def run(self) -> int:
         self.signals.install()
         self.hooks = ServiceHooks(self.config.alarms)
+        self.fleet = fleet_publisher(self.config)
         self.recover()
         for source in self.sources:
             source.start(self)
@@ -190,6 +193,10 @@ class Daemon(SourceListener):
         for number in range(self.config.dock.upload_workers):
             self._spawn(f"uploader-{number}", self._uploader_loop)
         self._spawn("anchorer", self._anchor_loop)
+        if self.fleet is not None:  # not joined at shutdown: a hung store must not hold it
+            fleet = self.fleet
+            threading.Thread(target=lambda: fleet.run(self.stop_event), name="fleet",
+                             daemon=True).start()
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=self._guarded(name, target), name=name, daemon=True)
@@ -313,6 +320,8 @@ class Daemon(SourceListener):
             self._beat()
         if self.hooks is not None:
             self.hooks(self.status)
+            if self.fleet is not None:  # hands the document to its thread, never waits
+                self.fleet.tick(self.status, self.hooks.alarms.active)
 
     def _check_storage(self) -> None:
         error = self.storage.check(self.backend)

@@ -12,7 +12,18 @@ from itertools import pairwise
 
 import click
 
-from bwc_dock.cli import audit, cameras, clips, config, daemon, ingest, resync, status, verify
+from bwc_dock.cli import (
+    audit,
+    cameras,
+    clips,
+    config,
+    daemon,
+    fleet,
+    ingest,
+    resync,
+    status,
+    verify,
+)
 from bwc_dock.cli.context import Context
 from bwc_dock.errors import EXIT_PROBLEM, EXIT_USAGE, BwcDockError
 
@@ -41,6 +52,7 @@ COMMANDS: tuple[click.Command, ...] = (
     resync.resync,
     verify.verify,
     cameras.cameras_group,
+    fleet.fleet,
 )
 for command in COMMANDS:
     cli.add_command(command)

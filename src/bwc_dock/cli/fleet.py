@@ -1,0 +1,155 @@
+"""``bwc-dock fleet``: every dock's status document from central storage, one row each.
+
+The documents are written by other docks, and anyone who can write to the store can
+write one: their text is shown as text (no Rich markup, control characters escaped),
+and an entry that is not a status document is listed as such, never a crash.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from bwc_dock.cli.context import Context, emit, iso, pass_context
+from bwc_dock.errors import EXIT_PROBLEM
+
+if TYPE_CHECKING:
+    from bwc_dock.fleet import Verdict
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
+@click.option(
+    "--stale-after",
+    "stale_after_minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="MINUTES",
+    help="a dock is stale after this long without a heartbeat "
+    "(default: 5, or 3 of the dock's publish intervals if longer)",
+)
+@pass_context
+def fleet(context: Context, as_json: bool, stale_after_minutes: float | None) -> None:
+    """Every dock's status from central storage; exit 1 when one is stale or alarmed."""
+    # lazy: the fleet module brings the daemon's status types, other commands need none
+    from bwc_dock.fleet import fleet_backend, judge, read_fleet
+
+    context.logging("warning")
+    config = context.config
+    stale_after = timedelta(minutes=stale_after_minutes) if stale_after_minutes else None
+    backend = fleet_backend(config)
+    try:
+        reports = read_fleet(backend, config.fleet.prefix)
+    finally:
+        backend.close()
+    now = datetime.now(UTC)
+    verdicts = judge(reports, now, stale_after)
+    healthy = bool(verdicts) and all(verdict.healthy for verdict in verdicts)
+    if as_json:
+        emit(
+            {
+                "prefix": config.fleet.prefix,
+                "checked_at": iso(now),
+                "stale_after_minutes": stale_after_minutes,
+                "healthy": healthy,
+                "docks": [_verdict_document(verdict, now) for verdict in verdicts],
+            }
+        )
+    else:
+        _print_table(verdicts, now)
+    if not verdicts:
+        click.echo(f"bwc-dock: no fleet status documents under {config.fleet.prefix!r}", err=True)
+    if not healthy:
+        sys.exit(EXIT_PROBLEM)
+
+
+def _verdict_document(verdict: Verdict, now: datetime) -> dict[str, Any]:
+    report, document = verdict.report, verdict.report.document
+    entry: dict[str, Any] = {
+        "key": report.key,
+        "state": verdict.state,
+        "alarmed": verdict.alarmed,
+        "problem": report.problem,
+    }
+    if document is None:
+        return entry
+    entry |= {
+        "dock": document.dock,
+        "host": document.host,
+        "version": document.version,
+        "heartbeat_at": iso(document.heartbeat_at),
+        "heartbeat_age_seconds": verdict.age.total_seconds() if verdict.age else None,
+        "interval_seconds": document.interval_seconds,
+        "clips": document.clips,
+        "pending": document.pending,
+        "oldest_pending_at": iso(document.oldest_pending_at),
+        "alarms": [alarm.model_dump() for alarm in document.alarms],
+        "cameras": [camera.model_dump(mode="json") for camera in document.cameras],
+        "staging_free_bytes": document.staging_free_bytes,
+        "storage": document.storage,
+    }
+    return entry
+
+
+def printable(text: str) -> str:
+    """Text from a document as it may be shown: control characters escaped."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def age(span: timedelta | None) -> str:
+    """A short readable age: 42 s, 7 min, 3 h 5 min, 2 d 4 h."""
+    if span is None:
+        return "-"
+    seconds = int(span.total_seconds())
+    if seconds < 0:
+        return f"in {age(-span)}"
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 120:
+        return f"{minutes} min"
+    hours = minutes // 60
+    if hours < 48:
+        return f"{hours} h {minutes % 60} min"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def _row(verdict: Verdict, now: datetime) -> tuple[str, ...]:
+    report, document = verdict.report, verdict.report.document
+    if document is None:
+        return (report.key, verdict.state, "-", "-", "-", report.problem or "")
+    oldest = document.oldest_pending_at
+    alarms = ", ".join(
+        alarm.kind + (f" ({alarm.subject})" if alarm.subject else "") for alarm in document.alarms
+    )
+    if report.problem:
+        alarms = f"{alarms}; {report.problem}" if alarms else report.problem
+    return (
+        document.dock,
+        verdict.state,
+        age(verdict.age),
+        str(document.pending),
+        age(now - oldest) if oldest else "-",
+        alarms or "-",
+    )
+
+
+def _print_table(verdicts: list[Verdict], now: datetime) -> None:
+    # lazy: rich costs import time, and --json (cron, scripts) does not need it
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table()
+    # nothing is cut off with an ellipsis: a long name or alarm list folds instead
+    table.add_column("dock", overflow="fold")
+    for column in ("state", "heartbeat", "pending", "oldest pending"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("alarms", overflow="fold")
+    for verdict in verdicts:
+        style = None if verdict.healthy else "bold red"
+        # Text cells: a document's words are never read as Rich markup
+        table.add_row(*(Text(printable(cell)) for cell in _row(verdict, now)), style=style)
+    Console().print(table)

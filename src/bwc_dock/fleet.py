@@ -1,0 +1,382 @@
+"""The fleet view: each dock's status document in central storage, written and read.
+
+Many docks share one central store and nothing else, so the store is where they report:
+the daemon publishes a small JSON document under ``<fleet prefix><dock>.json`` at most
+once a minute (the only object bwc-dock ever replaces: it is status, not evidence), and
+``bwc-dock fleet`` reads them all. Publishing never touches offloading: the main loop
+only hands the latest document to a thread of its own, which writes it through a
+storage backend of its own (its own connections, no Object Lock retention); a store
+that refuses or hangs costs that thread, never a copier or an uploader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bwc_dock.alarms import Alarm
+from bwc_dock.config import Config
+from bwc_dock.errors import BwcDockError, PermanentStorageError, TransientStorageError
+from bwc_dock.ledger.states import PENDING_STATES
+from bwc_dock.scanner import safe_name
+from bwc_dock.service import DaemonStatus
+from bwc_dock.storage import StorageBackend, open_backend
+
+log = structlog.get_logger(__name__)
+
+SCHEMA = "bwc-dock/fleet-status/1"
+SCHEMA_FAMILY = "bwc-dock/fleet-status/"
+DOCUMENT_SUFFIX = ".json"
+# A status document is a few KiB; anything much larger under the prefix is not ours.
+MAX_DOCUMENT_BYTES = 1024 * 1024
+# A dock counts as stale when its heartbeat is older than this, or than this many of
+# its own publish intervals when that is longer (``bwc-dock fleet`` without --stale-after).
+DEFAULT_STALE_AFTER = timedelta(minutes=5)
+STALE_INTERVALS = 3
+# For tests only: publish this often instead of [fleet] interval_seconds (at least 60 s
+# in the configuration), so a test of staleness need not wait minutes.
+INTERVAL_OVERRIDE_FOR_TESTS = "BWC_DOCK_FLEET_INTERVAL_SECONDS_FOR_TESTS"
+
+
+def document_key(prefix: str, dock_id: str) -> str:
+    """Where a dock's status document lives: the dock id made safe as one key segment."""
+    return f"{prefix}{safe_name(dock_id.encode())}{DOCUMENT_SUFFIX}"
+
+
+def software_version() -> str:
+    try:
+        return version("bwc-dock")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def status_document(
+    status: DaemonStatus,
+    alarms: Iterable[Alarm],
+    *,
+    now: datetime,
+    interval_seconds: float,
+    started_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The JSON status document of one dock, from the daemon's status of this moment."""
+    return {
+        "schema": SCHEMA,
+        "dock": status.dock_id,
+        "host": socket.gethostname(),
+        "version": software_version(),
+        "heartbeat_at": _iso(now),
+        "started_at": _iso(started_at),
+        "interval_seconds": interval_seconds,
+        "clips": dict(status.clips_by_state),
+        "oldest_pending_at": _iso(status.oldest_pending_at),
+        "alarms": [
+            {
+                "kind": str(alarm.kind),
+                "subject": alarm.camera,
+                "severity": alarm.severity,
+                "detail": alarm.detail,
+            }
+            for alarm in alarms
+        ],
+        "cameras": [
+            {
+                "serial": camera.serial,
+                "pending_clips": camera.pending_clips,
+                "last_progress_at": _iso(camera.last_progress_at),
+            }
+            for camera in status.docked
+        ],
+        "staging_free_bytes": status.staging_free_bytes,
+        "storage": str(status.storage),
+    }
+
+
+def encode(document: Mapping[str, Any]) -> bytes:
+    return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+# -- publishing -----------------------------------------------------------------------
+
+
+def fleet_backend(config: Config) -> StorageBackend:
+    """A backend of its own for fleet writes: the same store (or ``[fleet] bucket`` or
+    ``path``), without Object Lock retention, which would keep every minute's version
+    for years."""
+    storage = config.storage.model_copy(
+        update={
+            "object_lock_mode": None,
+            "object_lock_days": None,
+            "bucket": config.fleet.bucket or config.storage.bucket,
+            "path": config.fleet.path or config.storage.path,
+        }
+    )
+    return open_backend(config.model_copy(update={"storage": storage}))
+
+
+def publish_interval(config: Config) -> float:
+    """``[fleet] interval_seconds``, or the override tests set (see INTERVAL_OVERRIDE_FOR_TESTS)."""
+    override = os.environ.get(INTERVAL_OVERRIDE_FOR_TESTS)
+    if override:
+        try:
+            seconds = float(override)
+        except ValueError:
+            seconds = 0.0
+        if seconds > 0:
+            return seconds
+        log.warning("fleet.interval_override_ignored", variable=INTERVAL_OVERRIDE_FOR_TESTS)
+    return config.fleet.interval_seconds
+
+
+def _failure_kind(error: BwcDockError | OSError) -> str:
+    """What the operator would fix: one log line per kind, not one per minute."""
+    if isinstance(error, PermanentStorageError):
+        return f"refused:{error.kind.value}"
+    if isinstance(error, TransientStorageError):
+        return "unreachable"
+    return type(error).__name__
+
+
+class FleetPublisher:
+    """Hands the daemon's status to a publishing thread, at most once per interval.
+
+    :meth:`tick` runs in the daemon's main loop and never waits for the store: when a
+    publish is due it builds the document and leaves it for the thread (a newer one
+    replaces one not yet sent). :meth:`run` is that thread's body.
+    """
+
+    def __init__(
+        self,
+        backend: StorageBackend,
+        key: str,
+        interval_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.backend = backend
+        self.key = key
+        self.interval_seconds = interval_seconds
+        self._clock = clock
+        self._next_due = 0.0
+        self._started_at = datetime.now(UTC)
+        self._waiting: bytes | None = None
+        self._lock = threading.Lock()  # the document waiting, the failures reported
+        self._ready = threading.Event()
+        self._sending = threading.Event()
+        self._failures_reported: set[str] = set()
+        self.published = 0
+
+    def tick(self, read_status: Callable[[], DaemonStatus], alarms: Sequence[Alarm]) -> None:
+        """Called every turn of the main loop; builds a document only when one is due."""
+        now = self._clock()
+        if now < self._next_due:
+            return
+        self._next_due = now + self.interval_seconds
+        if self._sending.is_set():
+            # the last publish still hangs on the store: say so once, skip this one
+            self._report_failure("slow", "the previous publish has not finished")
+            return
+        document = status_document(
+            read_status(),
+            alarms,
+            now=datetime.now(UTC),
+            interval_seconds=self.interval_seconds,
+            started_at=self._started_at,
+        )
+        with self._lock:
+            self._waiting = encode(document)
+        self._ready.set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Publish each document handed over, until ``stop`` is set."""
+        while not stop.is_set():
+            if not self._ready.wait(timeout=1.0):
+                continue
+            self._ready.clear()
+            with self._lock:
+                data, self._waiting = self._waiting, None
+            if data is not None:
+                self._sending.set()
+                try:
+                    self.publish(data)
+                except Exception as error:  # this thread's error boundary: log, carry on
+                    log.exception("fleet.publish_crashed", key=self.key, error=str(error))
+                finally:
+                    self._sending.clear()
+
+    def publish(self, data: bytes) -> bool:
+        """Replace this dock's document; on failure log once per kind and wait for the next."""
+        try:
+            self.backend.put_bytes(self.key, data, {}, replace=True)
+        except (BwcDockError, OSError) as error:
+            self._report_failure(_failure_kind(error), str(error))
+            return False
+        self.published += 1
+        with self._lock:
+            recovered = bool(self._failures_reported)
+            self._failures_reported.clear()
+        if recovered:
+            log.info("fleet.publish_recovered", key=self.key)
+        return True
+
+    def _report_failure(self, kind: str, error: str) -> None:
+        """Called from the main loop ("slow") and the publishing thread: one lock for both."""
+        with self._lock:
+            first = kind not in self._failures_reported
+            self._failures_reported.add(kind)
+        if not first:
+            log.debug("fleet.publish_failed", key=self.key, kind=kind, error=error)
+            return
+        log.warning(
+            "fleet.publish_failed",
+            key=self.key,
+            kind=kind,
+            error=error,
+            retry="at the next interval; offloading is not affected",
+        )
+
+
+def fleet_publisher(config: Config) -> FleetPublisher | None:
+    """The daemon's publisher, or None when ``[fleet] enabled = false``."""
+    if not config.fleet.enabled:
+        return None
+    return FleetPublisher(
+        fleet_backend(config),
+        document_key(config.fleet.prefix, config.dock.id),
+        publish_interval(config),
+    )
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)  # newer docks may add fields
+
+
+class ReportedAlarm(_Model):
+    kind: str
+    subject: str | None = None
+    severity: str
+    detail: str = ""
+
+
+class ReportedCamera(_Model):
+    serial: str
+    pending_clips: int = 0
+    last_progress_at: datetime | None = None
+
+
+class FleetDocument(_Model):
+    """A status document as read back; anything that does not fit is reported, not used."""
+
+    schema_: str = Field(alias="schema")
+    dock: str
+    host: str | None = None
+    version: str | None = None
+    heartbeat_at: datetime
+    interval_seconds: float = Field(default=60.0, gt=0)
+    clips: dict[str, int] = Field(default_factory=dict)
+    oldest_pending_at: datetime | None = None
+    alarms: tuple[ReportedAlarm, ...] = ()
+    cameras: tuple[ReportedCamera, ...] = ()
+    staging_free_bytes: int | None = None
+    storage: str | None = None
+
+    @property
+    def pending(self) -> int:
+        return sum(count for state, count in self.clips.items() if state in PENDING_STATES)
+
+
+@dataclass(frozen=True)
+class DockReport:
+    """One entry under the fleet prefix: a dock's document, or why it is not one."""
+
+    key: str
+    document: FleetDocument | None
+    problem: str | None = None  # set when the entry is malformed or foreign
+
+
+def read_fleet(backend: StorageBackend, prefix: str) -> list[DockReport]:
+    """Every entry under ``prefix``, read and checked; one bad entry spoils only itself."""
+    return [_read_entry(backend, prefix, key) for key in backend.list_keys(prefix)]
+
+
+def _read_entry(backend: StorageBackend, prefix: str, key: str) -> DockReport:
+    if not key.endswith(DOCUMENT_SUFFIX) or "/" in key[len(prefix) :]:
+        return DockReport(key, None, "not a fleet status document (foreign object)")
+    stored = backend.head(key)
+    if stored is None:
+        return DockReport(key, None, "gone while being read")
+    if stored.size > MAX_DOCUMENT_BYTES:
+        return DockReport(key, None, f"too large for a status document ({stored.size} bytes)")
+    data = backend.read_bytes(key)
+    if data is None:
+        return DockReport(key, None, "gone while being read")
+    return parse_document(key, data, prefix)
+
+
+def parse_document(key: str, data: bytes, prefix: str) -> DockReport:
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        return DockReport(key, None, f"malformed: not JSON ({type(error).__name__})")
+    if not isinstance(raw, dict) or not str(raw.get("schema", "")).startswith(SCHEMA_FAMILY):
+        return DockReport(key, None, "foreign: not a bwc-dock fleet status document")
+    try:
+        document = FleetDocument.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return DockReport(key, None, f"malformed: {where}: {first['msg']}")
+    if document.heartbeat_at.tzinfo is None:
+        return DockReport(key, None, "malformed: heartbeat_at has no time zone")
+    if document_key(prefix, document.dock) != key:
+        return DockReport(key, document, f"document of dock {document.dock!r} under {key}")
+    return DockReport(key, document)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What ``bwc-dock fleet`` says of one entry."""
+
+    report: DockReport
+    state: str  # alive, stale, or malformed
+    age: timedelta | None  # since the last heartbeat
+    alarmed: bool
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "alive" and not self.alarmed and self.report.problem is None
+
+
+def judge(
+    reports: Iterable[DockReport], now: datetime, stale_after: timedelta | None = None
+) -> list[Verdict]:
+    """Alive or stale by heartbeat age (``stale_after``, else the default per dock)."""
+    verdicts = []
+    for report in reports:
+        document = report.document
+        if document is None:
+            verdicts.append(Verdict(report, "malformed", None, alarmed=False))
+            continue
+        age = now - document.heartbeat_at
+        limit = stale_after or max(
+            DEFAULT_STALE_AFTER, timedelta(seconds=STALE_INTERVALS * document.interval_seconds)
+        )
+        state = "stale" if age > limit else "alive"
+        verdicts.append(Verdict(report, state, age, alarmed=bool(document.alarms)))
+    return verdicts
