@@ -12,6 +12,12 @@ the same disk. For each data set, three times, the median is reported of:
   cp + sha256sum      cp of the files, then sha256sum of the copies (no fsync!)
   openssl sha256      openssl dgst -sha256 of the sources: the hash-speed ceiling
 
+The limit is min(openssl's SHA-256 speed, buffered write+fsync of the disk), both
+measured in this run; targets (issue 12): copy+hash+fsync >= 0.9 of the limit for one
+1 GiB clip and >= 0.8 for 100 x 10 MiB, >= 0.5 with the verify re-read, peak RSS under
+100 MiB. SQL/clip counts the statements the copier sent (an SQLAlchemy hook on its
+engine, BEGIN included) over the timed part, per clip.
+
 CPU seconds come from getrusage: the copier's own (all its threads, over the timed
 part only) and the children's for the command-line tools. Kernel writeback threads are
 charged to nobody, for all methods alike. Peak RSS is the copier process's VmHWM
@@ -42,8 +48,10 @@ from typing import Any
 MIB = 1024**2
 GIB = 1024**3
 READ_CHUNK = 8 * MIB
-TARGET_NO_VERIFY = 0.80  # copy+hash+fsync vs openssl's SHA-256 speed
-TARGET_VERIFY = 0.40  # with the verify re-read
+# against the limit: min(openssl's SHA-256 speed, buffered write+fsync), same run
+TARGET_NO_VERIFY_ONE_CLIP = 0.9  # copy+hash+fsync of one big clip (1 GiB)
+TARGET_NO_VERIFY_MANY_CLIPS = 0.8  # the same over many clips (100 x 10 MiB)
+TARGET_VERIFY = 0.5  # with the verify re-read
 TARGET_RSS_MIB = 100
 METHODS = ("copier_no_verify", "copier_verify", "cp_sha256sum", "openssl_sha256")
 LABELS = {
@@ -71,6 +79,7 @@ class Sample:
     cpu_seconds: float
     max_rss_kib: int | None = None
     baseline_rss_kib: int | None = None
+    statements: int | None = None  # SQL statements the copier sent, over the timed part
     digests: dict[str, str] = field(default_factory=dict)  # file name -> sha256
 
 
@@ -197,9 +206,11 @@ def copier_worker(mode: str, volume: Path, work: Path) -> None:
     if mode == "no-verify":
         _disable_verify()
     cancel = threading.Event()
+    statements = _count_statements(ledger.engine)
     baseline_rss = _status_kib("VmRSS")
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
+    statements_before = statements[0]
     while copier.copy_next(cancel, docking_id):
         pass
     seconds = time.perf_counter() - started
@@ -211,10 +222,25 @@ def copier_worker(mode: str, volume: Path, work: Path) -> None:
         "cpu_seconds": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
         "max_rss_kib": _status_kib("VmHWM"),
         "baseline_rss_kib": baseline_rss,
+        "statements": statements[0] - statements_before,
         "states": sorted({clip.state.value for clip in clips}),
         "digests": {clip.source_path.rsplit("/", 1)[-1]: clip.sha256 for clip in clips},
     }
     print(json.dumps(result))
+
+
+def _count_statements(engine: Any) -> list[int]:
+    """A one-item list that counts every statement sent on ``engine`` from now on
+    (BEGIN IMMEDIATE included; COMMIT is not a statement the cursor sends)."""
+    from sqlalchemy import event
+
+    counter = [0]
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _counted(*_arguments: Any) -> None:
+        counter[0] += 1
+
+    return counter
 
 
 def measure_copier(
@@ -245,6 +271,7 @@ def measure_copier(
             cpu_seconds=result["cpu_seconds"],
             max_rss_kib=result["max_rss_kib"],
             baseline_rss_kib=result["baseline_rss_kib"],
+            statements=result["statements"],
             digests=result["digests"],
         )
     finally:
@@ -363,8 +390,11 @@ def measure(dataset: Dataset, scratch: Path, method: str, baseline: str | None) 
     return sample
 
 
-def summarise(dataset: Dataset, samples: dict[str, list[Sample]]) -> dict[str, Any]:
-    """Medians per method, checked for agreeing digests, with ratios against openssl."""
+def summarise(
+    dataset: Dataset, samples: dict[str, list[Sample]], disk_mb_per_s: float
+) -> dict[str, Any]:
+    """Medians per method, checked for agreeing digests, with ratios against openssl and
+    against the limit, min(openssl, buffered write+fsync of the disk)."""
     reference = samples["openssl_sha256"][0].digests
     if len(reference) != len(dataset.files):
         raise RuntimeError(f"openssl hashed {len(reference)} of {len(dataset.files)} files")
@@ -397,8 +427,16 @@ def summarise(dataset: Dataset, samples: dict[str, list[Sample]]) -> dict[str, A
         cpu = statistics.median(
             reference.cpu_seconds / run.cpu_seconds for reference, run in rounds
         )
+        disk_seconds = dataset.size / 1e6 / disk_mb_per_s
+        limit = statistics.median(
+            max(reference.seconds, disk_seconds) / run.seconds for reference, run in rounds
+        )
         methods[method]["ratio_to_openssl"] = round(wall, 3)
+        methods[method]["ratio_to_limit"] = round(limit, 3)
         methods[method]["cpu_ratio_to_openssl"] = round(cpu, 3)
+        if runs[0].statements is not None:
+            statements = statistics.median(run.statements or 0 for run in runs)
+            methods[method]["statements_per_clip"] = round(statements / len(dataset.files), 2)
     return {"bytes": dataset.size, "files": len(dataset.files), "methods": methods}
 
 
@@ -406,22 +444,25 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     checks = []
     for name, result in results.items():
         methods = result["methods"]
+        no_verify_target = (
+            TARGET_NO_VERIFY_ONE_CLIP if result["files"] == 1 else TARGET_NO_VERIFY_MANY_CLIPS
+        )
         checks.append(
             {
                 "dataset": name,
-                "check": "(a)/(d) copy+hash+fsync vs openssl",
-                "value": methods["copier_no_verify"]["ratio_to_openssl"],
-                "target": f">= {TARGET_NO_VERIFY}",
-                "met": methods["copier_no_verify"]["ratio_to_openssl"] >= TARGET_NO_VERIFY,
+                "check": "(a) copy+hash+fsync vs limit",
+                "value": methods["copier_no_verify"]["ratio_to_limit"],
+                "target": f">= {no_verify_target}",
+                "met": methods["copier_no_verify"]["ratio_to_limit"] >= no_verify_target,
             }
         )
         checks.append(
             {
                 "dataset": name,
-                "check": "(b)/(d) with verify re-read vs openssl",
-                "value": methods["copier_verify"]["ratio_to_openssl"],
+                "check": "(b) with verify re-read vs limit",
+                "value": methods["copier_verify"]["ratio_to_limit"],
                 "target": f">= {TARGET_VERIFY}",
-                "met": methods["copier_verify"]["ratio_to_openssl"] >= TARGET_VERIFY,
+                "met": methods["copier_verify"]["ratio_to_limit"] >= TARGET_VERIFY,
             }
         )
         peak = max(methods[m]["peak_rss_mib"] for m in ("copier_no_verify", "copier_verify"))
@@ -450,7 +491,7 @@ def print_table(report: dict[str, Any]) -> None:
     )
     header = (
         f"{'data':<12} {'method':<27} {'MB/s':>8} {'CPU s/GiB':>10} {'vs openssl':>10} "
-        f"{'CPU vs openssl':>14} "
+        f"{'vs limit':>9} {'CPU vs openssl':>14} {'SQL/clip':>8} "
         f"{'peak RSS MiB':>13}  runs (s)"
     )
     print(header)
@@ -463,10 +504,13 @@ def print_table(report: dict[str, Any]) -> None:
             rss = entry.get("peak_rss_mib")
             rss_text = f"{rss:.1f}" if rss is not None else "-"
             runs = " ".join(f"{value:.2f}" for value in entry["runs_seconds"])
+            statements = entry.get("statements_per_clip")
+            statements_text = f"{statements:.1f}" if statements is not None else "-"
             print(
                 f"{name:<12} {label:<27} {entry['mb_per_s']:>8.0f} "
                 f"{entry['cpu_seconds_per_gib']:>10.2f} {entry['ratio_to_openssl']:>10.2f} "
-                f"{entry['cpu_ratio_to_openssl']:>14.2f} "
+                f"{entry['ratio_to_limit']:>9.2f} {entry['cpu_ratio_to_openssl']:>14.2f} "
+                f"{statements_text:>8} "
                 f"{rss_text:>13}  {runs}"
             )
     print()
@@ -537,7 +581,7 @@ def run(arguments: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
                     samples[method].append(measure(dataset, scratch, method, arguments.baseline))
-            results[dataset.name] = summarise(dataset, samples)
+            results[dataset.name] = summarise(dataset, samples, disk["write_fsync_mb_per_s"])
         report = {
             "reps": arguments.reps,
             "cpus": os.cpu_count(),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bwc_dock.errors import SourceGone
-from bwc_dock.hashing import CHUNK_SIZE, copy_hashing, hash_file_from_disk
+from bwc_dock.hashing import CHUNK_SIZE, copy_hashing, copy_unhashed, hash_file_from_disk
 
 # An aligned chunk takes the O_DIRECT path where the filesystem allows it (ext4, xfs);
 # an odd one forces buffered writes everywhere.
@@ -162,3 +162,20 @@ def test_pipeline_buffers_kept_between_copies_carry_nothing_over(tmp_path: Path)
     assert (tmp_path / "shorter.copy").read_bytes() == shorter
     assert (sha256, size) == (hashlib.sha256(shorter).hexdigest(), len(shorter))
     assert (tmp_path / "longer.copy").read_bytes() == longer
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_copy_unhashed_copies_every_byte_exactly(tmp_path: Path, chunk: int) -> None:
+    """copy_unhashed (the folder backend's send, read past the cache where it can) writes
+    exactly the source's bytes, tails that are not block-aligned included."""
+    for size in [*sizes_around(chunk), 3 * 1024 * 1024 + 5]:
+        source, destination = tmp_path / f"in-{size}", tmp_path / f"out-{size}"
+        data = write_random(source, size)
+        source_fd = os.open(source, os.O_RDONLY)
+        destination_fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            assert copy_unhashed(source_fd, destination_fd, chunk_size=chunk) == size
+        finally:
+            os.close(source_fd)
+            os.close(destination_fd)
+        assert destination.read_bytes() == data

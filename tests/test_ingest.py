@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
+from contextlib import closing
 
 from tests.dock import Dock, central_objects, make_camera, sha256_of, wait_until
 from tests.treesnapshot import NO_DIFFERENCES, differences, tree_snapshot
@@ -205,3 +207,20 @@ def test_a_refused_manifest_keeps_its_clip_from_counting_as_uploaded(dock: Dock)
     [clip] = dock.clips()
     assert clip["state"] == "uploaded"
     assert json.loads(manifest.read_text())["sha256"] == clip["sha256"]
+
+
+def test_ingest_wait_uploads_a_clip_before_the_last_one_is_copied(dock: Dock) -> None:
+    """A hand-run ingest --wait overlaps the stages: a clip is uploaded while others copy."""
+    camera = dock.root / "card"
+    make_camera(camera, [4 * MIB] * 8, sidecars=False)
+
+    dock.cli("ingest", str(camera), "--camera-serial", "X81234567", "--wait")
+
+    with closing(sqlite3.connect(dock.ledger_path)) as connection:
+        events = connection.execute(
+            "SELECT event, clip_id FROM audit_log WHERE clip_id IS NOT NULL ORDER BY id"
+        ).fetchall()
+    order = [event for event, _clip in events]
+    assert order.count("clip.uploaded") == 8
+    last_staged = len(order) - 1 - order[::-1].index("clip.staged")
+    assert order.index("clip.uploaded") < last_staged

@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
 from bwc_dock.config import Config, parse_config
 from bwc_dock.errors import IllegalTransition, LeaseLost, LedgerError
@@ -375,3 +375,51 @@ def test_a_lease_from_an_earlier_boot_is_dead_even_with_this_pid_and_start_tick(
     other_boot = f"{int(boot, 16) ^ 1:08x}"
     assert owner_is_dead(f"{host}/{pid}/{ticks}:{other_boot}/{thread}")
     assert owner_is_dead(f"{host}/{pid}/{ticks}/{thread}")  # an owner named before boots
+
+
+def test_two_ledgers_on_one_file_append_to_one_unbroken_chain(tmp_path: Path) -> None:
+    """A daemon and a hand-run command (two ledgers, two chain heads in memory) append in
+    turns; every row links to the row before it, whoever wrote that."""
+    first = _ledger_with_clips(tmp_path, 1)
+    second = Ledger.open(_config(tmp_path), "hand")
+    for turn in range(6):
+        (first if turn % 2 else second).record_event("test.turn", details={"turn": turn})
+        first.record_event("test.again", details={"turn": turn})
+    entries = first.audit_entries()
+    assert find_break(entries) is None
+    assert [entry.id for entry in entries] == list(range(1, len(entries) + 1))
+    first.close()
+    second.close()
+
+
+def test_an_audit_row_rolled_back_is_not_linked_to(tmp_path: Path) -> None:
+    """A transaction that fails after writing an audit row leaves no row the next one
+    links to: the chain goes on from the last committed row."""
+    ledger = _ledger_with_clips(tmp_path, 1)
+    with pytest.raises(RuntimeError), ledger.transaction() as session:
+        ledger.store.audit(session, "test.rolled_back")
+        raise RuntimeError("the transaction fails")
+    ledger.record_event("test.after")
+    entries = ledger.audit_entries()
+    assert "test.rolled_back" not in [entry.event for entry in entries]
+    assert entries[-1].event == "test.after"
+    assert find_break(entries) is None
+    ledger.close()
+
+
+def test_finishing_a_copy_claims_the_next_clip_in_the_same_transaction(tmp_path: Path) -> None:
+    """finish_copy_and_claim stages clip N and leases clip N+1 with one commit."""
+    ledger = _ledger_with_clips(tmp_path, 2)
+    owner = current_owner("copier")
+    first = ledger.claim_for_copy(owner)
+    assert first is not None
+    commits: list[int] = []
+    event.listen(ledger.engine, "commit", lambda _connection: commits.append(1))
+    second = ledger.finish_copy_and_claim(first, owner, "a" * 64, "clips/1", {}, None)
+    assert len(commits) == 1
+    assert second is not None and second.id != first.id
+    states = {work.id: work.state for work in ledger.clips()}
+    assert states == {first.id: ClipState.STAGED, second.id: ClipState.COPYING}
+    assert ledger.finish_copy_and_claim(second, owner, "b" * 64, "clips/2", {}, None) is None
+    assert find_break(ledger.audit_entries()) is None
+    ledger.close()

@@ -203,6 +203,8 @@ class Copier:
         self.owner = owner
         self.on_staged = on_staged
         self._verifying: threading.Thread | None = None
+        # (docking filter, clip) claimed in the transaction that finished the clip before
+        self._claimed_ahead: tuple[int | None, ClipWork] | None = None
 
     def copy_next(
         self,
@@ -216,15 +218,29 @@ class Copier:
         Without ``verify_in_background`` the clip is staged (or back, or quarantined) when
         this returns; with it, its verification may still be running.
         """
-        work = self.ledger.claim_for_copy(self.owner, docking_id)
+        work = self._claimed(docking_id) or self.ledger.claim_for_copy(self.owner, docking_id)
         if work is None:
             self.wait_verified()
             return False
         if verify_in_background:
             self._handled(work, lambda: self._read_then_verify_later(work, cancel))
         else:
-            self.copy(work, cancel)
+            # staged, and the next clip claimed, in one transaction
+            self._handled(
+                work,
+                lambda: self._verify(work, self._read(work, cancel), cancel, (docking_id,)),
+            )
         return True
+
+    def _claimed(self, docking_id: int | None) -> ClipWork | None:
+        """The clip claimed ahead for this docking filter, if any (any other is given back)."""
+        claimed, self._claimed_ahead = self._claimed_ahead, None
+        if claimed is None:
+            return None
+        if claimed[0] != docking_id:
+            self._release(claimed[1], "claimed for another docking", timedelta(0), count=False)
+            return None
+        return claimed[1]
 
     def copy(self, work: ClipWork, cancel: threading.Event) -> None:
         """Copy and verify one claimed clip before returning."""
@@ -303,8 +319,15 @@ class Copier:
             }
         return _Read(folder_relative, folder, sha256, sidecar_hashes, renewer, started)
 
-    def _verify(self, work: ClipWork, read: _Read, cancel: threading.Event) -> None:
-        """Check every staged file from disk; then the clip is ``staged``."""
+    def _verify(
+        self,
+        work: ClipWork,
+        read: _Read,
+        cancel: threading.Event,
+        claim_next: tuple[int | None] | None = None,
+    ) -> None:
+        """Check every staged file from disk; then the clip is ``staged``. With
+        ``claim_next`` (a docking filter) the next clip is claimed in the same transaction."""
         assert work.volume_root is not None
         with _discarded_on_failure(read.folder, work):
             sha256 = self._verified(
@@ -324,7 +347,13 @@ class Copier:
                 )
                 for sidecar in work.sidecars
             }
-        self.ledger.finish_copy(work, self.owner, sha256, read.folder_relative, sidecar_hashes)
+        if claim_next is None:
+            self.ledger.finish_copy(work, self.owner, sha256, read.folder_relative, sidecar_hashes)
+        else:
+            ahead = self.ledger.finish_copy_and_claim(
+                work, self.owner, sha256, read.folder_relative, sidecar_hashes, claim_next[0]
+            )
+            self._claimed_ahead = None if ahead is None else (claim_next[0], ahead)
         if self.on_staged is not None:
             self.on_staged()
         elapsed = time.monotonic() - read.started

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -92,13 +93,16 @@ def ingest_folder(
         try:
             stages = Stages(config, ledger, backend)
             uploader = stages.uploader(current_owner("ingest-uploader"))
-            stopped = _copy_all(stages, docking_id, uploader, progress, deadline)
+            if wait:
+                stopped = _copy_while_uploading(
+                    stages, docking_id, uploader, clip_ids, deadline, progress
+                )
+            else:
+                stopped = _copy_all(stages, docking_id, uploader, progress, deadline)
+                ledger.end_docking(docking_id, "ingest copied")
             if stopped is not None:
                 log.error("ingest.stopped", docking=docking_id, reason=stopped)
                 report.problems.append(stopped)
-            ledger.end_docking(docking_id, "ingest copied")
-            if wait:
-                _upload_all(ledger, uploader, clip_ids, deadline, progress)
         finally:
             backend.close()
     return _summarise(ledger, clip_ids, report, wait)
@@ -121,23 +125,74 @@ class ProgressSink(Protocol):
         """Called after each step."""
 
 
+@dataclass
+class _Handoff:
+    """What the copying thread tells the uploading one."""
+
+    staged: threading.Event = field(default_factory=threading.Event)  # wakes the uploader
+    copied: threading.Event = field(default_factory=threading.Event)  # no more to come
+    abandoned: threading.Event = field(default_factory=threading.Event)  # copying failed
+
+
+def _copy_while_uploading(
+    stages: Stages,
+    docking_id: int,
+    uploader: Uploader,
+    clip_ids: list[int],
+    deadline: float,
+    progress: ProgressSink | None,
+) -> str | None:
+    """Copy the folder in this thread while a second one uploads what is staged: clip N
+    goes to central storage while clip N+1 is read off the camera, as in the daemon.
+    What _copy_all says (why copying stopped short, or None)."""
+    handoff = _Handoff()
+    failures: list[Exception] = []
+
+    def upload() -> None:
+        try:
+            _upload_all(stages.ledger, uploader, clip_ids, deadline, progress, handoff)
+        except Exception as error:  # handed to the caller's thread below
+            log.exception("ingest.upload_failed", error=str(error))
+            failures.append(error)
+
+    uploading = threading.Thread(target=upload, name="ingest-uploader", daemon=True)
+    uploading.start()
+    try:
+        stopped = _copy_all(
+            stages, docking_id, uploader, progress, deadline, on_staged=handoff.staged.set
+        )
+        stages.ledger.end_docking(docking_id, "ingest copied")
+    except BaseException:
+        handoff.abandoned.set()  # the upload in progress finishes; no new one starts
+        raise
+    finally:
+        handoff.copied.set()
+        handoff.staged.set()
+        uploading.join()
+    if failures:
+        raise failures[0]
+    return stopped
+
+
 def _copy_all(
     stages: Stages,
     docking_id: int,
     uploader: Uploader,
     progress: ProgressSink | None,
     deadline: float,
+    on_staged: Callable[[], None] | None = None,
 ) -> str | None:
     """Copy every clip of the docking; None when done, else why copying stopped short:
     staging stayed full with nothing to upload or purge, or the deadline passed."""
     ledger, staging = stages.ledger, stages.staging
     cancel = threading.Event()
-    copier = stages.copier(current_owner("ingest-copier"))
+    copier = stages.copier(current_owner("ingest-copier"), on_staged)
     total = len(ledger.clips(docking_id=docking_id))
     done = 0
     last_progress = time.monotonic()
     while True:
-        if copier.copy_next(cancel, docking_id):
+        # verifying clip N from disk overlaps reading clip N+1, as in the daemon
+        if copier.copy_next(cancel, docking_id, verify_in_background=True):
             done += 1
             last_progress = time.monotonic()
             if progress:
@@ -172,16 +227,20 @@ def _upload_all(
     clip_ids: list[int],
     deadline: float,
     progress: ProgressSink | None,
+    handoff: _Handoff,
 ) -> None:
+    """Upload the folder's clips as they are staged, until none is left to wait for."""
     wanted = set(clip_ids)
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not handoff.abandoned.is_set():
+        copying_over = handoff.copied.is_set()
         pending = [w for w in ledger.clips(ids=wanted) if w.state in PENDING_STATES]
         if progress:
             progress.update(len(wanted) - len(pending), len(wanted), "uploading")
-        if not pending or _stuck_for_good(pending):
+        if not pending or (copying_over and _stuck_for_good(pending)):
             return
         if not _upload_one_of(uploader, ledger, wanted):
-            time.sleep(POLL_SECONDS)
+            handoff.staged.wait(POLL_SECONDS)
+            handoff.staged.clear()
 
 
 def _upload_one_of(uploader: Uploader, ledger: Ledger, wanted: set[int]) -> bool:

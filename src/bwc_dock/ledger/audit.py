@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # SQLAlchemy loads on first append: `audit verify` imports find_break early
     from sqlalchemy.orm import Session
 
-    from bwc_dock.ledger.models import AuditEntry
     from bwc_dock.ledger.snapshots import AuditRecord
 
 GENESIS_HASH = "0" * 64
@@ -44,8 +43,35 @@ def row_hash(columns: Mapping[str, Any]) -> str:
     return hashlib.sha256(document.encode("ascii")).hexdigest()
 
 
+@dataclass
+class ChainHead:
+    """(id, hash) of the newest audit row as this process last wrote it, or None.
+
+    Only a hint: other processes (a hand-run command beside the daemon) append too, and
+    a transaction may roll back. Each append checks it inside the INSERT itself, under
+    the write lock every transaction takes (BEGIN IMMEDIATE), and reads the real head
+    only when the hint was stale: one statement per audit row instead of two.
+    """
+
+    known: tuple[int, str] | None = None
+
+
+_COLUMNS = (*HASHED_COLUMNS, "hash")
+_NAMES = ", ".join(_COLUMNS)
+_VALUES = ", ".join(f":{name}" for name in _COLUMNS)
+# column names from the constant tuple above, values bound: no text from outside
+_INSERT = f"INSERT INTO audit_log ({_NAMES}) VALUES ({_VALUES})"  # noqa: S608
+# the row goes in only if the newest row is still the one it links to
+_INSERT_IF_HEAD = (
+    f"INSERT INTO audit_log ({_NAMES}) SELECT {_VALUES}"  # noqa: S608
+    " WHERE COALESCE((SELECT max(id) FROM audit_log), 0) = :known_id"
+    " AND COALESCE((SELECT hash FROM audit_log WHERE id = :known_id), :genesis) = :prev_hash"
+)
+
+
 def append(
     session: Session,
+    chain: ChainHead,
     *,
     dock_id: str,
     actor: str,
@@ -54,30 +80,37 @@ def append(
     clip_id: int | None = None,
     sha256: str | None = None,
     details: Mapping[str, Any] | None = None,
-) -> AuditEntry:
+) -> None:
     """Add one chained row inside the caller's transaction (which holds the write lock)."""
-    from sqlalchemy import select
+    from sqlalchemy import CursorResult, text
 
-    from bwc_dock.ledger.models import AuditEntry
+    fields = {
+        "at": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "dock_id": dock_id,
+        "actor": actor,
+        "event": event,
+        "camera_serial": camera_serial,
+        "clip_id": clip_id,
+        "sha256": sha256,
+        "details": canonical_json(dict(details or {})),
+    }
+    if chain.known is not None:
+        row = _linked(chain.known, fields)
+        parameters = {**row, "known_id": chain.known[0], "genesis": GENESIS_HASH}
+        inserted = session.execute(text(_INSERT_IF_HEAD), parameters)
+        if isinstance(inserted, CursorResult) and inserted.rowcount == 1:
+            chain.known = (row["id"], row["hash"])
+            return
+    row = _linked(chain_head(session), fields)
+    session.execute(text(_INSERT), row)
+    chain.known = (row["id"], row["hash"])
 
-    last = session.execute(
-        select(AuditEntry.id, AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)
-    ).first()
-    entry = AuditEntry(
-        id=(last.id + 1) if last else 1,
-        at=datetime.now(UTC).isoformat(timespec="microseconds"),
-        dock_id=dock_id,
-        actor=actor,
-        event=event,
-        camera_serial=camera_serial,
-        clip_id=clip_id,
-        sha256=sha256,
-        details=canonical_json(dict(details or {})),
-        prev_hash=last.hash if last else GENESIS_HASH,
-    )
-    entry.hash = row_hash({name: getattr(entry, name) for name in HASHED_COLUMNS})
-    session.add(entry)
-    return entry
+
+def _linked(head: tuple[int, str], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The row that follows ``head``, with its hash."""
+    row = {"id": head[0] + 1, **fields, "prev_hash": head[1]}
+    row["hash"] = row_hash(row)
+    return row
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,20 @@ class Ledger:
     ) -> None:
         queue.finish_copy(self.store, work, owner, sha256, staged_path, sidecar_hashes)
 
+    def finish_copy_and_claim(
+        self,
+        work: ClipWork,
+        owner: str,
+        sha256: str,
+        staged_path: str,
+        sidecar_hashes: Mapping[int, str],
+        docking_id: int | None,
+    ) -> ClipWork | None:
+        """finish_copy of ``work`` and claim_for_copy of the next clip, in one transaction."""
+        return queue.finish_copy_and_claim(
+            self.store, work, owner, sha256, staged_path, sidecar_hashes, docking_id
+        )
+
     def finish_upload(
         self,
         work: ClipWork,

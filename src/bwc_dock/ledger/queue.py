@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
 
 from bwc_dock.errors import LeaseLost
 from bwc_dock.ledger.leases import owner_is_dead
@@ -33,26 +34,32 @@ log = structlog.get_logger(__name__)
 
 def claim_for_copy(store: Store, owner: str, docking_id: int | None = None) -> ClipWork | None:
     """The next discovered clip whose camera is docked now, leased to ``owner``."""
-    now = utc_now()
     with store.transaction() as session:
-        query = (
-            select(Clip, Docking)
-            .join(
-                Docking,
-                and_(Docking.camera_serial == Clip.camera_serial, Docking.undocked_at.is_(None)),
-            )
-            .where(Clip.state == ClipState.DISCOVERED, _due(now))
-            .order_by(Clip.priority.desc(), Clip.id, Docking.id.desc())
-            .limit(1)
+        return _claim_for_copy(store, session, owner, docking_id)
+
+
+def _claim_for_copy(
+    store: Store, session: Session, owner: str, docking_id: int | None
+) -> ClipWork | None:
+    now = utc_now()
+    query = (
+        select(Clip, Docking)
+        .join(
+            Docking,
+            and_(Docking.camera_serial == Clip.camera_serial, Docking.undocked_at.is_(None)),
         )
-        if docking_id is not None:
-            query = query.where(Docking.id == docking_id)
-        row = session.execute(query).first()
-        if row is None:
-            return None
-        clip, docking = row
-        lease(store, session, clip, ClipState.COPYING, owner, now)
-        return clip_snapshot(session, clip, Path(docking.volume_root))
+        .where(Clip.state == ClipState.DISCOVERED, _due(now))
+        .order_by(Clip.priority.desc(), Clip.id, Docking.id.desc())
+        .limit(1)
+    )
+    if docking_id is not None:
+        query = query.where(Docking.id == docking_id)
+    row = session.execute(query).first()
+    if row is None:
+        return None
+    clip, docking = row
+    lease(store, session, clip, ClipState.COPYING, owner, now)
+    return clip_snapshot(session, clip, Path(docking.volume_root))
 
 
 def claim_for_upload(
@@ -128,38 +135,73 @@ def finish_copy(
     sidecar_hashes: Mapping[int, str],
 ) -> None:
     with store.transaction() as session:
-        clip = owned(session, work.id, owner)
-        clip.sha256 = sha256
-        clip.staged_path = staged_path
-        clip.staged_at = utc_now()
-        clip.last_error = None
-        clip.next_attempt_at = None
-        for sidecar in session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id)):
-            sidecar.sha256 = sidecar_hashes[sidecar.id]
-        clip.duplicate_of = session.scalar(
-            select(Clip.id)
-            .where(
-                Clip.camera_serial == clip.camera_serial,
-                Clip.sha256 == sha256,
-                Clip.id != clip.id,
-                Clip.duplicate_of.is_(None),
-                Clip.state != ClipState.QUARANTINED,
-            )
-            .order_by(Clip.id)
-            .limit(1)
+        _record_copy(store, session, work, owner, sha256, staged_path, sidecar_hashes)
+
+
+def finish_copy_and_claim(
+    store: Store,
+    work: ClipWork,
+    owner: str,
+    sha256: str,
+    staged_path: str,
+    sidecar_hashes: Mapping[int, str],
+    docking_id: int | None,
+) -> ClipWork | None:
+    """finish_copy, and claim_for_copy of the next clip, in one transaction: a copier
+    going through a camera's clips commits (and waits for the disk) once per clip."""
+    with store.transaction() as session:
+        _record_copy(store, session, work, owner, sha256, staged_path, sidecar_hashes)
+        return _claim_for_copy(store, session, owner, docking_id)
+
+
+def _record_copy(
+    store: Store,
+    session: Session,
+    work: ClipWork,
+    owner: str,
+    sha256: str,
+    staged_path: str,
+    sidecar_hashes: Mapping[int, str],
+) -> None:
+    clip = owned(session, work.id, owner)
+    # read what is needed before the clip changes, so it is written in one UPDATE
+    sidecars = (
+        session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id)).all()
+        if work.sidecars
+        else []
+    )
+    duplicate_of = session.scalar(
+        select(Clip.id)
+        .where(
+            Clip.camera_serial == clip.camera_serial,
+            Clip.sha256 == sha256,
+            Clip.id != clip.id,
+            Clip.duplicate_of.is_(None),
+            Clip.state != ClipState.QUARANTINED,
         )
-        move(
-            store,
-            session,
-            clip,
-            ClipState.STAGED,
-            owner,
-            details={
-                "staged_path": staged_path,
-                "duplicate_of": clip.duplicate_of,
-                "sidecars": {str(k): v for k, v in sidecar_hashes.items()},
-            },
-        )
+        .order_by(Clip.id)
+        .limit(1)
+    )
+    for sidecar in sidecars:
+        sidecar.sha256 = sidecar_hashes[sidecar.id]
+    clip.sha256 = sha256
+    clip.staged_path = staged_path
+    clip.staged_at = utc_now()
+    clip.last_error = None
+    clip.next_attempt_at = None
+    clip.duplicate_of = duplicate_of
+    move(
+        store,
+        session,
+        clip,
+        ClipState.STAGED,
+        owner,
+        details={
+            "staged_path": staged_path,
+            "duplicate_of": clip.duplicate_of,
+            "sidecars": {str(k): v for k, v in sidecar_hashes.items()},
+        },
+    )
 
 
 def finish_upload(
@@ -173,13 +215,14 @@ def finish_upload(
 ) -> None:
     with store.transaction() as session:
         clip = owned(session, work.id, owner)
+        if work.sidecars:
+            for sidecar in session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id)):
+                sidecar.remote_key, sidecar.remote_sha256 = sidecar_remote[sidecar.id]
         clip.remote_key = remote_key
         clip.remote_sha256 = remote_sha256
         clip.uploaded_at = utc_now()
         clip.last_error = None
         clip.next_attempt_at = None
-        for sidecar in session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id)):
-            sidecar.remote_key, sidecar.remote_sha256 = sidecar_remote[sidecar.id]
         move(
             store,
             session,

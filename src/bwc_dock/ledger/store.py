@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from bwc_dock.ledger.audit import append
+from bwc_dock.ledger.audit import ChainHead, append
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class Store:
     dock_id: str
     actor: str
     lease: timedelta
+    # the audit chain's head as this process last wrote it (a hint checked by each append)
+    chain: ChainHead = field(default_factory=ChainHead, compare=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -32,4 +34,4 @@ class Store:
 
     def audit(self, session: Session, event: str, **fields: Any) -> None:
         """One chained audit row inside the caller's transaction."""
-        append(session, dock_id=self.dock_id, actor=self.actor, event=event, **fields)
+        append(session, self.chain, dock_id=self.dock_id, actor=self.actor, event=event, **fields)

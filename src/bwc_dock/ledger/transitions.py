@@ -66,9 +66,11 @@ def lease(
     store: Store, session: Session, clip: Clip, target: ClipState, owner: str, now: datetime
 ) -> None:
     """Move ``clip`` into a leased state held by ``owner`` until the lease runs out."""
-    move(store, session, clip, target, owner=owner)
+    check_transition(ClipState(clip.state), target)
+    # set before the move, so that the lease and the state go out in one UPDATE
     clip.lease_owner = owner
     clip.lease_expires_at = now + store.lease
+    move(store, session, clip, target, owner=owner)
 
 
 def owned(session: Session, clip_id: int, owner: str) -> Clip:

@@ -10,13 +10,15 @@ PermanentStorageError(LINK_REFUSED): nothing is written, the clip stays ``staged
 the daemon raises its ``storage_refused`` alarm.
 
 Writes are crash-safe: a random ``KEY.RANDOM.DOCK.part`` beside the final name, created
-``O_EXCL | O_NOFOLLOW`` with an explicit mode (not the umask's), hashed while written
-and refused before it is named if the hash is not the ledger's, fsynced, linked into
-place create-only (``linkat`` fails if the name exists), and the folder is fsynced.
-Then the stored file is opened again without following links, dropped from the page
-cache and hashed, so the confirmation comes from what the NAS holds, not from what this
-PC sent. Content already under the key is a verified no-op when it hashes the same, and
-a StorageConflict, never an overwrite, when it does not.
+``O_EXCL | O_NOFOLLOW`` with an explicit mode (not the umask's), written in large
+blocks, fsynced, then dropped from the page cache and read back once through the same
+descriptor: it is named only if that read hashes to the ledger's SHA-256, so the
+confirmation comes from what the NAS holds, not from what this PC sent (a clip is not
+also hashed while sent: that would prove nothing the read back does not). It is linked
+into place create-only (``linkat`` fails if the name exists), the name is checked to
+hold that very file, and the folder is fsynced. Content already under the key is a
+verified no-op when it hashes the same, and a StorageConflict, never an overwrite,
+when it does not.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from bwc_dock.errors import (
     StorageConflict,
     TransientStorageError,
 )
-from bwc_dock.hashing import copy_hashing, hash_fd_from_disk
+from bwc_dock.hashing import copy_hashing, copy_unhashed, hash_fd_from_disk
 from bwc_dock.scanner import safe_name
 from bwc_dock.storage.base import (
     MultipartJournal,
@@ -49,6 +51,7 @@ from bwc_dock.storage.base import (
     StorageBackend,
     StoredObject,
 )
+from bwc_dock.storage.folder_root import RootIdentity
 from bwc_dock.storage.folder_walk import (
     LinkRefused,
     directory_of,
@@ -68,6 +71,8 @@ DEFAULT_DIRECTORY_MODE = 0o750
 _NAME_KEPT = 100
 _TOKEN_BYTES = 8
 _REFUSALS_KEPT = 1000  # link refusals remembered for check_reachable (memory bound)
+# Clips go to the NAS in 4 MiB writes: fewer, larger requests over SMB/NFS
+_SEND_CHUNK_SIZE = 4 * 1024 * 1024
 
 
 class FileBackend(StorageBackend):
@@ -89,11 +94,8 @@ class FileBackend(StorageBackend):
         # Several docks write into one NAS: a dock's temporary files carry its name, so
         # cleaning up after a crash never removes another dock's upload in progress.
         self.part_suffix = f".{dock_tag}{PART_SUFFIX}"
-        # (st_dev, st_ino) of the root when first opened: a NAS unmounted, or swapped
-        # for a local folder, is then refused instead of written to unseen.
-        self._root_identity: tuple[int, int] | None = None
-        self._root_was_mountpoint = False
-        self._identity_lock = threading.Lock()
+        self._root_identity = RootIdentity(root)
+        self._identity_lock = threading.Lock()  # guards _link_refusals
         # Keys refused for a link on their way, with the refusal: check_reachable keeps
         # failing while a link is still there, so the daemon's storage_refused alarm
         # stays raised until someone removes it (and clears by itself after).
@@ -124,36 +126,11 @@ class FileBackend(StorageBackend):
                 f"storage folder {self.root} cannot be opened: {error.strerror}"
             ) from error
         try:
-            self._check_identity(os.fstat(fd))
+            self._root_identity.check(os.fstat(fd))
         except BaseException:
             os.close(fd)
             raise
         return fd
-
-    def _check_identity(self, status: os.stat_result) -> None:
-        identity = (status.st_dev, status.st_ino)
-        with self._identity_lock:
-            expected = self._root_identity
-            mounted_late = (
-                expected is not None and identity != expected
-                and not self._root_was_mountpoint and os.path.ismount(self.root)
-            )
-            if expected is None or mounted_late:
-                # first open, or the NAS mounted after bwc-dock first looked at the
-                # empty mount point: the mount is the root from now on
-                self._root_identity = identity
-                self._root_was_mountpoint = os.path.ismount(self.root)
-                log.info("storage.root_opened", root=str(self.root), device=status.st_dev,
-                         inode=status.st_ino, mountpoint=self._root_was_mountpoint)
-                return
-        if identity != expected:
-            raise PermanentStorageError(
-                f"storage folder {self.root} is no longer the folder first opened (device"
-                f" {expected[0]} inode {expected[1]}, now device {identity[0]} inode"
-                f" {identity[1]}): the NAS was unmounted or swapped for another folder;"
-                f" nothing is written there. Remount the NAS, then restart bwc-dock",
-                RefusalKind.ROOT_CHANGED,
-            )
 
     @contextmanager
     def _folder_of(self, key: str, *, create: bool = False) -> Iterator[tuple[int, str]]:
@@ -218,15 +195,10 @@ class FileBackend(StorageBackend):
         progress: ProgressCallback | None = None,
     ) -> StoredObject:
         def fill(part_fd: int) -> str:
-            written_sha256, _size = copy_hashing(
-                source_fd, part_fd, progress=progress, read_error=OSError
-            )
-            if written_sha256 != sha256:  # refused before it ever has the final name
-                raise IntegrityError(
-                    f"{key}: the staged copy hashed to {written_sha256} while sending, "
-                    f"ledger has {sha256}"
-                )
-            return written_sha256
+            # not hashed while sent: the one read that verifies the written copy from
+            # disk before it is named (_filled) proves all a hash here would, and more
+            copy_unhashed(source_fd, part_fd, progress, _SEND_CHUNK_SIZE, read_error=OSError)
+            return sha256
 
         with self._watching_links(key), storage_errors(key), self._folder_of(
             key, create=True
@@ -235,10 +207,11 @@ class FileBackend(StorageBackend):
                 return StoredObject(key, size, sha256)
             source_fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
-                self._write_create_only(folder, name, key, sha256, fill)
+                stored_size = self._write_create_only(folder, name, key, sha256, fill,
+                                                      verify=True)
             finally:
                 os.close(source_fd)
-            return self._confirm(folder, name, key, sha256)
+            return StoredObject(key, stored_size, sha256)
 
     def put_bytes(
         self, key: str, data: bytes, metadata: Mapping[str, str], *, replace: bool = False
@@ -321,7 +294,8 @@ class FileBackend(StorageBackend):
     def _new_temporary(self, folder: int, name: str) -> tuple[str, int]:
         """A fresh random ``.part`` name beside ``name``, created ``O_EXCL|O_NOFOLLOW``."""
         temporary = f"{name[:_NAME_KEPT]}.{secrets.token_hex(_TOKEN_BYTES)}{self.part_suffix}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        # read-write: the written copy is verified through the same descriptor
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(temporary, flags, self.file_mode, dir_fd=folder)
         except FileExistsError as error:  # a random name taken: planted, not chance
@@ -335,15 +309,18 @@ class FileBackend(StorageBackend):
             raise
         return temporary, fd
 
-    def _filled(self, folder: int, name: str, fill: Callable[[int], str]) -> tuple[str, str,
-                                                                                    os.stat_result]:
+    def _filled(self, folder: int, name: str, fill: Callable[[int], str], *,
+                verify: bool = False) -> tuple[str, str, os.stat_result]:
         """A temporary beside ``name`` written by ``fill`` and fsynced: (its name, what
-        fill returned, its identity); it is removed if anything fails."""
+        fill returned, its identity); it is removed if anything fails. ``verify``: read
+        back from disk (not the page cache), it must hash to what fill returned."""
         temporary, fd = self._new_temporary(folder, name)
         try:
             try:
                 filled = fill(fd)
                 os.fsync(fd)
+                if verify:
+                    _verify_written(fd, name, filled)
                 identity = os.fstat(fd)
             finally:
                 os.close(fd)
@@ -353,10 +330,12 @@ class FileBackend(StorageBackend):
         return temporary, filled, identity
 
     def _write_create_only(self, folder: int, name: str, key: str, sha256: str | None,
-                           fill: Callable[[int], str]) -> None:
-        """Write ``name`` create-only. When the same content got there first (another
-        dock storing the same clip) that is success; other content is StorageConflict."""
-        temporary, filled, identity = self._filled(folder, name, fill)
+                           fill: Callable[[int], str], *, verify: bool = False) -> int:
+        """Write ``name`` create-only; its size. When the same content got there first
+        (another dock storing the same clip) that is success; other content is
+        StorageConflict. ``verify``: the copy is read back from disk before it is named,
+        and the name is then checked to hold that very file (so no second read)."""
+        temporary, filled, identity = self._filled(folder, name, fill, verify=verify)
         try:
             # linkat without AT_SYMLINK_FOLLOW: if the temporary name was swapped for a
             # link meanwhile, the link itself is named, and refused by the check below
@@ -364,11 +343,12 @@ class FileBackend(StorageBackend):
                     follow_symlinks=False)
         except FileExistsError:
             self._already_stored(folder, name, key, sha256 or filled)
-            return
+            return identity.st_size
         finally:
             unlink_quietly(folder, temporary)
         self._check_named(folder, name, key, identity, remove=True)
         os.fsync(folder)
+        return identity.st_size
 
     def _write_replacing(self, folder: int, name: str, fill: Callable[[int], str]) -> None:
         temporary, _filled_sha256, identity = self._filled(folder, name, fill)
@@ -490,4 +470,11 @@ class FileBackend(StorageBackend):
             raise PermanentStorageError(
                 f"storage folder {self.root} is not writable", RefusalKind.PERMISSION
             )
+
+def _verify_written(fd: int, name: str, expected: str) -> None:
+    """The fsynced temporary, read back from disk, holds ``expected``: refused before it
+    is ever named otherwise."""
+    stored_sha256 = hash_fd_from_disk(fd)
+    if stored_sha256 != expected:
+        raise IntegrityError(f"{name}: stored copy hashed to {stored_sha256}, not {expected}")
 
