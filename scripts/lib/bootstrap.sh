@@ -5,14 +5,19 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="$REPO/.venv"
 
+missing_packages() {  # missing_packages PACKAGE...: print those not installed, one a line
+    local package
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || echo "$package"
+    done
+}
+
 debian_install() {  # debian_install PACKAGE...: install what is missing, when root
     [[ $(id -u) -eq 0 ]] || return 0
     command -v dpkg-query >/dev/null || return 0
-    local missing=()
-    for package in "$@"; do
-        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
-            || missing+=("$package")
-    done
+    local missing
+    mapfile -t missing < <(missing_packages "$@")
     ((${#missing[@]})) || return 0
     echo "bootstrap: apt-get install ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -25,11 +30,8 @@ debian_install_tool() {  # debian_install_tool PACKAGE...: install, starting no 
     # install neither starts the package's service (policy-rc.d) nor enables it at boot.
     [[ $(id -u) -eq 0 ]] || return 0
     command -v dpkg-query >/dev/null || return 0
-    local missing=()
-    for package in "$@"; do
-        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
-            || missing+=("$package")
-    done
+    local missing
+    mapfile -t missing < <(missing_packages "$@")
     ((${#missing[@]})) || return 0
     local policy=/usr/sbin/policy-rc.d
     local own_policy=""
