@@ -114,10 +114,10 @@ def concurrent_cat_rates(cameras: list[LoopCamera], mount_dir: Path) -> dict[str
             mounter.unmount(volume)
 
 
-def run_benchmark(arguments: argparse.Namespace, root: Path) -> dict[str, Any]:
+def run_benchmark(arguments: argparse.Namespace, root: Path, bay_root: Path) -> dict[str, Any]:
     udevd = start_udevd()
     speed = docking.CameraSpeed(arguments.camera_mbps)
-    bay = CameraBay(root, ClipSource(root), udevd)
+    bay = CameraBay(bay_root, ClipSource(bay_root), udevd)
     dock = Dock(root / "dock")
     configure(dock, arguments.cameras)
     log = dock.root / "daemon.log"
@@ -152,7 +152,7 @@ def run_benchmark(arguments: argparse.Namespace, root: Path) -> dict[str, Any]:
                 daemon.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 daemon.kill()
-        bay.cleanup([root])
+        bay.cleanup([root, bay_root])
         speed.close()
         stop_udevd(udevd)
     rows = {
@@ -186,6 +186,10 @@ def main() -> int:
     parser.add_argument("--clip-mb", type=int, default=64, help="MiB per clip")
     parser.add_argument("--camera-mbps", type=float, default=40.0,
                         help="camera read speed, MB/s (a blkio throttle per loop device)")
+    parser.add_argument(
+        "--cameras-in", default="/dev/shm",
+        help="folder for the camera images (default: RAM, so each camera is its own "
+             "throttled device, as a USB camera is, not a share of the staging disk)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     arguments = parser.parse_args()
@@ -194,13 +198,15 @@ def main() -> int:
         return 2
     configure_logging(level="warning")
     root = Path(tempfile.mkdtemp(prefix="bwc-bench-stations-"))
+    bay_root = Path(tempfile.mkdtemp(prefix="bwc-bench-stations-", dir=arguments.cameras_in))
     try:
-        report = run_benchmark(arguments, root)
+        report = run_benchmark(arguments, root, bay_root)
     finally:
         if arguments.keep:
             print(f"work folder kept: {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(bay_root, ignore_errors=True)
     if arguments.json:
         print(json.dumps(report, indent=2))
     else:
