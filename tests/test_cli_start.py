@@ -26,8 +26,11 @@ from bwc_dock.ledger.quick import QuickReader
 from bwc_dock.ledger.states import ClipState
 from bwc_dock.sources.base import DockedVolume
 from tests.dock import Dock, make_camera, wait_until
+from tests.seaweedfs import SeaweedServer
 
-HEAVY = ("alembic", "sqlalchemy", "rich", "structlog", "pydantic", "boto3", "botocore")
+HEAVY = (
+    "alembic", "sqlalchemy", "rich", "structlog", "structlog.dev", "pydantic", "boto3", "botocore",
+)
 # The command in this process, then the heavy libraries it loaded, on the last line.
 RUNNER = f"""
 import json, sys
@@ -71,6 +74,52 @@ def test_clips_and_status_read_without_sqlalchemy_or_alembic(dock: Dock) -> None
     assert loaded_by(dock, "clips", "--state", "staged", "--json") == ["pydantic"]
     status = set(loaded_by(dock, "status", "--json"))
     assert not status & {"alembic", "sqlalchemy", "boto3", "botocore"}
+
+
+def test_status_without_a_daemon_asks_the_folder_store_without_structlog_or_rich(
+    dock: Dock,
+) -> None:
+    """With no daemon, `status --json` asks the folder store itself and still loads only
+    the configuration's pydantic: no structlog (whose dev module pulls rich), no boto3."""
+    dock.write_config()
+    dock.cli("status", "--json")  # creates the ledger, so the quick reader answers
+    assert loaded_by(dock, "status", "--json") == ["pydantic"]
+    assert json.loads(dock.cli("status", "--json").stdout)["storage_reachable"] is True
+
+
+def test_status_without_a_daemon_logs_every_event_its_level_asks_for(dock: Dock) -> None:
+    """Logging set up only at the first event keeps that event: with `--log-level info
+    --log-format json`, the store's `storage.root_opened` reaches stderr as JSON, and at
+    the default level (warning) nothing is written there."""
+    dock.write_config()
+    dock.cli("status", "--json")
+    quiet = dock.cli("status", "--json")
+    assert quiet.stderr == ""
+    told = dock.cli("--log-level", "info", "--log-format", "json", "status", "--json")
+    events = [json.loads(line) for line in told.stderr.splitlines()]
+    opened = [event for event in events if event["event"] == "storage.root_opened"]
+    assert len(opened) == 1 and opened[0]["level"] == "info", told.stderr
+    assert opened[0]["root"] == str(dock.nas) and "timestamp" in opened[0]
+    assert json.loads(told.stdout)["storage_reachable"] is True
+
+
+def test_status_without_a_daemon_writes_an_s3_warning_to_stderr_not_stdout(
+    dock: Dock, seaweedfs: SeaweedServer, s3_bucket: str
+) -> None:
+    """Against a real S3 store on plain http (SeaweedFS on loopback), `status --json`
+    keeps stdout one JSON document and logs the `s3.cleartext_endpoint` warning, set up
+    as asked, on stderr: the backend's logger configures structlog at its first event."""
+    dock.extra_environment.update(seaweedfs.environment())
+    dock.write_config(storage={
+        "backend": "s3", "endpoint_url": seaweedfs.endpoint_url, "bucket": s3_bucket,
+        "addressing_style": "path", "prefix": "bwc/",
+    })
+    dock.cli("status", "--json")
+    done = dock.cli("--log-format", "json", "status", "--json")
+    assert json.loads(done.stdout)["storage_reachable"] is True
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [event["event"] for event in events] == ["s3.cleartext_endpoint"], done.stderr
+    assert events[0]["level"] == "warning"
 
 
 @pytest.mark.timeout(180)

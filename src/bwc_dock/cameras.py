@@ -26,7 +26,7 @@ from bwc_dock.ledger.assignments import (
 )
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.ledger.snapshots import CameraInfo
-from bwc_dock.scanner import safe_name
+from bwc_dock.names import safe_name
 
 __all__ = [
     "ASSIGNED_EVENT",

@@ -36,7 +36,7 @@ from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.audit import find_break
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.ledger.snapshots import ClipWork
-from bwc_dock.scanner import safe_name
+from bwc_dock.names import safe_name
 from bwc_dock.storage.base import StorageBackend
 
 log = structlog.get_logger(__name__)

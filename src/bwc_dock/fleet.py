@@ -29,7 +29,7 @@ from bwc_dock.alarms import Alarm
 from bwc_dock.config import Config
 from bwc_dock.errors import BwcDockError, PermanentStorageError, TransientStorageError
 from bwc_dock.ledger.states import PENDING_STATES
-from bwc_dock.scanner import safe_name
+from bwc_dock.names import safe_name
 from bwc_dock.service import DaemonStatus
 from bwc_dock.storage import StorageBackend, open_backend
 

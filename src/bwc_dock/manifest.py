@@ -21,7 +21,7 @@ from typing import Any
 
 from bwc_dock import __version__
 from bwc_dock.ledger import ClipWork
-from bwc_dock.scanner import safe_name
+from bwc_dock.names import safe_name
 
 MANIFEST_SUFFIX = ".json"
 MANIFEST_SCHEMA = "bwc-dock/manifest/1"

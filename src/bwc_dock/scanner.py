@@ -27,6 +27,7 @@ from wcmatch import glob
 
 from bwc_dock.config import CameraProfile
 from bwc_dock.errors import HostileEntry, SourceGone
+from bwc_dock.names import safe_name
 
 log = structlog.get_logger(__name__)
 
@@ -34,8 +35,6 @@ _GLOB_FLAGS = glob.GLOBSTAR | glob.IGNORECASE | glob.DOTGLOB | glob.FORCEUNIX
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO swapped in after the scan must not hang the copier.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_UNSAFE_NAME_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
-MAX_SAFE_NAME = 120
 
 
 @dataclass(frozen=True)
@@ -83,21 +82,6 @@ def display_path(raw: bytes) -> str:
     """A printable form of a camera path: invalid UTF-8 and control characters escaped."""
     text = raw.decode("utf-8", "backslashreplace")
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-
-
-def safe_name(raw_name: bytes) -> str:
-    """A file name that is safe on any filesystem and in any S3 key, from a hostile one."""
-    text = raw_name.decode("utf-8", "replace")
-    cleaned = _UNSAFE_NAME_CHARACTERS.sub("_", text).strip("._") or "unnamed"
-    if len(cleaned) > MAX_SAFE_NAME:
-        stem, dot, extension = cleaned.rpartition(".")
-        keep = MAX_SAFE_NAME - len(extension) - 1
-        cleaned = (
-            f"{stem[:keep]}.{extension}"
-            if dot and 0 < len(extension) < 10
-            else (cleaned[:MAX_SAFE_NAME])
-        )
-    return cleaned
 
 
 def scan_volume(root: Path, profile: CameraProfile, limits: ScanLimits) -> ScanResult:

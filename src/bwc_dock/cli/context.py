@@ -63,14 +63,17 @@ class Context:
         if deferred:
             self._pending_log_level = self.log_level or default_level
             return
+        self._configure_logging(self.log_level or default_level, at_first_event=False)
+
+    def _configure_logging(self, level: str, *, at_first_event: bool) -> None:
         from bwc_dock.logs import configure_logging
 
-        configure_logging(self.log_level or default_level, self.log_format)
+        configure_logging(level, self.log_format, at_first_event=at_first_event)
         self._pending_log_level = None
 
-    def _configure_pending_logging(self) -> None:
+    def _configure_pending_logging(self, *, at_first_event: bool = False) -> None:
         if self._pending_log_level is not None:
-            self.logging(self._pending_log_level)
+            self._configure_logging(self._pending_log_level, at_first_event=at_first_event)
 
     @contextmanager
     def ledger(self, actor: str) -> Iterator[Ledger]:
@@ -103,7 +106,9 @@ class Context:
     def backend(self) -> Iterator[StorageBackend]:
         from bwc_dock.storage import open_backend
 
-        self._configure_pending_logging()
+        # the storage package logs through bwc_dock.logs.get_logger: structlog (and
+        # rich, which it pulls in) loads only if the store has something to say
+        self._configure_pending_logging(at_first_event=True)
         backend = open_backend(self.config)
         try:
             yield backend

@@ -72,7 +72,7 @@ def ingest(
 
 
 def _checked_serial(serial: str) -> str:
-    from bwc_dock.scanner import safe_name  # lazy, as above
+    from bwc_dock.names import safe_name  # lazy, as above
 
     if not serial or safe_name(serial.encode()) != serial:
         raise UsageError(f"--camera-serial {serial!r}: use only letters, digits, '.', '_', '-'")

@@ -32,8 +32,6 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-import structlog
-
 from bwc_dock.config import Config
 from bwc_dock.durable import PART_SUFFIX, write_all_hashing
 from bwc_dock.errors import (
@@ -43,8 +41,8 @@ from bwc_dock.errors import (
     StorageConflict,
     TransientStorageError,
 )
-from bwc_dock.hashing import copy_hashing, copy_unhashed, hash_fd_from_disk
-from bwc_dock.scanner import safe_name
+from bwc_dock.logs import get_logger
+from bwc_dock.names import safe_name
 from bwc_dock.storage.base import (
     MultipartJournal,
     ProgressCallback,
@@ -62,7 +60,9 @@ from bwc_dock.storage.folder_walk import (
     walk_files,
 )
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
+# bwc_dock.hashing (ctypes, a libc lookup, a thread pool) is imported where clips are
+# hashed, not here: `bwc-dock status` opens this backend only to check it is reachable.
 
 DEFAULT_FILE_MODE = 0o640
 DEFAULT_DIRECTORY_MODE = 0o750
@@ -194,6 +194,8 @@ class FileBackend(StorageBackend):
         journal: MultipartJournal | None = None,
         progress: ProgressCallback | None = None,
     ) -> StoredObject:
+        from bwc_dock.hashing import copy_unhashed
+
         def fill(part_fd: int) -> str:
             # not hashed while sent: the one read that verifies the written copy from
             # disk before it is named (_filled) proves all a hash here would, and more
@@ -231,6 +233,8 @@ class FileBackend(StorageBackend):
             return self._confirm(folder, name, key, sha256)
 
     def copy_object(self, key: str, new_key: str) -> StoredObject:
+        from bwc_dock.hashing import copy_hashing, hash_fd_from_disk
+
         source_fd = self._open_stored(key)
         if source_fd is None:
             raise PermanentStorageError(f"{key}: nothing stored there to copy to {new_key}",
@@ -276,6 +280,8 @@ class FileBackend(StorageBackend):
 
     def _already_stored(self, folder: int, name: str, key: str, sha256: str) -> bool:
         """A retry after a lost confirmation finds its own object: success, not a copy."""
+        from bwc_dock.hashing import hash_fd_from_disk
+
         try:
             fd = open_file(folder, name, key)
         except FileNotFoundError:
@@ -374,6 +380,8 @@ class FileBackend(StorageBackend):
     def _confirm(self, folder: int, name: str, key: str, sha256: str, *,
                  remove_on_mismatch: bool = True) -> StoredObject:
         """The stored file as the NAS holds it, re-read from disk, must hash to ``sha256``."""
+        from bwc_dock.hashing import hash_fd_from_disk
+
         fd = open_file(folder, name, key)
         try:
             stored_sha256 = hash_fd_from_disk(fd)
@@ -399,6 +407,8 @@ class FileBackend(StorageBackend):
         return None
 
     def read_sha256(self, key: str) -> str | None:
+        from bwc_dock.hashing import hash_fd_from_disk
+
         fd = self._open_stored(key)
         if fd is None:
             return None
@@ -474,6 +484,8 @@ class FileBackend(StorageBackend):
 def _verify_written(fd: int, name: str, expected: str) -> None:
     """The fsynced temporary, read back from disk, holds ``expected``: refused before it
     is ever named otherwise."""
+    from bwc_dock.hashing import hash_fd_from_disk
+
     stored_sha256 = hash_fd_from_disk(fd)
     if stored_sha256 != expected:
         raise IntegrityError(f"{name}: stored copy hashed to {stored_sha256}, not {expected}")

@@ -13,11 +13,10 @@ import os
 import threading
 from pathlib import Path
 
-import structlog
-
 from bwc_dock.errors import PermanentStorageError, RefusalKind
+from bwc_dock.logs import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 class RootIdentity:

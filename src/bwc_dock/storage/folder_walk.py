@@ -17,16 +17,15 @@ import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-import structlog
-
 from bwc_dock.errors import (
     PermanentStorageError,
     RefusalKind,
     TransientStorageError,
     is_transient,
 )
+from bwc_dock.logs import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # The errors openat(O_NOFOLLOW) gives when the last component is a symlink (ELOOP) or

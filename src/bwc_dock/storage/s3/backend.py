@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bwc_dock.config import StorageConfig
@@ -28,6 +27,7 @@ from bwc_dock.errors import (
     StorageConflict,
     TransientStorageError,
 )
+from bwc_dock.logs import get_logger
 from bwc_dock.storage.base import (
     MultipartJournal,
     ProgressCallback,
@@ -45,7 +45,7 @@ from bwc_dock.storage.s3.settings import (
 )
 from bwc_dock.storage.s3.translate import MISSING_KEY_CODES, error_code, is_precondition_failed
 
-logger = structlog.get_logger("bwc_dock.storage.s3")
+logger = get_logger("bwc_dock.storage.s3")
 
 COPY_OBJECT_LIMIT = 5 * 1024 * 1024 * 1024  # the most one CopyObject request copies
 _COPY_PART_MINIMUM = 64 * 1024 * 1024  # fewer, larger copy requests; the store moves the bytes

@@ -19,12 +19,12 @@ from urllib.parse import urlsplit
 
 import boto3
 import botocore.session
-import structlog
 import tenacity
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from bwc_dock.errors import PermanentStorageError, RefusalKind, StorageError
+from bwc_dock.logs import get_logger
 from bwc_dock.storage.base import ProgressCallback
 from bwc_dock.storage.s3.settings import (
     BOTOCORE_ATTEMPTS,
@@ -40,7 +40,7 @@ from bwc_dock.storage.s3.translate import (
     translate,
 )
 
-logger = structlog.get_logger("bwc_dock.storage.s3")
+logger = get_logger("bwc_dock.storage.s3")
 
 _Result = TypeVar("_Result")
 

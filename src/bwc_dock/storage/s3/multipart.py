@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import structlog
 from botocore.exceptions import ClientError
 
 from bwc_dock.errors import IntegrityError, TransientStorageError
+from bwc_dock.logs import get_logger
 from bwc_dock.storage.base import (
     MultipartJournal,
     MultipartState,
@@ -35,7 +35,7 @@ from bwc_dock.storage.s3.connection import (
 from bwc_dock.storage.s3.settings import MAX_PARTS, MIB
 from bwc_dock.storage.s3.translate import error_code, is_precondition_failed
 
-logger = structlog.get_logger("bwc_dock.storage.s3")
+logger = get_logger("bwc_dock.storage.s3")
 
 
 class MemoryJournal:
