@@ -10,8 +10,12 @@ heavy libraries each command loaded (read from its own process), so a regression
 what crept in.
 
 `status --json` is measured twice: with no daemon (it then asks central storage itself,
-which loads the storage backend and logging) and with a real `bwc-dock run` beside it
-(it then takes the daemon's last finding), the usual case on a dock.
+which loads the storage backend) and with a real `bwc-dock run` beside it (it then takes
+the daemon's last finding), the usual case on a dock.
+
+The commands of a phase (no daemon, then daemon running) run in rounds, each once per
+round with the baseline among them, so load from other work on a shared machine, which
+drifts over seconds, falls on all of them alike and the ratios stay comparable.
 
 PYTHONDONTWRITEBYTECODE is dropped for the measured commands and each runs once before
 timing: an installed bwc-dock runs from compiled bytecode, and timing the compiler
@@ -71,19 +75,26 @@ def _children_cpu_seconds() -> float:
 
 
 def _median_seconds(
-    command: list[str], environment: dict[str, str], reps: int
-) -> tuple[float, float]:
-    """(median wall seconds, median CPU seconds) of ``reps`` runs after one warm-up. CPU
-    time barely moves when other work shares the machine; wall time does."""
-    subprocess.run(command, env=environment, stdout=subprocess.DEVNULL, check=False)  # warm
-    walls, cpus = [], []
-    for _ in range(reps):
-        cpu_before = _children_cpu_seconds()
-        started = time.perf_counter()
+    commands: dict[str, list[str]], environment: dict[str, str], reps: int
+) -> dict[str, tuple[float, float]]:
+    """(median wall seconds, median CPU seconds) of each command over ``reps`` rounds,
+    after one warm-up each; every round runs every command once. CPU time barely moves
+    when other work shares the machine; wall time does."""
+    for command in commands.values():
         subprocess.run(command, env=environment, stdout=subprocess.DEVNULL, check=False)
-        walls.append(time.perf_counter() - started)
-        cpus.append(_children_cpu_seconds() - cpu_before)
-    return statistics.median(walls), statistics.median(cpus)
+    walls: dict[str, list[float]] = {label: [] for label in commands}
+    cpus: dict[str, list[float]] = {label: [] for label in commands}
+    for _ in range(reps):
+        for label, command in commands.items():
+            cpu_before = _children_cpu_seconds()
+            started = time.perf_counter()
+            subprocess.run(command, env=environment, stdout=subprocess.DEVNULL, check=False)
+            walls[label].append(time.perf_counter() - started)
+            cpus[label].append(_children_cpu_seconds() - cpu_before)
+    return {
+        label: (statistics.median(walls[label]), statistics.median(cpus[label]))
+        for label in commands
+    }
 
 
 def _loads(arguments: tuple[str, ...], environment: dict[str, str]) -> list[str]:
@@ -144,39 +155,42 @@ def _start_daemon(config: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError("bwc-dock run did not come up within 60 s")
 
 
-def _measure(
-    label: str,
-    arguments: tuple[str, ...],
-    config: Path,
-    reps: int,
-    baseline: tuple[float, float],
-) -> dict[str, Any]:
+BASELINE = "baseline"
+
+
+def _measure_phase(
+    commands: tuple[tuple[str, tuple[str, ...]], ...], config: Path, reps: int
+) -> tuple[tuple[float, float], list[dict[str, Any]]]:
+    """The baseline and one row per command, all measured in the same rounds."""
     environment = _environment(config)
-    seconds, cpu_seconds = _median_seconds([BWC_DOCK, *arguments], environment, reps)
-    ratio = seconds / baseline[0]
-    return {
-        "command": label,
-        "median_seconds": round(seconds, 4),
-        "ratio": round(ratio, 2),
-        "median_cpu_seconds": round(cpu_seconds, 4),
-        "cpu_ratio": round(cpu_seconds / baseline[1], 2) if baseline[1] else None,
-        "loads": _loads(arguments, environment),
-        "met": seconds <= TARGET_SECONDS or ratio <= TARGET_RATIO,
-    }
+    to_run = {BASELINE: [sys.executable, "-c", "import sqlite3, json"]}
+    to_run.update({label: [BWC_DOCK, *arguments] for label, arguments in commands})
+    medians = _median_seconds(to_run, environment, reps)
+    baseline = medians[BASELINE]
+    rows = []
+    for label, arguments in commands:
+        seconds, cpu_seconds = medians[label]
+        ratio = seconds / baseline[0]
+        rows.append({
+            "command": label,
+            "median_seconds": round(seconds, 4),
+            "ratio": round(ratio, 2),
+            "median_cpu_seconds": round(cpu_seconds, 4),
+            "cpu_ratio": round(cpu_seconds / baseline[1], 2) if baseline[1] else None,
+            "baseline_seconds": round(baseline[0], 4),
+            "loads": _loads(arguments, environment),
+            "met": seconds <= TARGET_SECONDS or ratio <= TARGET_RATIO,
+        })
+    return baseline, rows
 
 
 def run(reps: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bwc-bench-cli-") as directory:
         config = _make_dock(Path(directory))
-        environment = _environment(config)
-        baseline = _median_seconds(
-            [sys.executable, "-c", "import sqlite3, json"], environment, reps
-        )
-        rows = [_measure(label, args, config, reps, baseline) for label, args in COMMANDS]
+        baseline, rows = _measure_phase(COMMANDS, config, reps)
         daemon = _start_daemon(config)
         try:
-            label, arguments = DAEMON_COMMAND
-            rows.append(_measure(label, arguments, config, reps, baseline))
+            rows.extend(_measure_phase((DAEMON_COMMAND,), config, reps)[1])
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=60)
@@ -200,7 +214,10 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
         f"baseline {report['baseline']}: {report['baseline_seconds']:.3f} s wall, "
         f"{report['baseline_cpu_seconds']:.3f} s CPU (load average {report['load_average']})"
     )
-    print(f"target: {report['target']}; median of {report['reps']} runs each")
+    print(
+        f"target: {report['target']}; median of {report['reps']} rounds, each command once"
+        " per round with the baseline (ratios to that phase's baseline)"
+    )
     print(f"{'command':32} {'wall s':>7} {'ratio':>6} {'CPU s':>6} {'ratio':>6}  met  loads")
     for row in report["commands"]:
         cpu_ratio = f"{row['cpu_ratio']:5.1f}x" if row["cpu_ratio"] is not None else "     -"
