@@ -5,12 +5,12 @@ Data: one 1 GiB clip and 100 clips of 10 MiB of random bytes, read from the page
 (each source is read once before every measurement), written to a temporary folder on
 the same disk. For each data set, three times, the median is reported of:
 
-  copier (no verify)  Copier.copy_next through a real ledger, the verify re-read
-                      switched off in the benchmark process only (copy, .part, fsync,
-                      rename, directory fsync, ledger transactions all real)
-  copier (verify)     the same with the re-read from disk, i.e. the real copier, run
-                      as the daemon and `ingest` run it: clip N verified in a thread
-                      of its own while clip N+1 is read
+  copier (no verify)  Copier.copy_next through a real ledger as the daemon and `ingest`
+                      run it (clip N fsynced, renamed and recorded in a thread of its
+                      own while clip N+1 is read), the verify re-read switched off in
+                      the benchmark process only (copy, .part, fsync, rename, directory
+                      fsync, ledger transactions all real)
+  copier (verify)     the same with the re-read from disk, i.e. the real copier
   cp + sha256sum      cp of the files, then sha256sum of the copies (no fsync!)
   openssl sha256      openssl dgst -sha256 of the sources: the hash-speed ceiling
 
@@ -214,9 +214,9 @@ def copier_worker(mode: str, volume: Path, work: Path) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     statements_before = statements[0]
-    # with verify as the daemon and `ingest` run it: the re-read of clip N overlaps the
-    # camera read of clip N+1; without, every step in turn (nothing to overlap with)
-    while copier.copy_next(cancel, docking_id, verify_in_background=mode == "verify"):
+    # as the daemon and `ingest` run it: clip N is put in place (and re-read) in a thread
+    # of its own while clip N+1 is read
+    while copier.copy_next(cancel, docking_id, verify_in_background=True):
         pass
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
