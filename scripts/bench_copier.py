@@ -5,9 +5,11 @@ Data: one 1 GiB clip and 100 clips of 10 MiB of random bytes, read from the page
 (each source is read once before every measurement), written to a temporary folder on
 the same disk. For each data set, three times, the median is reported of:
 
-  copier (no verify)  Copier.copy_next through a real ledger, the verify re-read
-                      switched off in the benchmark process only (copy, .part, fsync,
-                      rename, directory fsync, ledger transactions all real)
+  copier (no verify)  Copier.copy_next through a real ledger as the daemon and `ingest`
+                      run it (clip N fsynced, renamed and recorded in a thread of its
+                      own while clip N+1 is read), the verify re-read switched off in
+                      the benchmark process only (copy, .part, fsync, rename, directory
+                      fsync, ledger transactions all real)
   copier (verify)     the same with the re-read from disk, i.e. the real copier
   cp + sha256sum      cp of the files, then sha256sum of the copies (no fsync!)
   openssl sha256      openssl dgst -sha256 of the sources: the hash-speed ceiling
@@ -170,13 +172,14 @@ def _use_baseline_hashing(path: str) -> None:
 def copier_worker(mode: str, volume: Path, work: Path) -> None:
     """Copy every clip of ``volume`` through a real ledger; print one JSON result."""
     from bwc_dock.config import parse_config
-    from bwc_dock.copier import Copier, StagingArea
+    from bwc_dock.copier import Copier
     from bwc_dock.ledger import Ledger
     from bwc_dock.ledger.leases import current_owner
     from bwc_dock.logs import configure_logging
     from bwc_dock.scanner import scan_volume
     from bwc_dock.scanning import folder_profile, scan_limits
     from bwc_dock.sources.base import DockedVolume
+    from bwc_dock.staging import StagingArea
 
     configure_logging("warning")
     config = parse_config(
@@ -211,7 +214,9 @@ def copier_worker(mode: str, volume: Path, work: Path) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     statements_before = statements[0]
-    while copier.copy_next(cancel, docking_id):
+    # as the daemon and `ingest` run it: clip N is put in place (and re-read) in a thread
+    # of its own while clip N+1 is read
+    while copier.copy_next(cancel, docking_id, verify_in_background=True):
         pass
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
