@@ -131,27 +131,28 @@ def _status_kib(key: str) -> int:
 
 
 def _disable_verify() -> None:
-    """Benchmark only: make the copier's verify re-read return the hash just computed.
+    """Benchmark only: make the copier's verify re-read return the hash just computed
+    for that file (by its staged path: the next clip is read while one is verified).
 
     Everything else of Copier.copy stays the real code; this isolates the cost of the
     re-read from disk.
     """
     import bwc_dock.copier as copier_module
 
-    copier_names = vars(copier_module)  # the copier's own bindings of the hashing functions
-    real_copy_hashing = copier_names["copy_hashing"]
-    last: dict[str, str] = {}
+    copier_class = copier_module.Copier
+    real_copy_once = copier_class._copy_once
+    read: dict[str, str] = {}  # staged path -> SHA-256 of its one read
 
-    def copy_hashing_remembered(*args: Any, **kwargs: Any) -> tuple[str, int]:
-        sha256, size = real_copy_hashing(*args, **kwargs)
-        last["sha256"] = sha256
-        return sha256, size
+    def copy_once_remembered(self: Any, source: Any, destination: Path, *args: Any) -> str:
+        sha256: str = real_copy_once(self, source, destination, *args)
+        read[str(destination)] = sha256
+        return sha256
 
-    def trust_the_copy(_path: object, *_args: object, **_kwargs: object) -> str:
-        return last["sha256"]
+    def trust_the_copy(path: object, *_args: object, **_kwargs: object) -> str:
+        return read[str(path)]
 
-    copier_names["copy_hashing"] = copy_hashing_remembered
-    copier_names["hash_file_from_disk"] = trust_the_copy
+    copier_class._copy_once = copy_once_remembered  # type: ignore[method-assign]
+    vars(copier_module)["hash_file_from_disk"] = trust_the_copy
 
 
 def _use_baseline_hashing(path: str) -> None:
