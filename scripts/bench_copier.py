@@ -151,7 +151,7 @@ def _disable_verify() -> None:
     def trust_the_copy(path: object, *_args: object, **_kwargs: object) -> str:
         return read[str(path)]
 
-    copier_class._copy_once = copy_once_remembered  # type: ignore[method-assign]
+    setattr(copier_class, "_copy_once", copy_once_remembered)  # noqa: B010  (a patch)
     vars(copier_module)["hash_file_from_disk"] = trust_the_copy
 
 
