@@ -289,10 +289,13 @@ class Copier:
         for attempt in range(1, MAX_COPY_TRIES + 1):
             if attempt > 1:
                 again: list[PendingFile] = []
-                with _discarded_unless_kept(again):
+                try:
                     sha256 = self._copy_once(source, destination, cancel, renewer, again)
                     if sha256 == first_sha256:
                         _put_in_place(again, destination.parent)
+                finally:
+                    for part in again:
+                        part.discard()  # a copy not put in place is not kept
                 if sha256 != first_sha256:
                     # the camera itself gave different bytes twice: trust neither read
                     destination.unlink(missing_ok=True)
