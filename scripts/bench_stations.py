@@ -58,9 +58,11 @@ TARGET_RATIO = 0.90
 OFFLOAD_TIMEOUT_SECONDS = 1800.0
 
 
-def configure(dock: Dock, cameras: int) -> None:
+def configure(dock: Dock, cameras: int, central: Path) -> None:
+    central.mkdir()
     dock.write_config(
         dock={"copy_workers": cameras, "upload_workers": 2},
+        storage={"path": str(central)},
         sources={"udev": True, "watch_dirs": [], "rescan_interval_seconds": 60},
         camera=[{"name": "bench", "usb_vendor_id": docking.VENDOR_ID,
                  "usb_product_id": docking.PRODUCT_ID}],
@@ -119,7 +121,8 @@ def run_benchmark(arguments: argparse.Namespace, root: Path, bay_root: Path) -> 
     speed = docking.CameraSpeed(arguments.camera_mbps)
     bay = CameraBay(bay_root, ClipSource(bay_root), udevd)
     dock = Dock(root / "dock")
-    configure(dock, arguments.cameras)
+    # central storage in RAM as well: a NAS is not the dock's own disk
+    configure(dock, arguments.cameras, bay_root / "central")
     log = dock.root / "daemon.log"
     daemon: subprocess.Popen[bytes] | None = None
     try:
