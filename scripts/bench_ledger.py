@@ -4,7 +4,7 @@
 The aged ledger is a busy station after a few years: 1,000,000 `uploaded` clips from 400
 cameras and 3,000,000 audit rows, written with raw SQL into the schema that bwc-dock
 itself created (so every index and migration is the real one). The fresh ledger is the
-same schema with one earlier docking in it. On each, the median of --reps runs of:
+same schema with one earlier docking in it. On each, --reps runs of:
 
   ingest 20     `bwc-dock ingest DIR --camera-serial NEW --wait` of 20 tiny new clips
                 (file backend, same disk), on its own copy of the ledger each time
@@ -12,8 +12,11 @@ same schema with one earlier docking in it. On each, the median of --reps runs o
   clips staged  `bwc-dock clips --state staged --json`
   clips camera  `bwc-dock clips --camera NEW --json` (the 20 clips just ingested)
 
-and the ratio aged / fresh, whose target is <= 1.2 (issue: "nothing slows as the ledger
-ages"). With --explain it also records every SQL statement one ingest, the three
+The fresh and aged runs are interleaved command by command (fresh, aged, aged, fresh,
+...), so load from other work shifts both sides alike; the report gives the median of each
+side, the ratio of the medians, every run, and the load average and CPU pressure while
+the timings ran. The target for aged / fresh is <= 1.2 (issue: "nothing slows as the
+ledger ages"). With --explain it also records every SQL statement one ingest, the three
 commands and a daemon offloading a docked camera folder run (through an SQLAlchemy hook
 in each command's own process), runs EXPLAIN
 QUERY PLAN for each on the aged ledger, and lists those that scan a table that grows with
@@ -165,21 +168,46 @@ def _old_audit(number: int, cameras: int, start: datetime) -> tuple[Any, ...]:
     return (moment, event, f"OLD{clip % cameras:05d}", clip, link, link, link)
 
 
-def measure(template: Path, work: Path, name: str, reps: int) -> dict[str, list[float]]:
-    """Median-ready timings of the four operations on copies of ``template``."""
-    timings: dict[str, list[float]] = {"ingest": [], "status": [], "staged": [], "camera": []}
+OPERATIONS = ("ingest", "status", "staged", "camera")
+LABELS = {"ingest": "ingest 20", "status": "status", "staged": "clips staged",
+          "camera": "clips camera"}
+
+
+def measure(templates: dict[str, Path], work: Path, reps: int) -> dict[str, dict[str, list[float]]]:
+    """Timings of the four operations, fresh and aged interleaved command by command.
+
+    Each rep copies both templates, then runs every operation on one ledger right after the
+    same operation on the other, so a change in the machine's load between runs (other
+    benchmarks, the page cache) lands on both sides of the ratio instead of on one. The
+    order flips each rep (fresh first, then aged first), so neither always runs second."""
+    timings: dict[str, dict[str, list[float]]] = {
+        name: {operation: [] for operation in OPERATIONS} for name in templates
+    }
     for rep in range(reps):
-        dock = work / f"{name}-{rep}"
-        shutil.copytree(template / "state", dock / "state")
-        config = write_config(dock)
-        card = make_card(work / f"{name}-card-{rep}", NEW_CLIPS, f"{name}{rep}")
-        timings["ingest"].append(
-            bwc(config, "ingest", str(card), "--camera-serial", "NEW", "--wait"))
-        timings["status"].append(bwc(config, "status", "--json"))
-        timings["staged"].append(bwc(config, "clips", "--state", "staged", "--json"))
-        timings["camera"].append(bwc(config, "clips", "--camera", "NEW", "--json"))
-        shutil.rmtree(dock)
+        order = list(templates) if rep % 2 == 0 else list(reversed(templates))
+        configs = {}
+        for name in order:
+            dock = work / f"{name}-{rep}"
+            shutil.copytree(templates[name] / "state", dock / "state")
+            configs[name] = (write_config(dock),
+                             make_card(work / f"{name}-card-{rep}", NEW_CLIPS, f"{name}{rep}"))
+        for operation in OPERATIONS:
+            for name in order:
+                config, card = configs[name]
+                print(f"rep {rep + 1}/{reps}: {name} {LABELS[operation]}", file=sys.stderr)
+                timings[name][operation].append(bwc(config, *_arguments(operation, card)))
+        for name in order:
+            shutil.rmtree(work / f"{name}-{rep}")
     return timings
+
+
+def _arguments(operation: str, card: Path) -> tuple[str, ...]:
+    return {
+        "ingest": ("ingest", str(card), "--camera-serial", "NEW", "--wait"),
+        "status": ("status", "--json"),
+        "staged": ("clips", "--state", "staged", "--json"),
+        "camera": ("clips", "--camera", "NEW", "--json"),
+    }[operation]
 
 
 def explain(template: Path, work: Path) -> list[dict[str, Any]]:
@@ -270,11 +298,10 @@ def run(arguments: argparse.Namespace) -> int:
         started = time.perf_counter()
         age(aged / "state" / "ledger.sqlite3", arguments.clips)
         build_seconds = time.perf_counter() - started
-        results = {
-            "fresh": measure(fresh, work, "fresh", arguments.reps),
-            "aged": measure(aged, work, "aged", arguments.reps),
-        }
+        load = Load.start()
+        results = measure({"fresh": fresh, "aged": aged}, work, arguments.reps)
         report = _report(results, arguments.clips, build_seconds)
+        report["load"] = load.finish()
         if arguments.explain:
             report["scans"] = explain(aged, work)
         _print(report, arguments.json)
@@ -283,16 +310,50 @@ def run(arguments: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
+class Load:
+    """How busy the machine was while the timings ran: load averages and CPU pressure."""
+
+    def __init__(self, pressure: int | None, started: float, load_before: float) -> None:
+        self.pressure = pressure
+        self.started = started
+        self.load_before = load_before
+
+    @classmethod
+    def start(cls) -> Load:
+        return cls(cpu_pressure_microseconds(), time.monotonic(), os.getloadavg()[0])
+
+    def finish(self) -> dict[str, Any]:
+        after = cpu_pressure_microseconds()
+        seconds = time.monotonic() - self.started
+        pressure = (None if self.pressure is None or after is None
+                    else round((after - self.pressure) / 1e6 / seconds * 100, 1))
+        return {"cpus": os.cpu_count(), "load_1min_before": round(self.load_before, 2),
+                "load_1min_after": round(os.getloadavg()[0], 2),
+                "cpu_pressure_percent": pressure, "seconds": round(seconds, 1)}
+
+
+def cpu_pressure_microseconds() -> int | None:
+    """Total time some task waited for a CPU (Linux PSI), to show how busy the box was."""
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return int(first.rsplit("total=", 1)[1])
+
+
 def _report(results: dict[str, dict[str, list[float]]], clips: int,
             build_seconds: float) -> dict[str, Any]:
-    rows = {}
-    for operation in results["fresh"]:
+    """Median of each side and the ratio of the medians, with every run kept for reading."""
+    rows: dict[str, dict[str, Any]] = {}
+    for operation in OPERATIONS:
         fresh = statistics.median(results["fresh"][operation])
         aged = statistics.median(results["aged"][operation])
         rows[operation] = {"fresh_s": round(fresh, 3), "aged_s": round(aged, 3),
-                           "ratio": round(aged / fresh, 2)}
+                           "ratio": round(aged / fresh, 2),
+                           "fresh_runs_s": [round(value, 3) for value in results["fresh"][operation]],
+                           "aged_runs_s": [round(value, 3) for value in results["aged"][operation]]}
     return {"aged_clips": clips, "build_s": round(build_seconds, 1), "target": TARGET_RATIO,
-            "operations": rows,
+            "reps": len(results["fresh"]["ingest"]), "operations": rows,
             "met": all(row["ratio"] <= TARGET_RATIO for row in rows.values())}
 
 
@@ -300,13 +361,19 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(report, indent=2))
         return
+    load = report["load"]
     print(f"ledger age: {report['aged_clips']:,} uploaded clips (built in "
-          f"{report['build_s']} s); target aged/fresh <= {report['target']}")
-    print(f"{'operation':<14}{'fresh s':>10}{'aged s':>10}{'ratio':>8}")
-    labels = {"ingest": "ingest 20", "status": "status", "staged": "clips staged",
-              "camera": "clips camera"}
+          f"{report['build_s']} s); {report['reps']} reps, fresh and aged interleaved; "
+          f"median of each, ratio of medians; target aged/fresh <= {report['target']}")
+    print(f"{load['cpus']} CPUs; load average {load['load_1min_before']} before, "
+          f"{load['load_1min_after']} after; CPU pressure from other work during the "
+          f"{load['seconds']} s of timings {load['cpu_pressure_percent']}%")
+    print(f"{'operation':<14}{'fresh s':>10}{'aged s':>10}{'ratio':>8}  runs fresh | aged (s)")
     for operation, row in report["operations"].items():
-        print(f"{labels[operation]:<14}{row['fresh_s']:>10}{row['aged_s']:>10}{row['ratio']:>8}")
+        runs = (" ".join(f"{value:.2f}" for value in row["fresh_runs_s"]) + " | "
+                + " ".join(f"{value:.2f}" for value in row["aged_runs_s"]))
+        print(f"{LABELS[operation]:<14}{row['fresh_s']:>10}{row['aged_s']:>10}"
+              f"{row['ratio']:>8}  {runs}")
     for scan in report.get("scans", []):
         statement = scan["statement"]
         shown = statement[statement.find(" FROM "):] if " FROM " in statement else statement
