@@ -102,6 +102,10 @@ class Clip(Base):
         Index("ix_clips_state_next", "state", "next_attempt_at"),
         Index("ix_clips_camera_sha", "camera_serial", "sha256"),
         Index("ix_clips_docking_state", "docking_id", "state"),  # migration 0003
+        # the upload claim, camera by camera, finds only staged clips (migration 0004)
+        Index("ix_clips_camera_state", "camera_serial", "state"),
+        # the oldest pending clip, without reading the uploaded ones (migration 0004)
+        Index("ix_clips_state_discovered", "state", "discovered_at"),
         Index("ix_clips_leased", "id", sqlite_where=text("lease_owner IS NOT NULL")),
         Index(
             "ix_clips_staged_copies",
