@@ -18,9 +18,11 @@ side, the ratio of the medians, every run, and the load average and CPU pressure
 the timings ran. The target for aged / fresh is <= 1.2 (issue: "nothing slows as the
 ledger ages"). With --explain it also records every SQL statement one ingest, the three
 commands and a daemon offloading a docked camera folder run (through an SQLAlchemy hook
-in each command's own process), runs EXPLAIN
-QUERY PLAN for each on the aged ledger, and lists those that scan a table that grows with
-history (clips, audit_log, dockings, sidecars) instead of searching an index.
+and a trace of the quick reader's sqlite3 connection, in each command's own process),
+runs EXPLAIN QUERY PLAN for each on the aged ledger and counts the SQLite steps of one
+run of it there, and lists those that scan a table that grows with history (clips,
+audit_log, dockings, sidecars) or take more steps than a tenth of the aged clips (a
+search of an index the statistics call unselective reads as much as a scan).
 
 Usage: scripts/bench_ledger.py [--json] [--reps N] [--clips N] [--explain] [--dir DIR]
 """
@@ -48,6 +50,10 @@ BWC_DOCK = str(Path(sys.executable).with_name("bwc-dock"))
 TARGET_RATIO = 1.2
 NEW_CLIPS = 20
 GROWING_TABLES = ("clips", "audit_log", "dockings", "sidecars")
+# --explain flags a statement that takes more SQLite steps than a tenth of the aged clips
+# (reading a row takes several), and at least this many
+MIN_STEPS_FLAGGED = 50_000
+STEP_GRAIN = 100  # steps between two calls of the counting handler
 # Runs inside the command's own process: every statement it sends, to a file.
 CAPTURE = """
 import json, os, sys
@@ -59,6 +65,14 @@ def _record(connection, cursor, statement, parameters, context, executemany):
     if not executemany:
         capture.write(json.dumps([statement, list(parameters or ())], default=str) + "\\n")
         capture.flush()
+# status and clips answer over plain sqlite3 (the quick reader): its statements, values inline
+from bwc_dock.ledger import quick
+_reader_init = quick.QuickReader.__init__
+def _traced(self, connection):
+    _reader_init(self, connection)
+    connection.set_trace_callback(lambda sql: (capture.write(json.dumps([sql, []]) + "\\n"),
+                                               capture.flush()))
+quick.QuickReader.__init__ = _traced
 from bwc_dock.cli import main
 sys.argv[0] = "bwc-dock"
 main()
@@ -210,8 +224,11 @@ def _arguments(operation: str, card: Path) -> tuple[str, ...]:
     }[operation]
 
 
-def explain(template: Path, work: Path) -> list[dict[str, Any]]:
-    """Statements of the hot path whose plan scans a table that grows with history."""
+def explain(template: Path, work: Path, clip_count: int) -> list[dict[str, Any]]:
+    """Statements of the hot path that read rows in proportion to history: their plan
+    scans a table that grows with it, or one run of them on the aged ledger takes more
+    SQLite steps than a tenth of its clips (a search of a non-selective index reads as
+    much as a scan, and its plan says SEARCH)."""
     dock = work / "explain"
     shutil.copytree(template / "state", dock / "state")
     config = write_config(dock)
@@ -222,10 +239,12 @@ def explain(template: Path, work: Path) -> list[dict[str, Any]]:
                       ("clips", "--camera", "NEW", "--json")):
         bwc(config, *arguments, capture=capture)
     daemon_offload(template, work, capture)
-    connection = sqlite3.connect(dock / "state" / "ledger.sqlite3")
+    connection = sqlite3.connect(dock / "state" / "ledger.sqlite3", isolation_level=None)
     partial = {name for name, sql in connection.execute(
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql LIKE '% WHERE %'")}
+    most_steps = max(clip_count // 10, MIN_STEPS_FLAGGED)
     findings: dict[str, dict[str, Any]] = {}
+    steps_of: dict[str, int | None] = {}
     for line in capture.read_text().splitlines():
         statement, parameters = json.loads(line)
         if not statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "WITH")):
@@ -234,14 +253,41 @@ def explain(template: Path, work: Path) -> list[dict[str, Any]]:
             plan = connection.execute(f"EXPLAIN QUERY PLAN {statement}", parameters).fetchall()
         except sqlite3.Error:
             continue
+        if statement not in steps_of:
+            steps_of[statement] = _steps(connection, statement, parameters)
+        steps = steps_of[statement]
         scans = [row[3] for row in plan
                  if _scans_history(row[3], statement) and not _partial(row[3], partial)]
-        if scans:
-            entry = findings.setdefault(statement, {"statement": " ".join(statement.split()),
-                                                    "plan": scans, "count": 0})
+        if scans or (steps is not None and steps > most_steps):
+            entry = findings.setdefault(statement, {
+                "statement": " ".join(statement.split()), "count": 0, "steps": steps,
+                "plan": scans or [row[3] for row in plan]})
             entry["count"] += 1
     connection.close()
     return list(findings.values())
+
+
+def _steps(connection: sqlite3.Connection, statement: str, parameters: list[Any]) -> int | None:
+    """SQLite virtual-machine steps of one run of ``statement`` (rolled back): the rows
+    it reads, whatever the machine's speed or load. None when it cannot run again."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    connection.set_progress_handler(count, STEP_GRAIN)
+    try:
+        connection.execute("BEGIN")
+        connection.execute(statement, parameters).fetchall()
+    except sqlite3.Error:
+        return None
+    finally:
+        connection.set_progress_handler(None, 0)
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+    return steps * STEP_GRAIN
 
 
 def _scans_history(detail: str, statement: str) -> bool:
@@ -303,7 +349,7 @@ def run(arguments: argparse.Namespace) -> int:
         report = _report(results, arguments.clips, build_seconds)
         report["load"] = load.finish()
         if arguments.explain:
-            report["scans"] = explain(aged, work)
+            report["scans"] = explain(aged, work, arguments.clips)
         _print(report, arguments.json)
         return 0 if report["met"] else 1
     finally:
@@ -377,7 +423,8 @@ def _print(report: dict[str, Any], as_json: bool) -> None:
     for scan in report.get("scans", []):
         statement = scan["statement"]
         shown = statement[statement.find(" FROM "):] if " FROM " in statement else statement
-        print(f"\nscans history ({scan['count']}x): {scan['plan']}\n  ...{shown[:400]}")
+        print(f"\nreads history ({scan['count']}x, {scan['steps']} SQLite steps): "
+              f"{scan['plan']}\n  ...{shown[:400]}")
     print("\ntarget met" if report["met"] else "\ntarget MISSED")
 
 
