@@ -187,13 +187,18 @@ class AuditEntry(Base):
     """Append-only, hash-chained record of everything that happened to the evidence."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (
+        # a camera's assignments among its audit entries (migration 0004; it replaces
+        # ix_audit_log_camera_serial, whose prefix it is)
+        Index("ix_audit_log_camera_event", "camera_serial", "event"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[str] = mapped_column(String(40))  # ISO-8601 UTC text: hashed as stored
     dock_id: Mapped[str] = mapped_column(String(128))
     actor: Mapped[str] = mapped_column(String(128))
     event: Mapped[str] = mapped_column(String(64))
-    camera_serial: Mapped[str | None] = mapped_column(String(128), index=True)
+    camera_serial: Mapped[str | None] = mapped_column(String(128))
     clip_id: Mapped[int | None] = mapped_column(Integer, index=True)
     sha256: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[str] = mapped_column(Text)  # canonical JSON

@@ -1,4 +1,5 @@
-"""indexes so that the upload queue and the oldest pending clip stay cheap on an aged ledger
+"""indexes so that the upload queue, the oldest pending clip and a camera's assignments
+stay cheap on an aged ledger
 
 Revision ID: 0004
 Revises: 0003
@@ -17,6 +18,12 @@ search that finds only its staged clips.
 ``ix_clips_state_discovered``: the oldest pending clip (``status``, STATUS, metrics)
 read the whole clips table, 0.3-0.45 s per ``status``. With the discovery time after
 the state, each pending state is one search for its first entry.
+
+``ix_audit_log_camera_event``: the officer a camera was issued to when a clip was
+recorded (every custody record, so every upload) read all of that camera's audit
+entries to find its few ``camera.assigned`` ones: 7,500 entries, 0.08 s per upload, for
+an old camera. The event after the camera in the index finds only those. It replaces
+``ix_audit_log_camera_serial``, which is its prefix.
 """
 
 from alembic import op
@@ -31,8 +38,12 @@ depends_on = None
 def upgrade() -> None:
     op.create_index("ix_clips_camera_state", "clips", ["camera_serial", "state"])
     op.create_index("ix_clips_state_discovered", "clips", ["state", "discovered_at"])
+    op.create_index("ix_audit_log_camera_event", "audit_log", ["camera_serial", "event"])
+    op.drop_index("ix_audit_log_camera_serial", table_name="audit_log")
 
 
 def downgrade() -> None:
+    op.create_index("ix_audit_log_camera_serial", "audit_log", ["camera_serial"])
+    op.drop_index("ix_audit_log_camera_event", table_name="audit_log")
     op.drop_index("ix_clips_state_discovered", table_name="clips")
     op.drop_index("ix_clips_camera_state", table_name="clips")
