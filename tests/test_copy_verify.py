@@ -18,12 +18,13 @@ from structlog.testing import capture_logs
 
 from bwc_dock import copier as copier_module
 from bwc_dock.config import parse_config
-from bwc_dock.copier import Copier, StagingArea
+from bwc_dock.copier import Copier
 from bwc_dock.hashing import hash_file_from_disk
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.scanning import scan_into_ledger
 from bwc_dock.sources.base import DockedVolume
+from bwc_dock.staging import StagingArea
 from tests.dock import sha256_of, write_random
 
 
@@ -33,6 +34,19 @@ def _flip_byte(path: Path) -> None:
         byte = staged.read(1)
         staged.seek(-1, os.SEEK_CUR)
         staged.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _open_files_under(folder: Path) -> list[str]:
+    """Files under ``folder`` this process still holds open (from /proc/self/fd)."""
+    opened = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # the descriptor of the directory listing itself, closed meanwhile
+        if target.startswith(f"{folder}/"):
+            opened.append(target)
+    return opened
 
 
 def _corrupting(calls_to_corrupt: set[int]) -> Callable[[Path], str]:
@@ -111,7 +125,7 @@ def test_camera_returning_different_bytes_twice_is_quarantined(
     ledger_and_copier: tuple[Ledger, Copier, Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """If a re-read of the camera gives other bytes than the first read, neither is trusted."""
-    ledger, copier, source, _staging = ledger_and_copier
+    ledger, copier, source, staging = ledger_and_copier
     real = hash_file_from_disk
 
     def reread(path: Path) -> str:
@@ -124,3 +138,27 @@ def test_camera_returning_different_bytes_twice_is_quarantined(
     [clip] = ledger.clips()
     assert clip.state is ClipState.QUARANTINED
     assert "different bytes on two reads" in (clip.last_error or "")
+    assert not list(staging.rglob("*.part"))
+    assert _open_files_under(staging) == []  # the second copy was closed, not only removed
+
+
+@pytest.mark.parametrize("damaged_rereads", [set(), {1}, {1, 2}])
+def test_verify_in_background_puts_clip_where_it_belongs(
+    ledger_and_copier: tuple[Ledger, Copier, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    damaged_rereads: set[int],
+) -> None:
+    """Verified in a thread of its own (as the daemon runs it): staged, recopied or
+    quarantined as in the foreground, and no temporary file is left open or behind."""
+    ledger, copier, source, staging = ledger_and_copier
+    monkeypatch.setattr(copier_module, "hash_file_from_disk", _corrupting(damaged_rereads))
+    assert copier.copy_next(threading.Event(), verify_in_background=True)
+    assert not copier.copy_next(threading.Event(), verify_in_background=True)  # waits for it
+    [clip] = ledger.clips()
+    expected = ClipState.QUARANTINED if len(damaged_rereads) == 2 else ClipState.STAGED
+    assert clip.state is expected
+    assert not list(staging.rglob("*.part"))
+    assert _open_files_under(staging) == []
+    if expected is ClipState.STAGED:
+        assert clip.staged_path is not None
+        assert sha256_of(staging / clip.staged_path / "CLIP.MP4") == sha256_of(source)

@@ -1,9 +1,11 @@
 """The copier stage: camera -> staging, hashed on the one read, verified from disk.
 
 For each clip (and its sidecars): write a ``.part`` file in the clip's own staging
-folder while hashing, fsync, rename into place, fsync the folder (durable.py), then drop the
-staged file from the page cache and hash it again from disk. A mismatch copies
-again; a second mismatch quarantines the clip. Staging paths come from the ledger id
+folder while hashing (the one read of the camera), then fsync, rename into place, fsync
+the folder once (durable.py), drop the staged file from the page cache and hash it again
+from disk. A mismatch copies again; a second mismatch quarantines the clip. Everything
+after the read is the verify stage, which may run in a thread of its own while the
+camera's next clip is read. Staging paths come from the ledger id
 and the sanitised name, never from a camera path.
 """
 
@@ -15,13 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
 
-from bwc_dock.durable import write_durably
+from bwc_dock.durable import PendingFile, fsync_directory
 from bwc_dock.errors import (
     HostileEntry,
     IntegrityError,
@@ -33,120 +35,14 @@ from bwc_dock.hashing import copy_hashing, hash_file_from_disk
 from bwc_dock.ledger import ClipWork, Ledger, SidecarWork
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.scanner import open_source_file
+from bwc_dock.staging import STAGING_DIRECTORY_MODE, StagingArea
 
 log = structlog.get_logger(__name__)
 
 MAX_COPY_TRIES = 2
-# Evidence waiting in staging is for root and the daemon alone, whatever the umask.
-STAGING_DIRECTORY_MODE = 0o700
 _STAGING_RETRY = timedelta(seconds=5)
 _SOURCE_RETRY = timedelta(seconds=2)
 _HOSTILE_RETRY = timedelta(hours=1)
-
-
-@dataclass
-class StagingArea:
-    """The dock's local staging folder and the space it must leave free.
-
-    A clip that does not fit pauses copying until uploads and purges free room; one that
-    could never fit (larger than the staging filesystem minus the reserve, e.g. a sparse
-    file inflated on the camera) is refused alone as hostile instead of pausing forever.
-    While copying waits, :meth:`make_room` deletes staged copies of clips central storage
-    has verified, oldest upload first and only as many as the waiting clip needs, so one
-    clip never empties staging of the copies that retention keeps.
-    """
-
-    root: Path
-    reserve_bytes: int
-    _paused: bool = field(default=False, init=False)
-    _waiting_bytes: int = field(default=0, init=False)  # the size of the clip paused on
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
-
-    def clip_folder(self, clip_id: int) -> str:
-        return f"clips/{clip_id:08d}"
-
-    def free_bytes(self) -> int:
-        stats = os.statvfs(self.root)
-        return stats.f_bavail * stats.f_frsize
-
-    def usable_bytes(self) -> int:
-        """The most a clip can ever take: the staging filesystem's size minus the reserve."""
-        stats = os.statvfs(self.root)
-        return stats.f_blocks * stats.f_frsize - self.reserve_bytes
-
-    def reserve_room(self, needed: int, camera: str) -> None:
-        """Raise StagingFull (logged once per pause) when ``needed`` bytes do not fit now,
-        HostileEntry when they never could."""
-        self.root.mkdir(mode=STAGING_DIRECTORY_MODE, parents=True, exist_ok=True)
-        usable = self.usable_bytes()
-        if needed > usable:
-            raise HostileEntry(
-                f"clip of {needed} B can never fit staging ({usable} B usable after the "
-                f"{self.reserve_bytes} B reserve): refused, the camera's other clips go on"
-            )
-        free = self.free_bytes()
-        with self._lock:
-            if free - needed < self.reserve_bytes:
-                self._waiting_bytes = needed
-                if not self._paused:
-                    log.warning(
-                        "copy.paused",
-                        reason="staging full",
-                        free_bytes=free,
-                        needed_bytes=needed,
-                        reserve_bytes=self.reserve_bytes,
-                        camera=camera,
-                    )
-                    self._paused = True
-                raise StagingFull(f"staging has {free} B free, needs {needed} B + reserve")
-            if self._paused:
-                log.info("copy.resumed", free_bytes=free)
-                self._paused = False
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
-
-    def shortfall_bytes(self) -> int:
-        """How many bytes the clip copying waits for still lacks (0 when not paused)."""
-        if not self._paused:
-            return 0
-        return max(0, self._waiting_bytes + self.reserve_bytes - self.free_bytes())
-
-    def purge_uploaded(self, ledger: Ledger, uploaded_before: datetime) -> int:
-        """Delete the staged copies of clips uploaded before ``uploaded_before``."""
-        purged = 0
-        for work in ledger.purgeable(uploaded_before):
-            self._purge(ledger, work)
-            purged += 1
-        if purged:
-            log.info("staging.purged", clips=purged)
-        return purged
-
-    def make_room(self, ledger: Ledger, now: datetime) -> int:
-        """While copying waits for space: delete staged copies of uploaded clips (verified
-        in central storage) before their retention ends, oldest upload first, and only
-        until the waiting clip fits."""
-        purged = 0
-        for work in ledger.purgeable(now):
-            if self.shortfall_bytes() <= 0:
-                break
-            self._purge(ledger, work)
-            purged += 1
-        if purged:
-            log.info("staging.purged_for_room", clips=purged, shortfall=self.shortfall_bytes())
-        return purged
-
-    def _purge(self, ledger: Ledger, work: ClipWork) -> None:
-        assert work.staged_path is not None
-        folder = self.root / work.staged_path
-        for staged in [folder / work.name, *(folder / s.name for s in work.sidecars)]:
-            staged.unlink(missing_ok=True)
-        try:
-            folder.rmdir()
-        except OSError as error:
-            log.warning("staging.purge_incomplete", clip=work.id, error=str(error))
-        ledger.mark_purged(work.id)
 
 
 @dataclass(frozen=True)
@@ -171,12 +67,14 @@ class _CameraFile:
 
 @dataclass
 class _Read:
-    """A clip and its sidecars read once off the camera into staging, not yet verified."""
+    """A clip and its sidecars read once off the camera into staging, not yet verified:
+    their bytes are written under temporary names, not yet fsynced nor in place."""
 
     folder_relative: str
     folder: Path
     sha256: str
     sidecar_hashes: dict[int, str]
+    files: list[PendingFile]
     renewer: _LeaseRenewer
     started: float
 
@@ -185,9 +83,10 @@ class Copier:
     """Copies clips off docked cameras for one worker (one lease owner).
 
     ``copy_next(..., verify_in_background=True)`` keeps the camera busy: once a clip is
-    read into staging, re-reading it from disk to verify it runs in a thread of its own
-    while the next clip is read off the camera. At most one verification is in flight,
-    and ``copy_next`` says "nothing to copy" only once it has finished.
+    read into staging, waiting for the disk (fsync, rename) and re-reading it from disk
+    to verify it run in a thread of its own while the next clip is read off the camera.
+    At most one verification is in flight, and ``copy_next`` says "nothing to copy" only
+    once it has finished.
     """
 
     def __init__(
@@ -309,15 +208,22 @@ class Copier:
         folder.mkdir(mode=STAGING_DIRECTORY_MODE, parents=True, exist_ok=True)
         started = time.monotonic()
         renewer = _LeaseRenewer(self.ledger, work.id, self.owner, self.ledger.lease.total_seconds())
-        with _discarded_on_failure(folder, work):
-            sha256 = self._copy_once(_CameraFile.of_clip(work), folder / work.name, cancel, renewer)
+        files: list[PendingFile] = []
+        with _discarded_on_failure(folder, work), _discarded_unless_kept(files):
+            sha256 = self._copy_once(
+                _CameraFile.of_clip(work), folder / work.name, cancel, renewer, files
+            )
             sidecar_hashes = {
                 sidecar.id: self._copy_once(
-                    _CameraFile.of_sidecar(work, sidecar), folder / sidecar.name, cancel, renewer
+                    _CameraFile.of_sidecar(work, sidecar),
+                    folder / sidecar.name,
+                    cancel,
+                    renewer,
+                    files,
                 )
                 for sidecar in work.sidecars
             }
-        return _Read(folder_relative, folder, sha256, sidecar_hashes, renewer, started)
+        return _Read(folder_relative, folder, sha256, sidecar_hashes, files, renewer, started)
 
     def _verify(
         self,
@@ -330,6 +236,8 @@ class Copier:
         ``claim_next`` (a docking filter) the next clip is claimed in the same transaction."""
         assert work.volume_root is not None
         with _discarded_on_failure(read.folder, work):
+            with _discarded_unless_kept(read.files):
+                _put_in_place(read.files, read.folder)
             sha256 = self._verified(
                 _CameraFile.of_clip(work),
                 read.folder / work.name,
@@ -380,7 +288,14 @@ class Copier:
         first_sha256 = sha256
         for attempt in range(1, MAX_COPY_TRIES + 1):
             if attempt > 1:
-                sha256 = self._copy_once(source, destination, cancel, renewer)
+                again: list[PendingFile] = []
+                try:
+                    sha256 = self._copy_once(source, destination, cancel, renewer, again)
+                    if sha256 == first_sha256:
+                        _put_in_place(again, destination.parent)
+                finally:
+                    for part in again:
+                        part.discard()  # a copy not put in place is not kept
                 if sha256 != first_sha256:
                     # the camera itself gave different bytes twice: trust neither read
                     destination.unlink(missing_ok=True)
@@ -409,29 +324,58 @@ class Copier:
         destination: Path,
         cancel: threading.Event,
         renewer: _LeaseRenewer,
+        written: list[PendingFile],
     ) -> str:
-        """One read of the camera file into ``destination``: hashed, fsynced, renamed."""
+        """One read of the camera file into a temporary file for ``destination``, hashed;
+        the file is appended to ``written`` (for the verify stage to put in place)."""
         source_fd = open_source_file(source.root, source.source_path_raw, source.size)
-
-        def fill(part_fd: int) -> str:
-            sha256, copied = copy_hashing(source_fd, part_fd, cancel, renewer.progress)
+        try:
+            with _staging_space_errors():
+                os.posix_fadvise(source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                part = PendingFile(destination, mode=0o640)
+                written.append(part)
+                assert part.fd is not None
+                sha256, copied = copy_hashing(source_fd, part.fd, cancel, renewer.progress)
             if copied != source.size:
                 raise SourceGone(
                     f"read {copied} B of {source.size} B: the file changed on the camera"
                 )
             if source.mtime_ns is not None:
-                os.utime(part_fd, ns=(source.mtime_ns, source.mtime_ns))
+                os.utime(part.fd, ns=(source.mtime_ns, source.mtime_ns))
             return sha256
-
-        try:
-            os.posix_fadvise(source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            return write_durably(destination, fill, mode=0o640)
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StagingFull(f"staging filled up while copying: {error.strerror}") from error
-            raise
         finally:
             _close_source(source_fd)
+
+
+def _put_in_place(files: list[PendingFile], folder: Path) -> None:
+    """fsync each file read off the camera and rename it into place; then the folder once."""
+    with _staging_space_errors():
+        for part in files:
+            part.publish()
+        fsync_directory(folder)
+
+
+@contextmanager
+def _staging_space_errors() -> Iterator[None]:
+    """A full staging disk (at write or at fsync) is StagingFull: copying waits for room."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StagingFull(f"staging filled up while copying: {error.strerror}") from error
+        raise
+
+
+@contextmanager
+def _discarded_unless_kept(files: list[PendingFile]) -> Iterator[None]:
+    """On failure, close and remove the temporary files written so far (published ones
+    stay for _discarded_on_failure to judge)."""
+    try:
+        yield
+    except BaseException:
+        for part in files:
+            part.discard()
+        raise
 
 
 def _close_source(fd: int) -> None:
@@ -491,7 +435,3 @@ class _LeaseRenewer:
             self.ledger.renew_lease(self.clip_id, self.owner)
             self.last = now
 
-
-def staged_file(staging_root: Path, work: ClipWork, name: str | None = None) -> Path:
-    assert work.staged_path is not None
-    return staging_root / work.staged_path / (name or work.name)

@@ -45,6 +45,46 @@ def temporary_name(destination: Path, suffix: str = PART_SUFFIX) -> Path:
     return destination.with_name(f"{destination.name[:_NAME_KEPT]}.{token}{suffix}")
 
 
+class PendingFile:
+    """A file being written under its temporary name: :func:`write_durably` in two steps.
+
+    The copier fills one while it reads a camera and leaves :meth:`publish` (fsync and
+    rename) to its verify stage, so the camera's next clip is read while this one goes
+    to disk. Whoever creates one calls :meth:`publish` or :meth:`discard`; after a
+    failure, :meth:`discard` closes it and removes the temporary file.
+    """
+
+    def __init__(self, destination: Path, *, mode: int, suffix: str = PART_SUFFIX) -> None:
+        assert suffix.endswith(PART_SUFFIX), suffix
+        self.destination = destination
+        self.temporary = temporary_name(destination, suffix)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.fd: int | None = os.open(self.temporary, flags, mode)
+        self.published = False
+
+    def publish(self, *, create_only: bool = False) -> None:
+        """fsync, close and put the file at its destination; the caller then fsyncs the
+        directory (:func:`fsync_directory`), once for all the files it put there."""
+        assert self.fd is not None, "published or discarded already"
+        try:
+            os.fsync(self.fd)
+        finally:
+            self._close()
+        _publish(self.temporary, self.destination, create_only=create_only)
+        self.published = True
+
+    def discard(self) -> None:
+        """Close and remove the temporary file, unless it was published."""
+        self._close()
+        if not self.published:
+            self.temporary.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
 def write_durably(
     destination: Path,
     fill: Callable[[int], _Filled],
@@ -61,20 +101,13 @@ def write_durably(
     ``suffix`` must end in ``.part``; a backend shared by several docks puts its own
     name before it. OSError and whatever ``fill`` raises propagate.
     """
-    assert suffix.endswith(PART_SUFFIX), suffix
-    temporary = temporary_name(destination, suffix)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temporary, flags, mode)
+    pending = PendingFile(destination, mode=mode, suffix=suffix)
     try:
-        try:
-            filled = fill(fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _publish(temporary, destination, create_only=create_only)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+        assert pending.fd is not None
+        filled = fill(pending.fd)
+        pending.publish(create_only=create_only)
+    finally:
+        pending.discard()  # nothing left behind unless published
     fsync_directory(destination.parent)
     return filled
 

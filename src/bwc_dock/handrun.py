@@ -16,7 +16,6 @@ from typing import Protocol
 import structlog
 
 from bwc_dock.config import Config
-from bwc_dock.copier import StagingArea
 from bwc_dock.errors import UsageError
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.leases import current_owner, heartbeat_alive
@@ -25,6 +24,7 @@ from bwc_dock.ledger.states import PENDING_STATES
 from bwc_dock.scanner import ScanResult
 from bwc_dock.scanning import folder_profile, scan_into_ledger
 from bwc_dock.sources.base import DockedVolume
+from bwc_dock.staging import StagingArea
 from bwc_dock.storage import open_backend
 from bwc_dock.uploader import Uploader
 from bwc_dock.wiring import Stages

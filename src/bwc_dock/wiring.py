@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bwc_dock.config import Config
-from bwc_dock.copier import Copier, StagingArea
+from bwc_dock.copier import Copier
 from bwc_dock.errors import PermanentStorageError
 from bwc_dock.ledger import Ledger
+from bwc_dock.staging import StagingArea
 from bwc_dock.storage.base import ProgressCallback, StorageBackend
 from bwc_dock.uploader import Uploader
 

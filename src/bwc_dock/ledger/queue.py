@@ -10,12 +10,14 @@ nobody holds. Every change goes through :mod:`bwc_dock.ledger.transitions`.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from bwc_dock.errors import LeaseLost
@@ -24,7 +26,15 @@ from bwc_dock.ledger.models import Camera, Clip, Docking, Sidecar, utc_now
 from bwc_dock.ledger.snapshots import ClipWork, clip_snapshot
 from bwc_dock.ledger.states import LEASED_STATES, ClipState
 from bwc_dock.ledger.store import Store
-from bwc_dock.ledger.transitions import amend_staged_copy, lease, move, owned, unleased
+from bwc_dock.ledger.transitions import (
+    CLIPS,
+    amend_staged_copy,
+    lease,
+    move,
+    move_row,
+    owned,
+    unleased,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -42,24 +52,39 @@ def _claim_for_copy(
     store: Store, session: Session, owner: str, docking_id: int | None
 ) -> ClipWork | None:
     now = utc_now()
-    query = (
-        select(Clip, Docking)
-        .join(
-            Docking,
-            and_(Docking.camera_serial == Clip.camera_serial, Docking.undocked_at.is_(None)),
-        )
-        .where(Clip.state == ClipState.DISCOVERED, _due(now))
-        .order_by(Clip.priority.desc(), Clip.id, Docking.id.desc())
-        .limit(1)
-    )
-    if docking_id is not None:
-        query = query.where(Docking.id == docking_id)
-    row = session.execute(query).first()
+    row = session.execute(
+        _next_to_copy(of_one_docking=docking_id is not None),
+        {"now": now, "docking_id": docking_id},
+    ).first()
     if row is None:
         return None
-    clip, docking = row
-    lease(store, session, clip, ClipState.COPYING, owner, now)
-    return clip_snapshot(session, clip, Path(docking.volume_root))
+    held = {"lease_owner": owner, "lease_expires_at": now + store.lease}
+    move_row(store, session, row, ClipState.COPYING, owner, held)
+    claimed = clip_snapshot(session, row, Path(row.volume_root))
+    return replace(claimed, state=ClipState.COPYING, lease_owner=owner)
+
+
+@cache
+def _next_to_copy(*, of_one_docking: bool) -> Select[Any]:
+    """The next discovered clip that is due, of a camera docked now (of one docking):
+    built once, as the copier asks it once per clip."""
+    clips = CLIPS
+    query = (
+        select(clips, Docking.volume_root)
+        .join(
+            Docking,
+            and_(Docking.camera_serial == clips.c.camera_serial, Docking.undocked_at.is_(None)),
+        )
+        .where(
+            clips.c.state == str(ClipState.DISCOVERED),
+            or_(clips.c.next_attempt_at.is_(None), clips.c.next_attempt_at <= bindparam("now")),
+        )
+        .order_by(clips.c.priority.desc(), clips.c.id, Docking.id.desc())
+        .limit(1)
+    )
+    if of_one_docking:
+        query = query.where(Docking.id == bindparam("docking_id"))
+    return query
 
 
 def claim_for_upload(
@@ -163,45 +188,56 @@ def _record_copy(
     staged_path: str,
     sidecar_hashes: Mapping[int, str],
 ) -> None:
-    clip = owned(session, work.id, owner)
-    # read what is needed before the clip changes, so it is written in one UPDATE
-    sidecars = (
-        session.scalars(select(Sidecar).where(Sidecar.clip_id == clip.id)).all()
-        if work.sidecars
-        else []
-    )
+    row = session.execute(
+        select(CLIPS).where(CLIPS.c.id == work.id, CLIPS.c.lease_owner == owner)
+    ).first()
+    if row is None:
+        raise LeaseLost(f"clip {work.id}: lease lost")
+    if sidecar_hashes:
+        _record_sidecar_hashes(session, row.id, sidecar_hashes)
     duplicate_of = session.scalar(
-        select(Clip.id)
-        .where(
-            Clip.camera_serial == clip.camera_serial,
-            Clip.sha256 == sha256,
-            Clip.id != clip.id,
-            Clip.duplicate_of.is_(None),
-            Clip.state != ClipState.QUARANTINED,
+        _FIRST_WITH_SAME_CONTENT,
+        {"camera": row.camera_serial, "sha256": sha256, "clip_id": row.id},
+    )
+    staged = {
+        "sha256": sha256,
+        "staged_path": staged_path,
+        "staged_at": utc_now(),
+        "last_error": None,
+        "next_attempt_at": None,
+        "duplicate_of": duplicate_of,
+    }
+    details = {
+        "staged_path": staged_path,
+        "duplicate_of": duplicate_of,
+        "sidecars": {str(k): v for k, v in sidecar_hashes.items()},
+    }
+    move_row(store, session, row, ClipState.STAGED, owner, staged, details)
+
+
+def _record_sidecar_hashes(session: Session, clip_id: int, hashes: Mapping[int, str]) -> None:
+    sidecars: Table = Sidecar.__table__  # type: ignore[assignment]  # a Table in models.py
+    for sidecar_id, sha256 in hashes.items():
+        session.execute(
+            update(sidecars)
+            .where(sidecars.c.id == sidecar_id, sidecars.c.clip_id == clip_id)
+            .values(sha256=sha256)
         )
-        .order_by(Clip.id)
-        .limit(1)
+
+
+# an earlier clip of the camera with the same content, which this one then duplicates
+_FIRST_WITH_SAME_CONTENT = (
+    select(Clip.id)
+    .where(
+        Clip.camera_serial == bindparam("camera"),
+        Clip.sha256 == bindparam("sha256"),
+        Clip.id != bindparam("clip_id"),
+        Clip.duplicate_of.is_(None),
+        Clip.state != ClipState.QUARANTINED,
     )
-    for sidecar in sidecars:
-        sidecar.sha256 = sidecar_hashes[sidecar.id]
-    clip.sha256 = sha256
-    clip.staged_path = staged_path
-    clip.staged_at = utc_now()
-    clip.last_error = None
-    clip.next_attempt_at = None
-    clip.duplicate_of = duplicate_of
-    move(
-        store,
-        session,
-        clip,
-        ClipState.STAGED,
-        owner,
-        details={
-            "staged_path": staged_path,
-            "duplicate_of": clip.duplicate_of,
-            "sidecars": {str(k): v for k, v in sidecar_hashes.items()},
-        },
-    )
+    .order_by(Clip.id)
+    .limit(1)
+)
 
 
 def finish_upload(

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 from bwc_dock.ledger.states import ClipState
 
 if TYPE_CHECKING:
+    from typing import Any
+
+    from sqlalchemy import Row
     from sqlalchemy.orm import Session
 
     from bwc_dock.ledger.models import AuditEntry, Clip, DaemonHeartbeat, Docking, Sidecar
@@ -140,7 +143,7 @@ def clip_snapshots(session: Session, clips: list[Clip]) -> list[ClipWork]:
 
 def clip_snapshot(
     session: Session,
-    clip: Clip,
+    clip: Clip | Row[Any],  # a Row from a SELECT of the clips table has the same attributes
     volume_root: Path | None,
     sidecars: list[Sidecar] | None = None,
 ) -> ClipWork:

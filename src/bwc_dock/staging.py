@@ -1,0 +1,129 @@
+"""The dock's staging folder: where clips wait, verified, between camera and central storage.
+
+Copies live in one folder per clip (named from the ledger id, never from a camera path)
+and stay after upload until retention ends. :class:`StagingArea` keeps the space the
+dock needs free and decides which staged copies may go when copying waits for room.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+
+from bwc_dock.errors import HostileEntry, StagingFull
+from bwc_dock.ledger import ClipWork, Ledger
+
+log = structlog.get_logger(__name__)
+
+# Evidence waiting in staging is for root and the daemon alone, whatever the umask.
+STAGING_DIRECTORY_MODE = 0o700
+
+
+@dataclass
+class StagingArea:
+    """The dock's local staging folder and the space it must leave free.
+
+    A clip that does not fit pauses copying until uploads and purges free room; one that
+    could never fit (larger than the staging filesystem minus the reserve, e.g. a sparse
+    file inflated on the camera) is refused alone as hostile instead of pausing forever.
+    While copying waits, :meth:`make_room` deletes staged copies of clips central storage
+    has verified, oldest upload first and only as many as the waiting clip needs, so one
+    clip never empties staging of the copies that retention keeps.
+    """
+
+    root: Path
+    reserve_bytes: int
+    _paused: bool = field(default=False, init=False)
+    _waiting_bytes: int = field(default=0, init=False)  # the size of the clip paused on
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def clip_folder(self, clip_id: int) -> str:
+        return f"clips/{clip_id:08d}"
+
+    def free_bytes(self) -> int:
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize
+
+    def usable_bytes(self) -> int:
+        """The most a clip can ever take: the staging filesystem's size minus the reserve."""
+        stats = os.statvfs(self.root)
+        return stats.f_blocks * stats.f_frsize - self.reserve_bytes
+
+    def reserve_room(self, needed: int, camera: str) -> None:
+        """Raise StagingFull (logged once per pause) when ``needed`` bytes do not fit now,
+        HostileEntry when they never could."""
+        self.root.mkdir(mode=STAGING_DIRECTORY_MODE, parents=True, exist_ok=True)
+        usable = self.usable_bytes()
+        if needed > usable:
+            raise HostileEntry(
+                f"clip of {needed} B can never fit staging ({usable} B usable after the "
+                f"{self.reserve_bytes} B reserve): refused, the camera's other clips go on"
+            )
+        free = self.free_bytes()
+        with self._lock:
+            if free - needed < self.reserve_bytes:
+                self._waiting_bytes = needed
+                if not self._paused:
+                    log.warning(
+                        "copy.paused",
+                        reason="staging full",
+                        free_bytes=free,
+                        needed_bytes=needed,
+                        reserve_bytes=self.reserve_bytes,
+                        camera=camera,
+                    )
+                    self._paused = True
+                raise StagingFull(f"staging has {free} B free, needs {needed} B + reserve")
+            if self._paused:
+                log.info("copy.resumed", free_bytes=free)
+                self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def shortfall_bytes(self) -> int:
+        """How many bytes the clip copying waits for still lacks (0 when not paused)."""
+        if not self._paused:
+            return 0
+        return max(0, self._waiting_bytes + self.reserve_bytes - self.free_bytes())
+
+    def purge_uploaded(self, ledger: Ledger, uploaded_before: datetime) -> int:
+        """Delete the staged copies of clips uploaded before ``uploaded_before``."""
+        purged = 0
+        for work in ledger.purgeable(uploaded_before):
+            self._purge(ledger, work)
+            purged += 1
+        if purged:
+            log.info("staging.purged", clips=purged)
+        return purged
+
+    def make_room(self, ledger: Ledger, now: datetime) -> int:
+        """While copying waits for space: delete staged copies of uploaded clips (verified
+        in central storage) before their retention ends, oldest upload first, and only
+        until the waiting clip fits."""
+        purged = 0
+        for work in ledger.purgeable(now):
+            if self.shortfall_bytes() <= 0:
+                break
+            self._purge(ledger, work)
+            purged += 1
+        if purged:
+            log.info("staging.purged_for_room", clips=purged, shortfall=self.shortfall_bytes())
+        return purged
+
+    def _purge(self, ledger: Ledger, work: ClipWork) -> None:
+        assert work.staged_path is not None
+        folder = self.root / work.staged_path
+        for staged in [folder / work.name, *(folder / s.name for s in work.sidecars)]:
+            staged.unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError as error:
+            log.warning("staging.purge_incomplete", clip=work.id, error=str(error))
+        ledger.mark_purged(work.id)
