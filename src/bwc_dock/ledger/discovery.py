@@ -20,6 +20,7 @@ from bwc_dock.ledger.store import Store
 from bwc_dock.scanner import FoundClip
 
 log = structlog.get_logger(__name__)
+_PATH_BATCH = 500  # paths per query, below SQLite's limit on bound parameters
 
 
 def record_scan(
@@ -33,16 +34,7 @@ def record_scan(
         assert docking is not None
         docking.scanned_at = now
         docking.refused_entries = refused
-        # one query for the camera's known identities, not one per file: a watch
-        # folder is rescanned every minute and a camera may hold thousands of clips
-        known = {
-            (row.source_path_raw, row.size, row.mtime_ns)
-            for row in session.execute(
-                select(Clip.source_path_raw, Clip.size, Clip.mtime_ns).where(
-                    Clip.camera_serial == docking.camera_serial
-                )
-            )
-        }
+        known = _known_identities(session, docking.camera_serial, found)
         for clip in found:
             video = clip.video
             if (video.source_path_raw, video.size, video.mtime_ns) in known:
@@ -50,6 +42,27 @@ def record_scan(
             row = _new_clip(store, session, docking, clip, now, priority)
             new_ids.append(row.id)
     return new_ids
+
+
+def _known_identities(
+    session: Session, camera_serial: str, found: Sequence[FoundClip]
+) -> set[tuple[bytes, int, int]]:
+    """The identities of ``found`` that the ledger already holds for this camera.
+
+    One query per batch of paths, not one per file: a watch folder is rescanned every
+    minute and a camera may hold thousands of clips. And only the paths on the camera
+    now, searched in the unique index: reading every clip the camera ever had grew with
+    its history (an old camera's 2,500 clips were 17,500 SQLite steps per scan)."""
+    paths = sorted({clip.video.source_path_raw for clip in found})
+    known: set[tuple[bytes, int, int]] = set()
+    for start in range(0, len(paths), _PATH_BATCH):
+        query = select(Clip.source_path_raw, Clip.size, Clip.mtime_ns).where(
+            Clip.camera_serial == camera_serial,
+            Clip.source_path_raw.in_(paths[start : start + _PATH_BATCH]),
+        )
+        rows = session.execute(query)
+        known.update((row.source_path_raw, row.size, row.mtime_ns) for row in rows)
+    return known
 
 
 def _new_clip(

@@ -102,6 +102,10 @@ class Clip(Base):
         Index("ix_clips_state_next", "state", "next_attempt_at"),
         Index("ix_clips_camera_sha", "camera_serial", "sha256"),
         Index("ix_clips_docking_state", "docking_id", "state"),  # migration 0003
+        # the upload claim, camera by camera, finds only staged clips (migration 0004)
+        Index("ix_clips_camera_state", "camera_serial", "state"),
+        # the oldest pending clip, without reading the uploaded ones (migration 0004)
+        Index("ix_clips_state_discovered", "state", "discovered_at"),
         Index("ix_clips_leased", "id", sqlite_where=text("lease_owner IS NOT NULL")),
         Index(
             "ix_clips_staged_copies",
@@ -183,13 +187,18 @@ class AuditEntry(Base):
     """Append-only, hash-chained record of everything that happened to the evidence."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (
+        # a camera's assignments among its audit entries (migration 0004; it replaces
+        # ix_audit_log_camera_serial, whose prefix it is)
+        Index("ix_audit_log_camera_event", "camera_serial", "event"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[str] = mapped_column(String(40))  # ISO-8601 UTC text: hashed as stored
     dock_id: Mapped[str] = mapped_column(String(128))
     actor: Mapped[str] = mapped_column(String(128))
     event: Mapped[str] = mapped_column(String(64))
-    camera_serial: Mapped[str | None] = mapped_column(String(128), index=True)
+    camera_serial: Mapped[str | None] = mapped_column(String(128))
     clip_id: Mapped[int | None] = mapped_column(Integer, index=True)
     sha256: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[str] = mapped_column(Text)  # canonical JSON
