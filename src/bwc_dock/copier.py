@@ -77,6 +77,7 @@ class _Read:
     files: list[PendingFile]
     renewer: _LeaseRenewer
     started: float
+    read_seconds: float  # off the camera; the rest of copy.done's seconds is the verify stage
 
 
 class Copier:
@@ -223,7 +224,10 @@ class Copier:
                 )
                 for sidecar in work.sidecars
             }
-        return _Read(folder_relative, folder, sha256, sidecar_hashes, files, renewer, started)
+        read_seconds = time.monotonic() - started
+        return _Read(
+            folder_relative, folder, sha256, sidecar_hashes, files, renewer, started, read_seconds
+        )
 
     def _verify(
         self,
@@ -235,9 +239,11 @@ class Copier:
         """Check every staged file from disk; then the clip is ``staged``. With
         ``claim_next`` (a docking filter) the next clip is claimed in the same transaction."""
         assert work.volume_root is not None
+        verify_started = time.monotonic()
         with _discarded_on_failure(read.folder, work):
             with _discarded_unless_kept(read.files):
                 _put_in_place(read.files, read.folder)
+            in_place = time.monotonic()
             sha256 = self._verified(
                 _CameraFile.of_clip(work),
                 read.folder / work.name,
@@ -255,6 +261,7 @@ class Copier:
                 )
                 for sidecar in work.sidecars
             }
+        verified = time.monotonic()
         if claim_next is None:
             self.ledger.finish_copy(work, self.owner, sha256, read.folder_relative, sidecar_hashes)
         else:
@@ -274,6 +281,11 @@ class Copier:
             size=work.size,
             seconds=round(elapsed, 3),
             mb_per_s=round(needed / 1e6 / elapsed, 1) if elapsed else None,
+            # where the time went, for a dock that copies slower than its cameras read
+            read_seconds=round(read.read_seconds, 3),
+            waited_seconds=round(verify_started - read.started - read.read_seconds, 3),
+            fsync_seconds=round(in_place - verify_started, 3),
+            reread_seconds=round(verified - in_place, 3),
         )
 
     def _verified(
