@@ -47,6 +47,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench_copier import cpu_pressure_microseconds  # scripts/ is this script's path
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 BWC_DOCK = str(Path(sys.executable).with_name("bwc-dock"))
 TARGET_RATIO = 1.2
@@ -386,15 +388,6 @@ class Load:
         return {"cpus": os.cpu_count(), "load_1min_before": round(self.load_before, 2),
                 "load_1min_after": round(os.getloadavg()[0], 2),
                 "cpu_pressure_percent": pressure, "seconds": round(seconds, 1)}
-
-
-def cpu_pressure_microseconds() -> int | None:
-    """Total time some task waited for a CPU (Linux PSI), to show how busy the box was."""
-    try:
-        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return None
-    return int(first.rsplit("total=", 1)[1])
 
 
 def _report(results: dict[str, dict[str, list[float]]], clips: int,
