@@ -5,8 +5,8 @@ folder while hashing (the one read of the camera), then fsync, rename into place
 the folder once (durable.py), drop the staged file from the page cache and hash it again
 from disk. A mismatch copies again; a second mismatch quarantines the clip. Everything
 after the read is the verify stage, which may run in a thread of its own while the
-camera's next clip is read. Staging paths come from the ledger id
-and the sanitised name, never from a camera path.
+camera's next clip is read. Staging paths come from the ledger id and the sanitised
+name, never from a camera path.
 """
 
 from __future__ import annotations

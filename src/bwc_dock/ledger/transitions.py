@@ -7,7 +7,7 @@ without the ORM, for the copier's per-clip hot path (claim and finish), where lo
 and flushing ORM objects cost more CPU than the SQL itself (scripts/bench copier).
 :func:`amend_staged_copy` is the only change of a clip's bookkeeping that keeps its
 state (resync giving a clip back its staged copy); it is checked and audited the same
-way. Every ledger part that changes a clip goes through one of the two.
+way. Every ledger part that changes a clip goes through one of these three.
 """
 
 from __future__ import annotations
