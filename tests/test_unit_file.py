@@ -30,9 +30,8 @@ HELPER_SOCKET_UNIT = SYSTEMD / "bwc-dock-mount.socket"
 INSTALLED_PROGRAM = "/opt/bwc-dock/venv/bin/bwc-dock"
 INSTALLED_HELPER = "/opt/bwc-dock/venv/bin/bwc-dock-mount"
 # 9.6 ("UNSAFE") for the same service without hardening; 2.4 while it still mounted
-# (CAP_SYS_ADMIN, @mount, block devices). What remains: root, network, usbfs, and (0.1)
-# ioprio_set out of @resources, so upload workers can lower their own I/O priority.
-MAX_EXPOSURE = 2.0
+# (CAP_SYS_ADMIN, @mount, block devices). What remains: root, network, usbfs.
+MAX_EXPOSURE = 1.9
 # The helper may not have a mount namespace (its mounts must reach the host), so the
 # namespace-based settings are open; it has no network and only CAP_SYS_ADMIN.
 MAX_HELPER_EXPOSURE = 3.0

@@ -32,7 +32,6 @@ from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
 from bwc_dock.ledger.states import PENDING_STATES
-from bwc_dock.priorities import yield_to_copying
 from bwc_dock.recovery import recover
 from bwc_dock.scanning import scan_into_ledger
 from bwc_dock.service import DaemonStatus, ServiceHooks
@@ -253,7 +252,6 @@ class Daemon(SourceListener):
         )
 
     def _uploader_loop(self) -> None:
-        yield_to_copying()
         uploader = self.stages.uploader(
             current_owner(), self._upload_progress, self._storage_refused
         )
