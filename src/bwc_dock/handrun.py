@@ -92,13 +92,17 @@ def ingest_folder(
         backend = open_backend(config)
         try:
             stages = Stages(config, ledger, backend)
-            uploader = stages.uploader(current_owner("ingest-uploader"))
+            # as many uploading threads as the daemon has upload workers
+            uploaders = [
+                stages.uploader(current_owner(f"ingest-uploader-{number}"))
+                for number in range(1, config.dock.upload_workers + 1)
+            ]
             if wait:
                 stopped = _copy_while_uploading(
-                    stages, docking_id, uploader, clip_ids, deadline, progress
+                    stages, docking_id, uploaders, clip_ids, deadline, progress
                 )
             else:
-                stopped = _copy_all(stages, docking_id, uploader, progress, deadline)
+                stopped = _copy_all(stages, docking_id, uploaders[0], progress, deadline)
                 ledger.end_docking(docking_id, "ingest copied")
             if stopped is not None:
                 log.error("ingest.stopped", docking=docking_id, reason=stopped)
@@ -127,48 +131,58 @@ class ProgressSink(Protocol):
 
 @dataclass
 class _Handoff:
-    """What the copying thread tells the uploading one."""
+    """What the copying thread tells the uploading ones."""
 
-    staged: threading.Event = field(default_factory=threading.Event)  # wakes the uploader
+    wakes: list[threading.Event]  # one per uploading thread: a clip was staged
     copied: threading.Event = field(default_factory=threading.Event)  # no more to come
     abandoned: threading.Event = field(default_factory=threading.Event)  # copying failed
+
+    def wake_all(self) -> None:
+        """A clip was staged, or uploaded (the others may have nothing left to wait for)."""
+        for wake in self.wakes:
+            wake.set()
 
 
 def _copy_while_uploading(
     stages: Stages,
     docking_id: int,
-    uploader: Uploader,
+    uploaders: list[Uploader],
     clip_ids: list[int],
     deadline: float,
     progress: ProgressSink | None,
 ) -> str | None:
-    """Copy the folder in this thread while a second one uploads what is staged: clip N
-    goes to central storage while clip N+1 is read off the camera, as in the daemon.
-    What _copy_all says (why copying stopped short, or None)."""
-    handoff = _Handoff()
+    """Copy the folder in this thread while one thread per uploader uploads what is
+    staged: clip N goes to central storage while clip N+1 is read off the camera, as in
+    the daemon. What _copy_all says (why copying stopped short, or None)."""
+    handoff = _Handoff([threading.Event() for _ in uploaders])
     failures: list[Exception] = []
 
-    def upload() -> None:
+    def upload(uploader: Uploader, wake: threading.Event) -> None:
         try:
-            _upload_all(stages.ledger, uploader, clip_ids, deadline, progress, handoff)
+            _upload_all(stages.ledger, uploader, clip_ids, deadline, progress, handoff, wake)
         except Exception as error:  # handed to the caller's thread below
             log.exception("ingest.upload_failed", error=str(error))
             failures.append(error)
 
-    uploading = threading.Thread(target=upload, name="ingest-uploader", daemon=True)
-    uploading.start()
+    uploading = [
+        threading.Thread(target=upload, args=(uploader, wake), name=uploader.owner, daemon=True)
+        for uploader, wake in zip(uploaders, handoff.wakes, strict=True)
+    ]
+    for thread in uploading:
+        thread.start()
     try:
         stopped = _copy_all(
-            stages, docking_id, uploader, progress, deadline, on_staged=handoff.staged.set
+            stages, docking_id, uploaders[0], progress, deadline, on_staged=handoff.wake_all
         )
         stages.ledger.end_docking(docking_id, "ingest copied")
     except BaseException:
-        handoff.abandoned.set()  # the upload in progress finishes; no new one starts
+        handoff.abandoned.set()  # the uploads in progress finish; no new one starts
         raise
     finally:
         handoff.copied.set()
-        handoff.staged.set()
-        uploading.join()
+        handoff.wake_all()
+        for thread in uploading:
+            thread.join()
     if failures:
         raise failures[0]
     return stopped
@@ -228,19 +242,22 @@ def _upload_all(
     deadline: float,
     progress: ProgressSink | None,
     handoff: _Handoff,
+    wake: threading.Event,
 ) -> None:
     """Upload the folder's clips as they are staged, until none is left to wait for."""
     wanted = set(clip_ids)
     while time.monotonic() < deadline and not handoff.abandoned.is_set():
+        wake.clear()  # before looking, so a clip staged from now on is not missed
         copying_over = handoff.copied.is_set()
         pending = [w for w in ledger.clips(ids=wanted) if w.state in PENDING_STATES]
         if progress:
             progress.update(len(wanted) - len(pending), len(wanted), "uploading")
         if not pending or (copying_over and _stuck_for_good(pending)):
             return
-        if not _upload_one_of(uploader, ledger, wanted):
-            handoff.staged.wait(POLL_SECONDS)
-            handoff.staged.clear()
+        if _upload_one_of(uploader, ledger, wanted):
+            handoff.wake_all()
+        else:
+            wake.wait(POLL_SECONDS)
 
 
 def _upload_one_of(uploader: Uploader, ledger: Ledger, wanted: set[int]) -> bool:

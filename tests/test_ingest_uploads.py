@@ -1,0 +1,82 @@
+"""A hand-run ``ingest --wait`` uploads in as many threads as the daemon has upload workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from bwc_dock import handrun
+from bwc_dock.config import parse_config
+from bwc_dock.ledger import ClipState, Ledger
+from bwc_dock.ledger.leases import current_owner
+from bwc_dock.scanning import scan_into_ledger
+from bwc_dock.sources.base import DockedVolume
+from bwc_dock.storage import open_backend
+from bwc_dock.storage.base import ProgressCallback
+from bwc_dock.wiring import Stages
+from tests.dock import central_objects, make_camera
+
+MIB = 1024 * 1024
+# Long enough for any machine to stage a second clip; only a broken build waits it out.
+BARRIER_TIMEOUT_SECONDS = 120.0
+
+
+def test_ingest_wait_uploads_two_clips_at_once(tmp_path: Path) -> None:
+    """With two upload workers, two clips are in flight to central storage at the same
+    time: each uploader's first progress report waits at a barrier for the other's, which
+    only a second upload running beside the first can reach. The real copier, ledger and
+    folder backend; the progress callback is the uploader's own bandwidth hook."""
+    camera = tmp_path / "card"
+    expected = make_camera(camera, [2 * MIB] * 6, sidecars=False)
+    config = parse_config(
+        {
+            "dock": {
+                "state_dir": str(tmp_path / "state"),
+                "upload_workers": 2,
+                "staging_reserve_mb": 0,
+            },
+            "storage": {"path": str(tmp_path / "nas")},
+        }
+    )
+    (tmp_path / "nas").mkdir()
+    ledger = Ledger.open(config, "test")
+    backend = open_backend(config)
+    volume = DockedVolume("ingest", str(camera), camera, "CAM1")
+    docking = ledger.record_docking(volume, current_owner("test"))
+    new_ids, _found = scan_into_ledger(ledger, config, docking, volume)
+    both_uploading = threading.Barrier(2, timeout=BARRIER_TIMEOUT_SECONDS)
+    met: list[str] = []
+
+    def wait_for_the_other(owner: str) -> ProgressCallback:
+        def on_progress(_sent: int) -> None:
+            if owner not in met:
+                met.append(owner)
+                both_uploading.wait()  # BrokenBarrierError when no second upload comes
+
+        return on_progress
+
+    try:
+        stages = Stages(config, ledger, backend)
+        uploaders = [
+            stages.uploader(current_owner(f"uploader-{n}"), wait_for_the_other(f"uploader-{n}"))
+            for n in (1, 2)
+        ]
+        stopped = handrun._copy_while_uploading(  # the threads ingest_folder starts
+            stages,
+            docking,
+            uploaders,
+            new_ids,
+            time.monotonic() + 4 * BARRIER_TIMEOUT_SECONDS,
+            None,
+        )
+        clips = ledger.clips(ids=set(new_ids))
+    finally:
+        backend.close()
+        ledger.close()
+
+    assert stopped is None
+    assert not both_uploading.broken
+    assert sorted(met) == ["uploader-1", "uploader-2"]
+    assert [c.state for c in clips] == [ClipState.UPLOADED] * 6
+    assert sorted(central_objects(tmp_path / "nas").values()) == sorted(expected.values())
