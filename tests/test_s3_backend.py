@@ -32,6 +32,7 @@ from bwc_dock.config import BandwidthWindow, StorageConfig
 from bwc_dock.errors import (
     PermanentStorageError,
     RefusalKind,
+    StorageConflict,
     TransientStorageError,
 )
 from bwc_dock.storage.base import MultipartState, PartRecord
@@ -122,7 +123,9 @@ def uploads_in_progress(server: SeaweedServer, bucket: str) -> list[dict[str, An
 @pytest.mark.parametrize("size", [0, SMALL, LARGE], ids=["empty", "single-put", "multipart"])
 def test_put_head_and_read_agree_on_the_sha256(backend: S3Backend, seaweedfs: SeaweedServer,
                                                s3_bucket: str, tmp_path: Path, size: int) -> None:
-    """A stored clip's bytes hash to the ledger's SHA-256, which its metadata carries too."""
+    """A stored clip's bytes hash to the ledger's SHA-256, which its metadata carries too.
+    HEAD reports a SHA-256 only where the store computed one over the whole object: a
+    multipart upload keeps a composite checksum (of the parts' hashes), so none."""
     clip, sha256 = make_clip(tmp_path, size)
     sent: list[int] = []
     stored = backend.put_file("cam1/2026/11/24/1_clip.mp4", clip, sha256, size,
@@ -131,7 +134,7 @@ def test_put_head_and_read_agree_on_the_sha256(backend: S3Backend, seaweedfs: Se
     assert sum(sent) == size
     head = backend.head("cam1/2026/11/24/1_clip.mp4")
     assert head is not None
-    assert (head.size, head.sha256) == (size, sha256)
+    assert (head.size, head.sha256) == (size, None if size == LARGE else sha256)
     assert head.metadata["sha256"] == sha256
     assert head.metadata["camera"] == "X81234567"
     assert backend.read_sha256("cam1/2026/11/24/1_clip.mp4") == sha256
@@ -162,6 +165,44 @@ def wait_for_parts(journal: JsonFileJournal, count: int, timeout: float = 30) ->
             return state
         time.sleep(0.02)
     raise AssertionError(f"the upload did not reach {count} finished parts in {timeout}s")
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["single-put", "multipart"])
+def test_a_metadata_claim_is_never_taken_for_the_stored_hash(
+    backend: S3Backend, seaweedfs: SeaweedServer, s3_bucket: str, multipart: bool,
+    tmp_path: Path,
+) -> None:
+    """Someone else writes an object whose x-amz-meta-sha256 claims our clip's SHA-256 but
+    whose bytes are other: HEAD never reports the claim, and put_file refuses to take the
+    object for our clip (central storage is not trusted, DESIGN)."""
+    ours = b"the evidence" * 1000
+    theirs = b"something else" * 1000
+    claim = hashlib.sha256(ours).hexdigest()
+    client = seaweedfs.client()
+    full_key = "bwc/cam1/forged.mp4"
+    if multipart:
+        upload = client.create_multipart_upload(Bucket=s3_bucket, Key=full_key,
+                                                Metadata={"sha256": claim},
+                                                ChecksumAlgorithm="SHA256")
+        part = client.upload_part(Bucket=s3_bucket, Key=full_key, PartNumber=1, Body=theirs,
+                                  UploadId=upload["UploadId"], ChecksumAlgorithm="SHA256")
+        client.complete_multipart_upload(
+            Bucket=s3_bucket, Key=full_key, UploadId=upload["UploadId"],
+            MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"],
+                                        "ChecksumSHA256": part["ChecksumSHA256"]}]})
+    else:
+        client.put_object(Bucket=s3_bucket, Key=full_key, Body=theirs,
+                          Metadata={"sha256": claim})
+
+    head = backend.head("cam1/forged.mp4")
+    assert head is not None
+    assert head.metadata["sha256"] == claim
+    assert head.sha256 in (None, hashlib.sha256(theirs).hexdigest())
+    assert backend.read_sha256("cam1/forged.mp4") == hashlib.sha256(theirs).hexdigest()
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(ours)
+    with pytest.raises(StorageConflict):
+        backend.put_file("cam1/forged.mp4", clip, claim, len(ours), {})
 
 
 def test_kill_9_mid_multipart_resumes_the_same_upload(

@@ -23,8 +23,10 @@ How a clip gets there, and why it is proven equal to the evidence hash:
   conditional writes), then ``If-None-Match: *`` on the PUT and on the completion. An
   object already there with the same SHA-256 is success (a retry after a lost
   response); a different one is StorageConflict, never an overwrite.
-- The evidence SHA-256 is stored as metadata ``x-amz-meta-sha256`` (lowercase hex) and
-  a HEAD after the upload confirms size and hash.
+- The evidence SHA-256 is stored as metadata ``x-amz-meta-sha256`` (lowercase hex), for
+  people and other tools; it is never read back as proof, since anyone who can write to
+  the bucket can set it. A HEAD after the upload confirms the size and, where the store
+  keeps a full-object SHA-256 of its own, the hash; ``head`` reports only that hash.
 
 Retries: botocore runs in "standard" mode with 3 attempts for what it knows to be
 transient (connection errors, timeouts, 5xx, throttling). Inside one put_file call we

@@ -82,12 +82,13 @@ class S3Backend(MultipartUploads, StorageBackend):
     # -- reading ------------------------------------------------------------------------
 
     def _stored_object(self, key: str, response: Mapping[str, Any]) -> StoredObject:
+        """The object as the store reports it. Its SHA-256 is only ever the store's own
+        full-object hash: ``x-amz-meta-sha256`` is a claim anyone writing to the bucket
+        can set (DESIGN, trust boundaries), so an object the store keeps no such hash for
+        (a multipart upload's composite checksum, a store without checksums) has none."""
         metadata = {name.lower(): value for name, value in response.get("Metadata", {}).items()}
-        claimed = metadata.get(SHA256_METADATA_KEY, "").lower()
-        # The store's own full-object hash, where it kept one, outranks our metadata claim.
-        sha256 = _computed_by_store(response) or (claimed if _HEX_SHA256.match(claimed) else None)
-        return StoredObject(key=key, size=int(response["ContentLength"]), sha256=sha256,
-                            metadata=metadata)
+        return StoredObject(key=key, size=int(response["ContentLength"]),
+                            sha256=_computed_by_store(response), metadata=metadata)
 
     def head(self, key: str) -> StoredObject | None:
         full_key = self._full_key(key)
@@ -288,13 +289,18 @@ class S3Backend(MultipartUploads, StorageBackend):
         )
 
     def _verify(self, key: str, expected: str, size: int) -> StoredObject:
+        """After we created the object: the store holds ``size`` bytes and, where it keeps
+        a full-object SHA-256 of its own, that hash is ``expected``. What else proves the
+        bytes was checked as they were sent: the store verified each request's
+        ``x-amz-checksum-sha256``, and a multipart upload's composite checksum was
+        compared with ours at completion."""
         stored = self._require_head(key)
-        if stored.size != size or stored.sha256 != expected:
+        if stored.size != size or stored.sha256 not in (expected, None):
             raise IntegrityError(
                 f"{self._where(self._full_key(key))}: after upload the store reports"
                 f" {stored.size} bytes, sha256 {stored.sha256}; expected {size} bytes, {expected}"
             )
-        return stored
+        return StoredObject(key, stored.size, expected, stored.metadata)
 
 
     def copy_object(self, key: str, new_key: str) -> StoredObject:
