@@ -244,20 +244,27 @@ def _upload_all(
     handoff: _Handoff,
     wake: threading.Event,
 ) -> None:
-    """Upload the folder's clips as they are staged, until none is left to wait for."""
+    """Upload the folder's clips as they are staged, until none is left to wait for.
+
+    The folder's clips are read only when none could be claimed and copying is over:
+    until then more is to come anyway. Reading them all after every upload made a
+    folder of n clips cost n² rows (2,000 small clips took 4.5 minutes)."""
     wanted = set(clip_ids)
     while time.monotonic() < deadline and not handoff.abandoned.is_set():
         wake.clear()  # before looking, so a clip staged from now on is not missed
         copying_over = handoff.copied.is_set()
-        pending = [w for w in ledger.clips(ids=wanted) if w.state in PENDING_STATES]
-        if progress:
-            progress.update(len(wanted) - len(pending), len(wanted), "uploading")
-        if not pending or (copying_over and _stuck_for_good(pending)):
-            return
         if _upload_one_of(uploader, ledger, wanted):
             handoff.wake_all()
-        else:
-            wake.wait(POLL_SECONDS)
+            if progress:
+                progress.update(
+                    len(wanted) - ledger.pending_among(wanted), len(wanted), "uploading"
+                )
+            continue
+        if copying_over:
+            pending = [w for w in ledger.clips(ids=wanted) if w.state in PENDING_STATES]
+            if not pending or _stuck_for_good(pending):
+                return
+        wake.wait(POLL_SECONDS)
 
 
 def _upload_one_of(uploader: Uploader, ledger: Ledger, wanted: set[int]) -> bool:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 BUSY_TIMEOUT_MS = 30_000
+# The execution option (and connection info key) that marks a read-only transaction.
+READING_OPTION = "bwc_dock_reading"
 # The ledger holds evidence metadata and the audit chain: root and the daemon alone may
 # read it, also when it was first created by a command run by hand under umask 022.
 LEDGER_FILE_MODE = 0o600
@@ -82,7 +84,16 @@ def _install_sqlite_hooks(engine: Engine, path: Path) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A reading transaction (Store.reading) takes no write lock: in WAL mode it
+        # neither waits for writers nor holds them up. query_only makes a write slipped
+        # into one fail loudly rather than upgrade the lock (which SQLite would refuse,
+        # without waiting, whenever another writer is busy). It is set per connection,
+        # only when a connection changes between reading and writing.
+        reading = bool(connection.get_execution_options().get(READING_OPTION))
+        if connection.info.get(READING_OPTION, False) != reading:
+            connection.exec_driver_sql(f"PRAGMA query_only={int(reading)}")
+            connection.info[READING_OPTION] = reading
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
 
 def check_durability(engine: Engine) -> None:

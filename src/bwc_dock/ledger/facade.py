@@ -232,6 +232,9 @@ class Ledger:
     def pending_in_docking(self, docking_id: int) -> int:
         return reports.pending_in_docking(self.store, docking_id)
 
+    def pending_among(self, ids: Collection[int]) -> int:
+        return reports.pending_among(self.store, ids)
+
     def byte_totals(self) -> tuple[int, int]:
         return reports.byte_totals(self.store)
 

@@ -25,7 +25,7 @@ _PENDING = [str(state) for state in PENDING_STATES]
 
 
 def get(store: Store, clip_id: int) -> ClipWork | None:
-    with store.transaction() as session:
+    with store.reading() as session:
         clip = session.get(Clip, clip_id)
         return None if clip is None else clip_snapshot(session, clip, None)
 
@@ -47,14 +47,14 @@ def clips(
         query = query.where(Clip.docking_id == docking_id)
     if ids is not None:
         query = query.where(Clip.id.in_(list(ids)))
-    with store.transaction() as session:
+    with store.reading() as session:
         return clip_snapshots(session, list(session.scalars(query)))
 
 
 def clips_holding(store: Store, sha256: str) -> list[tuple[ClipWork, str]]:
     """(clip, file name) of every clip whose video, or one of whose sidecars, hashes to
     ``sha256``: the clips first, then sidecars' clips."""
-    with store.transaction() as session:
+    with store.reading() as session:
         found = [
             (clip_snapshot(session, clip, None), clip.name)
             for clip in session.scalars(
@@ -72,20 +72,20 @@ def clips_holding(store: Store, sha256: str) -> list[tuple[ClipWork, str]]:
 
 def leased_clip_ids(store: Store) -> set[int]:
     """Clips some worker holds right now (alive or not)."""
-    with store.transaction() as session:
+    with store.reading() as session:
         return set(session.scalars(select(Clip.id).where(Clip.lease_owner.is_not(None))))
 
 
 def purged_clip_ids(store: Store) -> set[int]:
     """Clips whose staged copies were deleted after retention (snapshots do not say)."""
-    with store.transaction() as session:
+    with store.reading() as session:
         return set(session.scalars(select(Clip.id).where(Clip.staged_purged_at.is_not(None))))
 
 
 def purgeable(store: Store, uploaded_before: datetime) -> list[ClipWork]:
     """Uploaded clips with staged copies, uploaded before ``uploaded_before``; the oldest
     upload first (making room for a waiting clip purges those first)."""
-    with store.transaction() as session:
+    with store.reading() as session:
         found = session.scalars(
             select(Clip)
             .where(
@@ -101,7 +101,7 @@ def purgeable(store: Store, uploaded_before: datetime) -> list[ClipWork]:
 
 def counts_by_state(store: Store, camera_serial: str | None = None) -> dict[str, int]:
     """Clips per state; the dock-wide counts are kept by triggers, not counted here."""
-    with store.transaction() as session:
+    with store.reading() as session:
         if camera_serial is None:
             query = select(ClipStateCount.state, ClipStateCount.count)
         else:
@@ -116,7 +116,7 @@ def counts_by_state(store: Store, camera_serial: str | None = None) -> dict[str,
 
 
 def pending_for_camera(store: Store, camera_serial: str, states: frozenset[ClipState]) -> int:
-    with store.transaction() as session:
+    with store.reading() as session:
         return (
             session.scalar(
                 select(func.count()).where(
@@ -130,7 +130,7 @@ def pending_for_camera(store: Store, camera_serial: str, states: frozenset[ClipS
 
 def pending_in_docking(store: Store, docking_id: int) -> int:
     """Clips first seen in this docking that are not yet in central storage."""
-    with store.transaction() as session:
+    with store.reading() as session:
         return (
             session.scalar(
                 select(func.count()).where(
@@ -141,15 +141,26 @@ def pending_in_docking(store: Store, docking_id: int) -> int:
         )
 
 
+def pending_among(store: Store, ids: Collection[int]) -> int:
+    """How many of these clips are not yet in central storage (one count, no rows)."""
+    with store.reading() as session:
+        return (
+            session.scalar(
+                select(func.count()).where(Clip.id.in_(list(ids)), Clip.state.in_(_PENDING))
+            )
+            or 0
+        )
+
+
 def byte_totals(store: Store) -> tuple[int, int]:
     """(bytes copied off cameras, bytes confirmed in central storage), ever."""
-    with store.transaction() as session:
+    with store.reading() as session:
         totals = dict(session.execute(select(ClipByteTotal.kind, ClipByteTotal.bytes)).all())
         return int(totals.get("copied", 0)), int(totals.get("uploaded", 0))
 
 
 def oldest_pending_at(store: Store) -> datetime | None:
-    with store.transaction() as session:
+    with store.reading() as session:
         return session.scalar(
             select(func.min(Clip.discovered_at)).where(Clip.state.in_(_PENDING))
         )
@@ -157,7 +168,7 @@ def oldest_pending_at(store: Store) -> datetime | None:
 
 def cameras(store: Store) -> list[CameraInfo]:
     """Every camera in the ledger, with how many of its clips are not yet uploaded."""
-    with store.transaction() as session:
+    with store.reading() as session:
         pending_counts: dict[str, int] = {
             serial: count
             for serial, count in session.execute(

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from bwc_dock.ledger.audit import ChainHead, append
+from bwc_dock.ledger.db import READING_OPTION
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,23 @@ class Store:
     lease: timedelta
     # the audit chain's head as this process last wrote it (a hint checked by each append)
     chain: ChainHead = field(default_factory=ChainHead, compare=False)
+    # the same engine and pool, its transactions marked as reading (see db._on_begin)
+    reader: Engine = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reader", self.engine.execution_options(**{READING_OPTION: True}))
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
+        """A transaction that may write: it takes SQLite's write lock when it begins."""
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A transaction that only reads: a consistent snapshot that neither waits for
+        nor holds up the writers (copiers, verifiers, uploaders); a write in it fails."""
+        with Session(self.reader, expire_on_commit=False) as session, session.begin():
             yield session
 
     def audit(self, session: Session, event: str, **fields: Any) -> None:

@@ -1,0 +1,79 @@
+"""Reading the ledger takes no write lock: questions about clips never hold up the workers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from bwc_dock.config import parse_config
+from bwc_dock.ledger import Ledger
+from bwc_dock.ledger.leases import current_owner
+from bwc_dock.sources.base import DockedVolume
+
+# Far longer than any commit takes; only a writer held up by the reader waits it out.
+WRITER_TIMEOUT_SECONDS = 60.0
+
+
+def _ledger(tmp_path: Path) -> Ledger:
+    config = parse_config({"dock": {"id": "t", "state_dir": str(tmp_path / "state")},
+                           "storage": {"path": str(tmp_path / "nas")}})
+    return Ledger.open(config, "test")
+
+
+def _record_a_docking(ledger: Ledger, tmp_path: Path) -> int:
+    volume = DockedVolume("ingest", str(tmp_path), tmp_path, "CAM1")
+    return ledger.record_docking(volume, current_owner("test"))
+
+
+def test_a_writer_commits_while_a_reading_transaction_is_open(tmp_path: Path) -> None:
+    """A write transaction begins and commits in the middle of an open read (a status poll,
+    an uploader's look at the folder's clips), and the reader keeps its snapshot. Were
+    reads to take the write lock, the writer would wait for the reader, which waits here
+    for the writer: the writer's event would never be set."""
+    ledger = _ledger(tmp_path)
+    committed = threading.Event()
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            _record_a_docking(ledger, tmp_path)
+            committed.set()
+        except BaseException as error:  # reported by the assertions below
+            failures.append(error)
+
+    try:
+        with ledger.store.reading() as session:
+            before = session.execute(text("SELECT count(*) FROM dockings")).scalar_one()
+            writer = threading.Thread(target=write)
+            writer.start()
+            assert committed.wait(WRITER_TIMEOUT_SECONDS), f"writer held up: {failures}"
+            during = session.execute(text("SELECT count(*) FROM dockings")).scalar_one()
+        writer.join()
+        with ledger.store.reading() as session:
+            after = session.execute(text("SELECT count(*) FROM dockings")).scalar_one()
+    finally:
+        ledger.close()
+    assert failures == []
+    assert (before, during, after) == (0, 0, 1)  # the reader's snapshot did not move
+
+
+def test_a_write_slipped_into_a_reading_transaction_fails_and_leaves_writers_working(
+    tmp_path: Path,
+) -> None:
+    """A write inside a reading transaction is refused outright (it would otherwise try to
+    upgrade its lock, which SQLite refuses whenever another writer is busy). The pooled
+    connection then serves a writing transaction as before."""
+    ledger = _ledger(tmp_path)
+    try:
+        with pytest.raises(OperationalError, match="readonly"), ledger.store.reading() as session:
+            session.execute(text("DELETE FROM dockings"))
+        docking = _record_a_docking(ledger, tmp_path)
+        with ledger.store.reading() as session:
+            ids = session.execute(text("SELECT id FROM dockings")).scalars().all()
+    finally:
+        ledger.close()
+    assert ids == [docking]
