@@ -290,8 +290,8 @@ class S3Backend(MultipartUploads, StorageBackend):
 
     def _verify(self, key: str, expected: str, size: int) -> StoredObject:
         """After we created the object: the store holds ``size`` bytes and, where it keeps
-        a full-object SHA-256 of its own, that hash is ``expected``. What else proves the
-        bytes was checked as they were sent: the store verified each request's
+        a full-object SHA-256 of its own, that hash is ``expected``. The bytes themselves
+        were proven as they were sent: the store verified each request's
         ``x-amz-checksum-sha256``, and a multipart upload's composite checksum was
         compared with ours at completion."""
         stored = self._require_head(key)
