@@ -55,17 +55,18 @@ class ClearDecision:
 
 
 def ready_to_clear(ledger: Ledger, camera_serial: str) -> ClearDecision:
-    """Whether the camera may be cleared now, and why not."""
-    clips = ledger.clips(camera_serial=camera_serial)
-    blocking = [c for c in clips if c.state in _BLOCKING_STATES]
-    if any(c.state is ClipState.QUARANTINED for c in blocking):
+    """Whether the camera may be cleared now, and why not. Counted by state in the
+    camera's index: a camera's history grows with every shift, its blocking clips do not."""
+    counts = ledger.counts_by_state(camera_serial)
+    if counts[str(ClipState.QUARANTINED)]:
         return ClearDecision(
             ClearVerdict.KEEPS_EVERYTHING,
             "a clip of this camera is quarantined: the camera keeps everything",
         )
+    blocking = sum(counts[str(state)] for state in _BLOCKING_STATES)
     if blocking:
         return ClearDecision(
-            ClearVerdict.WAITING, f"{len(blocking)} clip(s) not yet verified in central storage"
+            ClearVerdict.WAITING, f"{blocking} clip(s) not yet verified in central storage"
         )
     return ClearDecision(ClearVerdict.READY)
 
