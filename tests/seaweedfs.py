@@ -51,6 +51,8 @@ ACCESS_KEY = "bwc-dock-test-key"
 SECRET_KEY = "bwc-dock-test-secret-0123456789"
 DEFAULT_BUCKET = "evidence"
 START_TIMEOUT_SECONDS = 60.0
+# One volume per bucket written to; a session makes about 40 buckets (10x headroom).
+VOLUME_MAX = 400
 
 # Every listener weed mini opens; each gets its own free port (grpc ports included, whose
 # defaults are "http port + 10000" and could collide with anything).
@@ -130,6 +132,11 @@ class SeaweedServer:
             "-master.telemetry=false",
             # a missing bucket must stay missing (the tests check the error for it)
             "-s3.autoCreateBucket=false",
+            # Left at 0, weed sizes its volume count by the disk's free space (one 1 GiB
+            # volume per free GiB); every bucket takes volumes of its own, so with 41 GiB
+            # free the suite's buckets ran out of them and uploads failed. Volumes are
+            # not preallocated: a fixed count costs only what is written.
+            f"-volume.max={VOLUME_MAX}",
             f"-filer.localSocket={self.directory / 'filer.sock'}",
             f"-s3.localSocket={self.directory / 's3.sock'}",
         ]
