@@ -23,7 +23,9 @@ from /proc/PID/stat). Here the cameras are stand-ins whose reads cost CPU a USB 
 do not: this kernel has no FAT or exFAT driver, so every read goes through a FUSE helper
 (exfat-fuse, fusefat) and a loop device. When ``cat`` alone keeps every CPU busy, the
 ratio is the daemon's share of a saturated CPU (it also hashes, writes, verifies and
-uploads), not how well it keeps the camera link busy; the report says so.
+uploads), not how well it keeps the camera link busy; when the offload kept every CPU
+busy, the report says so.
+
 Needs root; run it under the real-parts lock:
 
     flock -o /tmp/bwc-realparts.lock .venv/bin/python scripts/bench_stations.py \\
@@ -63,8 +65,9 @@ from bwc_dock.mounting import MountedVolume, Mounter  # noqa: E402
 
 TARGET_RATIO = 0.90
 OFFLOAD_TIMEOUT_SECONDS = 1800.0
-# A phase that kept the CPUs this busy was bound by CPU, not by the camera link.
-SATURATED_BUSY = 0.9
+# An offload that kept the CPUs this busy was bound by CPU, not by the camera link (the
+# rest is iowait and the moments between clips: 4 cameras measured 77%, 6 and 8 86-90%).
+SATURATED_BUSY = 0.85
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -222,7 +225,7 @@ def run_benchmark(arguments: argparse.Namespace, root: Path, bay_root: Path) -> 
             "clip_mib": arguments.clip_mb, "camera_mbps": arguments.camera_mbps,
             "load_average_at_start": round(load, 2), "target": TARGET_RATIO, "rows": rows,
             "cpu": {"offload": offload, "cat": cat},
-            "cat_cpu_bound": cat["cpus_busy"] >= SATURATED_BUSY,
+            "cpu_bound": offload["cpus_busy"] >= SATURATED_BUSY,
             "met": all(row["ratio"] >= TARGET_RATIO for row in rows.values())}
 
 
@@ -241,11 +244,11 @@ def print_report(report: dict[str, Any]) -> None:
           f" {cat['cpus_busy']:.0%} busy, {cat['cpu_ms_per_mb']} ms per MB")
     print(f"target: every camera >= {report['target']} of its concurrent cat -> "
           f"{'met' if report['met'] else 'MISSED'}")
-    if report["cat_cpu_bound"]:
-        print(f"note: cat alone kept the CPUs {cat['cpus_busy']:.0%} busy: the camera"
-              " stand-ins (FUSE, loop devices) are CPU-bound here, so the ratio is the"
-              " daemon's share of a saturated CPU, not of the camera link; fewer cameras"
-              " (--cameras 4) leave CPU to spare")
+    if report["cpu_bound"]:
+        print(f"note: the offload kept the CPUs {offload['cpus_busy']:.0%} busy, and reading"
+              f" the camera stand-ins (FUSE, loop devices) costs {cat['cpu_ms_per_mb']} ms"
+              " per MB of it even for cat: the ratio is the daemon's share of a saturated"
+              " CPU, not of the camera link; fewer cameras (--cameras 4) leave CPU to spare")
 
 
 def main() -> int:
