@@ -91,10 +91,12 @@ def test_clips_prioritize_puts_a_staged_clip_first_in_the_upload_queue(dock: Doc
     with sqlite3.connect(dock.ledger_path) as connection:
         prioritized = connection.execute(
             "SELECT clip_id FROM audit_log WHERE event = 'clip.prioritized'").fetchall()
-        uploaded = [row[0] for row in connection.execute(
-            "SELECT clip_id FROM audit_log WHERE event = 'clip.uploaded' ORDER BY id")]
+        # the order uploads are claimed in: with two upload threads they may finish in
+        # either order, but each is started in queue order
+        claimed = [row[0] for row in connection.execute(
+            "SELECT clip_id FROM audit_log WHERE event = 'clip.uploading' ORDER BY id")]
     assert prioritized == [(ids["DCIM/NEW.MP4"],)]  # the operator's choice is audited
-    assert uploaded == [ids["DCIM/NEW.MP4"], ids["DCIM/OLD.MP4"], ids["DCIM/MID.MP4"]]
+    assert claimed == [ids["DCIM/NEW.MP4"], ids["DCIM/OLD.MP4"], ids["DCIM/MID.MP4"]]
     unknown = dock.cli("clips", "--prioritize", "9999", check=False)
     assert unknown.returncode == 1
     assert "no clip 9999" in unknown.stderr
