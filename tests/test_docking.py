@@ -637,7 +637,9 @@ def test_daemon_killed_mid_copy_cleans_its_stale_mount_and_resumes(
     udev_dock.wait_event("dock.released", camera="CRASH001")
     udev_dock.wait_for(lambda: not udev_dock.mounted(camera), "the camera unmounted", 10)
     assert not list(udev_dock.dock.staging_dir.rglob("*.part"))
-    assert all(ended for _, ended in udev_dock.dockings("CRASH001"))
+    # the daemon releases the camera (dock.released, the unmount), then ends the docking
+    udev_dock.wait_for(lambda: all(ended for _, ended in udev_dock.dockings("CRASH001")),
+                       "both dockings ended in the ledger")
     assert len(udev_dock.events("dock.docked", camera="CRASH001")) == 2
     assert_no_tracebacks(udev_dock)
 
