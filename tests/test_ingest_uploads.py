@@ -66,6 +66,7 @@ def test_ingest_wait_uploads_two_clips_at_once(tmp_path: Path) -> None:
         ]
         stopped = handrun._copy_while_uploading(  # the threads ingest_folder starts
             stages,
+            volume,
             docking,
             uploaders,
             new_ids,
@@ -119,7 +120,7 @@ def test_ingest_wait_does_not_read_the_whole_folder_per_upload(tmp_path: Path) -
         stages = Stages(config, ledger, backend)
         uploaders = [stages.uploader(current_owner(f"uploader-{n}")) for n in (1, 2)]
         stopped = handrun._copy_while_uploading(
-            stages, docking, uploaders, new_ids, time.monotonic() + 600, None
+            stages, volume, docking, uploaders, new_ids, time.monotonic() + 600, None
         )
         reads = ledger.reads_by_id
         clips = ledger.clips(ids=set(new_ids))

@@ -59,8 +59,10 @@ DESIGNED_TRANSITIONS: dict[str, set[str]] = {
     # discovered: resync re-queues a clip whose staged copy is missing or damaged
     "staged": {"uploading", "quarantined", "discovered"},
     # staged: "upload failures never end a clip: it stays staged"; quarantined: "a key
-    # that holds other content is an integrity conflict"
-    "uploading": {"uploaded", "staged", "quarantined"},
+    # that holds other content is an integrity conflict"; discovered: a staged copy left
+    # for the upload to verify (issue 12's one read for verify and upload) was damaged,
+    # and the camera is read again as a copy whose verify failed is
+    "uploading": {"uploaded", "staged", "quarantined", "discovered"},
     # cleared: deleted from the camera after storage confirmed the hash; staged or
     # discovered: resync "re-queues what is missing" centrally; quarantined: verify
     # --remote finds the central copy wrong

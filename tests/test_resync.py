@@ -360,8 +360,11 @@ def test_resync_beside_a_live_daemon_uploads_no_clip_twice(dock: Dock) -> None:
         assert sorted(a["clip_id"] for a in after["actions"] if a["clip_id"]) == [
             c["id"] for c in damaged
         ]
+        # verify --remote passes as soon as the clips are staged again (a staged clip has
+        # no central copy to check), so wait for them to be uploaded first
         wait_until(
-            lambda: dock.cli("verify", "--remote", check=False).returncode == 0,
+            lambda: {c["state"] for c in dock.clips()} == {"uploaded"}
+            and dock.cli("verify", "--remote", check=False).returncode == 0,
             120,
             "the daemon re-uploads what resync re-queued",
         )

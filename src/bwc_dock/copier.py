@@ -3,10 +3,11 @@
 For each clip (and its sidecars): write a ``.part`` file in the clip's own staging
 folder while hashing (the one read of the camera), then fsync, rename into place, fsync
 the folder once (durable.py), drop the staged file from the page cache and hash it again
-from disk. A mismatch copies again; a second mismatch quarantines the clip. Everything
-after the read is the verify stage, which may run in a thread of its own while the
-camera's next clip is read. Staging paths come from the ledger id and the sanitised
-name, never from a camera path.
+from disk. A mismatch copies again; a second mismatch quarantines the clip. (When an
+uploader waits for work, that re-read is left to the upload's own read: handoff.py.)
+Everything after the read is the verify stage, which may run in a thread of its own
+while the camera's next clip is read. Staging paths come from the ledger id and the
+sanitised name, never from a camera path.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bwc_dock.errors import (
     SourceGone,
     StagingFull,
 )
+from bwc_dock.handoff import UploadHandoff
 from bwc_dock.hashing import copy_hashing, hash_file_from_disk
 from bwc_dock.ledger import ClipWork, Ledger, SidecarWork
 from bwc_dock.ledger.models import utc_now
@@ -96,12 +98,15 @@ class Copier:
         staging: StagingArea,
         owner: str,
         on_staged: Callable[[], None] | None = None,
+        handoff: UploadHandoff | None = None,
     ) -> None:
-        """``on_staged`` is called once a clip is staged (the daemon wakes its uploaders)."""
+        """``on_staged`` is called once a clip is staged (the daemon wakes its uploaders);
+        with ``handoff``, a clip an uploader waits for is left to it to verify."""
         self.ledger = ledger
         self.staging = staging
         self.owner = owner
         self.on_staged = on_staged
+        self.handoff = handoff
         self._verifying: threading.Thread | None = None
         # (docking filter, clip) claimed in the transaction that finished the clip before
         self._claimed_ahead: tuple[int | None, ClipWork] | None = None
@@ -236,39 +241,28 @@ class Copier:
         cancel: threading.Event,
         claim_next: tuple[int | None] | None = None,
     ) -> None:
-        """Check every staged file from disk; then the clip is ``staged``. With
-        ``claim_next`` (a docking filter) the next clip is claimed in the same transaction."""
+        """Check every staged file from disk (or leave that to a waiting uploader); then
+        the clip is ``staged``. With ``claim_next`` (a docking filter) the next clip is
+        claimed in the same transaction."""
         assert work.volume_root is not None
         verify_started = time.monotonic()
         with _discarded_on_failure(read.folder, work):
             with _discarded_unless_kept(read.files):
                 _put_in_place(read.files, read.folder)
             in_place = time.monotonic()
-            sha256 = self._verified(
-                _CameraFile.of_clip(work),
-                read.folder / work.name,
-                read.sha256,
-                cancel,
-                read.renewer,
-            )
-            sidecar_hashes = {
-                sidecar.id: self._verified(
-                    _CameraFile.of_sidecar(work, sidecar),
-                    read.folder / sidecar.name,
-                    read.sidecar_hashes[sidecar.id],
-                    cancel,
-                    read.renewer,
-                )
-                for sidecar in work.sidecars
-            }
+            handed_over = self._hand_over(work)
+            if handed_over:  # the waiting uploader's read verifies it (handoff.py)
+                sha256, sidecar_hashes = read.sha256, dict(read.sidecar_hashes)
+            else:
+                sha256, sidecar_hashes = self._verified_all(work, read, cancel)
         verified = time.monotonic()
-        if claim_next is None:
-            self.ledger.finish_copy(work, self.owner, sha256, read.folder_relative, sidecar_hashes)
-        else:
-            ahead = self.ledger.finish_copy_and_claim(
-                work, self.owner, sha256, read.folder_relative, sidecar_hashes, claim_next[0]
-            )
-            self._claimed_ahead = None if ahead is None else (claim_next[0], ahead)
+        try:
+            self._finish(work, read, sha256, sidecar_hashes, claim_next)
+        except BaseException:
+            if handed_over:
+                assert self.handoff is not None
+                self.handoff.settle(work.id)  # never staged: no uploader will take it
+            raise
         if self.on_staged is not None:
             self.on_staged()
         elapsed = time.monotonic() - read.started
@@ -286,7 +280,51 @@ class Copier:
             waited_seconds=round(verify_started - read.started - read.read_seconds, 3),
             fsync_seconds=round(in_place - verify_started, 3),
             reread_seconds=round(verified - in_place, 3),
+            verified_by="upload" if handed_over else "copier",
         )
+
+    def _hand_over(self, work: ClipWork) -> bool:
+        """Leave pass 2 to an uploader waiting for work, on a clip's first copy only: a
+        clip whose staged copy was ever found damaged is verified here."""
+        if self.handoff is None or work.copy_attempts > 0:
+            return False
+        return self.handoff.hand_over(work.id, work.camera_serial)
+
+    def _verified_all(
+        self, work: ClipWork, read: _Read, cancel: threading.Event
+    ) -> tuple[str, dict[int, str]]:
+        """Pass 2 over the clip and its sidecars: their hashes once each verifies."""
+        sha256 = self._verified(
+            _CameraFile.of_clip(work), read.folder / work.name, read.sha256, cancel, read.renewer
+        )
+        sidecar_hashes = {
+            sidecar.id: self._verified(
+                _CameraFile.of_sidecar(work, sidecar),
+                read.folder / sidecar.name,
+                read.sidecar_hashes[sidecar.id],
+                cancel,
+                read.renewer,
+            )
+            for sidecar in work.sidecars
+        }
+        return sha256, sidecar_hashes
+
+    def _finish(
+        self,
+        work: ClipWork,
+        read: _Read,
+        sha256: str,
+        sidecar_hashes: dict[int, str],
+        claim_next: tuple[int | None] | None,
+    ) -> None:
+        """Record the clip ``staged`` (and claim the next one with ``claim_next``)."""
+        if claim_next is None:
+            self.ledger.finish_copy(work, self.owner, sha256, read.folder_relative, sidecar_hashes)
+            return
+        ahead = self.ledger.finish_copy_and_claim(
+            work, self.owner, sha256, read.folder_relative, sidecar_hashes, claim_next[0]
+        )
+        self._claimed_ahead = None if ahead is None else (claim_next[0], ahead)
 
     def _verified(
         self,

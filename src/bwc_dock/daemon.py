@@ -257,7 +257,8 @@ class Daemon(SourceListener):
         )
         while not self.stop_event.is_set():
             if not uploader.upload_next():
-                self._idle()
+                with self.stages.handoff.waiting():  # a clip staged now is read at once
+                    self._idle()
 
     def _upload_progress(self, count: int) -> None:
         if self.stop_event.is_set():
@@ -350,6 +351,8 @@ class Daemon(SourceListener):
             camera = docked.volume.camera_serial
             if self.ledger.copy_pending(camera) > 0:
                 continue
+            if self.stages.handoff.unverified_of(camera):
+                continue  # its upload reads it back: if damaged, it is read off the camera again
             if not docked.finished_logged:
                 docked.finished_logged = True
                 log.info("dock.offload_done", camera=camera, docking=docked.docking_id)

@@ -17,6 +17,7 @@ import structlog
 
 from bwc_dock.config import Config
 from bwc_dock.errors import UsageError
+from bwc_dock.handoff import UploadHandoff
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.leases import current_owner, heartbeat_alive
 from bwc_dock.ledger.models import utc_now
@@ -99,7 +100,7 @@ def ingest_folder(
             ]
             if wait:
                 stopped = _copy_while_uploading(
-                    stages, docking_id, uploaders, clip_ids, deadline, progress
+                    stages, volume, docking_id, uploaders, clip_ids, deadline, progress
                 )
             else:
                 stopped = _copy_all(stages, docking_id, uploaders[0], progress, deadline)
@@ -130,10 +131,11 @@ class ProgressSink(Protocol):
 
 
 @dataclass
-class _Handoff:
+class _Signals:
     """What the copying thread tells the uploading ones."""
 
     wakes: list[threading.Event]  # one per uploading thread: a clip was staged
+    handoff: UploadHandoff  # the uploading threads wait inside it (handoff.py)
     copied: threading.Event = field(default_factory=threading.Event)  # no more to come
     abandoned: threading.Event = field(default_factory=threading.Event)  # copying failed
 
@@ -145,6 +147,7 @@ class _Handoff:
 
 def _copy_while_uploading(
     stages: Stages,
+    volume: DockedVolume,
     docking_id: int,
     uploaders: list[Uploader],
     clip_ids: list[int],
@@ -154,33 +157,40 @@ def _copy_while_uploading(
     """Copy the folder in this thread while one thread per uploader uploads what is
     staged: clip N goes to central storage while clip N+1 is read off the camera, as in
     the daemon. What _copy_all says (why copying stopped short, or None)."""
-    handoff = _Handoff([threading.Event() for _ in uploaders])
+    signals = _Signals([threading.Event() for _ in uploaders], stages.handoff)
     failures: list[Exception] = []
 
     def upload(uploader: Uploader, wake: threading.Event) -> None:
         try:
-            _upload_all(stages.ledger, uploader, clip_ids, deadline, progress, handoff, wake)
+            _upload_all(stages.ledger, uploader, clip_ids, deadline, progress, signals, wake)
         except Exception as error:  # handed to the caller's thread below
             log.exception("ingest.upload_failed", error=str(error))
             failures.append(error)
 
     uploading = [
         threading.Thread(target=upload, args=(uploader, wake), name=uploader.owner, daemon=True)
-        for uploader, wake in zip(uploaders, handoff.wakes, strict=True)
+        for uploader, wake in zip(uploaders, signals.wakes, strict=True)
     ]
     for thread in uploading:
         thread.start()
     try:
         stopped = _copy_all(
-            stages, docking_id, uploaders[0], progress, deadline, on_staged=handoff.wake_all
+            stages, docking_id, uploaders[0], progress, deadline, on_staged=signals.wake_all
         )
+        # a clip left for an upload to verify and found damaged is read off the folder again
+        while stopped is None and stages.handoff.wait_settled(
+            volume.camera_serial, deadline - time.monotonic()
+        ):
+            stopped = _copy_all(
+                stages, docking_id, uploaders[0], progress, deadline, on_staged=signals.wake_all
+            )
         stages.ledger.end_docking(docking_id, "ingest copied")
     except BaseException:
-        handoff.abandoned.set()  # the uploads in progress finish; no new one starts
+        signals.abandoned.set()  # the uploads in progress finish; no new one starts
         raise
     finally:
-        handoff.copied.set()
-        handoff.wake_all()
+        signals.copied.set()
+        signals.wake_all()
         for thread in uploading:
             thread.join()
     if failures:
@@ -241,7 +251,7 @@ def _upload_all(
     clip_ids: list[int],
     deadline: float,
     progress: ProgressSink | None,
-    handoff: _Handoff,
+    signals: _Signals,
     wake: threading.Event,
 ) -> None:
     """Upload the folder's clips as they are staged, until none is left to wait for.
@@ -250,11 +260,11 @@ def _upload_all(
     until then more is to come anyway. Reading them all after every upload made a
     folder of n clips cost n² rows (2,000 small clips took 4.5 minutes)."""
     wanted = set(clip_ids)
-    while time.monotonic() < deadline and not handoff.abandoned.is_set():
+    while time.monotonic() < deadline and not signals.abandoned.is_set():
         wake.clear()  # before looking, so a clip staged from now on is not missed
-        copying_over = handoff.copied.is_set()
+        copying_over = signals.copied.is_set()
         if _upload_one_of(uploader, ledger, wanted):
-            handoff.wake_all()
+            signals.wake_all()
             if progress:
                 progress.update(
                     len(wanted) - ledger.pending_among(wanted), len(wanted), "uploading"
@@ -264,7 +274,8 @@ def _upload_all(
             pending = [w for w in ledger.clips(ids=wanted) if w.state in PENDING_STATES]
             if not pending or _stuck_for_good(pending):
                 return
-        wake.wait(POLL_SECONDS)
+        with signals.handoff.waiting():  # a clip staged now is read at once (handoff.py)
+            wake.wait(POLL_SECONDS)
 
 
 def _upload_one_of(uploader: Uploader, ledger: Ledger, wanted: set[int]) -> bool:

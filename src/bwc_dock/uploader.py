@@ -30,6 +30,7 @@ from bwc_dock.errors import (
     StorageError,
     is_transient,
 )
+from bwc_dock.handoff import UploadHandoff
 from bwc_dock.hashing import hash_file_from_disk
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.models import utc_now
@@ -61,6 +62,7 @@ class Uploader:
         owner: str,
         throttle: ProgressCallback | None = None,
         on_permanent_error: Callable[[PermanentStorageError], None] | None = None,
+        handoff: UploadHandoff | None = None,
     ) -> None:
         self.ledger = ledger
         self.backend = backend
@@ -73,6 +75,7 @@ class Uploader:
         )
         self.throttle = throttle
         self.on_permanent_error = on_permanent_error
+        self.handoff = handoff
         self._reported_permanent: set[str] = set()  # RefusalKind values
         self._lock = threading.Lock()
 
@@ -85,12 +88,25 @@ class Uploader:
         return True
 
     def upload(self, work: ClipWork) -> None:
+        """Upload one claimed clip; whatever happens, it ends where it belongs."""
+        # handed over by the copier without pass 2: this upload's read verifies it
+        unverified = self.handoff is not None and self.handoff.claimed(work.id)
+        try:
+            self._upload(work, unverified)
+        finally:
+            if unverified:
+                assert self.handoff is not None
+                self.handoff.settle(work.id)
+
+    def _upload(self, work: ClipWork, unverified: bool) -> None:
         bound = log.bind(clip=work.id, camera=work.camera_serial, sha256=work.sha256)
         try:
             stored_as: tuple[str, str] | None = None
             if work.duplicate_of is not None:
                 stored_as = self._original_copy(work)
                 if stored_as == _WAIT_FOR_ORIGINAL:
+                    if not (unverified and self._sent_back_if_damaged(work, "not sent yet")):
+                        self._wait_for_original(work)
                     return
             self._send_with_retries(work, stored_as)
         except LeaseLost:
@@ -108,15 +124,17 @@ class Uploader:
             bound.error("upload.conflict", error=str(error))
             self.ledger.quarantine(work, self.owner, str(error))
         except IntegrityError as error:
-            self._staged_copy_suspect(work, str(error))
+            self._staged_copy_suspect(work, str(error), unverified)
         except PermanentStorageError as error:
             self._report_permanent(error)
-            self._retry_later(work, error, self.config.permanent_error_backoff_seconds)
+            if not (unverified and self._sent_back_if_damaged(work, str(error))):
+                self._retry_later(work, error, self.config.permanent_error_backoff_seconds)
         except StorageError as error:
             bound.warning("upload.retry", error=str(error), attempts=work.upload_attempts + 1)
-            self._retry_later(work, error, self._backoff_seconds(work.upload_attempts))
+            if not (unverified and self._sent_back_if_damaged(work, str(error))):
+                self._retry_later(work, error, self._backoff_seconds(work.upload_attempts))
         except OSError as error:  # the staged copy itself could not be read
-            self._staged_copy_suspect(work, f"staged copy unreadable: {error}")
+            self._staged_copy_suspect(work, f"staged copy unreadable: {error}", unverified)
 
     def _send_with_retries(self, work: ClipWork, stored_as: tuple[str, str] | None) -> None:
         retrying = Retrying(
@@ -246,29 +264,71 @@ class Uploader:
             if stored_sha256 is None or stored_sha256 != work.sha256:
                 return None  # not what this clip holds after all: upload it itself
             return original.remote_key, stored_sha256
+        return _WAIT_FOR_ORIGINAL
+
+    def _wait_for_original(self, work: ClipWork) -> None:
+        """Put the clip back until the first copy of its content is stored."""
         self.ledger.release(
             work,
             self.owner,
-            error=f"waiting for clip {original.id}",
+            error=f"waiting for clip {work.duplicate_of}",
             retry_at=utc_now() + _DUPLICATE_WAIT,
             count_attempt=False,
         )
-        return _WAIT_FOR_ORIGINAL
 
-    def _staged_copy_suspect(self, work: ClipWork, reason: str) -> None:
+    def _staged_copy_suspect(self, work: ClipWork, reason: str, unverified: bool) -> None:
         """Storage saw other bytes than the ledger's hash: is the staged copy damaged?"""
-        assert work.staged_path is not None and work.sha256 is not None
-        staged = self.staging_root / work.staged_path / work.name
-        try:
-            on_disk = hash_file_from_disk(staged)
-        except OSError as error:
-            on_disk = f"unreadable ({error})"
-        if on_disk == work.sha256:
+        damage = self._staged_copy_damage(work)
+        if damage is None:
             log.warning("upload.retry", clip=work.id, error=reason)
             self._retry_later(work, IntegrityError(reason), self._backoff_seconds(0))
-            return
-        self.ledger.quarantine(
-            work, self.owner, f"staged copy no longer matches the ledger hash: {reason}"
+        elif unverified:
+            self._send_back(work, f"{damage} ({reason})")
+        else:
+            self.ledger.quarantine(
+                work, self.owner, f"staged copy no longer matches the ledger hash: {reason}"
+            )
+
+    def _sent_back_if_damaged(self, work: ClipWork, reason: str) -> bool:
+        """Pass 2 for a clip handed over unverified whose upload did not succeed (handoff.py):
+        read its staged copy back from disk now; a damaged one is sent back to be read off
+        the camera again. Whether it was sent back."""
+        damage = self._staged_copy_damage(work)
+        if damage is None:
+            return False
+        self._send_back(work, f"{damage} (upload: {reason})")
+        return True
+
+    def _staged_copy_damage(self, work: ClipWork) -> str | None:
+        """What is wrong with the staged clip or a sidecar, re-read from disk; None if intact."""
+        assert work.staged_path is not None and work.sha256 is not None
+        folder = self.staging_root / work.staged_path
+        files = [(work.name, work.sha256), *((s.name, s.sha256) for s in work.sidecars)]
+        for name, expected in files:
+            try:
+                on_disk = hash_file_from_disk(folder / name)
+            except OSError as error:
+                return f"staged copy of {name} unreadable: {error}"
+            if on_disk != expected:
+                return f"staged copy of {name} hashed to {on_disk}, not {expected}"
+        return None
+
+    def _send_back(self, work: ClipWork, reason: str) -> None:
+        """A staged copy no pass 2 had verified is damaged: read the clip off the camera
+        again (the copier then verifies the new copy itself) rather than quarantine it."""
+        assert work.staged_path is not None
+        self.ledger.send_back_for_copy(work, self.owner, reason)
+        folder = self.staging_root / work.staged_path
+        for name in (work.name, *(sidecar.name for sidecar in work.sidecars)):
+            (folder / name).unlink(missing_ok=True)
+        if self.handoff is not None:
+            self.handoff.settle(work.id, sent_back=True)
+        log.error(
+            "upload.staged_copy_damaged",
+            clip=work.id,
+            camera=work.camera_serial,
+            reason=reason,
+            action="read off the camera again",
         )
 
     def _retry_later(self, work: ClipWork, error: Exception, delay_seconds: float) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from bwc_dock.config import Config
 from bwc_dock.copier import Copier
 from bwc_dock.errors import PermanentStorageError
+from bwc_dock.handoff import UploadHandoff
 from bwc_dock.ledger import Ledger
 from bwc_dock.staging import StagingArea
 from bwc_dock.storage.base import ProgressCallback, StorageBackend
@@ -27,10 +28,13 @@ class Stages:
         self.ledger = ledger
         self.backend = backend
         self.staging = staging_area(config)
+        # one register for all the process's workers: a copier leaves pass 2 to any
+        # uploader that waits for work (handoff.py)
+        self.handoff = UploadHandoff()
 
     def copier(self, owner: str, on_staged: Callable[[], None] | None = None) -> Copier:
         """A copier for one worker (one lease owner)."""
-        return Copier(self.ledger, self.staging, owner, on_staged)
+        return Copier(self.ledger, self.staging, owner, on_staged, self.handoff)
 
     def uploader(
         self,
@@ -47,4 +51,5 @@ class Stages:
             owner,
             throttle,
             on_permanent_error,
+            self.handoff,
         )

@@ -171,6 +171,9 @@ class Ledger:
             self.store, work, owner, error=error, retry_at=retry_at, count_attempt=count_attempt
         )
 
+    def send_back_for_copy(self, work: ClipWork, owner: str, reason: str) -> None:
+        queue.send_back_for_copy(self.store, work, owner, reason)
+
     def quarantine(self, work: ClipWork, owner: str | None, reason: str) -> None:
         queue.quarantine(self.store, work, owner, reason)
 

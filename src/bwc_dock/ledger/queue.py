@@ -296,6 +296,18 @@ def release(
         move(store, session, clip, target, owner, details={"error": error})
 
 
+def send_back_for_copy(store: Store, work: ClipWork, owner: str, reason: str) -> None:
+    """An uploader found the staged copy damaged before any pass 2 verified it: the clip
+    is read off the camera again (uploading -> discovered), counted as a copy attempt."""
+    with store.transaction() as session:
+        clip = owned(session, work.id, owner)
+        clip.copy_attempts += 1
+        clip.staged_path = None
+        clip.last_error = reason
+        clip.next_attempt_at = None
+        move(store, session, clip, ClipState.DISCOVERED, owner, details={"reason": reason})
+
+
 def quarantine(store: Store, work: ClipWork, owner: str | None, reason: str) -> None:
     with store.transaction() as session:
         clip = owned(session, work.id, owner) if owner else session.get(Clip, work.id)

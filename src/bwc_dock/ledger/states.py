@@ -14,7 +14,9 @@ from bwc_dock.errors import IllegalTransition
 class ClipState(StrEnum):
     DISCOVERED = "discovered"  # seen on a camera, not yet copied
     COPYING = "copying"  # a copier holds the lease and is reading it
-    STAGED = "staged"  # copied to staging and verified by re-reading from disk
+    # copied to staging and verified by re-reading from disk, or left for a waiting
+    # uploader's read to verify (handoff.py)
+    STAGED = "staged"
     UPLOADING = "uploading"  # an uploader holds the lease and is sending it
     UPLOADED = "uploaded"  # central storage confirmed the SHA-256 taken at first read
     CLEARED = "cleared"  # deleted from the camera after a verified upload
@@ -34,8 +36,9 @@ ALLOWED_TRANSITIONS: dict[ClipState, frozenset[ClipState]] = {
     ),
     ClipState.UPLOADING: frozenset(
         # staged: the attempt failed, try again later; quarantined: central storage holds
-        # different bytes under the key, or the staged copy no longer matches
-        {ClipState.UPLOADED, ClipState.STAGED, ClipState.QUARANTINED}
+        # different bytes under the key, or the staged copy no longer matches; discovered:
+        # a staged copy handed over unverified (handoff.py) was damaged, read it again
+        {ClipState.UPLOADED, ClipState.STAGED, ClipState.QUARANTINED, ClipState.DISCOVERED}
     ),
     ClipState.UPLOADED: frozenset(
         # staged / discovered: resync found the central object missing or wrong

@@ -1,0 +1,92 @@
+"""Pass 2 merged into the upload when the upload follows at once (issue 12).
+
+The copier verifies each staged copy by reading it back from disk (pass 2), and the
+uploader then reads the same copy from disk again to send it (pass 3). When an uploader
+is waiting for work, the second read follows at once, and a successful upload proves
+what pass 2 would: central storage confirmed the SHA-256 taken at the first read, and
+the stored bytes came from the staged copy. So the copier leaves such a clip to the
+waiting uploader unverified, and the staging disk reads each clip once instead of twice.
+
+What pass 2 proved early is kept for the case where the upload does not succeed: an
+uploader that fails to upload a clip it was handed (for any reason but shutdown) reads
+the staged copy back from disk at once, and a damaged copy goes back to be read off the
+camera again rather than to quarantine. A docked camera is not released while a clip
+of it is still handed over unverified, so that read happens while the camera is there.
+
+This register lives in memory, shared by the copiers and uploaders of one process. A
+restart forgets it: a clip handed over when the daemon died is then an ordinary staged
+clip, which its upload proves; if that upload finds the staged copy damaged, the clip is
+quarantined (still on the camera, never cleared) as any damaged staged copy is.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class UploadHandoff:
+    """Which clips were handed to a waiting uploader without pass 2, per camera."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._waiting_uploaders = 0
+        self._unverified: dict[int, str] = {}  # clip id -> camera serial
+        self._unclaimed: set[int] = set()  # handed over, no uploader took them yet
+        self._sent_back: dict[str, int] = {}  # camera serial -> clips to read again
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """An uploader waits for work (found none to claim) inside this block."""
+        with self._changed:
+            self._waiting_uploaders += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._waiting_uploaders -= 1
+
+    def hand_over(self, clip_id: int, camera_serial: str) -> bool:
+        """True (and the clip is registered unverified) when an uploader waits with nothing
+        else handed to it, so its read of the staged copy follows at once."""
+        with self._changed:
+            if self._waiting_uploaders <= len(self._unclaimed):
+                return False
+            self._unverified[clip_id] = camera_serial
+            self._unclaimed.add(clip_id)
+            return True
+
+    def claimed(self, clip_id: int) -> bool:
+        """An uploader took the clip; whether it was handed over unverified."""
+        with self._changed:
+            self._unclaimed.discard(clip_id)
+            return clip_id in self._unverified
+
+    def settle(self, clip_id: int, *, sent_back: bool = False) -> None:
+        """The clip is verified (uploaded, or read back intact), or ``sent_back`` to be
+        read off the camera again, or (copy not finished) no longer handed over."""
+        with self._changed:
+            self._unclaimed.discard(clip_id)
+            camera = self._unverified.pop(clip_id, None)
+            if camera is not None and sent_back:
+                self._sent_back[camera] = self._sent_back.get(camera, 0) + 1
+            self._changed.notify_all()
+
+    def unverified_of(self, camera_serial: str) -> int:
+        """Clips of the camera handed over and not yet settled."""
+        with self._changed:
+            return sum(camera == camera_serial for camera in self._unverified.values())
+
+    def wait_settled(self, camera_serial: str, timeout_seconds: float) -> int:
+        """Wait until no clip of the camera is handed over unverified (or the timeout);
+        how many of its clips were sent back to be read again since the last call."""
+        deadline = time.monotonic() + timeout_seconds
+        with self._changed:
+            while camera_serial in self._unverified.values():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return self._sent_back.pop(camera_serial, 0)

@@ -1,0 +1,190 @@
+"""Pass 2 merged into the upload when an uploader waits (handoff.py, issue 12).
+
+Real parts throughout: the ledger, the staging area, the copier and uploader as the
+daemon wires them, and the folder backend. "An uploader waits" is the uploader's own
+``handoff.waiting()`` block, entered by the test thread around the copy, as the
+daemon's idle uploader enters it; the damage is one flipped byte in the staged file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from bwc_dock.config import parse_config
+from bwc_dock.handoff import UploadHandoff
+from bwc_dock.ledger import ClipState, ClipWork, Ledger
+from bwc_dock.ledger.leases import current_owner
+from bwc_dock.scanning import scan_into_ledger
+from bwc_dock.sources.base import DockedVolume
+from bwc_dock.storage import open_backend
+from bwc_dock.storage.base import StorageBackend
+from bwc_dock.wiring import Stages
+from tests.dock import central_objects, make_camera
+
+MIB = 1024 * 1024
+CAMERA = "CAM1"
+
+
+@dataclass
+class _Rig:
+    ledger: Ledger
+    backend: StorageBackend
+    stages: Stages
+    docking: int
+    nas: Path
+    expected: dict[str, str]  # {camera path: sha256}
+
+    def copy_one(self, *, uploader_waits: bool) -> list[dict[str, object]]:
+        """Copy the next clip; the copier's copy.done log entries."""
+        copier = self.stages.copier(current_owner("copier"))
+        with capture_logs() as logs:
+            if uploader_waits:
+                with self.stages.handoff.waiting():
+                    assert copier.copy_next(threading.Event(), self.docking)
+            else:
+                assert copier.copy_next(threading.Event(), self.docking)
+        return [entry for entry in logs if entry["event"] == "copy.done"]
+
+    def upload_one(self) -> None:
+        assert self.stages.uploader(current_owner("uploader")).upload_next()
+
+    def clip(self) -> ClipWork:
+        (only,) = self.ledger.clips(docking_id=self.docking)
+        return only
+
+    def staged_file(self) -> Path:
+        clip = self.clip()
+        assert clip.staged_path is not None
+        return self.stages.staging.root / clip.staged_path / clip.name
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[_Rig]:
+    camera = tmp_path / "camera"
+    expected = make_camera(camera, [3 * MIB + 5], sidecars=False)
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    config = parse_config({"dock": {"id": "t", "state_dir": str(tmp_path / "state"),
+                                    "staging_reserve_mb": 0},
+                           "storage": {"path": str(nas)}})
+    ledger = Ledger.open(config, "test")
+    backend = open_backend(config)
+    volume = DockedVolume("ingest", str(camera), camera, CAMERA)
+    docking = ledger.record_docking(volume, current_owner("test"))
+    scan_into_ledger(ledger, config, docking, volume)
+    try:
+        yield _Rig(ledger, backend, Stages(config, ledger, backend), docking, nas, expected)
+    finally:
+        backend.close()
+        ledger.close()
+
+
+def _flip_byte(path: Path) -> None:
+    with path.open("r+b") as staged:
+        staged.seek(os.path.getsize(path) // 2)
+        byte = staged.read(1)
+        staged.seek(-1, os.SEEK_CUR)
+        staged.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_clip_an_uploader_waits_for_is_verified_by_its_upload(rig: _Rig) -> None:
+    (done,) = rig.copy_one(uploader_waits=True)
+    assert done["verified_by"] == "upload"
+    assert rig.clip().state is ClipState.STAGED
+    assert rig.stages.handoff.unverified_of(CAMERA) == 1  # the camera is kept docked
+
+    rig.upload_one()
+
+    assert rig.clip().state is ClipState.UPLOADED
+    assert rig.stages.handoff.unverified_of(CAMERA) == 0
+    assert sorted(central_objects(rig.nas).values()) == sorted(rig.expected.values())
+
+
+def test_with_no_uploader_waiting_the_copier_verifies_the_copy_itself(rig: _Rig) -> None:
+    (done,) = rig.copy_one(uploader_waits=False)
+    assert done["verified_by"] == "copier"
+    assert rig.stages.handoff.unverified_of(CAMERA) == 0
+
+
+def test_a_damaged_handed_over_copy_is_read_off_the_camera_again(rig: _Rig) -> None:
+    """The folder backend's read-back of the stored file does not match, the staged copy
+    read back from disk does not either: since no pass 2 verified that copy, the clip
+    goes back to the camera (the copier verifies the new copy itself), not to quarantine."""
+    rig.copy_one(uploader_waits=True)
+    _flip_byte(rig.staged_file())
+
+    with capture_logs() as logs:
+        rig.upload_one()
+
+    clip = rig.clip()
+    assert clip.state is ClipState.DISCOVERED
+    assert clip.copy_attempts == 1
+    assert [e["action"] for e in logs if e["event"] == "upload.staged_copy_damaged"] == [
+        "read off the camera again"
+    ]
+    assert rig.stages.handoff.wait_settled(CAMERA, 0) == 1  # ingest copies again on this
+    assert central_objects(rig.nas) == {}  # nothing damaged was named in storage
+
+    (done,) = rig.copy_one(uploader_waits=True)  # a clip found damaged once is not handed over
+    assert done["verified_by"] == "copier"
+    rig.upload_one()
+    assert rig.clip().state is ClipState.UPLOADED
+    assert rig.clip().sha256 == next(iter(rig.expected.values()))
+    assert sorted(central_objects(rig.nas).values()) == sorted(rig.expected.values())
+
+
+def test_the_same_damage_to_a_copy_pass_2_verified_is_quarantined(rig: _Rig) -> None:
+    """The contrast: a staged copy the copier verified and then found damaged cannot be
+    told from later decay of the staging disk, and is quarantined as before."""
+    rig.copy_one(uploader_waits=False)
+    _flip_byte(rig.staged_file())
+    rig.upload_one()
+    assert rig.clip().state is ClipState.QUARANTINED
+
+
+@pytest.mark.parametrize("damaged", [False, True], ids=["intact", "damaged"])
+def test_a_handed_over_clip_whose_upload_fails_is_read_back_at_once(
+    rig: _Rig, damaged: bool
+) -> None:
+    """Central storage is away (its folder is gone): the upload proves nothing, so the
+    uploader reads the staged copy back from disk right then, while the camera is still
+    docked, instead of leaving it unverified until a later attempt."""
+    rig.copy_one(uploader_waits=True)
+    if damaged:
+        _flip_byte(rig.staged_file())
+    shutil.rmtree(rig.nas)
+
+    rig.upload_one()
+
+    clip = rig.clip()
+    assert rig.stages.handoff.unverified_of(CAMERA) == 0
+    if damaged:
+        assert (clip.state, clip.copy_attempts, clip.upload_attempts) == (
+            ClipState.DISCOVERED, 1, 0)
+    else:
+        assert (clip.state, clip.copy_attempts, clip.upload_attempts) == (
+            ClipState.STAGED, 0, 1)
+        assert "not there" in (clip.last_error or "")
+
+
+def test_a_clip_is_handed_over_only_while_an_uploader_is_free_for_it() -> None:
+    handoff = UploadHandoff()
+    assert not handoff.hand_over(1, CAMERA)  # nobody waits
+    with handoff.waiting():
+        assert handoff.hand_over(1, CAMERA)
+        assert not handoff.hand_over(2, CAMERA)  # the one waiting uploader is spoken for
+        assert handoff.claimed(1)
+        assert not handoff.claimed(2)
+    assert handoff.unverified_of(CAMERA) == 1
+    handoff.settle(1)
+    handoff.settle(1)  # settling twice counts once
+    assert handoff.unverified_of(CAMERA) == 0
+    assert handoff.wait_settled(CAMERA, 0) == 0
