@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from bwc_dock import handrun
 from bwc_dock.config import parse_config
 from bwc_dock.handoff import UploadHandoff
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
@@ -42,7 +45,7 @@ class _Rig:
     nas: Path
     expected: dict[str, str]  # {camera path: sha256}
 
-    def copy_one(self, *, uploader_waits: bool) -> list[dict[str, object]]:
+    def copy_one(self, *, uploader_waits: bool) -> list[MutableMapping[str, Any]]:
         """Copy the next clip; the copier's copy.done log entries."""
         copier = self.stages.copier(current_owner("copier"))
         with capture_logs() as logs:
@@ -99,19 +102,19 @@ def test_a_clip_an_uploader_waits_for_is_verified_by_its_upload(rig: _Rig) -> No
     (done,) = rig.copy_one(uploader_waits=True)
     assert done["verified_by"] == "upload"
     assert rig.clip().state is ClipState.STAGED
-    assert rig.stages.handoff.unverified_of(CAMERA) == 1  # the camera is kept docked
+    assert rig.stages.handoff.unverified_ids(CAMERA) == {rig.clip().id}  # the camera is kept docked
 
     rig.upload_one()
 
     assert rig.clip().state is ClipState.UPLOADED
-    assert rig.stages.handoff.unverified_of(CAMERA) == 0
+    assert not rig.stages.handoff.unverified_ids(CAMERA)
     assert sorted(central_objects(rig.nas).values()) == sorted(rig.expected.values())
 
 
 def test_with_no_uploader_waiting_the_copier_verifies_the_copy_itself(rig: _Rig) -> None:
     (done,) = rig.copy_one(uploader_waits=False)
     assert done["verified_by"] == "copier"
-    assert rig.stages.handoff.unverified_of(CAMERA) == 0
+    assert not rig.stages.handoff.unverified_ids(CAMERA)
 
 
 def test_a_damaged_handed_over_copy_is_read_off_the_camera_again(rig: _Rig) -> None:
@@ -130,7 +133,7 @@ def test_a_damaged_handed_over_copy_is_read_off_the_camera_again(rig: _Rig) -> N
     assert [e["action"] for e in logs if e["event"] == "upload.staged_copy_damaged"] == [
         "read off the camera again"
     ]
-    assert rig.stages.handoff.wait_settled(CAMERA, 0) == 1  # ingest copies again on this
+    assert rig.stages.handoff.sent_back(CAMERA) == 1  # ingest copies again on this
     assert central_objects(rig.nas) == {}  # nothing damaged was named in storage
 
     (done,) = rig.copy_one(uploader_waits=True)  # a clip found damaged once is not handed over
@@ -165,7 +168,7 @@ def test_a_handed_over_clip_whose_upload_fails_is_read_back_at_once(
     rig.upload_one()
 
     clip = rig.clip()
-    assert rig.stages.handoff.unverified_of(CAMERA) == 0
+    assert not rig.stages.handoff.unverified_ids(CAMERA)
     if damaged:
         assert (clip.state, clip.copy_attempts, clip.upload_attempts) == (
             ClipState.DISCOVERED, 1, 0)
@@ -183,8 +186,67 @@ def test_a_clip_is_handed_over_only_while_an_uploader_is_free_for_it() -> None:
         assert not handoff.hand_over(2, CAMERA)  # the one waiting uploader is spoken for
         assert handoff.claimed(1)
         assert not handoff.claimed(2)
-    assert handoff.unverified_of(CAMERA) == 1
-    handoff.settle(1)
-    handoff.settle(1)  # settling twice counts once
-    assert handoff.unverified_of(CAMERA) == 0
-    assert handoff.wait_settled(CAMERA, 0) == 0
+    assert handoff.unverified_ids(CAMERA) == {1}
+    handoff.settle(1, sent_back=True)
+    handoff.settle(1, sent_back=True)  # settling twice counts once
+    assert not handoff.unverified_ids(CAMERA)
+    assert handoff.sent_back(CAMERA) == 1
+    assert handoff.sent_back(CAMERA) == 0
+
+
+def test_ingest_wait_reads_a_clip_again_when_its_handed_over_copy_was_damaged(
+    tmp_path: Path,
+) -> None:
+    """Hand-run ``ingest --wait``: the staged copy of the only clip is damaged while its
+    upload reads it (one byte near its end flipped from the uploader's first progress
+    report, its bandwidth hook). Ingest copies the clip again from the folder, verifies
+    that copy itself, and ends with the clip uploaded with its first-read hash."""
+    camera = tmp_path / "card"
+    expected = make_camera(camera, [24 * MIB], sidecars=False)
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    config = parse_config({"dock": {"state_dir": str(tmp_path / "state"), "upload_workers": 2,
+                                    "staging_reserve_mb": 0},
+                           "storage": {"path": str(nas)}})
+    ledger = Ledger.open(config, "test")
+    backend = open_backend(config)
+    volume = DockedVolume("ingest", str(camera), camera, CAMERA)
+    docking = ledger.record_docking(volume, current_owner("test"))
+    new_ids, _found = scan_into_ledger(ledger, config, docking, volume)
+    damaged: list[Path] = []
+
+    def damage_once(_sent: int) -> None:
+        if damaged:
+            return
+        (work,) = ledger.clips(ids=set(new_ids))
+        assert work.staged_path is not None
+        staged = config.staging_dir / work.staged_path / work.name
+        with staged.open("r+b") as file:  # past what the send has read ahead by now
+            file.seek(-MIB, os.SEEK_END)
+            byte = file.read(1)
+            file.seek(-1, os.SEEK_CUR)
+            file.write(bytes([byte[0] ^ 0xFF]))
+        damaged.append(staged)
+
+    try:
+        stages = Stages(config, ledger, backend)
+        uploaders = [stages.uploader(current_owner(f"uploader-{n}"), damage_once) for n in (1, 2)]
+        with capture_logs() as logs:
+            stopped = handrun._copy_while_uploading(
+                stages, volume, docking, uploaders, new_ids, time.monotonic() + 600, None
+            )
+        (clip,) = ledger.clips(ids=set(new_ids))
+    finally:
+        backend.close()
+        ledger.close()
+
+    assert stopped is None
+    assert damaged
+    verified_by = [e["verified_by"] for e in logs if e["event"] == "copy.done"]
+    assert verified_by == ["upload", "copier"]
+    assert [e["event"] for e in logs if e["event"].startswith("upload.staged_copy")] == [
+        "upload.staged_copy_damaged"
+    ]
+    assert (clip.state, clip.copy_attempts) == (ClipState.UPLOADED, 1)
+    assert clip.sha256 == next(iter(expected.values()))
+    assert sorted(central_objects(nas).values()) == sorted(expected.values())

@@ -28,6 +28,7 @@ from bwc_dock.custody import anchor_dockings
 from bwc_dock.docked import Docked, DockedRegistry
 from bwc_dock.errors import BwcDockError, ConfigError, Interrupted, PermanentStorageError
 from bwc_dock.fleet import FleetPublisher, fleet_publisher
+from bwc_dock.handoff import still_unverified
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
@@ -351,7 +352,7 @@ class Daemon(SourceListener):
             camera = docked.volume.camera_serial
             if self.ledger.copy_pending(camera) > 0:
                 continue
-            if self.stages.handoff.unverified_of(camera):
+            if still_unverified(self.stages.handoff, self.ledger, camera):
                 continue  # its upload reads it back: if damaged, it is read off the camera again
             if not docked.finished_logged:
                 docked.finished_logged = True

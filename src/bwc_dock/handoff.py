@@ -22,9 +22,10 @@ quarantined (still on the camera, never cleared) as any damaged staged copy is.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from bwc_dock.ledger import ClipState, Ledger
 
 
 class UploadHandoff:
@@ -74,19 +75,34 @@ class UploadHandoff:
                 self._sent_back[camera] = self._sent_back.get(camera, 0) + 1
             self._changed.notify_all()
 
-    def unverified_of(self, camera_serial: str) -> int:
+    def unverified_ids(self, camera_serial: str) -> set[int]:
         """Clips of the camera handed over and not yet settled."""
         with self._changed:
-            return sum(camera == camera_serial for camera in self._unverified.values())
+            return {clip for clip, camera in self._unverified.items() if camera == camera_serial}
 
-    def wait_settled(self, camera_serial: str, timeout_seconds: float) -> int:
-        """Wait until no clip of the camera is handed over unverified (or the timeout);
-        how many of its clips were sent back to be read again since the last call."""
-        deadline = time.monotonic() + timeout_seconds
+    def sent_back(self, camera_serial: str) -> int:
+        """How many of the camera's clips were sent back to be read again since last asked."""
         with self._changed:
-            while camera_serial in self._unverified.values():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._changed.wait(remaining)
             return self._sent_back.pop(camera_serial, 0)
+
+    def wait_for_change(self, timeout_seconds: float) -> None:
+        """Until a clip is settled, or the timeout."""
+        with self._changed:
+            self._changed.wait(max(timeout_seconds, 0))
+
+
+def still_unverified(handoff: UploadHandoff, ledger: Ledger, camera_serial: str) -> bool:
+    """Whether a clip of the camera is handed over and still waits for its upload. One
+    the ledger shows elsewhere (another process uploaded it, resync re-queued it) is
+    settled here: nothing in this process would settle it."""
+    handed_over = handoff.unverified_ids(camera_serial)
+    if not handed_over:
+        return False
+    waiting = {
+        work.id
+        for work in ledger.clips(ids=handed_over)
+        if work.state in (ClipState.STAGED, ClipState.UPLOADING)
+    }
+    for clip_id in handed_over - waiting:
+        handoff.settle(clip_id)
+    return bool(waiting)

@@ -17,7 +17,7 @@ import structlog
 
 from bwc_dock.config import Config
 from bwc_dock.errors import UsageError
-from bwc_dock.handoff import UploadHandoff
+from bwc_dock.handoff import UploadHandoff, still_unverified
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.leases import current_owner, heartbeat_alive
 from bwc_dock.ledger.models import utc_now
@@ -178,9 +178,7 @@ def _copy_while_uploading(
             stages, docking_id, uploaders[0], progress, deadline, on_staged=signals.wake_all
         )
         # a clip left for an upload to verify and found damaged is read off the folder again
-        while stopped is None and stages.handoff.wait_settled(
-            volume.camera_serial, deadline - time.monotonic()
-        ):
+        while stopped is None and _sent_back(stages, volume.camera_serial, deadline):
             stopped = _copy_all(
                 stages, docking_id, uploaders[0], progress, deadline, on_staged=signals.wake_all
             )
@@ -196,6 +194,16 @@ def _copy_while_uploading(
     if failures:
         raise failures[0]
     return stopped
+
+
+def _sent_back(stages: Stages, camera_serial: str, deadline: float) -> bool:
+    """Once every clip left to an upload to verify is verified (or the deadline passed),
+    whether one was found damaged and sent back to be read again (handoff.py)."""
+    while time.monotonic() < deadline and still_unverified(
+        stages.handoff, stages.ledger, camera_serial
+    ):
+        stages.handoff.wait_for_change(min(POLL_SECONDS, deadline - time.monotonic()))
+    return stages.handoff.sent_back(camera_serial) > 0
 
 
 def _copy_all(
