@@ -157,6 +157,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    """Flip one byte of a file in place (the middle one by default; a negative offset
+    counts from the end), as a failing disk or a bad RAM page would."""
+    with path.open("r+b") as file:
+        if offset is None:
+            file.seek(os.path.getsize(path) // 2)
+        else:
+            file.seek(offset, os.SEEK_END if offset < 0 else os.SEEK_SET)
+        byte = file.read(1)
+        file.seek(-1, os.SEEK_CUR)
+        file.write(bytes([byte[0] ^ 0xFF]))
+
+
 def write_random(path: Path, size: int, rng: random.Random) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as out:

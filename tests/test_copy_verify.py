@@ -25,15 +25,7 @@ from bwc_dock.ledger.leases import current_owner
 from bwc_dock.scanning import scan_into_ledger
 from bwc_dock.sources.base import DockedVolume
 from bwc_dock.staging import StagingArea
-from tests.dock import sha256_of, write_random
-
-
-def _flip_byte(path: Path) -> None:
-    with path.open("r+b") as staged:
-        staged.seek(os.path.getsize(path) // 2)
-        byte = staged.read(1)
-        staged.seek(-1, os.SEEK_CUR)
-        staged.write(bytes([byte[0] ^ 0xFF]))
+from tests.dock import flip_byte, sha256_of, write_random
 
 
 def _open_files_under(folder: Path) -> list[str]:
@@ -56,7 +48,7 @@ def _corrupting(calls_to_corrupt: set[int]) -> Callable[[Path], str]:
     def reread(path: Path) -> str:
         calls["count"] += 1
         if calls["count"] in calls_to_corrupt:
-            _flip_byte(path)
+            flip_byte(path)
         return real(path)
 
     return reread
@@ -129,8 +121,8 @@ def test_camera_returning_different_bytes_twice_is_quarantined(
     real = hash_file_from_disk
 
     def reread(path: Path) -> str:
-        _flip_byte(path)  # the staged copy fails its check ...
-        _flip_byte(source)  # ... and the camera's file reads differently next time
+        flip_byte(path)  # the staged copy fails its check ...
+        flip_byte(source)  # ... and the camera's file reads differently next time
         return real(path)
 
     monkeypatch.setattr(copier_module, "hash_file_from_disk", reread)

@@ -8,7 +8,6 @@ daemon's idle uploader enters it; the damage is one flipped byte in the staged f
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
@@ -30,7 +29,7 @@ from bwc_dock.sources.base import DockedVolume
 from bwc_dock.storage import open_backend
 from bwc_dock.storage.base import StorageBackend
 from bwc_dock.wiring import Stages
-from tests.dock import central_objects, make_camera
+from tests.dock import central_objects, flip_byte, make_camera
 
 MIB = 1024 * 1024
 CAMERA = "CAM1"
@@ -41,6 +40,7 @@ class _Rig:
     ledger: Ledger
     backend: StorageBackend
     stages: Stages
+    volume: DockedVolume
     docking: int
     nas: Path
     expected: dict[str, str]  # {camera path: sha256}
@@ -59,6 +59,10 @@ class _Rig:
     def upload_one(self) -> None:
         assert self.stages.uploader(current_owner("uploader")).upload_next()
 
+    def close(self) -> None:
+        self.backend.close()
+        self.ledger.close()
+
     def clip(self) -> ClipWork:
         (only,) = self.ledger.clips(docking_id=self.docking)
         return only
@@ -69,33 +73,31 @@ class _Rig:
         return self.stages.staging.root / clip.staged_path / clip.name
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[_Rig]:
+def _open_rig(tmp_path: Path, clip_size: int, upload_workers: int = 1) -> _Rig:
+    """A camera folder of one clip, docked and scanned, beside a fresh dock."""
     camera = tmp_path / "camera"
-    expected = make_camera(camera, [3 * MIB + 5], sidecars=False)
+    expected = make_camera(camera, [clip_size], sidecars=False)
     nas = tmp_path / "nas"
     nas.mkdir()
     config = parse_config({"dock": {"id": "t", "state_dir": str(tmp_path / "state"),
-                                    "staging_reserve_mb": 0},
+                                    "staging_reserve_mb": 0, "upload_workers": upload_workers},
                            "storage": {"path": str(nas)}})
     ledger = Ledger.open(config, "test")
     backend = open_backend(config)
     volume = DockedVolume("ingest", str(camera), camera, CAMERA)
     docking = ledger.record_docking(volume, current_owner("test"))
     scan_into_ledger(ledger, config, docking, volume)
+    stages = Stages(config, ledger, backend)
+    return _Rig(ledger, backend, stages, volume, docking, nas, expected)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[_Rig]:
+    opened = _open_rig(tmp_path, 3 * MIB + 5)
     try:
-        yield _Rig(ledger, backend, Stages(config, ledger, backend), docking, nas, expected)
+        yield opened
     finally:
-        backend.close()
-        ledger.close()
-
-
-def _flip_byte(path: Path) -> None:
-    with path.open("r+b") as staged:
-        staged.seek(os.path.getsize(path) // 2)
-        byte = staged.read(1)
-        staged.seek(-1, os.SEEK_CUR)
-        staged.write(bytes([byte[0] ^ 0xFF]))
+        opened.close()
 
 
 def test_a_clip_an_uploader_waits_for_is_verified_by_its_upload(rig: _Rig) -> None:
@@ -122,7 +124,7 @@ def test_a_damaged_handed_over_copy_is_read_off_the_camera_again(rig: _Rig) -> N
     read back from disk does not either: since no pass 2 verified that copy, the clip
     goes back to the camera (the copier verifies the new copy itself), not to quarantine."""
     rig.copy_one(uploader_waits=True)
-    _flip_byte(rig.staged_file())
+    flip_byte(rig.staged_file())
 
     with capture_logs() as logs:
         rig.upload_one()
@@ -148,7 +150,7 @@ def test_the_same_damage_to_a_copy_pass_2_verified_is_quarantined(rig: _Rig) -> 
     """The contrast: a staged copy the copier verified and then found damaged cannot be
     told from later decay of the staging disk, and is quarantined as before."""
     rig.copy_one(uploader_waits=False)
-    _flip_byte(rig.staged_file())
+    flip_byte(rig.staged_file())
     rig.upload_one()
     assert rig.clip().state is ClipState.QUARANTINED
 
@@ -162,7 +164,7 @@ def test_a_handed_over_clip_whose_upload_fails_is_read_back_at_once(
     docked, instead of leaving it unverified until a later attempt."""
     rig.copy_one(uploader_waits=True)
     if damaged:
-        _flip_byte(rig.staged_file())
+        flip_byte(rig.staged_file())
     shutil.rmtree(rig.nas)
 
     rig.upload_one()
@@ -201,44 +203,26 @@ def test_ingest_wait_reads_a_clip_again_when_its_handed_over_copy_was_damaged(
     upload reads it (one byte near its end flipped from the uploader's first progress
     report, its bandwidth hook). Ingest copies the clip again from the folder, verifies
     that copy itself, and ends with the clip uploaded with its first-read hash."""
-    camera = tmp_path / "card"
-    expected = make_camera(camera, [24 * MIB], sidecars=False)
-    nas = tmp_path / "nas"
-    nas.mkdir()
-    config = parse_config({"dock": {"state_dir": str(tmp_path / "state"), "upload_workers": 2,
-                                    "staging_reserve_mb": 0},
-                           "storage": {"path": str(nas)}})
-    ledger = Ledger.open(config, "test")
-    backend = open_backend(config)
-    volume = DockedVolume("ingest", str(camera), camera, CAMERA)
-    docking = ledger.record_docking(volume, current_owner("test"))
-    new_ids, _found = scan_into_ledger(ledger, config, docking, volume)
+    rig = _open_rig(tmp_path, 24 * MIB, upload_workers=2)
     damaged: list[Path] = []
 
     def damage_once(_sent: int) -> None:
-        if damaged:
-            return
-        (work,) = ledger.clips(ids=set(new_ids))
-        assert work.staged_path is not None
-        staged = config.staging_dir / work.staged_path / work.name
-        with staged.open("r+b") as file:  # past what the send has read ahead by now
-            file.seek(-MIB, os.SEEK_END)
-            byte = file.read(1)
-            file.seek(-1, os.SEEK_CUR)
-            file.write(bytes([byte[0] ^ 0xFF]))
-        damaged.append(staged)
+        if not damaged:
+            damaged.append(rig.staged_file())
+            flip_byte(damaged[0], -MIB)  # past what the send has read ahead by now
 
     try:
-        stages = Stages(config, ledger, backend)
-        uploaders = [stages.uploader(current_owner(f"uploader-{n}"), damage_once) for n in (1, 2)]
+        uploaders = [
+            rig.stages.uploader(current_owner(f"uploader-{n}"), damage_once) for n in (1, 2)
+        ]
         with capture_logs() as logs:
             stopped = handrun._copy_while_uploading(
-                stages, volume, docking, uploaders, new_ids, time.monotonic() + 600, None
+                rig.stages, rig.volume, rig.docking, uploaders, [rig.clip().id],
+                time.monotonic() + 600, None,
             )
-        (clip,) = ledger.clips(ids=set(new_ids))
+        clip = rig.clip()
     finally:
-        backend.close()
-        ledger.close()
+        rig.close()
 
     assert stopped is None
     assert damaged
@@ -248,5 +232,5 @@ def test_ingest_wait_reads_a_clip_again_when_its_handed_over_copy_was_damaged(
         "upload.staged_copy_damaged"
     ]
     assert (clip.state, clip.copy_attempts) == (ClipState.UPLOADED, 1)
-    assert clip.sha256 == next(iter(expected.values()))
-    assert sorted(central_objects(nas).values()) == sorted(expected.values())
+    assert clip.sha256 == next(iter(rig.expected.values()))
+    assert sorted(central_objects(rig.nas).values()) == sorted(rig.expected.values())
