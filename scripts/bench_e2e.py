@@ -20,6 +20,10 @@ twice (staging, central storage), fsyncs both and hashes two or three times (the
 copy is read back before the upload unless an uploader was waiting for it: README,
 "Which pass over a clip's bytes proves what").
 
+Each method's column "disk GiB r/w" is what the disk holding --dir read and wrote while
+it ran (/proc/diskstats, median): the staging disk's share of the work (README, "Which
+pass over a clip's bytes proves what").
+
 With --before-src CHECKOUT the same two are also timed from another checkout's src/
 (for before/after figures measured under the same load).
 
@@ -85,6 +89,19 @@ def warm(folder: Path) -> None:
             with path.open("rb") as file:
                 while file.read(8 * MIB):
                     pass
+
+
+def disk_bytes(folder: Path) -> tuple[int, int] | None:
+    """(bytes read, bytes written) so far by the block device holding ``folder``, from
+    /proc/diskstats; None where it is not a block device listed there (tmpfs, overlay)."""
+    device = os.stat(folder).st_dev
+    wanted = (str(os.major(device)), str(os.minor(device)))
+    with open("/proc/diskstats") as stats:
+        for line in stats:
+            fields = line.split()
+            if (fields[0], fields[1]) == wanted:
+                return int(fields[5]) * 512, int(fields[9]) * 512  # sectors are 512 B here
+    return None
 
 
 def settle() -> None:
@@ -229,13 +246,18 @@ def run(arguments: argparse.Namespace) -> int:
         }
         methods = [*METHODS, *(("ingest_before", "daemon_before") if before else ())]
         samples: dict[str, list[float]] = {method: [] for method in methods}
+        disk: dict[str, list[tuple[int, int]]] = {method: [] for method in methods}
         load = os.getloadavg()[0]
         for _rep in range(arguments.reps):
             for method in methods:
                 settle()
                 warm(source)
+                before = disk_bytes(scratch)
                 samples[method].append(measurers[method](source, scratch))
-        report = summarise(samples, arguments, load)
+                after = disk_bytes(scratch)
+                if before is not None and after is not None:
+                    disk[method].append((after[0] - before[0], after[1] - before[1]))
+        report = summarise(samples, arguments, load, disk)
         print_report(report, arguments.json)
         return 0 if report["met"] else 1
     finally:
@@ -243,7 +265,7 @@ def run(arguments: argparse.Namespace) -> int:
 
 
 def summarise(samples: dict[str, list[float]], arguments: argparse.Namespace,
-              load: float) -> dict[str, Any]:
+              load: float, disk: dict[str, list[tuple[int, int]]]) -> dict[str, Any]:
     total = arguments.count * arguments.size * MIB
     baseline = statistics.median(samples["baseline"])
     methods = {}
@@ -257,11 +279,19 @@ def summarise(samples: dict[str, list[float]], arguments: argparse.Namespace,
                            "runs_s": [round(s, 2) for s in runs],
                            "mb_per_s": round(total / 1e6 / seconds, 1),
                            "ratio": round(statistics.median(ratios), 2),
-                           "ratio_of_medians": round(seconds / baseline, 2)}
+                           "ratio_of_medians": round(seconds / baseline, 2),
+                           # what reached the disk while it ran: the baseline's copy is
+                           # deleted before writeback, bwc-dock fsyncs what it writes
+                           "disk_read_gib": _median_gib([r for r, _w in disk[method]]),
+                           "disk_written_gib": _median_gib([w for _r, w in disk[method]])}
     return {"clips": arguments.count, "clip_mib": arguments.size, "reps": arguments.reps,
             "load_average_at_start": round(load, 2), "target": TARGET_RATIO,
             "methods": methods,
             "met": all(methods[m]["ratio"] <= TARGET_RATIO for m in ("ingest", "daemon"))}
+
+
+def _median_gib(counts: list[int]) -> float | None:
+    return round(statistics.median(counts) / 1024**3, 2) if counts else None
 
 
 def print_report(report: dict[str, Any], as_json: bool) -> None:
@@ -271,10 +301,11 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
     print(f"end to end: {report['clips']} x {report['clip_mib']} MiB, median of "
           f"{report['reps']}; load average at start {report['load_average_at_start']}; "
           f"target <= {report['target']}x of cp -r + sha256sum")
-    print(f"{'method':<20}{'median s':>10}{'MB/s':>8}{'ratio':>8}   runs")
+    print(f"{'method':<20}{'median s':>10}{'MB/s':>8}{'ratio':>8}{'disk GiB r/w':>14}   runs")
     for method, row in report["methods"].items():
+        disk = f"{row['disk_read_gib']}/{row['disk_written_gib']}"
         print(f"{LABELS[method]:<20}{row['median_s']:>10}{row['mb_per_s']:>8}"
-              f"{row['ratio']:>8}   {row['runs_s']}")
+              f"{row['ratio']:>8}{disk:>14}   {row['runs_s']}")
     print("\ntarget met" if report["met"] else "\ntarget MISSED")
 
 
