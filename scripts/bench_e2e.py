@@ -252,11 +252,12 @@ def run(arguments: argparse.Namespace) -> int:
             for method in methods:
                 settle()
                 warm(source)
-                before = disk_bytes(scratch)
+                disk_at_start = disk_bytes(scratch)
                 samples[method].append(measurers[method](source, scratch))
-                after = disk_bytes(scratch)
-                if before is not None and after is not None:
-                    disk[method].append((after[0] - before[0], after[1] - before[1]))
+                disk_at_end = disk_bytes(scratch)
+                if disk_at_start is not None and disk_at_end is not None:
+                    disk[method].append((disk_at_end[0] - disk_at_start[0],
+                                         disk_at_end[1] - disk_at_start[1]))
         report = summarise(samples, arguments, load, disk)
         print_report(report, arguments.json)
         return 0 if report["met"] else 1
