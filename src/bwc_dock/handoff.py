@@ -8,10 +8,12 @@ the stored bytes came from the staged copy. So the copier leaves such a clip to 
 waiting uploader unverified, and the staging disk reads each clip once instead of twice.
 
 What pass 2 proved early is kept for the case where the upload does not succeed: an
-uploader that fails to upload a clip it was handed (for any reason but shutdown) reads
-the staged copy back from disk at once, and a damaged copy goes back to be read off the
-camera again rather than to quarantine. A docked camera is not released while a clip
-of it is still handed over unverified, so that read happens while the camera is there.
+uploader that fails to upload a clip it was handed reads the staged copy back from disk
+at once, and a damaged copy goes back to be read off the camera again rather than to
+quarantine. (Not on shutdown or a lost lease, where the clip is left as it was, nor on
+a conflict in central storage, which quarantines the clip whatever its staged copy.)
+A docked camera is not released while a clip of it is still handed over unverified, so
+that read happens while the camera is there.
 
 This register lives in memory, shared by the copiers and uploaders of one process. A
 restart forgets it: a clip handed over when the daemon died is then an ordinary staged
