@@ -317,7 +317,11 @@ class Uploader:
         """A staged copy no pass 2 had verified is damaged: read the clip off the camera
         again (the copier then verifies the new copy itself) rather than quarantine it."""
         assert work.staged_path is not None
-        self.ledger.send_back_for_copy(work, self.owner, reason)
+        try:
+            self.ledger.send_back_for_copy(work, self.owner, reason)
+        except LeaseLost:
+            log.warning("upload.lease_lost", clip=work.id)
+            return  # another worker holds the clip, and its staged copy, now
         folder = self.staging_root / work.staged_path
         for name in (work.name, *(sidecar.name for sidecar in work.sidecars)):
             (folder / name).unlink(missing_ok=True)
