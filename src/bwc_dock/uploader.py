@@ -31,7 +31,6 @@ from bwc_dock.errors import (
     is_transient,
 )
 from bwc_dock.handoff import UploadHandoff
-from bwc_dock.hashing import hash_file_from_disk
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.manifest import (
@@ -42,6 +41,7 @@ from bwc_dock.manifest import (
     manifest_key,
 )
 from bwc_dock.storage.base import ProgressCallback, StorageBackend
+from bwc_dock.verify import check_staged, staged_files
 
 log = structlog.get_logger(__name__)
 
@@ -301,17 +301,10 @@ class Uploader:
 
     def _staged_copy_damage(self, work: ClipWork) -> str | None:
         """What is wrong with the staged clip or a sidecar, re-read from disk; None if intact."""
-        assert work.staged_path is not None and work.sha256 is not None
-        folder = self.staging_root / work.staged_path
-        files = [(work.name, work.sha256), *((s.name, s.sha256) for s in work.sidecars)]
-        for name, expected in files:
-            try:
-                on_disk = hash_file_from_disk(folder / name)
-            except OSError as error:
-                return f"staged copy of {name} unreadable: {error}"
-            if on_disk != expected:
-                return f"staged copy of {name} hashed to {on_disk}, not {expected}"
-        return None
+        found = check_staged(self.staging_root, work)
+        if not found:
+            return None
+        return "; ".join(f"staged copy of {m.file}: {m.problem}" for m in found)
 
     def _send_back(self, work: ClipWork, reason: str) -> None:
         """A staged copy no pass 2 had verified is damaged: read the clip off the camera
@@ -322,9 +315,8 @@ class Uploader:
         except LeaseLost:
             log.warning("upload.lease_lost", clip=work.id)
             return  # another worker holds the clip, and its staged copy, now
-        folder = self.staging_root / work.staged_path
-        for name in (work.name, *(sidecar.name for sidecar in work.sidecars)):
-            (folder / name).unlink(missing_ok=True)
+        for _name, path, _sha256 in staged_files(self.staging_root, work):
+            path.unlink(missing_ok=True)
         if self.handoff is not None:
             self.handoff.settle(work.id, sent_back=True)
         log.error(
