@@ -15,7 +15,7 @@ as the source, in a temporary folder. Each rep, in this order, fresh state each 
 
 and the median of --reps runs is reported with the ratio to the baseline (the median of
 each rep's ratio: a rep's methods see much the same load from elsewhere), whose target
-is <= 1.0 (issue 12, item 1). The baseline writes once and never fsyncs; bwc-dock writes
+is <= 1.0. The baseline writes once and never fsyncs; bwc-dock writes
 twice (staging, central storage), fsyncs both and hashes two or three times (the staged
 copy is read back before the upload unless an uploader was waiting for it: README,
 "Which pass over a clip's bytes proves what").
