@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Command-line start-up benchmark: how long the commands people run in loops take.
 
-IT staff run `bwc-dock status` in monitoring loops; the issue asks that `--help`,
-`status --json` and `clips --state staged --json` finish within 0.3 s, or within 3x of
+IT staff run `bwc-dock status` in monitoring loops; `--help`,
+`status --json` and `clips --state staged --json` must finish within 0.3 s, or within 3x of
 `python3 -c 'import sqlite3, json'` measured in the same run with the same interpreter.
 Each command runs --reps times against a small real dock (file backend, a ledger with a
 few ingested clips); the median is printed with its ratio to that baseline, and the

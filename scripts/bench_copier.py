@@ -16,7 +16,7 @@ the same disk. For each data set, three times, the median is reported of:
 
 The limit is min(openssl's SHA-256 speed, buffered write+fsync of the disk), both
 measured in every round (the disk probe writes 256 MiB), each method's ratio taken against
-its own round's limit and the median reported; targets (issue 12): copy+hash+fsync >= 0.9 of the limit for one
+its own round's limit and the median reported; targets: copy+hash+fsync >= 0.9 of the limit for one
 1 GiB clip and >= 0.8 for 100 x 10 MiB, >= 0.5 with the verify re-read, peak RSS under
 100 MiB. SQL/clip counts the statements the copier sent (an SQLAlchemy hook on its
 engine, BEGIN included) over the timed part, per clip.

@@ -17,7 +17,7 @@ For each camera, one at a time:
    the daemon mounts it (bwc_dock.mounting.Mounter: same helper, same options), caches
    are dropped again, and ``cat`` reads the same files to /dev/null.
 
-Target (issue 3): the daemon within 10% of cat. A loop device reads at memory speed,
+Target: the daemon within 10% of cat. A loop device reads at memory speed,
 far faster than any camera, so on a small machine the daemon's hashing (once on the
 read, once more to verify the staged copy from disk) is what limits it, not the camera.
 ``--camera-mbps N`` makes the camera behave like a real USB one: a blkio cgroup (v1)

@@ -15,14 +15,14 @@ as the source, in a temporary folder. Each rep, in this order, fresh state each 
 
 and the median of --reps runs is reported with the ratio to the baseline (the median of
 each rep's ratio: a rep's methods see much the same load from elsewhere), whose target
-is <= 1.0 (issue 12, item 1). The baseline writes once and never fsyncs; bwc-dock writes
+is <= 1.0. The baseline writes once and never fsyncs; bwc-dock writes
 twice (staging, central storage), fsyncs both and hashes two or three times (the staged
-copy is read back before the upload unless an uploader was waiting for it: README,
-"Which pass over a clip's bytes proves what").
+copy is read back before the upload unless an uploader was waiting for it: docs/design.md,
+"What each read of a clip's bytes proves").
 
 Each method's column "disk GiB r/w" is what the disk holding --dir read and wrote while
-it ran (/proc/diskstats, median): the staging disk's share of the work (README, "Which
-pass over a clip's bytes proves what").
+it ran (/proc/diskstats, median): the staging disk's share of the work (docs/design.md,
+"What each read of a clip's bytes proves").
 
 With --before-src CHECKOUT the same two are also timed from another checkout's src/
 (for before/after figures measured under the same load).

@@ -15,7 +15,7 @@ same schema with one earlier docking in it. On each, --reps runs of:
 The fresh and aged runs are interleaved command by command (fresh, aged, aged, fresh,
 ...), so load from other work shifts both sides alike; the report gives the median of each
 side, the ratio of the medians, every run, and the load average and CPU pressure while
-the timings ran. The target for aged / fresh is <= 1.2 (issue: "nothing slows as the
+the timings ran. The target for aged / fresh is <= 1.2 ("nothing slows as the
 ledger ages"). With --explain it also records every SQL statement one ingest, the three
 commands and a daemon offloading a docked camera folder run (through an SQLAlchemy hook
 and a trace of the quick reader's sqlite3 connection, in each command's own process),

@@ -16,7 +16,7 @@ throttle the docking tests use: reads from each camera's loop device slowed to
    mounts it, caches are dropped, and one ``cat`` per camera reads its files to
    /dev/null, all at once: the same files, the same throttle, run concurrently.
 
-Target (issue 12, item 5): every camera's daemon rate >= 0.9 of its concurrent cat rate.
+Target: every camera's daemon rate >= 0.9 of its concurrent cat rate.
 
 The CPU is measured in both phases (all CPUs, from /proc/stat; the daemon's own threads
 from /proc/PID/stat). Here the cameras are stand-ins whose reads cost CPU a USB camera's

@@ -120,7 +120,7 @@ def manifests(dock: Dock) -> dict[int, tuple[str, int]]:
 
 
 def test_rows_rewritten_and_clips_hidden_as_duplicates_are_caught(dock: Dock) -> None:
-    """Issue 13's attack: rows after the first clip's anchor rewritten, the chain
+    """The attack: rows after the first clip's anchor rewritten, the chain
     recomputed, and the later clips marked duplicate_of so the ledger would not ask
     for their manifests; audit verify --remote still finds those manifests by listing
     central storage and fails, naming them."""
@@ -214,7 +214,7 @@ def test_csv_export_rows_match_the_ledger(dock: Dock) -> None:
     """Every audit row of every clip appears once in the CSV, with the clip's facts."""
     offload(dock, "X1")
     offload(dock, "X2", sizes=(1500,))
-    # back-dated over uploaded clips: refused unless forced (issue 13 item 7a)
+    # back-dated over uploaded clips: refused unless forced
     dock.cli("cameras", "assign", "X1", "officer-1", "--at", "2000-01-01T00:00:00Z", "--force")
     result = dock.cli("audit", "export", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(result.stdout)))

@@ -1,4 +1,4 @@
-"""Pass 2 merged into the upload when an uploader waits (handoff.py, issue 12).
+"""Pass 2 merged into the upload when an uploader waits (handoff.py).
 
 Real parts throughout: the ledger, the staging area, the copier and uploader as the
 daemon wires them, and the folder backend. "An uploader waits" is the uploader's own

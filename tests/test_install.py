@@ -24,7 +24,9 @@ from tests import realparts
 from tests.test_unit_file import helper_with_program, unit_with_program, verify
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-EXAMPLE_CONFIG = (
+# What the tree ships as config.installed.toml here: a site's profile, so that the udev
+# rules can be seen generated from it. The example (with its clearing profile) is real.
+INSTALLED_CONFIG = (
     '[storage]\nbackend = "file"\npath = "/mnt/evidence"\n'
     '[[camera]]\nname = "site-camera"\nusb_vendor_id = "0x4321"\nusb_product_id = "0xAB"\n'
 )
@@ -34,14 +36,15 @@ INSTALLED_PROGRAM = "/opt/bwc-dock/venv/bin/bwc-dock"
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of this source tree with an example config and udev rules of the test's own."""
+    """A copy of this source tree with an installed config and udev rules of the test's own."""
     tree = tmp_path_factory.mktemp("source")
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".venv", ".git")
     for name in ("src", "systemd", "scripts"):
         shutil.copytree(REPOSITORY / name, tree / name, ignore=ignore)
     shutil.copy(REPOSITORY / "pyproject.toml", tree)
     (tree / "README.md").write_text("# bwc-dock\n")
-    (tree / "config.example.toml").write_text(EXAMPLE_CONFIG)
+    shutil.copy(REPOSITORY / "config.example.toml", tree)
+    (tree / "config.installed.toml").write_text(INSTALLED_CONFIG)
     (tree / "udev-rules").mkdir()
     (tree / "udev-rules" / "99-bwc-dock.rules").write_text(RULES)
     return tree
@@ -121,8 +124,12 @@ def test_install_twice_is_idempotent_and_keeps_local_changes(source: Path, root:
     modules = root / "etc/modules-load.d/bwc-dock.conf"
     assert {"usb_storage", "sd_mod", "vfat", "exfat"} <= set(modules.read_text().split())
     config = root / "etc/bwc-dock/config.toml"
-    assert config.read_text() == EXAMPLE_CONFIG
+    # the installed config, never the example with its sample profile that clears cameras
+    assert config.read_text() == INSTALLED_CONFIG
     assert mode(config) == 0o640
+    reference = root / "opt/bwc-dock/config.example.toml"
+    assert reference.read_bytes() == (REPOSITORY / "config.example.toml").read_bytes()
+    assert mode(reference) == 0o644
     assert mode(root / "etc/bwc-dock") == 0o750
     credentials = root / "etc/bwc-dock/aws-credentials"
     assert credentials.read_bytes() == b""
@@ -142,7 +149,7 @@ def test_install_twice_is_idempotent_and_keeps_local_changes(source: Path, root:
     after_first = tree_outside_venv(root)
 
     # the operator's edits, the keys and evidence in staging, then an upgrade of the code
-    config.write_text(EXAMPLE_CONFIG + "# edited on site\n")
+    config.write_text(INSTALLED_CONFIG + "# edited on site\n")
     credentials.write_text("[default]\naws_access_key_id = AKIAEXAMPLE\n")
     (root / "var/lib/bwc-dock/ledger.sqlite3").write_bytes(b"SQLite format 3\0")
     (root / "var/lib/bwc-dock/staging/42.MP4").write_bytes(b"evidence")
@@ -239,3 +246,25 @@ def test_install_refuses_a_tree_without_the_package(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "not a bwc-dock source tree" in result.stderr
     assert not (tmp_path / "root/opt").exists()
+
+
+def test_the_shipped_installed_config_mounts_offloads_and_clears_nothing(tmp_path: Path) -> None:
+    """config.installed.toml loads, has no camera profile and waits for a mounted NAS."""
+    config = load_config(REPOSITORY / "config.installed.toml")
+    assert config.camera == ()
+    assert (config.storage.backend, config.storage.path) == ("file", Path("/mnt/evidence"))
+    assert config.storage.path_must_be_mountpoint is True
+    assert 'ENV{BWC_CAMERA}="1"' not in render_rules(config.camera)  # udev tags no device
+
+    # its commented profile template, uncommented as an admin would, is a valid profile
+    text = (REPOSITORY / "config.installed.toml").read_text()
+    template = text[text.index("# [[camera]]"):]
+    uncommented = tmp_path / "config.toml"
+    uncommented.write_text(text + "".join(
+        line.removeprefix("# ") + "\n" for line in template.splitlines()
+    ))
+    (profile,) = load_config(uncommented).camera
+    assert (profile.name, profile.usb_vendor_id, profile.usb_product_id) == (
+        "my-camera-model", "1234", "5678"
+    )
+    assert profile.clear_after_upload is False

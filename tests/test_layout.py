@@ -1,5 +1,5 @@
 """The package's shape: modules import each other one way, stay small, and keep hardware
-libraries behind their one adapter (DESIGN.md, STYLE.md habits 1 and 14)."""
+libraries behind their one adapter (docs/design.md, "Layers")."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def _ledger_with_clips(tmp_path: Path, count: int) -> Ledger:
     return ledger
 
 
-# The clip life cycle written out from ../shared/DESIGN.md, independently of the product's
+# The clip life cycle written out from docs/design.md, independently of the product's
 # table, so a wrong edit of ALLOWED_TRANSITIONS fails here (checking the product against
 # its own table could not). Each edge names the design sentence that allows it.
 DESIGNED_STATES = ("discovered", "copying", "staged", "uploading", "uploaded", "cleared",
@@ -60,7 +60,7 @@ DESIGNED_TRANSITIONS: dict[str, set[str]] = {
     "staged": {"uploading", "quarantined", "discovered"},
     # staged: "upload failures never end a clip: it stays staged"; quarantined: "a key
     # that holds other content is an integrity conflict"; discovered: a staged copy left
-    # for the upload to verify (issue 12's one read for verify and upload) was damaged,
+    # for the upload to verify (the one read for verify and upload) was damaged,
     # and the camera is read again as a copy whose verify failed is
     "uploading": {"uploaded", "staged", "quarantined", "discovered"},
     # cleared: deleted from the camera after storage confirmed the hash; staged or

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 pytest_plugins = ("tests.udevharness",)  # fixtures: udevd, clip_source, camera_bay
 
 pytestmark = pytest.mark.timeout(180)
-DESIGNED_FLAGS = {"ro", "nosuid", "nodev", "noexec"}  # from DESIGN.md, not SAFE_FLAGS
+DESIGNED_FLAGS = {"ro", "nosuid", "nodev", "noexec"}  # from docs/design.md, not SAFE_FLAGS
 UNPRIVILEGED_UID = 65534
 
 

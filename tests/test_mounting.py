@@ -35,7 +35,7 @@ pytest_plugins = ("tests.udevharness",)  # fixtures: udevd, clip_source, camera_
 
 pytestmark = pytest.mark.timeout(120)
 FILESYSTEMS = ["exfat", "vfat"]
-# Written out from ../shared/DESIGN.md ("mount -t TYPE -o ro,nosuid,nodev,noexec"), not
+# Written out from docs/design.md ("mount -t TYPE -o ro,nosuid,nodev,noexec"), not
 # taken from the product's SAFE_FLAGS, so a weakened table fails these tests.
 DESIGNED_FLAGS = {"ro", "nosuid", "nodev", "noexec"}
 WRITABLE_STEP_FLAGS = {"rw", "nosuid", "nodev", "noexec"}  # only ro is lifted to clear
@@ -117,7 +117,7 @@ def test_exfat_fuse_helper_drops_noexec_and_the_mounter_restores_it(
         # a kernel exFAT driver keeps noexec, so this path cannot be shown here; the test
         # below forces the restore on any kernel
         unavailable(f"exfat served by {raw_entry.fs_type}, not the FUSE helper that drops noexec")
-    # here exfat-fuse serves exfat (see DESIGN.md); if it stopped dropping noexec, this test
+    # here exfat-fuse serves exfat (see docs/design.md); if it stopped dropping noexec, this test
     # would no longer reach the restore: fail and say so rather than pass without it
     assert helper_dropped == ["noexec"], f"exfat-fuse now keeps the flags: {raw_entry}"
 

@@ -174,7 +174,7 @@ def test_a_metadata_claim_is_never_taken_for_the_stored_hash(
 ) -> None:
     """Someone else writes an object whose x-amz-meta-sha256 claims our clip's SHA-256 but
     whose bytes are other: HEAD never reports the claim, and put_file refuses to take the
-    object for our clip (central storage is not trusted, DESIGN)."""
+    object for our clip (central storage is not trusted)."""
     ours = b"the evidence" * 1000
     theirs = b"something else" * 1000
     claim = hashlib.sha256(ours).hexdigest()

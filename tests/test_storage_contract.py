@@ -223,7 +223,7 @@ def test_an_object_only_claiming_our_hash_is_not_taken_for_ours(
     store: Store, tmp_path: Path
 ) -> None:
     """Same size, our SHA-256 in its metadata, other bytes: a conflict, because an object
-    counts as ours only on the store's own hash or a read of its bytes (DESIGN)."""
+    counts as ours only on the store's own hash or a read of its bytes (docs/design.md)."""
     clip, sha256 = make_clip(tmp_path, SMALL)
     theirs = os.urandom(SMALL)
     store.write_behind(KEY, theirs, sha256)

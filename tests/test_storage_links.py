@@ -1,5 +1,5 @@
-"""The folder backend follows no link in central storage and notices a swapped root
-(issue 13 item 1): planted symlinks at a temporary name, a camera folder and a key."""
+"""The folder backend follows no link in central storage and notices a swapped root:
+planted symlinks at a temporary name, a camera folder and a key."""
 
 from __future__ import annotations
 

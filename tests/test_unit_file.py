@@ -1,4 +1,4 @@
-"""The systemd units pass systemd-analyze verify and keep privilege where DESIGN.md puts it.
+"""The systemd units pass systemd-analyze verify and keep privilege where docs/design.md puts it.
 
 bwc-dock.service (parses camera content, talks to the network) holds no capability, no
 mount syscall and no block device; bwc-dock-mount.service (the camera mount helper) holds

@@ -9,8 +9,8 @@ folder checks everything). Anchors are written once: a docking's list is create-
 and a list gone stale (a clip delivered after it was written) gets a new version beside
 it (``.v2``, ``.v3``), never a replacement.
 
-:func:`check_anchors` starts from central storage, not from the ledger (DESIGN, trust
-boundaries: whoever owns the dock PC can edit the ledger). It lists every anchor of
+:func:`check_anchors` starts from central storage, not from the ledger (docs/design.md,
+trust boundaries: whoever owns the dock PC can edit the ledger). It lists every anchor of
 this dock that central storage holds, and each must be explained by the ledger: its
 chain head row present with the same hash, its clip present, delivered, with the same
 hash and key, every line of a list an object the ledger says that docking delivered.

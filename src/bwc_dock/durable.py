@@ -2,7 +2,7 @@
 
 The content goes to a temporary file with a random name in the destination's own
 directory (created ``O_EXCL | O_NOFOLLOW``, so no other file or link is reused),
-ending in ``.part`` (DESIGN: temporary files end in ``.part``; recovery removes such
+ending in ``.part`` (temporary files end in ``.part`` everywhere; recovery removes such
 leftovers). The caller's ``fill`` writes it, hashing on the way; then the file is
 fsynced, renamed over the destination (``os.replace``) or, create-only, linked to the
 destination name (``link`` fails if the name exists), and the directory is fsynced so

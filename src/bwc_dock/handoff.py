@@ -1,4 +1,4 @@
-"""Pass 2 merged into the upload when the upload follows at once (issue 12).
+"""Pass 2 merged into the upload when the upload follows at once.
 
 The copier verifies each staged copy by reading it back from disk (pass 2), and the
 uploader then reads the same copy from disk again to send it (pass 3). When an uploader

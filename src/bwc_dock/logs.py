@@ -13,7 +13,7 @@ systemd (JOURNAL_STREAM set) journald native fields when the journald module is 
 
 structlog is not imported here at the top: importing it loads ``structlog.dev``, which
 loads rich, and `bwc-dock status --json` run in a monitoring loop usually has nothing to
-log (issue 12). Modules on that path (the storage package) take their logger from
+log. Modules on that path (the storage package) take their logger from
 :func:`get_logger`, and ``configure_logging(..., at_first_event=True)`` sets structlog
 up only when such a logger first has an event the level lets through.
 """

@@ -3,7 +3,7 @@
 Keys come from the configured template and ledger values only (camera serial and file
 name sanitised, recording time, SHA-256); nothing from a camera path reaches a key. The
 default template is content-addressed, so every dock of a fleet gives the same content
-from the same camera the same key (DESIGN, "Identity, paths, keys").
+from the same camera the same key (docs/design.md, "Keys").
 
 Each offload leaves its own manifest, ``{clip_key}.{dock}.clip-{clip_id}.json``: the
 dock and its ledger id name the offload, so no dock ever writes over another's record,

@@ -3,7 +3,7 @@
 Runs as root with CAP_SYS_ADMIN (bwc-dock-mount.service, socket-activated on a root-only
 unix socket) and nothing else: no network, and no code that reads camera content. The
 daemon, which parses camera files and talks to the network, holds no privilege to mount
-(DESIGN.md, "Trust boundaries"). The protocol is in ``mount_protocol.py``.
+(docs/design.md, "Trust boundaries"). The protocol is in ``mount_protocol.py``.
 
 It accepts only narrow requests, and checks each before it acts:
 

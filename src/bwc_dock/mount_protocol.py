@@ -1,7 +1,7 @@
 """The daemon's side of the mount helper, and the protocol both sides speak.
 
 The daemon parses camera content and talks to the network, so it holds no privilege to
-mount (DESIGN.md, "Trust boundaries"). Camera volumes are mounted by ``bwc-dock-mount``
+mount (docs/design.md, "Trust boundaries"). Camera volumes are mounted by ``bwc-dock-mount``
 (``mount_helper.py``), a small root service listening on a root-only unix socket.
 
 Protocol: one connection per request; the client sends one JSON object on one line, the

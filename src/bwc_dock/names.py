@@ -1,7 +1,7 @@
 """Names safe on any filesystem and in any S3 key, made from hostile ones.
 
 Apart from the scanner so that the storage backends name things without loading the
-camera walk (wcmatch, structlog): `bwc-dock status` opens the backend (issue 12).
+camera walk (wcmatch, structlog): `bwc-dock status` opens the backend and must start at once.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The command line (a contract: scripts and tests rely on it; see DESIGN.md).
+"""The command line (a contract: scripts and tests rely on it; see docs/design.md).
 
 Exit codes: 0 all good, 1 a problem was found, 2 bad usage or configuration. Errors
 are one line on stderr; tracebacks only with ``--log-level debug``. ``--json`` prints

@@ -18,6 +18,7 @@ from bwc_dock.cli import (
     clips,
     config,
     daemon,
+    devices,
     fleet,
     ingest,
     resync,
@@ -53,6 +54,7 @@ COMMANDS: tuple[click.Command, ...] = (
     verify.verify,
     cameras.cameras_group,
     fleet.fleet,
+    devices.devices,
 )
 for command in COMMANDS:
     cli.add_command(command)

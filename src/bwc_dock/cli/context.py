@@ -3,7 +3,7 @@ actor, JSON output, progress bars.
 
 Imports stay lazy here and in every command module: ``bwc-dock --help`` loads click
 and nothing else, and ``status``/``clips`` load neither SQLAlchemy, alembic, structlog
-nor rich unless they need them (issue 12: IT staff run ``status`` in loops).
+nor rich unless they need them (IT staff run ``status`` in monitoring loops).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ above it (no stage, no daemon, no command).
 - ``multipart.py``: the multipart journal; ``heartbeat.py``: the daemon's pulse;
   ``leases.py``: lease-owner names that say whether their process lives.
 - ``quick.py``: read-only answers for ``status`` and ``clips`` over the stdlib sqlite3
-  driver, so that those commands start at once (issue 12).
+  driver, so that those commands start at once.
 
 Importing the package costs nothing: its names load on first use, so that a command
 needing only :class:`ClipState` (the ``clips --state`` choices) or the quick reader

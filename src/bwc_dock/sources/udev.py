@@ -271,3 +271,29 @@ class UdevSource(Source):
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # closed by stop(): nothing left to wake
             os.write(self._wake_write, b"x")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttachedStorage:
+    """A USB block device as ``bwc-dock devices`` shows it: its identity and the names its
+    maker gives it (text from the device: shown as text, never trusted)."""
+
+    identity: BlockIdentity
+    vendor: str | None
+    model: str | None
+
+
+def attached_usb_storage(context: Any = None) -> list[AttachedStorage]:
+    """Every USB block device udev has finished with, in device order; a partitioned whole
+    disk is left out (its partitions are listed). Nothing is opened or mounted."""
+    found = []
+    for device in (context or pyudev.Context()).list_devices(subsystem="block"):
+        if device.device_node is None or not device.is_initialized:
+            continue
+        identity = identity_from_device(device)
+        if identity.bus != "usb" or (identity.whole_disk and identity.partition_table):
+            continue
+        vendor = plain_text(device.properties.get("ID_VENDOR"))
+        model = plain_text(device.properties.get("ID_MODEL"))
+        found.append(AttachedStorage(identity, vendor, model))
+    return sorted(found, key=lambda storage: storage.identity.device)

@@ -1,6 +1,6 @@
 """The ``file`` backend: central storage is a mounted folder (NAS over SMB or NFS).
 
-The folder is shared, not trusted (DESIGN, trust boundaries): other docks, people and
+The folder is shared, not trusted (docs/design.md, trust boundaries): other docks, people and
 machines write there, and this dock runs as root. So no path below the storage root is
 ever handed to the kernel whole. The root is opened once per operation and must still
 be the folder (device and inode) first opened; every key is walked from it one folder

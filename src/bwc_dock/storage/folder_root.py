@@ -1,8 +1,8 @@
 """The folder backend's storage root must stay the folder it first opened.
 
 A NAS that was unmounted, or swapped for a local folder, would otherwise receive
-evidence unseen: "uploaded" would mean "on the dock's own disk" (DESIGN, trust
-boundaries). The root's device and inode are recorded when it is first opened and
+evidence unseen: "uploaded" would mean "on the dock's own disk" (docs/design.md,
+trust boundaries). The root's device and inode are recorded when it is first opened and
 checked at every later open. The record is kept in memory only: NFS device numbers are
 not stable across mounts, so a stored one would refuse a healthy remount.
 """

@@ -1,4 +1,4 @@
-"""Walking a shared folder without following links (DESIGN, trust boundaries).
+"""Walking a shared folder without following links (docs/design.md, trust boundaries).
 
 Central storage is written by other docks, people and machines. A symlink planted in
 it (at a camera folder, at a key, at a temporary name) must never lead this dock, which

@@ -84,7 +84,7 @@ class S3Backend(MultipartUploads, StorageBackend):
     def _stored_object(self, key: str, response: Mapping[str, Any]) -> StoredObject:
         """The object as the store reports it. Its SHA-256 is only ever the store's own
         full-object hash: ``x-amz-meta-sha256`` is a claim anyone writing to the bucket
-        can set (DESIGN, trust boundaries), so an object the store keeps no such hash for
+        can set (docs/design.md, trust boundaries), so an object the store keeps no such hash for
         (a multipart upload's composite checksum, a store without checksums) has none."""
         metadata = {name.lower(): value for name, value in response.get("Metadata", {}).items()}
         return StoredObject(key=key, size=int(response["ContentLength"]),
@@ -273,7 +273,7 @@ class S3Backend(MultipartUploads, StorageBackend):
         """Success if what is there is our evidence; StorageConflict otherwise.
 
         Only the store's own full-object hash or a read of the bytes counts: a metadata
-        claim is what anyone writing to the bucket can set (DESIGN, trust boundaries).
+        claim is what anyone writing to the bucket can set (docs/design.md, trust boundaries).
         """
         existing = self._stored_object(key, response)
         sha256 = _computed_by_store(response)
