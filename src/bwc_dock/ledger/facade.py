@@ -82,6 +82,11 @@ class Ledger:
     def audit_head(self) -> tuple[int, str]:
         return audit_log.head(self.store)
 
+    def record_disclosure(self, signature_sha256: str, details: Mapping[str, Any]) -> None:
+        """A disclosure bag issued: its signature's SHA-256, so the agency can prove it later."""
+        audit_log.record_event(self.store, "disclosure.issued", sha256=signature_sha256,
+                               details=details)
+
     # -- dockings (ledger/dockings.py) and discovery (ledger/discovery.py) -------------------
 
     def record_docking(self, volume: DockedVolume, owner: str | None) -> int:

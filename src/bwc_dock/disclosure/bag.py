@@ -1,0 +1,344 @@
+"""Write a disclosure bag: a BagIt 1.0 bag (RFC 8493) of a case's clips, signed.
+
+Every byte copied into the bag is hashed on its way and compared with the SHA-256 of
+the clip's custody records: a mismatch stops the bag, naming the clip, and no manifest
+is ever written over bytes that differ. Clips stream through in blocks (memory stays
+flat whatever their size). The bag is written in a temporary folder beside the target
+and renamed into place only when complete and signed, so a failure (a missing clip, a
+full disk) never leaves a half-written bag that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from contextlib import closing
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bwc_dock import __version__
+from bwc_dock.disclosure import verify_bag
+from bwc_dock.disclosure.certificate import certificate_text
+from bwc_dock.disclosure.readme import readme_text
+from bwc_dock.disclosure.records import (
+    CustodyRecord,
+    DisclosureError,
+    StoredFile,
+    custody_records,
+)
+from bwc_dock.disclosure.signing import allowed_signers_line, sign
+from bwc_dock.durable import fsync_directory
+from bwc_dock.errors import IntegrityError, PermanentStorageError, RefusalKind
+from bwc_dock.ledger import Ledger
+from bwc_dock.ledger.audit import find_break
+from bwc_dock.names import safe_name
+from bwc_dock.storage.base import StorageBackend
+
+INDEX_SCHEMA = "bwc-dock/disclosure/1"
+ALLOWED_SIGNERS = "agency-allowed_signers"
+CERTIFICATE = "CERTIFICATE.txt"
+AUDIT_FILE = "audit/audit-rows.json"
+RECORDS_PREFIX = "_disclosures"
+
+
+@dataclass(frozen=True)
+class BagRequest:
+    case: str
+    keys: tuple[str, ...]
+    target: Path
+    organization: str
+    signing_key: Path
+    disclosed_by: str
+    disclosed_to: str
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    path: str  # in the bag: data/CAMERA/NAME, a sanitised name
+    stored: StoredFile
+    role: str  # "clip" or "sidecar"
+
+
+@dataclass(frozen=True)
+class PlannedClip:
+    key: str
+    records: tuple[CustodyRecord, ...]
+    record_paths: tuple[str, ...]
+    files: tuple[PlannedFile, ...]
+
+    @property
+    def clip(self) -> PlannedFile:
+        return self.files[0]
+
+
+@dataclass(frozen=True)
+class BagResult:
+    target: Path
+    tagmanifest_sha256: str
+    signature_sha256: str
+    record_key: str
+    clips: int
+    files: int
+    bytes: int
+
+
+def write_bag(backend: StorageBackend, ledger: Ledger, request: BagRequest) -> BagResult:
+    """Bag the clips of ``request.keys``, sign, record the signature, then publish."""
+    check_target(request.target)
+    clips = plan_clips(backend, request.keys)
+    work = Path(tempfile.mkdtemp(prefix=f".{request.target.name}.", suffix=".part",
+                                 dir=request.target.parent))
+    published = False
+    try:
+        result = _fill(backend, ledger, request, clips, work)
+        _sync_tree(work)
+        _record(backend, ledger, request, result)
+        _publish(work, request.target)
+        published = True
+        return result
+    except OSError as error:
+        raise DisclosureError(
+            f"{request.target}: cannot write the bag: {error.strerror or error}"
+            " (nothing was published)"
+        ) from error
+    finally:
+        if not published:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def check_target(target: Path) -> None:
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise DisclosureError(f"{target}: exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()):
+        raise DisclosureError(f"{target}: exists and is not empty")
+    if not target.parent.is_dir():
+        raise DisclosureError(f"{target.parent}: no such folder")
+
+
+# -- which files, under which names ------------------------------------------------------
+
+
+def plan_clips(backend: StorageBackend, keys: Iterable[str]) -> list[PlannedClip]:
+    """Each key's custody records and files, with payload names unique in the bag."""
+    used: set[str] = set()
+    planned = []
+    for key in dict.fromkeys(keys):  # a key given twice is bagged once
+        records = custody_records(backend, key)
+        camera = safe_name(records[0].camera.encode())
+        files = [PlannedFile(_unique(f"data/{camera}", records[0].clip.name, used),
+                             records[0].clip, "clip")]
+        for sidecar in _sidecars(records):
+            files.append(PlannedFile(_unique(f"data/{camera}", sidecar.name, used),
+                                     sidecar, "sidecar"))
+        record_paths = tuple(_unique("custody", record.key.replace("/", "_"), used)
+                             for record in records)
+        planned.append(PlannedClip(key, tuple(records), record_paths, tuple(files)))
+    return planned
+
+
+def _sidecars(records: list[CustodyRecord]) -> list[StoredFile]:
+    """Every sidecar any record names, once; records disagreeing on one is an error."""
+    by_key: dict[str, StoredFile] = {}
+    for record in records:
+        for sidecar in record.sidecars:
+            known = by_key.setdefault(sidecar.key, sidecar)
+            if known.sha256 != sidecar.sha256:
+                raise DisclosureError(f"{sidecar.key}: custody records disagree on its SHA-256")
+    return sorted(by_key.values(), key=lambda sidecar: sidecar.key)
+
+
+def _unique(folder: str, raw_name: str, used: set[str]) -> str:
+    """``folder/NAME`` with NAME safe in any manifest (no percent-encoding needed) and on
+    any filesystem, unique in the bag also where case is not significant."""
+    name = safe_name(raw_name.encode())
+    stem, dot, extension = name.rpartition(".")
+    if not dot:
+        stem, extension = name, ""
+    candidate, number = f"{folder}/{name}", 1
+    while candidate.lower() in used:
+        number += 1
+        candidate = f"{folder}/{stem}-{number}{dot}{extension}"
+    used.add(candidate.lower())
+    return candidate
+
+
+# -- filling the bag ---------------------------------------------------------------------
+
+
+def _fill(backend: StorageBackend, ledger: Ledger, request: BagRequest,
+          clips: list[PlannedClip], work: Path) -> BagResult:
+    payload: dict[str, str] = {}
+    for clip in clips:
+        for planned in clip.files:
+            payload[planned.path] = copy_verified(backend, planned.stored, work / planned.path,
+                                                  clip.key)
+        for record, path in zip(clip.records, clip.record_paths, strict=True):
+            _write(work / path, record.content)  # verbatim, as central storage holds it
+    bagged_at = datetime.now(UTC)
+    _write(work / AUDIT_FILE, _json(audit_document(ledger, clips)))
+    _write(work / verify_bag.INDEX, _json(index_document(request, clips)))
+    _write(work / CERTIFICATE,
+           certificate_text(request, clips, bagged_at, ledger.dock_id).encode("utf-8"))
+    _write(work / "README-VERIFY.txt", readme_text(request.organization).encode("utf-8"))
+    _write(work / "verify_bag.py", Path(verify_bag.__file__).read_bytes())
+    _write(work / ALLOWED_SIGNERS,
+           allowed_signers_line(request.organization, request.signing_key).encode("ascii"))
+    total = sum(planned.stored.size for clip in clips for planned in clip.files)
+    info = {
+        "Source-Organization": request.organization,
+        "External-Identifier": request.case,
+        "Bagging-Date": bagged_at.date().isoformat(),
+        "Payload-Oxum": f"{total}.{len(payload)}",
+        "Disclosed-By": request.disclosed_by,
+        "Disclosed-To": request.disclosed_to,
+        "Bag-Software-Agent": f"bwc-dock {__version__}",
+        "Internal-Sender-Identifier": f"dock {ledger.dock_id}, bagged {bagged_at.isoformat()}",
+    }
+    tagmanifest_sha256 = verify_bag.write_tag_files(work, payload, info)
+    signature_sha256 = _sha256_of(sign(request.signing_key, work / verify_bag.TAG_MANIFEST))
+    return BagResult(
+        target=request.target,
+        tagmanifest_sha256=tagmanifest_sha256,
+        signature_sha256=signature_sha256,
+        record_key=f"{RECORDS_PREFIX}/{safe_name(request.case.encode())}/{signature_sha256}.json",
+        clips=len(clips),
+        files=len(payload),
+        bytes=total,
+    )
+
+
+def copy_verified(backend: StorageBackend, stored: StoredFile, destination: Path,
+                  clip_key: str) -> str:
+    """Stream ``stored`` into ``destination``, hashing on the way; its SHA-256, which is
+    the custody record's, or an error naming the clip (the copy is then discarded)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(destination, "xb") as copy, closing(backend.read_chunks(stored.key)) as chunks:
+            for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                if size > stored.size:
+                    break  # more bytes than recorded: the hash cannot match; stop reading
+                copy.write(chunk)
+    except PermanentStorageError as error:
+        if error.kind is RefusalKind.MISSING_OBJECT:
+            raise DisclosureError(f"clip {clip_key}: {stored.key} is missing from central"
+                                  " storage; no bag was made") from error
+        raise
+    found = digest.hexdigest()
+    if size != stored.size or found != stored.sha256:
+        raise IntegrityError(
+            f"clip {clip_key}: central storage holds other bytes under {stored.key}"
+            f" ({size}+ bytes, sha256 {found}) than its custody record"
+            f" ({stored.size} bytes, sha256 {stored.sha256}); no bag was made"
+        )
+    return found
+
+
+def audit_document(ledger: Ledger, clips: list[PlannedClip]) -> dict[str, Any]:
+    """This dock's audit rows about these clips, its chain head, and the anchors (custody
+    records in central storage, each with its dock's chain head) that prove them."""
+    entries = ledger.audit_entries()
+    broken = find_break(entries)
+    by_id = {entry.id: entry.hash for entry in entries}
+    own = {record.clip_id for clip in clips for record in clip.records
+           if record.dock == ledger.dock_id}
+    head = (entries[-1].id, entries[-1].hash) if entries else (0, "0" * 64)
+    return {
+        "dock": ledger.dock_id,
+        "chain": {"rows": len(entries), "intact": broken is None,
+                  "first_broken_row": broken.entry_id if broken else None,
+                  "head": {"id": head[0], "hash": head[1]}},
+        "rows": [asdict(entry) for entry in entries if entry.clip_id in own],
+        "anchors": [
+            {"key": record.key, "dock": record.dock, "clip_id": record.clip_id,
+             "audit_chain_head": {"id": record.audit_head[0], "hash": record.audit_head[1]},
+             "head_in_this_ledger": (by_id.get(record.audit_head[0]) == record.audit_head[1]
+                                     if record.dock == ledger.dock_id else None)}
+            for clip in clips for record in clip.records
+        ],
+    }
+
+
+def index_document(request: BagRequest, clips: list[PlannedClip]) -> dict[str, Any]:
+    """disclosure.json: which payload files make up which clip, and its custody records."""
+    return {
+        "schema": INDEX_SCHEMA,
+        "case": request.case,
+        "organization": request.organization,
+        "clips": [
+            {
+                "name": clip.clip.path.removeprefix("data/"),
+                "key": clip.key,
+                "sha256": clip.clip.stored.sha256,
+                "size": clip.clip.stored.size,
+                "files": [
+                    {"path": planned.path, "key": planned.stored.key, "role": planned.role,
+                     "sha256": planned.stored.sha256, "size": planned.stored.size}
+                    for planned in clip.files
+                ],
+                "custody_records": list(clip.record_paths),
+            }
+            for clip in clips
+        ],
+    }
+
+
+# -- recording and publishing ------------------------------------------------------------
+
+
+def _record(backend: StorageBackend, ledger: Ledger, request: BagRequest,
+            result: BagResult) -> None:
+    """The signature's SHA-256 in the audit log and, create-only, in central storage, so
+    the agency can later prove which bags it issued (before the bag is published)."""
+    details = {
+        "case": request.case,
+        "keys": list(request.keys),
+        "tagmanifest_sha256": result.tagmanifest_sha256,
+        "disclosed_by": request.disclosed_by,
+        "disclosed_to": request.disclosed_to,
+        "record_key": result.record_key,
+    }
+    ledger.record_disclosure(result.signature_sha256, details)
+    document = {"schema": "bwc-dock/disclosure-record/1", "dock": ledger.dock_id,
+                "signature_sha256": result.signature_sha256, **details}
+    backend.put_bytes(result.record_key, _json(document), {"dock": ledger.dock_id})
+
+
+def _publish(work: Path, target: Path) -> None:
+    """Rename the finished bag into place (over an empty folder, which rename allows)."""
+    work.rename(target)
+    fsync_directory(target.parent)
+
+
+def _sync_tree(root: Path) -> None:
+    for folder, _folders, files in os.walk(root):
+        for name in files:
+            fd = os.open(Path(folder) / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(folder)
+
+
+def _write(path: Path, content: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "xb") as file:
+        file.write(content)
+
+
+def _json(document: object) -> bytes:
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _sha256_of(path: Path) -> str:
+    return verify_bag.sha256_of(path)
