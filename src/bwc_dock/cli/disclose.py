@@ -96,12 +96,17 @@ def _verify(context: Context, bag: Path, as_json: bool) -> None:
     ok = report.intact and report.signed_by is not None
     if as_json:
         emit({"bag": str(bag), "ok": ok, "problems": report.problems, "notes": report.notes,
-              "signed_by": report.signed_by, "files": report.payload_files,
+              "signed_by": report.signed_by,
+              "descends_from": report.descends_from, "files": report.payload_files,
               "bytes": report.payload_bytes})
     else:
         for problem in report.problems:
             click.echo(f"{bag}: {problem}", err=True)
-        if ok:
+        if ok and report.descends_from is not None:
+            click.echo(f"bag {bag} verified: {report.payload_files} files,"
+                       f" {report.payload_bytes} bytes, each unchanged from the bag signed by"
+                       f" {report.signed_by} (tag manifest sha256 {report.descends_from})")
+        elif ok:
             click.echo(f"bag {bag} verified: {report.payload_files} files,"
                        f" {report.payload_bytes} bytes, signed by {report.signed_by}")
     if not ok:
