@@ -340,10 +340,14 @@ def rebag(parent: Path, target: Path, selected: list[str], disclosed_by: str,
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise BagProblem(f"{target}: exists and is not empty")
     index = json.loads(read_text(parent / INDEX))
+    for name in selected:
+        matches = [clip["name"] for clip in index["clips"] if _chosen(clip, [name])]
+        if not matches:
+            raise BagProblem(f"no clip of {parent} is named {name!r}")
+        if len(matches) > 1:
+            raise BagProblem(f"{name!r} names {len(matches)} clips of {parent}"
+                             f" ({', '.join(matches)}): give its folder too")
     clips = [clip for clip in index["clips"] if _chosen(clip, selected)]
-    unmatched = [name for name in selected if not any(_chosen(c, [name]) for c in clips)]
-    if unmatched:
-        raise BagProblem(f"no clip of {parent} is named {unmatched[0]!r}")
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:
         _fill_rebag(parent, work, clips, index, disclosed_by, disclosed_to)
