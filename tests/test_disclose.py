@@ -129,7 +129,7 @@ def disclosed(request: pytest.FixtureRequest,
     public = key_file.with_name(key_file.name + ".pub").read_text().split()
     allowed_signers.write_text(f'metro namespaces="bwc-disclosure" {public[0]} {public[1]}\n')
     a, b = Dock(root / "a"), Dock(root / "b")
-    disclosure = {"organization": "Metro Police", "signing_key": str(key_file)}
+    disclosure: dict[str, object] = {"organization": "Metro Police", "signing_key": str(key_file)}
     store.configure(a, "dock-a", disclosure=disclosure)
     store.configure(b, "dock-b")
 
