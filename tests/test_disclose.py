@@ -219,6 +219,13 @@ def test_bag_of_two_docks_validates_with_bagit_sha256sum_and_ssh_keygen(
     assert info["Disclosed-To"] == "County Prosecutor"
     sizes = sum((bag / path).stat().st_size for path in disclosed.expected)
     assert info["Payload-Oxum"] == f"{sizes}.15"
+    certificate = (bag / "CERTIFICATE.txt").read_text()
+    for path, sha256 in disclosed.expected.items():
+        if path.endswith(".MP4"):
+            assert f"{path}\n   SHA-256: {sha256}\n" in certificate
+    assert "Acquired at dock dock-a" in certificate
+    assert "Acquired at dock dock-b" in certificate
+    assert "its file name there: Wache 7 #50%.MP4" in certificate
 
 
 def test_custody_records_are_copied_verbatim_from_both_docks(disclosed: Disclosed) -> None:
@@ -336,6 +343,20 @@ def test_standalone_rebag_needs_no_bwc_dock(disclosed: Disclosed, tmp_path: Path
                     "--select", "data/CAMA/Wache_7_50_.MP4"], check=True, capture_output=True)
     assert _standalone(child, disclosed.allowed_signers) == 0
     assert list(_manifest(child / "manifest-sha256.txt")) == ["data/CAMA/Wache_7_50_.MP4"]
+
+
+def test_receipt_names_the_bag_it_acknowledges(disclosed: Disclosed) -> None:
+    """verify_bag.py receipt prints, for a verified bag, the hashes the agency can match."""
+    receipt = subprocess.run(
+        ["python3", str(disclosed.bag / "verify_bag.py"), "receipt", str(disclosed.bag),
+         "--allowed-signers", str(disclosed.allowed_signers), "--by", "Defence Counsel"],
+        capture_output=True, text=True, check=True).stdout
+    tag_manifest = sha256_of(disclosed.bag / "tagmanifest-sha256.txt")
+    signature = sha256_of(disclosed.bag / "tagmanifest-sha256.txt.sig")
+    assert f"Case: {CASE}\n" in receipt
+    assert "Received by: Defence Counsel\n" in receipt
+    assert f"Tag manifest SHA-256: {tag_manifest}\n" in receipt
+    assert f"Signature SHA-256: {signature}\n" in receipt
 
 
 def _error_lines(stderr: str) -> list[str]:

@@ -91,12 +91,17 @@ class BagResult:
 def write_bag(backend: StorageBackend, ledger: Ledger, request: BagRequest) -> BagResult:
     """Bag the clips of ``request.keys``, sign, record the signature, then publish."""
     check_target(request.target)
+    signers = allowed_signers_line(request.organization, request.signing_key)  # fail early
     clips = plan_clips(backend, request.keys)
-    work = Path(tempfile.mkdtemp(prefix=f".{request.target.name}.", suffix=".part",
-                                 dir=request.target.parent))
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{request.target.name}.", suffix=".part",
+                                     dir=request.target.parent))
+    except OSError as error:
+        raise DisclosureError(f"{request.target.parent}: cannot write there:"
+                              f" {error.strerror or error}") from error
     published = False
     try:
-        result = _fill(backend, ledger, request, clips, work)
+        result = _fill(backend, ledger, request, clips, work, signers)
         _sync_tree(work)
         _record(backend, ledger, request, result)
         _publish(work, request.target)
@@ -172,7 +177,7 @@ def _unique(folder: str, raw_name: str, used: set[str]) -> str:
 
 
 def _fill(backend: StorageBackend, ledger: Ledger, request: BagRequest,
-          clips: list[PlannedClip], work: Path) -> BagResult:
+          clips: list[PlannedClip], work: Path, signers: str) -> BagResult:
     payload: dict[str, str] = {}
     for clip in clips:
         for planned in clip.files:
@@ -187,8 +192,7 @@ def _fill(backend: StorageBackend, ledger: Ledger, request: BagRequest,
            certificate_text(request, clips, bagged_at, ledger.dock_id).encode("utf-8"))
     _write(work / "README-VERIFY.txt", readme_text(request.organization).encode("utf-8"))
     _write(work / "verify_bag.py", Path(verify_bag.__file__).read_bytes())
-    _write(work / ALLOWED_SIGNERS,
-           allowed_signers_line(request.organization, request.signing_key).encode("ascii"))
+    _write(work / ALLOWED_SIGNERS, signers.encode("ascii"))
     total = sum(planned.stored.size for clip in clips for planned in clip.files)
     info = {
         "Source-Organization": request.organization,
