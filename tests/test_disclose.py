@@ -246,7 +246,7 @@ def test_signature_hash_is_in_the_audit_log_and_central_storage(disclosed: Discl
     signature = sha256_of(disclosed.bag / "tagmanifest-sha256.txt.sig")
     with sqlite3.connect(disclosed.a.ledger_path) as ledger:
         rows = ledger.execute(
-            "SELECT sha256, details FROM audit_log WHERE event = 'disclosure.issued'").fetchall()
+            "SELECT sha256, details FROM audit_log WHERE event = 'disclosure.signed'").fetchall()
     assert [row[0] for row in rows] == [signature]
     assert json.loads(rows[0][1])["case"] == CASE
     record = disclosed.store.read(f"_disclosures/{CASE}/{signature}.json")
@@ -440,5 +440,5 @@ def test_a_full_disk_leaves_no_bag(disclosed: Disclosed, tiny_disk: Path) -> Non
     assert _nothing_left(tiny_disk) == []
     with sqlite3.connect(disclosed.a.ledger_path) as ledger:
         issued = ledger.execute(
-            "SELECT count(*) FROM audit_log WHERE event = 'disclosure.issued'").fetchone()
+            "SELECT count(*) FROM audit_log WHERE event = 'disclosure.signed'").fetchone()
     assert issued == (1,)  # the module's bag only

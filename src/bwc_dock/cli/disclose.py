@@ -44,6 +44,7 @@ def disclose(context: Context, case: str, bag: Path | None, target: Path | None,
     if bag is not None or target is None:
         raise UsageError("give disclose CASE --to DIR --key KEY..., or disclose verify DIR")
     by = disclosed_by or hand_actor()
+    target = target.absolute()  # "." or "bag/" name the folder itself, beside its parent
     if parent is not None:
         _rebag(context, case, parent, target, selected, by, disclosed_to)
         return

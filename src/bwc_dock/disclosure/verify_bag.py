@@ -144,10 +144,11 @@ def every_file(bag: Path) -> list[str]:
 def check_listed(report: Report, bag: Path, listed: dict[str, str], present: list[str],
                  what: str) -> None:
     """Every listed file present with its SHA-256, every present file listed."""
-    for path in sorted(set(present) - set(listed)):
+    found = set(present)
+    for path in sorted(found - set(listed)):
         report.problems.append(f"{path}: added (not in {what})")
     for path, expected in sorted(listed.items()):
-        if path not in present:
+        if path not in found:
             report.problems.append(f"{path}: missing (listed in {what})")
         elif sha256_of(bag / path) != expected:
             report.problems.append(f"{path}: altered (its SHA-256 differs from {what})")
@@ -202,6 +203,9 @@ def check_custody(report: Report, bag: Path, payload: dict[str, str]) -> None:
 
 
 def check_record(report: Report, bag: Path, record_path: str, clip: dict[str, Any]) -> None:
+    if not _SAFE_PATH.match(record_path) or ".." in record_path.split("/"):
+        report.problems.append(f"{INDEX}: names an unsafe custody record path {record_path!r}")
+        return
     try:
         record = json.loads(read_text(bag / record_path))
     except (OSError, ValueError) as error:

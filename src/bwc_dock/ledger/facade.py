@@ -83,8 +83,9 @@ class Ledger:
         return audit_log.head(self.store)
 
     def record_disclosure(self, signature_sha256: str, details: Mapping[str, Any]) -> None:
-        """A disclosure bag issued: its signature's SHA-256, so the agency can prove it later."""
-        audit_log.record_event(self.store, "disclosure.issued", sha256=signature_sha256,
+        """A disclosure bag signed (and about to be published): its signature's SHA-256, so
+        the agency can later prove which bags it issued."""
+        audit_log.record_event(self.store, "disclosure.signed", sha256=signature_sha256,
                                details=details)
 
     # -- dockings (ledger/dockings.py) and discovery (ledger/discovery.py) -------------------
