@@ -64,7 +64,8 @@ def _settings(context: Context) -> tuple[str, Path]:
 
 def _write(context: Context, case: str, target: Path, keys: tuple[str, ...], by: str,
            disclosed_to: str, as_json: bool) -> None:
-    from bwc_dock.disclosure.bag import BagRequest, write_bag  # lazy
+    from bwc_dock.disclosure.bag import write_bag  # lazy
+    from bwc_dock.disclosure.plan import BagRequest
 
     organization, signing_key = _settings(context)
     request = BagRequest(case, keys, target, organization, signing_key, by, disclosed_to)

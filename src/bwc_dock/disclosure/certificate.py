@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from bwc_dock import __version__
-
-if TYPE_CHECKING:
-    from bwc_dock.disclosure.bag import BagRequest, PlannedClip
+from bwc_dock.disclosure.plan import BagRequest, PlannedClip
 
 
 def shown(text: str) -> str:

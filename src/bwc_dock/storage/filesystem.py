@@ -421,9 +421,7 @@ class FileBackend(StorageBackend):
     def read_chunks(self, key: str) -> Generator[bytes]:
         fd = self._open_stored(key)
         if fd is None:
-            raise PermanentStorageError(
-                f"{key}: not in central storage", RefusalKind.MISSING_OBJECT
-            )
+            raise PermanentStorageError(f"{key}: not stored", RefusalKind.MISSING_OBJECT)
         with storage_errors(key), os.fdopen(fd, "rb") as file:
             while chunk := file.read(_SEND_CHUNK_SIZE):
                 yield chunk
