@@ -301,6 +301,29 @@ def test_edited_bag_info_with_recomputed_tag_manifest_fails_the_signature(
     assert _standalone(bag, disclosed.allowed_signers) == 1
 
 
+def test_a_bag_re_signed_with_another_key_is_refused(disclosed: Disclosed, tmp_path: Path) -> None:
+    """A forger who edits, recomputes, re-signs with a key of their own and swaps the key
+    copy in the bag fools a check against that copy, not one against the agency's key."""
+    bag = _copy(disclosed, tmp_path)
+    forger_key = tmp_path / "forger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(forger_key)],
+                   check=True)
+    public = forger_key.with_name("forger.pub").read_text().split()
+    (bag / "agency-allowed_signers").write_text(
+        f'Metro_Police namespaces="bwc-disclosure" {public[0]} {public[1]}\n')
+    info = bag / "bag-info.txt"
+    info.write_text(info.read_text().replace("County Prosecutor", "Someone Else"))
+    _rewrite_tag_manifest(bag)
+    (bag / "tagmanifest-sha256.txt.sig").unlink()
+    subprocess.run(["ssh-keygen", "-Y", "sign", "-f", str(forger_key), "-n", "bwc-disclosure",
+                    str(bag / "tagmanifest-sha256.txt")], check=True, capture_output=True)
+    assert _bagit_validates(bag)
+    assert _standalone(bag, bag / "agency-allowed_signers") == 0  # why README-VERIFY warns
+    assert not _ssh_keygen_accepts(bag, disclosed.allowed_signers)
+    assert disclosed.a.cli("disclose", "verify", str(bag), check=False).returncode == 1
+    assert _standalone(bag, disclosed.allowed_signers) == 1
+
+
 def test_defence_rebag_verifies_against_its_parent(disclosed: Disclosed, tmp_path: Path) -> None:
     """A re-bag of one clip has the parent's bytes, names the parent's tag manifest, and
     verifies; a forged file in it, manifests recomputed, does not."""
