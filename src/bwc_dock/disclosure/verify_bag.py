@@ -223,10 +223,15 @@ def check_record(report: Report, bag: Path, record_path: str, clip: dict[str, An
 
 def signers_of(signature: Path, allowed_signers: Path) -> list[str]:
     """The principals of ``allowed_signers`` whose key made ``signature``."""
-    found = subprocess.run(
-        ["ssh-keygen", "-Y", "find-principals", "-s", str(signature), "-f", str(allowed_signers)],
-        capture_output=True, text=True, check=False,
-    )
+    try:
+        found = subprocess.run(
+            ["ssh-keygen", "-Y", "find-principals", "-s", str(signature),
+             "-f", str(allowed_signers)],
+            capture_output=True, text=True, check=False,
+        )
+    except FileNotFoundError as error:
+        raise BagProblem("ssh-keygen (OpenSSH 8.2 or later) is needed to check the"
+                         " signature and is not installed") from error
     return found.stdout.split() if found.returncode == 0 else []
 
 
@@ -303,7 +308,7 @@ def verify(bag: Path, allowed_signers: Path | None) -> Report:
         else:
             check_signature(report, bag, allowed_signers, "this bag")
     except (BagProblem, OSError, ValueError, KeyError, TypeError) as error:
-        report.problems.append(f"cannot be read as a disclosure bag: {error}")
+        report.problems.append(f"cannot be checked as a disclosure bag: {error}")
     return report
 
 
@@ -313,8 +318,7 @@ def print_report(bag: Path, report: Report) -> int:
     for note in report.notes:
         print(f"NOTE: {note}")
     if not report.intact:
-        print(f"NOT VERIFIED: {bag} is not the bag that was issued ({len(report.problems)}"
-              " problem(s) above).")
+        print(f"NOT VERIFIED: {bag}: {len(report.problems)} problem(s) above.")
         return EXIT_ALTERED
     summary = f"{report.payload_files} files, {report.payload_bytes} bytes"
     if report.signed_by is None:
