@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bwc_dock.cli.context import Context, emit, hand_actor, pass_context
+from bwc_dock.cli.context import (
+    Context,
+    emit,
+    hand_actor,
+    pass_context,
+    progress_bar,
+    progress_callback,
+)
 from bwc_dock.errors import EXIT_PROBLEM, ConfigError, UsageError
 
 if TYPE_CHECKING:
@@ -69,8 +76,9 @@ def _write(context: Context, case: str, target: Path, keys: tuple[str, ...], by:
 
     organization, signing_key = _settings(context)
     request = BagRequest(case, keys, target, organization, signing_key, by, disclosed_to)
-    with context.ledger(hand_actor()) as ledger, context.backend() as backend:
-        result = write_bag(backend, ledger, request)
+    with context.ledger(hand_actor()) as ledger, context.backend() as backend, \
+            progress_bar() as bar:
+        result = write_bag(backend, ledger, request, progress_callback(bar))
     if as_json:
         emit({"bag": str(result.target), "clips": result.clips, "files": result.files,
               "bytes": result.bytes, "tagmanifest_sha256": result.tagmanifest_sha256,

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,8 @@ ALLOWED_SIGNERS = "agency-allowed_signers"
 CERTIFICATE = "CERTIFICATE.txt"
 AUDIT_FILE = "audit/audit-rows.json"
 RECORDS_PREFIX = "_disclosures"
+# (bytes copied, bytes in all, label), e.g. a progress bar on a terminal
+Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,10 @@ class BagResult:
     bytes: int
 
 
-def write_bag(backend: StorageBackend, ledger: Ledger, request: BagRequest) -> BagResult:
-    """Bag the clips of ``request.keys``, sign, record the signature, then publish."""
+def write_bag(backend: StorageBackend, ledger: Ledger, request: BagRequest,
+              progress: Progress | None = None) -> BagResult:
+    """Bag the clips of ``request.keys``, sign, record the signature, then publish;
+    ``progress`` hears (bytes copied, bytes in all, label) as clips stream in."""
     check_target(request.target)
     signers = allowed_signers_line(request.organization, request.signing_key)  # fail early
     clips = plan_clips(backend, request.keys)
@@ -66,7 +71,7 @@ def write_bag(backend: StorageBackend, ledger: Ledger, request: BagRequest) -> B
                               f" {error.strerror or error}") from error
     published = False
     try:
-        result = _fill(backend, ledger, request, clips, work, signers)
+        result = _fill(backend, ledger, request, clips, work, signers, progress)
         _sync_tree(work)
         _record(backend, ledger, request, result)
         _publish(work, request.target)
@@ -95,12 +100,15 @@ def check_target(target: Path) -> None:
 
 
 def _fill(backend: StorageBackend, ledger: Ledger, request: BagRequest,
-          clips: list[PlannedClip], work: Path, signers: str) -> BagResult:
+          clips: list[PlannedClip], work: Path, signers: str,
+          progress: Progress | None) -> BagResult:
+    total = sum(planned.stored.size for clip in clips for planned in clip.files)
+    meter = _Meter(total, progress)
     payload: dict[str, str] = {}
     for clip in clips:
         for planned in clip.files:
             payload[planned.path] = copy_verified(backend, planned.stored, work / planned.path,
-                                                  clip.key)
+                                                  clip.key, meter.add)
         for record, path in zip(clip.records, clip.record_paths, strict=True):
             _write(work / path, record.content)  # verbatim, as central storage holds it
     bagged_at = datetime.now(UTC)
@@ -111,7 +119,6 @@ def _fill(backend: StorageBackend, ledger: Ledger, request: BagRequest,
     _write(work / "README-VERIFY.txt", readme_text(request.organization).encode("utf-8"))
     _write(work / "verify_bag.py", Path(verify_bag.__file__).read_bytes())
     _write(work / ALLOWED_SIGNERS, signers.encode("ascii"))
-    total = sum(planned.stored.size for clip in clips for planned in clip.files)
     info = {
         "Source-Organization": request.organization,
         "External-Identifier": request.case,
@@ -136,7 +143,7 @@ def _fill(backend: StorageBackend, ledger: Ledger, request: BagRequest,
 
 
 def copy_verified(backend: StorageBackend, stored: StoredFile, destination: Path,
-                  clip_key: str) -> str:
+                  clip_key: str, copied: Callable[[int], None] | None = None) -> str:
     """Stream ``stored`` into ``destination``, hashing on the way; its SHA-256, which is
     the custody record's, or an error naming the clip (the copy is then discarded)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +157,8 @@ def copy_verified(backend: StorageBackend, stored: StoredFile, destination: Path
                 if size > stored.size:
                     break  # more bytes than recorded: the hash cannot match; stop reading
                 copy.write(chunk)
+                if copied is not None:
+                    copied(len(chunk))
     except PermanentStorageError as error:
         if error.kind is RefusalKind.MISSING_OBJECT:
             raise DisclosureError(f"clip {clip_key}: {stored.key} is missing from central"
@@ -157,12 +166,28 @@ def copy_verified(backend: StorageBackend, stored: StoredFile, destination: Path
         raise
     found = digest.hexdigest()
     if size != stored.size or found != stored.sha256:
+        held = (f"more than {stored.size} bytes" if size > stored.size
+                else f"{size} bytes, sha256 {found}")
         raise IntegrityError(
             f"clip {clip_key}: central storage holds other bytes under {stored.key}"
-            f" ({size}+ bytes, sha256 {found}) than its custody record"
+            f" ({held}) than its custody record"
             f" ({stored.size} bytes, sha256 {stored.sha256}); no bag was made"
         )
     return found
+
+
+class _Meter:
+    """Bytes copied into the bag so far, told to a progress bar."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total = total
+        self.done = 0
+        self.progress = progress
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.progress is not None:
+            self.progress(self.done, self.total, "bagging")
 
 
 def audit_document(ledger: Ledger, clips: list[PlannedClip]) -> dict[str, Any]:
