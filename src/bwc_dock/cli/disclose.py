@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,8 +77,9 @@ def _write(context: Context, case: str, target: Path, keys: tuple[str, ...], by:
 
     organization, signing_key = _settings(context)
     request = BagRequest(case, keys, target, organization, signing_key, by, disclosed_to)
+    bar_context = nullcontext(None) if as_json else progress_bar()  # JSON owns stdout
     with context.ledger(hand_actor()) as ledger, context.backend() as backend, \
-            progress_bar() as bar:
+            bar_context as bar:
         result = write_bag(backend, ledger, request, progress_callback(bar))
     if as_json:
         emit({"bag": str(result.target), "clips": result.clips, "files": result.files,
