@@ -283,6 +283,15 @@ class FleetConfig(_Section):
         return value + "/"
 
 
+class DisclosureConfig(_Section):
+    """Disclosure bags (``bwc-dock disclose``): who signs them, and with which key."""
+
+    # the agency's name, written as Source-Organization in every bag's bag-info.txt
+    organization: str | None = Field(default=None, min_length=1)
+    # an OpenSSH private key (ssh-keygen -t ed25519); its .pub beside it, or derived
+    signing_key: Path | None = None
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json", "journald"] = "auto"
@@ -296,6 +305,7 @@ class Config(_Section):
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
+    disclosure: DisclosureConfig = Field(default_factory=DisclosureConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @property

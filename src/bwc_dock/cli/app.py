@@ -19,6 +19,7 @@ from bwc_dock.cli import (
     config,
     daemon,
     devices,
+    disclose,
     fleet,
     ingest,
     resync,
@@ -55,6 +56,7 @@ COMMANDS: tuple[click.Command, ...] = (
     cameras.cameras_group,
     fleet.fleet,
     devices.devices,
+    disclose.disclose,
 )
 for command in COMMANDS:
     cli.add_command(command)

@@ -82,6 +82,12 @@ class Ledger:
     def audit_head(self) -> tuple[int, str]:
         return audit_log.head(self.store)
 
+    def record_disclosure(self, signature_sha256: str, details: Mapping[str, Any]) -> None:
+        """A disclosure bag signed (and about to be published): its signature's SHA-256, so
+        the agency can later prove which bags it issued."""
+        audit_log.record_event(self.store, "disclosure.signed", sha256=signature_sha256,
+                               details=details)
+
     # -- dockings (ledger/dockings.py) and discovery (ledger/discovery.py) -------------------
 
     def record_docking(self, volume: DockedVolume, owner: str | None) -> int:

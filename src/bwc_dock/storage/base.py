@@ -9,7 +9,7 @@ clip, when, how often to retry) is the uploader's.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -98,6 +98,12 @@ class StorageBackend(ABC):
     @abstractmethod
     def read_bytes(self, key: str) -> bytes | None:
         """A small document's content (manifests); None if missing."""
+
+    @abstractmethod
+    def read_chunks(self, key: str) -> Generator[bytes]:
+        """The stored object's bytes in blocks of at most a few MiB, read as they are
+        consumed (memory stays flat whatever the size); close the iterator to stop early.
+        A missing key raises PermanentStorageError (RefusalKind.MISSING_OBJECT)."""
 
     @abstractmethod
     def read_sha256(self, key: str) -> str | None:

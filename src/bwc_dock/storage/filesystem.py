@@ -28,7 +28,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -417,6 +417,14 @@ class FileBackend(StorageBackend):
                 return hash_fd_from_disk(fd)
         finally:
             os.close(fd)
+
+    def read_chunks(self, key: str) -> Generator[bytes]:
+        fd = self._open_stored(key)
+        if fd is None:
+            raise PermanentStorageError(f"{key}: not stored", RefusalKind.MISSING_OBJECT)
+        with storage_errors(key), os.fdopen(fd, "rb") as file:
+            while chunk := file.read(_SEND_CHUNK_SIZE):
+                yield chunk
 
     def read_bytes(self, key: str) -> bytes | None:
         fd = self._open_stored(key)

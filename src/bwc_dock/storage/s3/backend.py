@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Generator, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,24 @@ class S3Backend(MultipartUploads, StorageBackend):
             for chunk in response["Body"].iter_chunks(DOWNLOAD_CHUNK):
                 digest.update(chunk)
         return digest.hexdigest()
+
+    def read_chunks(self, key: str) -> Generator[bytes]:
+        full_key = self._full_key(key)
+        with self._translated("GET", full_key):
+            try:
+                response = self._s3().get_object(Bucket=self._settings.bucket, Key=full_key)
+            except ClientError as error:
+                if error_code(error) in MISSING_KEY_CODES:
+                    raise PermanentStorageError(
+                        f"{self._where(full_key)}: not in central storage",
+                        RefusalKind.MISSING_OBJECT,
+                    ) from error
+                raise
+            body = response["Body"]
+            try:
+                yield from body.iter_chunks(DOWNLOAD_CHUNK)
+            finally:
+                body.close()
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         """Keys listed one ``/`` level at a time, each level sorted here.
