@@ -10,6 +10,7 @@ from bwc_dock.copier import Copier
 from bwc_dock.errors import PermanentStorageError
 from bwc_dock.handoff import UploadHandoff
 from bwc_dock.ledger import Ledger
+from bwc_dock.retention import upload_retention
 from bwc_dock.staging import StagingArea
 from bwc_dock.storage.base import ProgressCallback, StorageBackend
 from bwc_dock.uploader import Uploader
@@ -52,4 +53,5 @@ class Stages:
             throttle,
             on_permanent_error,
             self.handoff,
+            upload_retention(self.config, self.ledger),
         )

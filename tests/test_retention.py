@@ -1,0 +1,137 @@
+"""Retention classes and legal holds against the real SeaweedFS of the suite (Object Lock)."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from bwc_dock.config import parse_config
+from bwc_dock.errors import ConfigError
+from bwc_dock.retention import retain_until
+from tests.dock import Dock, make_camera
+
+if TYPE_CHECKING:
+    from tests.seaweedfs import SeaweedServer
+
+pytest_plugins = ("tests.seaweedfs",)
+
+RECORDED = datetime(2026, 11, 24, 8, 15, 0, tzinfo=UTC)
+CLASSES: list[dict[str, Any]] = [
+    {"name": "standard", "days": 30, "call_types": ["TRAFFIC STOP"], "default": True},
+    {"name": "arrest", "days": 730, "call_types": ["ARREST"]},
+    {"name": "homicide", "days": "indefinite", "call_types": ["HOMICIDE"]},
+]
+
+
+def _offload_one_clip(dock: Dock, server: SeaweedServer, bucket: str) -> dict[str, Any]:
+    """One clip (with a sidecar) recorded at RECORDED, ingested to an Object Lock bucket."""
+    dock.extra_environment.update(server.environment())
+    dock.write_config(
+        storage={"backend": "s3", "endpoint_url": server.endpoint_url, "bucket": bucket,
+                 "addressing_style": "path", "prefix": "bwc/",
+                 "object_lock_mode": "GOVERNANCE"},
+        retention=CLASSES,
+    )
+    card = dock.root / "card"
+    make_camera(card, [2000])
+    for path in card.rglob("*"):
+        if path.is_file():
+            os.utime(path, (RECORDED.timestamp(), RECORDED.timestamp()))
+    dock.cli("ingest", str(card), "--camera-serial", "LOCKCAM", "--wait")
+    [clip] = dock.clips()
+    assert clip["recorded_at"] == "2026-11-24T08:15:00+00:00"
+    return clip
+
+
+def _object_keys(dock: Dock, clip: dict[str, Any]) -> list[str]:
+    sidecars = [sidecar["remote_key"] for sidecar in clip["sidecars"]]
+    return ["bwc/" + key for key in [clip["remote_key"], *sidecars, dock.manifest_key(clip)]]
+
+
+def _retained_until(server: SeaweedServer, bucket: str, key: str) -> list[datetime]:
+    """RetainUntilDate of every version of ``key``, in UTC."""
+    client = server.client()
+    versions = client.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]
+    return [
+        client.get_object_retention(Bucket=bucket, Key=key, VersionId=version["VersionId"])[
+            "Retention"]["RetainUntilDate"].astimezone(UTC)
+        for version in versions if version["Key"] == key
+    ]
+
+
+def _log_events(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def test_retention_counts_from_the_recording_and_only_grows(
+    dock: Dock, seaweedfs: SeaweedServer
+) -> None:
+    """Uploaded under the default class (30 days from the recording), classified `arrest`
+    (730 days from the recording, not from the upload); a shorter class is refused."""
+    bucket = seaweedfs.create_bucket(object_lock=True)
+    clip = _offload_one_clip(dock, seaweedfs, bucket)
+    keys = _object_keys(dock, clip)
+    for key in keys:
+        assert _retained_until(seaweedfs, bucket, key) == [
+            datetime(2026, 12, 24, 8, 15, 0, tzinfo=UTC)]
+
+    dock.cli("clips", "classify", clip["remote_key"], "arrest")
+    for key in keys:
+        assert _retained_until(seaweedfs, bucket, key) == [
+            datetime(2028, 11, 23, 8, 15, 0, tzinfo=UTC)]
+
+    refused = dock.cli("--log-format", "json", "clips", "classify", clip["remote_key"],
+                       "standard", check=False)
+    assert refused.returncode == 1
+    assert "only grows" in refused.stderr
+    events = _log_events(refused.stderr)
+    assert [e["event"] for e in events if e["event"] == "retention.shorten_refused"] == [
+        "retention.shorten_refused"]
+    for key in keys:
+        assert _retained_until(seaweedfs, bucket, key) == [
+            datetime(2028, 11, 23, 8, 15, 0, tzinfo=UTC)]
+    audit = json.loads(dock.cli("audit", "export", "--format", "json").stdout)
+    text = json.dumps(audit)
+    assert "clip.classified" in text and "retention.shorten_refused" in text
+
+
+def _config(**sections: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {"storage": {"backend": "s3", "bucket": "evidence",
+                                            "object_lock_mode": "COMPLIANCE"}}
+    document.update(sections)
+    return document
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (_config(), "retention: storage.object_lock_mode needs a [[retention]] class"),
+        (_config(retention=[{"name": "a", "days": 1}, {"name": "b", "days": 2}]),
+         "retention: mark one class `default = true`"),
+        (_config(retention=[{"name": "a", "days": 1, "default": True},
+                            {"name": "b", "days": 2, "default": True}]),
+         "retention: only one class may be default"),
+        (_config(retention=[{"name": "a", "days": 0}]), "retention.0.days: must be a number"),
+        (_config(retention=[{"name": "a", "days": "forever"}]), "retention.0.days"),
+    ],
+)
+def test_retention_classes_are_validated_naming_the_key(
+    document: dict[str, Any], message: str
+) -> None:
+    """A misconfigured [[retention]] is a configuration error that names its key."""
+    with pytest.raises(ConfigError) as raised:
+        parse_config(document)
+    assert message in str(raised.value)
+
+
+def test_the_single_class_is_the_default_and_indefinite_is_a_century() -> None:
+    """One class needs no `default = true`; "indefinite" keeps a clip 36,525 days."""
+    config = parse_config(_config(retention=[{"name": "homicide", "days": "indefinite"}]))
+    default = config.default_retention
+    assert default is not None and default.name == "homicide"
+    # 36,525 days: 2100 is no leap year, so a day past the hundredth anniversary
+    assert retain_until(RECORDED, default) == datetime(2126, 11, 25, 8, 15, 0, tzinfo=UTC)
