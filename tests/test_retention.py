@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from bwc_dock.config import parse_config
 from bwc_dock.errors import ConfigError
@@ -135,3 +137,83 @@ def test_the_single_class_is_the_default_and_indefinite_is_a_century() -> None:
     assert default is not None and default.name == "homicide"
     # 36,525 days: 2100 is no leap year, so a day past the hundredth anniversary
     assert retain_until(RECORDED, default) == datetime(2126, 11, 25, 8, 15, 0, tzinfo=UTC)
+
+
+def _legal_holds(server: SeaweedServer, bucket: str, key: str) -> list[str]:
+    """LegalHold status of every version of ``key``."""
+    client = server.client()
+    versions = client.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]
+    return [
+        client.get_object_legal_hold(Bucket=bucket, Key=key, VersionId=version["VersionId"])[
+            "LegalHold"]["Status"]
+        for version in versions if version["Key"] == key
+    ]
+
+
+def test_hold_puts_every_version_under_legal_hold_until_its_case_ends(
+    dock: Dock, seaweedfs: SeaweedServer
+) -> None:
+    """`hold add` holds every version of the clip, sidecar and custody record; a versioned
+    delete (even bypassing governance) is refused; removal keeps what another case holds."""
+    bucket = seaweedfs.create_bucket(object_lock=True)
+    clip = _offload_one_clip(dock, seaweedfs, bucket)
+    keys = _object_keys(dock, clip)
+    client = seaweedfs.client()
+    client.put_object(Bucket=bucket, Key=keys[0], Body=b"a second version, not by bwc-dock")
+
+    dock.cli("hold", "add", "CASE-2026-001", "--key", clip["remote_key"])
+    assert _legal_holds(seaweedfs, bucket, keys[0]) == ["ON", "ON"]
+    for key in keys[1:]:
+        assert _legal_holds(seaweedfs, bucket, key) == ["ON"]
+    first = client.list_object_versions(Bucket=bucket, Prefix=keys[0])["Versions"][0]
+    with pytest.raises(ClientError) as refused:
+        client.delete_object(Bucket=bucket, Key=keys[0], VersionId=first["VersionId"],
+                             BypassGovernanceRetention=True)
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+
+    dock.cli("hold", "add", "CASE-2026-002", "--key", clip["remote_key"])
+    client.put_object(Bucket=bucket, Key="bwc/_holds/CASE-2026-001/junk.json", Body=b"{nope")
+    dock.cli("hold", "remove", "CASE-2026-001", "--reason", "charges dropped")
+    assert _legal_holds(seaweedfs, bucket, keys[0]) == ["ON", "ON"]  # case 002 holds it
+    listed = json.loads(dock.cli("hold", "list", "--json").stdout)
+    assert [(h["case"], h["state"]) for h in listed["holds"]] == [
+        ("CASE-2026-001", "removed"), ("CASE-2026-002", "active")]
+    assert listed["holds"][1]["keys"] == sorted(key.removeprefix("bwc/") for key in keys)
+    assert listed["holds"][0]["records"][-1]["reason"] == "charges dropped"
+    assert listed["invalid"] == [{"key": "_holds/CASE-2026-001/junk.json",
+                                  "reason": "malformed: not JSON (JSONDecodeError)"}]
+
+    dock.cli("hold", "remove", "CASE-2026-002", "--reason", "case closed")
+    for key in keys:
+        assert set(_legal_holds(seaweedfs, bucket, key)) == {"OFF"}
+    assert _audit_events(dock, "hold.") == [
+        ("hold.added", "CASE-2026-001"), ("hold.added", "CASE-2026-002"),
+        ("hold.removed", "CASE-2026-001"), ("hold.removed", "CASE-2026-002")]
+    assert dock.cli("audit", "verify").returncode == 0
+
+
+def _audit_events(dock: Dock, prefix: str) -> list[tuple[str, str]]:
+    """(event, case) of the ledger's audit rows whose event starts with ``prefix``."""
+    with sqlite3.connect(dock.ledger_path) as ledger:
+        rows = ledger.execute("SELECT event, details FROM audit_log WHERE event LIKE ? "
+                              "ORDER BY id", (prefix + "%",)).fetchall()
+    return [(event, json.loads(details)["case"]) for event, details in rows]
+
+
+def test_hold_and_classify_refuse_a_folder_backend(dock: Dock) -> None:
+    """A NAS folder cannot enforce retention: hold, classify exit 2 saying what is needed."""
+    dock.write_config()
+    for command in (("hold", "add", "CASE-1", "--key", "cam/clip.mp4"),
+                    ("hold", "list"), ("clips", "classify", "cam/clip.mp4", "arrest")):
+        result = dock.cli(*command, check=False)
+        assert result.returncode == 2
+        assert "a NAS folder cannot enforce retention" in result.stderr
+        assert "Object Lock" in result.stderr
+
+
+def test_hold_by_event_is_refused_with_what_to_use_instead(dock: Dock) -> None:
+    """`hold add --event` exits 2 naming --key (CAD matching is not in this version)."""
+    dock.write_config()
+    result = dock.cli("hold", "add", "CASE-1", "--event", "E1", check=False)
+    assert result.returncode == 2
+    assert "--key KEY" in result.stderr

@@ -19,6 +19,7 @@ from bwc_dock.cli import (
     config,
     daemon,
     fleet,
+    hold,
     ingest,
     resync,
     status,
@@ -53,6 +54,7 @@ COMMANDS: tuple[click.Command, ...] = (
     verify.verify,
     cameras.cameras_group,
     fleet.fleet,
+    hold.hold_group,
 )
 for command in COMMANDS:
     cli.add_command(command)
