@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from botocore.exceptions import ClientError
 
-from bwc_dock.config import parse_config
+from bwc_dock.alarms import AlarmBoard, AlarmKind, Observation
+from bwc_dock.config import AlarmsConfig, parse_config
 from bwc_dock.errors import ConfigError
 from bwc_dock.retention import retain_until
-from tests.dock import Dock, make_camera
+from tests.dock import Dock, make_camera, wait_until
 
 if TYPE_CHECKING:
     from tests.seaweedfs import SeaweedServer
@@ -29,8 +31,7 @@ CLASSES: list[dict[str, Any]] = [
 ]
 
 
-def _offload_one_clip(dock: Dock, server: SeaweedServer, bucket: str) -> dict[str, Any]:
-    """One clip (with a sidecar) recorded at RECORDED, ingested to an Object Lock bucket."""
+def _use_locked_s3(dock: Dock, server: SeaweedServer, bucket: str) -> None:
     dock.extra_environment.update(server.environment())
     dock.write_config(
         storage={"backend": "s3", "endpoint_url": server.endpoint_url, "bucket": bucket,
@@ -38,6 +39,11 @@ def _offload_one_clip(dock: Dock, server: SeaweedServer, bucket: str) -> dict[st
                  "object_lock_mode": "GOVERNANCE"},
         retention=CLASSES,
     )
+
+
+def _offload_one_clip(dock: Dock, server: SeaweedServer, bucket: str) -> dict[str, Any]:
+    """One clip (with a sidecar) recorded at RECORDED, ingested to an Object Lock bucket."""
+    _use_locked_s3(dock, server, bucket)
     card = dock.root / "card"
     make_camera(card, [2000])
     for path in card.rglob("*"):
@@ -217,3 +223,58 @@ def test_hold_by_event_is_refused_with_what_to_use_instead(dock: Dock) -> None:
     result = dock.cli("hold", "add", "CASE-1", "--event", "E1", check=False)
     assert result.returncode == 2
     assert "--key KEY" in result.stderr
+
+
+def test_probe_finds_this_seaweedfs_enforcing_object_lock(
+    dock: Dock, seaweedfs: SeaweedServer
+) -> None:
+    """On an Object Lock bucket of this SeaweedFS every attempt on the canary is refused."""
+    bucket = seaweedfs.create_bucket(object_lock=True)
+    _use_locked_s3(dock, seaweedfs, bucket)
+    report = json.loads(dock.cli("storage", "probe", "--json").stdout)
+    assert report["enforced"] is True
+    assert [(c["name"], c["passed"]) for c in report["checks"]] == [
+        ("lock_recorded", True), ("delete_refused", True),
+        ("delete_with_bypass_refused", True), ("overwrite_kept_version", True)]
+    canary = "bwc/" + report["canary"]
+    versions = seaweedfs.client().list_object_versions(Bucket=bucket, Prefix=canary)["Versions"]
+    assert len(versions) == 2  # the canary and the overwrite attempt beside it
+    [original] = [version for version in versions if not version["IsLatest"]]
+    hold = seaweedfs.client().get_object_legal_hold(
+        Bucket=bucket, Key=canary, VersionId=original["VersionId"])
+    assert hold["LegalHold"]["Status"] == "OFF"  # lifted: only its one-day retention stays
+
+
+def test_a_store_that_does_not_lock_fails_the_probe_and_raises_the_alarm(
+    dock: Dock, seaweedfs: SeaweedServer
+) -> None:
+    """A bucket without Object Lock: `storage probe` exits 2 naming what failed, and the
+    daemon, configured for Object Lock, raises storage_lock_unenforced at start."""
+    bucket = seaweedfs.create_bucket(object_lock=False)
+    _use_locked_s3(dock, seaweedfs, bucket)
+    result = dock.cli("storage", "probe", check=False)
+    assert result.returncode == 2
+    assert "does not enforce Object Lock (canary_written)" in result.stderr
+
+    daemon = dock.start_daemon()
+    try:
+        wait_until(lambda: any(e.get("alarm") == "storage_lock_unenforced"
+                               for e in dock.log_events()), 60, "lock alarm raised")
+    finally:
+        assert dock.stop_daemon(daemon) == 0
+    [raised] = [e for e in dock.log_events() if e.get("alarm") == "storage_lock_unenforced"]
+    assert raised["event"] == "alarm.raised" and raised["severity"] == "error"
+    assert "canary_written" in raised["detail"]
+
+
+def test_the_lock_alarm_follows_the_probe_verdict() -> None:
+    """Observation.lock_unenforced raises storage_lock_unenforced, an error, with the
+    probe's words; an empty verdict raises nothing."""
+    board = AlarmBoard(AlarmsConfig())
+    quiet = Observation(now=RECORDED, oldest_pending_at=None, staging_free_bytes=1,
+                        staging_reserve_bytes=0)
+    assert board.observe(quiet) == []
+    [raised] = board.observe(replace(quiet, lock_unenforced="delete_refused: deleted"))
+    assert (raised.alarm.kind, raised.alarm.severity, raised.raised) == (
+        AlarmKind.STORAGE_LOCK_UNENFORCED, "error", True)
+    assert raised.alarm.detail.endswith("a locked version (delete_refused: deleted)")

@@ -23,6 +23,7 @@ from bwc_dock.cli import (
     ingest,
     resync,
     status,
+    storage,
     verify,
 )
 from bwc_dock.cli.context import Context
@@ -55,6 +56,7 @@ COMMANDS: tuple[click.Command, ...] = (
     cameras.cameras_group,
     fleet.fleet,
     hold.hold_group,
+    storage.storage_group,
 )
 for command in COMMANDS:
     cli.add_command(command)

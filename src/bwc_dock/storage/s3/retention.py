@@ -25,7 +25,8 @@ logger = get_logger("bwc_dock.storage.s3")
 
 # A version without retention answers GetObjectRetention with one of these.
 _NO_RETENTION_CODES = frozenset(
-    {"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError"}
+    {"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError",
+     "NoSuchObjectLegalHold"}
 )
 PROBE_RETENTION = timedelta(days=1)
 _CANARY = b"bwc-dock storage probe canary: a locked version must survive delete and overwrite\n"
