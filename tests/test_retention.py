@@ -206,15 +206,18 @@ def _audit_events(dock: Dock, prefix: str) -> list[tuple[str, str]]:
     return [(event, json.loads(details)["case"]) for event, details in rows]
 
 
-def test_hold_and_classify_refuse_a_folder_backend(dock: Dock) -> None:
-    """A NAS folder cannot enforce retention: hold, classify exit 2 saying what is needed."""
-    dock.write_config()
-    for command in (("hold", "add", "CASE-1", "--key", "cam/clip.mp4"),
-                    ("hold", "list"), ("clips", "classify", "cam/clip.mp4", "arrest")):
+def test_hold_classify_and_probe_refuse_a_folder_backend(dock: Dock) -> None:
+    """A NAS folder cannot enforce retention: hold, classify and probe exit 2 saying what is
+    needed, and config check warns about the retention classes configured."""
+    dock.write_config(retention=CLASSES)
+    for command in (("hold", "add", "CASE-1", "--key", "cam/clip.mp4"), ("hold", "list"),
+                    ("clips", "classify", "cam/clip.mp4", "arrest"), ("storage", "probe")):
         result = dock.cli(*command, check=False)
         assert result.returncode == 2
         assert "a NAS folder cannot enforce retention" in result.stderr
         assert "Object Lock" in result.stderr
+    checked = dock.cli("config", "check")
+    assert "warning: retention: 3 class(es) configured, but a NAS folder" in checked.stderr
 
 
 def test_hold_by_event_is_refused_with_what_to_use_instead(dock: Dock) -> None:

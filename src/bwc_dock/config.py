@@ -384,6 +384,26 @@ class Config(_Section):
         return self
 
 
+def retention_risks(config: Config) -> list[str]:
+    """Why configured retention classes will not be enforced (warnings for config check)."""
+    if not config.retention:
+        return []
+    count = f"{len(config.retention)} class(es) configured"
+    if config.storage.backend != "s3":
+        return [
+            f"retention: {count}, but a NAS folder (storage.backend = "
+            f"{config.storage.backend!r}) cannot enforce retention: anyone with write access "
+            "to the share can delete a clip early. Use the s3 backend with a bucket created "
+            "with Object Lock enabled and set storage.object_lock_mode"
+        ]
+    if not config.storage.object_lock_mode:
+        return [
+            f"retention: {count}, but storage.object_lock_mode is not set: no retention is "
+            "applied (set GOVERNANCE or COMPLIANCE on an Object Lock bucket)"
+        ]
+    return []
+
+
 def resolve_config_path(explicit: str | Path | None) -> Path:
     """``--config``, else ``$BWC_DOCK_CONFIG``, else the system path."""
     if explicit:
