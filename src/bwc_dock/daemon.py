@@ -76,7 +76,7 @@ class Daemon(SourceListener):
         self.reload_requested = threading.Event()
         self.signals = SignalWatcher(self.stop_event, self.wake_event, self.reload_requested)
         self.docked_cameras = DockedRegistry()
-        self.storage = StorageHealth()
+        self.storage = StorageHealth(self.stages.lock_probe)  # the Object Lock probe too
         self._lock = threading.Lock()  # the refusals reported so far
         self._threads: list[threading.Thread] = []
         self._started_at = utc_now()
@@ -88,12 +88,6 @@ class Daemon(SourceListener):
         self._bandwidth = (
             BandwidthLimiter(config.storage.bandwidth) if config.storage.bandwidth else None
         )
-        # Object Lock configured: probe at start (once the store answers) that the store
-        # really refuses to destroy a locked version, rather than trust it
-        self._lock_probe_due = config.storage.backend == "s3" and bool(
-            config.storage.object_lock_mode
-        )
-        self.lock_unenforced = ""  # what the probe found the store allowing
 
     # -- SourceListener ---------------------------------------------------------------
 
@@ -336,21 +330,6 @@ class Daemon(SourceListener):
         if error is not None:
             self._last_error = str(error)
             self._count_error("storage_unreachable")
-        elif self._lock_probe_due:
-            self._probe_lock()
-
-    def _probe_lock(self) -> None:
-        """The Object Lock probe, until one run completes (a store that cannot be reached
-        is asked again at the next storage check)."""
-        from bwc_dock.lock_probe import probe_store
-
-        try:
-            report = probe_store(self.config, self.backend)
-        except BwcDockError as error:
-            log.warning("storage.probe_deferred", error=str(error))
-            return
-        self._lock_probe_due = False
-        self.lock_unenforced = report.summary() if not report.enforced else ""
 
     def _rescan(self) -> None:
         for source in self.sources:
@@ -449,7 +428,7 @@ class Daemon(SourceListener):
             ),
             error_counts=dict(self.error_counts),
             byte_totals=self.ledger.byte_totals() if metrics_textfile is not None else None,
-            lock_unenforced=self.lock_unenforced,
+            lock_unenforced=self.stages.lock_probe.unenforced,
         )
 
     def _staging_free_bytes(self) -> int | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bwc_dock.config import Config
-from bwc_dock.errors import PermanentStorageError
+from bwc_dock.errors import BwcDockError, PermanentStorageError
 from bwc_dock.logs import get_logger
 from bwc_dock.names import safe_name
 from bwc_dock.retention import require_enforcing_store
@@ -63,3 +63,25 @@ def probe_store(config: Config, backend: StorageBackend) -> ProbeReport:
     else:
         log.error("storage.lock_unenforced", canary=key, failed=report.summary())
     return report
+
+
+class StartProbe:
+    """The probe the daemon runs once the store first answers, when Object Lock is
+    configured: its verdict raises ``storage_lock_unenforced`` rather than trusting the
+    store. A run cut short (the store unreachable) is tried at the next storage check."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.due = config.storage.backend == "s3" and bool(config.storage.object_lock_mode)
+        self.unenforced = ""  # what the store allowed; empty when it refused it all
+
+    def __call__(self, backend: StorageBackend) -> None:
+        if not self.due:
+            return
+        try:
+            report = probe_store(self.config, backend)
+        except BwcDockError as error:
+            log.warning("storage.probe_deferred", error=str(error))
+            return
+        self.due = False
+        self.unenforced = "" if report.enforced else report.summary()
