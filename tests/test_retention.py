@@ -146,14 +146,20 @@ def test_the_single_class_is_the_default_and_indefinite_is_a_century() -> None:
 
 
 def _legal_holds(server: SeaweedServer, bucket: str, key: str) -> list[str]:
-    """LegalHold status of every version of ``key``."""
+    """LegalHold status of every version of ``key`` ("none": never had one)."""
     client = server.client()
     versions = client.list_object_versions(Bucket=bucket, Prefix=key)["Versions"]
-    return [
-        client.get_object_legal_hold(Bucket=bucket, Key=key, VersionId=version["VersionId"])[
-            "LegalHold"]["Status"]
-        for version in versions if version["Key"] == key
-    ]
+    return [_legal_hold(client, bucket, key, version["VersionId"])
+            for version in versions if version["Key"] == key]
+
+
+def _legal_hold(client: Any, bucket: str, key: str, version_id: str) -> str:
+    try:
+        answer = client.get_object_legal_hold(Bucket=bucket, Key=key, VersionId=version_id)
+    except ClientError as error:
+        assert error.response["Error"]["Code"] == "NoSuchObjectLegalHold"
+        return "none"
+    return str(answer["LegalHold"]["Status"])
 
 
 def test_hold_puts_every_version_under_legal_hold_until_its_case_ends(
@@ -167,6 +173,11 @@ def test_hold_puts_every_version_under_legal_hold_until_its_case_ends(
     client = seaweedfs.client()
     client.put_object(Bucket=bucket, Key=keys[0], Body=b"a second version, not by bwc-dock")
 
+    missing = dock.cli("hold", "add", "CASE-2026-001", "--key", clip["remote_key"],
+                       "--key", "LOCKCAM/no/such.MP4", check=False)
+    assert missing.returncode == 2
+    assert "nothing stored under LOCKCAM/no/such.MP4" in missing.stderr
+    assert _legal_holds(seaweedfs, bucket, keys[0]) == ["none", "none"]  # all or nothing
     dock.cli("hold", "add", "CASE-2026-001", "--key", clip["remote_key"])
     assert _legal_holds(seaweedfs, bucket, keys[0]) == ["ON", "ON"]
     for key in keys[1:]:

@@ -123,6 +123,9 @@ def add_hold(
     objects = sorted({obj for key in keys for obj in _held_objects(backend, ledger, key)})
     if not objects:
         raise UsageError("hold add: give at least one --key")
+    missing = [obj for obj in objects if backend.head(obj) is None]
+    if missing:  # checked first: no hold is set on the others without its record
+        raise UsageError(f"hold add: nothing stored under {', '.join(missing)}")
     versions = sum(len(backend.set_legal_hold(obj, on=True)) for obj in objects)
     record = HoldRecord(format=RECORD_FORMAT, case=case, action="add", at=datetime.now(UTC),
                         dock=config.dock.id, actor=actor, keys=tuple(objects),
