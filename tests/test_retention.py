@@ -87,10 +87,21 @@ def test_retention_counts_from_the_recording_and_only_grows(
         assert _retained_until(seaweedfs, bucket, key) == [
             datetime(2026, 12, 24, 8, 15, 0, tzinfo=UTC)]
 
-    dock.cli("clips", "classify", clip["remote_key"], "arrest")
-    for key in keys:
+    # a later version of the sidecar, retained longer by someone else, is never shortened
+    seaweedfs.client().put_object(
+        Bucket=bucket, Key=keys[1], Body=b"another version", ObjectLockMode="GOVERNANCE",
+        ObjectLockRetainUntilDate=datetime(2030, 1, 1, tzinfo=UTC))
+
+    classified = dock.cli("--log-format", "json", "clips", "classify", clip["remote_key"],
+                          "arrest")
+    for key in (keys[0], keys[2]):
         assert _retained_until(seaweedfs, bucket, key) == [
             datetime(2028, 11, 23, 8, 15, 0, tzinfo=UTC)]
+    assert _retained_until(seaweedfs, bucket, keys[1]) == [
+        datetime(2030, 1, 1, tzinfo=UTC), datetime(2028, 11, 23, 8, 15, 0, tzinfo=UTC)]
+    [kept] = [e for e in _log_events(classified.stderr)
+              if e["event"] == "retention.shorten_refused"]
+    assert (kept["key"], kept["retain_until"]) == (keys[1], "2030-01-01T00:00:00+00:00")
 
     refused = dock.cli("--log-format", "json", "clips", "classify", clip["remote_key"],
                        "standard", check=False)
@@ -99,7 +110,7 @@ def test_retention_counts_from_the_recording_and_only_grows(
     events = _log_events(refused.stderr)
     assert [e["event"] for e in events if e["event"] == "retention.shorten_refused"] == [
         "retention.shorten_refused"]
-    for key in keys:
+    for key in (keys[0], keys[2]):
         assert _retained_until(seaweedfs, bucket, key) == [
             datetime(2028, 11, 23, 8, 15, 0, tzinfo=UTC)]
     audit = json.loads(dock.cli("audit", "export", "--format", "json").stdout)
