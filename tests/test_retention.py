@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from bwc_dock.alarms import AlarmBoard, AlarmKind, Observation
 from bwc_dock.config import AlarmsConfig, parse_config
 from bwc_dock.errors import ConfigError
-from bwc_dock.retention import retain_until
+from bwc_dock.retention import class_for_call_types, retain_until
 from tests.dock import Dock, make_camera, wait_until
 
 if TYPE_CHECKING:
@@ -303,3 +303,14 @@ def test_the_lock_alarm_follows_the_probe_verdict() -> None:
     assert (raised.alarm.kind, raised.alarm.severity, raised.raised) == (
         AlarmKind.STORAGE_LOCK_UNENFORCED, "error", True)
     assert raised.alarm.detail.endswith("a locked version (delete_refused: deleted)")
+
+
+def test_the_longest_class_named_by_a_call_type_wins() -> None:
+    """Call types pick classes (case ignored), the longest wins, none picks the default."""
+    config = parse_config(_config(retention=CLASSES))
+    picked = [
+        class_for_call_types(config, call_types)
+        for call_types in (["arrest", "Traffic Stop"], ["HOMICIDE", "ARREST"], ["NOISE"], [])
+    ]
+    assert [kind.name if kind else None for kind in picked] == [
+        "arrest", "homicide", "standard", "standard"]

@@ -14,7 +14,7 @@ cases (``bwc-dock hold``), whose removal must not end a homicide clip's retentio
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -42,6 +42,20 @@ def retain_until(recorded_at: datetime, retention: RetentionClass) -> datetime:
     if until.microsecond:
         until = until.replace(microsecond=0) + timedelta(seconds=1)
     return until
+
+
+def class_for_call_types(config: Config, call_types: Iterable[str]) -> RetentionClass | None:
+    """The class of a clip matched to CAD events of ``call_types``: of every class one of
+    them names (case and surrounding spaces ignored), the longest; else the default."""
+    wanted = {call_type.strip().casefold() for call_type in call_types}
+    named = [
+        retention
+        for retention in config.retention_classes
+        if wanted & {call_type.strip().casefold() for call_type in retention.call_types}
+    ]
+    if not named:
+        return config.default_retention
+    return max(named, key=class_days)
 
 
 def require_enforcing_store(config: Config) -> None:
