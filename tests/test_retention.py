@@ -6,7 +6,7 @@ import json
 import os
 import sqlite3
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -210,6 +210,11 @@ def test_hold_puts_every_version_under_legal_hold_until_its_case_ends(
     assert listed["holds"][0]["records"][-1]["reason"] == "charges dropped"
     assert listed["invalid"] == [{"key": "_holds/CASE-2026-001/junk.json",
                                   "reason": "malformed: not JSON (JSONDecodeError)"}]
+    # a hold record is retained for the default class's 30 days from its making
+    [record] = seaweedfs.object_keys(bucket, "bwc/_holds/CASE-2026-002/")
+    [until] = _retained_until(seaweedfs, bucket, record)
+    made = datetime.fromisoformat(listed["holds"][1]["records"][0]["at"])
+    assert timedelta(days=30) <= until - made < timedelta(days=30, seconds=1)
 
     dock.cli("hold", "remove", "CASE-2026-002", "--reason", "case closed")
     for key in keys:

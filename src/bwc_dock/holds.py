@@ -24,8 +24,8 @@ from bwc_dock.ledger import Ledger
 from bwc_dock.logs import get_logger
 from bwc_dock.manifest import MANIFEST_SUFFIX
 from bwc_dock.names import safe_name
-from bwc_dock.retention import clip_object_keys, require_enforcing_store
-from bwc_dock.storage.base import StorageBackend
+from bwc_dock.retention import clip_object_keys, require_enforcing_store, retain_until
+from bwc_dock.storage.base import StorageBackend, retained_until
 
 log = get_logger("bwc_dock.holds")
 
@@ -88,10 +88,15 @@ def _record_key(case: str, dock_id: str, at: datetime) -> str:
     return f"{HOLDS_PREFIX}{case}/{at:%Y%m%dT%H%M%S%fZ}-{safe_name(dock_id.encode())}.json"
 
 
-def _write_record(backend: StorageBackend, record: HoldRecord) -> str:
+def _write_record(config: Config, backend: StorageBackend, record: HoldRecord) -> str:
+    """Create-only, never overwritten; retained as long as a clip of the default class
+    recorded now, so that the history of a case's hold is not deleted before its clips."""
     key = _record_key(record.case, record.dock, record.at)
     data = (record.model_dump_json(indent=1) + "\n").encode("utf-8")
-    backend.put_bytes(key, data, {}, replace=False)  # create-only: never overwritten
+    default = config.default_retention
+    until = retain_until(record.at, default) if default is not None else None
+    with retained_until(until):
+        backend.put_bytes(key, data, {}, replace=False)
     return key
 
 
@@ -130,7 +135,7 @@ def add_hold(
     record = HoldRecord(format=RECORD_FORMAT, case=case, action="add", at=datetime.now(UTC),
                         dock=config.dock.id, actor=actor, keys=tuple(objects),
                         versions=versions)
-    record_key = _write_record(backend, record)
+    record_key = _write_record(config, backend, record)
     ledger.record_event("hold.added", details={"case": case, "keys": objects,
                                                "versions": versions, "record": record_key})
     log.info("hold.added", case=case, objects=len(objects), versions=versions)
@@ -157,7 +162,7 @@ def remove_hold(
     record = HoldRecord(format=RECORD_FORMAT, case=case, action="remove",
                         at=datetime.now(UTC), dock=config.dock.id, actor=actor,
                         keys=tuple(sorted(this.keys)), reason=reason, versions=versions)
-    record_key = _write_record(backend, record)
+    record_key = _write_record(config, backend, record)
     ledger.record_event("hold.removed", details={
         "case": case, "reason": reason, "released": released,
         "kept_for_other_cases": sorted(this.keys & still_held), "record": record_key})
