@@ -34,6 +34,7 @@ class AlarmKind(enum.StrEnum):
     STORAGE_REFUSED = "storage_refused"
     QUARANTINED = "quarantined"
     CAMERA_UNMOUNTABLE = "camera_unmountable"
+    STORAGE_LOCK_UNENFORCED = "storage_lock_unenforced"
 
 
 Severity = Literal["warning", "error"]
@@ -46,6 +47,7 @@ _SEVERITY: dict[AlarmKind, Severity] = {
     AlarmKind.STORAGE_REFUSED: "error",  # credentials do not heal by themselves
     AlarmKind.QUARANTINED: "error",  # evidence failed an integrity check
     AlarmKind.CAMERA_UNMOUNTABLE: "error",  # evidence sits on a camera nobody can read
+    AlarmKind.STORAGE_LOCK_UNENFORCED: "error",  # the store let a locked version be destroyed
 }
 
 
@@ -82,6 +84,8 @@ class Observation:
     quarantined_clips: int = 0
     docked: tuple[DockedCamera, ...] = ()
     unmountable: tuple[UnmountableCamera, ...] = ()
+    # what the Object Lock probe found the store allowing; empty when it refused it all
+    lock_unenforced: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,7 @@ class AlarmBoard:
             _quarantined(observation),
             *self._stalled(observation),
             *_unmountable(observation),
+            _lock_unenforced(observation),
         ]
         return {alarm.key: alarm for alarm in alarms if alarm is not None}
 
@@ -283,6 +288,18 @@ def _unmountable(observation: Observation) -> Iterable[Alarm]:
             short=f"camera {camera.name} unmountable",
             camera=camera.name,
         )
+
+
+def _lock_unenforced(observation: Observation) -> Alarm | None:
+    if not observation.lock_unenforced:
+        return None
+    return Alarm(
+        AlarmKind.STORAGE_LOCK_UNENFORCED,
+        _SEVERITY[AlarmKind.STORAGE_LOCK_UNENFORCED],
+        detail="central storage does not enforce Object Lock: it let the probe destroy a "
+        f"locked version ({observation.lock_unenforced})",
+        short="storage lock unenforced",
+    )
 
 
 def _display_order(alarm: Alarm) -> tuple[int, int, str]:

@@ -126,8 +126,6 @@ class StorageConfig(_Section):
             raise ValueError('path: required for backend "file"')
         if self.backend == "s3" and not self.bucket:
             raise ValueError('bucket: required for backend "s3"')
-        if self.object_lock_mode and not self.object_lock_days:
-            raise ValueError("object_lock_days: required with object_lock_mode")
         return self
 
 
@@ -292,6 +290,29 @@ class DisclosureConfig(_Section):
     signing_key: Path | None = None
 
 
+# "indefinite" retention: kept this many days after the recording (a century), see
+# retention.py for why a far date and not a legal hold
+INDEFINITE = "indefinite"
+_CLASS_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class RetentionClass(_Section):
+    """How long a kind of clip is kept: a period counted from its recording (Object Lock)."""
+
+    name: str = Field(pattern=_CLASS_NAME)
+    days: int | Literal["indefinite"] = Field(union_mode="left_to_right")
+    # CAD call types (as the CAD export spells them) whose clips fall in this class
+    call_types: tuple[str, ...] = ()
+    default: bool = False
+
+    @field_validator("days")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be a number of days >= 1, or \"indefinite\"")
+        return value
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json", "journald"] = "auto"
@@ -307,6 +328,7 @@ class Config(_Section):
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     disclosure: DisclosureConfig = Field(default_factory=DisclosureConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    retention: tuple[RetentionClass, ...] = ()
 
     @property
     def staging_dir(self) -> Path:
@@ -323,6 +345,46 @@ class Config(_Section):
     def profile(self, name: str) -> CameraProfile | None:
         return next((profile for profile in self.camera if profile.name == name), None)
 
+    @property
+    def retention_classes(self) -> tuple[RetentionClass, ...]:
+        """The ``[[retention]]`` classes; an older ``object_lock_days`` alone is one
+        default class named "default"."""
+        if self.retention or not self.storage.object_lock_days:
+            return self.retention
+        return (RetentionClass(name="default", days=self.storage.object_lock_days, default=True),)
+
+    @property
+    def default_retention(self) -> RetentionClass | None:
+        """The class of a clip nobody classified; None when no class is configured."""
+        classes = self.retention_classes
+        marked = [retention for retention in classes if retention.default]
+        if marked:
+            return marked[0]
+        return classes[0] if len(classes) == 1 else None
+
+    def retention_class(self, name: str) -> RetentionClass | None:
+        return next((kind for kind in self.retention_classes if kind.name == name), None)
+
+    @model_validator(mode="after")
+    def _retention_classes(self) -> Config:
+        names = [retention.name for retention in self.retention]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"retention: class name(s) given twice: {', '.join(repeated)}")
+        defaults = [retention.name for retention in self.retention if retention.default]
+        if len(defaults) > 1:
+            raise ValueError(f"retention: only one class may be default (got {defaults})")
+        if len(self.retention) > 1 and not defaults:
+            raise ValueError("retention: mark one class `default = true` (for clips no "
+                             "call type or hand classification places)")
+        if self.retention and self.storage.object_lock_days:
+            raise ValueError("storage.object_lock_days: give the period as a [[retention]] "
+                             "class instead (both are set)")
+        if self.storage.object_lock_mode and not self.retention_classes:
+            raise ValueError("retention: storage.object_lock_mode needs a [[retention]] class "
+                             "(name, days, default = true)")
+        return self
+
     @model_validator(mode="after")
     def _fleet_bucket_needs_s3(self) -> Config:
         if self.fleet.bucket is not None and self.storage.backend != "s3":
@@ -330,6 +392,26 @@ class Config(_Section):
         if self.fleet.path is not None and self.storage.backend != "file":
             raise ValueError('fleet.path: only with storage.backend = "file"')
         return self
+
+
+def retention_risks(config: Config) -> list[str]:
+    """Why configured retention classes will not be enforced (warnings for config check)."""
+    if not config.retention:
+        return []
+    count = f"{len(config.retention)} class(es) configured"
+    if config.storage.backend != "s3":
+        return [
+            f"retention: {count}, but a NAS folder (storage.backend = "
+            f"{config.storage.backend!r}) cannot enforce retention: anyone with write access "
+            "to the share can delete a clip early. Use the s3 backend with a bucket created "
+            "with Object Lock enabled and set storage.object_lock_mode"
+        ]
+    if not config.storage.object_lock_mode:
+        return [
+            f"retention: {count}, but storage.object_lock_mode is not set: no retention is "
+            "applied (set GOVERNANCE or COMPLIANCE on an Object Lock bucket)"
+        ]
+    return []
 
 
 def resolve_config_path(explicit: str | Path | None) -> Path:

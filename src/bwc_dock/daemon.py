@@ -76,7 +76,7 @@ class Daemon(SourceListener):
         self.reload_requested = threading.Event()
         self.signals = SignalWatcher(self.stop_event, self.wake_event, self.reload_requested)
         self.docked_cameras = DockedRegistry()
-        self.storage = StorageHealth()
+        self.storage = StorageHealth(self.stages.lock_probe)  # the Object Lock probe too
         self._lock = threading.Lock()  # the refusals reported so far
         self._threads: list[threading.Thread] = []
         self._started_at = utc_now()
@@ -428,6 +428,7 @@ class Daemon(SourceListener):
             ),
             error_counts=dict(self.error_counts),
             byte_totals=self.ledger.byte_totals() if metrics_textfile is not None else None,
+            lock_unenforced=self.stages.lock_probe.unenforced,
         )
 
     def _staging_free_bytes(self) -> int | None:

@@ -54,6 +54,8 @@ class DaemonStatus:
     # (bytes copied off cameras, bytes confirmed in central storage), ever; read from the
     # ledger only when there is a metrics textfile to write them to
     byte_totals: tuple[int, int] | None
+    # what the Object Lock probe found the store allowing ("" when it refused it all)
+    lock_unenforced: str = ""
 
 
 StatusReader = Callable[[], DaemonStatus]
@@ -141,4 +143,5 @@ def _observation(status: DaemonStatus) -> Observation:
         quarantined_clips=status.clips_by_state["quarantined"],
         docked=status.docked,
         unmountable=status.unmountable,
+        lock_unenforced=status.lock_unenforced,
     )

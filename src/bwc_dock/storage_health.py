@@ -6,6 +6,8 @@ refusal reports it at once. Alarms, STATUS, the metrics and the heartbeat read i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 
 from bwc_dock.alarms import StorageState
@@ -16,9 +18,11 @@ log = structlog.get_logger(__name__)
 
 
 class StorageHealth:
-    def __init__(self) -> None:
+    def __init__(self, when_reachable: Callable[[StorageBackend], None] | None = None) -> None:
         self.reachable: bool | None = None  # None until the first check
         self._refused = False
+        # asked after each check the store answered (the daemon's Object Lock probe)
+        self._when_reachable = when_reachable
 
     def check(self, backend: StorageBackend) -> StorageError | None:
         """Ask the store; the error when it is unreachable (logged once per outage)."""
@@ -34,6 +38,8 @@ class StorageHealth:
             log.info("storage.reachable")
         self.reachable = True
         self._refused = False
+        if self._when_reachable is not None:
+            self._when_reachable(backend)
         return None
 
     def refused(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -40,7 +40,7 @@ from bwc_dock.manifest import (
     manifest_identity,
     manifest_key,
 )
-from bwc_dock.storage.base import ProgressCallback, StorageBackend
+from bwc_dock.storage.base import ProgressCallback, StorageBackend, retained_until
 from bwc_dock.verify import check_staged, staged_files
 
 log = structlog.get_logger(__name__)
@@ -63,6 +63,7 @@ class Uploader:
         throttle: ProgressCallback | None = None,
         on_permanent_error: Callable[[PermanentStorageError], None] | None = None,
         handoff: UploadHandoff | None = None,
+        retention: Callable[[ClipWork], datetime | None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.backend = backend
@@ -76,6 +77,8 @@ class Uploader:
         self.throttle = throttle
         self.on_permanent_error = on_permanent_error
         self.handoff = handoff
+        # each clip's Object Lock retain-until date (retention.py); None: no lock
+        self.retention = retention
         self._reported_permanent: set[str] = set()  # RefusalKind values
         self._lock = threading.Lock()
 
@@ -149,7 +152,9 @@ class Uploader:
                     log.info(
                         "upload.retry_now", clip=work.id, attempt=attempt.retry_state.attempt_number
                     )
-                self._send(work, stored_as)
+                until = self.retention(work) if self.retention is not None else None
+                with retained_until(until):
+                    self._send(work, stored_as)
 
     def _send(self, work: ClipWork, stored_as: tuple[str, str] | None) -> None:
         """Upload sidecars, the clip (unless ``stored_as`` names the (key, sha256) its

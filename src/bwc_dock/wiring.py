@@ -10,6 +10,8 @@ from bwc_dock.copier import Copier
 from bwc_dock.errors import PermanentStorageError
 from bwc_dock.handoff import UploadHandoff
 from bwc_dock.ledger import Ledger
+from bwc_dock.lock_probe import StartProbe
+from bwc_dock.retention import upload_retention
 from bwc_dock.staging import StagingArea
 from bwc_dock.storage.base import ProgressCallback, StorageBackend
 from bwc_dock.uploader import Uploader
@@ -31,6 +33,8 @@ class Stages:
         # one register for all the process's workers: a copier leaves pass 2 to any
         # uploader that waits for work (handoff.py)
         self.handoff = UploadHandoff()
+        # whether the store enforces Object Lock, asked once it answers (daemon start)
+        self.lock_probe = StartProbe(config)
 
     def copier(self, owner: str, on_staged: Callable[[], None] | None = None) -> Copier:
         """A copier for one worker (one lease owner)."""
@@ -52,4 +56,5 @@ class Stages:
             throttle,
             on_permanent_error,
             self.handoff,
+            upload_retention(self.config, self.ledger),
         )

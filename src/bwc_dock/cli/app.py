@@ -21,9 +21,11 @@ from bwc_dock.cli import (
     devices,
     disclose,
     fleet,
+    hold,
     ingest,
     resync,
     status,
+    storage,
     verify,
 )
 from bwc_dock.cli.context import Context
@@ -57,6 +59,8 @@ COMMANDS: tuple[click.Command, ...] = (
     fleet.fleet,
     devices.devices,
     disclose.disclose,
+    hold.hold_group,
+    storage.storage_group,
 )
 for command in COMMANDS:
     cli.add_command(command)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from bwc_dock.ledger import ClipWork
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--camera", "camera_serial", metavar="SERIAL")
 @click.option("--state", type=click.Choice([str(s) for s in ClipState]))
@@ -26,15 +26,18 @@ if TYPE_CHECKING:
     metavar="ID",
     help="upload this clip before all others",
 )
-@pass_context
+@click.pass_context
 def clips(
-    context: Context,
+    click_context: click.Context,
     as_json: bool,
     camera_serial: str | None,
     state: str | None,
     prioritize_id: int | None,
 ) -> None:
-    """The ledger's clips."""
+    """The ledger's clips (and ``clips classify KEY CLASS``)."""
+    if click_context.invoked_subcommand is not None:
+        return
+    context: Context = click_context.obj
     if prioritize_id is not None:
         context.logging("warning")
         with context.ledger(hand_actor()) as ledger:
@@ -83,3 +86,22 @@ def _clip_document(work: ClipWork) -> dict[str, Any]:
             for s in work.sidecars
         ],
     }
+
+
+@clips.command("classify")
+@click.argument("key")
+@click.argument("class_name", metavar="CLASS")
+@pass_context
+def classify(context: Context, key: str, class_name: str) -> None:
+    """Give the clip stored under KEY the retention class CLASS (audited; only extends)."""
+    from bwc_dock.retention import classify as apply_class
+    from bwc_dock.retention import require_enforcing_store
+
+    context.logging("warning")
+    require_enforcing_store(context.config)
+    with context.ledger(hand_actor()) as ledger, context.backend() as backend:
+        done = apply_class(context.config, ledger, backend, key, class_name)
+    click.echo(
+        f"{done.clip.remote_key}: class {done.retention.name}, retained until "
+        f"{done.retain_until:%Y-%m-%d %H:%M:%S} UTC ({len(done.changes)} object version(s))"
+    )

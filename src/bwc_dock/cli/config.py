@@ -24,11 +24,14 @@ def config_check(context: Context) -> None:
         f"{context.config_path}: ok (dock {config.dock.id}, storage "
         f"{config.storage.backend}, {len(config.camera)} camera profile(s))"
     )
-    from bwc_dock.config import key_template_risks  # lazy: --help must not load pydantic
+    # lazy: --help must not load pydantic
+    from bwc_dock.config import key_template_risks, retention_risks
 
     # a warning, not an error: one dock alone may use any template it likes
     for risk in key_template_risks(config.storage.key_template):
         click.echo(f"warning: storage.key_template: {risk} (not fleet-safe)", err=True)
+    for risk in retention_risks(config):
+        click.echo(f"warning: {risk}", err=True)
     rules = udev_rules.sync_installed(config.camera, config.service.udev_rules_file)
     if rules is udev_rules.RulesState.UPDATED:
         click.echo(f"{config.service.udev_rules_file}: rewritten from the camera profiles, "

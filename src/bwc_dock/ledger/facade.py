@@ -26,6 +26,7 @@ from bwc_dock.ledger import (
     multipart,
     queue,
     reports,
+    retention,
 )
 from bwc_dock.ledger.assignments import Assignment, Reattribution
 from bwc_dock.ledger.custody import CustodyFacts
@@ -87,6 +88,19 @@ class Ledger:
         the agency can later prove which bags it issued."""
         audit_log.record_event(self.store, "disclosure.signed", sha256=signature_sha256,
                                details=details)
+
+    # -- retention classes (ledger/retention.py) --------------------------------------------
+
+    def clip_by_key(self, remote_key: str) -> ClipWork | None:
+        return retention.clip_by_key(self.store, remote_key)
+
+    def classified_as(self, clip_id: int) -> str | None:
+        return retention.classified_as(self.store, clip_id)
+
+    def record_classification(
+        self, work: ClipWork, class_name: str, details: Mapping[str, Any]
+    ) -> None:
+        retention.record_classification(self.store, work, class_name, details)
 
     # -- dockings (ledger/dockings.py) and discovery (ledger/discovery.py) -------------------
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
+
+from bwc_dock.errors import UsageError
 
 # Called with the number of bytes just sent; a bandwidth limiter may sleep in it.
 ProgressCallback = Callable[[int], None]
@@ -54,6 +59,64 @@ class MultipartJournal(Protocol):
     def part_done(self, part: PartRecord) -> None: ...
 
     def finish(self) -> None: ...
+
+
+# The retain-until date of the clip being written by this thread (uploader workers are
+# threads, each in its own context): what the clip, its sidecars and its custody record
+# are locked until. Writes outside a clip (SHA256SUMS, anchors) have none.
+_RETAIN_UNTIL: ContextVar[datetime | None] = ContextVar("bwc_dock_retain_until", default=None)
+
+
+@contextmanager
+def retained_until(until: datetime | None) -> Iterator[None]:
+    """Objects written inside this block are retained until ``until`` (where the store
+    enforces retention; None: no date of the clip's)."""
+    token = _RETAIN_UNTIL.set(until)
+    try:
+        yield
+    finally:
+        _RETAIN_UNTIL.reset(token)
+
+
+def current_retain_until() -> datetime | None:
+    return _RETAIN_UNTIL.get()
+
+
+class RetentionUnsupported(UsageError):
+    """This storage cannot enforce retention or legal holds."""
+
+
+@dataclass(frozen=True)
+class RetentionChange:
+    """What extending one object version's retention did."""
+
+    key: str
+    version_id: str
+    before: datetime | None  # the retain-until date found
+    after: datetime | None  # the date it has now (``before`` when refused)
+    refused: bool  # True: the change would have shortened it, so nothing was sent
+
+
+@dataclass(frozen=True)
+class HoldChange:
+    key: str
+    version_id: str
+
+
+@dataclass(frozen=True)
+class LockCheck:
+    """One question ``storage probe`` asked the store, and its answer."""
+
+    name: str  # e.g. "delete_refused"
+    passed: bool  # True: the store protected the locked version
+    detail: str
+
+
+FOLDER_CANNOT_RETAIN = (
+    "a NAS folder cannot enforce retention or legal holds (anyone with write access to "
+    "the share can delete a file); use the s3 backend with a bucket created with Object "
+    "Lock enabled and set storage.object_lock_mode"
+)
 
 
 class StorageBackend(ABC):
@@ -145,3 +208,17 @@ class StorageBackend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    # -- retention and legal hold: only stores that enforce them override these ----------
+
+    def extend_retention(self, key: str, until: datetime) -> list[RetentionChange]:
+        """Retain every version of ``key`` until at least ``until``; never shorten one."""
+        raise RetentionUnsupported(f"{self.name} backend: {FOLDER_CANNOT_RETAIN}")
+
+    def set_legal_hold(self, key: str, on: bool) -> list[HoldChange]:
+        """Turn the legal hold of every version of ``key`` on (or off)."""
+        raise RetentionUnsupported(f"{self.name} backend: {FOLDER_CANNOT_RETAIN}")
+
+    def probe_lock(self, canary_key: str) -> list[LockCheck]:
+        """Write a locked canary under ``canary_key``, try to destroy it, say what held."""
+        raise RetentionUnsupported(f"{self.name} backend: {FOLDER_CANNOT_RETAIN}")

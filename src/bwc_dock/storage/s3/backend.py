@@ -36,6 +36,7 @@ from bwc_dock.storage.base import (
 )
 from bwc_dock.storage.s3.connection import MeteredBody, sha256_base64
 from bwc_dock.storage.s3.multipart import MemoryJournal, MultipartUploads, Upload, read_exactly
+from bwc_dock.storage.s3.retention import S3Retention
 from bwc_dock.storage.s3.settings import (
     DEFAULT_ORPHAN_AGE,
     DOWNLOAD_CHUNK,
@@ -68,7 +69,7 @@ def _encode_metadata_value(value: str) -> str:
     """S3 metadata travels in HTTP headers: printable ASCII only, the rest %-escaped."""
     return quote(value, safe=_METADATA_SAFE)
 
-class S3Backend(MultipartUploads, StorageBackend):
+class S3Backend(MultipartUploads, S3Retention, StorageBackend):
     """Create-only, checksummed, resumable storage in one bucket under one prefix."""
 
     name = "s3"

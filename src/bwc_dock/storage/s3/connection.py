@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from bwc_dock.errors import PermanentStorageError, RefusalKind, StorageError
 from bwc_dock.logs import get_logger
-from bwc_dock.storage.base import ProgressCallback
+from bwc_dock.storage.base import ProgressCallback, current_retain_until
 from bwc_dock.storage.s3.settings import (
     BOTOCORE_ATTEMPTS,
     CHECKSUM_ATTEMPTS,
@@ -200,10 +200,19 @@ class S3Connection:
             return call()
 
     def _lock_parameters(self) -> dict[str, Any]:
+        """Object Lock for a new object: the retain-until date of the clip being written
+        (its recorded time plus its class's days, see retention.py), set on the write
+        itself so the object is never unprotected. A write outside a clip (SHA256SUMS,
+        anchors) is retained ``object_lock_days`` from now where that older key is set,
+        else by the bucket's default retention alone."""
         settings = self._settings
-        if not settings.object_lock_mode or not settings.object_lock_days:
+        if not settings.object_lock_mode:
             return {}
-        until = datetime.now(UTC) + timedelta(days=settings.object_lock_days)
+        until = current_retain_until()
+        if until is None and settings.object_lock_days:
+            until = datetime.now(UTC) + timedelta(days=settings.object_lock_days)
+        if until is None:
+            return {}
         return {"ObjectLockMode": settings.object_lock_mode, "ObjectLockRetainUntilDate": until}
 
     # -- the HEAD every read and write starts with ----------------------------------------
