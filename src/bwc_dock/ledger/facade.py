@@ -87,6 +87,9 @@ class Ledger:
     def record_docking(self, volume: DockedVolume, owner: str | None) -> int:
         return dockings.record(self.store, volume, owner)
 
+    def docking_device(self, docking_id: int) -> dict[str, str | None]:
+        return dockings.device_identity(self.store, docking_id)
+
     def end_docking(self, docking_id: int, reason: str) -> None:
         dockings.end(self.store, docking_id, reason)
 

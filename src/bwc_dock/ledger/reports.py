@@ -196,6 +196,13 @@ def cameras(store: Store) -> list[CameraInfo]:
                 docked_now=camera.serial in docked,
                 pending_clips=pending_counts.get(camera.serial, 0),
                 clips=totals.get(camera.serial, 0),
+                device={
+                    "usb_vendor_id": camera.usb_vendor_id,
+                    "usb_product_id": camera.usb_product_id,
+                    "fs_type": camera.fs_type,
+                    "fs_label": camera.fs_label,
+                    "fs_uuid": camera.fs_uuid,
+                },
             )
             for camera in session.scalars(select(Camera).order_by(Camera.serial))
         ]
