@@ -105,6 +105,9 @@ class Ledger:
     def docking(self, docking_id: int) -> DockingRecord | None:
         return dockings.get(self.store, docking_id)
 
+    def present_clip_ids(self, camera_serial: str, found: Sequence[FoundClip]) -> list[int]:
+        return discovery.present_clip_ids(self.store, camera_serial, found)
+
     def record_scan(
         self, docking_id: int, found: Sequence[FoundClip], refused: int, priority: int = 0
     ) -> list[int]:

@@ -1,5 +1,4 @@
-"""the device identity each docking saw; query plans that hold on a ledger without
-statistics
+"""the device identity each docking saw
 
 Revision ID: 0005
 Revises: 0004
