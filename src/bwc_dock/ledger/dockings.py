@@ -72,9 +72,11 @@ def record(store: Store, volume: DockedVolume, owner: str | None) -> int:
                 **identity,
             },
         )
-        if previous is not None:
-            _audit_identity_change(store, session, previous, docking)
-        return docking.id
+        changed = _audit_identity_change(store, session, previous, docking)
+    if changed is not None:
+        # another device may be claiming this serial: whoever reads the journal must hear
+        log.warning("camera.identity_changed", camera=volume.camera_serial, **changed)
+    return docking.id
 
 
 def _last_identified(session: Session, camera_serial: str) -> Docking | None:
@@ -100,11 +102,15 @@ def identity_changes(previous: Docking, current: Docking) -> dict[str, list[str]
 
 
 def _audit_identity_change(
-    store: Store, session: Session, previous: Docking, current: Docking
-) -> None:
+    store: Store, session: Session, previous: Docking | None, current: Docking
+) -> dict[str, Any] | None:
+    """Audit a device identity that differs from the camera's last docking; its details,
+    or None when nothing changed."""
+    if previous is None:
+        return None
     changes = identity_changes(previous, current)
     if not changes:
-        return
+        return None
     details: dict[str, Any] = {
         "docking_id": current.id,
         "previous_docking_id": previous.id,
@@ -113,8 +119,7 @@ def _audit_identity_change(
     store.audit(
         session, "camera.identity_changed", camera_serial=current.camera_serial, details=details
     )
-    # another device may be claiming this serial: whoever reads the journal must hear it
-    log.warning("camera.identity_changed", camera=current.camera_serial, **details)
+    return details
 
 
 def device_identity(store: Store, docking_id: int) -> dict[str, str | None]:
