@@ -93,6 +93,18 @@ def test_staging_low_has_hysteresis() -> None:
     assert kinds(observed[4]) == [("staging_low", False)]
 
 
+def test_unknown_staging_free_space_raises_nothing_and_clears_nothing() -> None:
+    """Free space that could not be read is not zero: no staging_low from it, and an
+    alarm already raised stays until a real reading clears it."""
+    alarms = board()
+    unknown = replace(calm(), staging_free_bytes=None)
+    assert alarms.observe(unknown) == []
+    assert kinds(alarms.observe(replace(calm(), staging_free_bytes=0))) == [("staging_low", True)]
+    assert alarms.observe(unknown) == []
+    assert [alarm.kind for alarm in alarms.active] == [AlarmKind.STAGING_LOW]
+    assert kinds(alarms.observe(calm())) == [("staging_low", False)]
+
+
 def test_storage_unreachable_only_after_its_grace() -> None:
     """A short outage the uploader rides out raises nothing; a long one raises once."""
     alarms = board()

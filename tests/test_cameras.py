@@ -49,6 +49,23 @@ def test_cameras_lists_every_camera_with_its_pending_clips(dock: Dock) -> None:
     assert "A1" in table and "B2" in table
 
 
+def test_a_folder_camera_records_its_device_identity_as_absent(dock: Dock) -> None:
+    """An ingested folder has no USB ids or filesystem of its own: its custody record and
+    `cameras --json` name the profile and leave the rest null, never invented."""
+    make_camera(dock.root / "card", [500], sidecars=False)
+    dock.cli("ingest", str(dock.root / "card"), "--camera-serial", "F4", "--wait")
+    [clip] = dock.clips()
+    manifest = json.loads((dock.nas / dock.manifest_key(clip)).read_text())
+    assert manifest["device"] == {
+        "profile": "folder", "usb_vendor_id": None, "usb_product_id": None,
+        "fs_type": None, "fs_label": None, "fs_uuid": None,
+    }
+    assert cameras(dock)["F4"]["device"] == {
+        "usb_vendor_id": None, "usb_product_id": None,
+        "fs_type": None, "fs_label": None, "fs_uuid": None,
+    }
+
+
 def test_assign_is_an_audit_event_and_reaches_the_manifest(dock: Dock) -> None:
     """cameras assign records who, to whom and since when; the next upload's manifest
     names the officer."""

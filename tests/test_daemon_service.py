@@ -3,6 +3,7 @@ SHA256SUMS catch-up, SIGTERM, SIGHUP (real processes)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -172,6 +173,38 @@ def test_running_daemon_raises_and_clears_an_alarm_in_status_metrics_and_log(
         subprocess.run(["umount", str(dock.nas)], check=False, timeout=30)
     cleared = [e for e in dock.log_events() if e.get("event") == "alarm.cleared"]
     assert [e["alarm"] for e in cleared] == ["storage_refused"]
+
+
+def test_fresh_dock_starts_without_a_false_staging_alarm(dock: Dock, tmp_path: Path) -> None:
+    """A daemon on a new state folder, before any camera made staging, measures free space
+    where staging will be: its first fleet document, status and metrics carry no alarm."""
+    metrics = tmp_path / "textfiles" / "bwc_dock.prom"
+    metrics.parent.mkdir()
+    # any reserve above zero: an unknown free space read as 0 MiB fell under it
+    dock.write_config(dock={"staging_reserve_mb": 1},
+                      service={"heartbeat_seconds": 1, "metrics_textfile": str(metrics)})
+    fleet_document = dock.nas / "_fleet" / "dock-test.json"
+    daemon = dock.start_daemon()
+    try:
+        wait_until(fleet_document.exists, timeout=STARTUP_DEADLINE_SECONDS,
+                   message="the first fleet document")
+        first_document = json.loads(fleet_document.read_text())
+        wait_until(lambda: json.loads(dock.cli("status", "--json").stdout)["daemon_alive"],
+                   timeout=STARTUP_DEADLINE_SECONDS, message="a heartbeat")
+        status = json.loads(dock.cli("status", "--json").stdout)
+        wait_until(lambda: _metric(metrics, "alarm", alarm="staging_low") is not None,
+                   timeout=MESSAGE_DEADLINE_SECONDS, message="the metrics textfile")
+        metric_alarm = _metric(metrics, "alarm", alarm="staging_low")
+        metric_free = _metric(metrics, "staging_free_bytes")
+    finally:
+        assert dock.stop_daemon(daemon) == 0
+    assert not dock.staging_dir.exists()  # still no camera: staging not made yet
+    assert first_document["alarms"] == []
+    assert first_document["staging_free_bytes"] > 1 * MIB
+    assert status["staging_free_bytes"] > 1 * MIB
+    assert metric_alarm == 0
+    assert metric_free is not None and metric_free > 1 * MIB
+    assert [e for e in dock.log_events() if e.get("event") == "alarm.raised"] == []
 
 
 def test_running_daemon_writes_a_missing_sha256sums_without_a_restart(dock: Dock) -> None:

@@ -250,6 +250,54 @@ def test_docked_camera_is_offloaded_then_unmounted_and_its_docking_ended(
     assert_no_tracebacks(udev_dock)
 
 
+def filesystem_uuid(camera: LoopCamera) -> str:
+    """The volume's UUID as blkid (util-linux) reads it from the image."""
+    return run("blkid", "-o", "value", "-s", "UUID", str(camera.image)).strip()
+
+
+def camera_audit(udev_dock: UdevDock, serial: str, event: str) -> list[dict[str, Any]]:
+    return [json.loads(details) for (details,) in udev_dock.ledger_rows(
+        "SELECT details FROM audit_log WHERE camera_serial = ? AND event = ? ORDER BY id",
+        serial, event)]
+
+
+def test_custody_records_name_the_device_and_a_changed_identity_is_audited(
+    udev_dock: UdevDock,
+) -> None:
+    """The USB ids, profile and filesystem the dock saw reach dock.docked, every custody
+    record and `cameras --json`; the same serial docked again as another device (another
+    filesystem) is a camera.identity_changed audit event and a warning."""
+    udev_dock.start()
+    first = udev_dock.camera("exfat", serial="IDENT001", clip_count=1)
+    first_uuid = filesystem_uuid(first)
+    udev_dock.bay.attach(first)
+    udev_dock.wait_for(all_uploaded(udev_dock, "IDENT001", 1), "the first camera's clip")
+    udev_dock.wait_event("dock.released", camera="IDENT001")
+    seen = {"profile": "test-bay", "usb_vendor_id": VENDOR_ID, "usb_product_id": PRODUCT_ID,
+            "fs_type": "exfat", "fs_label": "BWCCAM", "fs_uuid": first_uuid}
+    [docked] = udev_dock.events("dock.docked", camera="IDENT001")
+    assert {name: docked[name] for name in seen} == seen
+    [clip] = udev_dock.clips("IDENT001")
+    manifest = json.loads((udev_dock.dock.nas / udev_dock.dock.manifest_key(clip)).read_text())
+    assert manifest["device"] == seen
+    listed = {c["serial"]: c for c in json.loads(udev_dock.dock.cli("cameras", "--json").stdout)}
+    assert listed["IDENT001"]["device"] == {k: v for k, v in seen.items() if k != "profile"}
+    assert camera_audit(udev_dock, "IDENT001", "camera.identity_changed") == []
+
+    udev_dock.bay.detach(first)
+    second = udev_dock.camera("vfat", serial="IDENT001", clip_count=1)
+    second_uuid = filesystem_uuid(second)
+    udev_dock.bay.attach(second)
+    udev_dock.wait_event("dock.docked", 2, camera="IDENT001")
+    udev_dock.wait_for(lambda: bool(camera_audit(udev_dock, "IDENT001", "camera.identity_changed")),
+                       "the identity change audited")
+    [changed] = camera_audit(udev_dock, "IDENT001", "camera.identity_changed")
+    assert changed["changed"] == {"fs_type": ["exfat", "vfat"],
+                                  "fs_uuid": [first_uuid, second_uuid]}
+    [warning] = udev_dock.events("camera.identity_changed", camera="IDENT001")
+    assert warning["level"] == "warning"
+
+
 BIG_FILE_BYTES = 32 * MIB
 CAMERA_BYTES_PER_SECOND = 16_000_000  # a USB 2 camera: a 32 MiB file takes two seconds
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import event, text
 
 from bwc_dock.config import Config, parse_config
+from bwc_dock.handrun import ingest_folder
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.assignments import officer_at
 from bwc_dock.ledger.db import create_ledger_engine, migrate, schema_revision
@@ -21,7 +22,7 @@ from bwc_dock.ledger.models import Base
 from bwc_dock.ledger.quick import QuickReader
 from bwc_dock.scanner import FoundClip, FoundFile
 from bwc_dock.sources.base import DockedVolume
-from tests.dock import utc_datetime
+from tests.dock import make_camera, utc_datetime
 
 # Enough uploaded clips that reading them all is thousands of times the work of the
 # few index searches the hot path needs, and few enough to build in about a second.
@@ -50,10 +51,11 @@ def _camera_of_clip(number: int) -> int:
     return OLD_CAMERAS if number < BUSY_CLIPS else number % OLD_CAMERAS
 
 
-def _fill_with_history(ledger_path: Path) -> None:
+def _fill_with_history(ledger_path: Path, *, analyze: bool = True) -> None:
     """Years of uploaded clips with three audit entries each, written as the ledger
-    stores them, then ANALYZE: the statistics then say that nearly every clip is
-    ``uploaded``, as on a real old dock. The busy camera was issued to one officer."""
+    stores them, then ANALYZE (unless not ``analyze``): the statistics then say that
+    nearly every clip is ``uploaded``, as on a real old dock. The busy camera was issued
+    to one officer."""
     moment = "2024-01-01 00:00:00.000000"
     cameras = OLD_CAMERAS + 1
     connection = sqlite3.connect(ledger_path)
@@ -85,7 +87,8 @@ def _fill_with_history(ledger_path: Path) -> None:
             ((_serial(_camera_of_clip(number)), _camera_of_clip(number) + 1,
               f"DCIM/{number}.MP4".encode(), f"DCIM/{number}.MP4", f"{number}.MP4", number,
               moment, f"{number:064x}", moment, moment) for number in range(OLD_CLIPS)))
-    connection.execute("ANALYZE")
+    if analyze:
+        connection.execute("ANALYZE")
     connection.close()
 
 
@@ -131,16 +134,34 @@ def _plan(ledger_path: Path, statement: str, parameters: tuple[Any, ...]) -> lis
     return plan
 
 
-def _old_ledger_with_history(tmp_path: Path) -> tuple[Config, Path]:
-    """A dock's ledger at schema 0003 holding years of uploaded clips."""
+def _old_ledger_with_history(
+    tmp_path: Path, *, revision: str = "0003", analyze: bool = True
+) -> tuple[Config, Path]:
+    """A dock's ledger at schema ``revision`` holding years of uploaded clips."""
     config = _config(tmp_path)
     config.dock.state_dir.mkdir(parents=True)
     engine = create_ledger_engine(config.ledger_url)
-    migrate(engine, "0003")
+    migrate(engine, revision)
     engine.dispose()
     ledger_path = config.dock.state_dir / "ledger.sqlite3"
-    _fill_with_history(ledger_path)
+    _fill_with_history(ledger_path, analyze=analyze)
     return config, ledger_path
+
+
+def _copy_without_new_indexes(ledger_path: Path, tmp_path: Path) -> Path:
+    """A copy of the old ledger with the newest tables' columns but its own old indexes:
+    today's statements run on it, with the plans the old indexes allow."""
+    copy = tmp_path / "before-upgrade.sqlite3"
+    shutil.copyfile(ledger_path, copy)
+    connection = sqlite3.connect(copy)
+    for table in Base.metadata.sorted_tables:
+        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table.name})")}
+        for column in table.columns:
+            if column.name not in present:
+                connection.execute(f"ALTER TABLE {table.name} ADD COLUMN {column.name}")
+    connection.commit()
+    connection.close()
+    return copy
 
 
 def test_the_upgrade_adds_the_indexes_declared_in_the_models(tmp_path: Path) -> None:
@@ -149,7 +170,7 @@ def test_the_upgrade_adds_the_indexes_declared_in_the_models(tmp_path: Path) -> 
     has exactly the indexes the models declare."""
     config, ledger_path = _old_ledger_with_history(tmp_path)
     ledger = Ledger.open(config, "upgraded")
-    assert schema_revision(ledger.engine) == "0004"
+    assert schema_revision(ledger.engine) == "0005"
     with ledger.engine.connect() as connection:
         indexes = set(connection.execute(text(
             "SELECT name FROM sqlite_master WHERE type = 'index'"
@@ -171,8 +192,7 @@ def test_upload_claim_and_oldest_pending_do_not_read_the_history(tmp_path: Path)
     ANALYZE; the same statements on the ledger before the upgrade read every clip, which
     shows the data set is big enough to tell the two apart."""
     config, ledger_path = _old_ledger_with_history(tmp_path)
-    before_upgrade = tmp_path / "before-upgrade.sqlite3"
-    shutil.copyfile(ledger_path, before_upgrade)
+    before_upgrade = _copy_without_new_indexes(ledger_path, tmp_path)
     ledger = Ledger.open(config, "upgraded")
     with _statements(ledger) as sent:
         assert ledger.claim_for_upload(current_owner("uploader")) is None  # nothing staged
@@ -209,8 +229,7 @@ def test_an_old_cameras_scan_and_custody_do_not_read_its_history(tmp_path: Path)
     the 20 files and the one assignment; the officer lookup on the ledger before the
     upgrade read all of the camera's audit entries."""
     config, ledger_path = _old_ledger_with_history(tmp_path)
-    before_upgrade = tmp_path / "before-upgrade.sqlite3"
-    shutil.copyfile(ledger_path, before_upgrade)
+    before_upgrade = _copy_without_new_indexes(ledger_path, tmp_path)
     ledger = Ledger.open(config, "upgraded")
     volume = DockedVolume("ingest", str(tmp_path), tmp_path, BUSY_CAMERA)
     docking = ledger.record_docking(volume, current_owner("test"))
@@ -230,3 +249,54 @@ def test_an_old_cameras_scan_and_custody_do_not_read_its_history(tmp_path: Path)
     for statement, parameters in (known, officer):
         assert _work(ledger_path, statement, parameters) < BUSY_CLIPS // 5, _plan(
             ledger_path, statement, parameters)
+
+
+def _partial_indexes(ledger_path: Path) -> set[str]:
+    connection = sqlite3.connect(ledger_path)
+    names = {name for (name,) in connection.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE '% WHERE %'")}
+    connection.close()
+    return names
+
+
+def _scans_clips(plan: list[str], partial_indexes: set[str]) -> bool:
+    """A step reading the clips table (or a whole index of it) from end to end; a partial
+    index holds only the few rows it names (the leased clips, say)."""
+    return any(step.startswith("SCAN clips")
+               and not any(step.endswith(f"INDEX {name}") for name in partial_indexes)
+               for step in plan)
+
+
+def test_an_ingest_on_a_ledger_without_statistics_searches_its_indexes(tmp_path: Path) -> None:
+    """On a ledger of 50,000 uploaded clips that was never analyzed (no sqlite_stat1, as
+    every ledger grows), each statement of a hand ingest of an old camera, the staging
+    purge and the oldest pending clip SEARCHes an index, none SCANs clips, and none reads
+    more than a fraction of the history."""
+    config, ledger_path = _old_ledger_with_history(tmp_path, revision="head", analyze=False)
+    (tmp_path / "nas").mkdir()
+    card = tmp_path / "card"
+    make_camera(card, [1000] * 3, sidecars=False)
+    ledger = Ledger.open(config, "ingest")
+    with _statements(ledger) as sent:
+        report = ingest_folder(config, ledger, card, BUSY_CAMERA, wait=True, timeout_seconds=120)
+        assert len(ledger.purgeable(utc_datetime())) == 3  # the new clips, staged copies kept
+        assert ledger.oldest_pending_at() is None
+    ledger.close()
+    assert report.ok and report.new == 3, report.problems
+    database = sqlite3.connect(ledger_path)
+    assert database.execute(
+        "SELECT count(*) FROM sqlite_master WHERE name LIKE 'sqlite_stat%'").fetchone() == (0,)
+    database.close()
+
+    partial = _partial_indexes(ledger_path)
+    reading = sorted({pair for pair in sent if pair[0].lstrip().upper().startswith(
+        ("SELECT", "UPDATE", "DELETE")) and " clips" in pair[0]})
+    assert len(reading) > 10  # the ingest's claims, finishes, counts and lists were seen
+    for statement, parameters in reading:
+        plan = _plan(ledger_path, statement, parameters)
+        assert not _scans_clips(plan, partial), (plan, statement)
+        assert any(step.startswith("SEARCH clips") for step in plan), (plan, statement)
+        assert _work(ledger_path, statement, parameters) < OLD_CLIPS // 4, (plan, statement)
+    purge = next(pair for pair in reading if "staged_purged_at IS NULL" in pair[0])
+    assert _plan(ledger_path, *purge) == [
+        "SEARCH clips USING INDEX ix_clips_staged_copies (uploaded_at<?)"]

@@ -82,6 +82,12 @@ def test_nothing_pending_is_age_zero_and_unknown_storage_is_left_out() -> None:
     assert not any(name == "bwc_dock_storage_reachable" for name, _ in parsed)
 
 
+def test_unknown_staging_free_space_is_left_out_not_zero() -> None:
+    """Staging free space that could not be read is absent from the textfile, never 0."""
+    parsed = samples(render(snapshot(staging_free_bytes=None)))
+    assert not any(name == "bwc_dock_staging_free_bytes" for name, _ in parsed)
+
+
 def test_write_replaces_the_file_atomically(tmp_path: Path) -> None:
     """Each write is a new inode swapped in by rename, readable by node_exporter's user."""
     target = tmp_path / "bwc_dock.prom"

@@ -77,7 +77,7 @@ class Observation:
 
     now: datetime
     oldest_pending_at: datetime | None  # discovery time of the oldest clip not yet uploaded
-    staging_free_bytes: int
+    staging_free_bytes: int | None  # None: could not be read, which is not "full"
     staging_reserve_bytes: int
     storage: StorageState = StorageState.UNKNOWN
     storage_error: str = ""  # the last error's text (never holding a secret)
@@ -209,6 +209,9 @@ class AlarmBoard:
         free = observation.staging_free_bytes
         reserve = observation.staging_reserve_bytes
         was_active = (AlarmKind.STAGING_LOW, None) in self._active
+        if free is None:
+            # unknown free space proves nothing: keep the alarm as it was, raise none new
+            return self._active.get((AlarmKind.STAGING_LOW, None))
         margin = max(int(reserve * _STAGING_CLEAR_MARGIN), _STAGING_CLEAR_MARGIN_MINIMUM)
         threshold = reserve + margin if was_active else reserve
         if free >= threshold:

@@ -117,6 +117,7 @@ def camera_documents(cameras: Iterable[CameraInfo]) -> list[dict[str, object]]:
             "docked": camera.docked_now,
             "pending_clips": camera.pending_clips,
             "clips": camera.clips,
+            "device": dict(camera.device),
         }
         for camera in cameras
     ]

@@ -410,7 +410,7 @@ class Daemon(SourceListener):
             status_line=self.status_line(counts),
             clips_by_state=counts,
             oldest_pending_at=self.ledger.oldest_pending_at(),
-            staging_free_bytes=self._staging_free_bytes() or 0,
+            staging_free_bytes=self._staging_free_bytes(),
             staging_reserve_bytes=self.staging.reserve_bytes,
             storage=self.storage.state,
             last_error=self._last_error,

@@ -115,12 +115,7 @@ def ingest_folder(
 
 def _clips_of_folder(ledger: Ledger, camera_serial: str, found: ScanResult) -> list[int]:
     """Every clip of this camera whose file is in the folder now (new or seen before)."""
-    present = {(c.video.source_path_raw, c.video.size, c.video.mtime_ns) for c in found.clips}
-    return [
-        w.id
-        for w in ledger.clips(camera_serial=camera_serial)
-        if (w.source_path_raw, w.size, w.mtime_ns) in present
-    ]
+    return ledger.present_clip_ids(camera_serial, found.clips)
 
 
 class ProgressSink(Protocol):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -104,13 +105,17 @@ def build_manifest(
     officer_id: str | None,
     times: dict[str, datetime | None],
     audit_head: tuple[int, str],
+    device: Mapping[str, str | None],
 ) -> bytes:
+    """``device``: the identity the dock saw when the clip was docked (USB ids, profile,
+    filesystem), null where it saw none, as a watch folder has no USB ids."""
     document: dict[str, Any] = {
         "schema": MANIFEST_SCHEMA,
         "clip_id": work.id,
         "camera": work.camera_serial,
         "dock": dock_id,
         "docking_id": work.docking_id,
+        "device": dict(device),
         "officer": officer_id,
         "original_path": work.source_path,
         "size": work.size,

@@ -35,7 +35,7 @@ class MetricsSnapshot:
     bytes_uploaded_total: int  # bytes confirmed in central storage, ever
     oldest_pending_seconds: float | None  # age of the oldest clip not yet uploaded
     cameras_docked: int
-    staging_free_bytes: int
+    staging_free_bytes: int | None  # None: could not be read (left out, never 0)
     storage_reachable: bool | None  # None: not probed yet
     errors_total: Mapping[str, int] = field(default_factory=dict)  # kind -> count, ever
     alarms: Mapping[str, bool] = field(default_factory=dict)  # every alarm kind -> active
@@ -105,12 +105,13 @@ def _lines(snapshot: MetricsSnapshot) -> Iterator[str]:
     yield from _family(
         "cameras_docked", "gauge", "Cameras docked now.", [(dock, snapshot.cameras_docked)]
     )
-    yield from _family(
-        "staging_free_bytes",
-        "gauge",
-        "Free space in the staging area.",
-        [(dock, snapshot.staging_free_bytes)],
-    )
+    if snapshot.staging_free_bytes is not None:
+        yield from _family(
+            "staging_free_bytes",
+            "gauge",
+            "Free space on the filesystem that holds the staging area.",
+            [(dock, snapshot.staging_free_bytes)],
+        )
     if snapshot.storage_reachable is not None:
         yield from _family(
             "storage_reachable",

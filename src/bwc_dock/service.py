@@ -44,7 +44,7 @@ class DaemonStatus:
     status_line: str
     clips_by_state: Mapping[str, int]
     oldest_pending_at: datetime | None
-    staging_free_bytes: int  # 0 when it cannot be read
+    staging_free_bytes: int | None  # None when it cannot be read: unknown, never zero
     staging_reserve_bytes: int
     storage: StorageState
     last_error: str | None

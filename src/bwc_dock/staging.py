@@ -46,12 +46,14 @@ class StagingArea:
         return f"clips/{clip_id:08d}"
 
     def free_bytes(self) -> int:
-        stats = os.statvfs(self.root)
+        """Free bytes on the filesystem that holds (or, before the first copy, will hold)
+        staging; OSError when even that cannot be read."""
+        stats = os.statvfs(_nearest_existing(self.root))
         return stats.f_bavail * stats.f_frsize
 
     def usable_bytes(self) -> int:
         """The most a clip can ever take: the staging filesystem's size minus the reserve."""
-        stats = os.statvfs(self.root)
+        stats = os.statvfs(_nearest_existing(self.root))
         return stats.f_blocks * stats.f_frsize - self.reserve_bytes
 
     def reserve_room(self, needed: int, camera: str) -> None:
@@ -127,3 +129,12 @@ class StagingArea:
         except OSError as error:
             log.warning("staging.purge_incomplete", clip=work.id, error=str(error))
         ledger.mark_purged(work.id)
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest existing ancestor: staging is created on the first copy, and
+    until then the folder it will be made in sits on the same filesystem."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return path

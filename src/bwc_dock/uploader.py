@@ -240,6 +240,7 @@ class Uploader:
             officer_id=officer,
             times={**times, "uploaded_at": utc_now()},
             audit_head=self.ledger.audit_head(),
+            device=self.ledger.docking_device(work.docking_id),
         )
         assert work.sha256 is not None
         try:

@@ -32,11 +32,14 @@ def cameras_group(click_context: click.Context, as_json: bool) -> None:
     if as_json:
         emit(documents)
         return
-    table = Table(("serial", "profile", "officer", "last docked", "docked", "pending", "clips"))
+    table = Table(
+        ("serial", "profile", "usb id", "officer", "last docked", "docked", "pending", "clips")
+    )
     for camera in documents:
         table.add_row(
             camera["serial"],
             camera["profile"],
+            _usb_id(camera["device"]),
             camera["officer_id"],
             camera["last_docked_at"],
             "yes" if camera["docked"] else "no",
@@ -44,6 +47,13 @@ def cameras_group(click_context: click.Context, as_json: bool) -> None:
             camera["clips"],
         )
     table.print()
+
+
+def _usb_id(device: object) -> str | None:
+    """vendor:product as lsusb writes it; None (shown as a dash) for a folder camera."""
+    assert isinstance(device, dict)
+    vendor, product = device["usb_vendor_id"], device["usb_product_id"]
+    return f"{vendor or '?'}:{product or '?'}" if vendor or product else None
 
 
 _FORCE_HELP = "also when it re-attributes clips already delivered (audited with their ids)"

@@ -72,5 +72,7 @@ def _print_status(document: dict[str, Any]) -> None:
         )
     click.echo(f"oldest pending clip: {document['oldest_pending_at'] or '-'}")
     click.echo(f"storage reachable: {document['storage_reachable']}")
+    free = document["staging_free_bytes"]
+    click.echo(f"staging free: {'unknown' if free is None else f'{free // 2**20} MiB'}")
     if document["last_error"]:
         click.echo(f"last error: {shown(document['last_error'])}")

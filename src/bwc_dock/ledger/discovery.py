@@ -44,6 +44,27 @@ def record_scan(
     return new_ids
 
 
+def present_clip_ids(store: Store, camera_serial: str, found: Sequence[FoundClip]) -> list[int]:
+    """The ids of this camera's clips whose file is among ``found`` (new or seen before),
+    oldest first: searched by path in the unique index, as the scan itself is, and not by
+    reading every clip the camera ever had."""
+    wanted = {(c.video.source_path_raw, c.video.size, c.video.mtime_ns) for c in found}
+    paths = sorted({raw for raw, _size, _mtime in wanted})
+    ids: list[int] = []
+    with store.reading() as session:
+        for start in range(0, len(paths), _PATH_BATCH):
+            query = select(Clip.id, Clip.source_path_raw, Clip.size, Clip.mtime_ns).where(
+                Clip.camera_serial == camera_serial,
+                Clip.source_path_raw.in_(paths[start : start + _PATH_BATCH]),
+            )
+            ids.extend(
+                row.id
+                for row in session.execute(query)
+                if (row.source_path_raw, row.size, row.mtime_ns) in wanted
+            )
+    return sorted(ids)
+
+
 def _known_identities(
     session: Session, camera_serial: str, found: Sequence[FoundClip]
 ) -> set[tuple[bytes, int, int]]:

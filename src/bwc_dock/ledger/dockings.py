@@ -7,7 +7,11 @@ A docking's ``owner`` is a lease-owner name: a docking whose reader died is take
 
 from __future__ import annotations
 
+from typing import Any
+
+import structlog
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from bwc_dock.ledger.leases import owner_is_dead
 from bwc_dock.ledger.models import Camera, Docking, utc_now
@@ -15,11 +19,19 @@ from bwc_dock.ledger.snapshots import DockingRecord, docking_record
 from bwc_dock.ledger.store import Store
 from bwc_dock.sources.base import DockedVolume
 
+log = structlog.get_logger(__name__)
+
+# what names the device itself; a different profile is a configuration change, not another
+# device, so it is recorded but not compared
+_COMPARED = ("usb_vendor_id", "usb_product_id", "fs_type", "fs_label", "fs_uuid")
+
 
 def record(store: Store, volume: DockedVolume, owner: str | None) -> int:
     """A new docking of ``volume``; ``owner`` (a lease-owner name) is who reads it."""
     now = utc_now()
+    identity = volume.device_identity()
     with store.transaction() as session:
+        previous = _last_identified(session, volume.camera_serial)
         camera = session.get(Camera, volume.camera_serial)
         if camera is None:
             camera = Camera(serial=volume.camera_serial, first_seen_at=now)
@@ -27,6 +39,7 @@ def record(store: Store, volume: DockedVolume, owner: str | None) -> int:
         camera.profile_name = volume.profile_name
         camera.usb_vendor_id = volume.usb_vendor_id
         camera.usb_product_id = volume.usb_product_id
+        camera.fs_type = volume.fs_type
         camera.fs_label = volume.fs_label
         camera.fs_uuid = volume.fs_uuid
         camera.last_docked_at = now
@@ -39,6 +52,12 @@ def record(store: Store, volume: DockedVolume, owner: str | None) -> int:
             owner=owner,
             docked_at=now,
             refused_entries=0,
+            profile_name=volume.profile_name,
+            usb_vendor_id=volume.usb_vendor_id,
+            usb_product_id=volume.usb_product_id,
+            fs_type=volume.fs_type,
+            fs_label=volume.fs_label,
+            fs_uuid=volume.fs_uuid,
         )
         session.add(docking)
         session.flush()
@@ -50,10 +69,68 @@ def record(store: Store, volume: DockedVolume, owner: str | None) -> int:
                 "docking_id": docking.id,
                 "device": volume.device,
                 "source": volume.source,
-                "profile": volume.profile_name,
+                **identity,
             },
         )
-        return docking.id
+        changed = _audit_identity_change(store, session, previous, docking)
+    if changed is not None:
+        # another device may be claiming this serial: whoever reads the journal must hear
+        log.warning("camera.identity_changed", camera=volume.camera_serial, **changed)
+    return docking.id
+
+
+def _last_identified(session: Session, camera_serial: str) -> Docking | None:
+    """The camera's newest docking that recorded a device identity (every docking since
+    the ledger kept one names its profile; older ones recorded none to compare with)."""
+    return session.scalars(
+        select(Docking)
+        .where(Docking.camera_serial == camera_serial, Docking.profile_name.is_not(None))
+        .order_by(Docking.id.desc())
+        .limit(1)
+    ).first()
+
+
+def identity_changes(previous: Docking, current: Docking) -> dict[str, list[str]]:
+    """Each identity value both dockings saw and that differs: [before, now]. A value one
+    of them could not see (a folder has no USB ids) proves nothing either way."""
+    changes = {}
+    for name in _COMPARED:
+        before, now = getattr(previous, name), getattr(current, name)
+        if before is not None and now is not None and before != now:
+            changes[name] = [before, now]
+    return changes
+
+
+def _audit_identity_change(
+    store: Store, session: Session, previous: Docking | None, current: Docking
+) -> dict[str, Any] | None:
+    """Audit a device identity that differs from the camera's last docking; its details,
+    or None when nothing changed."""
+    if previous is None:
+        return None
+    changes = identity_changes(previous, current)
+    if not changes:
+        return None
+    details: dict[str, Any] = {
+        "docking_id": current.id,
+        "previous_docking_id": previous.id,
+        "changed": changes,
+    }
+    store.audit(
+        session, "camera.identity_changed", camera_serial=current.camera_serial, details=details
+    )
+    return details
+
+
+def device_identity(store: Store, docking_id: int) -> dict[str, str | None]:
+    """The device identity a docking recorded (all None for dockings from before it was
+    kept, or an unknown docking)."""
+    with store.reading() as session:
+        docking = session.get(Docking, docking_id)
+        return {
+            "profile": docking.profile_name if docking else None,
+            **{name: getattr(docking, name) if docking else None for name in _COMPARED},
+        }
 
 
 def end(store: Store, docking_id: int, reason: str) -> None:

@@ -107,6 +107,9 @@ class Ledger:
     def record_docking(self, volume: DockedVolume, owner: str | None) -> int:
         return dockings.record(self.store, volume, owner)
 
+    def docking_device(self, docking_id: int) -> dict[str, str | None]:
+        return dockings.device_identity(self.store, docking_id)
+
     def end_docking(self, docking_id: int, reason: str) -> None:
         dockings.end(self.store, docking_id, reason)
 
@@ -121,6 +124,9 @@ class Ledger:
 
     def docking(self, docking_id: int) -> DockingRecord | None:
         return dockings.get(self.store, docking_id)
+
+    def present_clip_ids(self, camera_serial: str, found: Sequence[FoundClip]) -> list[int]:
+        return discovery.present_clip_ids(self.store, camera_serial, found)
 
     def record_scan(
         self, docking_id: int, found: Sequence[FoundClip], refused: int, priority: int = 0

@@ -56,6 +56,7 @@ class Camera(Base):
     profile_name: Mapped[str | None] = mapped_column(String(128))
     usb_vendor_id: Mapped[str | None] = mapped_column(String(8))
     usb_product_id: Mapped[str | None] = mapped_column(String(8))
+    fs_type: Mapped[str | None] = mapped_column(String(32))  # migration 0005
     fs_label: Mapped[str | None] = mapped_column(String(64))
     fs_uuid: Mapped[str | None] = mapped_column(String(64))
     officer_id: Mapped[str | None] = mapped_column(String(128))
@@ -92,6 +93,14 @@ class Docking(Base):
     # 1: a clip of it changed state since its SHA256SUMS was last settled (a trigger
     # sets it, migration 0003); the anchorer looks only at these dockings
     sums_due: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # the device identity the dock saw at this docking (migration 0005; None on older
+    # dockings, and where the source has no such value, as a watch folder has no USB ids)
+    profile_name: Mapped[str | None] = mapped_column(String(128))
+    usb_vendor_id: Mapped[str | None] = mapped_column(String(8))
+    usb_product_id: Mapped[str | None] = mapped_column(String(8))
+    fs_type: Mapped[str | None] = mapped_column(String(32))
+    fs_label: Mapped[str | None] = mapped_column(String(64))
+    fs_uuid: Mapped[str | None] = mapped_column(String(64))
 
 
 class Clip(Base):

@@ -7,6 +7,7 @@ without SQLAlchemy: the quick reader (``quick.py``) hands out the same ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -106,6 +107,9 @@ class CameraInfo:
     docked_now: bool
     pending_clips: int
     clips: int
+    # the device identity seen at its last docking: usb_vendor_id, usb_product_id,
+    # fs_type, fs_label, fs_uuid (None where that docking had none)
+    device: Mapping[str, str | None]
 
 
 @dataclass(frozen=True)

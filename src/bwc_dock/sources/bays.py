@@ -196,6 +196,7 @@ class Bays:
             profile_name=profile.name,
             usb_vendor_id=identity.vendor_id,
             usb_product_id=identity.product_id,
+            fs_type=identity.fs_type,
             fs_label=identity.fs_label,
             fs_uuid=identity.fs_uuid,
         )
@@ -203,9 +204,9 @@ class Bays:
         log.info(
             "dock.docked",
             camera=serial,
-            profile=profile.name,
             device=identity.device,
             mount_point=str(mounted.mount_point),
+            **volume.device_identity(),
         )
         self._notify_docked(volume)
 

@@ -94,7 +94,8 @@ class WatchFolderSource(Source):
             if volume is None:
                 return
             self._present[device] = volume
-        log.info("dock.docked", source="watch", camera=volume.camera_serial, device=device)
+        log.info("dock.docked", source="watch", camera=volume.camera_serial, device=device,
+                 **volume.device_identity())
         assert self._listener is not None
         self._listener.docked(volume)
 
