@@ -138,12 +138,18 @@ def test_helper_refuses_what_is_not_a_tagged_camera(
     plain_file = tmp_path / "not-a-device"
     plain_file.write_bytes(b"\0" * 4096)
     refusals: dict[str, list[dict[str, Any]]] = {
-        "not a device path under /dev": [
+        "not /dev/<kernel name>": [
             {"op": "mount", "device": str(plain_file), "fs_type": "vfat"},
             {"op": "mount", "device": f"/dev/../{plain_file}", "fs_type": "vfat"},
             {"op": "mount", "device": f"/dev/{Path(device).name}/../../tmp", "fs_type": "vfat"},
+            {"op": "mount", "device": "/dev/shm/camera", "fs_type": "vfat"},
+            {"op": "mount", "device": "/dev/disk/by-id/usb-camera", "fs_type": "vfat"},
+            {"op": "mount", "device": f"{device}\n", "fs_type": "vfat"},
+            {"op": "mount", "device": "/dev/.", "fs_type": "vfat"},
         ],
-        "is not a block device": [{"op": "mount", "device": "/dev/null", "fs_type": "vfat"}],
+        "no block device 'null' in sysfs": [
+            {"op": "mount", "device": "/dev/null", "fs_type": "vfat"}
+        ],
         "is not tagged BWC_CAMERA=1": [{"op": "mount", "device": untagged, "fs_type": "vfat"}],
         "filesystem type not allowed": [
             {"op": "mount", "device": device, "fs_type": "ext4"},
@@ -154,11 +160,14 @@ def test_helper_refuses_what_is_not_a_tagged_camera(
             {"op": "mount", "device": device, "fs_type": "vfat", "options": ["exec"]},
             {"op": "mount", "device": device, "fs_type": "vfat", "options": ["utf8,suid"]},
             {"op": "mount", "device": device, "fs_type": "vfat", "options": ["x-mount.mkdir"]},
+            {"op": "mount", "device": device, "fs_type": "vfat", "options": ["errors=panic"]},
+            {"op": "mount", "device": device, "fs_type": "vfat", "options": ["helper=udisks2"]},
         ],
         "not a mount point of this helper": [
             {"op": "unmount", "mount_point": "/"},
             {"op": "unmount", "mount_point": str(helper.mount_root / ".." / "x")},
             {"op": "remount", "mount_point": "/usr", "mode": "rw"},
+            {"op": "unmount", "mount_point": str(helper.mount_root / ".hidden")},
         ],
         "unknown op": [{"op": "bind", "device": device}],
     }

@@ -199,7 +199,7 @@ def test_helper_holds_mount_privilege_and_no_network() -> None:
     """The helper unit has CAP_SYS_ADMIN, @mount and the camera block devices, no network,
     and no setting that would give it a mount namespace of its own."""
     unit = settings(HELPER_UNIT)
-    assert unit["ExecStart"] == [f"{INSTALLED_HELPER} --mount-root /run/bwc-dock/cameras"]
+    assert unit["ExecStart"] == [f"{INSTALLED_HELPER} --mount-root /run/bwc-dock-mount/cameras"]
     assert unit["CapabilityBoundingSet"] == ["CAP_SYS_ADMIN"]
     assert "@system-service @mount" in unit["SystemCallFilter"]
     assert {"block-sd rw", "block-blkext rw", "block-loop rw", "/dev/fuse rw"} == set(

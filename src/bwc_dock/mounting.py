@@ -73,7 +73,7 @@ _FORBIDDEN_OPTIONS = frozenset(
 )
 _OPTION_SHAPE = re.compile(r"^[A-Za-z0-9_.+-]+(=[A-Za-z0-9_.:/+-]+)?$")
 # mount point names (the helper's are kernel names): no dot, no separator, no leading dash
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" lets "\n" by
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MOUNT_POINT_MODE = 0o700
 _MNT_DETACH = 2
@@ -303,7 +303,7 @@ class Mounter:
         self._mountinfo = mountinfo
 
     def mount_point_for(self, name: str) -> Path:
-        if not SAFE_NAME.match(name):
+        if not SAFE_NAME.fullmatch(name):
             raise MountError(f"unsafe mount point name: {name!r}")
         return self.mount_dir / name
 
@@ -370,7 +370,7 @@ class Mounter:
             )
             # a lazy unmount detaches everything beneath, so the top names suffice
             for name in sorted({point.relative_to(self.mount_dir).parts[0] for point in stale}):
-                if not SAFE_NAME.match(name):
+                if not SAFE_NAME.fullmatch(name):
                     log.error("mount.stale_not_ours", mount_point=str(self.mount_dir / name))
                     continue
                 log.warning("mount.stale_cleaned", mount_point=str(self.mount_dir / name))
@@ -449,7 +449,7 @@ class Mounter:
             yield root
 
     def _own_name(self, mount_point: Path) -> str:
-        if mount_point.parent != self.mount_dir or not SAFE_NAME.match(mount_point.name):
+        if mount_point.parent != self.mount_dir or not SAFE_NAME.fullmatch(mount_point.name):
             raise MountError(f"refusing to unmount outside {self.mount_dir}: {mount_point}")
         return mount_point.name
 
@@ -628,7 +628,7 @@ class Mounter:
     def _remove_empty_dirs(self, root: int) -> None:
         for name in sorted(os.listdir(root)):
             with contextlib.suppress(OSError):
-                if SAFE_NAME.match(name) and stat.S_ISDIR(
+                if SAFE_NAME.fullmatch(name) and stat.S_ISDIR(
                     os.stat(name, dir_fd=root, follow_symlinks=False).st_mode
                 ):
                     self._remove_point(root, name)
