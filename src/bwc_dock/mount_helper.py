@@ -369,8 +369,6 @@ def parse_arguments(arguments: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--allow-uid", type=int, action="append", default=[],
                         help="a uid besides root that may send requests (repeatable)")
     parser.add_argument("--udev-data", type=Path, default=DEFAULT_UDEV_DATA)
-    parser.add_argument("--device-dir", type=Path, default=DEFAULT_DEVICE_DIR,
-                        help="where /dev/<kernel name> nodes are opened (tests)")
     return parser.parse_args(arguments)
 
 
@@ -380,7 +378,6 @@ def main(arguments: Sequence[str] | None = None) -> None:
     service = MountService(
         mount_root=options.mount_root,
         udev_data=options.udev_data,
-        device_dir=options.device_dir,
         allowed_uids=frozenset({0, *options.allow_uid}),
     )
     listener = listening_socket(options.socket)
