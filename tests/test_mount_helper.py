@@ -314,11 +314,11 @@ def test_a_link_planted_on_the_mount_path_is_refused(
     helper = _contained(tmp_path, mount_root)
     try:
         answer = helper.ask({"op": "mount", "device": device, "fs_type": "vfat"})
-        assert answer["ok"] is False, answer
-        assert "is a link or not a directory" in answer["error"], answer
         assert not [point for point in helper.mount_points() if point.startswith(str(decoy))]
         assert not [point for point in helper.mount_points() if "helper/run" in point]
         assert stat.S_IMODE(decoy.stat().st_mode) == 0o755
+        assert answer["ok"] is False, answer
+        assert "is a link or not a directory" in answer["error"], answer
     finally:
         helper.stop()
 
