@@ -244,7 +244,7 @@ def test_profile_options_that_weaken_the_mount_are_refused() -> None:
     assert validate_profile_options(["uid=0", "iocharset=utf8", "noatime"]) == (
         "uid=0", "iocharset=utf8", "noatime")
     for bad in ["rw", "exec", "suid", "dev", "defaults", "remount", "x-mount.mkdir",
-                "uid=0,exec", "opt with space"]:
+                "uid=0,exec", "opt with space", "utf8\n"]:
         with pytest.raises(MountError):
             validate_profile_options([bad])
 

@@ -188,11 +188,6 @@ class MountService:
 
     # -- checks --------------------------------------------------------------------------
 
-    def check_device(self, device: str) -> str:
-        """The kernel name of ``device`` if it may be mounted; else RequestRefused."""
-        with self.camera_device(device) as (kernel_name, _descriptor):
-            return kernel_name
-
     @contextmanager
     def camera_device(self, device: str) -> Iterator[tuple[str, int]]:
         """The kernel name and an ``O_PATH`` descriptor of ``device``, a tagged camera's

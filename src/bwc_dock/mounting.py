@@ -71,7 +71,7 @@ _FORBIDDEN_OPTIONS = frozenset(
         "nonempty",
     }
 )
-_OPTION_SHAPE = re.compile(r"^[A-Za-z0-9_.+-]+(=[A-Za-z0-9_.:/+-]+)?$")
+_OPTION_SHAPE = re.compile(r"[A-Za-z0-9_.+-]+(=[A-Za-z0-9_.:/+-]+)?")
 # mount point names (the helper's are kernel names): no dot, no separator, no leading dash
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" lets "\n" by
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -194,7 +194,7 @@ def validate_profile_options(options: Sequence[str]) -> tuple[str, ...]:
     """Refuse profile mount options that would weaken the mount or inject syntax."""
     for option in options:
         name = option.split("=", 1)[0].lower()
-        if name in _FORBIDDEN_OPTIONS or name.startswith("x-") or not _OPTION_SHAPE.match(option):
+        if name in _FORBIDDEN_OPTIONS or name.startswith("x-") or not _OPTION_SHAPE.fullmatch(option):
             raise MountError(f"mount option not allowed in a camera profile: {option!r}")
     return tuple(options)
 
