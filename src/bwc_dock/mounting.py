@@ -194,7 +194,8 @@ def validate_profile_options(options: Sequence[str]) -> tuple[str, ...]:
     """Refuse profile mount options that would weaken the mount or inject syntax."""
     for option in options:
         name = option.split("=", 1)[0].lower()
-        if name in _FORBIDDEN_OPTIONS or name.startswith("x-") or not _OPTION_SHAPE.fullmatch(option):
+        shaped = _OPTION_SHAPE.fullmatch(option) is not None
+        if name in _FORBIDDEN_OPTIONS or name.startswith("x-") or not shaped:
             raise MountError(f"mount option not allowed in a camera profile: {option!r}")
     return tuple(options)
 
