@@ -12,11 +12,12 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,17 +42,24 @@ DESIGNED_FLAGS = {"ro", "nosuid", "nodev", "noexec"}  # from docs/design.md, not
 UNPRIVILEGED_UID = 65534
 
 
+# the helper in a mount namespace of its own: what it mounts, wrongly or not, stays there
+PRIVATE_NAMESPACE = ("unshare", "--mount", "--propagation", "private")
+
+
 class Helper:
     """A running bwc-dock-mount subprocess, its socket and mount root."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, mount_root: Path | None = None, prefix: Sequence[str] = (),
+    ) -> None:
         self.socket_path = directory / "mount.sock"
-        self.mount_root = directory / "cameras"
+        self.mount_root = directory / "cameras" if mount_root is None else mount_root
         self.log = directory / "helper.log"
         program = Path(sys.executable).parent / "bwc-dock-mount"
         with self.log.open("wb") as log:
+            # prefix ends in exec, so the pid is the helper's (its mountinfo is read below)
             self.process = subprocess.Popen(
-                [str(program), "--socket", str(self.socket_path),
+                [*prefix, str(program), "--socket", str(self.socket_path),
                  "--mount-root", str(self.mount_root)],
                 stdout=log, stderr=subprocess.STDOUT,
             )
@@ -70,7 +78,14 @@ class Helper:
             connection.sendall(encode(request))
             return read_message(connection)
 
+    def mount_points(self) -> list[str]:
+        """Every mount point in the helper's own mount namespace."""
+        lines = Path(f"/proc/{self.process.pid}/mountinfo").read_text().splitlines()
+        return [line.split()[4] for line in lines]
+
     def stop(self) -> None:
+        if self.process.poll() is None:
+            self.ask({"op": "cleanup"})  # FUSE servers in its namespace end with their mounts
         self.process.terminate()
         self.process.wait(timeout=30)
 
@@ -138,12 +153,18 @@ def test_helper_refuses_what_is_not_a_tagged_camera(
     plain_file = tmp_path / "not-a-device"
     plain_file.write_bytes(b"\0" * 4096)
     refusals: dict[str, list[dict[str, Any]]] = {
-        "not a device path under /dev": [
+        "not /dev/<kernel name>": [
             {"op": "mount", "device": str(plain_file), "fs_type": "vfat"},
             {"op": "mount", "device": f"/dev/../{plain_file}", "fs_type": "vfat"},
             {"op": "mount", "device": f"/dev/{Path(device).name}/../../tmp", "fs_type": "vfat"},
+            {"op": "mount", "device": "/dev/shm/camera", "fs_type": "vfat"},
+            {"op": "mount", "device": "/dev/disk/by-id/usb-camera", "fs_type": "vfat"},
+            {"op": "mount", "device": f"{device}\n", "fs_type": "vfat"},
+            {"op": "mount", "device": "/dev/.", "fs_type": "vfat"},
         ],
-        "is not a block device": [{"op": "mount", "device": "/dev/null", "fs_type": "vfat"}],
+        "no block device 'null' in sysfs": [
+            {"op": "mount", "device": "/dev/null", "fs_type": "vfat"}
+        ],
         "is not tagged BWC_CAMERA=1": [{"op": "mount", "device": untagged, "fs_type": "vfat"}],
         "filesystem type not allowed": [
             {"op": "mount", "device": device, "fs_type": "ext4"},
@@ -154,11 +175,14 @@ def test_helper_refuses_what_is_not_a_tagged_camera(
             {"op": "mount", "device": device, "fs_type": "vfat", "options": ["exec"]},
             {"op": "mount", "device": device, "fs_type": "vfat", "options": ["utf8,suid"]},
             {"op": "mount", "device": device, "fs_type": "vfat", "options": ["x-mount.mkdir"]},
+            {"op": "mount", "device": device, "fs_type": "vfat", "options": ["errors=panic"]},
+            {"op": "mount", "device": device, "fs_type": "vfat", "options": ["helper=udisks2"]},
         ],
         "not a mount point of this helper": [
             {"op": "unmount", "mount_point": "/"},
             {"op": "unmount", "mount_point": str(helper.mount_root / ".." / "x")},
             {"op": "remount", "mount_point": "/usr", "mode": "rw"},
+            {"op": "unmount", "mount_point": str(helper.mount_root / ".hidden")},
         ],
         "unknown op": [{"op": "bind", "device": device}],
     }
@@ -250,3 +274,113 @@ def test_a_missing_helper_is_a_mount_error(tmp_path: Path) -> None:
     client = HelperMounter(tmp_path / "absent.sock")
     with pytest.raises(MountError, match=r"absent\.sock did not answer mount"):
         client.mount("/dev/sdz1", "vfat", "sdz1")
+
+
+def _decoy(tmp_path: Path) -> Path:
+    """An empty root-owned folder (0755), as /etc/cron.d is, for a link to point at."""
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    decoy.chmod(0o755)
+    return decoy
+
+
+def _contained(tmp_path: Path, mount_root: Path | None = None,
+               prefix: Sequence[str] = PRIVATE_NAMESPACE) -> Helper:
+    directory = tmp_path / "helper"
+    directory.mkdir(exist_ok=True)
+    return Helper(directory, mount_root, prefix)
+
+
+@pytest.mark.realparts
+@pytest.mark.parametrize("planted", ["mount point", "mount root", "parent of the root"])
+def test_a_link_planted_on_the_mount_path_is_refused(
+    camera_bay: CameraBay, tmp_path: Path, planted: str
+) -> None:
+    """A link where the mount point, the mount root or its parent should be, pointing at a
+    root-owned folder: the mount is refused, nothing is mounted there or anywhere outside
+    the root, and the folder keeps its mode."""
+    device, _files = _tagged_camera(camera_bay)
+    decoy = _decoy(tmp_path)
+    mount_root = tmp_path / "helper" / "run" / "cameras"
+    mount_root.parent.mkdir(parents=True)
+    if planted == "mount point":
+        mount_root.mkdir(mode=0o700)
+        (mount_root / Path(device).name).symlink_to(decoy)
+    elif planted == "mount root":
+        mount_root.symlink_to(decoy)
+    else:
+        mount_root.parent.rmdir()
+        mount_root.parent.symlink_to(decoy)
+    helper = _contained(tmp_path, mount_root)
+    try:
+        answer = helper.ask({"op": "mount", "device": device, "fs_type": "vfat"})
+        assert not [point for point in helper.mount_points() if point.startswith(str(decoy))]
+        assert not [point for point in helper.mount_points() if "helper/run" in point]
+        assert stat.S_IMODE(decoy.stat().st_mode) == 0o755
+        assert answer["ok"] is False, answer
+        assert "is a link or not a directory" in answer["error"], answer
+    finally:
+        helper.stop()
+
+
+@pytest.mark.realparts
+def test_a_device_path_that_is_a_link_is_refused(camera_bay: CameraBay, tmp_path: Path) -> None:
+    """A link under /dev (in /dev/shm, writable by anyone the unit lets write) to a tagged
+    camera is not /dev/<kernel name>: refused, and nothing is mounted."""
+    device, _files = _tagged_camera(camera_bay)
+    link = Path("/dev/shm") / f"bwc-test-{os.getpid()}-camera"
+    link.symlink_to(device)
+    helper = _contained(tmp_path)
+    try:
+        answer = helper.ask({"op": "mount", "device": str(link), "fs_type": "vfat"})
+        assert answer == {"ok": False, "error": f"not /dev/<kernel name>: '{link}'"}
+        assert not [point for point in helper.mount_points() if str(tmp_path) in point]
+    finally:
+        link.unlink()
+        helper.stop()
+
+
+@pytest.mark.realparts
+def test_a_node_with_another_device_number_is_refused(
+    camera_bay: CameraBay, tmp_path: Path
+) -> None:
+    """/dev/<tagged camera> that is really another disk's node (bound over it in the
+    helper's namespace, as a renamed node would be): its number is not the one sysfs
+    gives that name, so it is refused and nothing is mounted."""
+    camera, _files = _tagged_camera(camera_bay)
+    other_disk, _ = _tagged_camera(camera_bay, vendor_id="dead", product_id="beef")
+    swap = f'mount --bind "{other_disk}" "{camera}" && exec "$@"'
+    helper = _contained(tmp_path, prefix=(*PRIVATE_NAMESPACE, "sh", "-c", swap, "sh"))
+    try:
+        answer = helper.ask({"op": "mount", "device": camera, "fs_type": "vfat"})
+        assert answer["ok"] is False, answer
+        other_number = os.stat(other_disk).st_rdev
+        camera_number = os.stat(camera).st_rdev
+        assert answer["error"] == (
+            f"{camera} is device {os.major(other_number)}:{os.minor(other_number)}, not "
+            f"{os.major(camera_number)}:{os.minor(camera_number)} that sysfs gives "
+            f"{Path(camera).name}"
+        )
+        assert not [point for point in helper.mount_points() if str(tmp_path) in point]
+    finally:
+        helper.stop()
+
+
+@pytest.mark.realparts
+def test_unmounting_a_link_unmounts_nothing(camera_bay: CameraBay, tmp_path: Path) -> None:
+    """An unmount request for a name under the root that is a link to a mounted camera
+    leaves that camera mounted and the link in place."""
+    device, _files = _tagged_camera(camera_bay)
+    helper = _contained(tmp_path)
+    try:
+        answer = helper.ask({"op": "mount", "device": device, "fs_type": "vfat"})
+        assert answer["ok"] is True, answer
+        camera_point = helper.mount_root / Path(device).name
+        link = helper.mount_root / "planted"
+        link.symlink_to(camera_point)
+        helper.ask({"op": "unmount", "mount_point": str(link), "lazy": False})
+        assert str(camera_point) in helper.mount_points()
+        assert link.is_symlink()
+        link.unlink()
+    finally:
+        helper.stop()

@@ -139,17 +139,17 @@ def test_a_mount_that_lost_noexec_is_bind_remounted_with_it(
     commands: list[list[str]] = []
     first_mount_flags: list[frozenset[str]] = []
 
-    def drop_noexec_from_the_first_mount(arguments: Sequence[str]) -> None:
+    def drop_noexec_from_the_first_mount(arguments: Sequence[str], fds: Sequence[int]) -> None:
         # a real mount(8) call, asked for less than the mounter wanted: the situation a
         # helper that drops noexec creates, here on any kernel and filesystem
         arguments = list(arguments)
-        if arguments[:2] == ["mount", "-t"] and not commands:
+        if arguments[:3] == ["mount", "-c", "-t"] and not commands:
             options = arguments[arguments.index("-o") + 1].split(",")
             arguments[arguments.index("-o") + 1] = ",".join(o for o in options if o != "noexec")
         commands.append(arguments)
-        run_command(arguments)
+        run_command(arguments, fds)
         if len(commands) == 1:
-            entry = find_mount(Path(arguments[-1]))
+            entry = find_mount(tmp_path / "mounts" / "cam0")
             assert entry is not None
             first_mount_flags.append(entry.mount_options)
 
@@ -159,8 +159,8 @@ def test_a_mount_that_lost_noexec_is_bind_remounted_with_it(
     assert "noexec" not in first_mount_flags[0]  # the restore really had something to do
     enforced = [log for log in logs if log["event"] == "mount.flags_enforced"]
     assert len(enforced) == 1 and "noexec" in enforced[0]["missing"]
-    assert any(command[:3] == ["mount", "-i", "-o"] and "remount" in command[3]
-               and "noexec" in command[3] for command in commands), commands
+    assert any(command[:4] == ["mount", "-c", "-i", "-o"] and "remount" in command[4]
+               and "noexec" in command[4] for command in commands), commands
     assert _safe(find_mount(volume.mount_point))
 
 
@@ -244,16 +244,17 @@ def test_profile_options_that_weaken_the_mount_are_refused() -> None:
     assert validate_profile_options(["uid=0", "iocharset=utf8", "noatime"]) == (
         "uid=0", "iocharset=utf8", "noatime")
     for bad in ["rw", "exec", "suid", "dev", "defaults", "remount", "x-mount.mkdir",
-                "uid=0,exec", "opt with space"]:
+                "uid=0,exec", "opt with space", "utf8\n"]:
         with pytest.raises(MountError):
             validate_profile_options([bad])
 
 
 def test_mount_point_names_cannot_escape_the_mount_dir(tmp_path: Path) -> None:
-    """Mount point names are plain: no separators, no dot-dot."""
+    """Mount point names are plain: no separators, no dots, no leading dash."""
     mounter = Mounter(tmp_path)
     assert mounter.mount_point_for("sdb1") == tmp_path / "sdb1"
-    for bad in ["..", "../etc", "a/b", "", "x" * 65]:
+    assert mounter.mount_point_for("nvme0n1p1") == tmp_path / "nvme0n1p1"
+    for bad in ["..", "../etc", "a/b", "", "x" * 65, ".hidden", "-o", "a.b", "sdb1\n"]:
         with pytest.raises(MountError):
             mounter.mount_point_for(bad)
 

@@ -191,6 +191,14 @@ def test_daemon_holds_no_privilege_to_mount() -> None:
     inaccessible = " ".join(unit["InaccessiblePaths"]).split()
     assert {"-/run/systemd/private", "-/run/dbus/system_bus_socket"} <= set(inaccessible)
     assert "BWC_DOCK_MOUNT_HELPER_SOCKET=/run/bwc-dock-mount.sock" in unit["Environment"]
+    # nothing it can plant in /dev (links, renamed nodes) or where the helper mounts: /run
+    # is read-only under ProtectSystem=strict but for its own RuntimeDirectory=
+    assert unit["ReadOnlyPaths"] == ["/dev"]
+    assert unit["ProtectSystem"] == ["strict"]
+    helper_root = settings(HELPER_UNIT)["ExecStart"][0].split("--mount-root ")[1]
+    writable = [f"/run/{name}" for name in " ".join(unit["RuntimeDirectory"]).split()]
+    writable += [path.lstrip("-") for path in " ".join(unit["ReadWritePaths"]).split()]
+    assert not [path for path in writable if Path(helper_root).is_relative_to(path)]
     assert "bwc-dock-mount.socket" in " ".join(unit["Wants"])
     assert "bwc-dock-mount.service" in " ".join(unit["After"])
 
@@ -199,7 +207,7 @@ def test_helper_holds_mount_privilege_and_no_network() -> None:
     """The helper unit has CAP_SYS_ADMIN, @mount and the camera block devices, no network,
     and no setting that would give it a mount namespace of its own."""
     unit = settings(HELPER_UNIT)
-    assert unit["ExecStart"] == [f"{INSTALLED_HELPER} --mount-root /run/bwc-dock/cameras"]
+    assert unit["ExecStart"] == [f"{INSTALLED_HELPER} --mount-root /run/bwc-dock-mount/cameras"]
     assert unit["CapabilityBoundingSet"] == ["CAP_SYS_ADMIN"]
     assert "@system-service @mount" in unit["SystemCallFilter"]
     assert {"block-sd rw", "block-blkext rw", "block-loop rw", "/dev/fuse rw"} == set(

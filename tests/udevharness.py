@@ -313,9 +313,18 @@ def fuse_processes_for(device: str) -> list[int]:
             continue
         names = {Path(argument.decode(errors="replace")).name for argument in arguments[:1]}
         is_fuse = bool(names & {"mount.exfat", "mount.exfat-fuse", "fusefat"})
-        if is_fuse and device.encode() in arguments:
+        if is_fuse and (device.encode() in arguments or _holds_open(entry, device)):
             pids.append(int(entry.name))
     return pids
+
+
+def _holds_open(process: Path, device: str) -> bool:
+    """Whether ``process`` has ``device`` open (a mount made from /proc/self/fd/N names no
+    device on the helper's command line)."""
+    try:
+        return any(os.readlink(link) == device for link in (process / "fd").iterdir())
+    except OSError:
+        return False
 
 
 class CameraBay:

@@ -8,15 +8,22 @@ daemon, which parses camera files and talks to the network, holds no privilege t
 It accepts only narrow requests, and checks each before it acts:
 
 - the peer is root or an allowed uid (SO_PEERCRED);
-- the device is a block device node under /dev, named without ``..``, that udev tagged
-  as a camera (``BWC_CAMERA=1`` from the generated rules, in udev's database);
+- the device is named ``/dev/<kernel name>`` and nothing else; the helper reads that
+  name's device number from sysfs itself, finds it tagged as a camera in udev's database
+  (``BWC_CAMERA=1`` from the generated rules), opens the node once (``O_PATH``,
+  ``O_NOFOLLOW``: a link is refused) and checks that it is a block device with that very
+  number; the mount is made from that descriptor, never from the name again;
 - its disk holds no mounted filesystem elsewhere and nothing is stacked on it (LVM,
   RAID, dm-crypt): a partition of the system disk is refused even if tagged;
-- the filesystem type is one a camera uses, profile options pass the same check as the
-  daemon's (no ``rw``, ``exec``, ``suid``, ``dev``, no syntax), and the flags are the
-  helper's: ``ro,nosuid,nodev,noexec``, verified in the kernel's mountinfo;
-- the mount point is its own choice: ``<mount root>/<kernel name>``; unmount and
-  remount take only mount points directly under the mount root.
+- the filesystem type is one a camera uses, profile options are only ones that change how
+  names, times and owners are shown (a short list below), and the flags are the helper's:
+  ``ro,nosuid,nodev,noexec``, verified in the kernel's mountinfo, as is the mounted
+  device's number;
+- the mount point is its own choice: ``<mount root>/<kernel name>``, in a mount root the
+  daemon cannot write (its unit leaves all of /run read-only but its own directory); the
+  root is walked from / without following links and every mount point is made and
+  checked through descriptors (``mounting.py``); unmount and remount take only mount
+  points directly under the mount root, and act on what mountinfo reports there.
 
 It runs in the host's mount namespace (the unit sets no option that would give it one),
 so its mounts reach the daemon's namespace through mount propagation.
@@ -38,7 +45,8 @@ import socket
 import stat
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,23 +56,34 @@ import structlog
 from bwc_dock.mount_protocol import encode, read_message
 from bwc_dock.mounting import (
     DEFAULT_MOUNTINFO,
+    SAFE_NAME,
     MountedVolume,
     Mounter,
     MountError,
+    open_directory_path,
     read_mountinfo,
     validate_profile_options,
 )
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_MOUNT_ROOT = Path("/run/bwc-dock/cameras")
+# outside /run/bwc-dock, which is the daemon's (RuntimeDirectory=) and writable by it
+DEFAULT_MOUNT_ROOT = Path("/run/bwc-dock-mount/cameras")
 DEFAULT_UDEV_DATA = Path("/run/udev/data")
-DEFAULT_SYS_DEV_BLOCK = Path("/sys/dev/block")
+DEFAULT_SYS_CLASS_BLOCK = Path("/sys/class/block")
+DEFAULT_DEVICE_DIR = Path("/dev")
 CAMERA_TAG = "E:BWC_CAMERA=1"
 # filesystems cameras and their cards carry; anything else is refused before mount(8)
 CAMERA_FILESYSTEMS = frozenset({"vfat", "exfat", "msdos", "ntfs3", "udf"})
-_DEVICE_PATH = re.compile(r"^/dev/[A-Za-z0-9._/-]{1,200}$")
-_KERNEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# What a profile may add: how names, times and owners are shown, nothing more. Not
+# errors= (errors=panic would let a corrupt camera stop the dock PC), not helper=.
+PROFILE_OPTION_NAMES = frozenset(
+    {"utf8", "iocharset", "codepage", "shortname", "tz", "time_offset", "uid", "gid",
+     "umask", "dmask", "fmask", "quiet", "showexec", "noatime", "nodiratime", "relatime",
+     "nls", "namecase"}
+)
+_DEVICE_PATH = re.compile(r"/dev/(?P<name>[^/]+)")
+_DEVICE_NUMBER = re.compile(r"(\d{1,10}):(\d{1,10})")
 _CONNECTION_TIMEOUT_SECONDS = 10.0
 _SYSTEMD_FIRST_FD = 3
 
@@ -79,7 +98,8 @@ class MountService:
 
     mount_root: Path
     udev_data: Path = DEFAULT_UDEV_DATA
-    sys_dev_block: Path = DEFAULT_SYS_DEV_BLOCK
+    sys_class_block: Path = DEFAULT_SYS_CLASS_BLOCK
+    device_dir: Path = DEFAULT_DEVICE_DIR
     mountinfo: Path = DEFAULT_MOUNTINFO
     allowed_uids: frozenset[int] = frozenset({0})
     volumes: dict[Path, MountedVolume] = field(default_factory=dict)
@@ -117,9 +137,11 @@ class MountService:
             raise RequestRefused("options must be a list of strings")
         if fs_type not in CAMERA_FILESYSTEMS:
             raise RequestRefused(f"filesystem type not allowed: {fs_type!r}")
-        validate_profile_options(options)
-        kernel_name = self.check_device(device)
-        volume = self._mounter.mount(device, fs_type, kernel_name, options)
+        check_profile_options(options)
+        with self.camera_device(device) as (kernel_name, descriptor):
+            volume = self._mounter.mount(
+                device, fs_type, kernel_name, options, device_fd=descriptor
+            )
         self.volumes[volume.mount_point] = volume
         return _volume_answer(volume)
 
@@ -131,10 +153,17 @@ class MountService:
         volume = self.volumes.get(mount_point)
         if volume is None:
             raise RequestRefused(f"{mount_point} was not mounted by this helper")
-        if mode == "rw":
-            self.check_device(volume.device)  # still the tagged camera it was
         try:
-            switched = self._mounter.switch_mode(volume, writable=mode == "rw")
+            # still the tagged camera it was; a FUSE volume is mounted again from it
+            with self.camera_device(volume.device) as (_kernel_name, descriptor):
+                switched = self._mounter.switch_mode(
+                    volume, writable=mode == "rw", device_fd=descriptor
+                )
+        except RequestRefused:
+            if mode == "ro":  # not the camera any more: gone rather than left writable
+                self._mounter.unmount_point(mount_point, lazy=True)
+                self.volumes.pop(mount_point, None)
+            raise
         except MountError:
             if mode == "ro":  # switch_mode unmounted it rather than leave it writable
                 self.volumes.pop(mount_point, None)
@@ -159,25 +188,57 @@ class MountService:
 
     # -- checks --------------------------------------------------------------------------
 
-    def check_device(self, device: str) -> str:
-        """The kernel name of ``device`` if it may be mounted; else RequestRefused."""
-        if not _DEVICE_PATH.match(device) or ".." in device.split("/"):
-            raise RequestRefused(f"not a device path under /dev: {device!r}")
-        try:
-            status = Path(device).stat()
-        except OSError as error:
-            raise RequestRefused(f"{device}: {error.strerror}") from error
-        if not stat.S_ISBLK(status.st_mode):
-            raise RequestRefused(f"{device} is not a block device")
-        number = f"{os.major(status.st_rdev)}:{os.minor(status.st_rdev)}"
+    @contextmanager
+    def camera_device(self, device: str) -> Iterator[tuple[str, int]]:
+        """The kernel name and an ``O_PATH`` descriptor of ``device``, a tagged camera's
+        block device whose number the helper read itself; else RequestRefused."""
+        match = _DEVICE_PATH.fullmatch(device)
+        if match is None or not SAFE_NAME.fullmatch(match["name"]):
+            raise RequestRefused(f"not /dev/<kernel name>: {device!r}")
+        kernel_name = match["name"]
+        number = self._device_number(device, kernel_name)
         if not self._tagged_as_camera(number):
             raise RequestRefused(f"{device} ({number}) is not tagged BWC_CAMERA=1 by udev")
-        sys_path = (self.sys_dev_block / number).resolve()
-        kernel_name = sys_path.name
-        if not _KERNEL_NAME.match(kernel_name):
-            raise RequestRefused(f"{device}: unexpected kernel name {kernel_name!r}")
-        self._check_disk_unused(device, sys_path)
-        return kernel_name
+        descriptor = self._open_node(device, kernel_name, number)
+        try:
+            self._check_disk_unused(device, (self.sys_class_block / kernel_name).resolve())
+            yield kernel_name, descriptor
+        finally:
+            os.close(descriptor)
+
+    def _device_number(self, device: str, kernel_name: str) -> str:
+        """The "major:minor" sysfs gives the block device named ``kernel_name``."""
+        try:
+            number = (self.sys_class_block / kernel_name / "dev").read_text().strip()
+        except OSError as error:
+            raise RequestRefused(f"{device}: no block device {kernel_name!r} in sysfs") from error
+        if not _DEVICE_NUMBER.fullmatch(number):
+            raise RequestRefused(f"{device}: unexpected device number {number!r} in sysfs")
+        return number
+
+    def _open_node(self, device: str, kernel_name: str, number: str) -> int:
+        """Open the node once, without following a link, and check it is that device."""
+        directory = open_directory_path(self.device_dir)
+        try:
+            descriptor = os.open(
+                kernel_name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory
+            )
+        except OSError as error:
+            raise RequestRefused(f"{device}: {error.strerror}") from error
+        finally:
+            os.close(directory)
+        status = os.fstat(descriptor)
+        found = f"{os.major(status.st_rdev)}:{os.minor(status.st_rdev)}"
+        if stat.S_ISLNK(status.st_mode):
+            reason = "is a link"
+        elif not stat.S_ISBLK(status.st_mode):
+            reason = "is not a block device"
+        elif found != number:
+            reason = f"is device {found}, not {number} that sysfs gives {kernel_name}"
+        else:
+            return descriptor
+        os.close(descriptor)
+        raise RequestRefused(f"{device} {reason}")
 
     def _tagged_as_camera(self, number: str) -> bool:
         try:
@@ -205,9 +266,20 @@ class MountService:
 
     def _own_mount_point(self, request: dict[str, Any]) -> Path:
         mount_point = Path(_text(request, "mount_point"))
-        if mount_point.parent != self.mount_root or not _KERNEL_NAME.match(mount_point.name):
+        if mount_point.parent != self.mount_root or not SAFE_NAME.fullmatch(mount_point.name):
             raise RequestRefused(f"not a mount point of this helper: {str(mount_point)!r}")
         return mount_point
+
+
+def check_profile_options(options: Sequence[str]) -> None:
+    """Refuse what the daemon's own check refuses, and any option not on the helper's list."""
+    try:
+        validate_profile_options(options)
+    except MountError as error:
+        raise RequestRefused(str(error)) from error
+    for option in options:
+        if option.split("=", 1)[0] not in PROFILE_OPTION_NAMES:
+            raise RequestRefused(f"mount option not allowed by the mount helper: {option!r}")
 
 
 def _text(request: dict[str, Any], key: str) -> str:

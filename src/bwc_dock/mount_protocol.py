@@ -8,8 +8,8 @@ Protocol: one connection per request; the client sends one JSON object on one li
 helper answers with one JSON object on one line and closes. Requests::
 
     {"op": "mount", "device": "/dev/sdb1", "fs_type": "vfat", "options": ["utf8"]}
-    {"op": "remount", "mount_point": "/run/bwc-dock/cameras/sdb1", "mode": "rw" | "ro"}
-    {"op": "unmount", "mount_point": "/run/bwc-dock/cameras/sdb1", "lazy": false}
+    {"op": "remount", "mount_point": "/run/bwc-dock-mount/cameras/sdb1", "mode": "rw" | "ro"}
+    {"op": "unmount", "mount_point": "/run/bwc-dock-mount/cameras/sdb1", "lazy": false}
     {"op": "cleanup"}
 
 Answers: ``{"ok": true, ...}`` with ``mount_point`` and ``kernel_fs_type`` (mount,
@@ -74,7 +74,7 @@ class HelperMounter:
         self.socket_path = socket_path
         self._timeout = timeout
         # the helper chooses; known after the first mount (for logs and status only)
-        self.mount_dir = Path("/run/bwc-dock/cameras")
+        self.mount_dir = Path("/run/bwc-dock-mount/cameras")
 
     def mount(
         self, device: str, fs_type: str, name: str, profile_options: Sequence[str] = ()

@@ -9,15 +9,28 @@ a bind remount (``mount -o remount,bind,...``), which changes only the per-mount
 the VFS and so works for any filesystem; if the flags are still wrong after that, the
 volume is unmounted and refused.
 
-The module runs ``mount``/``umount`` as subprocesses: the same call works with the kernel
-drivers of a production dock and with the FUSE helpers found by mount's helper lookup.
+The module runs ``mount`` as a subprocess: the same call works with the kernel drivers of
+a production dock and with the FUSE helpers found by mount's helper lookup.
+
+No name is trusted between a check and its use. The mount root is opened component by
+component from ``/`` with ``O_NOFOLLOW`` (no link anywhere on the path, every directory
+root's, none writable by others unless sticky), the mount point is made with ``mkdirat``
+and opened with ``O_NOFOLLOW`` relative to it, and ``mount(8)`` is handed both the device
+and the mount point as ``/proc/self/fd/N`` of descriptors it inherits (``-c``: no
+canonicalising back to names). The kernel, and a FUSE helper that opens the device
+itself, follow those links to the very inode that was checked. Unmounting takes only
+what mountinfo reports directly under the mount root, checked by mount id, and calls
+``umount2`` with ``UMOUNT_NOFOLLOW`` relative to the root's descriptor.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -58,8 +71,13 @@ _FORBIDDEN_OPTIONS = frozenset(
         "nonempty",
     }
 )
-_OPTION_SHAPE = re.compile(r"^[A-Za-z0-9_.+-]+(=[A-Za-z0-9_.:/+-]+)?$")
-_MOUNT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_OPTION_SHAPE = re.compile(r"[A-Za-z0-9_.+-]+(=[A-Za-z0-9_.:/+-]+)?")
+# mount point names (the helper's are kernel names): no dot, no separator, no leading dash
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" lets "\n" by
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MOUNT_POINT_MODE = 0o700
+_MNT_DETACH = 2
+_UMOUNT_NOFOLLOW = 8
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
@@ -90,7 +108,8 @@ class MountedVolume:
     kernel_fs_type: str  # what the kernel reports, e.g. "fuseblk" or "fuse.fusefat"
 
 
-CommandRunner = Callable[[Sequence[str]], None]
+# a mount(8) call and the descriptors it must inherit (its /proc/self/fd/N arguments)
+CommandRunner = Callable[[Sequence[str], Sequence[int]], None]
 
 
 class VolumeMounter(Protocol):
@@ -114,11 +133,13 @@ class VolumeMounter(Protocol):
         ...
 
 
-def run_command(arguments: Sequence[str]) -> None:
-    """Run ``arguments``; raise :class:`MountError` with its stderr when it fails."""
+def run_command(arguments: Sequence[str], pass_fds: Sequence[int] = ()) -> None:
+    """Run ``arguments`` with ``pass_fds`` inherited; raise :class:`MountError` with its
+    stderr when it fails."""
     try:
         completed = subprocess.run(
             list(arguments),
+            pass_fds=tuple(pass_fds),
             capture_output=True,
             text=True,
             errors="replace",
@@ -173,13 +194,100 @@ def validate_profile_options(options: Sequence[str]) -> tuple[str, ...]:
     """Refuse profile mount options that would weaken the mount or inject syntax."""
     for option in options:
         name = option.split("=", 1)[0].lower()
-        if name in _FORBIDDEN_OPTIONS or name.startswith("x-") or not _OPTION_SHAPE.match(option):
+        shaped = _OPTION_SHAPE.fullmatch(option) is not None
+        if name in _FORBIDDEN_OPTIONS or name.startswith("x-") or not shaped:
             raise MountError(f"mount option not allowed in a camera profile: {option!r}")
     return tuple(options)
 
 
 def _is_fuse(kernel_fs_type: str) -> bool:
     return kernel_fs_type == "fuse" or kernel_fs_type.startswith(("fuse.", "fuseblk"))
+
+
+def _names_its_device(kernel_fs_type: str) -> bool:
+    """Whether mountinfo's major:minor is the mounted block device's (kernel drivers and
+    fuseblk) rather than an anonymous number (a FUSE server that reads the device itself)."""
+    return not _is_fuse(kernel_fs_type) or kernel_fs_type == "fuseblk"
+
+
+def _fd_path(descriptor: int) -> str:
+    return f"/proc/self/fd/{descriptor}"
+
+
+def _check_trusted_directory(descriptor: int, path: Path) -> None:
+    """A directory on the way to the mount root: root's, and no one else may change its
+    entries (writable by others only with the sticky bit, as /tmp)."""
+    status = os.fstat(descriptor)
+    if status.st_uid != 0:
+        raise MountError(f"{path} is not owned by root (uid {status.st_uid}): refusing it")
+    if status.st_mode & 0o022 and not status.st_mode & stat.S_ISVTX:
+        raise MountError(f"{path} is writable by others: refusing it")
+
+
+def open_directory_path(path: Path, *, create: bool = False) -> int:
+    """A descriptor of directory ``path``, walked from / one component at a time with
+    ``O_NOFOLLOW``: no link anywhere on the path, every directory checked as it is opened.
+    With ``create``, missing components are made (mode 0700)."""
+    if not path.is_absolute() or any(part in {".", ".."} for part in path.parts):
+        raise MountError(f"not a plain absolute path: {str(path)!r}")
+    descriptor = os.open("/", _DIRECTORY_FLAGS)
+    walked = Path("/")
+    try:
+        _check_trusted_directory(descriptor, walked)
+        for part in path.parts[1:]:
+            walked = walked / part
+            child = _open_child_directory(descriptor, part, walked, create=create)
+            os.close(descriptor)
+            descriptor = child
+            _check_trusted_directory(descriptor, walked)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _open_child_directory(parent: int, name: str, path: Path, *, create: bool) -> int:
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, _MOUNT_POINT_MODE, dir_fd=parent)
+    try:
+        return os.open(name, _DIRECTORY_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # ELOOP, ENOTDIR: a link or not a directory
+        raise MountError(f"{path} is a link or not a directory: refusing it") from error
+
+
+def open_block_device(device: str) -> int:
+    """An ``O_PATH`` descriptor of the block device node ``device`` (not a link to one)."""
+    try:
+        descriptor = os.open(device, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        raise MountError(f"{device}: {error.strerror}") from error
+    if not stat.S_ISBLK(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise MountError(f"{device} is not a block device")
+    return descriptor
+
+
+def mount_id_of(descriptor: int) -> int:
+    """The id of the mount ``descriptor`` lies on, as mountinfo numbers mounts."""
+    for line in Path(f"/proc/self/fdinfo/{descriptor}").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == "mnt_id":
+            return int(value)
+    raise MountError(f"no mnt_id in /proc/self/fdinfo/{descriptor}")
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _umount2(target: str, shown: Path, *, lazy: bool) -> None:
+    """umount2(2) of ``target`` (never through a link in its last component)."""
+    flags = _UMOUNT_NOFOLLOW | (_MNT_DETACH if lazy else 0)
+    if _libc.umount2(target.encode(), flags) != 0:
+        code = ctypes.get_errno()
+        raise MountError(f"umount {shown} failed: {os.strerror(code)}")
 
 
 class Mounter:
@@ -196,22 +304,34 @@ class Mounter:
         self._mountinfo = mountinfo
 
     def mount_point_for(self, name: str) -> Path:
-        if not _MOUNT_NAME.match(name) or name in {".", ".."}:
+        if not SAFE_NAME.fullmatch(name):
             raise MountError(f"unsafe mount point name: {name!r}")
         return self.mount_dir / name
 
     def mount(
-        self, device: str, fs_type: str, name: str, profile_options: Sequence[str] = ()
+        self,
+        device: str,
+        fs_type: str,
+        name: str,
+        profile_options: Sequence[str] = (),
+        *,
+        device_fd: int | None = None,
     ) -> MountedVolume:
-        """Mount ``device`` read-only at ``mount_dir/name`` and prove the flags took hold."""
+        """Mount ``device`` read-only at ``mount_dir/name`` and prove the flags took hold.
+
+        ``device_fd``, when given, is an already checked descriptor of the device (the
+        mount helper's); the mount is made from it, never from the name again.
+        """
         extra = validate_profile_options(profile_options)
-        mount_point = self._prepare_mount_point(name)
-        self._mount(device, fs_type, mount_point, (*extra, *SAFE_FLAGS))
+        mount_point = self.mount_point_for(name)
+        source = open_block_device(device) if device_fd is None else device_fd
         try:
-            entry = self._enforce_flags(mount_point, SAFE_FLAGS)
-        except MountError:
-            self._discard(mount_point)
-            raise
+            with self._made_root() as root:
+                point = self._prepare_mount_point(root, name)
+                entry = self._mount_and_check(root, name, fs_type, source, point, extra, SAFE_FLAGS)
+        finally:
+            if device_fd is None:
+                os.close(source)
         log.info(
             "mount.mounted",
             device=device,
@@ -223,33 +343,40 @@ class Mounter:
 
     def unmount(self, volume: MountedVolume, *, lazy: bool = False) -> None:
         """Unmount ``volume`` (lazily when the device is gone) and remove its mount point."""
-        self._unmount_point(volume.mount_point, lazy=lazy)
+        self.unmount_point(volume.mount_point, lazy=lazy)
         log.info(
             "mount.unmounted", device=volume.device, mount_point=str(volume.mount_point), lazy=lazy
         )
 
     def unmount_point(self, mount_point: Path, *, lazy: bool = False) -> None:
-        """Unmount whatever is at ``mount_point`` under mount_dir; nothing there is fine."""
-        self._unmount_point(mount_point, lazy=lazy)
+        """Unmount what mountinfo reports at ``mount_point`` (directly under mount_dir) and
+        remove the directory; nothing there is fine."""
+        name = self._own_name(mount_point)
+        with self._root(create=False) as root:
+            if root is not None:
+                self._unmount_name(root, name, lazy=lazy)
 
     def cleanup_stale_mounts(self) -> list[Path]:
         """Lazily unmount everything under mount_dir (left by a crash) and remove the dirs."""
-        if not self.mount_dir.exists():
-            return []
-        stale = sorted(
-            {
-                entry.mount_point
-                for entry in read_mountinfo(self._mountinfo)
-                if entry.mount_point.is_relative_to(self.mount_dir)
-                and entry.mount_point != self.mount_dir
-            },
-            key=lambda point: len(point.parts),
-            reverse=True,  # innermost first
-        )
-        for mount_point in stale:
-            log.warning("mount.stale_cleaned", mount_point=str(mount_point))
-            self._unmount_point(mount_point, lazy=True)
-        self._remove_empty_dirs()
+        with self._root(create=False) as root:
+            if root is None:
+                return []
+            stale = sorted(
+                {
+                    entry.mount_point
+                    for entry in read_mountinfo(self._mountinfo)
+                    if entry.mount_point.is_relative_to(self.mount_dir)
+                    and entry.mount_point != self.mount_dir
+                }
+            )
+            # a lazy unmount detaches everything beneath, so the top names suffice
+            for name in sorted({point.relative_to(self.mount_dir).parts[0] for point in stale}):
+                if not SAFE_NAME.fullmatch(name):
+                    log.error("mount.stale_not_ours", mount_point=str(self.mount_dir / name))
+                    continue
+                log.warning("mount.stale_cleaned", mount_point=str(self.mount_dir / name))
+                self._unmount_name(root, name, lazy=True)
+            self._remove_empty_dirs(root)
         return stale
 
     @contextmanager
@@ -267,18 +394,21 @@ class Mounter:
         finally:
             self.switch_mode(volume, writable=False)
 
-    def switch_mode(self, volume: MountedVolume, *, writable: bool) -> MountedVolume:
+    def switch_mode(
+        self, volume: MountedVolume, *, writable: bool, device_fd: int | None = None
+    ) -> MountedVolume:
         """Make ``volume`` writable (to clear it) or read-only again, and prove the flags.
 
         If going back to read-only fails the volume is unmounted: a camera never stays
-        mounted writable. (The mount helper calls this once per step of ``writable``.)
+        mounted writable. (The mount helper calls this once per step of ``writable``, with
+        ``device_fd`` its freshly checked descriptor of the device.)
         """
         if writable:
-            switched = self._switch(volume, WRITABLE_FLAGS)
+            switched = self._switch(volume, WRITABLE_FLAGS, device_fd)
             log.info("mount.writable", device=volume.device, mount_point=str(volume.mount_point))
             return switched
         try:
-            switched = self._switch(volume, SAFE_FLAGS)
+            switched = self._switch(volume, SAFE_FLAGS, device_fd)
         except MountError:
             log.error(
                 "mount.read_only_restore_failed",
@@ -286,32 +416,122 @@ class Mounter:
                 mount_point=str(volume.mount_point),
                 exc_info=True,
             )
-            self._discard(volume.mount_point)
+            self._discard(self._own_name(volume.mount_point))
             raise
         log.info("mount.read_only", device=volume.device, mount_point=str(volume.mount_point))
         return switched
 
     # -- internals -------------------------------------------------------------------------
 
-    def _prepare_mount_point(self, name: str) -> Path:
-        mount_point = self.mount_point_for(name)
-        self.mount_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # private: other users must not even look at evidence while it is mounted
-        self.mount_dir.chmod(0o700)
-        if find_mount(mount_point, self._mountinfo) is not None:
+    @contextmanager
+    def _root(self, *, create: bool) -> Iterator[int | None]:
+        """A checked descriptor of mount_dir (made 0700 root's), or None if it is absent."""
+        try:
+            root = open_directory_path(self.mount_dir, create=create)
+        except FileNotFoundError:
+            if create:
+                raise MountError(f"cannot create {self.mount_dir}") from None
+            yield None
+            return
+        try:
+            status = os.fstat(root)
+            if stat.S_IMODE(status.st_mode) != _MOUNT_POINT_MODE:
+                # private: other users must not even look at evidence while it is mounted
+                os.fchmod(root, _MOUNT_POINT_MODE)
+            yield root
+        finally:
+            os.close(root)
+
+    @contextmanager
+    def _made_root(self) -> Iterator[int]:
+        with self._root(create=True) as root:
+            if root is None:  # _root raises first; said for the type checker
+                raise MountError(f"cannot create {self.mount_dir}")
+            yield root
+
+    def _own_name(self, mount_point: Path) -> str:
+        if mount_point.parent != self.mount_dir or not SAFE_NAME.fullmatch(mount_point.name):
+            raise MountError(f"refusing to unmount outside {self.mount_dir}: {mount_point}")
+        return mount_point.name
+
+    def _mounts_at(self, mount_point: Path) -> list[MountInfo]:
+        return [entry for entry in read_mountinfo(self._mountinfo)
+                if entry.mount_point == mount_point]
+
+    def _top_mount(self, root: int, name: str) -> MountInfo | None:
+        """The mount at ``root/name`` as mountinfo reports it, if the directory entry there
+        really is that mount (same mount id; not a link, not a plain directory)."""
+        try:
+            point = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC,
+                            dir_fd=root)
+        except OSError:
+            return None
+        try:
+            mount_id = mount_id_of(point)
+        finally:
+            os.close(point)
+        return next((entry for entry in self._mounts_at(self.mount_dir / name)
+                     if entry.mount_id == mount_id), None)
+
+    def _prepare_mount_point(self, root: int, name: str) -> int:
+        """A descriptor of the empty directory ``root/name``: root's, 0700, no mount on it."""
+        mount_point = self.mount_dir / name
+        if self._mounts_at(mount_point):
             log.warning("mount.replacing_stale", mount_point=str(mount_point))
-            self._unmount_point(mount_point, lazy=True)
-        mount_point.mkdir(mode=0o700, exist_ok=True)
-        if any(mount_point.iterdir()):
-            raise MountError(f"mount point is not empty: {mount_point}")
-        return mount_point
+            self._unmount_name(root, name, lazy=True, remove=False)
+        point = _open_child_directory(root, name, mount_point, create=True)
+        try:
+            status = os.fstat(point)
+            if status.st_uid != 0 or stat.S_IMODE(status.st_mode) != _MOUNT_POINT_MODE:
+                raise MountError(f"mount point {mount_point} is not root's with mode 0700")
+            if status.st_dev != os.fstat(root).st_dev:
+                raise MountError(f"something is already mounted at {mount_point}")
+            if os.listdir(point):  # noqa: PTH208 (a descriptor has no Path)
+                raise MountError(f"mount point is not empty: {mount_point}")
+        except BaseException:
+            os.close(point)
+            raise
+        return point
 
-    def _mount(self, device: str, fs_type: str, mount_point: Path, options: Sequence[str]) -> None:
-        # the safety flags come last: with repeated options mount(8) keeps the last one
-        self._run(["mount", "-t", fs_type, "-o", ",".join(options), device, str(mount_point)])
+    def _mount_and_check(
+        self, root: int, name: str, fs_type: str, source: int, point: int,
+        extra: Sequence[str], flags: Sequence[str],
+    ) -> MountInfo:
+        """mount(8) from descriptor ``source`` onto descriptor ``point`` (closed here), then
+        prove the flags and that the kernel mounted that very device."""
+        try:
+            self._mount(fs_type, source, point, (*extra, *flags))
+        finally:
+            os.close(point)
+        try:
+            entry = self._enforce_flags(root, name, flags)
+            self._check_device_number(entry, source)
+        except MountError:
+            self._discard(name)
+            raise
+        return entry
 
-    def _enforce_flags(self, mount_point: Path, wanted: Sequence[str]) -> MountInfo:
-        entry = find_mount(mount_point, self._mountinfo)
+    def _mount(self, fs_type: str, source: int, point: int, options: Sequence[str]) -> None:
+        # the safety flags come last: with repeated options mount(8) keeps the last one;
+        # -c: mount(8) passes the /proc/self/fd paths on as they are, not as names
+        self._run(
+            ["mount", "-c", "-t", fs_type, "-o", ",".join(options),
+             _fd_path(source), _fd_path(point)],
+            (source, point),
+        )
+
+    def _check_device_number(self, entry: MountInfo, source: int) -> None:
+        device = os.fstat(source).st_rdev
+        number = f"{os.major(device)}:{os.minor(device)}"
+        if _names_its_device(entry.fs_type) and entry.device_number != number:
+            raise MountError(
+                f"{entry.mount_point}: the kernel mounted device {entry.device_number}, "
+                f"not {number}; refusing the volume"
+            )
+
+    def _enforce_flags(self, root: int, name: str, wanted: Sequence[str]) -> MountInfo:
+        mount_point = self.mount_dir / name
+        entry = self._top_mount(root, name)
         if entry is None:
             raise MountError(f"mount reported success but nothing is mounted at {mount_point}")
         missing = missing_flags(entry, wanted)
@@ -325,8 +545,8 @@ class Mounter:
             missing=missing,
             kernel_fs_type=entry.fs_type,
         )
-        self._run(["mount", "-i", "-o", ",".join(("remount", "bind", *wanted)), str(mount_point)])
-        entry = find_mount(mount_point, self._mountinfo)
+        self._remount(root, name, ("remount", "bind", *wanted))
+        entry = self._top_mount(root, name)
         if entry is None or missing_flags(entry, wanted):
             raise MountError(
                 f"{mount_point}: the kernel does not report {','.join(wanted)} even after a "
@@ -334,53 +554,85 @@ class Mounter:
             )
         return entry
 
-    def _switch(self, volume: MountedVolume, flags: Sequence[str]) -> MountedVolume:
-        entry = find_mount(volume.mount_point, self._mountinfo)
-        if entry is None:
-            raise MountError(f"{volume.mount_point} is not mounted")
-        if _is_fuse(entry.fs_type):
-            self._unmount_point(volume.mount_point, lazy=False, remove=False)
-            self._mount(volume.device, volume.fs_type, volume.mount_point, flags)
-        else:
-            self._run(["mount", "-i", "-o", ",".join(("remount", *flags)), str(volume.mount_point)])
-        entry = self._enforce_flags(volume.mount_point, flags)
+    def _remount(self, root: int, name: str, options: Sequence[str]) -> None:
+        """mount -o remount,... of the mount at ``root/name``, through its descriptor."""
+        point = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC,
+                        dir_fd=root)
+        try:
+            self._run(["mount", "-c", "-i", "-o", ",".join(options), _fd_path(point)], (point,))
+        finally:
+            os.close(point)
+
+    def _switch(
+        self, volume: MountedVolume, flags: Sequence[str], device_fd: int | None
+    ) -> MountedVolume:
+        name = self._own_name(volume.mount_point)
+        with self._root(create=False) as root:
+            entry = None if root is None else self._top_mount(root, name)
+            if root is None or entry is None:
+                raise MountError(f"{volume.mount_point} is not mounted")
+            if _is_fuse(entry.fs_type):
+                self._unmount_name(root, name, lazy=False, remove=False)
+                source = open_block_device(volume.device) if device_fd is None else device_fd
+                try:
+                    point = self._prepare_mount_point(root, name)
+                    entry = self._mount_and_check(
+                        root, name, volume.fs_type, source, point, (), flags
+                    )
+                finally:
+                    if device_fd is None:
+                        os.close(source)
+            else:
+                self._remount(root, name, ("remount", *flags))
+                entry = self._enforce_flags(root, name, flags)
         return MountedVolume(volume.device, volume.mount_point, volume.fs_type, entry.fs_type)
 
-    def _unmount_point(self, mount_point: Path, *, lazy: bool, remove: bool = True) -> None:
-        if not mount_point.is_relative_to(self.mount_dir):
-            raise MountError(f"refusing to unmount outside {self.mount_dir}: {mount_point}")
-        # a point can carry several stacked mounts (e.g. a stale one under a new one)
+    def _unmount_name(self, root: int, name: str, *, lazy: bool, remove: bool = True) -> None:
+        """Unmount every mount mountinfo stacks at ``root/name``, each checked by mount id."""
+        mount_point = self.mount_dir / name
         for _attempt in range(_MAX_STACKED_MOUNTS):
-            if find_mount(mount_point, self._mountinfo) is None:
+            if self._top_mount(root, name) is None:
+                if self._mounts_at(mount_point):
+                    raise MountError(
+                        f"{mount_point} is not the mount mountinfo reports there; "
+                        "refusing to unmount it"
+                    )
                 break
-            self._run(["umount", *(["-l"] if lazy else []), str(mount_point)])
+            _umount2(f"{_fd_path(root)}/{name}", mount_point, lazy=lazy)
         else:
             raise MountError(f"{mount_point} is still mounted after {_MAX_STACKED_MOUNTS} unmounts")
         if remove:
-            self._remove_point(mount_point)
+            self._remove_point(root, name)
 
-    def _discard(self, mount_point: Path) -> None:
+    def _discard(self, name: str) -> None:
         try:
-            self._unmount_point(mount_point, lazy=True)
+            with self._root(create=False) as root:
+                if root is not None:
+                    self._unmount_name(root, name, lazy=True)
         except MountError:
-            log.error("mount.discard_failed", mount_point=str(mount_point), exc_info=True)
+            log.error("mount.discard_failed", mount_point=str(self.mount_dir / name),
+                      exc_info=True)
 
-    @staticmethod
-    def _remove_point(mount_point: Path) -> None:
+    def _remove_point(self, root: int, name: str) -> None:
         try:
-            mount_point.rmdir()
+            os.rmdir(name, dir_fd=root)
         except FileNotFoundError:
             pass
         except OSError as error:
             # never recurse: a directory with contents here may be a mount we did not see
             log.warning(
-                "mount.point_not_removed", mount_point=str(mount_point), error=error.strerror
+                "mount.point_not_removed",
+                mount_point=str(self.mount_dir / name),
+                error=error.strerror,
             )
 
-    def _remove_empty_dirs(self) -> None:
-        for child in sorted(self.mount_dir.iterdir()):
-            if child.is_dir() and not child.is_symlink():
-                self._remove_point(child)
+    def _remove_empty_dirs(self, root: int) -> None:
+        for name in sorted(os.listdir(root)):
+            with contextlib.suppress(OSError):
+                if SAFE_NAME.fullmatch(name) and stat.S_ISDIR(
+                    os.stat(name, dir_fd=root, follow_symlinks=False).st_mode
+                ):
+                    self._remove_point(root, name)
 
 
 def mount_helper_for(fs_type: str) -> str | None:

@@ -21,7 +21,7 @@ LEDGER = "/var/lib/bwc-dock/ledger.sqlite3"
 STAGING = "/var/lib/bwc-dock/staging"
 EVIDENCE = "/mnt/evidence"
 # where bwc-dock-mount (the privileged mount helper) mounts cameras, in the host namespace
-MOUNTS = "/run/bwc-dock/cameras"
+MOUNTS = "/run/bwc-dock-mount/cameras"
 OFFLOAD_TIMEOUT = 420.0
 
 # Run in the guest by its own python3: every file of one camera in central storage with

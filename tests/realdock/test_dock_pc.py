@@ -111,28 +111,34 @@ def test_hotplugged_camera_is_mounted_hardened_and_offloaded(
     mount_point, options, source = mounts[-1]
     assert set(options.split(",")) >= HARDENED_MOUNT_OPTIONS, (mount_point, options)
     expected_type = "exfat" if "exfat" in layout else "vfat"
-    # propagation may show the mount twice in the daemon's namespace (under /run, and in
-    # the writable bind of /run/bwc-dock that ProtectSystem=strict adds over it)
+    # propagation may show the mount more than once in the daemon's namespace (under /run
+    # and under the binds ProtectSystem=strict adds over it)
     fs_types = set(dock_pc.machine.run(["findmnt", "-N", str(dock_pc.main_pid()), "-n", "-o",
                                         "FSTYPE", mount_point]).stdout.split())
     assert fs_types == {expected_type}, f"{source} mounted as {fs_types}, not the kernel driver"
     # the helper mounted it in the host's namespace; the daemon, while reading that very
     # mount, has no CAP_SYS_ADMIN (nor any capability) effective or in its bounding set
-    host = dock_pc.machine.run(["findmnt", "-n", "-o", "SOURCE", mount_point]).stdout.strip()
-    assert host == source, f"{mount_point} is not mounted in the host's namespace: {host!r}"
+    # (its source reads /proc/self/fd/N: the helper mounts from a checked descriptor, so
+    # the device is named by number)
+    host = dock_pc.machine.run(["findmnt", "-n", "-o", "MAJ:MIN", mount_point]).stdout.split()
+    seen = dock_pc.machine.run(["findmnt", "-N", str(dock_pc.main_pid()), "-n", "-o", "MAJ:MIN",
+                                mount_point]).stdout.split()
+    assert host and host[0].startswith("8:"), f"{mount_point} in the host's namespace: {host!r}"
+    assert set(seen) == {host[0]}, (source, host, seen)
     capabilities = dock_pc.daemon_capabilities()
     assert capabilities["CapEff"] & (1 << CAP_SYS_ADMIN) == 0, capabilities
     assert capabilities["CapBnd"] & (1 << CAP_SYS_ADMIN) == 0, capabilities
     assert capabilities == {"CapEff": 0, "CapPrm": 0, "CapBnd": 0, "CapAmb": 0}, capabilities
     assert dock_pc.daemon_mounts(), "the camera vanished from the daemon's namespace"
     if layout == "superfloppy-fat32":
-        tags = dock_pc.machine.run(["udevadm", "info", "--query=property", f"--name={source}"])
+        tags = dock_pc.machine.run(["udevadm", "info", "--query=property",
+                                    f"--name=/dev/block/{host[0]}"])
         assert "BWC_CAMERA=1" in tags.stdout, f"udev rules did not tag the camera: {tags.stdout}"
     dock_pc.machine.set_camera_speed(dock_pc.machine.cameras[serial], None)
     dock_pc.wait_uploaded(camera)
     dock_pc.assert_exactly_once(camera)
     dock_pc.wait_clips(serial, "unmounted after its offload", lambda _: not any(
-        mount[2] == source for mount in dock_pc.daemon_mounts()))
+        mount[0] == mount_point for mount in dock_pc.daemon_mounts()))
 
 
 def test_stop_restart_and_reload_mid_copy(dock_pc: DockPC, camera_dir: Path) -> None:
@@ -190,8 +196,10 @@ def test_unknown_usb_storage_is_never_mounted(dock_pc: DockPC, camera_dir: Path)
                        timeout=300)
     assert not dock_pc.daemon_mounts(), "an unknown device was mounted"
     assert dock_pc.clips("STICK1") == []
-    host_mounts = dock_pc.machine.run(["findmnt", "-n", "-o", "SOURCE"]).stdout
-    assert "/dev/sd" not in host_mounts
+    # the helper mounts from a descriptor (source /proc/self/fd/N), so look for device
+    # numbers, not names: no mount of the host is on a USB disk (sd, major 8)
+    host_numbers = dock_pc.machine.run(["findmnt", "-n", "-o", "MAJ:MIN"]).stdout.split()
+    assert not [number for number in host_numbers if number.split(":")[0] == "8"]
     dock_pc.machine.yank(plugged)
 
 
