@@ -89,6 +89,25 @@ def _fill_with_history(ledger_path: Path) -> None:
     connection.close()
 
 
+def _copy_without_the_indexes(ledger_path: Path, tmp_path: Path) -> Path:
+    """A copy of the 0003 ledger given the later columns (0006) but none of the indexes,
+    so that today's statements run on it as they ran before the upgrade."""
+    copy = tmp_path / "before-upgrade.sqlite3"
+    shutil.copyfile(ledger_path, copy)
+    connection = sqlite3.connect(copy)
+    for table, column in (("clips", "camera_time"), ("clips", "time_source"),
+                          ("clips", "time_flag"), ("clips", "time_flag_rule"),
+                          ("clips", "clock_offset_seconds"), ("clips", "time_basis"),
+                          ("dockings", "camera_clock_offset_seconds"),
+                          ("dockings", "camera_clock_source"),
+                          ("dockings", "dock_clock_synchronized"),
+                          ("dockings", "dock_clock_error_seconds"),
+                          ("dockings", "dock_clock_source")):
+        connection.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    connection.close()
+    return copy
+
+
 @contextmanager
 def _statements(ledger: Ledger) -> Iterator[list[tuple[str, tuple[Any, ...]]]]:
     """Every statement the ledger sends while the block runs, with its parameters."""
@@ -149,7 +168,7 @@ def test_the_upgrade_adds_the_indexes_declared_in_the_models(tmp_path: Path) -> 
     has exactly the indexes the models declare."""
     config, ledger_path = _old_ledger_with_history(tmp_path)
     ledger = Ledger.open(config, "upgraded")
-    assert schema_revision(ledger.engine) == "0004"
+    assert schema_revision(ledger.engine) == "0006"
     with ledger.engine.connect() as connection:
         indexes = set(connection.execute(text(
             "SELECT name FROM sqlite_master WHERE type = 'index'"
@@ -171,8 +190,7 @@ def test_upload_claim_and_oldest_pending_do_not_read_the_history(tmp_path: Path)
     ANALYZE; the same statements on the ledger before the upgrade read every clip, which
     shows the data set is big enough to tell the two apart."""
     config, ledger_path = _old_ledger_with_history(tmp_path)
-    before_upgrade = tmp_path / "before-upgrade.sqlite3"
-    shutil.copyfile(ledger_path, before_upgrade)
+    before_upgrade = _copy_without_the_indexes(ledger_path, tmp_path)
     ledger = Ledger.open(config, "upgraded")
     with _statements(ledger) as sent:
         assert ledger.claim_for_upload(current_owner("uploader")) is None  # nothing staged
@@ -209,8 +227,7 @@ def test_an_old_cameras_scan_and_custody_do_not_read_its_history(tmp_path: Path)
     the 20 files and the one assignment; the officer lookup on the ledger before the
     upgrade read all of the camera's audit entries."""
     config, ledger_path = _old_ledger_with_history(tmp_path)
-    before_upgrade = tmp_path / "before-upgrade.sqlite3"
-    shutil.copyfile(ledger_path, before_upgrade)
+    before_upgrade = _copy_without_the_indexes(ledger_path, tmp_path)
     ledger = Ledger.open(config, "upgraded")
     volume = DockedVolume("ingest", str(tmp_path), tmp_path, BUSY_CAMERA)
     docking = ledger.record_docking(volume, current_owner("test"))

@@ -56,8 +56,22 @@ _FORBIDDEN_OPTIONS = frozenset(
         "loop",
         "rw+",
         "nonempty",
+        # the time options below are the product's, not a profile's: a camera's times
+        # are interpreted in its profile's zone, which needs the raw values
+        "tz",
+        "time_offset",
+        "sys_tz",
     }
 )
+# Filesystem options that make the kernel hand over a camera's timestamps unshifted.
+# FAT stores local wall-clock time with no zone. Without an option the vfat driver shifts
+# it by the kernel's idea of local time (sys_tz, set by whoever booted the dock), silently
+# and differently on each dock; with tz=UTC it does no shifting, so stat returns the raw
+# FAT wall clock as if it were a UTC epoch, and the scanner re-reads that wall clock in
+# the profile's zone. exFAT needs nothing: the kernel driver shifts a timestamp that has
+# no UTC-offset field only by its time_offset option (default 0, kept: a profile cannot
+# set it), and one that has the field it converts to true UTC itself (see scanner).
+FS_TIME_OPTIONS: dict[str, tuple[str, ...]] = {"vfat": ("tz=UTC",)}
 _OPTION_SHAPE = re.compile(r"^[A-Za-z0-9_.+-]+(=[A-Za-z0-9_.:/+-]+)?$")
 _MOUNT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
@@ -206,7 +220,8 @@ class Mounter:
         """Mount ``device`` read-only at ``mount_dir/name`` and prove the flags took hold."""
         extra = validate_profile_options(profile_options)
         mount_point = self._prepare_mount_point(name)
-        self._mount(device, fs_type, mount_point, (*extra, *SAFE_FLAGS))
+        time_options = FS_TIME_OPTIONS.get(fs_type, ())
+        self._mount(device, fs_type, mount_point, (*time_options, *extra, *SAFE_FLAGS))
         try:
             entry = self._enforce_flags(mount_point, SAFE_FLAGS)
         except MountError:
