@@ -116,7 +116,10 @@ def build_manifest(
         "size": work.size,
         "sha256": work.sha256,
         "key": clip_key,
+        # UTC, corrected by the docking's camera clock offset when recorded_at_corrected;
+        # the camera's own reading and any daylight-saving flag beside it
         "recorded_at": work.recorded_at.isoformat(),
+        **work.time.document(),
         "times": {step: (at.isoformat() if at else None) for step, at in times.items()},
         "sidecars": [
             {

@@ -71,6 +71,7 @@ def _clip_document(work: ClipWork) -> dict[str, Any]:
         "state": str(work.state),
         "remote_key": work.remote_key,
         "recorded_at": iso(work.recorded_at),
+        **work.time.document(),
         "upload_attempts": work.upload_attempts,
         "last_error": work.last_error,
         "sidecars": [
