@@ -34,6 +34,8 @@ class AlarmKind(enum.StrEnum):
     STORAGE_REFUSED = "storage_refused"
     QUARANTINED = "quarantined"
     CAMERA_UNMOUNTABLE = "camera_unmountable"
+    DOCK_CLOCK_UNSYNCHRONIZED = "dock_clock_unsynchronized"
+    CAMERA_CLOCK_DRIFT = "camera_clock_drift"
 
 
 Severity = Literal["warning", "error"]
@@ -46,6 +48,9 @@ _SEVERITY: dict[AlarmKind, Severity] = {
     AlarmKind.STORAGE_REFUSED: "error",  # credentials do not heal by themselves
     AlarmKind.QUARANTINED: "error",  # evidence failed an integrity check
     AlarmKind.CAMERA_UNMOUNTABLE: "error",  # evidence sits on a camera nobody can read
+    # every recorded time, and fleet staleness, lean on the dock's clock
+    AlarmKind.DOCK_CLOCK_UNSYNCHRONIZED: "warning",
+    AlarmKind.CAMERA_CLOCK_DRIFT: "warning",  # its clips are corrected, but say so
 }
 
 
@@ -82,6 +87,10 @@ class Observation:
     quarantined_clips: int = 0
     docked: tuple[DockedCamera, ...] = ()
     unmountable: tuple[UnmountableCamera, ...] = ()
+    dock_clock_synchronized: bool | None = None  # None: not known, no alarm
+    # each camera's clock minus the dock's at its latest docking (None: not measured)
+    camera_clock_offsets: Mapping[str, float | None] = field(default_factory=dict)
+    max_clock_offset_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +191,8 @@ class AlarmBoard:
             _quarantined(observation),
             *self._stalled(observation),
             *_unmountable(observation),
+            _dock_clock(observation),
+            *_camera_clocks(observation),
         ]
         return {alarm.key: alarm for alarm in alarms if alarm is not None}
 
@@ -282,6 +293,34 @@ def _unmountable(observation: Observation) -> Iterable[Alarm]:
             detail=f"camera {camera.name} is docked but cannot be mounted: {camera.error}",
             short=f"camera {camera.name} unmountable",
             camera=camera.name,
+        )
+
+
+def _dock_clock(observation: Observation) -> Alarm | None:
+    if observation.dock_clock_synchronized is not False:
+        return None
+    return Alarm(
+        AlarmKind.DOCK_CLOCK_UNSYNCHRONIZED,
+        _SEVERITY[AlarmKind.DOCK_CLOCK_UNSYNCHRONIZED],
+        detail="the dock PC's clock is not synchronised (no time server has set it); "
+        "recorded times and fleet ages depend on it",
+        short="dock clock unsynchronised",
+    )
+
+
+def _camera_clocks(observation: Observation) -> Iterable[Alarm]:
+    limit = observation.max_clock_offset_seconds
+    for serial, offset in sorted(observation.camera_clock_offsets.items()):
+        if offset is None or abs(offset) <= limit:
+            continue
+        direction = "ahead of" if offset > 0 else "behind"
+        yield Alarm(
+            AlarmKind.CAMERA_CLOCK_DRIFT,
+            _SEVERITY[AlarmKind.CAMERA_CLOCK_DRIFT],
+            detail=f"camera {serial}'s clock was {abs(offset):.0f} s {direction} the dock's "
+            f"when it last docked (limit {limit:g} s)",
+            short=f"camera {serial} clock off {offset:+.0f} s",
+            camera=serial,
         )
 
 

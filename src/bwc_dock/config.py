@@ -77,6 +77,10 @@ class DockConfig(_Section):
     lease_seconds: int = Field(default=120, ge=10)
     # A camera whose clock is further off than this (either way) raises camera_clock_drift.
     max_clock_offset_seconds: float = Field(default=30.0, gt=0)
+    # Raise dock_clock_unsynchronized when the kernel says no time server keeps the
+    # clock. Only for a dock with no time server by design (the alarm would never
+    # clear); every docking and custody record still says whether it was synchronised.
+    clock_sync_alarm: bool = True
 
 
 class BandwidthWindow(_Section):

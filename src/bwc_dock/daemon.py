@@ -23,6 +23,7 @@ import structlog
 from bwc_dock.alarms import DockedCamera, UnmountableCamera
 from bwc_dock.bandwidth import BandwidthLimiter
 from bwc_dock.clearer import clear_when_verified
+from bwc_dock.clocks import read_dock_clock
 from bwc_dock.config import Config, load_config
 from bwc_dock.custody import anchor_dockings
 from bwc_dock.docked import Docked, DockedRegistry
@@ -428,6 +429,10 @@ class Daemon(SourceListener):
             ),
             error_counts=dict(self.error_counts),
             byte_totals=self.ledger.byte_totals() if metrics_textfile is not None else None,
+            dock_clock_synchronized=read_dock_clock().synchronized,
+            camera_clock_offsets=self.ledger.latest_camera_offsets(),
+            max_clock_offset_seconds=self.config.dock.max_clock_offset_seconds,
+            dock_clock_alarm=self.config.dock.clock_sync_alarm,
         )
 
     def _staging_free_bytes(self) -> int | None:

@@ -36,6 +36,7 @@ from bwc_dock.ledger.snapshots import (
     AuditRecord,
     CameraInfo,
     ClipWork,
+    DockingClocks,
     DockingRecord,
     HeartbeatRecord,
 )
@@ -86,6 +87,14 @@ class Ledger:
 
     def record_docking(self, volume: DockedVolume, owner: str | None) -> int:
         return dockings.record(self.store, volume, owner)
+
+    def record_clocks(
+        self, docking_id: int, clocks: DockingClocks, details: dict[str, Any]
+    ) -> None:
+        dockings.record_clocks(self.store, docking_id, clocks, details)
+
+    def latest_camera_offsets(self) -> dict[str, float | None]:
+        return dockings.latest_camera_offsets(self.store)
 
     def end_docking(self, docking_id: int, reason: str) -> None:
         dockings.end(self.store, docking_id, reason)

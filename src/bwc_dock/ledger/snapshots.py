@@ -92,6 +92,31 @@ class ClipWork:
 
 
 @dataclass(frozen=True)
+class DockingClocks:
+    """The clocks when a camera docked: the camera's minus the dock's and how it was
+    read, and whether the dock PC's own clock was synchronised (None: not known)."""
+
+    camera_clock_offset_seconds: float | None = None
+    camera_clock_source: str | None = None
+    dock_clock_synchronized: bool | None = None
+    dock_clock_error_seconds: float | None = None
+    dock_clock_source: str | None = None
+
+    @property
+    def measured(self) -> bool:
+        """Whether this docking's clocks were looked at (a rescan does not look again)."""
+        return self.dock_clock_source is not None
+
+    def document(self) -> dict[str, object]:
+        return {
+            "camera_clock_offset_seconds": self.camera_clock_offset_seconds,
+            "camera_clock_source": self.camera_clock_source,
+            "dock_clock_synchronized": self.dock_clock_synchronized,
+            "dock_clock_error_seconds": self.dock_clock_error_seconds,
+        }
+
+
+@dataclass(frozen=True)
 class DockingRecord:
     """One docking of a camera (or one ingested folder)."""
 
@@ -105,6 +130,7 @@ class DockingRecord:
     docked_at: datetime
     scanned_at: datetime | None
     undocked_at: datetime | None
+    clocks: DockingClocks = DockingClocks()
 
 
 @dataclass(frozen=True)
@@ -235,6 +261,13 @@ def docking_record(docking: Docking) -> DockingRecord:
         docked_at=docking.docked_at,
         scanned_at=docking.scanned_at,
         undocked_at=docking.undocked_at,
+        clocks=DockingClocks(
+            docking.camera_clock_offset_seconds,
+            docking.camera_clock_source,
+            docking.dock_clock_synchronized,
+            docking.dock_clock_error_seconds,
+            docking.dock_clock_source,
+        ),
     )
 
 
