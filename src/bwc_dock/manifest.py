@@ -21,6 +21,7 @@ from typing import Any
 
 from bwc_dock import __version__
 from bwc_dock.ledger import ClipWork
+from bwc_dock.ledger.snapshots import DockingClocks
 from bwc_dock.names import safe_name
 
 MANIFEST_SUFFIX = ".json"
@@ -104,6 +105,7 @@ def build_manifest(
     officer_id: str | None,
     times: dict[str, datetime | None],
     audit_head: tuple[int, str],
+    clocks: DockingClocks | None = None,
 ) -> bytes:
     document: dict[str, Any] = {
         "schema": MANIFEST_SCHEMA,
@@ -132,6 +134,9 @@ def build_manifest(
             for s in work.sidecars
         ],
         "audit_chain_head": {"id": audit_head[0], "hash": audit_head[1]},
+        # the docking's clocks: the camera's offset and whether the dock's own clock was
+        # synchronised (null: not known)
+        "docking_clocks": (clocks or DockingClocks()).document(),
         "software": f"bwc-dock {__version__}",
     }
     return json.dumps(document, indent=2, sort_keys=True).encode("utf-8") + b"\n"

@@ -227,6 +227,7 @@ class Uploader:
         """Write this offload's custody record once. One already there is accepted only
         when it records this very offload (an attempt cut short before the ledger knew)."""
         officer, times = self.ledger.manifest_facts(work.id)
+        docking = self.ledger.docking(work.docking_id)
         document = build_manifest(
             work,
             dock_id=self.ledger.dock_id,
@@ -235,6 +236,7 @@ class Uploader:
             officer_id=officer,
             times={**times, "uploaded_at": utc_now()},
             audit_head=self.ledger.audit_head(),
+            clocks=docking.clocks if docking else None,
         )
         assert work.sha256 is not None
         try:
