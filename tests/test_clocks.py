@@ -11,10 +11,15 @@ kernel's adjtimex(2). One seam: the unsynchronised dock clock is handed to
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bwc_dock.alarms import AlarmBoard, Observation
 from bwc_dock.clocks import KernelClockState, dock_clock_from, kernel_clock_state
@@ -22,7 +27,7 @@ from bwc_dock.config import AlarmsConfig, parse_config
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.metrics import MetricsSnapshot, render
-from bwc_dock.scanning import scan_into_ledger
+from bwc_dock.scanning import scan_into_ledger, set_clock_after_offload
 from bwc_dock.sources.base import DockedVolume
 from tests.dock import Dock, sha256_of
 
@@ -175,3 +180,43 @@ def test_the_textfile_carries_the_clock_gauges() -> None:
     assert 'bwc_dock_dock_clock_synchronized{dock="d1"} 0\n' in text
     assert 'bwc_dock_camera_clock_offset_seconds{dock="d1",camera="NY1"} 93.25\n' in text
     assert "NY3" not in text
+
+
+@pytest.fixture
+def camera_clock_state() -> Iterator[Path]:
+    """A file holding a pretend camera's clock offset, in a folder the unprivileged
+    user its clock commands run as (nobody, under root) can write."""
+    folder = Path(tempfile.mkdtemp(prefix="bwc-camera-clock-"))
+    folder.chmod(0o777)
+    state = folder / "offset"
+    state.write_text("93\n")
+    state.chmod(0o666)
+    yield state
+    shutil.rmtree(folder)
+
+
+def test_setting_the_camera_clock_after_offload_is_audited(
+    tmp_path: Path, camera_clock_state: Path
+) -> None:
+    """clock_set_command runs after the offload; the audit row holds the camera's clock
+    read before (+93 s) and after (0 s) it, and no problem."""
+    read = ["/bin/sh", "-c", 'date -u -d "+$(cat "$0") seconds" +%Y-%m-%dT%H:%M:%S.%N+00:00',
+            str(camera_clock_state)]
+    set_to_dock = ["/bin/sh", "-c", 'echo 0 > "$0"', str(camera_clock_state)]
+    config = parse_config({"dock": {"id": "t", "state_dir": str(tmp_path / "state")},
+                           "storage": {"path": str(tmp_path / "nas")},
+                           "camera": [_profile(clock_command=read,
+                                               clock_set_command=set_to_dock)]})
+    ledger = Ledger.open(config, "test")
+    card = _card(tmp_path)
+    volume = DockedVolume("ingest", str(card), card, "NY1", profile_name="ny")
+    docking_id = ledger.record_docking(volume, current_owner("test"))
+    set_clock_after_offload(ledger, config, docking_id, volume)
+    [entry] = [e for e in ledger.audit_entries() if e.event == "camera.clock_set"]
+    ledger.close()
+    details = json.loads(entry.details)
+    assert round(details["offset_before_seconds"]) == 93
+    assert round(details["offset_after_seconds"]) == 0
+    assert details["problem"] is None
+    assert (entry.camera_serial, details["docking_id"]) == ("NY1", docking_id)
+    assert camera_clock_state.read_text() == "0\n"

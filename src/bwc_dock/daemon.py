@@ -35,7 +35,7 @@ from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
 from bwc_dock.ledger.states import PENDING_STATES
 from bwc_dock.recovery import recover
-from bwc_dock.scanning import scan_into_ledger
+from bwc_dock.scanning import scan_into_ledger, set_clock_after_offload
 from bwc_dock.service import DaemonStatus, ServiceHooks
 from bwc_dock.signals import SignalWatcher
 from bwc_dock.sources.base import DockedVolume, Source, SourceListener, UnreadableCamera
@@ -358,6 +358,7 @@ class Daemon(SourceListener):
             if not docked.finished_logged:
                 docked.finished_logged = True
                 log.info("dock.offload_done", camera=camera, docking=docked.docking_id)
+                self._set_camera_clock(docked)
             if not docked.capabilities.releases_after_offload:
                 continue  # e.g. a watch folder stays docked until it is removed
             clearing = self._clearing_source(docked)
@@ -369,6 +370,14 @@ class Daemon(SourceListener):
             if docked.source is not None:
                 docked.source.release(docked.volume)
             self.ledger.end_docking(docked.docking_id, "offload done")
+
+    def _set_camera_clock(self, docked: Docked) -> None:
+        try:
+            set_clock_after_offload(self.ledger, self.config, docked.docking_id, docked.volume)
+        except Exception as error:  # noqa: BLE001 - a camera's clock tool must not stop the loop
+            log.warning(
+                "camera.clock_set_failed", camera=docked.volume.camera_serial, error=str(error)
+            )
 
     def _clearing_source(self, docked: Docked) -> Source | None:
         """The source to clear the camera through, when its profile asks for clearing."""

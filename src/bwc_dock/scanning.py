@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import structlog
 
-from bwc_dock.clocks import DockClock, read_camera_clock, read_dock_clock
+from bwc_dock.clocks import DockClock, read_camera_clock, read_dock_clock, set_camera_clock
 from bwc_dock.config import CameraProfile, Config
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.snapshots import DockingClocks
@@ -104,3 +104,36 @@ def clock_command_environment(volume: DockedVolume) -> dict[str, str]:
         "BWC_DEVICE": volume.device,
         "BWC_VOLUME": str(volume.root),
     }
+
+
+def set_clock_after_offload(
+    ledger: Ledger, config: Config, docking_id: int, volume: DockedVolume
+) -> None:
+    """Run the profile's clock_set_command once the camera's clips are off it, and audit
+    the camera's clock read before and after (offsets, or why they could not be read)."""
+    profile = config.profile(volume.profile_name or "")
+    if profile is None or not profile.clock_set_command:
+        return
+    before, after, problem = set_camera_clock(
+        profile, volume.root, clock_command_environment(volume)
+    )
+    ledger.record_event(
+        "camera.clock_set",
+        camera_serial=volume.camera_serial,
+        details={
+            "docking_id": docking_id,
+            "offset_before_seconds": before.offset_seconds,
+            "reading_before": before.reading,
+            "offset_after_seconds": after.offset_seconds,
+            "reading_after": after.reading,
+            "problem": problem,
+        },
+    )
+    log.info(
+        "camera.clock_set",
+        camera=volume.camera_serial,
+        docking=docking_id,
+        offset_before_seconds=before.offset_seconds,
+        offset_after_seconds=after.offset_seconds,
+        problem=problem,
+    )
