@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from bwc_dock.config import CameraProfile
+from bwc_dock.config import CameraProfile, parse_config
+from bwc_dock.ledger import Ledger
+from bwc_dock.ledger.db import create_ledger_engine, migrate
 from bwc_dock.mounting import Mounter
 from bwc_dock.scanner import ScanLimits, scan_volume
 from tests.dock import Dock, sha256_of
@@ -198,3 +201,44 @@ def test_fat_timestamps_are_read_in_the_cameras_zone(
     assert readings == ["2026-03-08T02:30:00 America/New_York",
                         "2026-11-01T01:30:00 America/New_York",
                         "2026-11-24T20:15:00 America/New_York"]
+
+
+def test_clips_from_before_the_upgrade_keep_their_time_and_key(tmp_path: Path) -> None:
+    """A ledger at 0004 with an uploaded clip: after the upgrade its recorded time and key
+    are unchanged and it is marked as read under the legacy rule (UTC, uncorrected)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    config = parse_config({"dock": {"id": "t", "state_dir": str(state)},
+                           "storage": {"path": str(tmp_path / "nas")}})
+    engine = create_ledger_engine(config.ledger_url)
+    migrate(engine, "0004")
+    engine.dispose()
+    with sqlite3.connect(state / "ledger.sqlite3") as connection:
+        connection.execute("INSERT INTO cameras (serial, first_seen_at) "
+                           "VALUES ('OLD1', '2026-01-02 03:04:05.000000')")
+        connection.execute(
+            "INSERT INTO dockings (id, camera_serial, dock_id, source, device, volume_root,"
+            " docked_at, refused_entries) VALUES (1, 'OLD1', 't', 'udev', '/dev/sdb1', '/m',"
+            " '2026-11-24 20:30:00.000000', 0)")
+        connection.execute(
+            "INSERT INTO clips (camera_serial, docking_id, source_path_raw, source_path, name,"
+            " size, mtime_ns, recorded_at, sha256, state, priority, copy_attempts,"
+            " upload_attempts, remote_key, discovered_at, updated_at) VALUES ('OLD1', 1,"
+            " X'4443494d2f412e4d5034', 'DCIM/A.MP4', 'A.MP4', 10, 1, "
+            " '2026-11-24 20:15:00.000000', ?, 'uploaded', 0, 1, 1,"
+            " 'OLD1/2026/11/24/A.0000000000000000.MP4', '2026-11-24 20:31:00.000000',"
+            " '2026-11-24 20:31:00.000000')", ("0" * 64,))
+    ledger = Ledger.open(config, "upgraded")
+    [clip] = ledger.clips()
+    ledger.close()
+    assert clip.recorded_at == datetime(2026, 11, 24, 20, 15, tzinfo=UTC)
+    assert clip.remote_key == "OLD1/2026/11/24/A.0000000000000000.MP4"
+    assert clip.time.document() == {
+        "recorded_at_corrected": False,
+        "camera_clock_offset_seconds": None,
+        "camera_time": None,
+        "camera_time_source": None,
+        "time_flag": None,
+        "time_flag_rule": None,
+        "time_basis": "legacy",
+    }
