@@ -22,7 +22,13 @@ from typing import Any
 import pytest
 
 from bwc_dock.alarms import AlarmBoard, Observation
-from bwc_dock.clocks import KernelClockState, dock_clock_from, kernel_clock_state
+from bwc_dock.clocks import (
+    DockClock,
+    KernelClockState,
+    dock_clock_from,
+    dock_clock_from_services,
+    kernel_clock_state,
+)
 from bwc_dock.config import AlarmsConfig, parse_config
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
@@ -220,3 +226,15 @@ def test_setting_the_camera_clock_after_offload_is_audited(
     assert details["problem"] is None
     assert (entry.camera_serial, details["docking_id"]) == ("NY1", docking_id)
     assert camera_clock_state.read_text() == "0\n"
+
+
+def test_under_the_seccomp_filter_timesyncds_own_record_is_read(tmp_path: Path) -> None:
+    """Where adjtimex is refused: timesyncd's flag file means synchronised, its runtime
+    folder without the flag means not yet, and no time service at all means unknown."""
+    timesync = tmp_path / "timesync"
+    no_chrony = str(tmp_path / "no-chronyc")  # a chronyc that is not there
+    assert dock_clock_from_services(timesync, no_chrony) == DockClock(None, None, "none")
+    timesync.mkdir()
+    assert dock_clock_from_services(timesync, no_chrony) == DockClock(False, None, "timesyncd")
+    (timesync / "synchronized").touch()
+    assert dock_clock_from_services(timesync, no_chrony) == DockClock(True, None, "timesyncd")

@@ -3,8 +3,10 @@
 The dock's clock is asked of the kernel with adjtimex(2), which needs no daemon and no
 privilege and says what every time-sync daemon (systemd-timesyncd, chrony, ntpd) has
 told the kernel: STA_UNSYNC is cleared only while one of them keeps the clock
-disciplined, and esterror/maxerror are its error bounds. When the call is not possible
-the state is unknown, never assumed synchronised.
+disciplined, and esterror/maxerror are its error bounds. Under the service's seccomp
+filter the call is refused, so the daemon then asks the time-sync daemon's own record
+(timesyncd's flag file, ``chronyc tracking``). When nothing answers the state is
+unknown, never assumed synchronised.
 
 The camera's clock is read through the profile's ``clock_command`` (run without
 privileges, with a timeout and a bounded output) or its ``clock_file`` on the volume
@@ -19,6 +21,7 @@ import ctypes.util
 import os
 import pwd
 import select
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -33,6 +36,7 @@ from bwc_dock.scanner import display_path, parent_directory
 
 log = structlog.get_logger(__name__)
 
+TIMESYNC_DIR = Path("/run/systemd/timesync")  # systemd-timesyncd's runtime state
 STA_UNSYNC = 0x0040  # <linux/timex.h>: the clock is not synchronised
 TIME_ERROR = 5  # adjtimex's return value when the clock is not synchronised
 MAX_CLOCK_TEXT = 256  # bytes of a camera's clock reading kept; more is refused
@@ -117,7 +121,46 @@ def dock_clock_from(kernel: KernelClockState | None) -> DockClock:
 
 
 def read_dock_clock() -> DockClock:
-    return dock_clock_from(kernel_clock_state())
+    """The kernel's word (adjtimex); where the service's seccomp filter refuses it
+    (ProtectClock= denies the whole @clock group, read-only calls included), what the
+    time-sync daemon itself publishes."""
+    kernel = kernel_clock_state()
+    if kernel is not None:
+        return dock_clock_from(kernel)
+    return dock_clock_from_services()
+
+
+def dock_clock_from_services(
+    timesync_dir: Path = TIMESYNC_DIR, chronyc: str | None = None
+) -> DockClock:
+    """systemd-timesyncd's flag file (created once it has synchronised the clock since
+    boot), else ``chronyc tracking``; unknown when neither runs here."""
+    if (timesync_dir / "synchronized").exists():
+        return DockClock(True, None, "timesyncd")
+    chronyc = chronyc or shutil.which("chronyc")
+    if chronyc:
+        reading = _chrony_tracking(chronyc)
+        if reading is not None:
+            return reading
+    if timesync_dir.is_dir():  # timesyncd runs but has not synchronised yet
+        return DockClock(False, None, "timesyncd")
+    return DockClock(None, None, "none")
+
+
+def _chrony_tracking(chronyc: str) -> DockClock | None:
+    """``chronyc -c tracking`` (CSV): the leap status is the last field, "Not
+    synchronised" when chronyd has no source; the error bound is the root dispersion
+    plus half the root delay, as chrony computes its own maximum error."""
+    try:
+        output = _run_bounded((chronyc, "-n", "-c", "tracking"), 5.0, {"PATH": "/usr/bin:/bin"})
+        fields = output.decode("ascii").strip().split(",")
+        root_delay, root_dispersion = float(fields[10]), float(fields[11])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError) as error:
+        log.warning("clock.chrony_unreadable", error=str(error))
+        return None
+    if fields[-1].strip().lower().startswith("not sync"):
+        return DockClock(False, None, "chrony")
+    return DockClock(True, round(root_dispersion + root_delay / 2, 6), "chrony")
 
 
 # -- the camera's clock ---------------------------------------------------------------
