@@ -67,6 +67,9 @@ def test_new_york_names_across_both_changes_of_2026(dock: Dock) -> None:
         assert clip["camera_clock_offset_seconds"] is None
         assert clip["camera_time_source"] == "name"
         assert clip["time_basis"] == "profile"
+    table = dock.cli("clips", "--camera", "NY1").stdout
+    assert "2026-11-01 05:30:00 (uncorrected, ambiguous)" in table
+    assert "2026-03-08 07:30:00 (uncorrected, nonexistent)" in table
     evening = clips["DCIM/20261124_201500.MP4"]
     assert evening["camera_time"] == "2026-11-24T20:15:00 America/New_York"
     sha16 = sha256_of(card / "DCIM" / "20261124_201500.MP4")[:16]
