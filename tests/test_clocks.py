@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bwc_dock.alarms import AlarmBoard, Observation
+from bwc_dock.alarms import AlarmBoard, Observation, StorageState
 from bwc_dock.clocks import (
     DockClock,
     KernelClockState,
@@ -30,10 +30,12 @@ from bwc_dock.clocks import (
     kernel_clock_state,
 )
 from bwc_dock.config import AlarmsConfig, parse_config
+from bwc_dock.fleet import status_document
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.metrics import MetricsSnapshot, render
 from bwc_dock.scanning import scan_into_ledger, set_clock_after_offload
+from bwc_dock.service import DaemonStatus
 from bwc_dock.sources.base import DockedVolume
 from tests.dock import Dock, sha256_of
 
@@ -238,3 +240,30 @@ def test_under_the_seccomp_filter_timesyncds_own_record_is_read(tmp_path: Path) 
     assert dock_clock_from_services(timesync, no_chrony) == DockClock(False, None, "timesyncd")
     (timesync / "synchronized").touch()
     assert dock_clock_from_services(timesync, no_chrony) == DockClock(True, None, "timesyncd")
+
+
+def test_the_fleet_document_says_whether_the_docks_clock_was_synchronised() -> None:
+    """A dock whose clock is unsynchronised publishes that beside its heartbeat, with
+    both clock alarms as entries of its alarm list."""
+    status = DaemonStatus(
+        dock_id="dock-01", alarms_config=AlarmsConfig(), metrics_textfile=None,
+        status_line="", clips_by_state={}, oldest_pending_at=None, staging_free_bytes=0,
+        staging_reserve_bytes=0, storage=StorageState.OK, last_error=None, docked=(),
+        unmountable=(), error_counts={}, byte_totals=None, dock_clock_synchronized=False,
+    )
+    board = AlarmBoard(AlarmsConfig())
+    board.observe(Observation(
+        now=datetime(2026, 12, 5, tzinfo=UTC), oldest_pending_at=None,
+        staging_free_bytes=2**40, staging_reserve_bytes=0, dock_clock_synchronized=False,
+        camera_clock_offsets={"NY1": -45.0}, max_clock_offset_seconds=30.0,
+    ))
+    document = status_document(status, board.active, now=datetime(2026, 12, 5, tzinfo=UTC),
+                               interval_seconds=60)
+    assert document["dock_clock_synchronized"] is False
+    assert [(a["kind"], a["subject"], a["detail"]) for a in document["alarms"]] == [
+        ("dock_clock_unsynchronized", None,
+         "the dock PC's clock is not synchronised (no time server has set it); "
+         "recorded times and fleet ages depend on it"),
+        ("camera_clock_drift", "NY1",
+         "camera NY1's clock was 45 s behind the dock's when it last docked (limit 30 s)"),
+    ]
