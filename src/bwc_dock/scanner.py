@@ -317,14 +317,29 @@ def recorded_time(found: FoundFile, profile: CameraProfile) -> CameraTime:
     zone = profile.zone
     wall = _name_time(found, profile.recorded_pattern)
     if wall is not None:
-        return _in_zone(wall, zone, "name")
+        named = _in_zone_if_representable(found, wall, zone, "name")
+        if named is not None:
+            return named
     mtime = datetime.fromtimestamp(found.mtime_ns / 1e9, tz=UTC)
-    if zone is None or profile.timestamps_carry_offset:
-        # a UTC clock, or an exFAT driver that already applied the entry's UTC offset
-        return CameraTime(mtime.replace(tzinfo=None), "UTC", mtime, "mtime")
-    # vfat mounted tz=UTC and exFAT entries without an offset: the epoch stat returns is
-    # the raw FAT wall clock taken as UTC, so its UTC fields are the camera's reading
-    return _in_zone(mtime.replace(tzinfo=None), zone, "mtime")
+    if zone is not None and not profile.timestamps_carry_offset:
+        # vfat mounted tz=UTC and exFAT entries without an offset: the epoch stat returns
+        # is the raw FAT wall clock taken as UTC, so its UTC fields are the camera's reading
+        stamped = _in_zone_if_representable(found, mtime.replace(tzinfo=None), zone, "mtime")
+        if stamped is not None:
+            return stamped
+    # a UTC clock, an exFAT driver that already applied the entry's UTC offset, or a
+    # wall clock that leaves the calendar once moved into UTC (year 1 or 9999)
+    return CameraTime(mtime.replace(tzinfo=None), "UTC", mtime, "mtime")
+
+
+def _in_zone_if_representable(
+    found: FoundFile, wall: datetime, zone: ZoneInfo | None, source: Literal["name", "mtime"]
+) -> CameraTime | None:
+    try:
+        return _in_zone(wall, zone, source)
+    except (OverflowError, ValueError):
+        log.warning("scan.bad_recorded_time", path=found.source_path, source=source)
+        return None
 
 
 def _name_time(found: FoundFile, pattern: str | None) -> datetime | None:
