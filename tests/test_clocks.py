@@ -95,6 +95,9 @@ def test_a_camera_93_seconds_ahead_has_its_clips_corrected(dock: Dock) -> None:
     assert record["recorded_at_corrected"] is True
     assert record["docking_clocks"]["camera_clock_offset_seconds"] == offset
     assert record["docking_clocks"]["camera_clock_source"] == "command"
+    [camera] = json.loads(dock.cli("cameras", "--json").stdout)
+    assert camera["clock_offset_seconds"] == offset
+    assert "+93 s" in dock.cli("cameras").stdout
 
 
 def test_a_linked_clock_file_leaves_the_offset_unknown(dock: Dock) -> None:

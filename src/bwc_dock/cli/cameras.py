@@ -28,11 +28,13 @@ def cameras_group(click_context: click.Context, as_json: bool) -> None:
     context: Context = click_context.obj
     context.logging("warning")
     with context.ledger(hand_actor()) as ledger:
-        documents = camera_documents(list_cameras(ledger))
+        documents = camera_documents(list_cameras(ledger), ledger.latest_camera_offsets())
     if as_json:
         emit(documents)
         return
-    table = Table(("serial", "profile", "officer", "last docked", "docked", "pending", "clips"))
+    table = Table(
+        ("serial", "profile", "officer", "last docked", "docked", "pending", "clips", "clock")
+    )
     for camera in documents:
         table.add_row(
             camera["serial"],
@@ -42,8 +44,14 @@ def cameras_group(click_context: click.Context, as_json: bool) -> None:
             "yes" if camera["docked"] else "no",
             camera["pending_clips"],
             camera["clips"],
+            _clock_cell(camera["clock_offset_seconds"]),
         )
     table.print()
+
+
+def _clock_cell(offset: object) -> str:
+    """The camera's clock against the dock's at its latest docking, e.g. "+93 s"."""
+    return f"{offset:+.0f} s" if isinstance(offset, float | int) else "unknown"
 
 
 _FORCE_HELP = "also when it re-attributes clips already delivered (audited with their ids)"
