@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -95,6 +96,17 @@ def test_a_camera_93_seconds_ahead_has_its_clips_corrected(dock: Dock) -> None:
     assert record["recorded_at_corrected"] is True
     assert record["docking_clocks"]["camera_clock_offset_seconds"] == offset
     assert record["docking_clocks"]["camera_clock_source"] == "command"
+    folder = dock.nas / "NY1" / "2026" / "11" / "25"
+    sums = (folder / "SHA256SUMS.dock-test.docking-000001").read_text()
+    header = sums.splitlines()[:2]
+    assert header[0] == (
+        f"# recorded times: UTC, corrected by the camera's clock offset of {offset:+.3f} s")
+    assert header[1].startswith("# dock clock at docking: ")  # this machine's own state
+    sums_name = "SHA256SUMS.dock-test.docking-000001"
+    checked = subprocess.run(["sha256sum", "--strict", "-c", sums_name], cwd=folder,
+                             capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+    dock.cli("audit", "verify", "--remote")
     [camera] = json.loads(dock.cli("cameras", "--json").stdout)
     assert camera["clock_offset_seconds"] == offset
     assert "+93 s" in dock.cli("cameras").stdout
