@@ -82,8 +82,9 @@ class Dock:
     def write_config(self, **sections: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Defaults merged with ``sections``; a list (``camera=[{...}]``) is an array of tables."""
         base: dict[str, Any] = {
+            # the test machine runs no time server: its kernel clock is never synchronised
             "dock": {"id": "dock-test", "state_dir": str(self.state_dir),
-                     "staging_reserve_mb": 0},
+                     "staging_reserve_mb": 0, "clock_sync_alarm": False},
             "storage": {"backend": "file", "path": str(self.nas),
                         "retry_initial_seconds": 0.2, "retry_max_seconds": 2.0},
             "sources": {"udev": False, "watch_dirs": [str(self.watch_dir)],

@@ -47,3 +47,24 @@ def test_ingest_offloads_the_rest_of_a_camera_with_an_impossible_date(dock: Dock
     assert [(c["source_path"], c["state"]) for c in clips] == [
         ("DCIM/100BWC/GOOD0001.MP4", "uploaded")
     ]
+
+
+def test_a_name_time_at_the_calendars_edge_in_a_zone_falls_back_to_the_mtime(
+    tmp_path: Path,
+) -> None:
+    """31 Dec 9999 23:00 in New York is past year 9999 in UTC: the clip is still found,
+    dated by its mtime read in the zone, instead of failing the camera's scan."""
+    clips = tmp_path / "DCIM"
+    clips.mkdir()
+    (clips / "99991231_230000.MP4").write_bytes(b"edge" * 100)
+    mtime_ns = 1_795_000_000 * 10**9  # a camera wall clock of 2026-11-18 11:06:40
+    os.utime(clips / "99991231_230000.MP4", ns=(mtime_ns, mtime_ns))
+    profile = CameraProfile(
+        name="ny", clock="local", timezone="America/New_York",
+        recorded_pattern=r"(?P<Y>\d{4})(?P<m>\d{2})(?P<d>\d{2})_(?P<H>\d{2})(?P<M>\d{2})(?P<S>\d{2})",
+    )
+    [clip] = scan_volume(tmp_path, profile, ScanLimits(max_file_size=2**40)).clips
+    assert clip.recorded_at.isoformat() == "2026-11-18T16:06:40+00:00"
+    assert clip.camera_time is not None
+    assert (clip.camera_time.reading, clip.camera_time.source) == (
+        "2026-11-18T11:06:40 America/New_York", "mtime")

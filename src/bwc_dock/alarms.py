@@ -35,6 +35,8 @@ class AlarmKind(enum.StrEnum):
     QUARANTINED = "quarantined"
     CAMERA_UNMOUNTABLE = "camera_unmountable"
     STORAGE_LOCK_UNENFORCED = "storage_lock_unenforced"
+    DOCK_CLOCK_UNSYNCHRONIZED = "dock_clock_unsynchronized"
+    CAMERA_CLOCK_DRIFT = "camera_clock_drift"
 
 
 Severity = Literal["warning", "error"]
@@ -48,6 +50,9 @@ _SEVERITY: dict[AlarmKind, Severity] = {
     AlarmKind.QUARANTINED: "error",  # evidence failed an integrity check
     AlarmKind.CAMERA_UNMOUNTABLE: "error",  # evidence sits on a camera nobody can read
     AlarmKind.STORAGE_LOCK_UNENFORCED: "error",  # the store let a locked version be destroyed
+    # every recorded time, and fleet staleness, lean on the dock's clock
+    AlarmKind.DOCK_CLOCK_UNSYNCHRONIZED: "warning",
+    AlarmKind.CAMERA_CLOCK_DRIFT: "warning",  # its clips are corrected, but say so
 }
 
 
@@ -86,6 +91,10 @@ class Observation:
     unmountable: tuple[UnmountableCamera, ...] = ()
     # what the Object Lock probe found the store allowing; empty when it refused it all
     lock_unenforced: str = ""
+    dock_clock_synchronized: bool | None = None  # None: not known, no alarm
+    # each camera's clock minus the dock's at its latest docking (None: not measured)
+    camera_clock_offsets: Mapping[str, float | None] = field(default_factory=dict)
+    max_clock_offset_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,8 @@ class AlarmBoard:
             *self._stalled(observation),
             *_unmountable(observation),
             _lock_unenforced(observation),
+            _dock_clock(observation),
+            *_camera_clocks(observation),
         ]
         return {alarm.key: alarm for alarm in alarms if alarm is not None}
 
@@ -303,6 +314,34 @@ def _lock_unenforced(observation: Observation) -> Alarm | None:
         f"locked version ({observation.lock_unenforced})",
         short="storage lock unenforced",
     )
+
+
+def _dock_clock(observation: Observation) -> Alarm | None:
+    if observation.dock_clock_synchronized is not False:
+        return None
+    return Alarm(
+        AlarmKind.DOCK_CLOCK_UNSYNCHRONIZED,
+        _SEVERITY[AlarmKind.DOCK_CLOCK_UNSYNCHRONIZED],
+        detail="the dock PC's clock is not synchronised (no time server has set it); "
+        "recorded times and fleet ages depend on it",
+        short="dock clock unsynchronised",
+    )
+
+
+def _camera_clocks(observation: Observation) -> Iterable[Alarm]:
+    limit = observation.max_clock_offset_seconds
+    for serial, offset in sorted(observation.camera_clock_offsets.items()):
+        if offset is None or abs(offset) <= limit:
+            continue
+        direction = "ahead of" if offset > 0 else "behind"
+        yield Alarm(
+            AlarmKind.CAMERA_CLOCK_DRIFT,
+            _SEVERITY[AlarmKind.CAMERA_CLOCK_DRIFT],
+            detail=f"camera {serial}'s clock was {abs(offset):.0f} s {direction} the dock's "
+            f"when it last docked (limit {limit:g} s)",
+            short=f"camera {serial} clock off {offset:+.0f} s",
+            camera=serial,
+        )
 
 
 def _display_order(alarm: Alarm) -> tuple[int, int, str]:

@@ -12,7 +12,7 @@ the camera at upload time.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -106,7 +106,12 @@ def _parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
 
 
-def camera_documents(cameras: Iterable[CameraInfo]) -> list[dict[str, object]]:
+def camera_documents(
+    cameras: Iterable[CameraInfo], clock_offsets: Mapping[str, float | None] | None = None
+) -> list[dict[str, object]]:
+    """One document per camera; ``clock_offset_seconds`` is its clock minus the dock's at
+    its latest docking (None: not measured then)."""
+    offsets = clock_offsets or {}
     return [
         {
             "serial": camera.serial,
@@ -118,6 +123,7 @@ def camera_documents(cameras: Iterable[CameraInfo]) -> list[dict[str, object]]:
             "pending_clips": camera.pending_clips,
             "clips": camera.clips,
             "device": dict(camera.device),
+            "clock_offset_seconds": offsets.get(camera.serial),
         }
         for camera in cameras
     ]

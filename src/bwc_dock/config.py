@@ -14,6 +14,7 @@ import tomllib
 from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -74,6 +75,12 @@ class DockConfig(_Section):
     max_scan_depth: int = Field(default=32, ge=1, le=256)
     max_scan_entries: int = Field(default=200_000, ge=1)
     lease_seconds: int = Field(default=120, ge=10)
+    # A camera whose clock is further off than this (either way) raises camera_clock_drift.
+    max_clock_offset_seconds: float = Field(default=30.0, gt=0)
+    # Raise dock_clock_unsynchronized when the kernel says no time server keeps the
+    # clock. Only for a dock with no time server by design (the alarm would never
+    # clear); every docking and custody record still says whether it was synchronised.
+    clock_sync_alarm: bool = True
 
 
 class BandwidthWindow(_Section):
@@ -217,6 +224,22 @@ class CameraProfile(_Section):
     filesystem_types: tuple[str, ...] = ("exfat", "vfat")
     mount_options: tuple[str, ...] = ()
     control_transfer: ControlTransfer | None = None
+    # What the camera's clock keeps: UTC, or local wall-clock time in an IANA zone. File
+    # name times and FAT/exFAT timestamps without an offset are read in this zone.
+    clock: Literal["utc", "local"] = "utc"
+    timezone: str | None = None
+    # exFAT has a UTC-offset field per timestamp. Both drivers (the kernel's, and the
+    # exfat-fuse of newer releases) convert a timestamp that has it to true UTC, and stat
+    # cannot tell which ones had it; true here says this camera always fills it, so its
+    # file times are already UTC and are not re-read in ``timezone``.
+    timestamps_carry_offset: bool = False
+    # Reading the camera's clock at docking (camera minus dock): a command run as the
+    # daemon's user printing ISO 8601, or a small file on the volume holding it.
+    clock_command: tuple[str, ...] | None = None
+    clock_file: str | None = None
+    # Setting the camera's clock after the offload (run as the daemon's user).
+    clock_set_command: tuple[str, ...] | None = None
+    clock_command_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
     @field_validator("usb_vendor_id", "usb_product_id")
     @classmethod
@@ -238,11 +261,48 @@ class CameraProfile(_Section):
                 raise ValueError(f"not a valid regular expression: {error}") from error
         return value
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            known_zone(value)
+        return value
+
+    @field_validator("clock_command", "clock_set_command")
+    @classmethod
+    def _has_program(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or not value[0]):
+            raise ValueError("needs a program to run, as a list of words")
+        return value
+
     @model_validator(mode="after")
     def _serial_file(self) -> CameraProfile:
         if self.serial_source == "file" and not self.serial_file:
             raise ValueError('serial_file: required with serial_source = "file"')
+        if self.clock == "local" and self.timezone is None:
+            raise ValueError('timezone: required with clock = "local" (an IANA name)')
         return self
+
+    @property
+    def zone(self) -> ZoneInfo | None:
+        """The zone the camera's clock keeps; None for UTC."""
+        if self.clock == "local" and self.timezone is not None:
+            return ZoneInfo(self.timezone)
+        return None
+
+
+def known_zone(name: str) -> ZoneInfo:
+    """The IANA zone called ``name``; ValueError naming it when there is none."""
+    # ZoneInfo also accepts a path-like key; a name with ".." or a leading "/" is refused
+    # before the lookup so the zone database is the only place looked in.
+    if not name or name.startswith("/") or ".." in name.split("/"):
+        raise ValueError(f"not an IANA time zone name: {name!r}")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as error:
+        raise ValueError(
+            f"unknown time zone {name!r} (an IANA name, e.g. America/New_York)"
+        ) from error
 
 
 class AlarmsConfig(_Section):

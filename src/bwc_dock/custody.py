@@ -35,7 +35,7 @@ from bwc_dock.errors import StorageError
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.audit import find_break
 from bwc_dock.ledger.models import utc_now
-from bwc_dock.ledger.snapshots import ClipWork
+from bwc_dock.ledger.snapshots import ClipWork, DockingClocks
 from bwc_dock.names import safe_name
 from bwc_dock.storage.base import StorageBackend
 
@@ -68,7 +68,32 @@ def docking_sums(ledger: Ledger, docking_id: int) -> DockingSums | None:
         f"{sha256}  {posixpath.relpath(object_key, folder or '.')}\n"
         for object_key, sha256 in sorted(objects.items())
     ]
-    return DockingSums(docking_id, key, "".join(lines).encode("ascii"))
+    docking = ledger.docking(docking_id)
+    header = sums_header(docking.clocks) if docking is not None else []
+    return DockingSums(docking_id, key, "".join(header + lines).encode("ascii"))
+
+
+def sums_header(clocks: DockingClocks) -> list[str]:
+    """Comment lines (``sha256sum -c`` skips them) saying how the times of the docking's
+    clips were read. None for dockings from before clocks were measured, so that their
+    stored lists stay current and are never written again."""
+    if not clocks.measured:
+        return []
+    offset = clocks.camera_clock_offset_seconds
+    if offset is None:
+        times = "UTC, uncorrected (the camera's clock offset was not measured)"
+    else:
+        times = f"UTC, corrected by the camera's clock offset of {offset:+.3f} s"
+    synchronized = clocks.dock_clock_synchronized
+    if synchronized is None:
+        dock = "unknown"
+    elif not synchronized:
+        dock = "not synchronised"
+    elif clocks.dock_clock_error_seconds is None:
+        dock = "synchronised"
+    else:
+        dock = f"synchronised (estimated error {clocks.dock_clock_error_seconds:g} s)"
+    return [f"# recorded times: {times}\n", f"# dock clock at docking: {dock}\n"]
 
 
 def _common_folder(keys: list[str]) -> str:
@@ -313,6 +338,8 @@ def _check_sums(check: _Check, key: str, docking_id: int, folder: str) -> None:
                       " does not show as having delivered anything")
         return
     for line in content.decode("utf-8", "replace").splitlines():
+        if line.startswith("#"):
+            continue  # the header (sums_header), a comment to sha256sum -c as well
         sha256, _, name = line.partition("  ")
         object_key = posixpath.normpath(posixpath.join(folder, name)) if folder else name
         if delivered.get(object_key) != sha256:

@@ -42,6 +42,9 @@ CSV_COLUMNS = (
     "officer_id",
     "source_path",
     "recorded_at",
+    "recorded_at_corrected",
+    "camera_time",
+    "time_flag",
     "clip_sha256",
     "remote_key",
     "state",
@@ -56,6 +59,7 @@ CSV_COLUMNS = (
     "outcome",
     "audit_hash",
 )
+STEP_COLUMNS = CSV_COLUMNS[CSV_COLUMNS.index("audit_id") :]
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ def _clip_record(
         "source_path": clip.source_path,
         "size": clip.size,
         "recorded_at": clip.recorded_at.isoformat(),
+        **clip.time.document(),
         "sha256": clip.sha256,
         "remote_key": clip.remote_key,
         "remote_sha256": clip.remote_sha256,
@@ -191,10 +196,13 @@ def export_csv(document: dict[str, Any]) -> str:
                     "officer_id": clip["officer_id"] or "",
                     "source_path": clip["source_path"],
                     "recorded_at": clip["recorded_at"],
+                    "recorded_at_corrected": "yes" if clip["recorded_at_corrected"] else "no",
+                    "camera_time": clip["camera_time"] or "",
+                    "time_flag": clip["time_flag"] or "",
                     "clip_sha256": clip["sha256"] or "",
                     "remote_key": clip["remote_key"] or "",
                     "state": clip["state"],
-                    **{name: "" if step[name] is None else step[name] for name in CSV_COLUMNS[8:]},
+                    **{name: "" if step[name] is None else step[name] for name in STEP_COLUMNS},
                 }
             )
     return buffer.getvalue()

@@ -23,6 +23,7 @@ import structlog
 from bwc_dock.alarms import DockedCamera, UnmountableCamera
 from bwc_dock.bandwidth import BandwidthLimiter
 from bwc_dock.clearer import clear_when_verified
+from bwc_dock.clocks import read_dock_clock
 from bwc_dock.config import Config, load_config
 from bwc_dock.custody import anchor_dockings
 from bwc_dock.docked import Docked, DockedRegistry
@@ -34,7 +35,7 @@ from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
 from bwc_dock.ledger.states import PENDING_STATES
 from bwc_dock.recovery import recover
-from bwc_dock.scanning import scan_into_ledger
+from bwc_dock.scanning import scan_into_ledger, set_clock_after_offload
 from bwc_dock.service import DaemonStatus, ServiceHooks
 from bwc_dock.signals import SignalWatcher
 from bwc_dock.sources.base import DockedVolume, Source, SourceListener, UnreadableCamera
@@ -357,6 +358,7 @@ class Daemon(SourceListener):
             if not docked.finished_logged:
                 docked.finished_logged = True
                 log.info("dock.offload_done", camera=camera, docking=docked.docking_id)
+                self._set_camera_clock(docked)
             if not docked.capabilities.releases_after_offload:
                 continue  # e.g. a watch folder stays docked until it is removed
             clearing = self._clearing_source(docked)
@@ -368,6 +370,14 @@ class Daemon(SourceListener):
             if docked.source is not None:
                 docked.source.release(docked.volume)
             self.ledger.end_docking(docked.docking_id, "offload done")
+
+    def _set_camera_clock(self, docked: Docked) -> None:
+        try:
+            set_clock_after_offload(self.ledger, self.config, docked.docking_id, docked.volume)
+        except Exception as error:  # noqa: BLE001 - a camera's clock tool must not stop the loop
+            log.warning(
+                "camera.clock_set_failed", camera=docked.volume.camera_serial, error=str(error)
+            )
 
     def _clearing_source(self, docked: Docked) -> Source | None:
         """The source to clear the camera through, when its profile asks for clearing."""
@@ -429,6 +439,10 @@ class Daemon(SourceListener):
             error_counts=dict(self.error_counts),
             byte_totals=self.ledger.byte_totals() if metrics_textfile is not None else None,
             lock_unenforced=self.stages.lock_probe.unenforced,
+            dock_clock_synchronized=read_dock_clock().synchronized,
+            camera_clock_offsets=self.ledger.latest_camera_offsets(),
+            max_clock_offset_seconds=self.config.dock.max_clock_offset_seconds,
+            dock_clock_alarm=self.config.dock.clock_sync_alarm,
         )
 
     def _staging_free_bytes(self) -> int | None:

@@ -79,7 +79,9 @@ def status_document(
         "dock": status.dock_id,
         "host": socket.gethostname(),
         "version": software_version(),
+        # heartbeat_at is read on this dock's clock: whether a time server kept it
         "heartbeat_at": _iso(now),
+        "dock_clock_synchronized": status.dock_clock_synchronized,
         "started_at": _iso(started_at),
         "interval_seconds": interval_seconds,
         "clips": dict(status.clips_by_state),

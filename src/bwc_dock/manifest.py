@@ -22,6 +22,7 @@ from typing import Any
 
 from bwc_dock import __version__
 from bwc_dock.ledger import ClipWork
+from bwc_dock.ledger.snapshots import DockingClocks
 from bwc_dock.names import safe_name
 
 MANIFEST_SUFFIX = ".json"
@@ -106,6 +107,7 @@ def build_manifest(
     times: dict[str, datetime | None],
     audit_head: tuple[int, str],
     device: Mapping[str, str | None],
+    clocks: DockingClocks | None = None,
 ) -> bytes:
     """``device``: the identity the dock saw when the clip was docked (USB ids, profile,
     filesystem), null where it saw none, as a watch folder has no USB ids."""
@@ -121,7 +123,10 @@ def build_manifest(
         "size": work.size,
         "sha256": work.sha256,
         "key": clip_key,
+        # UTC, corrected by the docking's camera clock offset when recorded_at_corrected;
+        # the camera's own reading and any daylight-saving flag beside it
         "recorded_at": work.recorded_at.isoformat(),
+        **work.time.document(),
         "times": {step: (at.isoformat() if at else None) for step, at in times.items()},
         "sidecars": [
             {
@@ -134,6 +139,9 @@ def build_manifest(
             for s in work.sidecars
         ],
         "audit_chain_head": {"id": audit_head[0], "hash": audit_head[1]},
+        # the docking's clocks: the camera's offset and whether the dock's own clock was
+        # synchronised (null: not known)
+        "docking_clocks": (clocks or DockingClocks()).document(),
         "software": f"bwc-dock {__version__}",
     }
     return json.dumps(document, indent=2, sort_keys=True).encode("utf-8") + b"\n"

@@ -40,6 +40,9 @@ class MetricsSnapshot:
     errors_total: Mapping[str, int] = field(default_factory=dict)  # kind -> count, ever
     alarms: Mapping[str, bool] = field(default_factory=dict)  # every alarm kind -> active
     last_loop_timestamp: float | None = None  # Unix time the main loop last ran
+    dock_clock_synchronized: bool | None = None  # None: not known
+    # each camera's clock minus the dock's at its latest docking, where measured
+    camera_clock_offsets: Mapping[str, float | None] = field(default_factory=dict)
 
 
 def render(snapshot: MetricsSnapshot) -> str:
@@ -119,6 +122,23 @@ def _lines(snapshot: MetricsSnapshot) -> Iterator[str]:
             "Central storage answered (1) or not.",
             [(dock, int(snapshot.storage_reachable))],
         )
+    if snapshot.dock_clock_synchronized is not None:
+        yield from _family(
+            "dock_clock_synchronized",
+            "gauge",
+            "The dock PC's clock is kept by a time server (1) or not (0), says the kernel.",
+            [(dock, int(snapshot.dock_clock_synchronized))],
+        )
+    yield from _family(
+        "camera_clock_offset_seconds",
+        "gauge",
+        "Each camera's clock minus the dock's at its latest docking, where measured.",
+        [
+            ({**dock, "camera": serial}, offset)
+            for serial, offset in sorted(snapshot.camera_clock_offsets.items())
+            if offset is not None
+        ],
+    )
     if snapshot.last_loop_timestamp is not None:
         yield from _family(
             "last_loop_timestamp_seconds",

@@ -69,6 +69,11 @@ _FORBIDDEN_OPTIONS = frozenset(
         "loop",
         "rw+",
         "nonempty",
+        # the time options below are the product's, not a profile's: a camera's times
+        # are interpreted in its profile's zone, which needs the raw values
+        "tz",
+        "time_offset",
+        "sys_tz",
     }
 )
 _OPTION_SHAPE = re.compile(r"[A-Za-z0-9_.+-]+(=[A-Za-z0-9_.:/+-]+)?")
@@ -78,6 +83,15 @@ _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MOUNT_POINT_MODE = 0o700
 _MNT_DETACH = 2
 _UMOUNT_NOFOLLOW = 8
+# Filesystem options that make the kernel hand over a camera's timestamps unshifted.
+# FAT stores local wall-clock time with no zone. Without an option the vfat driver shifts
+# it by the kernel's idea of local time (sys_tz, set by whoever booted the dock), silently
+# and differently on each dock; with tz=UTC it does no shifting, so stat returns the raw
+# FAT wall clock as if it were a UTC epoch, and the scanner re-reads that wall clock in
+# the profile's zone. exFAT needs nothing: the kernel driver shifts a timestamp that has
+# no UTC-offset field only by its time_offset option (default 0, kept: a profile cannot
+# set it), and one that has the field it converts to true UTC itself (see scanner).
+FS_TIME_OPTIONS: dict[str, tuple[str, ...]] = {"vfat": ("tz=UTC",)}
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
@@ -325,10 +339,13 @@ class Mounter:
         extra = validate_profile_options(profile_options)
         mount_point = self.mount_point_for(name)
         source = open_block_device(device) if device_fd is None else device_fd
+        time_options = FS_TIME_OPTIONS.get(fs_type, ())
         try:
             with self._made_root() as root:
                 point = self._prepare_mount_point(root, name)
-                entry = self._mount_and_check(root, name, fs_type, source, point, extra, SAFE_FLAGS)
+                entry = self._mount_and_check(
+                    root, name, fs_type, source, point, (*time_options, *extra), SAFE_FLAGS
+                )
         finally:
             if device_fd is None:
                 os.close(source)
@@ -576,8 +593,11 @@ class Mounter:
                 source = open_block_device(volume.device) if device_fd is None else device_fd
                 try:
                     point = self._prepare_mount_point(root, name)
+                    # a FUSE volume is mounted anew: its times must come through unshifted
+                    # as at the first mount, or the clearer's mtime check would refuse
+                    time_options = FS_TIME_OPTIONS.get(volume.fs_type, ())
                     entry = self._mount_and_check(
-                        root, name, volume.fs_type, source, point, (), flags
+                        root, name, volume.fs_type, source, point, time_options, flags
                     )
                 finally:
                     if device_fd is None:

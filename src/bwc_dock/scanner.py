@@ -19,8 +19,10 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
 
 import structlog
 from wcmatch import glob
@@ -52,11 +54,37 @@ class FoundFile:
         return safe_name(self.source_path_raw.rsplit(b"/", 1)[-1])
 
 
+TimeFlag = Literal["nonexistent", "ambiguous"]
+
+
+@dataclass(frozen=True)
+class CameraTime:
+    """When a clip was recorded, as the camera's clock wrote it and read in its zone.
+
+    ``utc`` is that reading taken at its word (no clock-offset correction). A wall-clock
+    time that daylight saving skips (``nonexistent``) or repeats (``ambiguous``) carries
+    a flag and the rule used to read it, never resolved silently.
+    """
+
+    wall: datetime  # naive: the camera's own reading
+    zone: str  # "UTC" or the profile's IANA name
+    utc: datetime
+    source: Literal["name", "mtime"]
+    flag: TimeFlag | None = None
+    rule: str | None = None
+
+    @property
+    def reading(self) -> str:
+        """The camera's reading with its zone, e.g. ``2026-11-01T01:30:00 America/New_York``."""
+        return f"{self.wall.isoformat()} {self.zone}"
+
+
 @dataclass(frozen=True)
 class FoundClip:
     video: FoundFile
-    recorded_at: datetime
+    recorded_at: datetime  # the camera's reading in UTC, before any clock correction
     sidecars: tuple[FoundFile, ...] = ()
+    camera_time: CameraTime | None = None  # None: a UTC reading with nothing to add
 
 
 @dataclass(frozen=True)
@@ -265,7 +293,8 @@ def _group_clips(files: list[FoundFile], profile: CameraProfile) -> Iterator[Fou
             and _stem(found.source_path_raw) == stem
             and _matches(_basename(found.source_path), profile.sidecars)
         )
-        yield FoundClip(clip, recorded_time(clip, profile.recorded_pattern), sidecars)
+        camera_time = recorded_time(clip, profile)
+        yield FoundClip(clip, camera_time.utc, sidecars, camera_time)
 
 
 def _matches(path: str, patterns: tuple[str, ...]) -> bool:
@@ -282,25 +311,86 @@ def _stem(raw_path: bytes) -> bytes:
     return (stem if dot else name).lower()
 
 
-def recorded_time(found: FoundFile, pattern: str | None) -> datetime:
-    """From the profile's file-name pattern when it matches, else the file's mtime (UTC)."""
-    if pattern:
-        match = re.search(pattern, _basename(found.source_path))
-        if match:
-            try:
-                parts = {key: int(value) for key, value in match.groupdict().items() if value}
-                return datetime(
-                    parts["Y"],
-                    parts["m"],
-                    parts["d"],
-                    parts.get("H", 0),
-                    parts.get("M", 0),
-                    parts.get("S", 0),
-                    tzinfo=UTC,
-                )
-            except (KeyError, ValueError):
-                log.warning("scan.bad_recorded_time", path=found.source_path, pattern=pattern)
-    return datetime.fromtimestamp(found.mtime_ns / 1e9, tz=UTC)
+def recorded_time(found: FoundFile, profile: CameraProfile) -> CameraTime:
+    """From the profile's file-name pattern when it matches, else the file's mtime, read
+    in the zone the profile says the camera's clock keeps."""
+    zone = profile.zone
+    wall = _name_time(found, profile.recorded_pattern)
+    if wall is not None:
+        named = _in_zone_if_representable(found, wall, zone, "name")
+        if named is not None:
+            return named
+    mtime = datetime.fromtimestamp(found.mtime_ns / 1e9, tz=UTC)
+    if zone is not None and not profile.timestamps_carry_offset:
+        # vfat mounted tz=UTC and exFAT entries without an offset: the epoch stat returns
+        # is the raw FAT wall clock taken as UTC, so its UTC fields are the camera's reading
+        stamped = _in_zone_if_representable(found, mtime.replace(tzinfo=None), zone, "mtime")
+        if stamped is not None:
+            return stamped
+    # a UTC clock, an exFAT driver that already applied the entry's UTC offset, or a
+    # wall clock that leaves the calendar once moved into UTC (year 1 or 9999)
+    return CameraTime(mtime.replace(tzinfo=None), "UTC", mtime, "mtime")
+
+
+def _in_zone_if_representable(
+    found: FoundFile, wall: datetime, zone: ZoneInfo | None, source: Literal["name", "mtime"]
+) -> CameraTime | None:
+    try:
+        return _in_zone(wall, zone, source)
+    except (OverflowError, ValueError):
+        log.warning("scan.bad_recorded_time", path=found.source_path, source=source)
+        return None
+
+
+def _name_time(found: FoundFile, pattern: str | None) -> datetime | None:
+    if not pattern:
+        return None
+    match = re.search(pattern, _basename(found.source_path))
+    if not match:
+        return None
+    try:
+        parts = {key: int(value) for key, value in match.groupdict().items() if value}
+        return datetime(
+            parts["Y"],
+            parts["m"],
+            parts["d"],
+            parts.get("H", 0),
+            parts.get("M", 0),
+            parts.get("S", 0),
+        )
+    except (KeyError, ValueError):
+        log.warning("scan.bad_recorded_time", path=found.source_path, pattern=pattern)
+        return None
+
+
+def _in_zone(
+    wall: datetime, zone: ZoneInfo | None, source: Literal["name", "mtime"]
+) -> CameraTime:
+    """The instant a wall-clock reading names in ``zone``, flagged when daylight saving
+    skips it or repeats it. Both are read with fold=0 (Python's and zoneinfo's rule):
+    the offset in force before the change."""
+    if zone is None:
+        return CameraTime(wall, "UTC", wall.replace(tzinfo=UTC), source)
+    first = wall.replace(tzinfo=zone, fold=0)
+    second = wall.replace(tzinfo=zone, fold=1)
+    utc = first.astimezone(UTC)
+    name = str(zone.key)
+    if first.utcoffset() == second.utcoffset():
+        return CameraTime(wall, name, utc, source)
+    exists = utc.astimezone(zone).replace(tzinfo=None) == wall
+    flag: TimeFlag = "ambiguous" if exists else "nonexistent"
+    offset = _offset_text(first.utcoffset())
+    if flag == "ambiguous":
+        rule = f"fold=0: the first of the two, before clocks went back (UTC{offset})"
+    else:
+        rule = f"fold=0: read with the offset before clocks went forward (UTC{offset})"
+    return CameraTime(wall, name, utc, source, flag, rule)
+
+
+def _offset_text(offset: timedelta | None) -> str:
+    minutes = int((offset or timedelta()).total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 @contextmanager

@@ -6,10 +6,15 @@ folder is scanned with the same profile and the same limits whoever looks at it.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 import structlog
 
+from bwc_dock.clocks import DockClock, read_camera_clock, read_dock_clock, set_camera_clock
 from bwc_dock.config import CameraProfile, Config
 from bwc_dock.ledger import Ledger
+from bwc_dock.ledger.snapshots import DockingClocks
 from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
 from bwc_dock.sources.base import DockedVolume
 
@@ -32,10 +37,20 @@ def scan_limits(config: Config) -> ScanLimits:
 
 
 def scan_into_ledger(
-    ledger: Ledger, config: Config, docking_id: int, volume: DockedVolume
+    ledger: Ledger,
+    config: Config,
+    docking_id: int,
+    volume: DockedVolume,
+    dock_clock: Callable[[], DockClock] = read_dock_clock,
 ) -> tuple[list[int], ScanResult]:
-    """Scan a volume and record what is new; (ids of new clips, what the scan found)."""
+    """Scan a volume and record what is new; (ids of new clips, what the scan found).
+
+    The docking's clocks are read first (once per docking), so that new clips get the
+    camera's clock offset as their correction. ``dock_clock`` is how the dock's own
+    clock is asked (adjtimex); tests hand in a reading of their own.
+    """
     profile = config.profile(volume.profile_name or "") or folder_profile(config)
+    record_docking_clocks(ledger, profile, docking_id, volume, dock_clock)
     result = scan_volume(volume.root, profile, scan_limits(config))
     new_ids = ledger.record_scan(
         docking_id, result.clips, len(result.refused), priority=profile.priority
@@ -49,3 +64,76 @@ def scan_into_ledger(
         refused=len(result.refused),
     )
     return new_ids, result
+
+
+def record_docking_clocks(
+    ledger: Ledger,
+    profile: CameraProfile,
+    docking_id: int,
+    volume: DockedVolume,
+    dock_clock: Callable[[], DockClock] = read_dock_clock,
+) -> None:
+    """Read the dock's and the camera's clocks and record them on the docking, once."""
+    docking = ledger.docking(docking_id)
+    if docking is None or docking.clocks.measured:
+        return
+    dock = dock_clock()
+    camera = read_camera_clock(profile, volume.root, clock_command_environment(volume))
+    clocks = DockingClocks(
+        camera.offset_seconds, camera.source, dock.synchronized, dock.error_seconds, dock.source
+    )
+    details = {"camera_clock_reading": camera.reading, "camera_clock_problem": camera.problem}
+    ledger.record_clocks(docking_id, clocks, details)
+    log.info(
+        "dock.clocks",
+        camera=volume.camera_serial,
+        docking=docking_id,
+        camera_clock_offset_seconds=camera.offset_seconds,
+        camera_clock_source=camera.source,
+        camera_clock_problem=camera.problem,
+        dock_clock_synchronized=dock.synchronized,
+    )
+
+
+def clock_command_environment(volume: DockedVolume) -> dict[str, str]:
+    """What a profile's clock command is told: which camera, on which device and volume;
+    nothing else of the daemon's environment (no credentials) is passed on."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "BWC_CAMERA_SERIAL": volume.camera_serial,
+        "BWC_DEVICE": volume.device,
+        "BWC_VOLUME": str(volume.root),
+    }
+
+
+def set_clock_after_offload(
+    ledger: Ledger, config: Config, docking_id: int, volume: DockedVolume
+) -> None:
+    """Run the profile's clock_set_command once the camera's clips are off it, and audit
+    the camera's clock read before and after (offsets, or why they could not be read)."""
+    profile = config.profile(volume.profile_name or "")
+    if profile is None or not profile.clock_set_command:
+        return
+    before, after, problem = set_camera_clock(
+        profile, volume.root, clock_command_environment(volume)
+    )
+    ledger.record_event(
+        "camera.clock_set",
+        camera_serial=volume.camera_serial,
+        details={
+            "docking_id": docking_id,
+            "offset_before_seconds": before.offset_seconds,
+            "reading_before": before.reading,
+            "offset_after_seconds": after.offset_seconds,
+            "reading_after": after.reading,
+            "problem": problem,
+        },
+    )
+    log.info(
+        "camera.clock_set",
+        camera=volume.camera_serial,
+        docking=docking_id,
+        offset_before_seconds=before.offset_seconds,
+        offset_after_seconds=after.offset_seconds,
+        problem=problem,
+    )

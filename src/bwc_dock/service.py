@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,6 +56,10 @@ class DaemonStatus:
     byte_totals: tuple[int, int] | None
     # what the Object Lock probe found the store allowing ("" when it refused it all)
     lock_unenforced: str = ""
+    dock_clock_synchronized: bool | None = None  # adjtimex, read with the status
+    camera_clock_offsets: Mapping[str, float | None] = field(default_factory=dict)
+    max_clock_offset_seconds: float = 30.0
+    dock_clock_alarm: bool = True  # [dock] clock_sync_alarm
 
 
 StatusReader = Callable[[], DaemonStatus]
@@ -116,6 +120,8 @@ class ServiceHooks:
             errors_total=dict(status.error_counts),
             alarms={str(kind): active for kind, active in self.alarms.states().items()},
             last_loop_timestamp=time.time(),
+            dock_clock_synchronized=status.dock_clock_synchronized,
+            camera_clock_offsets=status.camera_clock_offsets,
         )
         try:
             write_textfile(path, snapshot)
@@ -144,4 +150,9 @@ def _observation(status: DaemonStatus) -> Observation:
         docked=status.docked,
         unmountable=status.unmountable,
         lock_unenforced=status.lock_unenforced,
+        dock_clock_synchronized=status.dock_clock_synchronized
+        if status.dock_clock_alarm
+        else None,
+        camera_clock_offsets=status.camera_clock_offsets,
+        max_clock_offset_seconds=status.max_clock_offset_seconds,
     )

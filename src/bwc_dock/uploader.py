@@ -232,6 +232,7 @@ class Uploader:
         """Write this offload's custody record once. One already there is accepted only
         when it records this very offload (an attempt cut short before the ledger knew)."""
         officer, times = self.ledger.manifest_facts(work.id)
+        docking = self.ledger.docking(work.docking_id)
         document = build_manifest(
             work,
             dock_id=self.ledger.dock_id,
@@ -241,6 +242,7 @@ class Uploader:
             times={**times, "uploaded_at": utc_now()},
             audit_head=self.ledger.audit_head(),
             device=self.ledger.docking_device(work.docking_id),
+            clocks=docking.clocks if docking else None,
         )
         assert work.sha256 is not None
         try:

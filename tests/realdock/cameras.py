@@ -16,6 +16,7 @@ import os
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 SECTOR = 512
@@ -44,6 +45,9 @@ class CameraImage:
     files: list[CameraFile] = field(default_factory=list)
     # files still to be written onto the image by the guest (exFAT), path -> bytes
     unwritten: list[tuple[str, bytes]] = field(default_factory=list)
+    # path -> the wall-clock time its FAT/exFAT entry holds ("2026-11-01 01:30:00"), for
+    # the files the guest writes (the host stamps the FAT32 ones itself)
+    stamps: dict[str, str] = field(default_factory=dict)
 
     @property
     def hashes(self) -> list[str]:
@@ -79,8 +83,9 @@ def _write_tree(root: Path, payloads: list[tuple[str, bytes]]) -> None:
 
 
 def _mtools_fill(image_spec: str, tree: Path) -> None:
-    """Copy ``tree`` into the FAT at ``image_spec`` (``file`` or ``file@@OFFSET``)."""
-    environment = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    """Copy ``tree`` into the FAT at ``image_spec`` (``file`` or ``file@@OFFSET``); with
+    TZ=UTC, mcopy -m stores each file's mtime's UTC fields as the FAT wall clock."""
+    environment = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC"}
     for directory in sorted(path for path in tree.rglob("*") if path.is_dir()):
         relative = directory.relative_to(tree).as_posix()
         subprocess.run(
@@ -114,14 +119,22 @@ def make_camera(
     clip_count: int = 3,
     clip_bytes: int = 2 * 1024 * 1024,
     size_mb: int = 48,
+    stamped: dict[str, datetime] | None = None,
 ) -> CameraImage:
-    """A camera image of ``layout`` holding ``clip_count`` clips with sidecars."""
+    """A camera image of ``layout`` holding ``clip_count`` clips with sidecars, or, with
+    ``stamped``, those files only (path -> the wall-clock time their entry holds)."""
     image = directory / f"{serial}.img"
     payloads = _clip_payloads(clip_count, clip_bytes, serial)
+    if stamped is not None:
+        payloads = [(path, os.urandom(64 * 1024)) for path in stamped]
     camera = CameraImage(image, serial, label, layout, _record(payloads))
+    camera.stamps = {path: f"{wall:%Y-%m-%d %H:%M:%S}" for path, wall in (stamped or {}).items()}
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         tree = Path(scratch) / "tree"
         _write_tree(tree, payloads)
+        for path, wall in (stamped or {}).items():
+            raw = wall.replace(tzinfo=UTC).timestamp()  # its UTC fields are the wall clock
+            os.utime(tree / path, (raw, raw))
         if layout == "superfloppy-fat32":
             _make_superfloppy(image, tree, label, size_mb)
         elif layout == "partitioned-fat32":

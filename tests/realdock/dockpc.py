@@ -259,6 +259,9 @@ def fill_in_guest(machine: Machine, camera: CameraImage) -> None:
             target = f"/run/fill/{relative}"
             machine.run(["mkdir", "-p", target.rsplit("/", 1)[0]]).check()
             machine.run(["/bin/sh", "-c", f"cat > '{target}'"], input_bytes=data).check()
+            if relative in camera.stamps:  # the entry's wall clock, written as UTC fields
+                machine.run(["env", "TZ=UTC", "touch", "-d", camera.stamps[relative],
+                             target]).check()
     finally:
         machine.run(["umount", "/run/fill"]).check()
     machine.detach_disk(name)

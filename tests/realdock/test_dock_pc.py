@@ -17,14 +17,16 @@ detach), vendor firmware quirks of real cameras and hubs, and the speed of a rea
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from tests.realdock.cameras import CameraImage, corrupt_fat, make_camera
-from tests.realdock.dockpc import BWC_DOCK, DockPC, new_dock_pc
+from tests.realdock.dockpc import BWC_DOCK, LEDGER, DockPC, new_dock_pc
 from tests.realdock.machine import MachineError, wait_until
 
 HARDENED_MOUNT_OPTIONS = {"ro", "nosuid", "nodev", "noexec"}
@@ -263,6 +265,46 @@ def test_pyusb_reads_the_device_descriptor_inside_the_hardened_unit(
     assert failed == [], failed
     dock_pc.wait_uploaded(camera)
     dock_pc.assert_exactly_once(camera)
+
+
+# file -> the New York wall clock its FAT/exFAT entry holds, and (UTC, daylight-saving
+# flag) as the dock must record it
+NEW_YORK_STAMPS = {
+    "DCIM/100BWC/A.MP4": (datetime(2026, 11, 1, 1, 30), "2026-11-01T05:30:00+00:00", "ambiguous"),
+    "DCIM/100BWC/B.MP4": (datetime(2026, 3, 8, 2, 30), "2026-03-08T07:30:00+00:00", "nonexistent"),
+    "DCIM/100BWC/C.MP4": (datetime(2026, 11, 24, 20, 14), "2026-11-25T01:14:00+00:00", None),
+}
+
+
+@pytest.mark.parametrize(("layout", "serial"), [("superfloppy-fat32", "NYFAT"),
+                                                ("partitioned-exfat", "NYEXFAT")])
+def test_local_time_camera_timestamps_through_the_kernel_drivers(
+    dock_pc: DockPC, camera_dir: Path, layout: str, serial: str
+) -> None:
+    """A camera keeping New York time, its clips dated only by their FAT32 / exFAT
+    timestamps, mounted by the kernel's vfat (tz=UTC) and exfat drivers: each recorded
+    time is the wall clock read in New York, the DST hours flagged; the docking records
+    the dock's clock state."""
+    stamped = {path: wall for path, (wall, _utc, _flag) in NEW_YORK_STAMPS.items()}
+    camera = make_camera(camera_dir, serial=serial, layout=layout, label="BWCNY",
+                         stamped=stamped)
+    dock_pc.plug(camera)
+    dock_pc.wait_uploaded(camera)
+    listed = dock_pc.machine.run([BWC_DOCK, "clips", "--json", "--camera", serial],
+                                 timeout=120).check().stdout
+    clips = {clip["source_path"]: clip for clip in json.loads(listed)}
+    found = {path: (clip["recorded_at"], clip["time_flag"], clip["camera_time_source"])
+             for path, clip in clips.items()}
+    assert found == {path: (utc, flag, "mtime")
+                     for path, (_wall, utc, flag) in NEW_YORK_STAMPS.items()}
+    query = ("select dock_clock_source, dock_clock_synchronized, camera_clock_source "
+             f"from dockings where camera_serial = '{serial}'")
+    dockings = dock_pc.machine.run(["sqlite3", "-readonly", "-json", LEDGER, query],
+                                   timeout=60).check().stdout
+    [docking] = json.loads(dockings)
+    print(f"realdock: {serial} docking clocks: {docking}")
+    assert docking["dock_clock_source"] in ("timesyncd", "chrony", "none", "adjtimex")
+    assert docking["camera_clock_source"] is None  # the profile reads no camera clock
 
 
 def test_daemon_survived_everything(dock_pc: DockPC) -> None:

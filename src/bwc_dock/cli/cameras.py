@@ -28,12 +28,15 @@ def cameras_group(click_context: click.Context, as_json: bool) -> None:
     context: Context = click_context.obj
     context.logging("warning")
     with context.ledger(hand_actor()) as ledger:
-        documents = camera_documents(list_cameras(ledger))
+        documents = camera_documents(list_cameras(ledger), ledger.latest_camera_offsets())
     if as_json:
         emit(documents)
         return
     table = Table(
-        ("serial", "profile", "usb id", "officer", "last docked", "docked", "pending", "clips")
+        (
+            "serial", "profile", "usb id", "officer", "last docked", "docked", "pending",
+            "clips", "clock",
+        )
     )
     for camera in documents:
         table.add_row(
@@ -45,6 +48,7 @@ def cameras_group(click_context: click.Context, as_json: bool) -> None:
             "yes" if camera["docked"] else "no",
             camera["pending_clips"],
             camera["clips"],
+            _clock_cell(camera["clock_offset_seconds"]),
         )
     table.print()
 
@@ -54,6 +58,11 @@ def _usb_id(device: object) -> str | None:
     assert isinstance(device, dict)
     vendor, product = device["usb_vendor_id"], device["usb_product_id"]
     return f"{vendor or '?'}:{product or '?'}" if vendor or product else None
+
+
+def _clock_cell(offset: object) -> str:
+    """The camera's clock against the dock's at its latest docking, e.g. "+93 s"."""
+    return f"{offset:+.0f} s" if isinstance(offset, float | int) else "unknown"
 
 
 _FORCE_HELP = "also when it re-attributes clips already delivered (audited with their ids)"

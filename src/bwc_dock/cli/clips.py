@@ -51,17 +51,28 @@ def clips(
     if as_json:
         emit(rows)
         return
-    table = Table(("id", "camera", "path", "size", "state", "sha256"))
+    table = Table(("id", "camera", "path", "size", "recorded (UTC)", "state", "sha256"))
     for row in rows:
         table.add_row(
             row["id"],
             row["camera_serial"],
             row["source_path"],
             row["size"],
+            _recorded_cell(row),
             row["state"],
             (row["sha256"] or "")[:16],
         )
     table.print()
+
+
+def _recorded_cell(row: dict[str, Any]) -> str:
+    """The recorded time, saying when no clock offset corrected it and when daylight
+    saving made the camera's reading nonexistent or ambiguous."""
+    cell = str(row["recorded_at"] or "")[:19].replace("T", " ")
+    notes = [] if row["recorded_at_corrected"] else ["uncorrected"]
+    if row["time_flag"]:
+        notes.append(str(row["time_flag"]))
+    return f"{cell} ({', '.join(notes)})" if notes else cell
 
 
 def _clip_document(work: ClipWork) -> dict[str, Any]:
@@ -74,6 +85,7 @@ def _clip_document(work: ClipWork) -> dict[str, Any]:
         "state": str(work.state),
         "remote_key": work.remote_key,
         "recorded_at": iso(work.recorded_at),
+        **work.time.document(),
         "upload_attempts": work.upload_attempts,
         "last_error": work.last_error,
         "sidecars": [

@@ -8,7 +8,7 @@ unique within their clip, since staging and remote keys are built from them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import select
@@ -111,6 +111,7 @@ def _new_clip(
         discovered_at=now,
         updated_at=now,
     )
+    _set_clip_time(clip, found, docking.camera_clock_offset_seconds)
     session.add(clip)
     session.flush()
     used_names = {clip.name.lower()}
@@ -136,6 +137,10 @@ def _new_clip(
             "size": clip.size,
             "mtime_ns": clip.mtime_ns,
             "docking_id": docking.id,
+            "recorded_at": clip.recorded_at.isoformat(),
+            "camera_time": clip.camera_time,
+            "time_flag": clip.time_flag,
+            "clock_offset_seconds": clip.clock_offset_seconds,
             "sidecars": [s.source_path for s in found.sidecars],
         },
     )
@@ -147,6 +152,21 @@ def _new_clip(
         size=clip.size,
     )
     return clip
+
+
+def _set_clip_time(clip: Clip, found: FoundClip, offset_seconds: float | None) -> None:
+    """The clip's time columns: the camera's reading, and the UTC time corrected by the
+    docking's measured offset (camera minus dock) when there is one."""
+    clip.time_basis = "profile"
+    clip.clock_offset_seconds = offset_seconds
+    if offset_seconds is not None:
+        clip.recorded_at = found.recorded_at - timedelta(seconds=offset_seconds)
+    camera_time = found.camera_time
+    if camera_time is not None:
+        clip.camera_time = camera_time.reading
+        clip.time_source = camera_time.source
+        clip.time_flag = camera_time.flag
+        clip.time_flag_rule = camera_time.rule
 
 
 def _unique_name(name: str, used: set[str]) -> str:

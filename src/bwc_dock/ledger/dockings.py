@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bwc_dock.ledger.leases import owner_is_dead
 from bwc_dock.ledger.models import Camera, Docking, utc_now
-from bwc_dock.ledger.snapshots import DockingRecord, docking_record
+from bwc_dock.ledger.snapshots import DockingClocks, DockingRecord, docking_record
 from bwc_dock.ledger.store import Store
 from bwc_dock.sources.base import DockedVolume
 
@@ -131,6 +131,40 @@ def device_identity(store: Store, docking_id: int) -> dict[str, str | None]:
             "profile": docking.profile_name if docking else None,
             **{name: getattr(docking, name) if docking else None for name in _COMPARED},
         }
+
+
+def record_clocks(
+    store: Store, docking_id: int, clocks: DockingClocks, details: dict[str, Any]
+) -> None:
+    """The camera's and the dock's clocks at this docking, once, audited with ``details``
+    (the camera's reading, why it could not be read)."""
+    with store.transaction() as session:
+        docking = session.get(Docking, docking_id)
+        if docking is None or docking.dock_clock_source is not None:
+            return
+        docking.camera_clock_offset_seconds = clocks.camera_clock_offset_seconds
+        docking.camera_clock_source = clocks.camera_clock_source
+        docking.dock_clock_synchronized = clocks.dock_clock_synchronized
+        docking.dock_clock_error_seconds = clocks.dock_clock_error_seconds
+        docking.dock_clock_source = clocks.dock_clock_source
+        store.audit(
+            session,
+            "docking.clocks",
+            camera_serial=docking.camera_serial,
+            details={"docking_id": docking_id, **clocks.document(), **details},
+        )
+
+
+def latest_camera_offsets(store: Store) -> dict[str, float | None]:
+    """Each camera's clock offset at its latest docking (None: not measured then)."""
+    with store.transaction() as session:
+        latest = select(func.max(Docking.id)).group_by(Docking.camera_serial)
+        rows = session.execute(
+            select(Docking.camera_serial, Docking.camera_clock_offset_seconds).where(
+                Docking.id.in_(latest)
+            )
+        )
+        return {serial: offset for serial, offset in rows}
 
 
 def end(store: Store, docking_id: int, reason: str) -> None:

@@ -37,6 +37,7 @@ from bwc_dock.ledger.snapshots import (
     AuditRecord,
     CameraInfo,
     ClipWork,
+    DockingClocks,
     DockingRecord,
     HeartbeatRecord,
 )
@@ -109,6 +110,14 @@ class Ledger:
 
     def docking_device(self, docking_id: int) -> dict[str, str | None]:
         return dockings.device_identity(self.store, docking_id)
+
+    def record_clocks(
+        self, docking_id: int, clocks: DockingClocks, details: dict[str, Any]
+    ) -> None:
+        dockings.record_clocks(self.store, docking_id, clocks, details)
+
+    def latest_camera_offsets(self) -> dict[str, float | None]:
+        return dockings.latest_camera_offsets(self.store)
 
     def end_docking(self, docking_id: int, reason: str) -> None:
         dockings.end(self.store, docking_id, reason)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -101,6 +103,15 @@ class Docking(Base):
     fs_type: Mapped[str | None] = mapped_column(String(32))
     fs_label: Mapped[str | None] = mapped_column(String(64))
     fs_uuid: Mapped[str | None] = mapped_column(String(64))
+    # the camera's clock minus the dock's when it docked (seconds) and how it was read
+    # ("command", "file"); None: not measured, which is never the same as 0
+    camera_clock_offset_seconds: Mapped[float | None] = mapped_column(Float)
+    camera_clock_source: Mapped[str | None] = mapped_column(String(16))
+    # whether the dock PC's own clock was synchronised then, its estimated error, and
+    # what said so ("adjtimex"); None: not known
+    dock_clock_synchronized: Mapped[bool | None] = mapped_column(Boolean)
+    dock_clock_error_seconds: Mapped[float | None] = mapped_column(Float)
+    dock_clock_source: Mapped[str | None] = mapped_column(String(16))
 
 
 class Clip(Base):
@@ -132,7 +143,22 @@ class Clip(Base):
     name: Mapped[str] = mapped_column(String(255))  # sanitised, for staging and keys
     size: Mapped[int] = mapped_column(Integer)
     mtime_ns: Mapped[int] = mapped_column(Integer)
+    # UTC: the camera's reading in its zone, corrected by clock_offset_seconds when the
+    # docking measured one; the time keys, custody records and the officer lookup use
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # the camera's own reading with its zone ("2026-11-01T01:30:00 America/New_York"),
+    # from the file "name" or its "mtime"; None on clips read under the legacy rule
+    camera_time: Mapped[str | None] = mapped_column(Text)
+    time_source: Mapped[str | None] = mapped_column(String(8))
+    # "nonexistent" / "ambiguous" (daylight saving) and the rule used to read it
+    time_flag: Mapped[str | None] = mapped_column(String(16))
+    time_flag_rule: Mapped[str | None] = mapped_column(Text)
+    # the camera-minus-dock offset subtracted; None: uncorrected
+    clock_offset_seconds: Mapped[float | None] = mapped_column(Float)
+    # "profile": read in the profile's zone; "legacy": read before zones (taken as UTC)
+    time_basis: Mapped[str] = mapped_column(
+        String(16), default="profile", server_default=text("'legacy'")
+    )
     sha256: Mapped[str | None] = mapped_column(String(64))  # taken at first read
     state: Mapped[str] = mapped_column(String(16), index=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)

@@ -24,6 +24,7 @@ from typing import Any
 from bwc_dock.errors import LedgerError
 from bwc_dock.ledger.db import BUSY_TIMEOUT_MS, head_revision
 from bwc_dock.ledger.snapshots import (
+    ClipTime,
     ClipWork,
     DockingRecord,
     HeartbeatRecord,
@@ -36,7 +37,8 @@ _SIDECAR_BATCH = 500  # below SQLite's limit on bound parameters
 _CLIP_COLUMNS = (
     "id, camera_serial, docking_id, source_path_raw, source_path, name, size, mtime_ns, "
     "recorded_at, sha256, state, staged_path, remote_key, remote_sha256, duplicate_of, "
-    "copy_attempts, upload_attempts, lease_owner, last_error"
+    "copy_attempts, upload_attempts, lease_owner, last_error, camera_time, time_source, "
+    "time_flag, time_flag_rule, clock_offset_seconds, time_basis"
 )
 _SIDECAR_COLUMNS = "clip_id, id, source_path_raw, source_path, name, size, sha256, remote_key"
 
@@ -231,6 +233,7 @@ def _clip(row: Sequence[Any], sidecars: tuple[SidecarWork, ...]) -> ClipWork:
         upload_attempts,
         lease_owner,
         last_error,
+        *time_columns,
     ) = row
     return ClipWork(
         id=clip_id,
@@ -254,4 +257,5 @@ def _clip(row: Sequence[Any], sidecars: tuple[SidecarWork, ...]) -> ClipWork:
         volume_root=None,
         lease_owner=lease_owner,
         last_error=last_error,
+        time=ClipTime(*time_columns),
     )

@@ -36,6 +36,35 @@ class SidecarWork:
 
 
 @dataclass(frozen=True)
+class ClipTime:
+    """How a clip's recorded time was read: the camera's own reading with its zone, any
+    daylight-saving flag with the rule used, and the clock correction applied."""
+
+    camera_time: str | None = None  # "2026-11-01T01:30:00 America/New_York"
+    source: str | None = None  # "name" or "mtime"
+    flag: str | None = None  # "nonexistent" or "ambiguous"
+    flag_rule: str | None = None
+    clock_offset_seconds: float | None = None  # camera minus dock; None: uncorrected
+    basis: str = "profile"  # "legacy": read before zones, taken as UTC
+
+    @property
+    def corrected(self) -> bool:
+        return self.clock_offset_seconds is not None
+
+    def document(self) -> dict[str, object]:
+        """The fields every record of the clip carries beside ``recorded_at``."""
+        return {
+            "recorded_at_corrected": self.corrected,
+            "camera_clock_offset_seconds": self.clock_offset_seconds,
+            "camera_time": self.camera_time,
+            "camera_time_source": self.source,
+            "time_flag": self.flag,
+            "time_flag_rule": self.flag_rule,
+            "time_basis": self.basis,
+        }
+
+
+@dataclass(frozen=True)
 class ClipWork:
     """A snapshot of a clip handed to a worker."""
 
@@ -60,6 +89,32 @@ class ClipWork:
     volume_root: Path | None  # where the camera is readable now (copy claims only)
     lease_owner: str | None
     last_error: str | None = None
+    time: ClipTime = ClipTime()
+
+
+@dataclass(frozen=True)
+class DockingClocks:
+    """The clocks when a camera docked: the camera's minus the dock's and how it was
+    read, and whether the dock PC's own clock was synchronised (None: not known)."""
+
+    camera_clock_offset_seconds: float | None = None
+    camera_clock_source: str | None = None
+    dock_clock_synchronized: bool | None = None
+    dock_clock_error_seconds: float | None = None
+    dock_clock_source: str | None = None
+
+    @property
+    def measured(self) -> bool:
+        """Whether this docking's clocks were looked at (a rescan does not look again)."""
+        return self.dock_clock_source is not None
+
+    def document(self) -> dict[str, object]:
+        return {
+            "camera_clock_offset_seconds": self.camera_clock_offset_seconds,
+            "camera_clock_source": self.camera_clock_source,
+            "dock_clock_synchronized": self.dock_clock_synchronized,
+            "dock_clock_error_seconds": self.dock_clock_error_seconds,
+        }
 
 
 @dataclass(frozen=True)
@@ -76,6 +131,7 @@ class DockingRecord:
     docked_at: datetime
     scanned_at: datetime | None
     undocked_at: datetime | None
+    clocks: DockingClocks = DockingClocks()
 
 
 @dataclass(frozen=True)
@@ -169,6 +225,14 @@ def clip_snapshot(
         size=clip.size,
         mtime_ns=clip.mtime_ns,
         recorded_at=clip.recorded_at,
+        time=ClipTime(
+            clip.camera_time,
+            clip.time_source,
+            clip.time_flag,
+            clip.time_flag_rule,
+            clip.clock_offset_seconds,
+            clip.time_basis,
+        ),
         sha256=clip.sha256,
         state=ClipState(clip.state),
         staged_path=clip.staged_path,
@@ -201,6 +265,13 @@ def docking_record(docking: Docking) -> DockingRecord:
         docked_at=docking.docked_at,
         scanned_at=docking.scanned_at,
         undocked_at=docking.undocked_at,
+        clocks=DockingClocks(
+            docking.camera_clock_offset_seconds,
+            docking.camera_clock_source,
+            docking.dock_clock_synchronized,
+            docking.dock_clock_error_seconds,
+            docking.dock_clock_source,
+        ),
     )
 
 
