@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
@@ -88,10 +89,13 @@ def display_path(raw: bytes) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
-def scan_volume(root: Path, profile: CameraProfile, limits: ScanLimits) -> ScanResult:
-    """Every clip (with its sidecars) that ``profile`` names on the volume at ``root``."""
+def scan_volume(
+    root: Path, profile: CameraProfile, limits: ScanLimits, cancel: threading.Event | None = None
+) -> ScanResult:
+    """Every clip (with its sidecars) that ``profile`` names on the volume at ``root``;
+    ``cancel`` set (the camera undocked, the daemon stopping) ends the walk early."""
     result = ScanResult()
-    budget = _Budget(limits, time.monotonic() + limits.max_seconds)
+    budget = _Budget(limits, time.monotonic() + limits.max_seconds, cancel)
     result.clips.extend(_group_clips(_walk(root, limits, budget, result.refused), profile))
     for refusal in result.refused:
         log.warning("scan.refused", path=refusal.source_path, reason=refusal.reason)
@@ -104,6 +108,7 @@ class _Budget:
 
     limits: ScanLimits
     deadline: float  # time.monotonic()
+    cancel: threading.Event | None = None
     entries_seen: int = 0
     stopped: bool = False
 
@@ -116,10 +121,14 @@ class _Budget:
         if self.entries_seen > self.limits.max_entries:
             self.stopped = True
             return "entry budget exhausted"
-        # the clock is read every 1,024 entries: a read per entry would cost more than the stat
-        if self.entries_seen % 1024 == 0 and time.monotonic() > self.deadline:
-            self.stopped = True
-            return "time budget exhausted"
+        # looked at every 1,024 entries: a look per entry would cost more than the stat
+        if self.entries_seen % 1024 == 0:
+            if time.monotonic() > self.deadline:
+                self.stopped = True
+                return "time budget exhausted"
+            if self.cancel is not None and self.cancel.is_set():
+                self.stopped = True
+                return "scan cancelled"
         return None
 
 

@@ -6,9 +6,13 @@ folder is scanned with the same profile and the same limits whoever looks at it.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 import structlog
 
 from bwc_dock.config import CameraProfile, Config
+from bwc_dock.errors import Interrupted
 from bwc_dock.ledger import Ledger
 from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
 from bwc_dock.sources.base import DockedVolume
@@ -32,11 +36,20 @@ def scan_limits(config: Config) -> ScanLimits:
 
 
 def scan_into_ledger(
-    ledger: Ledger, config: Config, docking_id: int, volume: DockedVolume
+    ledger: Ledger,
+    config: Config,
+    docking_id: int,
+    volume: DockedVolume,
+    cancel: threading.Event | None = None,
 ) -> tuple[list[int], ScanResult]:
-    """Scan a volume and record what is new; (ids of new clips, what the scan found)."""
+    """Scan a volume and record what is new; (ids of new clips, what the scan found).
+
+    Raises Interrupted when ``cancel`` was set during the scan: nothing is recorded then.
+    """
     profile = config.profile(volume.profile_name or "") or folder_profile(config)
-    result = scan_volume(volume.root, profile, scan_limits(config))
+    result = scan_volume(volume.root, profile, scan_limits(config), cancel)
+    if cancel is not None and cancel.is_set():
+        raise Interrupted(f"scan of {volume.camera_serial} cancelled")
     new_ids = ledger.record_scan(
         docking_id, result.clips, len(result.refused), priority=profile.priority
     )
@@ -49,3 +62,41 @@ def scan_into_ledger(
         refused=len(result.refused),
     )
     return new_ids, result
+
+
+class BackgroundScans:
+    """Scans in threads of their own, at most one per docking at a time.
+
+    Listing a camera can take long (a card of 200,000 entries, a slow or hostile
+    filesystem): it must hold neither the thread that hears of devices nor the main loop
+    that pings the watchdog and writes the heartbeat.
+    """
+
+    def __init__(self) -> None:
+        self._running: set[int] = set()
+        self._lock = threading.Lock()
+
+    def start(self, docking_id: int, scan: Callable[[], None]) -> bool:
+        """Run ``scan`` in a new thread; False (and nothing run) when this docking's scan
+        is still running."""
+        with self._lock:
+            if docking_id in self._running:
+                return False
+            self._running.add(docking_id)
+        thread = threading.Thread(
+            target=self._run, args=(docking_id, scan), name=f"scan-{docking_id}", daemon=True
+        )
+        thread.start()
+        return True
+
+    def _run(self, docking_id: int, scan: Callable[[], None]) -> None:
+        try:
+            scan()
+        finally:
+            with self._lock:
+                self._running.discard(docking_id)
+
+    def count(self) -> int:
+        """How many scans run now."""
+        with self._lock:
+            return len(self._running)
