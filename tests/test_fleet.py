@@ -315,6 +315,7 @@ def test_fleet_on_shared_seaweedfs_shows_both_docks_then_the_killed_one_stale(
     storage = {
         "backend": "s3",
         "endpoint_url": seaweedfs.endpoint_url,
+        "allow_plaintext": True,
         "bucket": s3_bucket,
         "addressing_style": "path",
         "prefix": "bwc/",
