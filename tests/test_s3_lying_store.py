@@ -28,7 +28,7 @@ class _ForgetfulStore(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # botocore sends Expect: 100-continue with bodies
     sizes: dict[str, int]  # what each PUT said it sent; the bytes are dropped
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib's name
+    def log_message(self, format: str, *args: object) -> None:
         """Quiet: pytest shows what the dock logged."""
 
     def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,

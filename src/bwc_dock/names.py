@@ -25,3 +25,12 @@ def safe_name(raw_name: bytes) -> str:
             else (cleaned[:MAX_SAFE_NAME])
         )
     return cleaned
+
+
+def display_text(text: str) -> str:
+    """Text from a camera or from central storage as it may be printed: every character
+    that is not printable (escape sequences, newlines, right-to-left overrides) escaped,
+    so it can neither repaint a terminal nor forge a line of output."""
+    if text.isprintable():  # the common case: nothing to escape
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)

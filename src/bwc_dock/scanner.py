@@ -30,7 +30,7 @@ from wcmatch import glob
 
 from bwc_dock.config import CameraProfile
 from bwc_dock.errors import HostileEntry, SourceGone
-from bwc_dock.names import safe_name
+from bwc_dock.names import display_text, safe_name
 
 log = structlog.get_logger(__name__)
 
@@ -85,8 +85,7 @@ class ScanLimits:
 
 def display_path(raw: bytes) -> str:
     """A printable form of a camera path: invalid UTF-8 and control characters escaped."""
-    text = raw.decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return display_text(raw.decode("utf-8", "backslashreplace"))
 
 
 def scan_volume(
