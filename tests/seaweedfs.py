@@ -238,6 +238,7 @@ class SeaweedServer:
         settings: dict[str, Any] = {
             "backend": "s3",
             "endpoint_url": self.endpoint_url,
+            "allow_plaintext": True,  # the test server listens on loopback only
             "bucket": bucket or self.bucket,
             "addressing_style": "path",
             "multipart_threshold_mb": 5,

@@ -112,6 +112,7 @@ def test_status_without_a_daemon_writes_an_s3_warning_to_stderr_not_stdout(
     dock.extra_environment.update(seaweedfs.environment())
     dock.write_config(storage={
         "backend": "s3", "endpoint_url": seaweedfs.endpoint_url, "bucket": s3_bucket,
+        "allow_plaintext": True,
         "addressing_style": "path", "prefix": "bwc/",
     })
     dock.cli("status", "--json")

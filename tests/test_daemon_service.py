@@ -274,6 +274,7 @@ def test_sigterm_during_multipart_upload_loses_nothing(
     resumes the same multipart upload."""
     dock.extra_environment.update(seaweedfs.environment())
     dock.write_config(storage={"backend": "s3", "endpoint_url": seaweedfs.endpoint_url,
+                               "allow_plaintext": True,
                                "bucket": s3_bucket, "addressing_style": "path",
                                "multipart_threshold_mb": 5, "multipart_part_mb": 5,
                                "multipart_concurrency": 1})

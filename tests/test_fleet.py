@@ -210,6 +210,89 @@ def test_judge_marks_old_heartbeats_stale_and_alarms_unhealthy() -> None:
     assert [v.state for v in tight] == ["stale", "stale", "alive", "stale"]
 
 
+def test_huge_numbers_and_impossible_times_are_reported_never_a_crash() -> None:
+    """Infinity, a 400-digit count, a negative count and a year-1 time are each named as
+    malformed; judging them raises nothing."""
+    key = document_key(PREFIX, "dock-01")
+    good = status_document(daemon_status(), [], now=NOW, interval_seconds=60)
+    text = encode(good).decode()
+    cases = {
+        text.replace('"interval_seconds": 60', '"interval_seconds": 1e999'): "interval_seconds",
+        text.replace('"staged": 3', '"staged": ' + "9" * 400): "clips.staged",
+        text.replace('"staged": 3', '"staged": -3'): "clips.staged",
+        encode(good | {"heartbeat_at": "0001-01-01T00:00:00+23:59"}).decode(): "heartbeat_at",
+        encode(good | {"heartbeat_at": "9999-12-31T23:59:59-23:59"}).decode(): "heartbeat_at",
+    }
+    for data, field in cases.items():
+        report = parse_document(key, data.encode(), PREFIX)
+        assert report.problem is not None and report.problem.startswith(
+            f"malformed: {field}"), report.problem
+        [verdict] = judge([report], NOW)
+        assert verdict.state == "malformed" and not verdict.healthy
+
+
+def test_a_future_heartbeat_or_a_huge_interval_never_shows_a_dock_alive() -> None:
+    """A heartbeat a day ahead makes the dock suspect; an interval of 10^300 s is judged
+    by the one-day bound, so an hour-old heartbeat is still alive but flagged, and a
+    three-day-old one is stale."""
+    forged = status_document(daemon_status("b"), [], now=NOW + timedelta(days=1),
+                             interval_seconds=60)
+    huge = status_document(daemon_status("c"), [], now=NOW - timedelta(hours=1),
+                           interval_seconds=1e300)
+    dead = status_document(daemon_status("d"), [], now=NOW - timedelta(days=4),
+                           interval_seconds=1e300)
+    reports = [parse_document(document_key(PREFIX, str(d["dock"])), encode(d), PREFIX)
+               for d in (forged, huge, dead)]
+    verdicts = judge(reports, NOW)
+    assert [v.state for v in verdicts] == ["suspect", "alive", "stale"]
+    assert [v.healthy for v in verdicts] == [False, False, False]
+    assert verdicts[0].suspicions == (
+        "heartbeat 86400 s in the future (a wrong clock or a forgery)",)
+    assert verdicts[1].suspicions == (
+        "publish interval 1e+300 s is beyond the bound of 86400 s (judged by the bound)",)
+
+
+def test_two_docks_forged_documents_are_shown_and_fail_the_fleet(tmp_path: Path) -> None:
+    """On one shared store, dock-a is genuine; dock-b's document claims a heartbeat a day
+    ahead, dock-c's a huge interval and an old heartbeat, dock-d's holds infinity:
+    `bwc-dock fleet` exits 1, shows each for what it is, and says what it cannot prove."""
+    dock_a, _dock_b = fleet_of_two(tmp_path)
+    folder = tmp_path / "central" / "_fleet"
+    folder.mkdir()
+    now = datetime.now(UTC)
+    documents = {
+        "dock-a": status_document(daemon_status("dock-a"), [], now=now, interval_seconds=60),
+        "dock-b": status_document(daemon_status("dock-b"), [], now=now + timedelta(days=1),
+                                  interval_seconds=60),
+        "dock-c": status_document(daemon_status("dock-c"), [], now=now - timedelta(days=3),
+                                  interval_seconds=1e300),
+    }
+    for dock_id, document in documents.items():
+        (folder / f"{dock_id}.json").write_bytes(encode(document))
+    infinite = encode(documents["dock-a"] | {"dock": "dock-d"}).decode().replace(
+        '"interval_seconds": 60', '"interval_seconds": 1e999')
+    (folder / "dock-d.json").write_text(infinite)
+    code, document = fleet(dock_a)
+    assert code == 1 and document["healthy"] is False
+    by_key = {entry["key"]: entry for entry in document["docks"]}
+    assert [by_key[f"_fleet/{d}.json"]["state"] for d in ("dock-a", "dock-b", "dock-c", "dock-d")
+            ] == ["alive", "suspect", "stale", "malformed"]
+    assert by_key["_fleet/dock-a.json"]["suspicions"] == []
+    assert "in the future" in by_key["_fleet/dock-b.json"]["suspicions"][0]
+    assert "beyond the bound" in by_key["_fleet/dock-c.json"]["suspicions"][0]
+    assert by_key["_fleet/dock-d.json"]["problem"].startswith("malformed: interval_seconds")
+    assert "cannot prove who wrote it" in document["proves"]
+    dock_a.extra_environment["COLUMNS"] = "250"  # wide enough that no cell folds
+    table = dock_a.cli("fleet", check=False, timeout=120)
+    assert table.returncode == 1, table.stderr
+    rows = {line.split()[1]: line for line in table.stdout.splitlines() if line[:1] == "│"}
+    assert "alive" in rows["dock-a"]
+    assert "suspect" in rows["dock-b"] and "in the future" in rows["dock-b"]
+    assert "stale" in rows["dock-c"] and "beyond the bound" in rows["dock-c"]
+    assert "malformed: interval_seconds" in rows["_fleet/dock-d.json"]
+    assert "cannot prove who wrote it" in table.stdout
+
+
 # -- real daemons ---------------------------------------------------------------------
 
 FAST_PUBLISHING = {INTERVAL_OVERRIDE_FOR_TESTS: "1"}  # a test cannot wait a minute per publish
@@ -315,6 +398,7 @@ def test_fleet_on_shared_seaweedfs_shows_both_docks_then_the_killed_one_stale(
     storage = {
         "backend": "s3",
         "endpoint_url": seaweedfs.endpoint_url,
+        "allow_plaintext": True,
         "bucket": s3_bucket,
         "addressing_style": "path",
         "prefix": "bwc/",

@@ -79,6 +79,7 @@ class S3Store:
             storage={
                 "backend": "s3",
                 "endpoint_url": self.server.endpoint_url,
+                "allow_plaintext": True,
                 "bucket": self.bucket,
                 "addressing_style": "path",
                 "prefix": self.prefix,

@@ -145,8 +145,8 @@ def test_put_head_and_read_agree_on_the_sha256(backend: S3Backend, seaweedfs: Se
 def upload_child() -> None:
     """Entry point of the child process the kill -9 test runs (argv: see below)."""
     endpoint, bucket, key, source, sha256, journal_path = sys.argv[1:7]
-    config = StorageConfig(backend="s3", endpoint_url=endpoint, bucket=bucket,
-                           addressing_style="path", multipart_threshold_mb=5,
+    config = StorageConfig(backend="s3", endpoint_url=endpoint, allow_plaintext=True,
+                           bucket=bucket, addressing_style="path", multipart_threshold_mb=5,
                            multipart_part_mb=5, multipart_concurrency=1)
     store = S3Backend.from_config(config)
     path = Path(source)

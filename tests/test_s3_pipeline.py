@@ -18,6 +18,7 @@ def _use_s3(
     target.extra_environment.update(server.environment())
     storage = {
         "backend": "s3", "endpoint_url": server.endpoint_url, "bucket": bucket,
+        "allow_plaintext": True,
         "addressing_style": "path", "prefix": "bwc/", "multipart_threshold_mb": 5,
         "multipart_part_mb": 5, "retry_initial_seconds": 0.2, "retry_max_seconds": 2.0,
     }

@@ -143,6 +143,7 @@ def test_on_seaweedfs_deleted_and_corrupted_objects_are_found_and_repaired(
         storage={
             "backend": "s3",
             "endpoint_url": seaweedfs.endpoint_url,
+            "allow_plaintext": True,
             "bucket": s3_bucket,
             "addressing_style": "path",
             "prefix": "bwc/",

@@ -103,6 +103,9 @@ class StorageConfig(_Section):
     directory_mode: int = Field(default=0o750, ge=0, le=0o777)
     # s3 backend (credentials: the standard AWS chain or a systemd credential, never here)
     endpoint_url: str | None = None
+    # an http:// endpoint sends evidence and credentials' signatures unencrypted, and its
+    # answers (the proof that a clip arrived) can be forged on the way: refused unless set
+    allow_plaintext: bool = False
     bucket: str | None = None
     prefix: str = ""
     region: str = "us-east-1"
@@ -133,7 +136,19 @@ class StorageConfig(_Section):
             raise ValueError('path: required for backend "file"')
         if self.backend == "s3" and not self.bucket:
             raise ValueError('bucket: required for backend "s3"')
+        if self._plaintext_endpoint() and not self.allow_plaintext:
+            raise ValueError(
+                "endpoint_url: http:// is not encrypted and its answers can be forged on the"
+                " way; use https://, or set storage.allow_plaintext = true (a store on this host)"
+            )
         return self
+
+    def _plaintext_endpoint(self) -> bool:
+        return (
+            self.backend == "s3"
+            and self.endpoint_url is not None
+            and self.endpoint_url.strip().lower().startswith("http://")
+        )
 
 
 def key_template_fields(template: str) -> set[str]:

@@ -35,7 +35,7 @@ from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
 from bwc_dock.ledger.states import PENDING_STATES
 from bwc_dock.recovery import recover
-from bwc_dock.scanning import scan_into_ledger, set_clock_after_offload
+from bwc_dock.scanning import BackgroundScans, scan_into_ledger, set_clock_after_offload
 from bwc_dock.service import DaemonStatus, ServiceHooks
 from bwc_dock.signals import SignalWatcher
 from bwc_dock.sources.base import DockedVolume, Source, SourceListener, UnreadableCamera
@@ -77,6 +77,7 @@ class Daemon(SourceListener):
         self.reload_requested = threading.Event()
         self.signals = SignalWatcher(self.stop_event, self.wake_event, self.reload_requested)
         self.docked_cameras = DockedRegistry()
+        self.scans = BackgroundScans()  # off the sources' threads and the main loop
         self.storage = StorageHealth(self.stages.lock_probe)  # the Object Lock probe too
         self._lock = threading.Lock()  # the refusals reported so far
         self._threads: list[threading.Thread] = []
@@ -113,9 +114,18 @@ class Daemon(SourceListener):
         self.wake_event.set()
 
     def _scan(self, entry: Docked) -> None:
+        """Scan in the background; a scan of this docking still running is left to finish."""
+        self.scans.start(entry.docking_id, lambda: self._scan_now(entry))
+
+    def _scan_now(self, entry: Docked) -> None:
         try:
-            scan_into_ledger(self.ledger, self.config, entry.docking_id, entry.volume)
+            scan_into_ledger(
+                self.ledger, self.config, entry.docking_id, entry.volume, cancel=entry.cancel
+            )
             entry.scanned = True
+            self.wake_event.set()  # copiers look at the new clips at once
+        except Interrupted:
+            return  # undocked or stopping: a scan ended early records nothing
         except Exception as error:  # noqa: BLE001 - camera read or ledger write failed
             log.warning(
                 "dock.scan_failed",
@@ -405,6 +415,8 @@ class Daemon(SourceListener):
             f"{self.docked_cameras.count()} cameras docked · {pending} clips pending"
             f" · storage {storage}"
         )
+        if scanning := self.scans.count():
+            line += f" · scanning {scanning}"
         if counts["quarantined"]:
             line += f" · {counts['quarantined']} QUARANTINED"
         return line

@@ -20,14 +20,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from bwc_dock.alarms import Alarm
 from bwc_dock.config import Config
-from bwc_dock.errors import BwcDockError, PermanentStorageError, TransientStorageError
+from bwc_dock.errors import (
+    BwcDockError,
+    PermanentStorageError,
+    StorageError,
+    TransientStorageError,
+)
 from bwc_dock.ledger.states import PENDING_STATES
 from bwc_dock.names import safe_name
 from bwc_dock.service import DaemonStatus
@@ -44,6 +49,22 @@ MAX_DOCUMENT_BYTES = 1024 * 1024
 # its own publish intervals when that is longer (``bwc-dock fleet`` without --stale-after).
 DEFAULT_STALE_AFTER = timedelta(minutes=5)
 STALE_INTERVALS = 3
+# Bounds on what a document may claim; beyond them it is shown as suspicious, never used
+# as it is. A dock publishes at least once a minute by configuration: one that claims to
+# publish less than daily would make a dead dock look alive for days.
+MAX_INTERVAL_SECONDS = 24 * 3600.0
+# Clocks of docks differ a little; a heartbeat further ahead than this is a wrong clock
+# or a forgery, and would keep a dead dock "alive" until that time.
+FUTURE_TOLERANCE = timedelta(minutes=5)
+MAX_COUNT = 2**63 - 1  # what SQLite counts up to; larger is not a count a dock made
+MAX_TEXT = 1000
+MAX_ITEMS = 1000
+# What this view can and cannot prove, said with every answer.
+TRUST_NOTE = (
+    "Each document is what a dock (or anyone who can write under the fleet prefix) says of"
+    " itself: this view checks that it is well formed, bounded, under its dock's key and"
+    " not dated in the future; it cannot prove who wrote it, nor that a dock shown alive runs."
+)
 # For tests only: publish this often instead of [fleet] interval_seconds (at least 60 s
 # in the configuration), so a test of staleness need not wait minutes.
 INTERVAL_OVERRIDE_FOR_TESTS = "BWC_DOCK_FLEET_INTERVAL_SECONDS_FOR_TESTS"
@@ -265,38 +286,57 @@ def fleet_publisher(config: Config) -> FleetPublisher | None:
 # -- reading --------------------------------------------------------------------------
 
 
+def _bounded_time(value: datetime) -> datetime:
+    """A time with a zone that converts to UTC (not one a subtraction would overflow)."""
+    if value.tzinfo is None:
+        raise ValueError("has no time zone")
+    try:
+        converted = value.astimezone(UTC)
+    except OverflowError as error:
+        raise ValueError("out of range") from error
+    if not 2000 <= converted.year <= 9000:
+        raise ValueError(f"year {converted.year} is out of range")
+    return converted
+
+
+Time = Annotated[datetime, AfterValidator(_bounded_time)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)  # newer docks may add fields
+    # newer docks may add fields; no NaN or infinity (JSON's 1e999) in any number
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class ReportedAlarm(_Model):
-    kind: str
-    subject: str | None = None
-    severity: str
-    detail: str = ""
+    kind: Text
+    subject: Text | None = None
+    severity: Text
+    detail: Text = ""
 
 
 class ReportedCamera(_Model):
-    serial: str
-    pending_clips: int = 0
-    last_progress_at: datetime | None = None
+    serial: Text
+    pending_clips: Count = 0
+    last_progress_at: Time | None = None
 
 
 class FleetDocument(_Model):
     """A status document as read back; anything that does not fit is reported, not used."""
 
-    schema_: str = Field(alias="schema")
-    dock: str
-    host: str | None = None
-    version: str | None = None
-    heartbeat_at: datetime
+    schema_: Text = Field(alias="schema")
+    dock: Text
+    host: Text | None = None
+    version: Text | None = None
+    heartbeat_at: Time
     interval_seconds: float = Field(default=60.0, gt=0)
-    clips: dict[str, int] = Field(default_factory=dict)
-    oldest_pending_at: datetime | None = None
-    alarms: tuple[ReportedAlarm, ...] = ()
-    cameras: tuple[ReportedCamera, ...] = ()
-    staging_free_bytes: int | None = None
-    storage: str | None = None
+    clips: dict[Text, Count] = Field(default_factory=dict, max_length=MAX_ITEMS)
+    oldest_pending_at: Time | None = None
+    alarms: tuple[ReportedAlarm, ...] = Field(default=(), max_length=MAX_ITEMS)
+    cameras: tuple[ReportedCamera, ...] = Field(default=(), max_length=MAX_ITEMS)
+    staging_free_bytes: Count | None = None
+    storage: Text | None = None
 
     @property
     def pending(self) -> int:
@@ -314,7 +354,14 @@ class DockReport:
 
 def read_fleet(backend: StorageBackend, prefix: str) -> list[DockReport]:
     """Every entry under ``prefix``, read and checked; one bad entry spoils only itself."""
-    return [_read_entry(backend, prefix, key) for key in backend.list_keys(prefix)]
+    return [_read_entry_guarded(backend, prefix, key) for key in backend.list_keys(prefix)]
+
+
+def _read_entry_guarded(backend: StorageBackend, prefix: str, key: str) -> DockReport:
+    try:
+        return _read_entry(backend, prefix, key)
+    except (StorageError, OSError, ValueError) as error:  # e.g. a key the store refuses
+        return DockReport(key, None, f"unreadable: {error}")
 
 
 def _read_entry(backend: StorageBackend, prefix: str, key: str) -> DockReport:
@@ -344,8 +391,6 @@ def parse_document(key: str, data: bytes, prefix: str) -> DockReport:
         first = error.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"])
         return DockReport(key, None, f"malformed: {where}: {first['msg']}")
-    if document.heartbeat_at.tzinfo is None:
-        return DockReport(key, None, "malformed: heartbeat_at has no time zone")
     if document_key(prefix, document.dock) != key:
         return DockReport(key, document, f"document of dock {document.dock!r} under {key}")
     return DockReport(key, document)
@@ -356,29 +401,56 @@ class Verdict:
     """What ``bwc-dock fleet`` says of one entry."""
 
     report: DockReport
-    state: str  # alive, stale, or malformed
-    age: timedelta | None  # since the last heartbeat
+    state: str  # alive, stale, suspect (claims what cannot be so), or malformed
+    age: timedelta | None  # since the last heartbeat (negative: dated in the future)
     alarmed: bool
+    suspicions: tuple[str, ...] = ()  # why the document cannot be taken at its word
 
     @property
     def healthy(self) -> bool:
-        return self.state == "alive" and not self.alarmed and self.report.problem is None
+        return (
+            self.state == "alive"
+            and not self.alarmed
+            and self.report.problem is None
+            and not self.suspicions
+        )
 
 
 def judge(
     reports: Iterable[DockReport], now: datetime, stale_after: timedelta | None = None
 ) -> list[Verdict]:
-    """Alive or stale by heartbeat age (``stale_after``, else the default per dock)."""
-    verdicts = []
-    for report in reports:
-        document = report.document
-        if document is None:
-            verdicts.append(Verdict(report, "malformed", None, alarmed=False))
-            continue
-        age = now - document.heartbeat_at
-        limit = stale_after or max(
-            DEFAULT_STALE_AFTER, timedelta(seconds=STALE_INTERVALS * document.interval_seconds)
+    """Alive or stale by heartbeat age (``stale_after``, else the default per dock);
+    a heartbeat from the future or an interval beyond the bound makes a dock suspect."""
+    return [_judge_one(report, now, stale_after) for report in reports]
+
+
+def _judge_one(report: DockReport, now: datetime, stale_after: timedelta | None) -> Verdict:
+    document = report.document
+    if document is None:
+        return Verdict(report, "malformed", None, alarmed=False)
+    age = now - document.heartbeat_at
+    suspicions = _suspicions(document, age)
+    interval = min(document.interval_seconds, MAX_INTERVAL_SECONDS)
+    limit = stale_after or max(DEFAULT_STALE_AFTER, timedelta(seconds=STALE_INTERVALS * interval))
+    return Verdict(report, _state(age, limit), age, alarmed=bool(document.alarms),
+                   suspicions=suspicions)
+
+
+def _state(age: timedelta, limit: timedelta) -> str:
+    if age < -FUTURE_TOLERANCE:
+        return "suspect"  # a dead dock would look alive until that time
+    return "stale" if age > limit else "alive"
+
+
+def _suspicions(document: FleetDocument, age: timedelta) -> tuple[str, ...]:
+    found = []
+    if age < -FUTURE_TOLERANCE:
+        found.append(
+            f"heartbeat {-age.total_seconds():.0f} s in the future (a wrong clock or a forgery)"
         )
-        state = "stale" if age > limit else "alive"
-        verdicts.append(Verdict(report, state, age, alarmed=bool(document.alarms)))
-    return verdicts
+    if document.interval_seconds > MAX_INTERVAL_SECONDS:
+        found.append(
+            f"publish interval {document.interval_seconds:.3g} s is beyond the bound of"
+            f" {MAX_INTERVAL_SECONDS:.0f} s (judged by the bound)"
+        )
+    return tuple(found)

@@ -54,6 +54,22 @@ def _drop_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str
     return event
 
 
+# Fields whose several lines are ours (a traceback at debug level), not a name's.
+_MULTILINE_FIELDS = frozenset({"exception", "exc_info", "stack"})
+
+
+def _escape_for_console(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Names from a camera or from central storage reach log fields: on a console line
+    their control characters are escaped, so that a name can neither repaint the terminal
+    nor forge a log line (JSON and journald carry them as data, escaped or binary-safe)."""
+    from bwc_dock.names import display_text
+
+    for name, value in event.items():
+        if isinstance(value, str) and name not in _MULTILINE_FIELDS:
+            event[name] = display_text(value)
+    return event
+
+
 def _journald_renderer() -> Any | None:
     """The journald renderer of the service module, when running under journald."""
     try:
@@ -159,6 +175,7 @@ def _configure_structlog(settings: _Settings) -> None:
         processors.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer(sort_keys=True)
     else:
+        processors.append(_escape_for_console)
         renderer = structlog.dev.ConsoleRenderer(
             colors=sys.stderr.isatty() and "NO_COLOR" not in os.environ,
             exception_formatter=structlog.dev.plain_traceback,

@@ -16,10 +16,13 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -29,7 +32,7 @@ from wcmatch import glob
 
 from bwc_dock.config import CameraProfile
 from bwc_dock.errors import HostileEntry, SourceGone
-from bwc_dock.names import safe_name
+from bwc_dock.names import display_text, safe_name
 
 log = structlog.get_logger(__name__)
 
@@ -104,71 +107,130 @@ class ScanLimits:
     max_file_size: int
     max_depth: int = 32
     max_entries: int = 200_000
+    # a camera that is slow or huge to list must not keep its scan forever
+    max_seconds: float = 300.0
 
 
 def display_path(raw: bytes) -> str:
     """A printable form of a camera path: invalid UTF-8 and control characters escaped."""
-    text = raw.decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return display_text(raw.decode("utf-8", "backslashreplace"))
 
 
-def scan_volume(root: Path, profile: CameraProfile, limits: ScanLimits) -> ScanResult:
-    """Every clip (with its sidecars) that ``profile`` names on the volume at ``root``."""
+def scan_volume(
+    root: Path, profile: CameraProfile, limits: ScanLimits, cancel: threading.Event | None = None
+) -> ScanResult:
+    """Every clip (with its sidecars) that ``profile`` names on the volume at ``root``;
+    ``cancel`` set (the camera undocked, the daemon stopping) ends the walk early."""
     result = ScanResult()
-    files_by_directory: dict[bytes, list[FoundFile]] = {}
-    for found in _walk(root, limits, result.refused):
-        directory = found.source_path_raw.rpartition(b"/")[0]
-        files_by_directory.setdefault(directory, []).append(found)
-    for files in files_by_directory.values():
-        result.clips.extend(_group_clips(files, profile))
+    budget = _Budget(limits, time.monotonic() + limits.max_seconds, cancel)
+    result.clips.extend(_group_clips(_walk(root, limits, budget, result.refused), profile))
     for refusal in result.refused:
         log.warning("scan.refused", path=refusal.source_path, reason=refusal.reason)
     return result
 
 
-@dataclass(frozen=True)
+@dataclass
+class _Budget:
+    """How many entries and how much time a scan may still spend."""
+
+    limits: ScanLimits
+    deadline: float  # time.monotonic()
+    cancel: threading.Event | None = None
+    entries_seen: int = 0
+    stopped: bool = False
+
+    def remaining(self) -> int:
+        return max(self.limits.max_entries - self.entries_seen, 0)
+
+    def exhausted(self) -> str | None:
+        """Why the scan must stop now, or None; counts one more entry."""
+        self.entries_seen += 1
+        if self.entries_seen > self.limits.max_entries:
+            self.stopped = True
+            return "entry budget exhausted"
+        # looked at every 1,024 entries: a look per entry would cost more than the stat
+        if self.entries_seen % 1024 == 0:
+            if time.monotonic() > self.deadline:
+                self.stopped = True
+                return "time budget exhausted"
+            if self.cancel is not None and self.cancel.is_set():
+                self.stopped = True
+                return "scan cancelled"
+        return None
+
+
+@dataclass
 class _Directory:
-    """A directory waiting to be listed, with the fingerprints of the ones above it."""
+    """A directory being walked: its descriptor, its path, and its subdirectories not
+    yet walked (names only: a child is opened when its turn comes, so the walk holds one
+    descriptor per level of depth, never one per pending folder)."""
 
     fd: int
     prefix: bytes  # its path from the volume root
     depth: int
     lineage: frozenset[str] = frozenset()
+    subdirectories: list[bytes] = field(default_factory=list)
 
 
-def _walk(root: Path, limits: ScanLimits, refused: list[Refusal]) -> Iterator[FoundFile]:
+def _walk(
+    root: Path, limits: ScanLimits, budget: _Budget, refused: list[Refusal]
+) -> Iterator[FoundFile]:
     try:
         root_fd = os.open(root, _DIRECTORY_FLAGS)
     except OSError as error:
         raise SourceGone(f"cannot open volume {root}: {error.strerror}") from error
     seen_directories: set[tuple[int, int]] = set()
-    pending = [_Directory(root_fd, b"", 0)]
-    entries_seen = 0
+    stack: list[_Directory] = []
     try:
-        while pending:
-            directory = pending.pop()
-            try:
-                listing = _listing_unless_loop(directory, seen_directories, refused)
-                lineage = directory.lineage | {_fingerprint(listing)}
-                for name, entry_stat in listing:
-                    entries_seen += 1
-                    if entries_seen > limits.max_entries:
-                        refused.append(
-                            Refusal(display_path(directory.prefix), "entry budget exhausted")
-                        )
-                        return
-                    yield from _classify(
-                        directory, lineage, name, entry_stat, limits, pending, refused
-                    )
-            finally:
-                os.close(directory.fd)
+        directory: _Directory | None = _Directory(root_fd, b"", 0)
+        while directory is not None:
+            stack.append(directory)
+            stopped = yield from _list_files(directory, limits, budget, seen_directories, refused)
+            if stopped:
+                return
+            directory = _next_directory(stack, refused)
     finally:
-        for directory in pending:
-            os.close(directory.fd)
+        for level in stack:
+            os.close(level.fd)
+
+
+def _list_files(
+    directory: _Directory,
+    limits: ScanLimits,
+    budget: _Budget,
+    seen_directories: set[tuple[int, int]],
+    refused: list[Refusal],
+) -> Generator[FoundFile, None, bool]:
+    """The directory's files; its subdirectories are noted in it. True: stop the walk."""
+    listing = _listing_unless_loop(directory, seen_directories, budget, refused)
+    directory.lineage = directory.lineage | {_fingerprint(listing)}
+    for name, entry_stat in listing:
+        yield from _classify(directory, name, entry_stat, limits, refused)
+    directory.subdirectories.reverse()  # popped from the end: walked in name order
+    return budget.stopped
+
+
+def _next_directory(stack: list[_Directory], refused: list[Refusal]) -> _Directory | None:
+    """The next subdirectory to walk, depth first, opened from its parent; levels with
+    nothing left are closed on the way up."""
+    while stack:
+        parent = stack[-1]
+        if not parent.subdirectories:
+            os.close(stack.pop().fd)
+            continue
+        name = parent.subdirectories.pop()
+        relative = parent.prefix + b"/" + name if parent.prefix else name
+        try:
+            child_fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=parent.fd)
+        except OSError as error:
+            refused.append(Refusal(display_path(relative), f"cannot open: {error.strerror}"))
+            continue
+        return _Directory(child_fd, relative, parent.depth + 1, parent.lineage)
+    return None
 
 
 def _listing_unless_loop(
-    directory: _Directory, seen: set[tuple[int, int]], refused: list[Refusal]
+    directory: _Directory, seen: set[tuple[int, int]], budget: _Budget, refused: list[Refusal]
 ) -> list[tuple[bytes, os.stat_result]]:
     """The directory's entries, or none when it is one already walked (a directory loop).
 
@@ -182,7 +244,7 @@ def _listing_unless_loop(
         refused.append(Refusal(display_path(directory.prefix), "directory loop"))
         return []
     seen.add(identity)
-    listing = list(_list_directory(directory.fd, directory.prefix, refused))
+    listing = list(_list_directory(directory.fd, directory.prefix, budget, refused))
     if listing and _fingerprint(listing) in directory.lineage:
         refused.append(
             Refusal(
@@ -205,14 +267,21 @@ def _fingerprint(listing: list[tuple[bytes, os.stat_result]]) -> str:
 
 
 def _list_directory(
-    directory_fd: int, prefix: bytes, refused: list[Refusal]
+    directory_fd: int, prefix: bytes, budget: _Budget, refused: list[Refusal]
 ) -> Iterator[tuple[bytes, os.stat_result]]:
     try:
-        names = sorted(os.listdir(directory_fd))
+        # no more names than the budget allows are read: a folder of a million entries
+        # costs what the budget lets it, not its size
+        with os.scandir(directory_fd) as entries:
+            names = sorted(entry.name for entry in islice(entries, budget.remaining() + 1))
     except OSError as error:
         refused.append(Refusal(display_path(prefix), f"unreadable directory: {error.strerror}"))
         return
     for text_name in names:
+        reason = budget.exhausted()
+        if reason is not None:
+            refused.append(Refusal(display_path(prefix), reason))
+            return
         name = os.fsencode(text_name)
         if name in (b".", b"..") or b"/" in name or b"\0" in name:
             refused.append(Refusal(display_path(prefix + b"/" + name), "unsafe name"))
@@ -225,11 +294,9 @@ def _list_directory(
 
 def _classify(
     directory: _Directory,
-    lineage: frozenset[str],
     name: bytes,
     entry_stat: os.stat_result,
     limits: ScanLimits,
-    pending: list[_Directory],
     refused: list[Refusal],
 ) -> Iterator[FoundFile]:
     relative = directory.prefix + b"/" + name if directory.prefix else name
@@ -238,12 +305,7 @@ def _classify(
         if directory.depth + 1 > limits.max_depth:
             refused.append(Refusal(display_path(relative), "too deep"))
             return
-        try:
-            child_fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=directory.fd)
-        except OSError as error:
-            refused.append(Refusal(display_path(relative), f"cannot open: {error.strerror}"))
-            return
-        pending.append(_Directory(child_fd, relative, directory.depth + 1, lineage))
+        directory.subdirectories.append(name)
     elif stat.S_ISREG(mode):
         if entry_stat.st_size > limits.max_file_size:
             refused.append(Refusal(display_path(relative), f"too large ({entry_stat.st_size} B)"))
@@ -281,34 +343,32 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def _group_clips(files: list[FoundFile], profile: CameraProfile) -> Iterator[FoundClip]:
-    clips = [found for found in files if _matches(found.source_path, profile.clips)]
-    clip_paths = {clip.source_path_raw for clip in clips}
+def _group_clips(found: Iterable[FoundFile], profile: CameraProfile) -> Iterator[FoundClip]:
+    """Clips with their same-stem sidecars from the same folder, in one pass over the
+    files: a folder of many thousands of files costs no more than their count."""
+    clip_matcher = glob.compile(list(profile.clips), flags=_GLOB_FLAGS)
+    sidecar_matcher = glob.compile(list(profile.sidecars), flags=_GLOB_FLAGS)
+    clips: list[FoundFile] = []
+    sidecars: dict[tuple[bytes, bytes], list[FoundFile]] = {}
+    for file in found:
+        if clip_matcher.match(file.source_path):
+            clips.append(file)
+        elif sidecar_matcher.match(_basename(file.source_path)):
+            sidecars.setdefault(_folder_and_stem(file.source_path_raw), []).append(file)
     for clip in clips:
-        stem = _stem(clip.source_path_raw)
-        sidecars = tuple(
-            found
-            for found in files
-            if found.source_path_raw not in clip_paths
-            and _stem(found.source_path_raw) == stem
-            and _matches(_basename(found.source_path), profile.sidecars)
-        )
+        companions = tuple(sidecars.get(_folder_and_stem(clip.source_path_raw), ()))
         camera_time = recorded_time(clip, profile)
-        yield FoundClip(clip, camera_time.utc, sidecars, camera_time)
-
-
-def _matches(path: str, patterns: tuple[str, ...]) -> bool:
-    return bool(glob.globmatch(path, list(patterns), flags=_GLOB_FLAGS))
+        yield FoundClip(clip, camera_time.utc, companions, camera_time)
 
 
 def _basename(path: str) -> str:
     return path.rpartition("/")[2]
 
 
-def _stem(raw_path: bytes) -> bytes:
-    name = raw_path.rpartition(b"/")[2]
+def _folder_and_stem(raw_path: bytes) -> tuple[bytes, bytes]:
+    folder, _slash, name = raw_path.rpartition(b"/")
     stem, dot, _extension = name.rpartition(b".")
-    return (stem if dot else name).lower()
+    return folder, (stem if dot else name).lower()
 
 
 def recorded_time(found: FoundFile, profile: CameraProfile) -> CameraTime:

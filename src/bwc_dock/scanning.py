@@ -7,12 +7,14 @@ folder is scanned with the same profile and the same limits whoever looks at it.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 
 import structlog
 
 from bwc_dock.clocks import DockClock, read_camera_clock, read_dock_clock, set_camera_clock
 from bwc_dock.config import CameraProfile, Config
+from bwc_dock.errors import Interrupted
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.snapshots import DockingClocks
 from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
@@ -41,17 +43,22 @@ def scan_into_ledger(
     config: Config,
     docking_id: int,
     volume: DockedVolume,
+    *,
     dock_clock: Callable[[], DockClock] = read_dock_clock,
+    cancel: threading.Event | None = None,
 ) -> tuple[list[int], ScanResult]:
     """Scan a volume and record what is new; (ids of new clips, what the scan found).
 
     The docking's clocks are read first (once per docking), so that new clips get the
     camera's clock offset as their correction. ``dock_clock`` is how the dock's own
-    clock is asked (adjtimex); tests hand in a reading of their own.
+    clock is asked (adjtimex); tests hand in a reading of their own. Raises Interrupted
+    when ``cancel`` was set during the scan: no clip is recorded then.
     """
     profile = config.profile(volume.profile_name or "") or folder_profile(config)
     record_docking_clocks(ledger, profile, docking_id, volume, dock_clock)
-    result = scan_volume(volume.root, profile, scan_limits(config))
+    result = scan_volume(volume.root, profile, scan_limits(config), cancel)
+    if cancel is not None and cancel.is_set():
+        raise Interrupted(f"scan of {volume.camera_serial} cancelled")
     new_ids = ledger.record_scan(
         docking_id, result.clips, len(result.refused), priority=profile.priority
     )
@@ -137,3 +144,41 @@ def set_clock_after_offload(
         offset_after_seconds=after.offset_seconds,
         problem=problem,
     )
+
+
+class BackgroundScans:
+    """Scans in threads of their own, at most one per docking at a time.
+
+    Listing a camera can take long (a card of 200,000 entries, a slow or hostile
+    filesystem): it must hold neither the thread that hears of devices nor the main loop
+    that pings the watchdog and writes the heartbeat.
+    """
+
+    def __init__(self) -> None:
+        self._running: set[int] = set()
+        self._lock = threading.Lock()
+
+    def start(self, docking_id: int, scan: Callable[[], None]) -> bool:
+        """Run ``scan`` in a new thread; False (and nothing run) when this docking's scan
+        is still running."""
+        with self._lock:
+            if docking_id in self._running:
+                return False
+            self._running.add(docking_id)
+        thread = threading.Thread(
+            target=self._run, args=(docking_id, scan), name=f"scan-{docking_id}", daemon=True
+        )
+        thread.start()
+        return True
+
+    def _run(self, docking_id: int, scan: Callable[[], None]) -> None:
+        try:
+            scan()
+        finally:
+            with self._lock:
+                self._running.discard(docking_id)
+
+    def count(self) -> int:
+        """How many scans run now."""
+        with self._lock:
+            return len(self._running)

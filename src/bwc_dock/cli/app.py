@@ -30,6 +30,7 @@ from bwc_dock.cli import (
 )
 from bwc_dock.cli.context import Context
 from bwc_dock.errors import EXIT_PROBLEM, EXIT_USAGE, BwcDockError
+from bwc_dock.names import display_text
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,15 +82,18 @@ def main() -> None:
     except click.exceptions.Abort:
         sys.exit(EXIT_USAGE)
     except click.ClickException as error:
-        click.echo(f"bwc-dock: {error.format_message()}", err=True)
+        click.echo(f"bwc-dock: {display_text(error.format_message())}", err=True)
         sys.exit(EXIT_USAGE)
     except BwcDockError as error:
         _debug_traceback()
-        click.echo(f"bwc-dock: {error}", err=True)
+        click.echo(f"bwc-dock: {display_text(str(error))}", err=True)
         sys.exit(error.exit_code)
     except Exception as error:  # noqa: BLE001 - the last line of defence: one line, exit 1
         _debug_traceback()
-        click.echo(f"bwc-dock: unexpected error: {type(error).__name__}: {error}", err=True)
+        click.echo(
+            f"bwc-dock: unexpected error: {type(error).__name__}: {display_text(str(error))}",
+            err=True,
+        )
         sys.exit(EXIT_PROBLEM)
 
 

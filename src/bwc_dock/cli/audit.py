@@ -12,6 +12,7 @@ import click
 from bwc_dock.cli.context import Context, emit, hand_actor, pass_context
 from bwc_dock.errors import EXIT_PROBLEM
 from bwc_dock.ledger.audit import find_break
+from bwc_dock.names import display_text
 
 
 @click.group("audit")
@@ -43,7 +44,10 @@ def audit_verify(context: Context, as_json: bool, remote: bool) -> None:
     elif broken is None:
         click.echo(f"audit chain ok: {len(entries)} rows")
     else:
-        click.echo(f"audit chain broken at row {broken.entry_id}: {broken.reason}", err=True)
+        click.echo(
+            f"audit chain broken at row {broken.entry_id}: {display_text(broken.reason)}",
+            err=True,
+        )
     if broken is not None:
         sys.exit(EXIT_PROBLEM)
 
@@ -65,12 +69,18 @@ def _audit_verify_remote(context: Context, as_json: bool) -> None:
 def _print_anchor_report(report: Any) -> None:
     if report.local_break is not None:
         click.echo(
-            f"audit chain broken at row {report.local_break}: {report.local_break_reason}",
+            f"audit chain broken at row {report.local_break}:"
+            f" {display_text(str(report.local_break_reason))}",
             err=True,
         )
     for problem in report.problems:
         subject = f"clip {problem.clip_id}" if problem.clip_id is not None else "anchor"
-        click.echo(f"{subject}: {problem.problem} (anchor {problem.anchor_key})", err=True)
+        # keys and problems name objects found in central storage: shown as text
+        click.echo(
+            f"{subject}: {display_text(str(problem.problem))}"
+            f" (anchor {display_text(str(problem.anchor_key))})",
+            err=True,
+        )
     if report.changed_at_or_before_row is not None:
         click.echo(
             "the local ledger was changed after the fact: at a row after "

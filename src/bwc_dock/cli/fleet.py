@@ -15,6 +15,7 @@ import click
 
 from bwc_dock.cli.context import Context, emit, iso, pass_context
 from bwc_dock.errors import EXIT_PROBLEM
+from bwc_dock.names import display_text
 
 if TYPE_CHECKING:
     from bwc_dock.fleet import Verdict
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 def fleet(context: Context, as_json: bool, stale_after_minutes: float | None) -> None:
     """Every dock's status from central storage; exit 1 when one is stale or alarmed."""
     # lazy: the fleet module brings the daemon's status types, other commands need none
-    from bwc_dock.fleet import fleet_backend, judge, read_fleet
+    from bwc_dock.fleet import TRUST_NOTE, fleet_backend, judge, read_fleet
 
     context.logging("warning")
     config = context.config
@@ -54,11 +55,13 @@ def fleet(context: Context, as_json: bool, stale_after_minutes: float | None) ->
                 "checked_at": iso(now),
                 "stale_after_minutes": stale_after_minutes,
                 "healthy": healthy,
+                "proves": TRUST_NOTE,
                 "docks": [_verdict_document(verdict, now) for verdict in verdicts],
             }
         )
     else:
         _print_table(verdicts, now)
+        click.echo(TRUST_NOTE)
     if not verdicts:
         click.echo(f"bwc-dock: no fleet status documents under {config.fleet.prefix!r}", err=True)
     if not healthy:
@@ -72,6 +75,7 @@ def _verdict_document(verdict: Verdict, now: datetime) -> dict[str, Any]:
         "state": verdict.state,
         "alarmed": verdict.alarmed,
         "problem": report.problem,
+        "suspicions": list(verdict.suspicions),
     }
     if document is None:
         return entry
@@ -91,11 +95,6 @@ def _verdict_document(verdict: Verdict, now: datetime) -> dict[str, Any]:
         "storage": document.storage,
     }
     return entry
-
-
-def printable(text: str) -> str:
-    """Text from a document as it may be shown: control characters escaped."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def age(span: timedelta | None) -> str:
@@ -124,15 +123,14 @@ def _row(verdict: Verdict, now: datetime) -> tuple[str, ...]:
     alarms = ", ".join(
         alarm.kind + (f" ({alarm.subject})" if alarm.subject else "") for alarm in document.alarms
     )
-    if report.problem:
-        alarms = f"{alarms}; {report.problem}" if alarms else report.problem
+    notes = "; ".join(filter(None, (alarms, report.problem, *verdict.suspicions)))
     return (
         document.dock,
         verdict.state,
         age(verdict.age),
         str(document.pending),
         age(now - oldest) if oldest else "-",
-        alarms or "-",
+        notes or "-",
     )
 
 
@@ -151,5 +149,5 @@ def _print_table(verdicts: list[Verdict], now: datetime) -> None:
     for verdict in verdicts:
         style = None if verdict.healthy else "bold red"
         # Text cells: a document's words are never read as Rich markup
-        table.add_row(*(Text(printable(cell)) for cell in _row(verdict, now)), style=style)
+        table.add_row(*(Text(display_text(cell)) for cell in _row(verdict, now)), style=style)
     Console().print(table)

@@ -25,8 +25,15 @@ How a clip gets there, and why it is proven equal to the evidence hash:
   response); a different one is StorageConflict, never an overwrite.
 - The evidence SHA-256 is stored as metadata ``x-amz-meta-sha256`` (lowercase hex), for
   people and other tools; it is never read back as proof, since anyone who can write to
-  the bucket can set it. A HEAD after the upload confirms the size and, where the store
-  keeps a full-object SHA-256 of its own, the hash; ``head`` reports only that hash.
+  the bucket can set it; ``head`` reports only the store's own full-object hash.
+- Proof that the store holds the clip, before it counts as uploaded (and a camera may be
+  cleared): the store's own full-object SHA-256 reported by a HEAD, else (a multipart
+  upload, whose checksum is composite, or a store that keeps none) the SHA-256 of the
+  object read back. A HEAD with the right size is never proof. What still rests on the
+  store's honesty: that a full-object SHA-256 it reports was computed over bytes it
+  keeps, and that it keeps them after answering.
+- ``http://`` endpoints are refused unless ``[storage] allow_plaintext = true``: without
+  TLS anyone on the path can read the evidence and forge the store's answers.
 
 Retries: botocore runs in "standard" mode with 3 attempts for what it knows to be
 transient (connection errors, timeouts, 5xx, throttling). Inside one put_file call we

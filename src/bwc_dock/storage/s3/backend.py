@@ -308,19 +308,26 @@ class S3Backend(MultipartUploads, S3Retention, StorageBackend):
         )
 
     def _verify(self, key: str, expected: str, size: int) -> StoredObject:
-        """After we created the object: the store holds ``size`` bytes and, where it keeps
-        a full-object SHA-256 of its own, that hash is ``expected``. The bytes themselves
-        were proven as they were sent: the store verified each request's
-        ``x-amz-checksum-sha256``, and a multipart upload's composite checksum was
-        compared with ours at completion."""
-        stored = self._require_head(key)
-        if stored.size != size or stored.sha256 not in (expected, None):
+        """After we created the object: proof that the store holds our evidence, before
+        anything counts it as uploaded (and a camera may be cleared).
+
+        The proof is the store's own full-object SHA-256, or, where it keeps none (a
+        multipart upload's checksum is composite; some stores keep none), the SHA-256 of
+        the bytes read back. A HEAD reporting the right size is no proof: a store that
+        accepted the PUT and kept nothing can answer that. Each request's
+        ``x-amz-checksum-sha256`` only shows the store received the bytes intact."""
+        response = self._require_head_raw(key)
+        stored = self._stored_object(key, response)
+        sha256 = stored.sha256
+        if sha256 is None and stored.size == size:
+            sha256 = self.read_sha256(key)
+        if stored.size != size or sha256 != expected:
             raise IntegrityError(
-                f"{self._where(self._full_key(key))}: after upload the store reports"
-                f" {stored.size} bytes, sha256 {stored.sha256}; expected {size} bytes, {expected}"
+                f"{self._where(self._full_key(key))}: after upload the store holds"
+                f" {stored.size} bytes, sha256 {sha256 or 'unreadable'};"
+                f" expected {size} bytes, {expected}"
             )
         return StoredObject(key, stored.size, expected, stored.metadata)
-
 
     def copy_object(self, key: str, new_key: str) -> StoredObject:
         """Copy inside the store, create-only (HEAD, then ``If-None-Match: *``).

@@ -1,0 +1,117 @@
+"""A store that says yes and keeps nothing: its word on a clip's size is no proof.
+
+The store here is a fake S3 endpoint on loopback, on purpose: no real store lies, and
+the point is what the dock believes. It accepts every PUT, keeps no byte, and answers a
+HEAD with the size it was sent and no checksum; a GET finds nothing. The real store's
+path (SeaweedFS) is covered by test_s3_backend.py and test_s3_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.dock import Dock, make_camera
+
+NO_SUCH_KEY = b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>"
+EMPTY_LISTING = (b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult>'
+                 b"<Name>evidence</Name><KeyCount>0</KeyCount><IsTruncated>false</IsTruncated>"
+                 b"</ListBucketResult>")
+
+
+class _ForgetfulStore(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # botocore sends Expect: 100-continue with bodies
+    sizes: dict[str, int]  # what each PUT said it sent; the bytes are dropped
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: pytest shows what the dock logged."""
+
+    def _reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
+               length: int | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_PUT(self) -> None:
+        size = int(self.headers.get("Content-Length", "0"))
+        self.rfile.read(size)
+        self.sizes[urlsplit(self.path).path] = size
+        self._reply(200, headers={"ETag": '"0123456789abcdef0123456789abcdef"'})
+
+    def do_HEAD(self) -> None:
+        size = self.sizes.get(urlsplit(self.path).path)
+        if size is None:
+            self._reply(404)
+            return
+        self._reply(200, headers={"ETag": '"0123456789abcdef0123456789abcdef"',
+                                  "Last-Modified": "Sat, 05 Dec 2026 10:00:00 GMT"},
+                    length=size)
+
+    def do_GET(self) -> None:
+        if "list-type" in (urlsplit(self.path).query or "") or urlsplit(self.path).path.count(
+                "/") == 1:
+            self._reply(200, EMPTY_LISTING, {"Content-Type": "application/xml"})
+            return
+        self._reply(404, NO_SUCH_KEY, {"Content-Type": "application/xml"})
+
+    def do_DELETE(self) -> None:
+        self._reply(204)
+
+
+@pytest.fixture
+def forgetful_store() -> Iterator[tuple[str, dict[str, int]]]:
+    """(endpoint, the sizes it was sent) of a store on loopback that keeps nothing."""
+    sizes: dict[str, int] = {}
+    handler = type("Handler", (_ForgetfulStore,), {"sizes": sizes})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", sizes
+    server.shutdown()
+    server.server_close()
+
+
+def _s3_storage(endpoint: str) -> dict[str, object]:
+    return {"backend": "s3", "endpoint_url": endpoint, "bucket": "evidence",
+            "addressing_style": "path", "allow_plaintext": True,
+            "retry_initial_seconds": 0.2, "retry_max_seconds": 1.0}
+
+
+def test_a_store_that_keeps_nothing_never_gets_a_clip_uploaded(
+    dock: Dock, forgetful_store: tuple[str, dict[str, int]], tmp_path: Path
+) -> None:
+    """Every PUT accepted and every HEAD answered with the right size, but nothing kept:
+    no clip becomes uploaded (or cleared), and ingest says so with exit 1."""
+    endpoint, sizes = forgetful_store
+    dock.write_config(storage=_s3_storage(endpoint))
+    dock.extra_environment.update({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"})
+    camera = tmp_path / "sdcard"
+    make_camera(camera, [2000], sidecars=False)
+    finished = dock.cli("ingest", str(camera), "--camera-serial", "LIAR1", "--wait",
+                        "--timeout", "20", check=False)
+    assert finished.returncode == 1, finished.stderr[-2000:]
+    assert 2000 in sizes.values()  # the clip was sent: only the proof was missing
+    states = {clip["state"] for clip in dock.clips()}
+    assert states <= {"staged", "quarantined"}, states
+
+
+def test_plaintext_endpoint_is_refused_unless_allowed(dock: Dock) -> None:
+    """An http:// endpoint is a configuration error naming the key, unless allowed."""
+    storage = _s3_storage("http://127.0.0.1:9")
+    del storage["allow_plaintext"]
+    dock.write_config(storage=storage)
+    refused = dock.cli("config", "check", check=False)
+    assert refused.returncode == 2
+    assert "storage.endpoint_url" in refused.stderr
+    assert "allow_plaintext" in refused.stderr
+    dock.write_config(storage=_s3_storage("http://127.0.0.1:9"))
+    assert dock.cli("config", "check", check=False).returncode == 0
