@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from bwc_dock.mount_paths import find_mount
 from bwc_dock.mount_protocol import (
     SOCKET_ENVIRONMENT,
     HelperMounter,
@@ -30,7 +31,7 @@ from bwc_dock.mount_protocol import (
     make_mounter,
     read_message,
 )
-from bwc_dock.mounting import Mounter, MountError, find_mount
+from bwc_dock.mounting import Mounter, MountError
 
 if TYPE_CHECKING:
     from tests.udevharness import CameraBay

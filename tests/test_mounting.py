@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING
 import pytest
 from structlog.testing import capture_logs
 
+from bwc_dock.mount_paths import find_mount, parse_mountinfo_line
 from bwc_dock.mounting import (
     SAFE_FLAGS,
     Mounter,
     MountError,
     MountInfo,
-    find_mount,
     missing_flags,
-    parse_mountinfo_line,
     run_command,
     validate_profile_options,
 )

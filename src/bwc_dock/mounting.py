@@ -26,9 +26,7 @@ what mountinfo reports directly under the mount root, checked by mount id, and c
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -40,76 +38,36 @@ from typing import Protocol
 
 import structlog
 
-from bwc_dock.errors import BwcDockError
+from bwc_dock.mount_options import FS_TIME_OPTIONS, SAFE_NAME, validate_profile_options
+from bwc_dock.mount_paths import (
+    DEFAULT_MOUNTINFO,
+    MOUNT_POINT_MODE,
+    SAFE_FLAGS,
+    MountError,
+    MountInfo,
+    fd_path,
+    missing_flags,
+    mount_id_of,
+    open_block_device,
+    open_child_directory,
+    open_directory_path,
+    read_mountinfo,
+    umount2,
+)
+
+# the mount paths' names the rest of bwc-dock knows from here
+__all__ = [
+    "DEFAULT_MOUNTINFO", "FS_TIME_OPTIONS", "SAFE_FLAGS", "SAFE_NAME", "WRITABLE_FLAGS",
+    "CommandRunner", "MountError", "MountInfo", "MountedVolume", "Mounter", "VolumeMounter",
+    "missing_flags", "mount_helper_for", "open_directory_path", "read_mountinfo", "run_command",
+    "validate_profile_options",
+]
 
 log = structlog.get_logger(__name__)
 
-SAFE_FLAGS = ("ro", "nosuid", "nodev", "noexec")
 WRITABLE_FLAGS = ("rw", "nosuid", "nodev", "noexec")
-DEFAULT_MOUNTINFO = Path("/proc/self/mountinfo")
 COMMAND_TIMEOUT_SECONDS = 30.0
 _MAX_STACKED_MOUNTS = 16
-
-# Options a profile may never add: each would undo a safety flag or change what is mounted.
-_FORBIDDEN_OPTIONS = frozenset(
-    {
-        "rw",
-        "exec",
-        "suid",
-        "dev",
-        "defaults",
-        "user",
-        "users",
-        "owner",
-        "group",
-        "remount",
-        "bind",
-        "rbind",
-        "move",
-        "loop",
-        "rw+",
-        "nonempty",
-        # the time options below are the product's, not a profile's: a camera's times
-        # are interpreted in its profile's zone, which needs the raw values
-        "tz",
-        "time_offset",
-        "sys_tz",
-    }
-)
-_OPTION_SHAPE = re.compile(r"[A-Za-z0-9_.+-]+(=[A-Za-z0-9_.:/+-]+)?")
-# mount point names (the helper's are kernel names): no dot, no separator, no leading dash
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # fullmatch: "$" lets "\n" by
-_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_MOUNT_POINT_MODE = 0o700
-_MNT_DETACH = 2
-_UMOUNT_NOFOLLOW = 8
-# Filesystem options that make the kernel hand over a camera's timestamps unshifted.
-# FAT stores local wall-clock time with no zone. Without an option the vfat driver shifts
-# it by the kernel's idea of local time (sys_tz, set by whoever booted the dock), silently
-# and differently on each dock; with tz=UTC it does no shifting, so stat returns the raw
-# FAT wall clock as if it were a UTC epoch, and the scanner re-reads that wall clock in
-# the profile's zone. exFAT needs nothing: the kernel driver shifts a timestamp that has
-# no UTC-offset field only by its time_offset option (default 0, kept: a profile cannot
-# set it), and one that has the field it converts to true UTC itself (see scanner).
-FS_TIME_OPTIONS: dict[str, tuple[str, ...]] = {"vfat": ("tz=UTC",)}
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-class MountError(BwcDockError):
-    """A camera volume could not be mounted, verified or unmounted."""
-
-
-@dataclass(frozen=True)
-class MountInfo:
-    """One line of /proc/self/mountinfo, the parts bwc-dock looks at."""
-
-    mount_id: int
-    mount_point: Path
-    mount_options: frozenset[str]  # per-mount flags (ro, nosuid, nodev, noexec, ...)
-    fs_type: str
-    source: str
-    super_options: frozenset[str]  # filesystem-level options
-    device_number: str = ""  # "major:minor" of the filesystem (a block device's, or 0:N)
 
 
 @dataclass(frozen=True)
@@ -170,50 +128,6 @@ def run_command(arguments: Sequence[str], pass_fds: Sequence[int] = ()) -> None:
         raise MountError(f"{' '.join(arguments[:2])} failed: {reason}")
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
-    return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), field)
-
-
-def parse_mountinfo_line(line: str) -> MountInfo:
-    fields = line.split()
-    separator = fields.index("-", 6)
-    return MountInfo(
-        mount_id=int(fields[0]),
-        mount_point=Path(_unescape(fields[4])),
-        mount_options=frozenset(fields[5].split(",")),
-        fs_type=fields[separator + 1],
-        source=_unescape(fields[separator + 2]),
-        super_options=frozenset(fields[separator + 3].split(",")),
-        device_number=fields[2],
-    )
-
-
-def read_mountinfo(path: Path = DEFAULT_MOUNTINFO) -> list[MountInfo]:
-    return [parse_mountinfo_line(line) for line in path.read_text().splitlines() if line]
-
-
-def find_mount(mount_point: Path, path: Path = DEFAULT_MOUNTINFO) -> MountInfo | None:
-    """The mount visible at ``mount_point`` (the last one stacked there), if any."""
-    found = [entry for entry in read_mountinfo(path) if entry.mount_point == mount_point]
-    return found[-1] if found else None
-
-
-def missing_flags(entry: MountInfo, wanted: Sequence[str] = SAFE_FLAGS) -> list[str]:
-    """The wanted per-mount flags the kernel does not report for ``entry``."""
-    return [flag for flag in wanted if flag not in entry.mount_options]
-
-
-def validate_profile_options(options: Sequence[str]) -> tuple[str, ...]:
-    """Refuse profile mount options that would weaken the mount or inject syntax."""
-    for option in options:
-        name = option.split("=", 1)[0].lower()
-        shaped = _OPTION_SHAPE.fullmatch(option) is not None
-        if name in _FORBIDDEN_OPTIONS or name.startswith("x-") or not shaped:
-            raise MountError(f"mount option not allowed in a camera profile: {option!r}")
-    return tuple(options)
-
-
 def _is_fuse(kernel_fs_type: str) -> bool:
     return kernel_fs_type == "fuse" or kernel_fs_type.startswith(("fuse.", "fuseblk"))
 
@@ -222,86 +136,6 @@ def _names_its_device(kernel_fs_type: str) -> bool:
     """Whether mountinfo's major:minor is the mounted block device's (kernel drivers and
     fuseblk) rather than an anonymous number (a FUSE server that reads the device itself)."""
     return not _is_fuse(kernel_fs_type) or kernel_fs_type == "fuseblk"
-
-
-def _fd_path(descriptor: int) -> str:
-    return f"/proc/self/fd/{descriptor}"
-
-
-def _check_trusted_directory(descriptor: int, path: Path) -> None:
-    """A directory on the way to the mount root: root's, and no one else may change its
-    entries (writable by others only with the sticky bit, as /tmp)."""
-    status = os.fstat(descriptor)
-    if status.st_uid != 0:
-        raise MountError(f"{path} is not owned by root (uid {status.st_uid}): refusing it")
-    if status.st_mode & 0o022 and not status.st_mode & stat.S_ISVTX:
-        raise MountError(f"{path} is writable by others: refusing it")
-
-
-def open_directory_path(path: Path, *, create: bool = False) -> int:
-    """A descriptor of directory ``path``, walked from / one component at a time with
-    ``O_NOFOLLOW``: no link anywhere on the path, every directory checked as it is opened.
-    With ``create``, missing components are made (mode 0700)."""
-    if not path.is_absolute() or any(part in {".", ".."} for part in path.parts):
-        raise MountError(f"not a plain absolute path: {str(path)!r}")
-    descriptor = os.open("/", _DIRECTORY_FLAGS)
-    walked = Path("/")
-    try:
-        _check_trusted_directory(descriptor, walked)
-        for part in path.parts[1:]:
-            walked = walked / part
-            child = _open_child_directory(descriptor, part, walked, create=create)
-            os.close(descriptor)
-            descriptor = child
-            _check_trusted_directory(descriptor, walked)
-    except BaseException:
-        os.close(descriptor)
-        raise
-    return descriptor
-
-
-def _open_child_directory(parent: int, name: str, path: Path, *, create: bool) -> int:
-    if create:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, _MOUNT_POINT_MODE, dir_fd=parent)
-    try:
-        return os.open(name, _DIRECTORY_FLAGS, dir_fd=parent)
-    except FileNotFoundError:
-        raise
-    except OSError as error:  # ELOOP, ENOTDIR: a link or not a directory
-        raise MountError(f"{path} is a link or not a directory: refusing it") from error
-
-
-def open_block_device(device: str) -> int:
-    """An ``O_PATH`` descriptor of the block device node ``device`` (not a link to one)."""
-    try:
-        descriptor = os.open(device, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as error:
-        raise MountError(f"{device}: {error.strerror}") from error
-    if not stat.S_ISBLK(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        raise MountError(f"{device} is not a block device")
-    return descriptor
-
-
-def mount_id_of(descriptor: int) -> int:
-    """The id of the mount ``descriptor`` lies on, as mountinfo numbers mounts."""
-    for line in Path(f"/proc/self/fdinfo/{descriptor}").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key == "mnt_id":
-            return int(value)
-    raise MountError(f"no mnt_id in /proc/self/fdinfo/{descriptor}")
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _umount2(target: str, shown: Path, *, lazy: bool) -> None:
-    """umount2(2) of ``target`` (never through a link in its last component)."""
-    flags = _UMOUNT_NOFOLLOW | (_MNT_DETACH if lazy else 0)
-    if _libc.umount2(target.encode(), flags) != 0:
-        code = ctypes.get_errno()
-        raise MountError(f"umount {shown} failed: {os.strerror(code)}")
 
 
 class Mounter:
@@ -452,9 +286,9 @@ class Mounter:
             return
         try:
             status = os.fstat(root)
-            if stat.S_IMODE(status.st_mode) != _MOUNT_POINT_MODE:
+            if stat.S_IMODE(status.st_mode) != MOUNT_POINT_MODE:
                 # private: other users must not even look at evidence while it is mounted
-                os.fchmod(root, _MOUNT_POINT_MODE)
+                os.fchmod(root, MOUNT_POINT_MODE)
             yield root
         finally:
             os.close(root)
@@ -496,10 +330,10 @@ class Mounter:
         if self._mounts_at(mount_point):
             log.warning("mount.replacing_stale", mount_point=str(mount_point))
             self._unmount_name(root, name, lazy=True, remove=False)
-        point = _open_child_directory(root, name, mount_point, create=True)
+        point = open_child_directory(root, name, mount_point, create=True)
         try:
             status = os.fstat(point)
-            if status.st_uid != 0 or stat.S_IMODE(status.st_mode) != _MOUNT_POINT_MODE:
+            if status.st_uid != 0 or stat.S_IMODE(status.st_mode) != MOUNT_POINT_MODE:
                 raise MountError(f"mount point {mount_point} is not root's with mode 0700")
             if status.st_dev != os.fstat(root).st_dev:
                 raise MountError(f"something is already mounted at {mount_point}")
@@ -533,7 +367,7 @@ class Mounter:
         # -c: mount(8) passes the /proc/self/fd paths on as they are, not as names
         self._run(
             ["mount", "-c", "-t", fs_type, "-o", ",".join(options),
-             _fd_path(source), _fd_path(point)],
+             fd_path(source), fd_path(point)],
             (source, point),
         )
 
@@ -576,7 +410,7 @@ class Mounter:
         point = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC,
                         dir_fd=root)
         try:
-            self._run(["mount", "-c", "-i", "-o", ",".join(options), _fd_path(point)], (point,))
+            self._run(["mount", "-c", "-i", "-o", ",".join(options), fd_path(point)], (point,))
         finally:
             os.close(point)
 
@@ -618,7 +452,7 @@ class Mounter:
                         "refusing to unmount it"
                     )
                 break
-            _umount2(f"{_fd_path(root)}/{name}", mount_point, lazy=lazy)
+            umount2(f"{fd_path(root)}/{name}", mount_point, lazy=lazy)
         else:
             raise MountError(f"{mount_point} is still mounted after {_MAX_STACKED_MOUNTS} unmounts")
         if remove:
