@@ -329,9 +329,9 @@ def test_leftovers_of_interrupted_uploads_are_removed(dock: Dock) -> None:
     camera = dock.root / "card"
     make_camera(camera, [1000], sidecars=False)
     offload(dock, camera, "X1")
-    leftover = dock.nas / "X1" / "half.MP4.dock-test.part"
+    leftover = dock.nas / "X1" / "half.MP4.0123456789abcdef.dock-test.part"
     leftover.write_bytes(b"half an upload")
-    other_dock = dock.nas / "X1" / "half.MP4.dock-other.part"
+    other_dock = dock.nas / "X1" / "half.MP4.0123456789abcdef.dock-other.part"
     other_dock.write_bytes(b"another dock's upload in progress")
 
     report = resync(dock)

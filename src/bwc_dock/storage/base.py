@@ -129,9 +129,12 @@ class StorageBackend(ABC):
         """Remove ``key``; deleting what is already gone succeeds."""
 
     @abstractmethod
-    def cleanup_partials(self, keep: Collection[str] = frozenset()) -> int:
+    def cleanup_partials(self, keep: Collection[str] = frozenset(),
+                         folders: Collection[str] | None = None) -> int:
         """Remove leftovers of interrupted writes (``.part`` files, orphaned multipart
-        uploads whose id is not in ``keep``: the ledger's wanted ones); return how many."""
+        uploads whose id is not in ``keep``: the ledger's wanted ones); return how many.
+        ``folders``: look for temporary files only directly in these folders ("" = the
+        root), not in the whole store; None walks it all (a hand-run resync)."""
 
     @abstractmethod
     def check_reachable(self) -> None:

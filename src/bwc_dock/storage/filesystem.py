@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import stat
 import threading
@@ -94,6 +95,11 @@ class FileBackend(StorageBackend):
         # Several docks write into one NAS: a dock's temporary files carry its name, so
         # cleaning up after a crash never removes another dock's upload in progress.
         self.part_suffix = f".{dock_tag}{PART_SUFFIX}"
+        # exactly what _new_temporary makes: a stored object is never taken for one
+        self._temporary = re.compile(
+            rf".{{1,{_NAME_KEPT}}}\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}{re.escape(self.part_suffix)}",
+            re.DOTALL,
+        )
         self._root_identity = RootIdentity(root)
         self._identity_lock = threading.Lock()  # guards _link_refusals
         # Keys refused for a link on their way, with the refusal: check_reachable keeps
@@ -452,20 +458,41 @@ class FileBackend(StorageBackend):
         ):
             os.unlink(name, dir_fd=folder)  # a link itself is removed, never its target
 
-    def cleanup_partials(self, keep: Collection[str] = frozenset()) -> int:
-        """``keep`` names multipart uploads, which a folder does not have."""
+    def cleanup_partials(self, keep: Collection[str] = frozenset(),
+                         folders: Collection[str] | None = None) -> int:
+        """``keep`` names multipart uploads, which a folder does not have. Only names of
+        the exact form this dock gives its temporaries are removed (never a stored
+        object, whatever it is called)."""
         removed = 0
         with storage_errors("*" + self.part_suffix):
             root_fd = self._open_root()
             try:
-                for folder, key in walk_files(root_fd, ""):
+                if folders is None:
+                    candidates = walk_files(root_fd, "")
+                else:
+                    candidates = self._files_in(root_fd, folders)
+                for folder, key in candidates:
                     name = key.rpartition("/")[2]
-                    if name.endswith(self.part_suffix):
+                    if self._temporary.fullmatch(name):
                         unlink_quietly(folder, name)
                         removed += 1
             finally:
                 os.close(root_fd)
         return removed
+
+    def _files_in(self, root_fd: int, folders: Collection[str]) -> Iterator[tuple[int, str]]:
+        """(folder descriptor, key) of the files directly in each of ``folders``."""
+        for folder_key in sorted(folders):
+            parts = split_key(folder_key) if folder_key else []
+            try:
+                with directory_of(root_fd, parts, folder_key or "/") as folder:
+                    with os.scandir(folder) as scan:
+                        names = [entry.name for entry in scan
+                                 if entry.is_file(follow_symlinks=False)]
+                    for name in names:
+                        yield folder, f"{folder_key}/{name}" if folder_key else name
+            except (FileNotFoundError, LinkRefused):
+                continue  # not there (never written, or removed), or not ours to enter
 
     def _check_mounted(self) -> None:
         if not self.root.is_dir():

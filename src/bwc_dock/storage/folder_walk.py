@@ -16,6 +16,7 @@ import os
 import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from bwc_dock.errors import (
     PermanentStorageError,
@@ -114,6 +115,23 @@ def open_file(directory_fd: int, name: str, where: str, flags: int = os.O_RDONLY
     return fd
 
 
+# Keys bwc-dock writes are a few folders deep ({camera}/{yyyy}/{mm}/{dd}/{name}). A walk
+# goes at most this many folders below the store's root: a deeper chain (planted, or a
+# runaway copy) is skipped and logged, so it can neither exhaust the stack nor hold one
+# open descriptor per level.
+MAX_WALK_DEPTH = 32
+
+
+@dataclass
+class _Level:
+    """One open folder of a walk: its descriptor, key prefix and entries still to visit."""
+
+    fd: int
+    prefix: str
+    entries: Iterator[tuple[str, str, bool]]
+    owned: bool  # opened by the walk (closed by it), not the caller's descriptor
+
+
 def walk_files(directory_fd: int, prefix: str, name_start: str = "") -> Iterator[tuple[int, str]]:
     """(folder descriptor, key) of each regular file below ``directory_fd``, whose key
     prefix is ``prefix`` (empty or ending in ``/``), first name starting with
@@ -121,8 +139,52 @@ def walk_files(directory_fd: int, prefix: str, name_start: str = "") -> Iterator
 
     Sorted by whole key: a folder's entries are ordered by ``name/`` for folders and
     ``name`` for files, as every key below folder ``name`` starts with ``name/``.
-    Symlinks and special files are skipped and logged, never entered or read.
+    Symlinks and special files are skipped and logged, never entered or read. Iterative,
+    not recursive: folders deeper than MAX_WALK_DEPTH below the root are skipped and logged.
     """
+    stack = [_Level(directory_fd, prefix, iter(_sorted_entries(directory_fd, prefix,
+                                                               name_start)), owned=False)]
+    try:
+        while stack:
+            level = stack[-1]
+            entry = next(level.entries, None)
+            if entry is None:
+                stack.pop()
+                if level.owned:
+                    os.close(level.fd)
+                continue
+            _order, name, is_directory = entry
+            key = level.prefix + name
+            if not is_directory:
+                yield level.fd, key
+            elif (child := _enter(level.fd, key, name)) is not None:
+                stack.append(_Level(child, key + "/",
+                                    iter(_sorted_entries(child, key + "/")), owned=True))
+    finally:
+        for level in stack:
+            if level.owned:
+                os.close(level.fd)
+
+
+def _enter(parent_fd: int, key: str, name: str) -> int | None:
+    """The listed folder ``name`` opened to walk it; None when skipped."""
+    if key.count("/") >= MAX_WALK_DEPTH:
+        log.warning("storage.list.too_deep_skipped", key=key[:512], depth=MAX_WALK_DEPTH,
+                    why="folders deeper than this are not bwc-dock's and are not walked")
+        return None
+    try:
+        return open_directory(parent_fd, name, key)
+    except LinkRefused:  # swapped for a link since it was listed
+        log.warning("storage.list.symlink_skipped", key=key,
+                    why="a link in central storage is never followed")
+    except FileNotFoundError:
+        pass  # removed since it was listed
+    return None
+
+
+def _sorted_entries(directory_fd: int, prefix: str,
+                    name_start: str = "") -> list[tuple[str, str, bool]]:
+    """(sort order, name, is a folder) of a folder's regular files and folders."""
     entries: list[tuple[str, str, bool]] = []
     with os.scandir(directory_fd) as scan:
         for entry in scan:
@@ -137,22 +199,7 @@ def walk_files(directory_fd: int, prefix: str, name_start: str = "") -> Iterator
                 entries.append((entry.name, entry.name, False))
             else:
                 log.warning("storage.list.special_file_skipped", key=prefix + entry.name)
-    for _order, name, is_directory in sorted(entries):
-        if not is_directory:
-            yield directory_fd, prefix + name
-            continue
-        try:
-            child = open_directory(directory_fd, name, prefix + name)
-        except LinkRefused:  # swapped for a link since it was listed
-            log.warning("storage.list.symlink_skipped", key=prefix + name,
-                        why="a link in central storage is never followed")
-            continue
-        except FileNotFoundError:
-            continue  # removed since it was listed
-        try:
-            yield from walk_files(child, prefix + name + "/")
-        finally:
-            os.close(child)
+    return sorted(entries)
 
 
 def unlink_quietly(folder: int, name: str) -> None:

@@ -434,13 +434,15 @@ class S3Backend(MultipartUploads, StorageBackend):
     def cleanup_partials(
         self,
         keep: Collection[str] = frozenset(),
+        folders: Collection[str] | None = None,
         older_than: timedelta = DEFAULT_ORPHAN_AGE,
     ) -> int:
         """Abort multipart uploads under the prefix that no journal wants.
 
         ``keep`` is the set of upload ids the ledger still wants. Uploads younger than
         ``older_than`` are spared too: one may have just been created and not yet
-        journaled by a running uploader.
+        journaled by a running uploader. ``folders`` does not narrow it: the store
+        lists unfinished uploads itself, without a walk.
         """
         cutoff = datetime.now(UTC) - older_than
         aborted = 0
