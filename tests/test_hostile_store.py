@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.dock import Dock, make_camera, wait_until
+from tests.dock import BWC_DOCK, Dock, make_camera, wait_until
 
 # deeper than Python's default recursion limit (1000): a recursive walk dies on it
 CHAIN_DEPTH = 1200
@@ -154,3 +155,56 @@ def test_sidecar_named_part_is_uploaded_and_survives_recovery(dock: Dock) -> Non
     finally:
         assert dock.stop_daemon(daemon) == 0
     assert stored[0].read_bytes() == b"a sidecar, not a temporary file"
+
+
+def run_measured(dock: Dock, *arguments: str) -> tuple[int, str, int]:
+    """(exit code, stdout, peak resident KiB) of one bwc-dock command (wait4's rusage)."""
+    process = subprocess.Popen([BWC_DOCK, *arguments], env=dock.environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.stdout is not None
+    output = process.stdout.read().decode()
+    _pid, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, output, usage.ru_maxrss
+
+
+def test_planted_giant_sums_version_is_not_read_whole(dock: Dock) -> None:
+    """A 768 MiB sparse "next version" of a SHA256SUMS list is not read into memory:
+    resync stays small and writes the list beside it as the version after."""
+    camera = dock.root / "card"
+    make_camera(camera, [1000], sidecars=False)
+    dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+    [first] = dock.nas.rglob("SHA256SUMS.*")
+    giant = first.with_name(first.name + ".v2")
+    with giant.open("wb") as planted:
+        planted.truncate(768 * 1024 * 1024)
+
+    code, output, peak_kib = run_measured(dock, "resync", "--json")
+
+    assert code == 0, output[-2000:]
+    assert peak_kib < 256 * 1024, f"resync peaked at {peak_kib} KiB"
+    assert first.with_name(first.name + ".v3").read_bytes() == first.read_bytes()
+
+
+def test_unwritable_sums_name_does_not_stop_resync_or_later_anchors(dock: Dock) -> None:
+    """A folder squatting on one docking's SHA256SUMS name: resync still rewrites the
+    next docking's list and ends with its report, naming the one it could not write."""
+    for serial in ("X1", "X2"):
+        camera = dock.root / f"card-{serial}"
+        make_camera(camera, [1000], sidecars=False)
+        dock.cli("ingest", str(camera), "--camera-serial", serial, "--wait")
+    lists = sorted(dock.nas.rglob("SHA256SUMS.*"), key=lambda path: path.name)
+    assert [path.name for path in lists] == ["SHA256SUMS.dock-test.docking-000001",
+                                             "SHA256SUMS.dock-test.docking-000002"]
+    second = lists[1].read_bytes()
+    for path in lists:
+        path.unlink()
+    lists[0].mkdir()  # squats on the first docking's name
+
+    result = dock.cli("resync", "--json", check=False)
+
+    assert result.returncode == 1, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    [problem] = report["unrepairable"]
+    assert "docking 1" in problem["problem"]
+    assert lists[1].read_bytes() == second

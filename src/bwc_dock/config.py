@@ -40,6 +40,7 @@ DEFAULT_CLIP_GLOBS = (
     "**/*.wmv",
 )
 DEFAULT_SIDECAR_GLOBS = ("*",)
+DEFAULT_STORE_MARKER = ".bwc-dock-store"
 # Content-addressed: built only from what every dock agrees on, so the same content from
 # the same camera has the same key at every dock and different content never shares one.
 DEFAULT_KEY_TEMPLATE = "{camera}/{recorded:%Y/%m/%d}/{stem}.{sha16}{ext}"
@@ -91,6 +92,9 @@ class StorageConfig(_Section):
     # file backend; the folder must exist (bwc-dock never creates the NAS root)
     path: Path | None = None
     path_must_be_mountpoint: bool = False
+    # a file the administrator puts once in the share's folder: no upload goes to a
+    # folder without it (the NAS not mounted, or the wrong share); "" turns the check off
+    store_marker: str = DEFAULT_STORE_MARKER
     # modes of what the file backend creates there (explicit: never the umask's)
     file_mode: int = Field(default=0o640, ge=0, le=0o777)
     directory_mode: int = Field(default=0o750, ge=0, le=0o777)
@@ -118,6 +122,14 @@ class StorageConfig(_Section):
         problem = key_template_problem(value)
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("store_marker")
+    @classmethod
+    def _marker_is_a_name(cls, value: str) -> str:
+        if value and ("/" in value or "\x00" in value or value in (".", "..")
+                      or value.endswith(".part")):
+            raise ValueError(f"not a file name in the storage folder: {value!r}")
         return value
 
     @model_validator(mode="after")

@@ -31,13 +31,13 @@ from typing import Any
 
 import structlog
 
-from bwc_dock.errors import StorageError
+from bwc_dock.errors import PermanentStorageError, StorageConflict, StorageError
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.audit import find_break
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.ledger.snapshots import ClipWork
 from bwc_dock.names import safe_name
-from bwc_dock.storage.base import StorageBackend
+from bwc_dock.storage.base import DocumentTooLarge, StorageBackend
 
 log = structlog.get_logger(__name__)
 
@@ -94,7 +94,17 @@ _VERSION = re.compile(r"\.v(?P<version>[1-9][0-9]*)")
 def stored_sums_current(backend: StorageBackend, sums: DockingSums) -> bool:
     """Whether the newest stored version of the docking's list is the ledger's list."""
     versions = sums_versions(backend, sums.key)
-    return bool(versions) and backend.read_bytes(versions[-1][1]) == sums.content
+    return bool(versions) and _stored_list(backend, versions[-1][1]) == sums.content
+
+
+def _stored_list(backend: StorageBackend, key: str) -> bytes | None:
+    """A stored list's content; None when missing or too large to be one of ours (a
+    planted giant is never read whole: the list goes beside it as the next version)."""
+    try:
+        return backend.read_bytes(key)
+    except DocumentTooLarge as error:
+        log.warning("custody.sums_too_large", key=key, error=str(error))
+        return None
 
 
 def write_docking_sums(ledger: Ledger, backend: StorageBackend, docking_id: int) -> str | None:
@@ -111,7 +121,7 @@ def write_docking_sums(ledger: Ledger, backend: StorageBackend, docking_id: int)
         if sums is None:
             return None
         versions = sums_versions(backend, sums.key)
-        if versions and backend.read_bytes(versions[-1][1]) == sums.content:
+        if versions and _stored_list(backend, versions[-1][1]) == sums.content:
             key = versions[-1][1]
         else:
             key = f"{sums.key}.v{versions[-1][0] + 1}" if versions else sums.key
@@ -128,9 +138,11 @@ def anchor_dockings(ledger: Ledger, backend: StorageBackend, budget_seconds: flo
 
     The uploader writes a docking's list when its last clip is stored; this catches a
     daemon killed at that moment or a store that refused the write. A storage error
-    ends the round (the store is down), and so does ``budget_seconds``: the daemon's
-    main loop (its watchdog pings) must not wait on a long catch-up. The next round
-    goes on where this one stopped.
+    ends the round when it may heal (the store is down), and so does ``budget_seconds``:
+    the daemon's main loop (its watchdog pings) must not wait on a long catch-up. The
+    next round goes on where this one stopped. A refusal of one docking's list (its name
+    taken by something unwritable) is logged and the next docking is anchored: one bad
+    name never holds back the anchors of every later docking.
     """
     deadline = time.monotonic() + budget_seconds
     written = 0
@@ -139,6 +151,9 @@ def anchor_dockings(ledger: Ledger, backend: StorageBackend, budget_seconds: flo
             break
         try:
             write_docking_sums(ledger, backend, docking_id)
+        except (PermanentStorageError, StorageConflict) as error:
+            log.error("custody.sums_refused", docking=docking_id, error=str(error))
+            continue
         except StorageError as error:
             log.warning("custody.sums_failed", docking=docking_id, error=str(error))
             break
@@ -303,7 +318,11 @@ def _check_manifest(check: _Check, key: str, clip_id: int, clip_key: str,
 
 def _check_sums(check: _Check, key: str, docking_id: int, folder: str) -> None:
     """Every line of a docking's list must be an object the ledger says it delivered."""
-    content = check.backend.read_bytes(key)
+    try:
+        content = check.backend.read_bytes(key)
+    except DocumentTooLarge as error:
+        check.problem(None, key, None, f"not read: {error}")
+        return
     if content is None:
         return  # deleted since it was listed; the clips' manifests still speak
     check.report.lists_checked += 1
@@ -334,7 +353,10 @@ class _Unreadable:
 
 
 def _read_json(backend: StorageBackend, key: str) -> object:
-    content = backend.read_bytes(key)
+    try:
+        content = backend.read_bytes(key)
+    except DocumentTooLarge as error:
+        return _Unreadable(f"manifest not read: {error}")
     if content is None:
         return _Unreadable("manifest gone from central storage while it was checked")
     try:

@@ -137,7 +137,7 @@ class Applier:
             case KeepConflictAside():
                 outcome = self._keep_conflict_aside(repair) or outcome
             case RewriteSums():
-                write_docking_sums(self.ledger, self.backend, repair.docking_id)
+                outcome = self._rewrite_sums(repair) or outcome
             case CleanPartials():
                 outcome = self._clean_partials()
             case RedoWork():
@@ -292,6 +292,18 @@ class Applier:
     ) -> Outcome:
         problem = Unrepairable(clip_id, camera_serial, f"repair failed: {error}")
         return Outcome(Status.FAILED, action=action, unrepairable=(problem,), error=str(error))
+
+    def _rewrite_sums(self, repair: RewriteSums) -> Outcome | None:
+        """Write a docking's list; a refusal is reported with the rest, not raised
+        (one unwritable name must not end resync before its report); None when done."""
+        try:
+            write_docking_sums(self.ledger, self.backend, repair.docking_id)
+        except StorageError as error:
+            problem = Unrepairable(None, None, f"docking {repair.docking_id}: its"
+                                   f" SHA256SUMS could not be written: {error}")
+            return Outcome(Status.FAILED, action=repair.finding(), unrepairable=(problem,),
+                           error=str(error))
+        return None
 
     # -- no daemon: do the work ourselves ---------------------------------------------------
 

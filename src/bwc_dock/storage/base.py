@@ -14,8 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from bwc_dock.errors import PermanentStorageError, RefusalKind
+
 # Called with the number of bytes just sent; a bandwidth limiter may sleep in it.
 ProgressCallback = Callable[[int], None]
+
+# The most bwc-dock reads back of any document that is not a clip (manifests, SHA256SUMS
+# lists, fleet documents): anyone can plant a huge "document" in shared storage.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+
+
+class DocumentTooLarge(PermanentStorageError):
+    """A document in central storage is larger than bwc-dock reads back; not read."""
+
+    def __init__(self, key: str, size: int | None, limit: int) -> None:
+        held = f"{size} bytes" if size is not None else "more"
+        super().__init__(f"{key}: holds {held}, more than the {limit} bytes a document"
+                         f" may have; not read", RefusalKind.OTHER)
 
 
 @dataclass(frozen=True)
@@ -96,8 +111,9 @@ class StorageBackend(ABC):
         """What is stored under ``key``, or None when nothing is."""
 
     @abstractmethod
-    def read_bytes(self, key: str) -> bytes | None:
-        """A small document's content (manifests); None if missing."""
+    def read_bytes(self, key: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes | None:
+        """A small document's content (manifests); None if missing. DocumentTooLarge
+        when it holds more than ``max_bytes`` (nothing more than that is read)."""
 
     @abstractmethod
     def read_sha256(self, key: str) -> str | None:

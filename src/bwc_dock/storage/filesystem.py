@@ -45,6 +45,8 @@ from bwc_dock.errors import (
 from bwc_dock.logs import get_logger
 from bwc_dock.names import safe_name
 from bwc_dock.storage.base import (
+    MAX_DOCUMENT_BYTES,
+    DocumentTooLarge,
     MultipartJournal,
     ProgressCallback,
     StorageBackend,
@@ -85,11 +87,13 @@ class FileBackend(StorageBackend):
         dock_tag: str,
         *,
         must_be_mountpoint: bool = False,
+        marker: str = "",
         file_mode: int = DEFAULT_FILE_MODE,
         directory_mode: int = DEFAULT_DIRECTORY_MODE,
     ) -> None:
         self.root = root
         self.must_be_mountpoint = must_be_mountpoint
+        self.marker = marker
         self.file_mode = file_mode
         self.directory_mode = directory_mode
         # Several docks write into one NAS: a dock's temporary files carry its name, so
@@ -114,6 +118,7 @@ class FileBackend(StorageBackend):
             config.storage.path,
             safe_name(config.dock.id.encode()),
             must_be_mountpoint=config.storage.path_must_be_mountpoint,
+            marker=config.storage.store_marker,
             file_mode=config.storage.file_mode,
             directory_mode=config.storage.directory_mode,
         )
@@ -132,6 +137,7 @@ class FileBackend(StorageBackend):
                 f"storage folder {self.root} cannot be opened: {error.strerror}"
             ) from error
         try:
+            self._check_marker(fd)  # before the identity: an unmarked folder is never it
             self._root_identity.check(os.fstat(fd))
         except BaseException:
             os.close(fd)
@@ -424,12 +430,18 @@ class FileBackend(StorageBackend):
         finally:
             os.close(fd)
 
-    def read_bytes(self, key: str) -> bytes | None:
+    def read_bytes(self, key: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes | None:
         fd = self._open_stored(key)
         if fd is None:
             return None
         with storage_errors(key), os.fdopen(fd, "rb") as file:
-            return file.read()
+            size = os.fstat(file.fileno()).st_size
+            if size > max_bytes:
+                raise DocumentTooLarge(key, size, max_bytes)
+            content = file.read(max_bytes + 1)  # it may have grown since
+            if len(content) > max_bytes:
+                raise DocumentTooLarge(key, None, max_bytes)
+            return content
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         folder_part, _, name_start = prefix.rpartition("/")
@@ -440,7 +452,7 @@ class FileBackend(StorageBackend):
             try:
                 with directory_of(root_fd, parts, prefix) as folder:
                     for _folder, key in walk_files(folder, listed_prefix, name_start):
-                        if not key.endswith(PART_SUFFIX):
+                        if not key.endswith(PART_SUFFIX) and key != self.marker:
                             yield key
             except FileNotFoundError:
                 return
@@ -493,6 +505,22 @@ class FileBackend(StorageBackend):
                         yield folder, f"{folder_key}/{name}" if folder_key else name
             except (FileNotFoundError, LinkRefused):
                 continue  # not there (never written, or removed), or not ours to enter
+
+    def _check_marker(self, root_fd: int) -> None:
+        """The marker file the administrator put on the share is in the root: the share
+        is mounted there, not the empty local folder under its mount point."""
+        if not self.marker:
+            return
+        try:
+            status = os.stat(self.marker, dir_fd=root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            status = None
+        if status is None or not stat.S_ISREG(status.st_mode):
+            raise TransientStorageError(
+                f"storage folder {self.root} holds no {self.marker} file: the NAS is not"
+                f" mounted there (or it is not the evidence share); nothing is written."
+                f" On the share, once: touch {self.root / self.marker}"
+            )
 
     def _check_mounted(self) -> None:
         if not self.root.is_dir():

@@ -25,31 +25,33 @@ class RootIdentity:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._root_identity: tuple[int, int] | None = None
-        self._root_was_mountpoint = False
         self._identity_lock = threading.Lock()
 
     def check(self, status: os.stat_result) -> None:
-        """Refuse a root that is no longer the folder first opened (ROOT_CHANGED)."""
+        """Refuse a root that is no longer the folder first opened (ROOT_CHANGED).
+
+        Also when a NAS was mounted over the folder first opened: what was written
+        before went to the dock's own disk and is hidden under the mount now, so it
+        must be looked at (``bwc-dock resync`` re-queues what the store lacks) before
+        anything more is written; the refusal raises the storage_refused alarm.
+        """
         identity = (status.st_dev, status.st_ino)
         with self._identity_lock:
             expected = self._root_identity
-            mounted_late = (
-                expected is not None and identity != expected
-                and not self._root_was_mountpoint and os.path.ismount(self.root)
-            )
-            if expected is None or mounted_late:
-                # first open, or the NAS mounted after bwc-dock first looked at the
-                # empty mount point: the mount is the root from now on
+            if expected is None:
                 self._root_identity = identity
-                self._root_was_mountpoint = os.path.ismount(self.root)
                 log.info("storage.root_opened", root=str(self.root), device=status.st_dev,
-                         inode=status.st_ino, mountpoint=self._root_was_mountpoint)
+                         inode=status.st_ino, mountpoint=os.path.ismount(self.root))
                 return
         if identity != expected:
+            log.error("storage.root_changed", root=str(self.root),
+                      was=f"{expected[0]}:{expected[1]}", now=f"{identity[0]}:{identity[1]}")
             raise PermanentStorageError(
                 f"storage folder {self.root} is no longer the folder first opened (device"
                 f" {expected[0]} inode {expected[1]}, now device {identity[0]} inode"
-                f" {identity[1]}): the NAS was unmounted or swapped for another folder;"
-                f" nothing is written there. Remount the NAS, then restart bwc-dock",
+                f" {identity[1]}): the NAS was mounted, unmounted or swapped for another"
+                f" folder; nothing is written there. Run `bwc-dock resync` once the right"
+                f" share is mounted (it re-checks every delivered clip and re-queues what"
+                f" central storage lacks), then restart bwc-dock",
                 RefusalKind.ROOT_CHANGED,
             )
