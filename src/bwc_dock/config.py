@@ -95,6 +95,9 @@ class StorageConfig(_Section):
     # a file the administrator puts once in the share's folder: no upload goes to a
     # folder without it (the NAS not mounted, or the wrong share); "" turns the check off
     store_marker: str = DEFAULT_STORE_MARKER
+    # this dock alone writes to this store: only then may key_template leave out both
+    # the content ({sha16}/{sha256}) and the dock ({dock}), whose keys collide across docks
+    single_dock: bool = False
     # modes of what the file backend creates there (explicit: never the umask's)
     file_mode: int = Field(default=0o640, ge=0, le=0o777)
     directory_mode: int = Field(default=0o750, ge=0, le=0o777)
@@ -140,6 +143,13 @@ class StorageConfig(_Section):
             raise ValueError('bucket: required for backend "s3"')
         if self.object_lock_mode and not self.object_lock_days:
             raise ValueError("object_lock_days: required with object_lock_mode")
+        if not self.single_dock and key_template_collides(self.key_template):
+            raise ValueError(
+                "key_template: has neither {sha16}/{sha256} nor {dock}, so two docks give"
+                " different clips the same key (the second is refused, or a resync takes"
+                " the first for tampering); use the default template, or set"
+                " single_dock = true if no other dock writes to this store"
+            )
         return self
 
 
@@ -177,6 +187,12 @@ def key_template_problem(template: str) -> str | None:
     if any(part in ("", ".", "..") for part in key.split("/")):
         return f"makes keys with an empty, '.' or '..' part (e.g. {key!r})"
     return None
+
+
+def key_template_collides(template: str) -> bool:
+    """Whether keys from ``template`` can name different content at two docks."""
+    fields = key_template_fields(template)
+    return not fields & CONTENT_FIELDS and "dock" not in fields
 
 
 def key_template_risks(template: str) -> list[str]:
