@@ -246,7 +246,10 @@ def check_anchors(ledger: Ledger, backend: StorageBackend) -> AnchorReport:
         {clip.id: clip for clip in ledger.clips()},
     )
     patterns = _Patterns.of(ledger.dock_id)
+    other_docks: set[str] = set()
     for key in backend.list_keys(""):
+        if (anchor := _ANY_ANCHOR.search(key)) is not None:
+            other_docks.add(anchor["dock"] or anchor["sums_dock"])
         if (manifest := patterns.manifest.match(key)) is not None:
             _check_manifest(check, key, int(manifest["clip_id"]), manifest["clip_key"])
         elif (sums := patterns.sums.match(key)) is not None:
@@ -260,8 +263,35 @@ def check_anchors(ledger: Ledger, backend: StorageBackend) -> AnchorReport:
             check.problem(clip.id, str(clip.remote_key), None,
                           "the ledger says this clip was delivered, but central storage"
                           " holds no manifest of it from this dock")
+    _check_identity(check, entries, other_docks)
     _bound_the_edit(check.report, check.good_rows)
     return check.report
+
+
+_ANY_ANCHOR = re.compile(r"\.(?P<dock>[^./]+)\.clip-[0-9]+\.json$"
+                         r"|(?:^|/)SHA256SUMS\.(?P<sums_dock>[^/]+)\.docking-[0-9]+(?:\.v[0-9]+)?$")
+_DOCKS_NAMED = 20  # other docks named in the problem at most
+
+
+def _check_identity(check: _Check, entries: list[Any], docks_in_store: set[str]) -> None:
+    """The configured dock id alone proves nothing: the ledger's own rows must name it,
+    and central storage must hold at least one anchor of it (else nothing there vouches
+    for this ledger: a dock that delivered nothing yet, or a ledger started afresh or
+    under a new name)."""
+    dock = check.ledger.dock_id
+    named = sorted({entry.dock_id for entry in entries} - {dock})
+    if named:
+        check.problem(None, "", None, f"the ledger's audit rows name dock(s)"
+                      f" {', '.join(named[:_DOCKS_NAMED])}, the configuration {dock}: the"
+                      f" dock was renamed, or this is another dock's ledger")
+    if check.report.anchors_checked or check.report.lists_checked:
+        return
+    # names from central storage: escaped (ascii()), never shown raw on a terminal
+    others = [ascii(name) for name in sorted(docks_in_store - {safe_name(dock.encode())})]
+    check.problem(None, "", None, f"central storage holds no anchor of dock {dock}: nothing"
+                  f" there vouches for this ledger (nothing delivered yet, or a ledger"
+                  f" started afresh or under a new dock id); anchors of other docks there:"
+                  f" {', '.join(others[:_DOCKS_NAMED]) or 'none'}")
 
 
 def _check_legacy_manifest(check: _Check, key: str) -> None:
