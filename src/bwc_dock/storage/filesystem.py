@@ -157,6 +157,8 @@ class FileBackend(StorageBackend):
                 RefusalKind.INVALID_REQUEST,
             )
         root_fd = self._open_root()
+        if create:  # a write: a later change of root is then refused, never adopted
+            self._root_identity.note_write()
         try:
             create_mode = self.directory_mode if create else None
             with directory_of(root_fd, parts[:-1], key, create_mode=create_mode) as folder:

@@ -25,20 +25,29 @@ class RootIdentity:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._root_identity: tuple[int, int] | None = None
+        self._written = False  # anything written through the root first opened
         self._identity_lock = threading.Lock()
+
+    def note_write(self) -> None:
+        """Something is being written through the current root."""
+        with self._identity_lock:
+            self._written = True
 
     def check(self, status: os.stat_result) -> None:
         """Refuse a root that is no longer the folder first opened (ROOT_CHANGED).
 
-        Also when a NAS was mounted over the folder first opened: what was written
-        before went to the dock's own disk and is hidden under the mount now, so it
-        must be looked at (``bwc-dock resync`` re-queues what the store lacks) before
-        anything more is written; the refusal raises the storage_refused alarm.
+        A NAS mounted over the folder first opened is taken as the root only when
+        nothing was written before (boot order: the first look came early). Otherwise
+        what was written went to the dock's own disk and is hidden under the mount now:
+        it must be looked at (``bwc-dock resync`` re-queues what the store lacks) before
+        anything more is written, and the refusal raises the storage_refused alarm.
         """
         identity = (status.st_dev, status.st_ino)
         with self._identity_lock:
             expected = self._root_identity
-            if expected is None:
+            mounted_late = (expected is not None and identity != expected
+                            and not self._written and os.path.ismount(self.root))
+            if expected is None or mounted_late:
                 self._root_identity = identity
                 log.info("storage.root_opened", root=str(self.root), device=status.st_dev,
                          inode=status.st_ino, mountpoint=os.path.ismount(self.root))
