@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import stat
-import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -46,17 +45,19 @@ from bwc_dock.logs import get_logger
 from bwc_dock.names import safe_name
 from bwc_dock.storage.base import (
     MAX_DOCUMENT_BYTES,
-    DocumentTooLarge,
     MultipartJournal,
     ProgressCallback,
     StorageBackend,
     StoredObject,
 )
-from bwc_dock.storage.folder_root import RootIdentity
+from bwc_dock.storage.folder_root import RootIdentity, check_marker
 from bwc_dock.storage.folder_walk import (
+    LinkRefusals,
     LinkRefused,
     directory_of,
+    files_in,
     open_file,
+    read_bounded,
     split_key,
     storage_errors,
     unlink_quietly,
@@ -73,7 +74,6 @@ DEFAULT_DIRECTORY_MODE = 0o750
 # cut short so name + token + a dock's suffix stays below the 255-byte name limit.
 _NAME_KEPT = 100
 _TOKEN_BYTES = 8
-_REFUSALS_KEPT = 1000  # link refusals remembered for check_reachable (memory bound)
 # Clips go to the NAS in 4 MiB writes: fewer, larger requests over SMB/NFS
 _SEND_CHUNK_SIZE = 4 * 1024 * 1024
 
@@ -105,11 +105,8 @@ class FileBackend(StorageBackend):
             re.DOTALL,
         )
         self._root_identity = RootIdentity(root)
-        self._identity_lock = threading.Lock()  # guards _link_refusals
-        # Keys refused for a link on their way, with the refusal: check_reachable keeps
-        # failing while a link is still there, so the daemon's storage_refused alarm
-        # stays raised until someone removes it (and clears by itself after).
-        self._link_refusals: dict[str, str] = {}
+        # check_reachable keeps failing while a link that refused a write is still there
+        self._link_refusals = LinkRefusals()
 
     @classmethod
     def from_config(cls, config: Config) -> FileBackend:
@@ -137,7 +134,8 @@ class FileBackend(StorageBackend):
                 f"storage folder {self.root} cannot be opened: {error.strerror}"
             ) from error
         try:
-            self._check_marker(fd)  # before the identity: an unmarked folder is never it
+            check_marker(fd, self.root, self.marker)  # before the identity: an unmarked
+            # folder is never the root
             self._root_identity.check(os.fstat(fd))
         except BaseException:
             os.close(fd)
@@ -168,36 +166,6 @@ class FileBackend(StorageBackend):
 
     # -- writing ------------------------------------------------------------------------
 
-    @contextmanager
-    def _watching_links(self, key: str) -> Iterator[None]:
-        """Remember a write refused for a link on its way; forget it once one succeeds."""
-        try:
-            yield
-        except LinkRefused as refused:
-            with self._identity_lock:
-                if len(self._link_refusals) < _REFUSALS_KEPT:
-                    self._link_refusals[key] = str(refused)
-            log.error("storage.link_refused", key=key, error=str(refused))
-            raise
-        with self._identity_lock:
-            self._link_refusals.pop(key, None)
-
-    def _links_still_there(self) -> None:
-        """Raise LinkRefused while a link that refused a write is still on its way."""
-        with self._identity_lock:
-            refused = dict(self._link_refusals)
-        for key, message in refused.items():
-            try:
-                with self._folder_of(key) as (folder, name):
-                    self._exists(folder, name, key)
-            except LinkRefused:
-                raise LinkRefused(f"{message} ({len(refused)} key(s) refused for links;"
-                                  f" remove the link(s) from central storage)") from None
-            except (OSError, PermanentStorageError):
-                pass  # gone, or refused for another reason now: the next write will say
-            with self._identity_lock:
-                self._link_refusals.pop(key, None)
-
     def put_file(
         self,
         key: str,
@@ -216,7 +184,7 @@ class FileBackend(StorageBackend):
             copy_unhashed(source_fd, part_fd, progress, _SEND_CHUNK_SIZE, read_error=OSError)
             return sha256
 
-        with self._watching_links(key), storage_errors(key), self._folder_of(
+        with self._link_refusals.watching(key), storage_errors(key), self._folder_of(
             key, create=True
         ) as (folder, name):
             if self._already_stored(folder, name, key, sha256):
@@ -233,7 +201,7 @@ class FileBackend(StorageBackend):
         self, key: str, data: bytes, metadata: Mapping[str, str], *, replace: bool = False
     ) -> StoredObject:
         sha256 = hashlib.sha256(data).hexdigest()
-        with self._watching_links(key), storage_errors(key), self._folder_of(
+        with self._link_refusals.watching(key), storage_errors(key), self._folder_of(
             key, create=True
         ) as (folder, name):
             if replace:
@@ -254,7 +222,7 @@ class FileBackend(StorageBackend):
             raise PermanentStorageError(f"{key}: nothing stored there to copy to {new_key}",
                                         RefusalKind.MISSING_OBJECT)
         try:
-            with self._watching_links(new_key), storage_errors(new_key), self._folder_of(
+            with self._link_refusals.watching(new_key), storage_errors(new_key), self._folder_of(
                 new_key, create=True
             ) as (folder, name):
                 if self._exists(folder, name, new_key):
@@ -436,14 +404,8 @@ class FileBackend(StorageBackend):
         fd = self._open_stored(key)
         if fd is None:
             return None
-        with storage_errors(key), os.fdopen(fd, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            if size > max_bytes:
-                raise DocumentTooLarge(key, size, max_bytes)
-            content = file.read(max_bytes + 1)  # it may have grown since
-            if len(content) > max_bytes:
-                raise DocumentTooLarge(key, None, max_bytes)
-            return content
+        with storage_errors(key):
+            return read_bounded(fd, key, max_bytes)
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         folder_part, _, name_start = prefix.rpartition("/")
@@ -484,7 +446,7 @@ class FileBackend(StorageBackend):
                 if folders is None:
                     candidates = walk_files(root_fd, "")
                 else:
-                    candidates = self._files_in(root_fd, folders)
+                    candidates = files_in(root_fd, folders)
                 for folder, key in candidates:
                     name = key.rpartition("/")[2]
                     if self._temporary.fullmatch(name):
@@ -494,35 +456,10 @@ class FileBackend(StorageBackend):
                 os.close(root_fd)
         return removed
 
-    def _files_in(self, root_fd: int, folders: Collection[str]) -> Iterator[tuple[int, str]]:
-        """(folder descriptor, key) of the files directly in each of ``folders``."""
-        for folder_key in sorted(folders):
-            parts = split_key(folder_key) if folder_key else []
-            try:
-                with directory_of(root_fd, parts, folder_key or "/") as folder:
-                    with os.scandir(folder) as scan:
-                        names = [entry.name for entry in scan
-                                 if entry.is_file(follow_symlinks=False)]
-                    for name in names:
-                        yield folder, f"{folder_key}/{name}" if folder_key else name
-            except (FileNotFoundError, LinkRefused):
-                continue  # not there (never written, or removed), or not ours to enter
-
-    def _check_marker(self, root_fd: int) -> None:
-        """The marker file the administrator put on the share is in the root: the share
-        is mounted there, not the empty local folder under its mount point."""
-        if not self.marker:
-            return
-        try:
-            status = os.stat(self.marker, dir_fd=root_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            status = None
-        if status is None or not stat.S_ISREG(status.st_mode):
-            raise TransientStorageError(
-                f"storage folder {self.root} holds no {self.marker} file: the NAS is not"
-                f" mounted there (or it is not the evidence share); nothing is written."
-                f" On the share, once: touch {self.root / self.marker}"
-            )
+    def _probe_link(self, key: str) -> None:
+        """Raise LinkRefused while a link is on the way to ``key``."""
+        with self._folder_of(key) as (folder, name):
+            self._exists(folder, name, key)
 
     def _check_mounted(self) -> None:
         if not self.root.is_dir():
@@ -532,7 +469,7 @@ class FileBackend(StorageBackend):
 
     def check_reachable(self) -> None:
         os.close(self._open_root())  # also checks it is still the folder first opened
-        self._links_still_there()
+        self._link_refusals.still_there(self._probe_link)
         if not os.access(self.root, os.W_OK):
             raise PermanentStorageError(
                 f"storage folder {self.root} is not writable", RefusalKind.PERMISSION

@@ -10,10 +10,11 @@ not stable across mounts, so a stored one would refuse a healthy remount.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 
-from bwc_dock.errors import PermanentStorageError, RefusalKind
+from bwc_dock.errors import PermanentStorageError, RefusalKind, TransientStorageError
 from bwc_dock.logs import get_logger
 
 log = get_logger(__name__)
@@ -64,3 +65,20 @@ class RootIdentity:
                 f" central storage lacks), then restart bwc-dock",
                 RefusalKind.ROOT_CHANGED,
             )
+
+
+def check_marker(root_fd: int, root: Path, marker: str) -> None:
+    """The marker file the administrator put on the share is in the root: the share is
+    mounted there, not the empty local folder under its mount point ("" = not checked)."""
+    if not marker:
+        return
+    try:
+        status = os.stat(marker, dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        status = None
+    if status is None or not stat.S_ISREG(status.st_mode):
+        raise TransientStorageError(
+            f"storage folder {root} holds no {marker} file: the NAS is not mounted there"
+            f" (or it is not the evidence share); nothing is written. On the share,"
+            f" once: touch {root / marker}"
+        )

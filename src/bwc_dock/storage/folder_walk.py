@@ -14,7 +14,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from bwc_dock.errors import (
     is_transient,
 )
 from bwc_dock.logs import get_logger
+from bwc_dock.storage.base import DocumentTooLarge
 
 log = get_logger(__name__)
 
@@ -39,6 +41,48 @@ class LinkRefused(PermanentStorageError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, RefusalKind.LINK_REFUSED)
+
+
+_REFUSALS_KEPT = 1000  # link refusals remembered for check_reachable (memory bound)
+
+
+class LinkRefusals:
+    """Keys whose write was refused for a link on their way, with the refusal: the
+    store's check keeps failing while a link is still there, so the daemon's
+    storage_refused alarm stays raised until someone removes it (and clears after)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refused: dict[str, str] = {}
+
+    @contextmanager
+    def watching(self, key: str) -> Iterator[None]:
+        """Remember a write refused for a link on its way; forget it once one succeeds."""
+        try:
+            yield
+        except LinkRefused as refused:
+            with self._lock:
+                if len(self._refused) < _REFUSALS_KEPT:
+                    self._refused[key] = str(refused)
+            log.error("storage.link_refused", key=key, error=str(refused))
+            raise
+        with self._lock:
+            self._refused.pop(key, None)
+
+    def still_there(self, probe: Callable[[str], None]) -> None:
+        """Raise LinkRefused while ``probe`` (walking to a refused key) still meets a link."""
+        with self._lock:
+            refused = dict(self._refused)
+        for key, message in refused.items():
+            try:
+                probe(key)
+            except LinkRefused:
+                raise LinkRefused(f"{message} ({len(refused)} key(s) refused for links;"
+                                  f" remove the link(s) from central storage)") from None
+            except (OSError, PermanentStorageError):
+                pass  # gone, or refused for another reason now: the next write will say
+            with self._lock:
+                self._refused.pop(key, None)
 
 
 def split_key(key: str) -> list[str]:
@@ -200,6 +244,33 @@ def _sorted_entries(directory_fd: int, prefix: str,
             else:
                 log.warning("storage.list.special_file_skipped", key=prefix + entry.name)
     return sorted(entries)
+
+
+def files_in(root_fd: int, folders: Collection[str]) -> Iterator[tuple[int, str]]:
+    """(folder descriptor, key) of the regular files directly in each of ``folders``
+    (keys, "" = the root); a folder missing or reached through a link is skipped."""
+    for folder_key in sorted(folders):
+        parts = split_key(folder_key) if folder_key else []
+        try:
+            with directory_of(root_fd, parts, folder_key or "/") as folder:
+                with os.scandir(folder) as scan:
+                    names = [entry.name for entry in scan if entry.is_file(follow_symlinks=False)]
+                for name in names:
+                    yield folder, f"{folder_key}/{name}" if folder_key else name
+        except (FileNotFoundError, LinkRefused):
+            continue
+
+
+def read_bounded(fd: int, key: str, max_bytes: int) -> bytes:
+    """All of the open file ``fd`` (closed after), refused when over ``max_bytes``."""
+    with os.fdopen(fd, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > max_bytes:
+            raise DocumentTooLarge(key, size, max_bytes)
+        content = file.read(max_bytes + 1)  # it may have grown since
+    if len(content) > max_bytes:
+        raise DocumentTooLarge(key, None, max_bytes)
+    return content
 
 
 def unlink_quietly(folder: int, name: str) -> None:
