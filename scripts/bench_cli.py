@@ -117,6 +117,7 @@ def _make_dock(root: Path) -> Path:
     """A config, a central folder, and a ledger holding a few ingested clips."""
     central = root / "central"
     central.mkdir()
+    (central / ".bwc-dock-store").touch()  # the share's marker file
     camera = root / "camera" / "DCIM"
     camera.mkdir(parents=True)
     for number in range(5):

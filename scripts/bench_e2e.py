@@ -112,6 +112,7 @@ def settle() -> None:
 
 def write_config(dock: Path, watch_dir: Path | None = None) -> Path:
     (dock / "nas").mkdir(parents=True, exist_ok=True)
+    (dock / "nas" / ".bwc-dock-store").touch()  # the share's marker file
     watch = f'"{watch_dir}"' if watch_dir else ""
     config = dock / "config.toml"
     config.write_text(

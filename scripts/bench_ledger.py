@@ -92,6 +92,7 @@ main()
 
 def write_config(dock: Path, watch_dir: Path | None = None) -> Path:
     (dock / "nas").mkdir(parents=True, exist_ok=True)
+    (dock / "nas" / ".bwc-dock-store").touch()  # the share's marker file
     config = dock / "config.toml"
     watch = f'"{watch_dir}"' if watch_dir else ""
     config.write_text(

@@ -55,6 +55,7 @@ def main() -> int:
 def write_config() -> Path:
     for folder in ("state", "central", "watch"):
         (DEMO / folder).mkdir(parents=True, exist_ok=True)
+    (DEMO / "central" / ".bwc-dock-store").touch()  # the share's marker file
     config = DEMO / "config.toml"
     config.write_text(f"""\
 [dock]

@@ -98,6 +98,7 @@ class Dock:
                 base.setdefault(name, {}).update(values)
         self.settings = base
         self.nas.mkdir(parents=True, exist_ok=True)
+        (self.nas / ".bwc-dock-store").touch()  # what an admin puts on the share once
         self.watch_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(toml_document(base))
 
@@ -208,6 +209,7 @@ def central_objects(nas: Path) -> dict[str, str]:
         if path.is_file()
         and not path.name.endswith(".json")
         and not path.name.startswith("SHA256SUMS")
+        and path.name != ".bwc-dock-store"
     }
 
 

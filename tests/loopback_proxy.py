@@ -31,6 +31,12 @@ from types import TracebackType
 from typing import BinaryIO
 
 MAX_HEAD = 64 * 1024
+_NOT_IMPLEMENTED_BODY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented'
+                         b"</Code><Message>A header you provided implies functionality that"
+                         b" is not implemented</Message></Error>")
+NOT_IMPLEMENTED_REPLY = (b"HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\n"
+                         b"Content-Length: " + str(len(_NOT_IMPLEMENTED_BODY)).encode()
+                         + b"\r\nConnection: close\r\n\r\n" + _NOT_IMPLEMENTED_BODY)
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,8 @@ class Faults:
 
     flip_body: Mapping[tuple[str, int], int] = field(default_factory=dict)
     drop_reply: Collection[tuple[str, int]] = ()
+    # answered by the proxy itself with 501 NotImplemented, never forwarded
+    not_implemented: Collection[tuple[str, int]] = ()
 
 
 @dataclass
@@ -52,6 +60,7 @@ class RequestRecord:
     flipped: bool = False
     reply_dropped: bool = False
     status: int | None = None  # the server's status code, None if none came
+    header_names: frozenset[str] = frozenset()  # lowercased
 
 
 class LoopbackProxy:
@@ -122,6 +131,11 @@ class LoopbackProxy:
             client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = bytearray(_read_exactly(reader, int(lowered.get("content-length", "0"))))
         record = self._record(method, target, len(body))
+        record.header_names = frozenset(lowered)
+        if (method, record.ordinal) in self.faults.not_implemented:
+            record.status = 501
+            client.sendall(NOT_IMPLEMENTED_REPLY)
+            return
         offset = self.faults.flip_body.get((method, record.ordinal))
         if offset is not None and offset < len(body):
             body[offset] ^= 0xFF

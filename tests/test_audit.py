@@ -288,3 +288,20 @@ def test_export_defuses_spreadsheet_formulas_in_camera_names(dock: Dock, tmp_pat
     rows = list(csv.DictReader(io.StringIO(dock.cli("audit", "export", "--format", "csv").stdout)))
     assert rows
     assert {row["source_path"] for row in rows} == {"'" + clip["source_path"]}
+
+
+def test_a_fresh_ledger_under_a_renamed_dock_does_not_pass_with_no_anchors(
+    dock: Dock,
+) -> None:
+    """The ledger thrown away and the dock renamed: audit verify --remote finds no anchor
+    of the new name, says so with the docks whose anchors are there, and exits 1."""
+    offload(dock)
+    dock.ledger_path.unlink()
+    dock.write_config(dock={"id": "dock-renamed"})
+
+    result = dock.cli("audit", "verify", "--remote", "--json", check=False)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    [problem] = json.loads(result.stdout)["problems"]
+    assert "holds no anchor of dock dock-renamed" in problem["problem"]
+    assert "'dock-test'" in problem["problem"]

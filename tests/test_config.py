@@ -76,13 +76,27 @@ def test_config_check_warns_about_templates_that_are_not_fleet_safe(
     dock: Dock, template: str, warnings: list[str]
 ) -> None:
     """A key template that can collide or duplicate across docks is a warning, not an error."""
-    dock.write_config(storage={"key_template": template})
+    dock.write_config(storage={"key_template": template, "single_dock": True})
     result = dock.cli("config", "check")
     lines = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(lines) == len(warnings)
     for line, expected in zip(lines, warnings, strict=True):
         assert line.startswith("warning: storage.key_template: ")
         assert expected in line
+
+
+def test_a_template_that_collides_across_docks_is_refused_unless_single_dock(
+    dock: Dock,
+) -> None:
+    """The old {clip_id}_{name} template is a configuration error (exit 2) for a dock
+    that shares its store; single_dock = true accepts it with a warning."""
+    dock.write_config(storage={"key_template": "{camera}/{clip_id}_{name}"})
+    refused = dock.cli("config", "check", check=False)
+    assert refused.returncode == 2
+    assert "storage.key_template: has neither {sha16}/{sha256} nor {dock}" in refused.stderr
+    dock.write_config(storage={"key_template": "{camera}/{clip_id}_{name}",
+                               "single_dock": True})
+    assert dock.cli("config", "check").returncode == 0
 
 
 def test_usb_ids_are_normalised(dock: Dock) -> None:

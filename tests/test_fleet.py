@@ -305,6 +305,7 @@ def fleet_of_two(tmp_path: Path, storage: dict[str, object] | None = None) -> li
     """Docks A and B with their own ledgers and dock ids, sharing one central store."""
     shared = tmp_path / "central"
     shared.mkdir()
+    (shared / ".bwc-dock-store").touch()  # the share's marker file
     docks = []
     for name in ("dock-a", "dock-b"):
         dock = Dock(tmp_path / name, extra_environment=dict(FAST_PUBLISHING))
@@ -501,6 +502,8 @@ def test_fleet_path_publishes_beside_the_evidence_share_not_on_it(tmp_path: Path
     evidence, status_share = tmp_path / "evidence", tmp_path / "status"
     evidence.mkdir()
     status_share.mkdir()
+    for share in (evidence, status_share):
+        (share / ".bwc-dock-store").touch()  # each share's marker file
     config = parse_config(
         {
             "dock": {"id": "dock-01", "state_dir": str(tmp_path / "state")},
@@ -514,7 +517,7 @@ def test_fleet_path_publishes_beside_the_evidence_share_not_on_it(tmp_path: Path
         encode(status_document(daemon_status(), [], now=NOW, interval_seconds=60))
     )
     assert (status_share / "_fleet" / "dock-01.json").is_file()
-    assert list(evidence.iterdir()) == []
+    assert [path.name for path in evidence.iterdir()] == [".bwc-dock-store"]
     with pytest.raises(ConfigError, match=r"fleet\.bucket: only with storage\.backend"):
         parse_config({"storage": {"path": str(evidence)}, "fleet": {"bucket": "status"}})
     disabled = parse_config({"storage": {"path": str(evidence)}, "fleet": {"enabled": False}})

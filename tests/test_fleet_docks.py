@@ -42,6 +42,10 @@ class CentralStore(Protocol):
         """Put other bytes under a key, as someone with write access could."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Remove a key, as a person reviewing a conflict may decide to."""
+        ...
+
 
 @dataclass
 class FolderStore:
@@ -49,6 +53,7 @@ class FolderStore:
 
     def configure(self, dock: Dock, dock_id: str) -> None:
         self.root.mkdir(exist_ok=True)
+        (self.root / ".bwc-dock-store").touch()  # the share's marker file
         dock.write_config(dock={"id": dock_id}, storage={"path": str(self.root)})
 
     def objects(self, serial: str) -> dict[str, str]:
@@ -64,6 +69,9 @@ class FolderStore:
 
     def write(self, key: str, data: bytes) -> None:
         (self.root / key).write_bytes(data)
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink()
 
 
 @dataclass
@@ -111,6 +119,9 @@ class S3Store:
 
     def write(self, key: str, data: bytes) -> None:
         self.server.client().put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+
+    def delete(self, key: str) -> None:
+        self.server.client().delete_object(Bucket=self.bucket, Key=self.prefix + key)
 
 
 @dataclass
@@ -270,7 +281,8 @@ def test_the_same_camera_at_both_docks_at_once_is_stored_once(fleet: Fleet) -> N
 def test_a_flipped_byte_under_a_content_key_is_a_conflict_kept_by_resync(fleet: Fleet) -> None:
     """A central object altered after A stored it: B, offloading the same card, reports an
     integrity conflict and overwrites nothing; resync at B keeps the altered bytes under
-    _conflicts/<key>.<their sha256> and puts the evidence back."""
+    _conflicts/<key>.<their sha256> and leaves them; once a person removed them, resync
+    puts the evidence back."""
     camera, expected = fleet.new_camera("FLIP01", seed=41)
     docked = fleet.dock_at(fleet.a, camera)
     at_a = offloaded(fleet.a, "FLIP01", len(clip_hashes(expected)))
@@ -295,6 +307,10 @@ def test_a_flipped_byte_under_a_content_key_is_a_conflict_kept_by_resync(fleet: 
     assert flipped_sha256 in error and victim["sha256"] in error
     assert fleet.store.read(victim["remote_key"]) == bytes(flipped)  # never overwritten
 
+    kept_only = fleet.b.cli("resync", "--camera", "FLIP01", "--json", check=False)
+    assert kept_only.returncode == 1, kept_only.stdout
+    assert fleet.store.read(victim["remote_key"]) == bytes(flipped)  # never removed
+    fleet.store.delete(victim["remote_key"])  # a person's decision, after review
     report = json.loads(fleet.b.cli("resync", "--camera", "FLIP01", "--json").stdout)
     assert report["ok"], report
     wait_until(

@@ -79,6 +79,7 @@ def _open_rig(tmp_path: Path, clip_size: int, upload_workers: int = 1) -> _Rig:
     expected = make_camera(camera, [clip_size], sidecars=False)
     nas = tmp_path / "nas"
     nas.mkdir()
+    (nas / ".bwc-dock-store").touch()  # the share's marker file
     config = parse_config({"dock": {"id": "t", "state_dir": str(tmp_path / "state"),
                                     "staging_reserve_mb": 0, "upload_workers": upload_workers},
                            "storage": {"path": str(nas)}})

@@ -182,7 +182,7 @@ def test_a_refused_manifest_keeps_its_clip_from_counting_as_uploaded(dock: Dock)
     """Storage refuses a clip's custody record (a folder in its way): the clip stays staged
     and pending, ingest exits 1; with the way clear it is uploaded with its manifest."""
     # a fixed template, so the test knows the manifest's key without the product's help
-    dock.write_config(storage={"key_template": "{camera}/{name}",
+    dock.write_config(storage={"key_template": "{camera}/{name}", "single_dock": True,
                                "permanent_error_backoff_seconds": 0.5})
     camera = dock.root / "card"
     (camera / "DCIM").mkdir(parents=True)

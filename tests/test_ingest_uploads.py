@@ -42,6 +42,7 @@ def test_ingest_wait_uploads_two_clips_at_once(tmp_path: Path) -> None:
         }
     )
     (tmp_path / "nas").mkdir()
+    (tmp_path / "nas" / ".bwc-dock-store").touch()  # the share's marker file
     ledger = Ledger.open(config, "test")
     backend = open_backend(config)
     volume = DockedVolume("ingest", str(camera), camera, "CAM1")
@@ -110,6 +111,7 @@ def test_ingest_wait_does_not_read_the_whole_folder_per_upload(tmp_path: Path) -
         "storage": {"path": str(tmp_path / "nas")},
     })
     (tmp_path / "nas").mkdir()
+    (tmp_path / "nas" / ".bwc-dock-store").touch()  # the share's marker file
     ledger = _CountingLedger.open(config, "test")
     assert isinstance(ledger, _CountingLedger)
     backend = open_backend(config)

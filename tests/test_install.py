@@ -185,6 +185,13 @@ def test_install_twice_is_idempotent_and_keeps_local_changes(source: Path, root:
     assert machine_unit.exists() == machine_unit_existed
 
 
+def test_installed_unit_requires_the_nas_mount(root: Path) -> None:
+    """The installer gives bwc-dock.service RequiresMountsFor= for the config's NAS folder."""
+    dropin = root / "etc/systemd/system/bwc-dock.service.d/storage-mount.conf"
+    assert dropin.read_text().splitlines()[1:] == ["[Unit]", "RequiresMountsFor=/mnt/evidence"]
+    assert mode(dropin) == 0o644
+
+
 def test_installed_unit_verifies_against_the_installed_program(root: Path, tmp_path: Path) -> None:
     """systemd-analyze verify accepts the installed unit run by the installed console script."""
     realparts.need_command("systemd-analyze")

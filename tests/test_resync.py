@@ -215,19 +215,23 @@ def squat_on_the_key(dock: Dock) -> tuple[dict[str, Any], Path, Path]:
     return clip, squatter, aside
 
 
-def test_quarantined_clip_keeps_the_other_bytes_aside_then_is_released(dock: Dock) -> None:
+def test_quarantined_clip_keeps_the_other_bytes_aside_and_never_removes_them(
+    dock: Dock,
+) -> None:
     """Other bytes under the clip's key quarantine it; resync copies them to _conflicts/
-    (audited), then removes them from the key and uploads the evidence."""
+    (audited) and leaves them under the key (they may be another dock's): exit 1."""
     clip, squatter, aside = squat_on_the_key(dock)
 
-    report = resync(dock)
+    report = resync(dock, expect=1)
 
-    assert [a["kind"] for a in report["actions"]] == ["quarantined"]
-    assert dock.clips()[0]["state"] == "uploaded"
-    assert squatter.read_bytes() == b"the evidence"
+    [problem] = report["unrepairable"]
+    assert "is left as it is" in problem["problem"]
+    assert dock.clips()[0]["state"] == "quarantined"
+    assert squatter.read_bytes() == b"not the evidence"
     assert aside.read_bytes() == b"not the evidence"
     events = _audit_events(dock, clip["id"])
-    assert events.index("object.conflict_kept") < events.index("central.wrong_object_removed")
+    assert "object.conflict_kept" in events
+    assert "central.wrong_object_removed" not in events
     [kept] = _audit_details(dock, clip["id"], "object.conflict_kept")
     assert kept == {
         "key": str(squatter.relative_to(dock.nas)),
@@ -255,7 +259,7 @@ def test_a_store_that_refuses_to_remove_the_other_bytes_leaves_the_clip_unrepair
     [problem] = report["unrepairable"]
     assert problem["clip_id"] == clip["id"]
     assert "tampering or corruption" in problem["problem"]
-    assert "refuses to remove" in problem["problem"]
+    assert "is left as it is" in problem["problem"]
     assert squatter.read_bytes() == b"not the evidence"
     assert aside.read_bytes() == b"not the evidence"
     assert dock.clips()[0]["state"] == "quarantined"
@@ -266,7 +270,7 @@ def test_a_wrong_object_under_an_uploaded_clips_key_is_kept_aside_not_deleted(
     dock: Dock,
 ) -> None:
     """Central bytes flipped under an uploaded clip's key: resync keeps them under
-    _conflicts/<key>.<their sha256> before it uploads the evidence again."""
+    _conflicts/<key>.<their sha256> and leaves them under the key (exit 1)."""
     camera = dock.root / "card"
     make_camera(camera, [3000, 4000], sidecars=False)
     clips = offload(dock, camera, "X1")
@@ -276,10 +280,10 @@ def test_a_wrong_object_under_an_uploaded_clips_key_is_kept_aside_not_deleted(
     flipped.write_bytes(bytes(data))
     their_sha256 = hashlib.sha256(data).hexdigest()
 
-    report = resync(dock)
+    report = resync(dock, expect=1)
 
-    assert report["ok"] and report["uploaded"] == 1
-    assert sha256_of(flipped) == clips[0]["sha256"]
+    assert not report["ok"] and report["uploaded"] == 0
+    assert flipped.read_bytes() == bytes(data)  # never removed
     kept = dock.nas / "_conflicts" / f"{clips[0]['remote_key']}.{their_sha256}"
     assert kept.read_bytes() == bytes(data)
     [requeue] = [e for e in report["plan"] if e["repair"] == "requeue"]
@@ -329,9 +333,9 @@ def test_leftovers_of_interrupted_uploads_are_removed(dock: Dock) -> None:
     camera = dock.root / "card"
     make_camera(camera, [1000], sidecars=False)
     offload(dock, camera, "X1")
-    leftover = dock.nas / "X1" / "half.MP4.dock-test.part"
+    leftover = dock.nas / "X1" / "half.MP4.0123456789abcdef.dock-test.part"
     leftover.write_bytes(b"half an upload")
-    other_dock = dock.nas / "X1" / "half.MP4.dock-other.part"
+    other_dock = dock.nas / "X1" / "half.MP4.0123456789abcdef.dock-other.part"
     other_dock.write_bytes(b"another dock's upload in progress")
 
     report = resync(dock)

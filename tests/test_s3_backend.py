@@ -449,3 +449,19 @@ def test_bandwidth_limit_paces_the_upload(backend: S3Backend, tmp_path: Path) ->
     elapsed = time.monotonic() - started
     assert elapsed > LARGE / 4e6 - 0.5
     assert backend.read_sha256("cam1/clip.mp4") == sha256
+
+
+def test_one_not_implemented_answer_keeps_writes_create_only(
+    seaweedfs: SeaweedServer, s3_bucket: str, credentials: None
+) -> None:
+    """One NotImplemented answer to a create-only PUT fails that write as transient; it
+    does not turn If-None-Match off: the next write still carries it."""
+    faults = Faults(not_implemented={("PUT", 1)})
+    with LoopbackProxy(seaweedfs.ports["s3.port"], faults) as proxy:
+        store = backend_via(proxy, seaweedfs.storage_config(s3_bucket))
+        with pytest.raises(TransientStorageError, match="NotImplemented"):
+            store.put_bytes("docs/a.json", b"{}", {})
+        store.put_bytes("docs/b.json", b"{}", {})
+    puts = proxy.matching("PUT")
+    assert [put.status for put in puts] == [501, 200]
+    assert all("if-none-match" in put.header_names for put in puts)

@@ -184,3 +184,36 @@ def test_hand_run_ingest_stops_with_a_reason_when_staging_stays_full(
 
     assert done.returncode == 1
     assert "staging full" in done.stderr
+
+
+def test_a_clip_beyond_reach_of_purging_purges_nothing(
+    dock: Dock, small_staging: Path
+) -> None:
+    """A 30 MiB sparse clip on a 40 MiB staging filesystem that other files fill by half:
+    purging every retained copy would not make room, so none is purged (copying waits)."""
+    need_command("truncate")
+    staging = small_staging / "staging"
+    (small_staging / "other-use.bin").write_bytes(b"\x01" * 20 * MIB)  # not bwc-dock's
+    dock.write_config(dock={"staging_dir": str(staging), "staging_reserve_mb": 4})
+    first = dock.root / "first"
+    make_camera(first, [5 * MIB, 5 * MIB + 1], sidecars=False)
+    second = dock.root / "second" / "DCIM"
+    second.mkdir(parents=True)
+    subprocess.run(["truncate", "-s", str(30 * MIB), str(second / "BIG.MP4")], check=True)
+    daemon = dock.start_daemon()
+    try:
+        first.rename(dock.watch_dir / "R1")
+        wait_until(lambda: [c["state"] for c in dock.clips("--camera", "R1")] == ["uploaded"] * 2,
+                   timeout=120, message="the first camera uploaded")
+        kept = staged_files(staging)
+        second.parent.rename(dock.watch_dir / "R2")
+        wait_until(lambda: any(e.get("event") == "staging.purge_declined"
+                               for e in dock.log_events()),
+                   timeout=120, message="the purge declined")
+    finally:
+        assert dock.stop_daemon(daemon) == 0
+    assert len(kept) == 2
+    assert kept <= staged_files(staging)  # nothing retention keeps was purged
+    with sqlite3.connect(dock.ledger_path) as connection:
+        assert connection.execute(
+            "SELECT count(*) FROM clips WHERE staged_purged_at IS NOT NULL").fetchone() == (0,)

@@ -145,14 +145,14 @@ def test_cleanup_of_leftovers_enters_no_link(nas: Path, outside: Path) -> None:
     """cleanup_partials removes this dock's leftover .part files in the store, and none
     reached through a symlinked folder (which may be anyone's folder, anywhere)."""
     (nas / "CAM1").mkdir()
-    (nas / "CAM1/clip.mp4.0123.dock-a.part").write_bytes(b"ours")
-    (nas / "CAM1/clip.mp4.0123.dock-b.part").write_bytes(b"another dock's")
-    (outside / "x.mp4.0123.dock-a.part").write_bytes(b"not in the store")
+    (nas / "CAM1/clip.mp4.0123456789abcdef.dock-a.part").write_bytes(b"ours")
+    (nas / "CAM1/clip.mp4.0123456789abcdef.dock-b.part").write_bytes(b"another dock's")
+    (outside / "x.mp4.0123456789abcdef.dock-a.part").write_bytes(b"not in the store")
     (nas / "CAM2").symlink_to(outside)
     assert FileBackend(nas, "dock-a").cleanup_partials() == 1
     assert sorted(path.name for path in (nas / "CAM1").iterdir()) == [
-        "clip.mp4.0123.dock-b.part"]
-    assert (outside / "x.mp4.0123.dock-a.part").read_bytes() == b"not in the store"
+        "clip.mp4.0123456789abcdef.dock-b.part"]
+    assert (outside / "x.mp4.0123456789abcdef.dock-a.part").read_bytes() == b"not in the store"
 
 
 def test_check_reachable_fails_while_a_refused_link_is_there(

@@ -178,6 +178,7 @@ def test_unit_declares_the_service_contract() -> None:
     assert unit["DevicePolicy"] == ["closed"]
     assert unit["ProtectSystem"] == ["strict"]
     assert unit["NoNewPrivileges"] == ["yes"]
+    assert unit["MemoryMax"] == ["1G"]  # a planted giant read back cannot eat the PC
 
 
 def test_daemon_holds_no_privilege_to_mount() -> None:

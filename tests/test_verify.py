@@ -53,8 +53,9 @@ def test_intact_copies_verify_and_leave_an_audit_event_each(dock: Dock) -> None:
 def test_deleted_and_corrupted_central_objects_are_found_and_repaired_by_resync(
     dock: Dock,
 ) -> None:
-    """verify --remote names a deleted and a corrupted object; resync restores both from
-    staging; verify --remote then passes."""
+    """verify --remote names a deleted and a corrupted object; resync restores the deleted
+    one from staging and leaves the corrupted one for a person; once that person removed
+    it, resync restores it too and verify --remote passes."""
     clips = offloaded(dock, [5000, 6000, 7000])
     deleted, corrupted = dock.nas / clips[0]["remote_key"], dock.nas / clips[1]["remote_key"]
     deleted.unlink()
@@ -74,10 +75,13 @@ def test_deleted_and_corrupted_central_objects_are_found_and_repaired_by_resync(
     human = dock.cli("verify", "--remote", check=False)
     assert human.returncode == 1 and human.stderr.count("MISMATCH") == 2
 
+    assert dock.cli("resync", check=False).returncode == 1  # the other bytes stay
+    assert sha256_of(deleted) == clips[0]["sha256"]
+    assert corrupted.read_bytes() == bytes(content)
+    corrupted.unlink()  # the person's decision, after reviewing the copy kept aside
     dock.cli("resync")
 
     assert verify(dock, "--remote", expect=0)["remote_checked"] == 3
-    assert sha256_of(deleted) == clips[0]["sha256"]
     assert sha256_of(corrupted) == clips[1]["sha256"]
 
 
@@ -163,6 +167,8 @@ def test_on_seaweedfs_deleted_and_corrupted_objects_are_found_and_repaired(
         (clips[0]["id"], "missing"),
         (clips[1]["id"], "content differs from the ledger hash"),
     }
+    assert dock.cli("resync", check=False).returncode == 1  # the forged bytes stay
+    client.delete_object(Bucket=s3_bucket, Key="bwc/" + clips[1]["remote_key"])  # a person
     dock.cli("resync")
     assert verify(dock, "--remote", expect=0)["remote_checked"] == 3
     forged_sha256 = hashlib.sha256(b"forged").hexdigest()

@@ -88,14 +88,15 @@ def clear_camera(ledger: Ledger, camera_serial: str, writable_root: Path, device
         return 0
     cleared = 0
     for work in clearable(ledger, camera_serial):
-        paths = [
-            (work.source_path_raw, work.size),
-            *((s.source_path_raw, s.size) for s in work.sidecars),
+        # the ledger keeps a sidecar's size only in what workers see: its mtime is not checked
+        paths: list[tuple[bytes, int, int | None]] = [
+            (work.source_path_raw, work.size, work.mtime_ns),
+            *((s.source_path_raw, s.size, None) for s in work.sidecars),
         ]
         removed = [
             display_path(raw)
-            for raw, size in paths
-            if _unlink_if_unchanged(writable_root, raw, size)
+            for raw, size, mtime_ns in paths
+            if _unlink_if_unchanged(writable_root, raw, size, mtime_ns)
         ]
         ledger.mark_cleared(work, {"device": device, "deleted": removed})
         log.info(
@@ -128,12 +129,15 @@ def clear_when_verified(ledger: Ledger, volume: DockedVolume, source: Source) ->
     return True
 
 
-def _unlink_if_unchanged(root: Path, source_path_raw: bytes, size: int) -> bool:
-    """Unlink a camera file only if it is still the regular file of that size."""
+def _unlink_if_unchanged(root: Path, source_path_raw: bytes, size: int,
+                         mtime_ns: int | None) -> bool:
+    """Unlink a camera file only if it is still the regular file of that size and (when
+    given) mtime: a file rewritten since it was copied is new evidence, never deleted."""
     try:
         with parent_directory(root, source_path_raw) as (directory_fd, name):
             entry = os.stat(name, dir_fd=directory_fd, follow_symlinks=False)
-            if not stat.S_ISREG(entry.st_mode) or entry.st_size != size:
+            changed = mtime_ns is not None and entry.st_mtime_ns != mtime_ns
+            if not stat.S_ISREG(entry.st_mode) or entry.st_size != size or changed:
                 log.warning("clear.file_changed", path=display_path(source_path_raw))
                 return False
             os.unlink(name, dir_fd=directory_fd)

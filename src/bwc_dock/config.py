@@ -41,6 +41,7 @@ DEFAULT_CLIP_GLOBS = (
     "**/*.wmv",
 )
 DEFAULT_SIDECAR_GLOBS = ("*",)
+DEFAULT_STORE_MARKER = ".bwc-dock-store"
 # Content-addressed: built only from what every dock agrees on, so the same content from
 # the same camera has the same key at every dock and different content never shares one.
 DEFAULT_KEY_TEMPLATE = "{camera}/{recorded:%Y/%m/%d}/{stem}.{sha16}{ext}"
@@ -98,6 +99,12 @@ class StorageConfig(_Section):
     # file backend; the folder must exist (bwc-dock never creates the NAS root)
     path: Path | None = None
     path_must_be_mountpoint: bool = False
+    # a file the administrator puts once in the share's folder: no upload goes to a
+    # folder without it (the NAS not mounted, or the wrong share); "" turns the check off
+    store_marker: str = DEFAULT_STORE_MARKER
+    # this dock alone writes to this store: only then may key_template leave out both
+    # the content ({sha16}/{sha256}) and the dock ({dock}), whose keys collide across docks
+    single_dock: bool = False
     # modes of what the file backend creates there (explicit: never the umask's)
     file_mode: int = Field(default=0o640, ge=0, le=0o777)
     directory_mode: int = Field(default=0o750, ge=0, le=0o777)
@@ -130,6 +137,14 @@ class StorageConfig(_Section):
             raise ValueError(problem)
         return value
 
+    @field_validator("store_marker")
+    @classmethod
+    def _marker_is_a_name(cls, value: str) -> str:
+        if value and ("/" in value or "\x00" in value or value in (".", "..")
+                      or value.endswith(".part")):
+            raise ValueError(f"not a file name in the storage folder: {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _backend_keys(self) -> StorageConfig:
         if self.backend == "file" and self.path is None:
@@ -140,6 +155,13 @@ class StorageConfig(_Section):
             raise ValueError(
                 "endpoint_url: http:// is not encrypted and its answers can be forged on the"
                 " way; use https://, or set storage.allow_plaintext = true (a store on this host)"
+            )
+        if not self.single_dock and key_template_collides(self.key_template):
+            raise ValueError(
+                "key_template: has neither {sha16}/{sha256} nor {dock}, so two docks give"
+                " different clips the same key (the second is refused, or a resync takes"
+                " the first for tampering); use the default template, or set"
+                " single_dock = true if no other dock writes to this store"
             )
         return self
 
@@ -185,6 +207,12 @@ def key_template_problem(template: str) -> str | None:
     if any(part in ("", ".", "..") for part in key.split("/")):
         return f"makes keys with an empty, '.' or '..' part (e.g. {key!r})"
     return None
+
+
+def key_template_collides(template: str) -> bool:
+    """Whether keys from ``template`` can name different content at two docks."""
+    fields = key_template_fields(template)
+    return not fields & CONTENT_FIELDS and "dock" not in fields
 
 
 def key_template_risks(template: str) -> list[str]:

@@ -31,13 +31,13 @@ from typing import Any
 
 import structlog
 
-from bwc_dock.errors import StorageError
+from bwc_dock.errors import PermanentStorageError, StorageConflict, StorageError
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.audit import find_break
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.ledger.snapshots import ClipWork, DockingClocks
 from bwc_dock.names import safe_name
-from bwc_dock.storage.base import StorageBackend
+from bwc_dock.storage.base import DocumentTooLarge, StorageBackend
 
 log = structlog.get_logger(__name__)
 
@@ -119,7 +119,17 @@ _VERSION = re.compile(r"\.v(?P<version>[1-9][0-9]*)")
 def stored_sums_current(backend: StorageBackend, sums: DockingSums) -> bool:
     """Whether the newest stored version of the docking's list is the ledger's list."""
     versions = sums_versions(backend, sums.key)
-    return bool(versions) and backend.read_bytes(versions[-1][1]) == sums.content
+    return bool(versions) and _stored_list(backend, versions[-1][1]) == sums.content
+
+
+def _stored_list(backend: StorageBackend, key: str) -> bytes | None:
+    """A stored list's content; None when missing or too large to be one of ours (a
+    planted giant is never read whole: the list goes beside it as the next version)."""
+    try:
+        return backend.read_bytes(key)
+    except DocumentTooLarge as error:
+        log.warning("custody.sums_too_large", key=key, error=str(error))
+        return None
 
 
 def write_docking_sums(ledger: Ledger, backend: StorageBackend, docking_id: int) -> str | None:
@@ -136,7 +146,7 @@ def write_docking_sums(ledger: Ledger, backend: StorageBackend, docking_id: int)
         if sums is None:
             return None
         versions = sums_versions(backend, sums.key)
-        if versions and backend.read_bytes(versions[-1][1]) == sums.content:
+        if versions and _stored_list(backend, versions[-1][1]) == sums.content:
             key = versions[-1][1]
         else:
             key = f"{sums.key}.v{versions[-1][0] + 1}" if versions else sums.key
@@ -153,9 +163,11 @@ def anchor_dockings(ledger: Ledger, backend: StorageBackend, budget_seconds: flo
 
     The uploader writes a docking's list when its last clip is stored; this catches a
     daemon killed at that moment or a store that refused the write. A storage error
-    ends the round (the store is down), and so does ``budget_seconds``: the daemon's
-    main loop (its watchdog pings) must not wait on a long catch-up. The next round
-    goes on where this one stopped.
+    ends the round when it may heal (the store is down), and so does ``budget_seconds``:
+    the daemon's main loop (its watchdog pings) must not wait on a long catch-up. The
+    next round goes on where this one stopped. A refusal of one docking's list (its name
+    taken by something unwritable) is logged and the next docking is anchored: one bad
+    name never holds back the anchors of every later docking.
     """
     deadline = time.monotonic() + budget_seconds
     written = 0
@@ -164,6 +176,9 @@ def anchor_dockings(ledger: Ledger, backend: StorageBackend, budget_seconds: flo
             break
         try:
             write_docking_sums(ledger, backend, docking_id)
+        except (PermanentStorageError, StorageConflict) as error:
+            log.error("custody.sums_refused", docking=docking_id, error=str(error))
+            continue
         except StorageError as error:
             log.warning("custody.sums_failed", docking=docking_id, error=str(error))
             break
@@ -256,7 +271,10 @@ def check_anchors(ledger: Ledger, backend: StorageBackend) -> AnchorReport:
         {clip.id: clip for clip in ledger.clips()},
     )
     patterns = _Patterns.of(ledger.dock_id)
+    other_docks: set[str] = set()
     for key in backend.list_keys(""):
+        if (anchor := _ANY_ANCHOR.search(key)) is not None:
+            other_docks.add(anchor["dock"] or anchor["sums_dock"])
         if (manifest := patterns.manifest.match(key)) is not None:
             _check_manifest(check, key, int(manifest["clip_id"]), manifest["clip_key"])
         elif (sums := patterns.sums.match(key)) is not None:
@@ -270,8 +288,35 @@ def check_anchors(ledger: Ledger, backend: StorageBackend) -> AnchorReport:
             check.problem(clip.id, str(clip.remote_key), None,
                           "the ledger says this clip was delivered, but central storage"
                           " holds no manifest of it from this dock")
+    _check_identity(check, entries, other_docks)
     _bound_the_edit(check.report, check.good_rows)
     return check.report
+
+
+_ANY_ANCHOR = re.compile(r"\.(?P<dock>[^./]+)\.clip-[0-9]+\.json$"
+                         r"|(?:^|/)SHA256SUMS\.(?P<sums_dock>[^/]+)\.docking-[0-9]+(?:\.v[0-9]+)?$")
+_DOCKS_NAMED = 20  # other docks named in the problem at most
+
+
+def _check_identity(check: _Check, entries: list[Any], docks_in_store: set[str]) -> None:
+    """The configured dock id alone proves nothing: the ledger's own rows must name it,
+    and central storage must hold at least one anchor of it (else nothing there vouches
+    for this ledger: a dock that delivered nothing yet, or a ledger started afresh or
+    under a new name)."""
+    dock = check.ledger.dock_id
+    named = sorted({entry.dock_id for entry in entries} - {dock})
+    if named:
+        check.problem(None, "", None, f"the ledger's audit rows name dock(s)"
+                      f" {', '.join(named[:_DOCKS_NAMED])}, the configuration {dock}: the"
+                      f" dock was renamed, or this is another dock's ledger")
+    if check.report.anchors_checked or check.report.lists_checked:
+        return
+    # names from central storage: escaped (ascii()), never shown raw on a terminal
+    others = [ascii(name) for name in sorted(docks_in_store - {safe_name(dock.encode())})]
+    check.problem(None, "", None, f"central storage holds no anchor of dock {dock}: nothing"
+                  f" there vouches for this ledger (nothing delivered yet, or a ledger"
+                  f" started afresh or under a new dock id); anchors of other docks there:"
+                  f" {', '.join(others[:_DOCKS_NAMED]) or 'none'}")
 
 
 def _check_legacy_manifest(check: _Check, key: str) -> None:
@@ -328,7 +373,11 @@ def _check_manifest(check: _Check, key: str, clip_id: int, clip_key: str,
 
 def _check_sums(check: _Check, key: str, docking_id: int, folder: str) -> None:
     """Every line of a docking's list must be an object the ledger says it delivered."""
-    content = check.backend.read_bytes(key)
+    try:
+        content = check.backend.read_bytes(key)
+    except DocumentTooLarge as error:
+        check.problem(None, key, None, f"not read: {error}")
+        return
     if content is None:
         return  # deleted since it was listed; the clips' manifests still speak
     check.report.lists_checked += 1
@@ -361,7 +410,10 @@ class _Unreadable:
 
 
 def _read_json(backend: StorageBackend, key: str) -> object:
-    content = backend.read_bytes(key)
+    try:
+        content = backend.read_bytes(key)
+    except DocumentTooLarge as error:
+        return _Unreadable(f"manifest not read: {error}")
     if content is None:
         return _Unreadable("manifest gone from central storage while it was checked")
     try:

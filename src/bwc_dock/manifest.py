@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from bwc_dock import __version__
+from bwc_dock.durable import PART_SUFFIX
 from bwc_dock.ledger import ClipWork
 from bwc_dock.ledger.snapshots import DockingClocks
 from bwc_dock.names import safe_name
@@ -43,7 +44,7 @@ class KeyTemplate:
         if sha256 is None:
             raise ValueError(f"clip {work.id}: {name} has no SHA-256 yet; it has no key")
         stem, extension = posixpath.splitext(name)
-        return self.template.format(
+        key = self.template.format(
             camera=safe_name(work.camera_serial.encode()),
             recorded=work.recorded_at,
             name=name,
@@ -54,6 +55,9 @@ class KeyTemplate:
             clip_id=work.id,
             dock=safe_name(self.dock_id.encode()),
         )
+        # A sidecar called X.part must not get a key that reads as a temporary file
+        # (which folder storage refuses and start-up recovery would remove).
+        return key[: -len(PART_SUFFIX)] + "_part" if key.endswith(PART_SUFFIX) else key
 
 
 def manifest_key(clip_key: str, dock_id: str, clip_id: int) -> str:

@@ -4,11 +4,19 @@ Leases of dead workers fall back, dockings a hand-run ``ingest`` handed over are
 dockings of the last run are ended (the sources dock again what is still present), and
 half-written files are removed from staging and from central storage; then missing or
 stale SHA256SUMS are written.
+
+Central storage is shared and may be huge or hostile: recovery never walks it. It looks
+for this dock's temporary names only in the folders the ledger says this dock was
+writing to lately (clips still to upload, clips delivered in the last days, and the
+fleet folder). Whatever goes wrong in that storage part is logged at error level and
+survived: the daemon starts, and the uploader and anchorer try again later.
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable
+from datetime import timedelta
 
 import structlog
 
@@ -17,9 +25,14 @@ from bwc_dock.custody import anchor_dockings
 from bwc_dock.errors import StorageError
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.models import Docking
+from bwc_dock.manifest import KeyTemplate
 from bwc_dock.storage.base import StorageBackend
 
 log = structlog.get_logger(__name__)
+
+# A crash leaves temporaries in folders written shortly before it: those of clips
+# delivered this long before the ledger's last change are looked in.
+RECENT_DELIVERIES = timedelta(days=2)
 
 
 def recover(
@@ -39,17 +52,58 @@ def recover(
         summary["ingest_dockings_adopted"] = summary.get("ingest_dockings_adopted", 0) + 1
     summary["dockings_ended"] = ledger.end_stale_dockings()
     summary["staging_partials_removed"] = _remove_staging_partials(config, ledger)
+    _recover_storage(config, ledger, backend, summary)
+    log.info("daemon.recovered", **summary)
+    return summary
+
+
+def _recover_storage(config: Config, ledger: Ledger, backend: StorageBackend,
+                     summary: dict[str, int]) -> None:
+    """Remove this dock's temporaries in its recent folders, then anchor; survive all."""
+    summary["sums_written"] = 0
     try:
         summary["storage_partials_removed"] = backend.cleanup_partials(
-            keep=ledger.wanted_upload_ids()
+            keep=ledger.wanted_upload_ids(), folders=own_recent_folders(config, ledger)
         )
         summary["sums_written"] = anchor_dockings(ledger, backend)
     except StorageError as error:
         # unreachable: no anchoring now either (the anchorer thread tries every minute)
         log.warning("recovery.storage_unreachable", error=str(error))
-        summary["sums_written"] = 0
-    log.info("daemon.recovered", **summary)
-    return summary
+    except Exception as error:  # a hostile store must not stop every start
+        summary["storage_recovery_failed"] = 1
+        log.error("recovery.storage_failed", error=f"{type(error).__name__}: {error}",
+                  why="central storage held something unexpected; the daemon starts"
+                  " anyway, uploads and anchoring retry later", exc_info=_debugging())
+
+
+def _debugging() -> bool:
+    """A traceback only at debug level (an error is one line otherwise)."""
+    import logging
+
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def own_recent_folders(config: Config, ledger: Ledger) -> set[str]:
+    """Folders (keys, "" = the root) this dock may have left a temporary in: those of
+    clips still to upload and of recent deliveries, with every parent (a docking's
+    SHA256SUMS lies in its clips' common folder), and the fleet folder."""
+    pending, delivered_keys = ledger.recent_work(RECENT_DELIVERIES)
+    keys = KeyTemplate(config.storage.key_template, ledger.dock_id)
+    wanted = list(delivered_keys)
+    for work in pending:
+        if work.sha256 is not None:
+            wanted.append(keys.key(work))
+        wanted += [keys.key(work, sidecar.name, sidecar.sha256)
+                   for sidecar in work.sidecars if sidecar.sha256 is not None]
+    if config.fleet.enabled and config.fleet.path is None:
+        wanted.append(config.fleet.prefix + "document")
+    folders = {""}
+    for key in wanted:
+        folder = posixpath.dirname(key)
+        while folder:
+            folders.add(folder)
+            folder = posixpath.dirname(folder)
+    return folders
 
 
 def _remove_staging_partials(config: Config, ledger: Ledger) -> int:

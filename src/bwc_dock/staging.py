@@ -33,13 +33,15 @@ class StagingArea:
     file inflated on the camera) is refused alone as hostile instead of pausing forever.
     While copying waits, :meth:`make_room` deletes staged copies of clips central storage
     has verified, oldest upload first and only as many as the waiting clip needs, so one
-    clip never empties staging of the copies that retention keeps.
+    clip never empties staging of the copies that retention keeps; and none at all when
+    deleting every one of them would still leave the clip without room.
     """
 
     root: Path
     reserve_bytes: int
     _paused: bool = field(default=False, init=False)
     _waiting_bytes: int = field(default=0, init=False)  # the size of the clip paused on
+    _purge_declined: bool = field(default=False, init=False)  # logged once per pause
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def clip_folder(self, clip_id: int) -> str:
@@ -110,7 +112,21 @@ class StagingArea:
         in central storage) before their retention ends, oldest upload first, and only
         until the waiting clip fits."""
         purged = 0
-        for work in ledger.purgeable(now):
+        purgeable = ledger.purgeable(now)
+        releasable = sum(_folder_bytes(self.root / work.staged_path)
+                         for work in purgeable if work.staged_path is not None)
+        shortfall = self.shortfall_bytes()
+        if shortfall > releasable:
+            # purging them all would not let the waiting clip in (a sparse "clip", or
+            # staging shared with other files): keep them, wait for uploads to free room
+            if not self._purge_declined:
+                log.warning("staging.purge_declined", shortfall_bytes=shortfall,
+                            releasable_bytes=releasable,
+                            why="purging every retained copy would still not make room")
+                self._purge_declined = True
+            return 0
+        self._purge_declined = False
+        for work in purgeable:
             if self.shortfall_bytes() <= 0:
                 break
             self._purge(ledger, work)
@@ -138,3 +154,16 @@ def _nearest_existing(path: Path) -> Path:
         if candidate.exists():
             return candidate
     return path
+
+
+def _folder_bytes(folder: str | Path) -> int:
+    """Disk space of the regular files directly in ``folder`` (allocated blocks)."""
+    total = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+    except FileNotFoundError:
+        pass
+    return total

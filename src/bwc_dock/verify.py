@@ -19,7 +19,7 @@ from bwc_dock.errors import StorageError
 from bwc_dock.hashing import hash_file_from_disk
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.manifest import legacy_manifest_key, manifest_key
-from bwc_dock.storage.base import StorageBackend
+from bwc_dock.storage.base import DocumentTooLarge, StorageBackend
 
 log = structlog.get_logger(__name__)
 
@@ -119,10 +119,14 @@ def check_remote(backend: StorageBackend, work: ClipWork, dock_id: str) -> list[
 def _check_manifest(backend: StorageBackend, work: ClipWork, dock_id: str) -> list[Mismatch]:
     assert work.remote_key is not None
     key = manifest_key(work.remote_key, dock_id, work.id)
-    content = backend.read_bytes(key)
-    if content is None and work.duplicate_of is None:
-        # uploaded by a release that kept one manifest per key: the record is there
-        content = backend.read_bytes(legacy_manifest_key(work.remote_key))
+    try:
+        content = backend.read_bytes(key)
+        if content is None and work.duplicate_of is None:
+            # uploaded by a release that kept one manifest per key: the record is there
+            content = backend.read_bytes(legacy_manifest_key(work.remote_key))
+    except DocumentTooLarge:  # not read whole: not a record this dock wrote
+        return [_mismatch(work, "central", "manifest", key, work.sha256, None,
+                          "too large to be a custody record; not read")]
     if content is None:
         return [_mismatch(work, "central", "manifest", key, work.sha256, None, "missing")]
     try:

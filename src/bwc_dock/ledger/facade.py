@@ -252,6 +252,9 @@ class Ledger:
     def purged_clip_ids(self) -> set[int]:
         return reports.purged_clip_ids(self.store)
 
+    def recent_work(self, window: timedelta) -> tuple[list[ClipWork], list[str]]:
+        return reports.recent_work(self.store, window)
+
     def purgeable(self, uploaded_before: datetime) -> list[ClipWork]:
         return reports.purgeable(self.store, uploaded_before)
 

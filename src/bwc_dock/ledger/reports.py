@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, literal_column, select
 
@@ -80,6 +80,25 @@ def purged_clip_ids(store: Store) -> set[int]:
     """Clips whose staged copies were deleted after retention (snapshots do not say)."""
     with store.reading() as session:
         return set(session.scalars(select(Clip.id).where(Clip.staged_purged_at.is_not(None))))
+
+
+def recent_work(store: Store, window: timedelta) -> tuple[list[ClipWork], list[str]]:
+    """(clips still pending upload, remote keys of clips and sidecars delivered within
+    ``window`` of the ledger's last change): where this dock may have left a temporary."""
+    with store.reading() as session:
+        newest = session.scalar(select(func.max(Clip.updated_at)))
+        if newest is None:
+            return [], []
+        pending = list(session.scalars(
+            select(Clip).where(Clip.state.in_([str(ClipState.STAGED),
+                                               str(ClipState.UPLOADING)])).order_by(Clip.id)
+        ))
+        recent = select(Clip.id).where(Clip.updated_at >= newest - window,
+                                       Clip.remote_key.is_not(None))
+        keys = list(session.scalars(select(Clip.remote_key).where(Clip.id.in_(recent))))
+        keys += session.scalars(select(Sidecar.remote_key).where(
+            Sidecar.clip_id.in_(recent), Sidecar.remote_key.is_not(None)))
+        return clip_snapshots(session, pending), [key for key in keys if key]
 
 
 def purgeable(store: Store, uploaded_before: datetime) -> list[ClipWork]:

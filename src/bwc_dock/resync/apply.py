@@ -19,7 +19,7 @@ import structlog
 
 from bwc_dock.config import Config
 from bwc_dock.custody import write_docking_sums
-from bwc_dock.errors import BwcDockError, PermanentStorageError, RefusalKind, StorageError
+from bwc_dock.errors import BwcDockError, RefusalKind, StorageError
 from bwc_dock.hashing import fsync_directory
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.leases import current_owner
@@ -137,7 +137,7 @@ class Applier:
             case KeepConflictAside():
                 outcome = self._keep_conflict_aside(repair) or outcome
             case RewriteSums():
-                write_docking_sums(self.ledger, self.backend, repair.docking_id)
+                outcome = self._rewrite_sums(repair) or outcome
             case CleanPartials():
                 outcome = self._clean_partials()
             case RedoWork():
@@ -222,10 +222,9 @@ class Applier:
         return Outcome(Status.DONE, action=repair.found)
 
     def _keep_conflict_aside(self, kept: KeepConflictAside) -> Outcome | None:
-        """Copy the other bytes under a clip's key aside (verified by their hash), audit
-        it, then remove them so the evidence can be stored again; None when done. Where
-        the copy or the removal is refused (Object Lock), the clip cannot be repaired
-        here: nothing is removed that was not kept first."""
+        """Copy the other bytes under a clip's key aside (verified by their hash) and audit
+        it; they are never removed, so the clip cannot be repaired here (a person decides);
+        None when they are gone already."""
         try:
             copy = self.backend.copy_object(kept.key, kept.aside_key)
         except StorageError as error:
@@ -261,22 +260,14 @@ class Applier:
             expected=kept.expected,
             aside_key=kept.aside_key,
         )
-        try:
-            self.backend.delete(kept.key)
-        except PermanentStorageError as error:
-            return self._cannot(
-                kept,
-                f"kept at {kept.aside_key}, but the store refuses to remove it "
-                f"(Object Lock?): {error}",
-            )
-        self.ledger.record_event(
-            "central.wrong_object_removed",
-            camera_serial=kept.camera_serial,
-            clip_id=kept.clip_id,
-            sha256=kept.found,
-            details={"key": kept.key, "expected": kept.expected, "kept_at": kept.aside_key},
+        # Never removed, even kept aside: the bytes may be another dock's evidence under a
+        # key both make (an old template), and central storage is never ours to clean.
+        return self._cannot(
+            kept,
+            f"a copy is kept at {kept.aside_key}; the object under the key is left as it"
+            f" is (it may be another dock's evidence): a person reviews it, and only if it"
+            f" is not evidence removes it, then runs resync again",
         )
-        return None
 
     @staticmethod
     def _cannot(kept: KeepConflictAside, what: str) -> Outcome:
@@ -292,6 +283,18 @@ class Applier:
     ) -> Outcome:
         problem = Unrepairable(clip_id, camera_serial, f"repair failed: {error}")
         return Outcome(Status.FAILED, action=action, unrepairable=(problem,), error=str(error))
+
+    def _rewrite_sums(self, repair: RewriteSums) -> Outcome | None:
+        """Write a docking's list; a refusal is reported with the rest, not raised
+        (one unwritable name must not end resync before its report); None when done."""
+        try:
+            write_docking_sums(self.ledger, self.backend, repair.docking_id)
+        except StorageError as error:
+            problem = Unrepairable(None, None, f"docking {repair.docking_id}: its"
+                                   f" SHA256SUMS could not be written: {error}")
+            return Outcome(Status.FAILED, action=repair.finding(), unrepairable=(problem,),
+                           error=str(error))
+        return None
 
     # -- no daemon: do the work ourselves ---------------------------------------------------
 

@@ -125,9 +125,9 @@ CONFLICTS_PREFIX = "_conflicts/"
 @dataclass(frozen=True)
 class KeepConflictAside:
     """An object under the clip's own key that does not hash to the evidence is not the
-    evidence, but it is evidence of tampering or corruption: its bytes are copied aside
-    to ``aside_key`` (and the copy verified by its hash) before it is removed, so the
-    create-only upload can put the right bytes back."""
+    evidence, but it is evidence of tampering or corruption (or another dock's clip under
+    a key both make): its bytes are copied aside to ``aside_key`` (and the copy verified
+    by its hash) and left where they are; a person decides what happens to them."""
 
     kind: ClassVar[RepairKind] = RepairKind.KEEP_CONFLICT
     clip_id: int

@@ -9,6 +9,8 @@ read as far as it goes, and the periodic rescan picks up the rest.
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from watchdog.observers import Observer
 
 from bwc_dock.config import CameraProfile
 from bwc_dock.names import safe_name
-from bwc_dock.scanner import display_path
+from bwc_dock.scanner import display_path, parent_directory
 from bwc_dock.sources.base import DockedVolume, Source, SourceCapabilities, SourceListener
 
 log = structlog.get_logger(__name__)
@@ -123,12 +125,8 @@ class WatchFolderSource(Source):
         if self.profile.serial_source != "file":
             return folder_serial(folder)
         assert self.profile.serial_file is not None
-        serial_path = folder / self.profile.serial_file
         try:
-            if serial_path.is_symlink() or not serial_path.is_file():
-                raise OSError("not a regular file")
-            with serial_path.open("rb") as serial_file:
-                first_line = serial_file.read(MAX_SERIAL_FILE_BYTES).splitlines()[:1]
+            first_line = _read_serial_file(folder, self.profile.serial_file)
         except OSError as error:
             log.warning(
                 "source.no_serial",
@@ -139,6 +137,18 @@ class WatchFolderSource(Source):
             return None
         serial = safe_name(first_line[0].strip()) if first_line else ""
         return serial if serial and serial != "unnamed" else None
+
+
+def _read_serial_file(folder: Path, serial_file: str) -> list[bytes]:
+    """The first line of ``serial_file`` below ``folder``, reached and opened without
+    following a link anywhere on the way (the folder's content is the camera's)."""
+    with parent_directory(folder, os.fsencode(serial_file)) as (directory_fd, name):
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=directory_fd)
+    with os.fdopen(fd, "rb") as opened:
+        if not stat.S_ISREG(os.fstat(opened.fileno()).st_mode):  # a FIFO would block
+            raise OSError("not a regular file")
+        return opened.read(MAX_SERIAL_FILE_BYTES).splitlines()[:1]
 
 
 def folder_serial(folder: Path) -> str:

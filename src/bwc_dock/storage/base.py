@@ -17,10 +17,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from bwc_dock.errors import UsageError
+from bwc_dock.errors import PermanentStorageError, RefusalKind, UsageError
 
 # Called with the number of bytes just sent; a bandwidth limiter may sleep in it.
 ProgressCallback = Callable[[int], None]
+
+# The most bwc-dock reads back of any document that is not a clip (manifests, SHA256SUMS
+# lists, fleet documents): anyone can plant a huge "document" in shared storage.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+
+
+class DocumentTooLarge(PermanentStorageError):
+    """A document in central storage is larger than bwc-dock reads back; not read."""
+
+    def __init__(self, key: str, size: int | None, limit: int) -> None:
+        held = f"{size} bytes" if size is not None else "more"
+        super().__init__(f"{key}: holds {held}, more than the {limit} bytes a document"
+                         f" may have; not read", RefusalKind.OTHER)
 
 
 @dataclass(frozen=True)
@@ -159,8 +172,9 @@ class StorageBackend(ABC):
         """What is stored under ``key``, or None when nothing is."""
 
     @abstractmethod
-    def read_bytes(self, key: str) -> bytes | None:
-        """A small document's content (manifests); None if missing."""
+    def read_bytes(self, key: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes | None:
+        """A small document's content (manifests); None if missing. DocumentTooLarge
+        when it holds more than ``max_bytes`` (nothing more than that is read)."""
 
     @abstractmethod
     def read_chunks(self, key: str) -> Generator[bytes]:
@@ -198,9 +212,12 @@ class StorageBackend(ABC):
         """Remove ``key``; deleting what is already gone succeeds."""
 
     @abstractmethod
-    def cleanup_partials(self, keep: Collection[str] = frozenset()) -> int:
+    def cleanup_partials(self, keep: Collection[str] = frozenset(),
+                         folders: Collection[str] | None = None) -> int:
         """Remove leftovers of interrupted writes (``.part`` files, orphaned multipart
-        uploads whose id is not in ``keep``: the ledger's wanted ones); return how many."""
+        uploads whose id is not in ``keep``: the ledger's wanted ones); return how many.
+        ``folders``: look for temporary files only directly in these folders ("" = the
+        root), not in the whole store; None walks it all (a hand-run resync)."""
 
     @abstractmethod
     def check_reachable(self) -> None:

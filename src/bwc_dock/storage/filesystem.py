@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import stat
-import threading
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -44,16 +44,20 @@ from bwc_dock.errors import (
 from bwc_dock.logs import get_logger
 from bwc_dock.names import safe_name
 from bwc_dock.storage.base import (
+    MAX_DOCUMENT_BYTES,
     MultipartJournal,
     ProgressCallback,
     StorageBackend,
     StoredObject,
 )
-from bwc_dock.storage.folder_root import RootIdentity
+from bwc_dock.storage.folder_root import RootIdentity, check_marker
 from bwc_dock.storage.folder_walk import (
+    LinkRefusals,
     LinkRefused,
     directory_of,
+    files_in,
     open_file,
+    read_bounded,
     split_key,
     storage_errors,
     unlink_quietly,
@@ -70,7 +74,6 @@ DEFAULT_DIRECTORY_MODE = 0o750
 # cut short so name + token + a dock's suffix stays below the 255-byte name limit.
 _NAME_KEPT = 100
 _TOKEN_BYTES = 8
-_REFUSALS_KEPT = 1000  # link refusals remembered for check_reachable (memory bound)
 # Clips go to the NAS in 4 MiB writes: fewer, larger requests over SMB/NFS
 _SEND_CHUNK_SIZE = 4 * 1024 * 1024
 
@@ -84,22 +87,26 @@ class FileBackend(StorageBackend):
         dock_tag: str,
         *,
         must_be_mountpoint: bool = False,
+        marker: str = "",
         file_mode: int = DEFAULT_FILE_MODE,
         directory_mode: int = DEFAULT_DIRECTORY_MODE,
     ) -> None:
         self.root = root
         self.must_be_mountpoint = must_be_mountpoint
+        self.marker = marker
         self.file_mode = file_mode
         self.directory_mode = directory_mode
         # Several docks write into one NAS: a dock's temporary files carry its name, so
         # cleaning up after a crash never removes another dock's upload in progress.
         self.part_suffix = f".{dock_tag}{PART_SUFFIX}"
+        # exactly what _new_temporary makes: a stored object is never taken for one
+        self._temporary = re.compile(
+            rf".{{1,{_NAME_KEPT}}}\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}{re.escape(self.part_suffix)}",
+            re.DOTALL,
+        )
         self._root_identity = RootIdentity(root)
-        self._identity_lock = threading.Lock()  # guards _link_refusals
-        # Keys refused for a link on their way, with the refusal: check_reachable keeps
-        # failing while a link is still there, so the daemon's storage_refused alarm
-        # stays raised until someone removes it (and clears by itself after).
-        self._link_refusals: dict[str, str] = {}
+        # check_reachable keeps failing while a link that refused a write is still there
+        self._link_refusals = LinkRefusals()
 
     @classmethod
     def from_config(cls, config: Config) -> FileBackend:
@@ -108,6 +115,7 @@ class FileBackend(StorageBackend):
             config.storage.path,
             safe_name(config.dock.id.encode()),
             must_be_mountpoint=config.storage.path_must_be_mountpoint,
+            marker=config.storage.store_marker,
             file_mode=config.storage.file_mode,
             directory_mode=config.storage.directory_mode,
         )
@@ -126,6 +134,8 @@ class FileBackend(StorageBackend):
                 f"storage folder {self.root} cannot be opened: {error.strerror}"
             ) from error
         try:
+            check_marker(fd, self.root, self.marker)  # before the identity: an unmarked
+            # folder is never the root
             self._root_identity.check(os.fstat(fd))
         except BaseException:
             os.close(fd)
@@ -145,6 +155,8 @@ class FileBackend(StorageBackend):
                 RefusalKind.INVALID_REQUEST,
             )
         root_fd = self._open_root()
+        if create:  # a write: a later change of root is then refused, never adopted
+            self._root_identity.note_write()
         try:
             create_mode = self.directory_mode if create else None
             with directory_of(root_fd, parts[:-1], key, create_mode=create_mode) as folder:
@@ -153,36 +165,6 @@ class FileBackend(StorageBackend):
             os.close(root_fd)
 
     # -- writing ------------------------------------------------------------------------
-
-    @contextmanager
-    def _watching_links(self, key: str) -> Iterator[None]:
-        """Remember a write refused for a link on its way; forget it once one succeeds."""
-        try:
-            yield
-        except LinkRefused as refused:
-            with self._identity_lock:
-                if len(self._link_refusals) < _REFUSALS_KEPT:
-                    self._link_refusals[key] = str(refused)
-            log.error("storage.link_refused", key=key, error=str(refused))
-            raise
-        with self._identity_lock:
-            self._link_refusals.pop(key, None)
-
-    def _links_still_there(self) -> None:
-        """Raise LinkRefused while a link that refused a write is still on its way."""
-        with self._identity_lock:
-            refused = dict(self._link_refusals)
-        for key, message in refused.items():
-            try:
-                with self._folder_of(key) as (folder, name):
-                    self._exists(folder, name, key)
-            except LinkRefused:
-                raise LinkRefused(f"{message} ({len(refused)} key(s) refused for links;"
-                                  f" remove the link(s) from central storage)") from None
-            except (OSError, PermanentStorageError):
-                pass  # gone, or refused for another reason now: the next write will say
-            with self._identity_lock:
-                self._link_refusals.pop(key, None)
 
     def put_file(
         self,
@@ -202,7 +184,7 @@ class FileBackend(StorageBackend):
             copy_unhashed(source_fd, part_fd, progress, _SEND_CHUNK_SIZE, read_error=OSError)
             return sha256
 
-        with self._watching_links(key), storage_errors(key), self._folder_of(
+        with self._link_refusals.watching(key), storage_errors(key), self._folder_of(
             key, create=True
         ) as (folder, name):
             if self._already_stored(folder, name, key, sha256):
@@ -219,7 +201,7 @@ class FileBackend(StorageBackend):
         self, key: str, data: bytes, metadata: Mapping[str, str], *, replace: bool = False
     ) -> StoredObject:
         sha256 = hashlib.sha256(data).hexdigest()
-        with self._watching_links(key), storage_errors(key), self._folder_of(
+        with self._link_refusals.watching(key), storage_errors(key), self._folder_of(
             key, create=True
         ) as (folder, name):
             if replace:
@@ -240,7 +222,7 @@ class FileBackend(StorageBackend):
             raise PermanentStorageError(f"{key}: nothing stored there to copy to {new_key}",
                                         RefusalKind.MISSING_OBJECT)
         try:
-            with self._watching_links(new_key), storage_errors(new_key), self._folder_of(
+            with self._link_refusals.watching(new_key), storage_errors(new_key), self._folder_of(
                 new_key, create=True
             ) as (folder, name):
                 if self._exists(folder, name, new_key):
@@ -426,12 +408,12 @@ class FileBackend(StorageBackend):
             while chunk := file.read(_SEND_CHUNK_SIZE):
                 yield chunk
 
-    def read_bytes(self, key: str) -> bytes | None:
+    def read_bytes(self, key: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes | None:
         fd = self._open_stored(key)
         if fd is None:
             return None
-        with storage_errors(key), os.fdopen(fd, "rb") as file:
-            return file.read()
+        with storage_errors(key):
+            return read_bounded(fd, key, max_bytes)
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         folder_part, _, name_start = prefix.rpartition("/")
@@ -442,7 +424,7 @@ class FileBackend(StorageBackend):
             try:
                 with directory_of(root_fd, parts, prefix) as folder:
                     for _folder, key in walk_files(folder, listed_prefix, name_start):
-                        if not key.endswith(PART_SUFFIX):
+                        if not key.endswith(PART_SUFFIX) and key != self.marker:
                             yield key
             except FileNotFoundError:
                 return
@@ -460,20 +442,32 @@ class FileBackend(StorageBackend):
         ):
             os.unlink(name, dir_fd=folder)  # a link itself is removed, never its target
 
-    def cleanup_partials(self, keep: Collection[str] = frozenset()) -> int:
-        """``keep`` names multipart uploads, which a folder does not have."""
+    def cleanup_partials(self, keep: Collection[str] = frozenset(),
+                         folders: Collection[str] | None = None) -> int:
+        """``keep`` names multipart uploads, which a folder does not have. Only names of
+        the exact form this dock gives its temporaries are removed (never a stored
+        object, whatever it is called)."""
         removed = 0
         with storage_errors("*" + self.part_suffix):
             root_fd = self._open_root()
             try:
-                for folder, key in walk_files(root_fd, ""):
+                if folders is None:
+                    candidates = walk_files(root_fd, "")
+                else:
+                    candidates = files_in(root_fd, folders)
+                for folder, key in candidates:
                     name = key.rpartition("/")[2]
-                    if name.endswith(self.part_suffix):
+                    if self._temporary.fullmatch(name):
                         unlink_quietly(folder, name)
                         removed += 1
             finally:
                 os.close(root_fd)
         return removed
+
+    def _probe_link(self, key: str) -> None:
+        """Raise LinkRefused while a link is on the way to ``key``."""
+        with self._folder_of(key) as (folder, name):
+            self._exists(folder, name, key)
 
     def _check_mounted(self) -> None:
         if not self.root.is_dir():
@@ -483,7 +477,7 @@ class FileBackend(StorageBackend):
 
     def check_reachable(self) -> None:
         os.close(self._open_root())  # also checks it is still the folder first opened
-        self._links_still_there()
+        self._link_refusals.still_there(self._probe_link)
         if not os.access(self.root, os.W_OK):
             raise PermanentStorageError(
                 f"storage folder {self.root} is not writable", RefusalKind.PERMISSION

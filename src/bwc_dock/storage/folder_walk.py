@@ -14,8 +14,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from bwc_dock.errors import (
     PermanentStorageError,
@@ -24,6 +26,7 @@ from bwc_dock.errors import (
     is_transient,
 )
 from bwc_dock.logs import get_logger
+from bwc_dock.storage.base import DocumentTooLarge
 
 log = get_logger(__name__)
 
@@ -38,6 +41,48 @@ class LinkRefused(PermanentStorageError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, RefusalKind.LINK_REFUSED)
+
+
+_REFUSALS_KEPT = 1000  # link refusals remembered for check_reachable (memory bound)
+
+
+class LinkRefusals:
+    """Keys whose write was refused for a link on their way, with the refusal: the
+    store's check keeps failing while a link is still there, so the daemon's
+    storage_refused alarm stays raised until someone removes it (and clears after)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refused: dict[str, str] = {}
+
+    @contextmanager
+    def watching(self, key: str) -> Iterator[None]:
+        """Remember a write refused for a link on its way; forget it once one succeeds."""
+        try:
+            yield
+        except LinkRefused as refused:
+            with self._lock:
+                if len(self._refused) < _REFUSALS_KEPT:
+                    self._refused[key] = str(refused)
+            log.error("storage.link_refused", key=key, error=str(refused))
+            raise
+        with self._lock:
+            self._refused.pop(key, None)
+
+    def still_there(self, probe: Callable[[str], None]) -> None:
+        """Raise LinkRefused while ``probe`` (walking to a refused key) still meets a link."""
+        with self._lock:
+            refused = dict(self._refused)
+        for key, message in refused.items():
+            try:
+                probe(key)
+            except LinkRefused:
+                raise LinkRefused(f"{message} ({len(refused)} key(s) refused for links;"
+                                  f" remove the link(s) from central storage)") from None
+            except (OSError, PermanentStorageError):
+                pass  # gone, or refused for another reason now: the next write will say
+            with self._lock:
+                self._refused.pop(key, None)
 
 
 def split_key(key: str) -> list[str]:
@@ -114,6 +159,23 @@ def open_file(directory_fd: int, name: str, where: str, flags: int = os.O_RDONLY
     return fd
 
 
+# Keys bwc-dock writes are a few folders deep ({camera}/{yyyy}/{mm}/{dd}/{name}). A walk
+# goes at most this many folders below the store's root: a deeper chain (planted, or a
+# runaway copy) is skipped and logged, so it can neither exhaust the stack nor hold one
+# open descriptor per level.
+MAX_WALK_DEPTH = 32
+
+
+@dataclass
+class _Level:
+    """One open folder of a walk: its descriptor, key prefix and entries still to visit."""
+
+    fd: int
+    prefix: str
+    entries: Iterator[tuple[str, str, bool]]
+    owned: bool  # opened by the walk (closed by it), not the caller's descriptor
+
+
 def walk_files(directory_fd: int, prefix: str, name_start: str = "") -> Iterator[tuple[int, str]]:
     """(folder descriptor, key) of each regular file below ``directory_fd``, whose key
     prefix is ``prefix`` (empty or ending in ``/``), first name starting with
@@ -121,8 +183,52 @@ def walk_files(directory_fd: int, prefix: str, name_start: str = "") -> Iterator
 
     Sorted by whole key: a folder's entries are ordered by ``name/`` for folders and
     ``name`` for files, as every key below folder ``name`` starts with ``name/``.
-    Symlinks and special files are skipped and logged, never entered or read.
+    Symlinks and special files are skipped and logged, never entered or read. Iterative,
+    not recursive: folders deeper than MAX_WALK_DEPTH below the root are skipped and logged.
     """
+    stack = [_Level(directory_fd, prefix, iter(_sorted_entries(directory_fd, prefix,
+                                                               name_start)), owned=False)]
+    try:
+        while stack:
+            level = stack[-1]
+            entry = next(level.entries, None)
+            if entry is None:
+                stack.pop()
+                if level.owned:
+                    os.close(level.fd)
+                continue
+            _order, name, is_directory = entry
+            key = level.prefix + name
+            if not is_directory:
+                yield level.fd, key
+            elif (child := _enter(level.fd, key, name)) is not None:
+                stack.append(_Level(child, key + "/",
+                                    iter(_sorted_entries(child, key + "/")), owned=True))
+    finally:
+        for level in stack:
+            if level.owned:
+                os.close(level.fd)
+
+
+def _enter(parent_fd: int, key: str, name: str) -> int | None:
+    """The listed folder ``name`` opened to walk it; None when skipped."""
+    if key.count("/") >= MAX_WALK_DEPTH:
+        log.warning("storage.list.too_deep_skipped", key=key[:512], depth=MAX_WALK_DEPTH,
+                    why="folders deeper than this are not bwc-dock's and are not walked")
+        return None
+    try:
+        return open_directory(parent_fd, name, key)
+    except LinkRefused:  # swapped for a link since it was listed
+        log.warning("storage.list.symlink_skipped", key=key,
+                    why="a link in central storage is never followed")
+    except FileNotFoundError:
+        pass  # removed since it was listed
+    return None
+
+
+def _sorted_entries(directory_fd: int, prefix: str,
+                    name_start: str = "") -> list[tuple[str, str, bool]]:
+    """(sort order, name, is a folder) of a folder's regular files and folders."""
     entries: list[tuple[str, str, bool]] = []
     with os.scandir(directory_fd) as scan:
         for entry in scan:
@@ -137,22 +243,34 @@ def walk_files(directory_fd: int, prefix: str, name_start: str = "") -> Iterator
                 entries.append((entry.name, entry.name, False))
             else:
                 log.warning("storage.list.special_file_skipped", key=prefix + entry.name)
-    for _order, name, is_directory in sorted(entries):
-        if not is_directory:
-            yield directory_fd, prefix + name
-            continue
+    return sorted(entries)
+
+
+def files_in(root_fd: int, folders: Collection[str]) -> Iterator[tuple[int, str]]:
+    """(folder descriptor, key) of the regular files directly in each of ``folders``
+    (keys, "" = the root); a folder missing or reached through a link is skipped."""
+    for folder_key in sorted(folders):
+        parts = split_key(folder_key) if folder_key else []
         try:
-            child = open_directory(directory_fd, name, prefix + name)
-        except LinkRefused:  # swapped for a link since it was listed
-            log.warning("storage.list.symlink_skipped", key=prefix + name,
-                        why="a link in central storage is never followed")
+            with directory_of(root_fd, parts, folder_key or "/") as folder:
+                with os.scandir(folder) as scan:
+                    names = [entry.name for entry in scan if entry.is_file(follow_symlinks=False)]
+                for name in names:
+                    yield folder, f"{folder_key}/{name}" if folder_key else name
+        except (FileNotFoundError, LinkRefused):
             continue
-        except FileNotFoundError:
-            continue  # removed since it was listed
-        try:
-            yield from walk_files(child, prefix + name + "/")
-        finally:
-            os.close(child)
+
+
+def read_bounded(fd: int, key: str, max_bytes: int) -> bytes:
+    """All of the open file ``fd`` (closed after), refused when over ``max_bytes``."""
+    with os.fdopen(fd, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > max_bytes:
+            raise DocumentTooLarge(key, size, max_bytes)
+        content = file.read(max_bytes + 1)  # it may have grown since
+    if len(content) > max_bytes:
+        raise DocumentTooLarge(key, None, max_bytes)
+    return content
 
 
 def unlink_quietly(folder: int, name: str) -> None:

@@ -29,6 +29,8 @@ from bwc_dock.errors import (
 )
 from bwc_dock.logs import get_logger
 from bwc_dock.storage.base import (
+    MAX_DOCUMENT_BYTES,
+    DocumentTooLarge,
     MultipartJournal,
     ProgressCallback,
     StorageBackend,
@@ -188,7 +190,7 @@ class S3Backend(MultipartUploads, S3Retention, StorageBackend):
             return self._accept_existing(key, self._require_head_raw(key), expected, len(data))
         return self._verify(key, expected, len(data))
 
-    def read_bytes(self, key: str) -> bytes | None:
+    def read_bytes(self, key: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes | None:
         full_key = self._full_key(key)
         with self._translated("GET", full_key):
             try:
@@ -197,7 +199,16 @@ class S3Backend(MultipartUploads, S3Retention, StorageBackend):
                 if error_code(error) in MISSING_KEY_CODES:
                     return None
                 raise
-            body: bytes = response["Body"].read()
+            stream = response["Body"]
+            try:
+                size = response.get("ContentLength")
+                if isinstance(size, int) and size > max_bytes:
+                    raise DocumentTooLarge(key, size, max_bytes)
+                body: bytes = stream.read(max_bytes + 1)
+            finally:
+                stream.close()
+        if len(body) > max_bytes:
+            raise DocumentTooLarge(key, None, max_bytes)
         return body
 
     def put_file(
@@ -460,13 +471,15 @@ class S3Backend(MultipartUploads, S3Retention, StorageBackend):
     def cleanup_partials(
         self,
         keep: Collection[str] = frozenset(),
+        folders: Collection[str] | None = None,
         older_than: timedelta = DEFAULT_ORPHAN_AGE,
     ) -> int:
         """Abort multipart uploads under the prefix that no journal wants.
 
         ``keep`` is the set of upload ids the ledger still wants. Uploads younger than
         ``older_than`` are spared too: one may have just been created and not yet
-        journaled by a running uploader.
+        journaled by a running uploader. ``folders`` does not narrow it: the store
+        lists unfinished uploads itself, without a walk.
         """
         cutoff = datetime.now(UTC) - older_than
         aborted = 0

@@ -23,7 +23,12 @@ import tenacity
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from bwc_dock.errors import PermanentStorageError, RefusalKind, StorageError
+from bwc_dock.errors import (
+    PermanentStorageError,
+    RefusalKind,
+    StorageError,
+    TransientStorageError,
+)
 from bwc_dock.logs import get_logger
 from bwc_dock.storage.base import ProgressCallback, current_retain_until
 from bwc_dock.storage.s3.settings import (
@@ -44,6 +49,9 @@ logger = get_logger("bwc_dock.storage.s3")
 
 _Result = TypeVar("_Result")
 
+
+# NotImplemented answers to If-None-Match in a row before writes go on without it
+_NOT_IMPLEMENTED_IN_A_ROW = 3
 
 class MeteredBody(io.BytesIO):
     """A request body that reports each chunk read from it (for the bandwidth limiter)."""
@@ -78,9 +86,11 @@ class S3Connection:
         self._client_lock = threading.Lock()
         self._client: Any = None
         self._bucket_confirmed = False
-        # Cleared when the store answers NotImplemented to If-None-Match; the HEAD before
-        # every write is then the only create-only guard.
+        # Cleared when the store answers NotImplemented to If-None-Match several times in
+        # a row (one answer may be a glitch or a forgery); the HEAD before every write is
+        # then the only create-only guard.
         self._conditional_writes = True
+        self._not_implemented_answers = 0
         if settings.endpoint_url and urlsplit(settings.endpoint_url).scheme == "http":
             logger.warning("s3.cleartext_endpoint", endpoint=settings.endpoint_url,
                            why="no TLS: bodies are checksummed but not confidential")
@@ -187,17 +197,28 @@ class S3Connection:
         return {"IfNoneMatch": "*"} if self._conditional_writes else {}
 
     def _retrying_conditional(self, call: Callable[[], _Result]) -> _Result:
-        """Run ``call``; once more without If-None-Match if the store does not know it."""
+        """Run ``call``; once more without If-None-Match only when the store answered
+        NotImplemented to it _NOT_IMPLEMENTED_IN_A_ROW times in a row (before that, the
+        write fails as transient and is retried later, still create-only)."""
         try:
-            return call()
+            result = call()
         except ClientError as error:
             if error_code(error) != "NotImplemented" or not self._conditional_writes:
                 raise
+            self._not_implemented_answers += 1
+            if self._not_implemented_answers < _NOT_IMPLEMENTED_IN_A_ROW:
+                raise TransientStorageError(
+                    f"{self._settings.endpoint_url}: the store answered NotImplemented to a"
+                    f" create-only write (If-None-Match); tried again later, still create-only"
+                ) from error
             self._conditional_writes = False
             logger.warning("s3.conditional_writes_unsupported",
                            endpoint=self._settings.endpoint_url,
                            why="only the HEAD before each write guards against overwrites")
             return call()
+        if self._conditional_writes:
+            self._not_implemented_answers = 0
+        return result
 
     def _lock_parameters(self) -> dict[str, Any]:
         """Object Lock for a new object: the retain-until date of the clip being written
