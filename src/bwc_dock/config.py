@@ -9,54 +9,35 @@ from __future__ import annotations
 import os
 import re
 import socket
-import string
 import tomllib
-from datetime import UTC, datetime, time
+from datetime import time
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from bwc_dock.camera_profiles import CameraProfile, ControlTransfer
+from bwc_dock.config_section import Section as _Section
 from bwc_dock.errors import ConfigError
+from bwc_dock.key_templates import (
+    DEFAULT_KEY_TEMPLATE,
+    key_template_collides,
+    key_template_problem,
+)
+
+# the tables that live in modules of their own, known to the rest of bwc-dock from here
+__all__ = ["CameraProfile", "ControlTransfer"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/bwc-dock/config.toml")
 DEFAULT_STATE_DIR = Path("/var/lib/bwc-dock")
-DEFAULT_CLIP_GLOBS = (
-    "**/*.mp4",
-    "**/*.mov",
-    "**/*.m4v",
-    "**/*.avi",
-    "**/*.mkv",
-    "**/*.mts",
-    "**/*.m2ts",
-    "**/*.3gp",
-    "**/*.wmv",
-)
-DEFAULT_SIDECAR_GLOBS = ("*",)
 DEFAULT_STORE_MARKER = ".bwc-dock-store"
-# Content-addressed: built only from what every dock agrees on, so the same content from
-# the same camera has the same key at every dock and different content never shares one.
-DEFAULT_KEY_TEMPLATE = "{camera}/{recorded:%Y/%m/%d}/{stem}.{sha16}{ext}"
-# Fields a key_template may use; the last two are dock-local (not fleet-safe).
-KEY_FIELDS = ("camera", "recorded", "name", "stem", "ext", "sha256", "sha16", "clip_id", "dock")
-CONTENT_FIELDS = frozenset({"sha256", "sha16"})
-DOCK_LOCAL_FIELDS = frozenset({"clip_id", "dock"})
-_SAMPLE_SHA256 = "0" * 64
-_USB_ID = re.compile(r"^(0x)?[0-9a-f]{1,4}$", re.IGNORECASE)
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DockConfig(_Section):
@@ -173,179 +154,10 @@ class StorageConfig(_Section):
         )
 
 
-def key_template_fields(template: str) -> set[str]:
-    """The field names a key template uses (``{recorded:%Y}`` -> ``recorded``)."""
-    fields = set()
-    for _text, field_name, _spec, _conversion in string.Formatter().parse(template):
-        if field_name is not None:
-            fields.add(re.split(r"[.\[]", field_name, maxsplit=1)[0])
-    return fields
-
-
-def key_template_problem(template: str) -> str | None:
-    """Why ``template`` cannot make keys (an unknown field, a bad format); None if it can."""
-    try:
-        fields = key_template_fields(template)
-    except ValueError as error:
-        return f"not a valid template: {error}"
-    unknown = sorted(fields - set(KEY_FIELDS))
-    if unknown:
-        return (
-            f"unknown field(s) {', '.join('{' + name + '}' for name in unknown)}; "
-            f"known: {', '.join('{' + name + '}' for name in KEY_FIELDS)}"
-        )
-    sample = {name: "x" for name in KEY_FIELDS} | {
-        "recorded": datetime(2026, 11, 24, 8, 15, tzinfo=UTC),
-        "sha256": _SAMPLE_SHA256,
-        "sha16": _SAMPLE_SHA256[:16],
-        "clip_id": 1,
-    }
-    try:
-        key = template.format(**sample)
-    except (ValueError, KeyError, IndexError, AttributeError, TypeError) as error:
-        return f"not a valid template: {error}"
-    if any(part in ("", ".", "..") for part in key.split("/")):
-        return f"makes keys with an empty, '.' or '..' part (e.g. {key!r})"
-    return None
-
-
-def key_template_collides(template: str) -> bool:
-    """Whether keys from ``template`` can name different content at two docks."""
-    fields = key_template_fields(template)
-    return not fields & CONTENT_FIELDS and "dock" not in fields
-
-
-def key_template_risks(template: str) -> list[str]:
-    """Why keys from ``template`` are not fleet-safe (docks sharing one store)."""
-    fields = key_template_fields(template)
-    risks = []
-    if not fields & CONTENT_FIELDS:
-        risks.append(
-            "has no {sha16} or {sha256} field: different content can get the same key "
-            "at two docks (or after a camera is cleared), and the second is quarantined"
-        )
-    local = sorted(fields & DOCK_LOCAL_FIELDS)
-    if local:
-        risks.append(
-            f"uses dock-local field(s) {', '.join('{' + name + '}' for name in local)}: the "
-            "same clip offloaded at two docks is stored twice, under two keys"
-        )
-    return risks
-
-
 class SourcesConfig(_Section):
     udev: bool = True
     watch_dirs: tuple[Path, ...] = ()
     rescan_interval_seconds: float = Field(default=60.0, gt=0)
-
-
-class ControlTransfer(_Section):
-    """A vendor control transfer some cameras need before they expose their storage."""
-
-    request_type: int = Field(ge=0, le=255)
-    request: int = Field(ge=0, le=255)
-    value: int = Field(default=0, ge=0, le=0xFFFF)
-    index: int = Field(default=0, ge=0, le=0xFFFF)
-    data_hex: str = ""
-
-
-class CameraProfile(_Section):
-    name: str = Field(min_length=1)
-    usb_vendor_id: str | None = None
-    usb_product_id: str | None = None
-    label: str | None = None
-    # Where the camera serial comes from: the USB serial, the filesystem UUID or label,
-    # the watch-folder name, or the first line of a file on the volume.
-    serial_source: Literal["usb", "fs_uuid", "fs_label", "folder", "file"] = "usb"
-    serial_file: str | None = None
-    clips: tuple[str, ...] = DEFAULT_CLIP_GLOBS
-    sidecars: tuple[str, ...] = DEFAULT_SIDECAR_GLOBS
-    # A regex with named groups Y, m, d, H, M, S searched in the file name; else mtime.
-    recorded_pattern: str | None = None
-    clear_after_upload: bool = False
-    priority: int = 0
-    filesystem_types: tuple[str, ...] = ("exfat", "vfat")
-    mount_options: tuple[str, ...] = ()
-    control_transfer: ControlTransfer | None = None
-    # What the camera's clock keeps: UTC, or local wall-clock time in an IANA zone. File
-    # name times and FAT/exFAT timestamps without an offset are read in this zone.
-    clock: Literal["utc", "local"] = "utc"
-    timezone: str | None = None
-    # exFAT has a UTC-offset field per timestamp. Both drivers (the kernel's, and the
-    # exfat-fuse of newer releases) convert a timestamp that has it to true UTC, and stat
-    # cannot tell which ones had it; true here says this camera always fills it, so its
-    # file times are already UTC and are not re-read in ``timezone``.
-    timestamps_carry_offset: bool = False
-    # Reading the camera's clock at docking (camera minus dock): a command run as the
-    # daemon's user printing ISO 8601, or a small file on the volume holding it.
-    clock_command: tuple[str, ...] | None = None
-    clock_file: str | None = None
-    # Setting the camera's clock after the offload (run as the daemon's user).
-    clock_set_command: tuple[str, ...] | None = None
-    clock_command_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-
-    @field_validator("usb_vendor_id", "usb_product_id")
-    @classmethod
-    def _normalise_usb_id(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not _USB_ID.match(value):
-            raise ValueError(f"not a hex USB id: {value!r}")
-        digits = value.lower().removeprefix("0x")
-        return digits.rjust(4, "0")
-
-    @field_validator("recorded_pattern")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as error:
-                raise ValueError(f"not a valid regular expression: {error}") from error
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            known_zone(value)
-        return value
-
-    @field_validator("clock_command", "clock_set_command")
-    @classmethod
-    def _has_program(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is not None and (not value or not value[0]):
-            raise ValueError("needs a program to run, as a list of words")
-        return value
-
-    @model_validator(mode="after")
-    def _serial_file(self) -> CameraProfile:
-        if self.serial_source == "file" and not self.serial_file:
-            raise ValueError('serial_file: required with serial_source = "file"')
-        if self.clock == "local" and self.timezone is None:
-            raise ValueError('timezone: required with clock = "local" (an IANA name)')
-        return self
-
-    @property
-    def zone(self) -> ZoneInfo | None:
-        """The zone the camera's clock keeps; None for UTC."""
-        if self.clock == "local" and self.timezone is not None:
-            return ZoneInfo(self.timezone)
-        return None
-
-
-def known_zone(name: str) -> ZoneInfo:
-    """The IANA zone called ``name``; ValueError naming it when there is none."""
-    # ZoneInfo also accepts a path-like key; a name with ".." or a leading "/" is refused
-    # before the lookup so the zone database is the only place looked in.
-    if not name or name.startswith("/") or ".." in name.split("/"):
-        raise ValueError(f"not an IANA time zone name: {name!r}")
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError) as error:
-        raise ValueError(
-            f"unknown time zone {name!r} (an IANA name, e.g. America/New_York)"
-        ) from error
 
 
 class AlarmsConfig(_Section):

@@ -19,7 +19,7 @@ from pathlib import Path
 import structlog
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from bwc_dock.config import CONTENT_FIELDS, StorageConfig, key_template_fields
+from bwc_dock.config import StorageConfig
 from bwc_dock.custody import write_docking_sums
 from bwc_dock.errors import (
     IntegrityError,
@@ -31,6 +31,7 @@ from bwc_dock.errors import (
     is_transient,
 )
 from bwc_dock.handoff import UploadHandoff
+from bwc_dock.key_templates import CONTENT_FIELDS, key_template_fields
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.manifest import (

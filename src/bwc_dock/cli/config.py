@@ -25,7 +25,8 @@ def config_check(context: Context) -> None:
         f"{config.storage.backend}, {len(config.camera)} camera profile(s))"
     )
     # lazy: --help must not load pydantic
-    from bwc_dock.config import key_template_risks, retention_risks
+    from bwc_dock.config import retention_risks
+    from bwc_dock.key_templates import key_template_risks
 
     # a warning, not an error: one dock alone may use any template it likes
     for risk in key_template_risks(config.storage.key_template):

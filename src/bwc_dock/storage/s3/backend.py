@@ -8,14 +8,12 @@ HEAD confirms size and SHA-256.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 from collections.abc import Collection, Generator, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -46,30 +44,20 @@ from bwc_dock.storage.s3.settings import (
     SHA256_METADATA_KEY,
     S3Settings,
 )
-from bwc_dock.storage.s3.translate import MISSING_KEY_CODES, error_code, is_precondition_failed
+from bwc_dock.storage.s3.translate import (
+    METADATA_NAME,
+    MISSING_KEY_CODES,
+    computed_by_store,
+    encode_metadata_value,
+    error_code,
+    is_precondition_failed,
+)
 
 logger = get_logger("bwc_dock.storage.s3")
 
 COPY_OBJECT_LIMIT = 5 * 1024 * 1024 * 1024  # the most one CopyObject request copies
 _COPY_PART_MINIMUM = 64 * 1024 * 1024  # fewer, larger copy requests; the store moves the bytes
 _HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_METADATA_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-# Printable ASCII except '%', which introduces our percent-escapes of anything else.
-_METADATA_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
-
-
-def _computed_by_store(response: Mapping[str, Any]) -> str | None:
-    """The full-object SHA-256 the store computed itself (hex), if it reports one."""
-    store_checksum = str(response.get("ChecksumSHA256") or "")
-    whole_object = response.get("ChecksumType") != "COMPOSITE" and "-" not in store_checksum
-    if store_checksum and whole_object:
-        return base64.b64decode(store_checksum).hex()
-    return None
-
-
-def _encode_metadata_value(value: str) -> str:
-    """S3 metadata travels in HTTP headers: printable ASCII only, the rest %-escaped."""
-    return quote(value, safe=_METADATA_SAFE)
 
 class S3Backend(MultipartUploads, S3Retention, StorageBackend):
     """Create-only, checksummed, resumable storage in one bucket under one prefix."""
@@ -91,7 +79,7 @@ class S3Backend(MultipartUploads, S3Retention, StorageBackend):
         (a multipart upload's composite checksum, a store without checksums) has none."""
         metadata = {name.lower(): value for name, value in response.get("Metadata", {}).items()}
         return StoredObject(key=key, size=int(response["ContentLength"]),
-                            sha256=_computed_by_store(response), metadata=metadata)
+                            sha256=computed_by_store(response), metadata=metadata)
 
     def head(self, key: str) -> StoredObject | None:
         full_key = self._full_key(key)
@@ -250,9 +238,9 @@ class S3Backend(MultipartUploads, S3Retention, StorageBackend):
         cleaned: dict[str, str] = {}
         for name, value in metadata.items():
             lowered = name.lower()
-            if not _METADATA_NAME.match(lowered):
+            if not METADATA_NAME.match(lowered):
                 raise ValueError(f"not a valid S3 metadata name: {name!r}")
-            cleaned[lowered] = _encode_metadata_value(value)
+            cleaned[lowered] = encode_metadata_value(value)
         cleaned[SHA256_METADATA_KEY] = sha256
         return cleaned
 
@@ -306,7 +294,7 @@ class S3Backend(MultipartUploads, S3Retention, StorageBackend):
         claim is what anyone writing to the bucket can set (docs/design.md, trust boundaries).
         """
         existing = self._stored_object(key, response)
-        sha256 = _computed_by_store(response)
+        sha256 = computed_by_store(response)
         if sha256 is None and existing.size == size:
             sha256 = self.read_sha256(key)  # no hash of the store's own: hash the bytes
         if sha256 == expected and existing.size == size:
@@ -363,7 +351,7 @@ class S3Backend(MultipartUploads, S3Retention, StorageBackend):
             if created:
                 return self._hashed_copy(new_key, size)
             existing = self._require_head_raw(new_key)
-        source_sha256 = _computed_by_store(source) or self.read_sha256(key)
+        source_sha256 = computed_by_store(source) or self.read_sha256(key)
         if source_sha256 is None:
             raise PermanentStorageError(f"{self._where(full_source)}: vanished while copied",
                                         RefusalKind.MISSING_OBJECT)
@@ -450,7 +438,7 @@ class S3Backend(MultipartUploads, S3Retention, StorageBackend):
         """The copy as stored, with the store's own full-object SHA-256 or a read's."""
         response = self._require_head_raw(key)
         stored = self._stored_object(key, response)
-        sha256 = _computed_by_store(response) or self.read_sha256(key)
+        sha256 = computed_by_store(response) or self.read_sha256(key)
         if stored.size != size or sha256 is None:
             raise IntegrityError(f"{self._where(self._full_key(key))}: the copy holds"
                                  f" {stored.size} bytes (sha256 {sha256}), source {size}")

@@ -7,6 +7,12 @@ names the request, the object and the fix.
 
 from __future__ import annotations
 
+import base64
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -132,3 +138,23 @@ def _translate_client_error(
             RefusalKind.WRONG_LOCATION,
         )
     return PermanentStorageError(f"{action} {where}: refused ({said})", RefusalKind.OTHER)
+
+
+# What a store's answers mean, beyond errors: its own hash of an object, and metadata.
+METADATA_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# Printable ASCII except '%', which introduces our percent-escapes of anything else.
+_METADATA_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
+
+
+def computed_by_store(response: Mapping[str, Any]) -> str | None:
+    """The full-object SHA-256 the store computed itself (hex), if it reports one."""
+    store_checksum = str(response.get("ChecksumSHA256") or "")
+    whole_object = response.get("ChecksumType") != "COMPOSITE" and "-" not in store_checksum
+    if store_checksum and whole_object:
+        return base64.b64decode(store_checksum).hex()
+    return None
+
+
+def encode_metadata_value(value: str) -> str:
+    """S3 metadata travels in HTTP headers: printable ASCII only, the rest %-escaped."""
+    return quote(value, safe=_METADATA_SAFE)
