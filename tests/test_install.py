@@ -186,9 +186,12 @@ def test_install_twice_is_idempotent_and_keeps_local_changes(source: Path, root:
 
 
 def test_installed_unit_requires_the_nas_mount(root: Path) -> None:
-    """The installer gives bwc-dock.service RequiresMountsFor= for the config's NAS folder."""
+    """The installer gives bwc-dock.service RequiresMountsFor= and ReadWritePaths= for the
+    config's NAS folder, so a share mounted anywhere needs no hand-made drop-in."""
     dropin = root / "etc/systemd/system/bwc-dock.service.d/storage-mount.conf"
-    assert dropin.read_text().splitlines()[1:] == ["[Unit]", "RequiresMountsFor=/mnt/evidence"]
+    assert dropin.read_text().splitlines()[1:] == [
+        "[Unit]", "RequiresMountsFor=/mnt/evidence", "[Service]", "ReadWritePaths=-/mnt/evidence"
+    ]
     assert mode(dropin) == 0o644
 
 
