@@ -17,6 +17,7 @@ from bwc_dock.cli import (
     cameras,
     clips,
     config,
+    coverage,
     daemon,
     fleet,
     ingest,
@@ -53,6 +54,7 @@ COMMANDS: tuple[click.Command, ...] = (
     verify.verify,
     cameras.cameras_group,
     fleet.fleet,
+    coverage.coverage_group,
 )
 for command in COMMANDS:
     cli.add_command(command)

@@ -1,0 +1,174 @@
+"""Coverage review: each CAD (event, officer) with its clips across the fleet, or why none.
+
+Real parts: docks are real ``bwc-dock`` processes with SQLite ledgers offloading camera
+folders (``ingest --wait``) into one shared central-storage folder; the review reads
+only what is in that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bwc_dock.config import CoverageConfig
+from bwc_dock.coverage.cad import parse_cad
+from tests.dock import Dock
+
+RECORDED_PATTERN = (
+    r"(?P<Y>\d{4})(?P<m>\d{2})(?P<d>\d{2})_(?P<H>\d{2})(?P<M>\d{2})(?P<S>\d{2})"
+)
+PROFILE = {
+    "name": "bwc",
+    "serial_source": "folder",
+    "clips": ["DCIM/*.MP4"],
+    "recorded_pattern": RECORDED_PATTERN,
+}
+
+
+def test_cad_rows_that_cannot_be_used_are_listed_with_line_and_reason() -> None:
+    """Bad CAD rows are set aside with their line number and reason; the rest are read."""
+    text = textwrap.dedent(
+        """\
+        event_id,officer_badge_id,officer_dispatched_datetime,officer_cleared_datetime,call_type
+        E1,B1,2026-11-24T08:00:00Z,2026-11-24T08:30:00Z,THEFT
+        E2,B2,2026-11-24T09:00:00+01:00,2026-11-24T09:20:00+01:00,ALARM
+        E3,,2026-11-24T08:00:00Z,2026-11-24T08:30:00Z,THEFT
+        E4,B1,2026-11-24T08:00:00Z,2026-11-24T08:00:00Z,THEFT
+        E5,B1,2026-11-24T08:00:00Z,2026-11-24T17:00:01Z,THEFT
+
+        E6,B1,2026-11-24 08:00:00,2026-11-24T08:30:00Z,THEFT
+        E7,B1,yesterday,2026-11-24T08:30:00Z,THEFT
+        """
+    )
+    cad = parse_cad(text.splitlines(keepends=True), CoverageConfig())
+    assert [(c.line, c.event, c.officer, c.dispatched.isoformat()) for c in cad.calls] == [
+        (2, "E1", "B1", "2026-11-24T08:00:00+00:00"),
+        (3, "E2", "B2", "2026-11-24T08:00:00+00:00"),
+    ]
+    assert [(item.line, item.reason) for item in cad.invalid] == [
+        (4, "missing value: Officer Badge ID"),
+        (5, "Officer Cleared DateTime is not after Officer Dispatched DateTime"),
+        (6, "call longer than max_call_hours (8 h)"),
+        (8, "Officer Dispatched DateTime: '2026-11-24 08:00:00' has no time zone "
+            "(add Z or an offset, or set [coverage] timezone)"),
+        (9, "Officer Dispatched DateTime: not an ISO 8601 time: 'yesterday'"),
+    ]
+
+
+def test_cad_naive_times_are_read_in_the_configured_zone() -> None:
+    """With [coverage] timezone, a time without an offset is read in that zone."""
+    text = (
+        "Event ID,Officer Badge ID,Officer Dispatched DateTime,Officer Cleared DateTime\n"
+        "E1,B1,2026-07-01 08:00:00,2026-07-01 08:30:00\n"
+    )
+    cad = parse_cad(text.splitlines(keepends=True), CoverageConfig(timezone="America/Chicago"))
+    assert [c.dispatched.isoformat() for c in cad.calls] == ["2026-07-01T13:00:00+00:00"]
+    assert cad.invalid == ()
+
+
+def clip_file(camera: Path, recorded: str, counter: int) -> str:
+    """A small clip named as the profile names it: BWC_<YYYYmmdd_HHMMSS>_<counter>.MP4."""
+    name = f"BWC_{recorded}_{counter:04d}.MP4"
+    path = camera / "DCIM" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(f"{camera.name} {recorded} {counter}\n".encode() * 10)
+    return name
+
+
+def write_cad(path: Path, rows: str) -> Path:
+    header = (
+        "Event ID,Officer Badge ID,Officer Dispatched DateTime,Officer Cleared DateTime,"
+        "Call Type\n"
+    )
+    path.write_text(header + textwrap.dedent(rows))
+    return path
+
+
+def coverage(dock: Dock, *arguments: str, check: bool = False) -> tuple[int, dict[str, Any]]:
+    result = dock.cli("coverage", *arguments, "--json", check=check)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def outcome(document: dict[str, Any]) -> list[tuple[str, str, str, str | None, str | None, int]]:
+    return [
+        (row["event"], row["officer"], row["status"], row["cause"], row["rule"], len(row["clips"]))
+        for row in document["rows"]
+    ]
+
+
+@pytest.fixture
+def one_dock(tmp_path: Path) -> Dock:
+    dock = Dock(tmp_path / "dock-a")
+    dock.write_config(
+        dock={"id": "dock-a"},
+        camera=[PROFILE],
+        coverage={"excluded_call_types": ["Traffic Stop"], "grace_days": 3},
+    )
+    return dock
+
+
+def test_review_of_one_dock_gives_each_row_its_status(one_dock: Dock, tmp_path: Path) -> None:
+    """Clips of the officer's camera inside the widened call are its video; other rows
+    are excluded, pending, or no video with the cause; bad rows are listed; exit 1."""
+    camera = tmp_path / "CAM1"
+    clip_file(camera, "20261110_081000", 1)
+    clip_file(camera, "20261110_084200", 2)  # 2 min after clearance: inside the buffer
+    one_dock.cli("cameras", "assign", "CAM1", "B1", "--at", "2026-11-01T00:00:00Z")
+    one_dock.cli("ingest", str(camera), "--camera-serial", "CAM1", "--wait")
+    cad = write_cad(
+        tmp_path / "cad.csv",
+        """\
+        E1,B1,2026-11-10T09:05:00+01:00,2026-11-10T09:40:00+01:00,Theft
+        E2,B1,2026-11-10T08:41:00Z,2026-11-10T08:50:00Z,Alarm
+        E3,B9,2026-11-10T08:00:00Z,2026-11-10T08:30:00Z,Theft
+        E4,B1,2026-11-10T10:00:00Z,2026-11-10T10:30:00Z,TRAFFIC STOP
+        E5,B1,2026-11-11T10:00:00Z,2026-11-11T10:30:00Z,Theft
+        E6,B1,2099-01-01T10:00:00Z,2099-01-01T10:30:00Z,Theft
+        E7,B1,2026-11-10T10:00:00Z,2026-11-10T09:30:00Z,Theft
+        """,
+    )
+    code, document = coverage(one_dock, "--cad", str(cad), "--as-of", "2099-01-02T00:00:00Z")
+    assert code == 1
+    assert outcome(document) == [
+        ("E3", "B9", "no_video", "no_camera_assigned", None, 0),
+        ("E1", "B1", "video", None, "recorded_during_call", 2),
+        ("E2", "B1", "video", None, "recorded_during_call", 1),
+        ("E4", "B1", "excluded", None, None, 0),
+        ("E5", "B1", "no_video", "none_recorded", None, 0),
+        ("E6", "B1", "pending", None, None, 0),
+    ]
+    assert document["rows"][1]["clips"] == [
+        "CAM1/2026/11/10/BWC_20261110_081000_0001.c32f3119728ed240.MP4",
+        "CAM1/2026/11/10/BWC_20261110_084200_0002.42b41b78cef81049.MP4",
+    ]
+    assert document["invalid"] == [
+        {"line": 8, "reason": "Officer Cleared DateTime is not after Officer Dispatched DateTime"}
+    ]
+    _, later = coverage(one_dock, "--cad", str(cad), "--as-of", "2099-01-05T00:00:00Z")
+    assert [row["cause"] for row in later["rows"] if row["event"] == "E6"] == ["camera_not_docked"]
+
+
+def test_review_output_is_byte_identical_for_the_same_inputs(
+    one_dock: Dock, tmp_path: Path
+) -> None:
+    """The same store and CAD file give the same --json and --csv bytes; all-video exits 0."""
+    camera = tmp_path / "CAM1"
+    clip_file(camera, "20261110_081000", 1)
+    one_dock.cli("cameras", "assign", "CAM1", "B1", "--at", "2026-11-01T00:00:00Z")
+    one_dock.cli("ingest", str(camera), "--camera-serial", "CAM1", "--wait")
+    cad = write_cad(tmp_path / "cad.csv", "E1,B1,2026-11-10T08:05:00Z,2026-11-10T08:20:00Z,X\n")
+    outputs = [
+        one_dock.cli("coverage", "--cad", str(cad), form).stdout
+        for form in ("--json", "--csv", "--json", "--csv")
+    ]
+    assert outputs[0] == outputs[2]
+    assert outputs[1] == outputs[3]
+    assert outputs[1].splitlines()[1] == (
+        "E1,B1,X,2026-11-10T08:05:00Z,2026-11-10T08:20:00Z,video,,recorded_during_call,"
+        "CAM1/2026/11/10/BWC_20261110_081000_0001.c32f3119728ed240.MP4,CAM1,,2"
+    )
