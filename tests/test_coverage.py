@@ -8,6 +8,7 @@ only what is in that folder.
 from __future__ import annotations
 
 import json
+import sqlite3
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,64 @@ def test_review_output_is_byte_identical_for_the_same_inputs(
         "E1,B1,X,2026-11-10T08:05:00Z,2026-11-10T08:20:00Z,video,,recorded_during_call,"
         "CAM1/2026/11/10/BWC_20261110_081000_0001.c32f3119728ed240.MP4,CAM1,,2"
     )
+
+
+def two_docks(root: Path, **sections: Any) -> tuple[Dock, Dock]:
+    """Two docks with ledgers of their own and one central-storage folder."""
+    shared = root / "central"
+    shared.mkdir(parents=True, exist_ok=True)
+    docks = []
+    for name in ("dock-a", "dock-b"):
+        dock = Dock(root / name)
+        dock.write_config(dock={"id": name}, storage={"path": str(shared)}, camera=[PROFILE],
+                          **sections)
+        docks.append(dock)
+    return docks[0], docks[1]
+
+
+def audit_events(dock: Dock, event: str) -> list[dict[str, Any]]:
+    """The details of every audit row of ``event`` in the dock's ledger file, oldest first."""
+    with sqlite3.connect(dock.ledger_path) as connection:
+        rows = connection.execute(
+            "SELECT details FROM audit_log WHERE event = ? ORDER BY id", (event,)
+        ).fetchall()
+    return [json.loads(details) for (details,) in rows]
+
+
+def manifest_officers(central: Path) -> dict[str, str | None]:
+    """{manifest file name: officer it names}, for every custody record in the folder."""
+    return {
+        path.name: json.loads(path.read_text())["officer"]
+        for path in central.rglob("*.clip-*.json")
+    }
+
+
+def test_an_assignment_made_at_one_dock_names_the_officer_at_another(tmp_path: Path) -> None:
+    """Assigned at dock A, the camera's clips offloaded at dock B carry that officer, and
+    dock B's later back-dated change that would re-attribute them is refused there."""
+    dock_a, dock_b = two_docks(tmp_path)
+    dock_a.cli("cameras", "assign", "CAM2", "B2", "--at", "2026-11-01T00:00:00Z")
+    assert sorted(p.parent.name for p in (tmp_path / "central/_assignments").rglob("*.json")) == [
+        "CAM2"
+    ]
+    camera = tmp_path / "CAM2"
+    clip_file(camera, "20261112_100000", 1)
+    dock_b.cli("ingest", str(camera), "--camera-serial", "CAM2", "--wait")
+    assert list(manifest_officers(tmp_path / "central").values()) == ["B2"]
+    cameras_b = json.loads(dock_b.cli("cameras", "--json").stdout)
+    assert [(c["serial"], c["officer_id"]) for c in cameras_b] == [("CAM2", "B2")]
+
+    # made at dock A, back-dated over a clip dock B delivered: dock A has no such clip and
+    # records it, dock B refuses it at its next pick-up and says so in its audit log
+    dock_a.cli("cameras", "assign", "CAM2", "B3", "--at", "2026-11-10T00:00:00Z")
+    dock_b.cli("cameras", "assign", "CAM9", "B9")  # any assignment picks up the others
+    refusals = audit_events(dock_b, "camera.fleet_assignment_refused")
+    assert [details["reason"].split(" would ")[0] for details in refusals] == [
+        "camera CAM2 issued to B3 from 2026-11-10T00:00:00+00:00"
+    ]
+    cameras_b = json.loads(dock_b.cli("cameras", "--json").stdout)
+    assert [(c["serial"], c["officer_id"]) for c in cameras_b] == [
+        ("CAM2", "B2"), ("CAM9", "B9")
+    ]
+    cameras_a = json.loads(dock_a.cli("cameras", "--json").stdout)
+    assert [(c["serial"], c["officer_id"]) for c in cameras_a] == [("CAM2", "B3")]

@@ -35,6 +35,7 @@ def scan_into_ledger(
     ledger: Ledger, config: Config, docking_id: int, volume: DockedVolume
 ) -> tuple[list[int], ScanResult]:
     """Scan a volume and record what is new; (ids of new clips, what the scan found)."""
+    pick_up_fleet_assignments(ledger, config)
     profile = config.profile(volume.profile_name or "") or folder_profile(config)
     result = scan_volume(volume.root, profile, scan_limits(config))
     new_ids = ledger.record_scan(
@@ -49,3 +50,25 @@ def scan_into_ledger(
         refused=len(result.refused),
     )
     return new_ids, result
+
+
+def pick_up_fleet_assignments(ledger: Ledger, config: Config) -> None:
+    """Before a camera's clips are recorded, the fleet's newest assignments: so that a clip's
+    officer is the same whichever dock offloads it. A store that cannot be reached costs
+    only the pick-up (logged); the next docking tries again."""
+    from bwc_dock.cameras import pick_up_assignments
+    from bwc_dock.errors import BwcDockError
+    from bwc_dock.storage import open_backend
+
+    try:
+        backend = open_backend(config)
+        try:
+            applied, refused = pick_up_assignments(ledger, backend)
+        finally:
+            backend.close()
+    except (BwcDockError, OSError) as error:
+        log.warning("camera.fleet_assignments_not_picked_up", error=str(error),
+                    retry="at the next docking")
+        return
+    if applied or refused:
+        log.info("camera.fleet_assignments_picked_up", applied=applied, refused=refused)

@@ -254,6 +254,14 @@ class Ledger:
     ) -> list[Reattribution]:
         return assignments.assign(self.store, assigned, force=force)
 
+    def fleet_assignment_records(self) -> dict[str, Mapping[str, Any] | None]:
+        return assignments.fleet_records(self.store)
+
+    def record_fleet_assignment_refusal(
+        self, serial: str | None, record_key: str, reason: str
+    ) -> None:
+        assignments.record_fleet_refusal(self.store, serial, record_key, reason)
+
     # -- custody and anchors (ledger/custody.py) ---------------------------------------------
 
     def delivered_objects(self, docking_id: int) -> dict[str, str]:
