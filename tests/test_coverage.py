@@ -234,3 +234,43 @@ def test_an_assignment_made_at_one_dock_names_the_officer_at_another(tmp_path: P
     ]
     cameras_a = json.loads(dock_a.cli("cameras", "--json").stdout)
     assert [(c["serial"], c["officer_id"]) for c in cameras_a] == [("CAM2", "B3")]
+
+
+def test_an_explanation_lasts_and_a_correction_names_the_one_it_corrects(
+    tmp_path: Path,
+) -> None:
+    """An explanation made at one dock turns a no-video row into explained at any review;
+    a correction is a second record naming the first, and the review uses the correction."""
+    dock_a, dock_b = two_docks(tmp_path)
+    dock_a.cli("cameras", "assign", "CAM1", "B1", "--at", "2026-11-01T00:00:00Z")
+    cad = write_cad(tmp_path / "cad.csv", "E5,B1,2026-11-11T10:00:00Z,2026-11-11T10:30:00Z,X\n")
+    camera = tmp_path / "CAM1"
+    clip_file(camera, "20261112_100000", 1)
+    dock_b.cli("ingest", str(camera), "--camera-serial", "CAM1", "--wait")
+    code, document = coverage(dock_b, "--cad", str(cad))
+    assert (code, outcome(document)) == (1, [("E5", "B1", "no_video", "none_recorded", None, 0)])
+
+    wrong = dock_a.cli("coverage", "explain", "E5", "B1", "--reason", "sunspots",
+                       "--note", "n", check=False)
+    assert wrong.returncode == 2
+    assert "not a reason code" in wrong.stderr
+    first = dock_a.cli("coverage", "explain", "E5", "B1", "--reason", "officer_error",
+                       "--note", "forgot to press record").stdout.split(": ", 1)[1].strip()
+    code, document = coverage(dock_b, "--cad", str(cad))
+    assert (code, outcome(document)) == (0, [("E5", "B1", "explained", None, None, 0)])
+    assert document["rows"][0]["explanation"] == {
+        "key": first, "reason": "officer_error", "note": "forgot to press record"
+    }
+
+    second = dock_b.cli("coverage", "explain", "E5", "B1", "--reason", "equipment_failure",
+                        "--note", "battery died", "--corrects", first).stdout
+    second_key = second.split(": ", 1)[1].strip()
+    _, document = coverage(dock_a, "--cad", str(cad))
+    assert document["rows"][0]["explanation"] == {
+        "key": second_key, "reason": "equipment_failure", "note": "battery died"
+    }
+    stored = sorted((tmp_path / "central/_coverage/explanations/E5/B1").iterdir())
+    corrects = [json.loads(path.read_text())["corrects"] for path in stored]
+    assert sorted(corrects, key=str) == sorted([None, first], key=str)  # both kept
+    assert [d["key"] for d in audit_events(dock_a, "coverage.explained")] == [first]
+    assert [d["corrects"] for d in audit_events(dock_b, "coverage.explained")] == [first]
