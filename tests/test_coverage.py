@@ -274,3 +274,161 @@ def test_an_explanation_lasts_and_a_correction_names_the_one_it_corrects(
     assert sorted(corrects, key=str) == sorted([None, first], key=str)  # both kept
     assert [d["key"] for d in audit_events(dock_a, "coverage.explained")] == [first]
     assert [d["corrects"] for d in audit_events(dock_b, "coverage.explained")] == [first]
+
+
+# -- the fleet scenario: two docks, three cameras, four officers over time ---------------
+
+COUNTER_PROFILE = PROFILE | {"counter_pattern": r"_(?P<counter>\d{4})\.MP4$"}
+SCENARIO_CAD = """\
+    E100,B1,2026-11-10T08:05:00Z,2026-11-10T08:30:00Z,Theft
+    E101,B1,2026-11-10T09:55:00+01:00,2026-11-10T10:20:00+01:00,Alarm
+    E102,B1,2026-11-11T13:50:00Z,2026-11-11T14:30:00Z,Theft
+    E103,B1,2026-11-12T09:58:00Z,2026-11-12T10:20:00Z,Assault
+    E103,B2,2026-11-12T09:58:00Z,2026-11-12T10:20:00Z,Assault
+    E104,B3,2026-11-22T10:00:00Z,2026-11-22T10:30:00Z,Theft
+    E105,B2,2026-11-22T10:00:00Z,2026-11-22T10:30:00Z,Theft
+    E106,B3,2026-11-21T09:56:00Z,2026-11-21T10:10:00Z,Theft
+    E107,B3,2026-11-23T10:03:00Z,2026-11-23T10:30:00Z,Theft
+    E108,B4,2026-11-15T11:50:00Z,2026-11-15T12:30:00Z,Theft
+    E109,B4,2026-11-16T11:50:00Z,2026-11-16T12:30:00Z,Theft
+    E110,B4,2099-06-01T10:00:00Z,2099-06-01T10:30:00Z,Theft
+    E111,B4,2099-06-09T10:00:00Z,2099-06-09T10:30:00Z,Theft
+    E112,B5,2026-11-12T10:00:00Z,2026-11-12T10:30:00Z,Theft
+    E113,B1,2026-11-13T10:00:00Z,2026-11-13T10:30:00Z,Traffic Stop
+    E114,B1,2026-11-14T10:00:00Z,2026-11-14T10:30:00Z,Theft
+    E115,B1,2026-11-14T10:00:00Z,2026-11-14T09:00:00Z,Theft
+    E116,,2026-11-14T10:00:00Z,2026-11-14T10:30:00Z,Theft
+    E117,B2,2026-11-14 10:00:00,2026-11-14T10:30:00Z,Theft
+    E118,B3,2026-11-25T08:55:00Z,2026-11-25T09:10:00Z,Theft
+    """
+# (event, officer, status, cause, rule, clips), in the review's order (by dispatch time)
+SCENARIO_EXPECTED = [
+    ("E100", "B1", "video", None, "recorded_during_call", 1),
+    ("E101", "B1", "video", None, "recorded_during_call", 1),
+    ("E102", "B1", "no_video", "clip_vanished", None, 0),
+    ("E103", "B1", "video", None, "recorded_during_call", 1),
+    ("E103", "B2", "video", None, "recorded_during_call", 1),
+    ("E112", "B5", "no_video", "no_camera_assigned", None, 0),
+    ("E113", "B1", "excluded", None, None, 0),
+    ("E114", "B1", "explained", None, None, 0),
+    ("E108", "B4", "video", None, "recorded_during_call", 1),
+    ("E109", "B4", "no_video", "none_recorded", None, 0),
+    ("E106", "B3", "video", None, "recorded_during_call", 1),
+    ("E104", "B3", "no_video", "sequence_gap", None, 0),
+    ("E105", "B2", "no_video", "no_camera_assigned", None, 0),
+    ("E107", "B3", "video", None, "recorded_within_buffer", 1),
+    ("E118", "B3", "video", None, "recorded_during_call", 1),
+    ("E110", "B4", "no_video", "camera_not_docked", None, 0),
+    ("E111", "B4", "pending", None, None, 0),
+]
+SCENARIO_INVALID = [
+    {"line": 18, "reason": "Officer Cleared DateTime is not after Officer Dispatched DateTime"},
+    {"line": 19, "reason": "missing value: Officer Badge ID"},
+    {"line": 20, "reason": "Officer Dispatched DateTime: '2026-11-14 10:00:00' has no time zone "
+                           "(add Z or an offset, or set [coverage] timezone)"},
+]
+
+
+def scan_without_copying(dock: Dock, camera: Path, serial: str) -> None:
+    """A docking cut short after the scan: the clips are in the ledger, none copied off."""
+    from bwc_dock.config import load_config
+    from bwc_dock.ledger import Ledger
+    from bwc_dock.scanning import scan_into_ledger
+    from bwc_dock.sources.base import DockedVolume
+
+    config = load_config(dock.config_path)
+    ledger = Ledger.open(config, "test")
+    try:
+        volume = DockedVolume("ingest", str(camera), camera, serial, profile_name="bwc")
+        docking = ledger.record_docking(volume, None)
+        scan_into_ledger(ledger, config, docking, volume)
+        ledger.end_docking(docking, "undocked before copying")
+    finally:
+        ledger.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dock, Dock, Path]:
+    """The scenario, played once: assignments at dock A, offloads at both docks."""
+    root = tmp_path_factory.mktemp("fleet")
+    dock_a, dock_b = two_docks(
+        root, coverage={"excluded_call_types": ["traffic stop"], "grace_days": 3}
+    )
+    for dock in (dock_a, dock_b):
+        dock.write_config(**{**dock.settings, "camera": [COUNTER_PROFILE]})
+    for serial, officer, since in (
+        ("CAM1", "B1", "2026-11-01"), ("CAM2", "B2", "2026-11-01"),
+        ("CAM2", "B3", "2026-11-20"), ("CAM3", "B4", "2026-11-01"),
+    ):
+        dock_a.cli("cameras", "assign", serial, officer, "--at", f"{since}T00:00:00Z")
+
+    cam1 = root / "CAM1"
+    for recorded, counter in (("20261110_081000", 1), ("20261110_090000", 2),
+                              ("20261111_140000", 3)):
+        clip_file(cam1, recorded, counter)
+    scan_without_copying(dock_a, cam1, "CAM1")
+    (cam1 / "DCIM" / "BWC_20261111_140000_0003.MP4").unlink()  # gone before it was copied
+    clip_file(cam1, "20261112_100000", 4)
+    dock_a.cli("ingest", str(cam1), "--camera-serial", "CAM1", "--wait")
+
+    cam2 = root / "CAM2"
+    for recorded, counter in (("20261112_100000", 1), ("20261121_100000", 2),
+                              ("20261123_100000", 4)):  # number 3 is missing
+        clip_file(cam2, recorded, counter)
+    dock_b.cli("ingest", str(cam2), "--camera-serial", "CAM2", "--wait")
+    cam2_after_format = root / "CAM2-formatted"
+    clip_file(cam2_after_format, "20261125_090000", 1)
+    dock_b.cli("ingest", str(cam2_after_format), "--camera-serial", "CAM2", "--wait")
+
+    cam3 = root / "CAM3"
+    clip_file(cam3, "20261115_120000", 1)
+    dock_b.cli("ingest", str(cam3), "--camera-serial", "CAM3", "--wait")
+
+    dock_b.cli("coverage", "explain", "E114", "B1", "--reason", "equipment_failure",
+               "--note", "camera would not power on")
+    bad = root / "central/CAM9/2026/11/01/x.MP4.dock-z.clip-1.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x00not json")
+    cad = write_cad(root / "cad.csv", SCENARIO_CAD)
+    return dock_a, dock_b, cad
+
+
+def test_fleet_review_gives_every_row_its_expected_result(fleet: tuple[Dock, Dock, Path]) -> None:
+    """Over two docks, three cameras and four officers, each CAD row gets the status and
+    cause written out here; bad rows and a bad record are listed; the review exits 1."""
+    dock_a, _dock_b, cad = fleet
+    code, document = coverage(dock_a, "--cad", str(cad), "--as-of", "2099-06-10T00:00:00Z")
+    assert code == 1
+    assert outcome(document) == SCENARIO_EXPECTED
+    assert document["invalid"] == SCENARIO_INVALID
+    assert document["unreadable"] == [
+        {"key": "CAM9/2026/11/01/x.MP4.dock-z.clip-1.json",
+         "reason": "malformed: not JSON (JSONDecodeError)"}
+    ]
+    by_subject = {(row["event"], row["officer"]): row for row in document["rows"]}
+    assert by_subject[("E103", "B2")]["cameras"] == ["CAM2"]
+    assert by_subject[("E104", "B3")]["cameras"] == ["CAM2"]
+    assert by_subject[("E114", "B1")]["explanation"]["reason"] == "equipment_failure"
+
+
+def test_dockings_record_gaps_resets_and_vanished_files(fleet: tuple[Dock, Dock, Path]) -> None:
+    """A missing file number is a gap, a restarted counter a reset, and a file gone from
+    the camera without being cleared is vanished: audit events at the dock that saw them."""
+    dock_a, dock_b, _cad = fleet
+    assert [(d["missing"], d["runs"]) for d in audit_events(dock_b, "clip.sequence_gap")] == [
+        ([3], [{"first": 3, "last": 3,
+                "between": ["2026-11-21T10:00:00+00:00", "2026-11-23T10:00:00+00:00"]}])
+    ]
+    assert [(d["previous_highest"], d["restarted_at"])
+            for d in audit_events(dock_b, "clip.counter_reset")] == [(4, 1)]
+    assert [(d["source_path"], d["offloaded"])
+            for d in audit_events(dock_a, "clip.vanished_on_camera")] == [
+        ("DCIM/BWC_20261111_140000_0003.MP4", False)
+    ]
+    assert sorted((d["source_path"], d["offloaded"])
+                  for d in audit_events(dock_b, "clip.vanished_on_camera")) == [
+        ("DCIM/BWC_20261112_100000_0001.MP4", True),
+        ("DCIM/BWC_20261121_100000_0002.MP4", True),
+        ("DCIM/BWC_20261123_100000_0004.MP4", True),
+    ]
+    assert audit_events(dock_a, "clip.sequence_gap") == []
