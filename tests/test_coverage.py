@@ -432,3 +432,38 @@ def test_dockings_record_gaps_resets_and_vanished_files(fleet: tuple[Dock, Dock,
         ("DCIM/BWC_20261123_100000_0004.MP4", True),
     ]
     assert audit_events(dock_a, "clip.sequence_gap") == []
+
+
+def test_a_vanished_file_and_a_gap_are_alarms_at_the_dock_that_found_them(
+    fleet: tuple[Dock, Dock, Path],
+) -> None:
+    """The dock's alarm board raises clip_vanished and clip_sequence_gap for the cameras
+    whose recent docking found them, naming the file and the missing numbers."""
+    from datetime import UTC, datetime
+
+    from bwc_dock.alarms import AlarmBoard, Observation
+    from bwc_dock.config import AlarmsConfig, load_config
+    from bwc_dock.coverage.docking import recent_camera_findings
+    from bwc_dock.ledger import Ledger
+
+    now = datetime.now(UTC)
+    details = []
+    for dock in fleet[:2]:
+        ledger = Ledger.open(load_config(dock.config_path), "test")
+        try:
+            findings = recent_camera_findings(ledger, now)
+        finally:
+            ledger.close()
+        board = AlarmBoard(AlarmsConfig())
+        board.observe(Observation(now, None, 1 << 40, 0, camera_findings=findings))
+        details += [(alarm.kind.value, alarm.camera, alarm.detail) for alarm in board.active]
+    assert details == [
+        ("clip_vanished", "CAM1",
+         "camera CAM1: files gone without bwc-dock clearing them: "
+         "DCIM/BWC_20261111_140000_0003.MP4"),
+        ("clip_sequence_gap", "CAM2", "camera CAM2: file numbers missing: 3"),
+        ("clip_vanished", "CAM2",
+         "camera CAM2: files gone without bwc-dock clearing them: "
+         "DCIM/BWC_20261112_100000_0001.MP4; DCIM/BWC_20261121_100000_0002.MP4; "
+         "DCIM/BWC_20261123_100000_0004.MP4"),
+    ]

@@ -34,6 +34,8 @@ class AlarmKind(enum.StrEnum):
     STORAGE_REFUSED = "storage_refused"
     QUARANTINED = "quarantined"
     CAMERA_UNMOUNTABLE = "camera_unmountable"
+    CLIP_SEQUENCE_GAP = "clip_sequence_gap"
+    CLIP_VANISHED = "clip_vanished"
 
 
 Severity = Literal["warning", "error"]
@@ -46,7 +48,11 @@ _SEVERITY: dict[AlarmKind, Severity] = {
     AlarmKind.STORAGE_REFUSED: "error",  # credentials do not heal by themselves
     AlarmKind.QUARANTINED: "error",  # evidence failed an integrity check
     AlarmKind.CAMERA_UNMOUNTABLE: "error",  # evidence sits on a camera nobody can read
+    AlarmKind.CLIP_SEQUENCE_GAP: "error",  # the camera's file numbers skip: a file is missing
+    AlarmKind.CLIP_VANISHED: "error",  # a file left the camera without bwc-dock clearing it
 }
+# How long a camera's gap or vanished file stays an alarm after the docking that found it.
+CAMERA_FINDING_HOURS = 24
 
 
 class StorageState(enum.StrEnum):
@@ -70,6 +76,15 @@ class UnmountableCamera:
 
 
 @dataclass(frozen=True)
+class CameraFinding:
+    """A docking's proof that a camera lacks a file: a gap in its numbers, or a file gone."""
+
+    kind: Literal["clip_sequence_gap", "clip_vanished"]
+    camera: str
+    detail: str  # which numbers, or which file
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the daemon saw in one loop. All times are timezone-aware."""
 
@@ -82,6 +97,8 @@ class Observation:
     quarantined_clips: int = 0
     docked: tuple[DockedCamera, ...] = ()
     unmountable: tuple[UnmountableCamera, ...] = ()
+    # findings of the last CAMERA_FINDING_HOURS, from the ledger's audit events
+    camera_findings: tuple[CameraFinding, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,6 +199,7 @@ class AlarmBoard:
             _quarantined(observation),
             *self._stalled(observation),
             *_unmountable(observation),
+            *_camera_findings(observation),
         ]
         return {alarm.key: alarm for alarm in alarms if alarm is not None}
 
@@ -282,6 +300,26 @@ def _unmountable(observation: Observation) -> Iterable[Alarm]:
             detail=f"camera {camera.name} is docked but cannot be mounted: {camera.error}",
             short=f"camera {camera.name} unmountable",
             camera=camera.name,
+        )
+
+
+def _camera_findings(observation: Observation) -> Iterable[Alarm]:
+    """One alarm per camera and kind, naming every finding of it."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for finding in observation.camera_findings:
+        grouped.setdefault((finding.kind, finding.camera), []).append(finding.detail)
+    for (kind_name, camera), details in sorted(grouped.items()):
+        kind = AlarmKind(kind_name)
+        if kind is AlarmKind.CLIP_SEQUENCE_GAP:
+            what, short = "file numbers missing", "file numbers missing"
+        else:
+            what, short = "files gone without bwc-dock clearing them", "files vanished"
+        yield Alarm(
+            kind,
+            _SEVERITY[kind],
+            detail=f"camera {camera}: {what}: {'; '.join(details)}",
+            short=f"camera {camera} {short}",
+            camera=camera,
         )
 
 

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -24,6 +24,7 @@ from bwc_dock.alarms import DockedCamera, UnmountableCamera
 from bwc_dock.bandwidth import BandwidthLimiter
 from bwc_dock.clearer import clear_when_verified
 from bwc_dock.config import Config, load_config
+from bwc_dock.coverage.docking import recent_camera_findings
 from bwc_dock.custody import anchor_dockings
 from bwc_dock.docked import Docked, DockedRegistry
 from bwc_dock.errors import BwcDockError, ConfigError, Interrupted, PermanentStorageError
@@ -428,6 +429,7 @@ class Daemon(SourceListener):
             ),
             error_counts=dict(self.error_counts),
             byte_totals=self.ledger.byte_totals() if metrics_textfile is not None else None,
+            camera_findings=recent_camera_findings(self.ledger, datetime.now(UTC)),
         )
 
     def _staging_free_bytes(self) -> int | None:

@@ -19,6 +19,7 @@ import structlog
 
 from bwc_dock.alarms import (
     AlarmBoard,
+    CameraFinding,
     DockedCamera,
     Observation,
     StorageState,
@@ -54,6 +55,8 @@ class DaemonStatus:
     # (bytes copied off cameras, bytes confirmed in central storage), ever; read from the
     # ledger only when there is a metrics textfile to write them to
     byte_totals: tuple[int, int] | None
+    # gaps and vanished files that recent dockings found on cameras
+    camera_findings: tuple[CameraFinding, ...] = ()
 
 
 StatusReader = Callable[[], DaemonStatus]
@@ -141,4 +144,5 @@ def _observation(status: DaemonStatus) -> Observation:
         quarantined_clips=status.clips_by_state["quarantined"],
         docked=status.docked,
         unmountable=status.unmountable,
+        camera_findings=status.camera_findings,
     )

@@ -20,14 +20,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
+from bwc_dock.alarms import CAMERA_FINDING_HOURS, CameraFinding
 from bwc_dock.config import CameraProfile
 from bwc_dock.coverage.records import EVIDENCE_SCHEMA
 from bwc_dock.coverage.shared import EVIDENCE_PREFIX, write_record
+from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.evidence import (
     COUNTER_RESET_EVENT,
     SEQUENCE_GAP_EVENT,
@@ -255,3 +257,27 @@ def evidence_documents(
 def share(backend: StorageBackend, documents: Iterable[tuple[datetime, dict[str, Any]]]) -> None:
     for moment, document in documents:
         write_record(backend, EVIDENCE_PREFIX, document["camera"], moment, document)
+
+
+# -- the dock's alarms ------------------------------------------------------------------------
+
+
+def camera_findings(events: Iterable[EvidenceEvent]) -> tuple[CameraFinding, ...]:
+    """The alarm board's view of recent gap and vanished events."""
+    found = []
+    for item in events:
+        if item.camera_serial is None:
+            continue
+        if item.event == SEQUENCE_GAP_EVENT:
+            numbers = ", ".join(str(n) for n in item.details.get("missing", [])[:20])
+            found.append(CameraFinding("clip_sequence_gap", item.camera_serial, numbers))
+        elif item.event == VANISHED_EVENT:
+            path = str(item.details.get("source_path", "?"))
+            found.append(CameraFinding("clip_vanished", item.camera_serial, path))
+    return tuple(found)
+
+
+def recent_camera_findings(ledger: Ledger, now: datetime) -> tuple[CameraFinding, ...]:
+    """Findings of the last CAMERA_FINDING_HOURS; none when the ledger cannot say."""
+    since = now - timedelta(hours=CAMERA_FINDING_HOURS)
+    return camera_findings(ledger.camera_evidence_since(since))

@@ -111,8 +111,17 @@ def record_events(store: Store, events: Sequence[EvidenceEvent]) -> None:
 
 
 def events_since(store: Store, since: datetime) -> list[EvidenceEvent]:
-    """Gap and vanished events recorded at or after ``since`` (for the alarms)."""
+    """Gap and vanished events recorded at or after ``since`` (for the alarms): found by
+    the cameras docked since then, whose audit rows the (camera, event) index reaches,
+    so the whole audit log is never read."""
+    # ``at`` columns are UTC ISO text, which sorts as time does
+    floor = since.astimezone(UTC)
     with store.transaction() as session:
+        cameras = sorted(
+            set(session.scalars(select(Docking.camera_serial).where(Docking.docked_at >= floor)))
+        )
+        if not cameras:
+            return []
         rows = session.execute(
             select(
                 AuditEntry.event,
@@ -122,9 +131,9 @@ def events_since(store: Store, since: datetime) -> list[EvidenceEvent]:
                 AuditEntry.at,
             )
             .where(
+                AuditEntry.camera_serial.in_(cameras),
                 AuditEntry.event.in_([SEQUENCE_GAP_EVENT, VANISHED_EVENT]),
-                # ``at`` is stored as UTC ISO text, which sorts as time does
-                AuditEntry.at >= since.astimezone(UTC).isoformat(timespec="microseconds"),
+                AuditEntry.at >= floor.isoformat(timespec="microseconds"),
             )
             .order_by(AuditEntry.id)
         ).all()
