@@ -467,3 +467,32 @@ def test_a_vanished_file_and_a_gap_are_alarms_at_the_dock_that_found_them(
          "DCIM/BWC_20261112_100000_0001.MP4; DCIM/BWC_20261121_100000_0002.MP4; "
          "DCIM/BWC_20261123_100000_0004.MP4"),
     ]
+
+
+def test_fleet_cameras_lists_each_cameras_last_docking_anywhere(
+    fleet: tuple[Dock, Dock, Path], tmp_path: Path
+) -> None:
+    """fleet cameras names each camera's newest docking at any dock and exits 1 when one
+    is older than --stale-days."""
+    dock_a, _dock_b, _cad = fleet
+    fresh = dock_a.cli("fleet", "cameras", "--json", "--stale-days", "30")
+    assert [(c["camera"], c["dock"], c["stale"]) for c in json.loads(fresh.stdout)["cameras"]] == [
+        ("CAM1", "dock-a", False), ("CAM2", "dock-b", False), ("CAM3", "dock-b", False),
+    ]
+    # a camera another dock last saw in October, as that dock recorded it
+    old = dock_a.settings["storage"]["path"] + "/_coverage/cameras/CAM7/20261001T080000Z.0.json"
+    Path(old).parent.mkdir(parents=True)
+    Path(old).write_text(json.dumps({
+        "schema": "bwc-dock/camera-evidence/1", "camera": "CAM7", "kind": "docking",
+        "dock": "dock-c", "at": "2026-10-01T08:00:00+00:00",
+    }))
+    try:
+        stale = dock_a.cli("fleet", "cameras", "--json", "--stale-days", "30", check=False)
+        assert stale.returncode == 1
+        document = json.loads(stale.stdout)
+        assert [(c["camera"], c["last_docked_at"], c["dock"], c["stale"])
+                for c in document["cameras"]][-1] == (
+            "CAM7", "2026-10-01T08:00:00+00:00", "dock-c", True
+        )
+    finally:
+        Path(old).unlink()
