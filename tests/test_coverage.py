@@ -8,8 +8,12 @@ only what is in that folder.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import subprocess
+import tempfile
 import textwrap
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -496,3 +500,93 @@ def test_fleet_cameras_lists_each_cameras_last_docking_anywhere(
         )
     finally:
         Path(old).unlink()
+
+
+class _Numbers(HTMLParser):
+    """The numbers a page shows, by their data-* names, as the browser left the DOM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: dict[str, str] = {}
+        self._open: list[str | None] = []
+        self._group: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = dict(attrs)
+        name = None
+        for attribute in ("data-count", "data-rate"):
+            if named.get(attribute):
+                name = f"{attribute[5:]}:{named[attribute]}"
+        for attribute in ("data-month", "data-officer", "data-cause"):
+            if named.get(attribute):
+                self._group = f"{attribute[5:]}:{named[attribute]}"
+        if "data-value" in named:
+            name = self._group
+        self._open.append(name)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open:
+            self._open.pop()
+
+    def handle_data(self, data: str) -> None:
+        if self._open and self._open[-1] and data.strip():
+            self.found[self._open[-1]] = data.strip()
+
+
+def browser_dom(page: Path) -> str:
+    """The page as headless Chromium rendered it (no network, a throwaway profile)."""
+    with tempfile.TemporaryDirectory() as profile:
+        result = subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=120, check=True,
+        )
+    return result.stdout
+
+
+def percent_text(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate * 100:.1f}%"
+
+
+def test_html_page_shows_the_same_numbers_as_json(
+    fleet: tuple[Dock, Dock, Path], tmp_path: Path
+) -> None:
+    """The --html page, opened in headless Chromium, shows the counts, the video rate by
+    month and by officer, and the causes that --json and --aggregate month report."""
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed")
+    dock_a, _dock_b, cad = fleet
+    page = tmp_path / "coverage.html"
+    as_of = ("--as-of", "2099-06-10T00:00:00Z")
+    _, document = coverage(dock_a, "--cad", str(cad), *as_of, "--html", str(page))
+    public_page = tmp_path / "public.html"
+    _, monthly = coverage(dock_a, "--cad", str(cad), *as_of, "--aggregate", "month",
+                          "--html", str(public_page))
+    for published in (json.dumps(monthly), public_page.read_text()):
+        assert not any(name in published for name in ("B1", "B4", "E100", "E118", "CAM1"))
+    dom = browser_dom(page)
+    assert "http://" not in dom.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    parser = _Numbers()
+    parser.feed(dom)
+    shown = parser.found
+    total = document["summary"]
+    assert total["by_status"] == {"video": 8, "excluded": 1, "explained": 1, "pending": 1,
+                                  "no_video": 6}
+    assert total["by_cause"] == {"no_camera_assigned": 2, "camera_not_docked": 1,
+                                 "sequence_gap": 1, "clip_vanished": 1, "none_recorded": 1}
+    for status, count in total["by_status"].items():
+        assert shown[f"count:status:{status}"] == str(count)
+    for cause, count in total["by_cause"].items():
+        assert shown[f"count:cause:{cause}"] == str(count)
+        assert shown[f"cause:{cause}"] == str(count)
+    assert shown["rate:all"] == percent_text(total["video_rate"]) == "53.3%"  # 8 of 15
+    assert [(m["month"], m["video_rate"]) for m in monthly["months"]] == [
+        ("2026-11", 0.5714), ("2099-06", 0.0)  # 8 of 14; 0 of 1 (one pending)
+    ]
+    for month in monthly["months"]:
+        assert shown[f"month:{month['month']}"] == percent_text(month["video_rate"])
+    assert {key: value for key, value in shown.items() if key.startswith("officer:")} == {
+        "officer:B1": "60.0%", "officer:B2": "50.0%", "officer:B3": "75.0%",
+        "officer:B4": "33.3%", "officer:B5": "0.0%",
+    }
