@@ -390,7 +390,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dock, Dock, Path]:
 
     dock_b.cli("coverage", "explain", "E114", "B1", "--reason", "equipment_failure",
                "--note", "camera would not power on")
-    bad = root / "central/CAM9/2026/11/01/x.MP4.dock-z.clip-1.json"
+    bad = root / "central/CAM3/2026/11/01/x.MP4.dock-z.clip-1.json"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"\x00not json")
     cad = write_cad(root / "cad.csv", SCENARIO_CAD)
@@ -406,7 +406,7 @@ def test_fleet_review_gives_every_row_its_expected_result(fleet: tuple[Dock, Doc
     assert outcome(document) == SCENARIO_EXPECTED
     assert document["invalid"] == SCENARIO_INVALID
     assert document["unreadable"] == [
-        {"key": "CAM9/2026/11/01/x.MP4.dock-z.clip-1.json",
+        {"key": "CAM3/2026/11/01/x.MP4.dock-z.clip-1.json",
          "reason": "malformed: not JSON (JSONDecodeError)"}
     ]
     by_subject = {(row["event"], row["officer"]): row for row in document["rows"]}
@@ -590,3 +590,36 @@ def test_html_page_shows_the_same_numbers_as_json(
         "officer:B1": "60.0%", "officer:B2": "50.0%", "officer:B3": "75.0%",
         "officer:B4": "33.3%", "officer:B5": "0.0%",
     }
+
+
+@pytest.mark.parametrize("store", ["folder", "s3"])
+def test_records_are_read_bounded_and_listed_whole_on_both_stores(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bounded read returns limit + 1 bytes for a larger object, the bytes of a smaller
+    one, None for a missing one; and the flat
+    listing finds every key the ordered one does, on the folder backend and on S3."""
+    from bwc_dock.storage.base import StorageBackend
+    from bwc_dock.storage.filesystem import FileBackend
+    from bwc_dock.storage.s3 import S3Backend
+
+    backend: StorageBackend
+    if store == "folder":
+        (tmp_path / "nas").mkdir()
+        backend = FileBackend(tmp_path / "nas", "dock-test")
+    else:
+        server = request.getfixturevalue("seaweedfs")
+        for name, value in server.environment().items():
+            monkeypatch.setenv(name, value)
+        backend = S3Backend.from_config(server.storage_config(server.create_bucket()))
+    try:
+        for key, data in (("a/b/c.json", b"x" * 100), ("a/b-c/d.json", b"{}"), ("e.json", b"")):
+            backend.put_bytes(key, data, {})
+        assert len(backend.read_bytes_bounded("a/b/c.json", 10) or b"") == 11  # too large
+        assert backend.read_bytes_bounded("a/b-c/d.json", 10) == b"{}"
+        assert backend.read_bytes_bounded("e.json", 10) == b""
+        assert backend.read_bytes_bounded("missing.json", 10) is None
+        assert sorted(backend.list_keys_unordered("")) == ["a/b-c/d.json", "a/b/c.json", "e.json"]
+        assert sorted(backend.list_keys_unordered("a/b/")) == ["a/b/c.json"]
+    finally:
+        backend.close()

@@ -108,8 +108,9 @@ def is_manifest_key(key: str) -> bool:
 
 
 def read_clips(backend: StorageBackend) -> tuple[list[ClipRecord], list[Problem]]:
-    """Every clip's custody record in the store, from every dock."""
-    keys = [key for key in backend.list_keys("") if is_manifest_key(key)]
+    """Every clip's custody record in the store, from every dock (one flat listing of
+    the store, sorted here: the review needs every key, in no particular order)."""
+    keys = sorted(key for key in backend.list_keys_unordered("") if is_manifest_key(key))
     return parse_records(read_many(backend, keys), MANIFEST_SCHEMA, _clip_record)
 
 

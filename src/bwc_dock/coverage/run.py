@@ -58,10 +58,10 @@ def _day_start(text: str | None, option: str, zone: tzinfo, days: int) -> dateti
 
 def load_fleet(backend: StorageBackend) -> tuple[Fleet, list[Problem]]:
     """Every dock's custody records and the fleet's assignments, explanations and evidence."""
-    clips, clip_problems = read_clips(backend)
     assignments, assignment_problems = read_assignments(backend)
     explanations, explanation_problems = read_explanations(backend)
     evidence, evidence_problems = read_evidence(backend)
+    clips, clip_problems = read_clips(backend)
     problems = clip_problems + assignment_problems + explanation_problems + evidence_problems
     return index_fleet(clips, assignments, explanations, evidence), problems
 

@@ -74,18 +74,13 @@ def write_record(
 def read_small(backend: StorageBackend, key: str) -> bytes | str:
     """The bytes of a small object, or why they were not read."""
     try:
-        stored = backend.head(key)
-        if stored is None:
-            return "gone while being read"
-        if stored.size > MAX_RECORD_BYTES:
-            return f"too large for a record ({stored.size} bytes)"
-        data = backend.read_bytes(key)
+        data = backend.read_bytes_bounded(key, MAX_RECORD_BYTES)
     except (BwcDockError, OSError) as error:
         return f"unreadable: {error}"
     if data is None:
         return "gone while being read"
     if len(data) > MAX_RECORD_BYTES:
-        return f"too large for a record ({len(data)} bytes)"
+        return f"too large for a record (over {MAX_RECORD_BYTES} bytes)"
     return data
 
 
@@ -114,7 +109,7 @@ def read_records(
 ) -> tuple[list[T], list[Problem]]:
     """Every record under ``prefix``: the ones ``build`` accepts, and the others with why.
     ``build`` raises ValueError (pydantic's ValidationError is one) for a bad record."""
-    keys = [key for key in backend.list_keys(prefix) if key.endswith(RECORD_SUFFIX)]
+    keys = sorted(k for k in backend.list_keys_unordered(prefix) if k.endswith(RECORD_SUFFIX))
     return parse_records(read_many(backend, keys), schema, build)
 
 
