@@ -118,8 +118,7 @@ def one_dock(tmp_path: Path) -> Dock:
 
 
 def test_review_of_one_dock_gives_each_row_its_status(one_dock: Dock, tmp_path: Path) -> None:
-    """Clips of the officer's camera inside the widened call are its video; other rows
-    are excluded, pending, or no video with the cause; bad rows are listed; exit 1."""
+    """Each row gets video (with its rule), excluded, pending or a no-video cause; exit 1."""
     camera = tmp_path / "CAM1"
     clip_file(camera, "20261110_081000", 1)
     clip_file(camera, "20261110_084200", 2)  # 2 min after clearance: inside the buffer
@@ -154,6 +153,9 @@ def test_review_of_one_dock_gives_each_row_its_status(one_dock: Dock, tmp_path: 
     assert document["invalid"] == [
         {"line": 8, "reason": "Officer Cleared DateTime is not after Officer Dispatched DateTime"}
     ]
+    _, one_day = coverage(one_dock, "--cad", str(cad), "--from", "2026-11-11", "--to",
+                          "2026-11-11")
+    assert [row["event"] for row in one_day["rows"]] == ["E5"]
     _, later = coverage(one_dock, "--cad", str(cad), "--as-of", "2099-01-05T00:00:00Z")
     assert [row["cause"] for row in later["rows"] if row["event"] == "E6"] == ["camera_not_docked"]
 
@@ -210,8 +212,7 @@ def manifest_officers(central: Path) -> dict[str, str | None]:
 
 
 def test_an_assignment_made_at_one_dock_names_the_officer_at_another(tmp_path: Path) -> None:
-    """Assigned at dock A, the camera's clips offloaded at dock B carry that officer, and
-    dock B's later back-dated change that would re-attribute them is refused there."""
+    """Dock A's assignment names the officer of dock B's clips; a back-dated one is refused."""
     dock_a, dock_b = two_docks(tmp_path)
     dock_a.cli("cameras", "assign", "CAM2", "B2", "--at", "2026-11-01T00:00:00Z")
     assert sorted(p.parent.name for p in (tmp_path / "central/_assignments").rglob("*.json")) == [
@@ -243,8 +244,7 @@ def test_an_assignment_made_at_one_dock_names_the_officer_at_another(tmp_path: P
 def test_an_explanation_lasts_and_a_correction_names_the_one_it_corrects(
     tmp_path: Path,
 ) -> None:
-    """An explanation made at one dock turns a no-video row into explained at any review;
-    a correction is a second record naming the first, and the review uses the correction."""
+    """An explanation is seen by every review; a correction is a new record naming it."""
     dock_a, dock_b = two_docks(tmp_path)
     dock_a.cli("cameras", "assign", "CAM1", "B1", "--at", "2026-11-01T00:00:00Z")
     cad = write_cad(tmp_path / "cad.csv", "E5,B1,2026-11-11T10:00:00Z,2026-11-11T10:30:00Z,X\n")
@@ -398,8 +398,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dock, Dock, Path]:
 
 
 def test_fleet_review_gives_every_row_its_expected_result(fleet: tuple[Dock, Dock, Path]) -> None:
-    """Over two docks, three cameras and four officers, each CAD row gets the status and
-    cause written out here; bad rows and a bad record are listed; the review exits 1."""
+    """Every scenario row gets the result written out here; bad rows and records listed."""
     dock_a, _dock_b, cad = fleet
     code, document = coverage(dock_a, "--cad", str(cad), "--as-of", "2099-06-10T00:00:00Z")
     assert code == 1
@@ -416,8 +415,7 @@ def test_fleet_review_gives_every_row_its_expected_result(fleet: tuple[Dock, Doc
 
 
 def test_dockings_record_gaps_resets_and_vanished_files(fleet: tuple[Dock, Dock, Path]) -> None:
-    """A missing file number is a gap, a restarted counter a reset, and a file gone from
-    the camera without being cleared is vanished: audit events at the dock that saw them."""
+    """A missing file number, a restarted counter and a vanished file are audit events."""
     dock_a, dock_b, _cad = fleet
     assert [(d["missing"], d["runs"]) for d in audit_events(dock_b, "clip.sequence_gap")] == [
         ([3], [{"first": 3, "last": 3,
@@ -441,8 +439,7 @@ def test_dockings_record_gaps_resets_and_vanished_files(fleet: tuple[Dock, Dock,
 def test_a_vanished_file_and_a_gap_are_alarms_at_the_dock_that_found_them(
     fleet: tuple[Dock, Dock, Path],
 ) -> None:
-    """The dock's alarm board raises clip_vanished and clip_sequence_gap for the cameras
-    whose recent docking found them, naming the file and the missing numbers."""
+    """A recent gap or vanished file raises its alarm, naming the numbers or the file."""
     from datetime import UTC, datetime
 
     from bwc_dock.alarms import AlarmBoard, Observation
@@ -476,8 +473,7 @@ def test_a_vanished_file_and_a_gap_are_alarms_at_the_dock_that_found_them(
 def test_fleet_cameras_lists_each_cameras_last_docking_anywhere(
     fleet: tuple[Dock, Dock, Path], tmp_path: Path
 ) -> None:
-    """fleet cameras names each camera's newest docking at any dock and exits 1 when one
-    is older than --stale-days."""
+    """fleet cameras names each camera's last docking anywhere; one too old exits 1."""
     dock_a, _dock_b, _cad = fleet
     fresh = dock_a.cli("fleet", "cameras", "--json", "--stale-days", "30")
     assert [(c["camera"], c["dock"], c["stale"]) for c in json.loads(fresh.stdout)["cameras"]] == [
@@ -552,8 +548,7 @@ def percent_text(rate: float | None) -> str:
 def test_html_page_shows_the_same_numbers_as_json(
     fleet: tuple[Dock, Dock, Path], tmp_path: Path
 ) -> None:
-    """The --html page, opened in headless Chromium, shows the counts, the video rate by
-    month and by officer, and the causes that --json and --aggregate month report."""
+    """The --html page, rendered by headless Chromium, shows the numbers --json reports."""
     if shutil.which("chromium") is None:
         pytest.skip("Debian chromium is not installed")
     dock_a, _dock_b, cad = fleet
@@ -596,9 +591,7 @@ def test_html_page_shows_the_same_numbers_as_json(
 def test_records_are_read_bounded_and_listed_whole_on_both_stores(
     store: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bounded read returns limit + 1 bytes for a larger object, the bytes of a smaller
-    one, None for a missing one; and the flat
-    listing finds every key the ordered one does, on the folder backend and on S3."""
+    """Bounded reads and the flat listing behave alike on the folder backend and on S3."""
     from bwc_dock.storage.base import StorageBackend
     from bwc_dock.storage.filesystem import FileBackend
     from bwc_dock.storage.s3 import S3Backend
