@@ -75,6 +75,30 @@ def test_cad_naive_times_are_read_in_the_configured_zone() -> None:
     assert cad.invalid == ()
 
 
+def test_a_clearance_code_listed_in_the_configuration_excludes_the_row() -> None:
+    """A row whose clearance code [coverage] excludes is excluded; headings can be mapped."""
+    from datetime import UTC, datetime
+
+    from bwc_dock.config import CoverageHeadings
+    from bwc_dock.coverage.review import Fleet, review
+
+    config = CoverageConfig(
+        excluded_clearance_codes=("UNFOUNDED",),
+        headings=CoverageHeadings(event_id="Incident", clearance_code="Disposition"),
+    )
+    text = (
+        "Incident,Officer_Badge_ID,Officer_Dispatched_DateTime,Officer_Cleared_DateTime,"
+        "Disposition\n"
+        "E1,B1,2026-11-10T08:00:00Z,2026-11-10T08:30:00Z,unfounded\n"
+        "E2,B1,2026-11-10T09:00:00Z,2026-11-10T09:30:00Z,ARREST\n"
+    )
+    cad = parse_cad(text.splitlines(keepends=True), config)
+    rows = review(cad.calls, Fleet(), config, datetime(2026, 12, 1, tzinfo=UTC))
+    assert [(row.event, row.status, row.cause) for row in rows] == [
+        ("E1", "excluded", None), ("E2", "no_video", "no_camera_assigned")
+    ]
+
+
 def clip_file(camera: Path, recorded: str, counter: int) -> str:
     """A small clip named as the profile names it: BWC_<YYYYmmdd_HHMMSS>_<counter>.MP4."""
     name = f"BWC_{recorded}_{counter:04d}.MP4"
