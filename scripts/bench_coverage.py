@@ -56,19 +56,19 @@ def objects(clips: int, cameras: int, docks: int, seed: int) -> list[tuple[str, 
     rng = random.Random(seed)
     written: list[tuple[str, bytes]] = []
     for camera in range(cameras):
-        for kind, document in (
-            ("_assignments", {"schema": "bwc-dock/assignment/1", "camera": camera_name(camera),
+        for kind, moment, document in (
+            ("_assignments", "20261001T000000Z", {"schema": "bwc-dock/assignment/1", "camera": camera_name(camera),
                               "officer_id": officer_of(camera),
                               "assigned_at": "2026-10-01T00:00:00+00:00",
                               "dock": "dock-01", "forced": False}),
-            ("_coverage/cameras", {"schema": "bwc-dock/camera-evidence/1",
+            ("_coverage/dockings", "20261201T080000Z", {"schema": "bwc-dock/camera-evidence/1",
                                    "camera": camera_name(camera), "kind": "docking",
                                    "dock": f"dock-{camera % docks:02d}",
                                    "at": "2026-12-01T08:00:00+00:00"}),
         ):
             data = json.dumps(document).encode()
             digest = hashlib.sha256(data).hexdigest()[:16]
-            written.append((f"{kind}/{camera_name(camera)}/20261001T000000Z.{digest}.json", data))
+            written.append((f"{kind}/{camera_name(camera)}/{moment}.{digest}.json", data))
     for number in range(clips):
         camera = rng.randrange(cameras)
         recorded = MONTH_START + timedelta(seconds=rng.randrange(MONTH_SECONDS))

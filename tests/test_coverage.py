@@ -503,13 +503,16 @@ def test_fleet_cameras_lists_each_cameras_last_docking_anywhere(
     assert [(c["camera"], c["dock"], c["stale"]) for c in json.loads(fresh.stdout)["cameras"]] == [
         ("CAM1", "dock-a", False), ("CAM2", "dock-b", False), ("CAM3", "dock-b", False),
     ]
-    # a camera another dock last saw in October, as that dock recorded it
-    old = dock_a.settings["storage"]["path"] + "/_coverage/cameras/CAM7/20261001T080000Z.0.json"
-    Path(old).parent.mkdir(parents=True)
-    Path(old).write_text(json.dumps({
-        "schema": "bwc-dock/camera-evidence/1", "camera": "CAM7", "kind": "docking",
-        "dock": "dock-c", "at": "2026-10-01T08:00:00+00:00",
-    }))
+    # a camera another dock last saw in October, as that dock recorded it; and a record
+    # whose name claims a later docking than its content: not believed, listed
+    dockings = Path(dock_a.settings["storage"]["path"]) / "_coverage/dockings"
+    written = [dockings / "CAM7/20261001T080000Z.0.json", dockings / "CAM8/20991231T000000Z.0.json"]
+    for path, camera in zip(written, ("CAM7", "CAM8"), strict=True):
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({
+            "schema": "bwc-dock/camera-evidence/1", "camera": camera, "kind": "docking",
+            "dock": "dock-c", "at": "2026-10-01T08:00:00+00:00",
+        }))
     try:
         stale = dock_a.cli("fleet", "cameras", "--json", "--stale-days", "30", check=False)
         assert stale.returncode == 1
@@ -518,8 +521,13 @@ def test_fleet_cameras_lists_each_cameras_last_docking_anywhere(
                 for c in document["cameras"]][-1] == (
             "CAM7", "2026-10-01T08:00:00+00:00", "dock-c", True
         )
+        assert document["unreadable"] == [{
+            "key": "_coverage/dockings/CAM8/20991231T000000Z.0.json",
+            "reason": "malformed: its name does not match its camera and time",
+        }]
     finally:
-        Path(old).unlink()
+        for path in written:
+            path.unlink()
 
 
 class _Numbers(HTMLParser):

@@ -168,13 +168,13 @@ def _print_table(verdicts: list[Verdict], now: datetime) -> None:
 def fleet_cameras(context: Context, stale_days: float, as_json: bool) -> None:
     """Every camera's last docking anywhere in the fleet; exit 1 when one is older than N days."""
     from bwc_dock.coverage.last_docked import last_dockings
-    from bwc_dock.coverage.records import read_evidence
+    from bwc_dock.coverage.records import read_last_dockings
     from bwc_dock.fleet import fleet_backend, read_fleet
 
     context.logging("warning")
     config = context.config
     with context.backend() as backend:
-        evidence, problems = read_evidence(backend)
+        evidence, problems = read_last_dockings(backend)
     status_backend = fleet_backend(config)
     try:
         reports = read_fleet(status_backend, config.fleet.prefix)

@@ -28,7 +28,7 @@ import structlog
 from bwc_dock.alarms import CAMERA_FINDING_HOURS, CameraFinding
 from bwc_dock.config import CameraProfile
 from bwc_dock.coverage.records import EVIDENCE_SCHEMA
-from bwc_dock.coverage.shared import EVIDENCE_PREFIX, write_record
+from bwc_dock.coverage.shared import DOCKINGS_PREFIX, EVIDENCE_PREFIX, write_record
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.evidence import (
     COUNTER_RESET_EVENT,
@@ -256,7 +256,8 @@ def evidence_documents(
 
 def share(backend: StorageBackend, documents: Iterable[tuple[datetime, dict[str, Any]]]) -> None:
     for moment, document in documents:
-        write_record(backend, EVIDENCE_PREFIX, document["camera"], moment, document)
+        prefix = DOCKINGS_PREFIX if document["kind"] == "docking" else EVIDENCE_PREFIX
+        write_record(backend, prefix, document["camera"], moment, document)
 
 
 # -- the dock's alarms ------------------------------------------------------------------------

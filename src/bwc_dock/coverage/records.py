@@ -21,15 +21,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bwc_dock.coverage.shared import (
     ASSIGNMENTS_PREFIX,
+    DOCKINGS_PREFIX,
     EVIDENCE_PREFIX,
     EXPLANATIONS_PREFIX,
+    RECORD_SUFFIX,
     Problem,
     aware,
+    compact_time,
     parse_records,
     read_many,
     read_records,
 )
 from bwc_dock.manifest import MANIFEST_SCHEMA, MANIFEST_SUFFIX
+from bwc_dock.names import safe_name
 from bwc_dock.storage import StorageBackend
 
 ASSIGNMENT_SCHEMA = "bwc-dock/assignment/1"
@@ -38,6 +42,7 @@ EVIDENCE_SCHEMA = "bwc-dock/camera-evidence/1"
 # A manifest key ends ".<dock>.clip-<ledger id>.json"; bwc-dock's own prefixes start "_".
 _MANIFEST_KEY = re.compile(r"\.clip-[0-9]+" + re.escape(MANIFEST_SUFFIX) + "$")
 _TEXT = 256
+MAX_DOCKING_TRIES = 3  # unusable newest docking records read before giving up on a camera
 
 
 class _Record(BaseModel):
@@ -226,3 +231,35 @@ def read_evidence(backend: StorageBackend) -> tuple[list[EvidenceRecord], list[P
         EVIDENCE_SCHEMA,
         lambda _key, document: EvidenceRecord.model_validate(document),
     )
+
+
+def read_last_dockings(backend: StorageBackend) -> tuple[list[EvidenceRecord], list[Problem]]:
+    """Each camera's newest docking record (their names sort by docking time), checked
+    against its name; when the newest is unusable, the one before it, and so on."""
+    by_camera: dict[str, list[str]] = {}
+    for key in backend.list_keys_unordered(DOCKINGS_PREFIX):
+        folder, _, name = key[len(DOCKINGS_PREFIX):].partition("/")
+        if folder and name.endswith(RECORD_SUFFIX) and "/" not in name:
+            by_camera.setdefault(folder, []).append(key)
+    records: list[EvidenceRecord] = []
+    problems: list[Problem] = []
+    for keys in (sorted(keys, reverse=True) for _camera, keys in sorted(by_camera.items())):
+        for key in keys[:MAX_DOCKING_TRIES]:
+            found, bad = parse_records(
+                read_many(backend, [key]), EVIDENCE_SCHEMA, _docking_record
+            )
+            problems += bad
+            if found:
+                records += found
+                break
+    return records, problems
+
+
+def _docking_record(key: str, document: dict[str, Any]) -> EvidenceRecord:
+    record = EvidenceRecord.model_validate(document)
+    if record.kind != "docking":
+        raise ValueError(f"kind: {record.kind!r} is not a docking")
+    expected = f"{DOCKINGS_PREFIX}{safe_name(record.camera.encode())}/{compact_time(record.at)}."
+    if not key.startswith(expected):
+        raise ValueError("its name does not match its camera and time")
+    return record

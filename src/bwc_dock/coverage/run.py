@@ -14,6 +14,7 @@ from bwc_dock.coverage.records import (
     read_clips,
     read_evidence,
     read_explanations,
+    read_last_dockings,
 )
 from bwc_dock.coverage.report import Review
 from bwc_dock.coverage.review import Fleet, index_fleet, review
@@ -61,9 +62,16 @@ def load_fleet(backend: StorageBackend) -> tuple[Fleet, list[Problem]]:
     assignments, assignment_problems = read_assignments(backend)
     explanations, explanation_problems = read_explanations(backend)
     evidence, evidence_problems = read_evidence(backend)
+    dockings, docking_problems = read_last_dockings(backend)
     clips, clip_problems = read_clips(backend)
-    problems = clip_problems + assignment_problems + explanation_problems + evidence_problems
-    return index_fleet(clips, assignments, explanations, evidence), problems
+    problems = [
+        *clip_problems,
+        *assignment_problems,
+        *explanation_problems,
+        *evidence_problems,
+        *docking_problems,
+    ]
+    return index_fleet(clips, assignments, explanations, [*evidence, *dockings]), problems
 
 
 def run_review(

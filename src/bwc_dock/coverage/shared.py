@@ -24,7 +24,9 @@ from bwc_dock.storage import StorageBackend
 
 ASSIGNMENTS_PREFIX = "_assignments/"
 EXPLANATIONS_PREFIX = "_coverage/explanations/"
-EVIDENCE_PREFIX = "_coverage/cameras/"
+EVIDENCE_PREFIX = "_coverage/cameras/"  # what dockings found: gaps, resets, vanished files
+# one record per docking, kept apart: a review reads only each camera's newest
+DOCKINGS_PREFIX = "_coverage/dockings/"
 RECORD_SUFFIX = ".json"
 # A record is a few hundred bytes, a manifest a few KiB; anything larger is not ours.
 MAX_RECORD_BYTES = 256 * 1024
