@@ -143,16 +143,15 @@ def _tenures(histories: Mapping[str, list[tuple[datetime, str, str]]]) -> dict[s
 
 
 def officer_of(fleet: Fleet, clip: ClipRecord) -> str | None:
-    """Who carried the clip's camera when it was recorded, by the fleet's assignments."""
-    history = fleet.histories.get(clip.camera)
-    if not history:
-        return clip.officer
+    """Who carried the clip's camera when it was recorded, by the fleet's assignments;
+    before the camera's first fleet assignment, the officer its custody record names
+    (an assignment a dock held before assignments were the fleet's)."""
     officer = None
-    for assigned_at, _key, officer_id in history:
+    for assigned_at, _key, officer_id in fleet.histories.get(clip.camera, []):
         if assigned_at > clip.recorded_at:
             break
         officer = officer_id
-    return officer
+    return officer if officer is not None else clip.officer
 
 
 def _index_clips(fleet: Fleet, clips: Iterable[ClipRecord]) -> None:
