@@ -100,14 +100,15 @@ def _print(review: Review, *, as_json: bool, as_csv: bool, aggregate: str | None
     if aggregate:
         months = aggregate_by_month(review.rows)
         if as_json:
-            click.echo(encode_json({"months": months, "summary": summary(review.rows)}), nl=False)
-        else:
-            _print_months(months)
-        return
-    if as_json:
+            document = {"months": months, "summary": summary(review.rows),
+                        "invalid_rows": len(review.invalid)}
+            click.echo(encode_json(document), nl=False)
+            return
+        _print_months(months)
+    elif as_json:
         click.echo(encode_json(review_document(review)), nl=False)
         return
-    if as_csv:
+    elif as_csv:
         click.echo(csv_text(review.rows), nl=False)
     else:
         _print_rows(review)
