@@ -94,7 +94,8 @@ def test_a_truncated_ledger_is_caught_by_the_anchors(dock: Dock) -> None:
     """Deleting the newest audit rows leaves a valid-looking chain; anchors name the gap."""
     offload(dock)
     newest_anchor = max(
-        json.loads(path.read_text())["audit_chain_head"]["id"] for path in dock.nas.rglob("*.json")
+        json.loads(path.read_text())["audit_chain_head"]["id"]
+        for path in dock.nas.rglob("*.clip-*.json")  # custody records only
     )
     intact = dock.cli("audit", "verify", "--remote", "--json", check=False)
     assert intact.returncode == 0, intact.stderr
@@ -112,7 +113,7 @@ def test_a_truncated_ledger_is_caught_by_the_anchors(dock: Dock) -> None:
 def manifests(dock: Dock) -> dict[int, tuple[str, int]]:
     """clip id -> (manifest key, anchored audit row), read from central storage."""
     found: dict[int, tuple[str, int]] = {}
-    for path in dock.nas.rglob("*.json"):
+    for path in dock.nas.rglob("*.clip-*.json"):  # custody records only
         document = json.loads(path.read_text())
         found[document["clip_id"]] = (str(path.relative_to(dock.nas)),
                                       document["audit_chain_head"]["id"])

@@ -37,6 +37,8 @@ class AlarmKind(enum.StrEnum):
     STORAGE_LOCK_UNENFORCED = "storage_lock_unenforced"
     DOCK_CLOCK_UNSYNCHRONIZED = "dock_clock_unsynchronized"
     CAMERA_CLOCK_DRIFT = "camera_clock_drift"
+    CLIP_SEQUENCE_GAP = "clip_sequence_gap"
+    CLIP_VANISHED = "clip_vanished"
 
 
 Severity = Literal["warning", "error"]
@@ -53,7 +55,11 @@ _SEVERITY: dict[AlarmKind, Severity] = {
     # every recorded time, and fleet staleness, lean on the dock's clock
     AlarmKind.DOCK_CLOCK_UNSYNCHRONIZED: "warning",
     AlarmKind.CAMERA_CLOCK_DRIFT: "warning",  # its clips are corrected, but say so
+    AlarmKind.CLIP_SEQUENCE_GAP: "error",  # the camera's file numbers skip: a file is missing
+    AlarmKind.CLIP_VANISHED: "error",  # a file left the camera without bwc-dock clearing it
 }
+# How long a camera's gap or vanished file stays an alarm after the docking that found it.
+CAMERA_FINDING_HOURS = 24
 
 
 class StorageState(enum.StrEnum):
@@ -77,6 +83,15 @@ class UnmountableCamera:
 
 
 @dataclass(frozen=True)
+class CameraFinding:
+    """A docking's proof that a camera lacks a file: a gap in its numbers, or a file gone."""
+
+    kind: Literal["clip_sequence_gap", "clip_vanished"]
+    camera: str
+    detail: str  # which numbers, or which file
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the daemon saw in one loop. All times are timezone-aware."""
 
@@ -95,6 +110,8 @@ class Observation:
     # each camera's clock minus the dock's at its latest docking (None: not measured)
     camera_clock_offsets: Mapping[str, float | None] = field(default_factory=dict)
     max_clock_offset_seconds: float = 30.0
+    # findings of the last CAMERA_FINDING_HOURS, from the ledger's audit events
+    camera_findings: tuple[CameraFinding, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -198,6 +215,7 @@ class AlarmBoard:
             _lock_unenforced(observation),
             _dock_clock(observation),
             *_camera_clocks(observation),
+            *_camera_findings(observation),
         ]
         return {alarm.key: alarm for alarm in alarms if alarm is not None}
 
@@ -341,6 +359,26 @@ def _camera_clocks(observation: Observation) -> Iterable[Alarm]:
             f"when it last docked (limit {limit:g} s)",
             short=f"camera {serial} clock off {offset:+.0f} s",
             camera=serial,
+        )
+
+
+def _camera_findings(observation: Observation) -> Iterable[Alarm]:
+    """One alarm per camera and kind, naming every finding of it."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for finding in observation.camera_findings:
+        grouped.setdefault((finding.kind, finding.camera), []).append(finding.detail)
+    for (kind_name, camera), details in sorted(grouped.items()):
+        kind = AlarmKind(kind_name)
+        if kind is AlarmKind.CLIP_SEQUENCE_GAP:
+            what, short = "file numbers missing", "file numbers missing"
+        else:
+            what, short = "files gone without bwc-dock clearing them", "files vanished"
+        yield Alarm(
+            kind,
+            _SEVERITY[kind],
+            detail=f"camera {camera}: {what}: {'; '.join(details)}",
+            short=f"camera {camera} {short}",
+            camera=camera,
         )
 
 

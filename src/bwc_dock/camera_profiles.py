@@ -54,6 +54,9 @@ class CameraProfile(_Section):
     sidecars: tuple[str, ...] = DEFAULT_SIDECAR_GLOBS
     # A regex with named groups Y, m, d, H, M, S searched in the file name; else mtime.
     recorded_pattern: str | None = None
+    # A regex with a named group ``counter`` searched in the file name: the camera's file
+    # number, so a docking can tell a number missing (a gap) from a counter reset.
+    counter_pattern: str | None = None
     clear_after_upload: bool = False
     priority: int = 0
     filesystem_types: tuple[str, ...] = ("exfat", "vfat")
@@ -94,6 +97,18 @@ class CameraProfile(_Section):
                 re.compile(value)
             except re.error as error:
                 raise ValueError(f"not a valid regular expression: {error}") from error
+        return value
+
+    @field_validator("counter_pattern")
+    @classmethod
+    def _has_counter_group(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                compiled = re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from error
+            if "counter" not in compiled.groupindex:
+                raise ValueError("needs a named group: (?P<counter>...)")
         return value
 
     @field_validator("timezone")

@@ -7,6 +7,15 @@ a camera is hash-chained with the evidence; the ledger keeps it
 clips already delivered is refused unless forced (then audited with the clips). The
 officer of a clip is the one assigned when the clip was *recorded*, not whoever holds
 the camera at upload time.
+
+Assignments are the fleet's: each one is also a create-only record in central storage
+(``_assignments/<camera>/...``), made on whichever machine recorded it, and every dock
+picks up the records it has not handled yet (at each docking, and whenever an
+assignment is made there), so the officer of a clip is the same whichever dock
+offloads it. A dock applies a picked-up record with the same back-dating rule (a record
+made with ``--force`` is applied forced); one it refuses is audited
+(``camera.fleet_assignment_refused``) and not tried again. A record that could not be
+stored when it was made is stored at the next pick-up.
 """
 
 from __future__ import annotations
@@ -15,8 +24,13 @@ import csv
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from bwc_dock.errors import UsageError
+import structlog
+
+from bwc_dock.coverage.records import ASSIGNMENT_SCHEMA, AssignmentRecord, read_assignments
+from bwc_dock.coverage.shared import ASSIGNMENTS_PREFIX, encode, record_key
+from bwc_dock.errors import BwcDockError, UsageError
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.assignments import (
     ASSIGNED_EVENT,
@@ -27,6 +41,9 @@ from bwc_dock.ledger.assignments import (
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.ledger.snapshots import CameraInfo
 from bwc_dock.names import safe_name
+from bwc_dock.storage import StorageBackend
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
     "ASSIGNED_EVENT",
@@ -37,7 +54,10 @@ __all__ = [
     "assign",
     "camera_documents",
     "checked_assignment",
+    "fleet_assignments",
     "list_cameras",
+    "pick_up_assignments",
+    "publish_assignments",
     "read_assignments_csv",
 ]
 
@@ -127,3 +147,102 @@ def camera_documents(
         }
         for camera in cameras
     ]
+
+
+# -- the fleet's assignments ---------------------------------------------------------------
+
+
+def fleet_assignments(
+    assignments: Sequence[Assignment],
+    *,
+    dock_id: str,
+    forced: bool,
+    made_at: datetime | None = None,
+) -> list[Assignment]:
+    """The same assignments, each with its fleet record (document and key) attached."""
+    made_at = (made_at or utc_now()).astimezone(UTC)
+    recorded = []
+    for assignment in assignments:
+        document = {
+            "schema": ASSIGNMENT_SCHEMA,
+            "camera": assignment.serial,
+            "officer_id": assignment.officer_id,
+            "assigned_at": assignment.assigned_at.isoformat(),
+            "made_at": made_at.isoformat(),
+            "dock": dock_id,
+            "forced": forced,
+        }
+        key = record_key(ASSIGNMENTS_PREFIX, assignment.serial, assignment.assigned_at,
+                         encode(document))
+        recorded.append(
+            Assignment(assignment.serial, assignment.officer_id, assignment.assigned_at,
+                       record_key=key, record=document)
+        )
+    return recorded
+
+
+def publish_assignments(backend: StorageBackend, assignments: Iterable[Assignment]) -> int:
+    """Store each assignment's fleet record, create-only (one stored before is success)."""
+    stored = 0
+    for assignment in assignments:
+        if assignment.record_key is None or assignment.record is None:
+            continue
+        data = encode(assignment.record)
+        if record_key(ASSIGNMENTS_PREFIX, assignment.serial, assignment.assigned_at,
+                      data) != assignment.record_key:
+            continue  # not the record its key names: never write it under that key
+        backend.put_bytes(assignment.record_key, data, {})
+        stored += 1
+    return stored
+
+
+def pick_up_assignments(ledger: Ledger, backend: StorageBackend) -> tuple[int, int]:
+    """Apply the fleet's assignment records this dock has not handled, oldest first, and
+    store the ones made here that central storage lacks; (applied, refused)."""
+    handled = ledger.fleet_assignment_records()
+    found, problems = read_assignments(backend)
+    for problem in problems:
+        log.warning("camera.fleet_assignment_unreadable", key=problem.key, reason=problem.reason)
+    stored_keys = {key for key, _record in found} | {problem.key for problem in problems}
+    _store_missing(backend, handled, stored_keys)
+    applied = refused = 0
+    for key, record in sorted(found, key=lambda item: (item[1].assigned_at, item[0])):
+        if key in handled:
+            continue
+        if _apply(ledger, key, record):
+            applied += 1
+        else:
+            refused += 1
+    return applied, refused
+
+
+def _apply(ledger: Ledger, key: str, record: AssignmentRecord) -> bool:
+    try:
+        checked = checked_assignment(record.camera, record.officer_id, record.assigned_at)
+        assignment = Assignment(checked.serial, checked.officer_id, checked.assigned_at,
+                                record_key=key, record=record.model_dump(mode="json"))
+        ledger.assign_cameras([assignment], force=record.forced)
+    except UsageError as error:
+        log.error("camera.fleet_assignment_refused", key=key, camera=record.camera,
+                  error=str(error))
+        ledger.record_fleet_assignment_refusal(None, key, str(error))
+        return False
+    log.info("camera.fleet_assignment_applied", key=key, camera=record.camera,
+             officer=record.officer_id)
+    return True
+
+
+def _store_missing(
+    backend: StorageBackend, handled: dict[str, Any], stored_keys: set[str]
+) -> None:
+    """Records made here whose first store failed: written now (they keep their key)."""
+    for key, document in sorted(handled.items()):
+        if key in stored_keys or not isinstance(document, dict):
+            continue
+        try:
+            record = AssignmentRecord.model_validate(document)
+            assignment = Assignment(record.camera, record.officer_id, record.assigned_at,
+                                    record_key=key, record=document)
+            publish_assignments(backend, [assignment])
+        except (BwcDockError, OSError, ValueError) as error:
+            log.warning("camera.fleet_assignment_not_stored", key=key, error=str(error))

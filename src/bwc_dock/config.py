@@ -228,6 +228,67 @@ class RetentionClass(_Section):
         return value
 
 
+DEFAULT_REASON_CODES = (
+    "equipment_failure",
+    "camera_not_issued",
+    "not_required_by_policy",
+    "officer_safety",
+    "privacy",
+    "officer_error",
+    "other",
+)
+
+
+class CoverageHeadings(_Section):
+    """The CAD export's column headings; matched ignoring case, and "_" as " "."""
+
+    event_id: str = "Event ID"
+    officer_badge_id: str = "Officer Badge ID"
+    dispatched: str = "Officer Dispatched DateTime"
+    cleared: str = "Officer Cleared DateTime"
+    call_type: str = "Call Type"
+    # optional: a clearance (disposition) code, for excluded_clearance_codes
+    clearance_code: str = "Clearance Code"
+
+
+class CoverageConfig(_Section):
+    """``bwc-dock coverage``: a CAD export reviewed against the fleet's custody records."""
+
+    headings: CoverageHeadings = Field(default_factory=CoverageHeadings)
+    # a clip recorded this long before dispatch or after clearance still counts
+    buffer_minutes: float = Field(default=5.0, ge=0, le=24 * 60)
+    # a camera not docked since the call is "pending" this long before "no video"
+    grace_days: float = Field(default=3.0, ge=0, le=365)
+    excluded_call_types: tuple[str, ...] = ()
+    excluded_clearance_codes: tuple[str, ...] = ()
+    reason_codes: tuple[str, ...] = DEFAULT_REASON_CODES
+    # the zone of CAD times written without an offset; without it such times are refused
+    timezone: str | None = None
+    max_call_hours: float = Field(default=8.0, gt=0, le=24 * 14)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as error:
+                raise ValueError(f"not a known IANA time zone: {value!r}") from error
+        return value
+
+    @field_validator("reason_codes")
+    @classmethod
+    def _plain_codes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for code in value:
+            if not re.fullmatch(r"[a-z0-9_]{1,64}", code):
+                raise ValueError(f"reason code {code!r}: use 1-64 of a-z, 0-9, '_'")
+        if not value:
+            raise ValueError("give at least one reason code")
+        return value
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "console", "json", "journald"] = "auto"
@@ -242,6 +303,7 @@ class Config(_Section):
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     disclosure: DisclosureConfig = Field(default_factory=DisclosureConfig)
+    coverage: CoverageConfig = Field(default_factory=CoverageConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     retention: tuple[RetentionClass, ...] = ()
 

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -25,6 +25,7 @@ from bwc_dock.bandwidth import BandwidthLimiter
 from bwc_dock.clearer import clear_when_verified
 from bwc_dock.clocks import read_dock_clock
 from bwc_dock.config import Config, load_config
+from bwc_dock.coverage.docking import recent_camera_findings
 from bwc_dock.custody import anchor_dockings
 from bwc_dock.docked import Docked, DockedRegistry
 from bwc_dock.errors import BwcDockError, ConfigError, Interrupted, PermanentStorageError
@@ -455,6 +456,7 @@ class Daemon(SourceListener):
             camera_clock_offsets=self.ledger.latest_camera_offsets(),
             max_clock_offset_seconds=self.config.dock.max_clock_offset_seconds,
             dock_clock_alarm=self.config.dock.clock_sync_alarm,
+            camera_findings=recent_camera_findings(self.ledger, datetime.now(UTC)),
         )
 
     def _staging_free_bytes(self) -> int | None:

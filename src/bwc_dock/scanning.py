@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -16,6 +18,7 @@ from bwc_dock.clocks import DockClock, read_camera_clock, read_dock_clock, set_c
 from bwc_dock.config import CameraProfile, Config
 from bwc_dock.errors import Interrupted
 from bwc_dock.ledger import Ledger
+from bwc_dock.ledger.evidence import DockingFacts
 from bwc_dock.ledger.snapshots import DockingClocks
 from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
 from bwc_dock.sources.base import DockedVolume
@@ -55,6 +58,7 @@ def scan_into_ledger(
     when ``cancel`` was set during the scan: no clip is recorded then.
     """
     profile = config.profile(volume.profile_name or "") or folder_profile(config)
+    facts = ledger.docking_facts(docking_id)  # before this scan marks the docking scanned
     record_docking_clocks(ledger, profile, docking_id, volume, dock_clock)
     result = scan_volume(volume.root, profile, scan_limits(config), cancel)
     if cancel is not None and cancel.is_set():
@@ -70,6 +74,8 @@ def scan_into_ledger(
         new=len(new_ids),
         refused=len(result.refused),
     )
+    if not facts.scanned_before:  # a watch folder's rescans are the same docking
+        share_docking(ledger, config, docking_id, facts, profile, result)
     return new_ids, result
 
 
@@ -182,3 +188,55 @@ class BackgroundScans:
         """How many scans run now."""
         with self._lock:
             return len(self._running)
+
+
+
+def share_docking(
+    ledger: Ledger,
+    config: Config,
+    docking_id: int,
+    facts: DockingFacts,
+    profile: CameraProfile,
+    result: ScanResult,
+) -> None:
+    """At a docking's first scan: what it proves about the camera (file counter gaps and
+    resets, files vanished) into the audit log, and with the docking itself to central
+    storage; and the fleet's assignments not yet here. The store's failure costs only
+    the fleet's copy (logged); offloading goes on."""
+    from bwc_dock.coverage.docking import evidence_documents, findings
+
+    events = findings(
+        docking_id,
+        facts,
+        profile,
+        result,
+        ledger.camera_clips(facts.camera_serial),
+        ledger.camera_evidence_events(facts.camera_serial),
+    )
+    if events:
+        ledger.record_camera_evidence(events)
+    for event in events:
+        log.error(event.event, camera=facts.camera_serial, **event.details)
+    _to_central_storage(ledger, config, evidence_documents(docking_id, facts, events))
+
+
+def _to_central_storage(
+    ledger: Ledger, config: Config, documents: list[tuple[datetime, dict[str, Any]]]
+) -> None:
+    from bwc_dock.cameras import pick_up_assignments
+    from bwc_dock.coverage.docking import share
+    from bwc_dock.errors import BwcDockError
+    from bwc_dock.storage import open_backend
+
+    try:
+        backend = open_backend(config)
+        try:
+            share(backend, documents)
+            applied, refused = pick_up_assignments(ledger, backend)
+        finally:
+            backend.close()
+    except (BwcDockError, OSError) as error:
+        log.warning("dock.fleet_records_not_shared", error=str(error), retry="at the next docking")
+        return
+    if applied or refused:
+        log.info("camera.fleet_assignments_picked_up", applied=applied, refused=refused)

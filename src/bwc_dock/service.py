@@ -19,6 +19,7 @@ import structlog
 
 from bwc_dock.alarms import (
     AlarmBoard,
+    CameraFinding,
     DockedCamera,
     Observation,
     StorageState,
@@ -60,6 +61,8 @@ class DaemonStatus:
     camera_clock_offsets: Mapping[str, float | None] = field(default_factory=dict)
     max_clock_offset_seconds: float = 30.0
     dock_clock_alarm: bool = True  # [dock] clock_sync_alarm
+    # gaps and vanished files that recent dockings found on cameras
+    camera_findings: tuple[CameraFinding, ...] = ()
 
 
 StatusReader = Callable[[], DaemonStatus]
@@ -155,4 +158,5 @@ def _observation(status: DaemonStatus) -> Observation:
         else None,
         camera_clock_offsets=status.camera_clock_offsets,
         max_clock_offset_seconds=status.max_clock_offset_seconds,
+        camera_findings=status.camera_findings,
     )

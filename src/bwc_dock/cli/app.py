@@ -17,6 +17,7 @@ from bwc_dock.cli import (
     cameras,
     clips,
     config,
+    coverage,
     daemon,
     devices,
     disclose,
@@ -62,6 +63,7 @@ COMMANDS: tuple[click.Command, ...] = (
     disclose.disclose,
     hold.hold_group,
     storage.storage_group,
+    coverage.coverage_group,
 )
 for command in COMMANDS:
     cli.add_command(command)

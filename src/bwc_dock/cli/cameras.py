@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +13,8 @@ from bwc_dock.cli.context import Context, emit, hand_actor, pass_context
 from bwc_dock.cli.tables import Table, shown
 
 if TYPE_CHECKING:
-    from bwc_dock.ledger.assignments import Reattribution
+    from bwc_dock.ledger import Ledger
+    from bwc_dock.ledger.assignments import Assignment, Reattribution
 
 
 @click.group("cameras", invoke_without_command=True)
@@ -78,18 +80,20 @@ def cameras_assign(
     context: Context, serial: str, officer_id: str, assigned_at: str | None, force: bool
 ) -> None:
     """Record that camera SERIAL is issued to OFFICER_ID (an audit event)."""
-    from bwc_dock.cameras import assign, checked_assignment  # lazy, as above
+    from bwc_dock.cameras import assign, checked_assignment, fleet_assignments  # lazy, as above
     from bwc_dock.custody_export import parse_moment
 
     context.logging("warning")
     assignment = checked_assignment(serial, officer_id, parse_moment(assigned_at, "--at"))
+    recorded = fleet_assignments([assignment], dock_id=context.config.dock.id, forced=force)
     with context.ledger(hand_actor()) as ledger:
-        reattributed = assign(ledger, [assignment], force=force)
-    click.echo(
-        f"camera {shown(assignment.serial)} issued to {shown(assignment.officer_id)} "
-        f"from {assignment.assigned_at.isoformat()}"
-    )
-    _echo_reattributed(reattributed)
+        reattributed = assign(ledger, recorded, force=force)
+        click.echo(
+            f"camera {shown(assignment.serial)} issued to {shown(assignment.officer_id)} "
+            f"from {assignment.assigned_at.isoformat()}"
+        )
+        _echo_reattributed(reattributed)
+        _share(context, ledger, recorded)
 
 
 @cameras_group.command("import")
@@ -98,14 +102,34 @@ def cameras_assign(
 @pass_context
 def cameras_import(context: Context, csv_path: Path, force: bool) -> None:
     """Assignments from a CSV file with columns serial,officer_id[,assigned_at]; all or none."""
-    from bwc_dock.cameras import assign, read_assignments_csv  # lazy, as above
+    from bwc_dock.cameras import assign, fleet_assignments, read_assignments_csv  # lazy
 
     context.logging("warning")
     assignments = read_assignments_csv(csv_path)
+    recorded = fleet_assignments(assignments, dock_id=context.config.dock.id, forced=force)
     with context.ledger(hand_actor()) as ledger:
-        reattributed = assign(ledger, assignments, force=force)
-    click.echo(f"{len(assignments)} assignments recorded")
-    _echo_reattributed(reattributed)
+        reattributed = assign(ledger, recorded, force=force)
+        click.echo(f"{len(assignments)} assignments recorded")
+        _echo_reattributed(reattributed)
+        _share(context, ledger, recorded)
+
+
+def _share(context: Context, ledger: Ledger, recorded: Sequence[Assignment]) -> None:
+    """Store the fleet records of what was just recorded, and pick up the fleet's others."""
+    from bwc_dock.cameras import pick_up_assignments, publish_assignments
+    from bwc_dock.errors import EXIT_PROBLEM, BwcDockError
+
+    try:
+        with context.backend() as backend:
+            publish_assignments(backend, recorded)
+            pick_up_assignments(ledger, backend)
+    except (BwcDockError, OSError) as error:
+        click.echo(
+            f"bwc-dock: recorded on this dock but not yet in central storage ({error}); "
+            "it is stored there at this dock's next docking or assignment",
+            err=True,
+        )
+        sys.exit(EXIT_PROBLEM)
 
 
 def _echo_reattributed(reattributed: Sequence[Reattribution]) -> None:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from bwc_dock.fleet import Verdict
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
 @click.option(
     "--stale-after",
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 @pass_context
 def fleet(context: Context, as_json: bool, stale_after_minutes: float | None) -> None:
     """Every dock's status from central storage; exit 1 when one is stale or alarmed."""
+    if click.get_current_context().invoked_subcommand is not None:
+        return  # a subcommand (fleet cameras) does its own work
     # lazy: the fleet module brings the daemon's status types, other commands need none
     from bwc_dock.fleet import TRUST_NOTE, fleet_backend, judge, read_fleet
 
@@ -151,3 +153,62 @@ def _print_table(verdicts: list[Verdict], now: datetime) -> None:
         # Text cells: a document's words are never read as Rich markup
         table.add_row(*(Text(display_text(cell)) for cell in _row(verdict, now)), style=style)
     Console().print(table)
+
+
+# -- fleet cameras ----------------------------------------------------------------------------
+
+
+@fleet.command("cameras")
+@click.option("--stale-days", type=click.FloatRange(min=0, min_open=True), default=7.0,
+              show_default=True, metavar="N", help="a camera is stale after N days undocked")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
+@pass_context
+def fleet_cameras(context: Context, stale_days: float, as_json: bool) -> None:
+    """Every camera's last docking anywhere in the fleet; exit 1 when one is older than N days."""
+    from bwc_dock.coverage.last_docked import last_dockings
+    from bwc_dock.coverage.records import read_last_dockings
+    from bwc_dock.fleet import fleet_backend, read_fleet
+
+    context.logging("warning")
+    config = context.config
+    with context.backend() as backend:
+        evidence, problems = read_last_dockings(backend)
+    status_backend = fleet_backend(config)
+    try:
+        reports = read_fleet(status_backend, config.fleet.prefix)
+    finally:
+        status_backend.close()
+    now = datetime.now(UTC)
+    limit = timedelta(days=stale_days)
+    cameras = [
+        {
+            "camera": entry.camera,
+            "last_docked_at": iso(entry.at),
+            "dock": entry.dock,
+            "docked_now": entry.docked_now,
+            "age_days": round((now - entry.at).total_seconds() / 86400, 2),
+            "stale": now - entry.at > limit,
+        }
+        for entry in last_dockings(evidence, reports)
+    ]
+    if as_json:
+        emit({"stale_days": stale_days, "cameras": cameras,
+              "unreadable": [{"key": p.key, "reason": p.reason} for p in problems]})
+    else:
+        _print_cameras(cameras)
+        for problem in problems:
+            shown = f"{display_text(problem.key)}: {display_text(problem.reason)}"
+            click.echo(f"bwc-dock: {shown}", err=True)
+    if any(camera["stale"] for camera in cameras):
+        sys.exit(EXIT_PROBLEM)
+
+
+def _print_cameras(cameras: list[dict[str, Any]]) -> None:
+    from bwc_dock.cli.tables import Table
+
+    table = Table(("camera", "last docked", "dock", "docked now", "age (days)"))
+    for camera in cameras:
+        table.add_row(camera["camera"], camera["last_docked_at"], camera["dock"],
+                      "yes" if camera["docked_now"] else "no", camera["age_days"],
+                      alarmed=camera["stale"])
+    table.print()

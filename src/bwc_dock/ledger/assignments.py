@@ -13,9 +13,10 @@ an officer, that is refused unless forced; a forced one is an audit event of its
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,6 +28,8 @@ from bwc_dock.ledger.store import Store
 
 ASSIGNED_EVENT = "camera.assigned"
 REATTRIBUTED_EVENT = "camera.clips_reattributed"
+# a fleet assignment record (central storage) this dock could not apply
+FLEET_REFUSED_EVENT = "camera.fleet_assignment_refused"
 # Clips whose custody record (manifest) is written or being written: their officer is told.
 _DELIVERED_STATES = (ClipState.UPLOADING, ClipState.UPLOADED, ClipState.CLEARED)
 _NAMED_IN_ERROR = 20
@@ -39,6 +42,10 @@ class Assignment:
     serial: str
     officer_id: str
     assigned_at: datetime
+    # the fleet's record of it in central storage: its key, and its document (kept in
+    # the audit log so that a record not yet stored can be written again later)
+    record_key: str | None = None
+    record: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,17 +141,45 @@ def _assign_one(store: Store, session: Session, assignment: Assignment) -> None:
     previous = camera.officer_id
     if _newest_assignment_time(session, assignment.serial) <= assignment.assigned_at:
         camera.officer_id = assignment.officer_id  # the cache holds the newest assignment only
-    store.audit(
-        session,
-        ASSIGNED_EVENT,
-        camera_serial=assignment.serial,
-        details={
-            "officer_id": assignment.officer_id,
-            "previous_officer_id": previous,
-            "assigned_at": assignment.assigned_at.isoformat(),
-        },
-    )
+    details: dict[str, Any] = {
+        "officer_id": assignment.officer_id,
+        "previous_officer_id": previous,
+        "assigned_at": assignment.assigned_at.isoformat(),
+    }
+    if assignment.record_key is not None:
+        details |= {"record_key": assignment.record_key, "record": assignment.record}
+    store.audit(session, ASSIGNED_EVENT, camera_serial=assignment.serial, details=details)
     session.flush()
+
+
+def record_fleet_refusal(store: Store, serial: str | None, record_key: str, reason: str) -> None:
+    """A fleet assignment record this dock did not apply, audited so it is not tried again."""
+    with store.transaction() as session:
+        store.audit(
+            session,
+            FLEET_REFUSED_EVENT,
+            camera_serial=serial,
+            details={"record_key": record_key, "reason": reason},
+        )
+
+
+def fleet_records(store: Store) -> dict[str, Mapping[str, Any] | None]:
+    """Fleet assignment records this dock has handled: key -> the record's document when
+    this dock applied it (None when it refused it)."""
+    with store.transaction() as session:
+        rows = session.execute(
+            select(AuditEntry.event, AuditEntry.details)
+            .where(AuditEntry.event.in_([ASSIGNED_EVENT, FLEET_REFUSED_EVENT]))
+            .order_by(AuditEntry.id)
+        ).all()
+    handled: dict[str, Mapping[str, Any] | None] = {}
+    for event, details in rows:
+        document = json.loads(details) if details else {}
+        key = document.get("record_key")
+        if isinstance(key, str):
+            record = document.get("record") if event == ASSIGNED_EVENT else None
+            handled[key] = record if isinstance(record, dict) else None
+    return handled
 
 
 def _newest_assignment_time(session: Session, serial: str) -> datetime:

@@ -22,6 +22,7 @@ from bwc_dock.ledger import (
     custody,
     discovery,
     dockings,
+    evidence,
     heartbeat,
     multipart,
     queue,
@@ -291,6 +292,31 @@ class Ledger:
         self, assigned: Sequence[Assignment], *, force: bool = False
     ) -> list[Reattribution]:
         return assignments.assign(self.store, assigned, force=force)
+
+    # -- camera evidence at dockings (ledger/evidence.py) --------------------------------------
+
+    def docking_facts(self, docking_id: int) -> evidence.DockingFacts:
+        return evidence.docking_facts(self.store, docking_id)
+
+    def camera_clips(self, camera_serial: str) -> list[evidence.KnownClip]:
+        return evidence.camera_clips(self.store, camera_serial)
+
+    def camera_evidence_events(self, camera_serial: str) -> list[evidence.EvidenceEvent]:
+        return evidence.camera_events(self.store, camera_serial)
+
+    def record_camera_evidence(self, events: Sequence[evidence.EvidenceEvent]) -> None:
+        evidence.record_events(self.store, events)
+
+    def camera_evidence_since(self, since: datetime) -> list[evidence.EvidenceEvent]:
+        return evidence.events_since(self.store, since)
+
+    def fleet_assignment_records(self) -> dict[str, Mapping[str, Any] | None]:
+        return assignments.fleet_records(self.store)
+
+    def record_fleet_assignment_refusal(
+        self, serial: str | None, record_key: str, reason: str
+    ) -> None:
+        assignments.record_fleet_refusal(self.store, serial, record_key, reason)
 
     # -- custody and anchors (ledger/custody.py) ---------------------------------------------
 

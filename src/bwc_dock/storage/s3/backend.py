@@ -155,6 +155,35 @@ class S3Backend(MultipartUploads, S3Retention, StorageBackend):
             else:
                 yield full_key[strip:]
 
+    def read_bytes_bounded(self, key: str, limit: int) -> bytes | None:
+        """One ranged GET: never more than ``limit + 1`` bytes cross the wire."""
+        full_key = self._full_key(key)
+        with self._translated("GET", full_key):
+            try:
+                response = self._s3().get_object(
+                    Bucket=self._settings.bucket, Key=full_key, Range=f"bytes=0-{limit}"
+                )
+            except ClientError as error:
+                if error_code(error) in MISSING_KEY_CODES:
+                    return None
+                if error_code(error) == "InvalidRange":  # an empty object
+                    return b""
+                raise
+            body: bytes = response["Body"].read(limit + 1)
+        return body
+
+    def list_keys_unordered(self, prefix: str) -> Iterator[str]:
+        """One flat listing (a thousand keys a request), in the store's own order."""
+        full_prefix = self._settings.prefix + prefix
+        strip = len(self._settings.prefix)
+        with self._translated("LIST", full_prefix or None):
+            paginator = self._s3().get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self._settings.bucket, Prefix=full_prefix):
+                for listed in page.get("Contents", []):
+                    key = str(listed["Key"])
+                    if not key.endswith("/"):  # a folder marker, not a key
+                        yield key[strip:]
+
     def check_reachable(self) -> None:
         self._probe_bucket()
 
