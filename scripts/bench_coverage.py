@@ -123,6 +123,7 @@ def config_file(work: Path, server: SeaweedServer, bucket: str) -> Path:
     path.write_text(
         f'[dock]\nid = "bench"\nstate_dir = "{work / bucket}-state"\n'
         f'[storage]\nbackend = "s3"\nendpoint_url = "{server.endpoint_url}"\n'
+        'allow_plaintext = true\n'
         f'bucket = "{bucket}"\naddressing_style = "path"\n'
         '[coverage]\nexcluded_call_types = ["TRAFFIC STOP"]\n'
     )

@@ -209,6 +209,7 @@ def two_docks(root: Path, **sections: Any) -> tuple[Dock, Dock]:
     """Two docks with ledgers of their own and one central-storage folder."""
     shared = root / "central"
     shared.mkdir(parents=True, exist_ok=True)
+    (shared / ".bwc-dock-store").touch()  # the share's marker file
     docks = []
     for name in ("dock-a", "dock-b"):
         dock = Dock(root / name)

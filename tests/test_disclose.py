@@ -49,12 +49,14 @@ class Store:
         if self.server is None:
             assert self.root is not None
             self.root.mkdir(exist_ok=True)
+            (self.root / ".bwc-dock-store").touch()  # the share's marker file
             dock.write_config(dock={"id": dock_id}, storage={"path": str(self.root)}, **sections)
             return
         dock.extra_environment.update(self.server.environment())
         dock.write_config(
             dock={"id": dock_id},
             storage={"backend": "s3", "endpoint_url": self.server.endpoint_url,
+                     "allow_plaintext": True,  # the test server listens on loopback only
                      "bucket": self.bucket, "addressing_style": "path", "prefix": self.prefix,
                      "retry_initial_seconds": 0.2, "retry_max_seconds": 2.0},
             **sections,

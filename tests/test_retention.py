@@ -35,6 +35,7 @@ def _use_locked_s3(dock: Dock, server: SeaweedServer, bucket: str) -> None:
     dock.extra_environment.update(server.environment())
     dock.write_config(
         storage={"backend": "s3", "endpoint_url": server.endpoint_url, "bucket": bucket,
+                 "allow_plaintext": True,  # the test server listens on loopback only
                  "addressing_style": "path", "prefix": "bwc/",
                  "object_lock_mode": "GOVERNANCE"},
         retention=CLASSES,
