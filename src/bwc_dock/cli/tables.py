@@ -14,34 +14,17 @@ text in aligned columns, which scripts and ``less`` read as well.
 from __future__ import annotations
 
 import sys
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import click
 
-# Unicode categories never printed as they are: controls (Cc, e.g. ESC), format
-# characters (Cf, e.g. U+202E RIGHT-TO-LEFT OVERRIDE) and line/paragraph separators.
-_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+from bwc_dock.names import display_text
 
 
 def shown(value: object) -> str:
     """``value`` as text safe to print: hidden characters written as escapes."""
-    text = "-" if value is None else str(value)
-    if text.isprintable():  # the common case: nothing to escape (fast, no per-character work)
-        return text
-    return "".join(_escaped(character) for character in text)
-
-
-def _escaped(character: str) -> str:
-    if character == " " or unicodedata.category(character) not in _HIDDEN_CATEGORIES:
-        return character
-    code = ord(character)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
+    return "-" if value is None else display_text(str(value))
 
 
 @dataclass
