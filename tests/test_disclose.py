@@ -467,3 +467,30 @@ def test_a_full_disk_leaves_no_bag(disclosed: Disclosed, tiny_disk: Path) -> Non
         issued = ledger.execute(
             "SELECT count(*) FROM audit_log WHERE event = 'disclosure.signed'").fetchone()
     assert issued == (1,)  # the module's bag only
+
+
+def test_a_case_on_legal_hold_is_bagged_without_naming_its_keys(
+        disclosed: Disclosed, tmp_path: Path) -> None:
+    """Without --key, disclose bags the clips the case's hold record in central storage
+    names; the sidecars and custody records the hold also names travel with their clip."""
+    [clip] = [c for c in disclosed.b.clips() if c["source_path"].endswith("_0002.MP4")]
+    held = [clip["remote_key"], f"{clip['remote_key'][:-4]}.LOG",
+            disclosed.b.manifest_key(clip)]
+    record = {"format": "bwc-dock-hold/1", "case": "CASE-HELD", "action": "add",
+              "at": "2026-12-01T09:00:00Z", "dock": "dock-b", "actor": "records-clerk",
+              "keys": held, "versions": 3}
+    if disclosed.store.root is not None:
+        (disclosed.store.root / "_holds/CASE-HELD").mkdir(parents=True)
+    disclosed.store.write("_holds/CASE-HELD/20261201T090000000000Z-dock-b.json",
+                          json.dumps(record).encode())
+    bag = tmp_path / "held"
+    disclosed.a.cli("disclose", "CASE-HELD", "--to", str(bag))
+    assert sorted(_manifest(bag / "manifest-sha256.txt")) == [
+        "data/CAMB/20261124_000002_0002.GPS", "data/CAMB/20261124_000002_0002.JPG",
+        "data/CAMB/20261124_000002_0002.LOG", "data/CAMB/20261124_000002_0002.MP4",
+    ]
+    unheld = disclosed.a.cli("disclose", "CASE-NONE", "--to", str(tmp_path / "none"),
+                             check=False)
+    assert unheld.returncode == 2
+    assert unheld.stderr.splitlines()[-1].startswith(  # one line, after any warning logged
+        "bwc-dock: disclose: case 'CASE-NONE' holds no clip in central storage")

@@ -36,9 +36,9 @@ MAX_KEYS_PER_RECORD = 10_000
 CASE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _CASE = re.compile(CASE_PATTERN)
 EVENT_NOT_YET = (
-    "--event needs the CAD event matching of `bwc-dock coverage`, which this version does "
-    "not have; name the case's clips with --key KEY (their sidecars and custody records "
-    "are held with them)"
+    "--event is not supported yet: `bwc-dock coverage --cad FILE --json` lists the clips "
+    "of each CAD event; name the case's clips with --key KEY (their sidecars and custody "
+    "records are held with them)"
 )
 
 

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 @click.argument("bag", required=False, type=click.Path(path_type=Path))
 @click.option("--to", "target", type=click.Path(path_type=Path), metavar="DIR",
               help="the new bag's folder (must not exist, or be empty)")
-@click.option("--key", "keys", multiple=True, metavar="KEY", help="a clip's key (repeatable)")
+@click.option("--key", "keys", multiple=True, metavar="KEY",
+              help="a clip's key (repeatable); default: the clips the case's legal hold names")
 @click.option("--from-bag", "parent", type=click.Path(path_type=Path), metavar="PARENT",
               help="re-bag clips of this bag (prosecutor to defence)")
 @click.option("--select", "selected", multiple=True, metavar="NAME",
@@ -57,8 +58,23 @@ def disclose(context: Context, case: str, bag: Path | None, target: Path | None,
         _rebag(context, case, parent, target, selected, by, disclosed_to)
         return
     if not keys:
-        raise UsageError("disclose: give at least one --key (a clip's key in central storage)")
+        keys = _held_keys(context, case)
     _write(context, case, target, keys, by, disclosed_to, as_json)
+
+
+def _held_keys(context: Context, case: str) -> tuple[str, ...]:
+    """Without --key: the clips the case's legal hold names in central storage."""
+    from bwc_dock.disclosure.records import held_clip_keys
+    from bwc_dock.holds import read_holds
+
+    with context.backend() as backend:
+        cases, _unusable = read_holds(backend)
+        hold = cases.get(case)
+        keys = held_clip_keys(backend, hold.keys) if hold is not None else []
+    if not keys:
+        raise UsageError(f"disclose: case {case!r} holds no clip in central storage; give"
+                         " its clips with --key KEY (a clip's key in central storage)")
+    return tuple(keys)
 
 
 def _settings(context: Context) -> tuple[str, Path]:

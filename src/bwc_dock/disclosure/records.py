@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +71,13 @@ def record_keys(backend: StorageBackend, clip_key: str) -> Iterator[str]:
             yield key
     if backend.head(clip_key + MANIFEST_SUFFIX) is not None:
         yield clip_key + MANIFEST_SUFFIX
+
+
+def held_clip_keys(backend: StorageBackend, held: Iterable[str]) -> list[str]:
+    """The clip keys among the objects a legal hold names (a hold names each clip's
+    sidecars and custody records too): those with a custody record of their own."""
+    return sorted(key for key in set(held)
+                  if not key.endswith(MANIFEST_SUFFIX) and next(record_keys(backend, key), None))
 
 
 def custody_records(backend: StorageBackend, clip_key: str) -> list[CustodyRecord]:
