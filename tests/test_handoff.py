@@ -103,20 +103,21 @@ def rig(tmp_path: Path) -> Iterator[_Rig]:
 def test_a_clip_an_uploader_waits_for_is_verified_by_its_upload(rig: _Rig) -> None:
     (done,) = rig.copy_one(uploader_waits=True)
     assert done["verified_by"] == "upload"
-    assert rig.clip().state is ClipState.STAGED
-    assert rig.stages.handoff.unverified_ids(CAMERA) == {rig.clip().id}  # the camera is kept docked
+    assert (rig.clip().state, rig.clip().staged_verified) == (ClipState.STAGED, False)
+    assert rig.ledger.unverified_staged(CAMERA) == 1  # the camera is kept docked
 
     rig.upload_one()
 
-    assert rig.clip().state is ClipState.UPLOADED
-    assert not rig.stages.handoff.unverified_ids(CAMERA)
+    assert (rig.clip().state, rig.clip().staged_verified) == (ClipState.UPLOADED, True)
+    assert rig.ledger.unverified_staged(CAMERA) == 0
     assert sorted(central_objects(rig.nas).values()) == sorted(rig.expected.values())
 
 
 def test_with_no_uploader_waiting_the_copier_verifies_the_copy_itself(rig: _Rig) -> None:
     (done,) = rig.copy_one(uploader_waits=False)
     assert done["verified_by"] == "copier"
-    assert not rig.stages.handoff.unverified_ids(CAMERA)
+    assert rig.clip().staged_verified
+    assert rig.ledger.unverified_staged(CAMERA) == 0
 
 
 def test_a_damaged_handed_over_copy_is_read_off_the_camera_again(rig: _Rig) -> None:
@@ -155,6 +156,47 @@ def test_the_same_damage_to_a_copy_pass_2_verified_is_quarantined(rig: _Rig) -> 
     assert rig.clip().state is ClipState.QUARANTINED
 
 
+def test_after_a_restart_a_damaged_handed_over_copy_is_read_off_the_camera_again(
+    tmp_path: Path,
+) -> None:
+    """The process that handed the clip over is gone (its ledger closed, its in-memory
+    register with it); a new process over the same ledger finds the staged copy damaged
+    and sends the clip back to be read off the camera again, as the old one would have,
+    instead of quarantining it."""
+    first = _open_rig(tmp_path, 3 * MIB + 5)
+    first.copy_one(uploader_waits=True)
+    first.close()
+    later = _open_rig_again(tmp_path, first)
+    try:
+        assert (later.clip().state, later.clip().staged_verified) == (ClipState.STAGED, False)
+        flip_byte(later.staged_file())
+
+        later.upload_one()
+
+        clip = later.clip()
+        assert (clip.state, clip.copy_attempts, clip.staged_path) == (
+            ClipState.DISCOVERED, 1, None)
+        (done,) = later.copy_one(uploader_waits=True)  # read again from the camera folder
+        assert done["verified_by"] == "copier"
+        later.upload_one()
+        assert later.clip().state is ClipState.UPLOADED
+        assert sorted(central_objects(later.nas).values()) == sorted(later.expected.values())
+    finally:
+        later.close()
+
+
+def _open_rig_again(tmp_path: Path, before: _Rig) -> _Rig:
+    """A new process over the same state directory, camera and storage folder."""
+    config = parse_config({"dock": {"id": "t", "state_dir": str(tmp_path / "state"),
+                                    "staging_reserve_mb": 0},
+                           "storage": {"path": str(before.nas)}})
+    ledger = Ledger.open(config, "test")
+    backend = open_backend(config)
+    stages = Stages(config, ledger, backend)
+    return _Rig(ledger, backend, stages, before.volume, before.docking, before.nas,
+                before.expected)
+
+
 @pytest.mark.parametrize("damaged", [False, True], ids=["intact", "damaged"])
 def test_a_handed_over_clip_whose_upload_fails_is_read_back_at_once(
     rig: _Rig, damaged: bool
@@ -170,28 +212,27 @@ def test_a_handed_over_clip_whose_upload_fails_is_read_back_at_once(
     rig.upload_one()
 
     clip = rig.clip()
-    assert not rig.stages.handoff.unverified_ids(CAMERA)
+    assert rig.ledger.unverified_staged(CAMERA) == 0
     if damaged:
         assert (clip.state, clip.copy_attempts, clip.upload_attempts) == (
             ClipState.DISCOVERED, 1, 0)
     else:
         assert (clip.state, clip.copy_attempts, clip.upload_attempts) == (
             ClipState.STAGED, 0, 1)
+        assert clip.staged_verified  # the read-back proved it: a later damage is decay
         assert "not there" in (clip.last_error or "")
 
 
 def test_a_clip_is_handed_over_only_while_an_uploader_is_free_for_it() -> None:
+    """One waiting uploader takes one handed-over clip; once it took it, it is free again."""
     handoff = UploadHandoff()
-    assert not handoff.hand_over(1, CAMERA)  # nobody waits
+    assert not handoff.hand_over(1)  # nobody waits
     with handoff.waiting():
-        assert handoff.hand_over(1, CAMERA)
-        assert not handoff.hand_over(2, CAMERA)  # the one waiting uploader is spoken for
-        assert handoff.claimed(1)
-        assert not handoff.claimed(2)
-    assert handoff.unverified_ids(CAMERA) == {1}
-    handoff.settle(1, sent_back=True)
-    handoff.settle(1, sent_back=True)  # settling twice counts once
-    assert not handoff.unverified_ids(CAMERA)
+        assert handoff.hand_over(1)
+        assert not handoff.hand_over(2)  # the one waiting uploader is spoken for
+        handoff.claimed(1)
+        assert handoff.hand_over(3)
+    handoff.note_sent_back(CAMERA)
     assert handoff.sent_back(CAMERA) == 1
     assert handoff.sent_back(CAMERA) == 0
 

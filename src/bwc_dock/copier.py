@@ -257,7 +257,7 @@ class Copier:
                 sha256, sidecar_hashes = self._verified_all(work, read, cancel)
         verified = time.monotonic()
         try:
-            self._finish(work, read, sha256, sidecar_hashes, claim_next)
+            self._finish(work, read, (sha256, not handed_over), sidecar_hashes, claim_next)
         except BaseException:
             if handed_over:
                 assert self.handoff is not None
@@ -288,7 +288,7 @@ class Copier:
         clip whose staged copy was ever found damaged is verified here."""
         if self.handoff is None or work.copy_attempts > 0:
             return False
-        return self.handoff.hand_over(work.id, work.camera_serial)
+        return self.handoff.hand_over(work.id)
 
     def _verified_all(
         self, work: ClipWork, read: _Read, cancel: threading.Event
@@ -313,16 +313,21 @@ class Copier:
         self,
         work: ClipWork,
         read: _Read,
-        sha256: str,
+        checked: tuple[str, bool],  # the clip's sha256, and whether pass 2 verified it
         sidecar_hashes: dict[int, str],
         claim_next: tuple[int | None] | None,
     ) -> None:
-        """Record the clip ``staged`` (and claim the next one with ``claim_next``)."""
+        """Record the clip ``staged`` (and claim the next one with ``claim_next``); the
+        ledger records whether it is verified or waits for its upload to verify it."""
+        sha256, verified = checked
         if claim_next is None:
-            self.ledger.finish_copy(work, self.owner, sha256, read.folder_relative, sidecar_hashes)
+            self.ledger.finish_copy(
+                work, self.owner, sha256, read.folder_relative, sidecar_hashes, verified=verified
+            )
             return
         ahead = self.ledger.finish_copy_and_claim(
-            work, self.owner, sha256, read.folder_relative, sidecar_hashes, claim_next[0]
+            work, self.owner, sha256, read.folder_relative, sidecar_hashes, claim_next[0],
+            verified=verified,
         )
         self._claimed_ahead = None if ahead is None else (claim_next[0], ahead)
 
@@ -484,4 +489,3 @@ class _LeaseRenewer:
         if now - self.last >= self.interval:
             self.ledger.renew_lease(self.clip_id, self.owner)
             self.last = now
-

@@ -28,7 +28,6 @@ from bwc_dock.custody import anchor_dockings
 from bwc_dock.docked import Docked, DockedRegistry
 from bwc_dock.errors import BwcDockError, ConfigError, Interrupted, PermanentStorageError
 from bwc_dock.fleet import FleetPublisher, fleet_publisher
-from bwc_dock.handoff import still_unverified
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
@@ -352,7 +351,7 @@ class Daemon(SourceListener):
             camera = docked.volume.camera_serial
             if self.ledger.copy_pending(camera) > 0:
                 continue
-            if still_unverified(self.stages.handoff, self.ledger, camera):
+            if self.ledger.unverified_staged(camera) > 0:
                 continue  # its upload reads it back: if damaged, it is read off the camera again
             if not docked.finished_logged:
                 docked.finished_logged = True

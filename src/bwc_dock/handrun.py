@@ -17,7 +17,7 @@ import structlog
 
 from bwc_dock.config import Config
 from bwc_dock.errors import UsageError
-from bwc_dock.handoff import UploadHandoff, still_unverified
+from bwc_dock.handoff import UploadHandoff
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.leases import current_owner, heartbeat_alive
 from bwc_dock.ledger.models import utc_now
@@ -194,9 +194,7 @@ def _copy_while_uploading(
 def _sent_back(stages: Stages, camera_serial: str, deadline: float) -> bool:
     """Once every clip left to an upload to verify is verified (or the deadline passed),
     whether one was found damaged and sent back to be read again (handoff.py)."""
-    while time.monotonic() < deadline and still_unverified(
-        stages.handoff, stages.ledger, camera_serial
-    ):
+    while time.monotonic() < deadline and stages.ledger.unverified_staged(camera_serial) > 0:
         stages.handoff.wait_for_change(min(POLL_SECONDS, deadline - time.monotonic()))
     return stages.handoff.sent_back(camera_serial) > 0
 

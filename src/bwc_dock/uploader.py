@@ -92,13 +92,14 @@ class Uploader:
 
     def upload(self, work: ClipWork) -> None:
         """Upload one claimed clip; whatever happens, it ends where it belongs."""
-        # handed over by the copier without pass 2: this upload's read verifies it
-        unverified = self.handoff is not None and self.handoff.claimed(work.id)
+        if self.handoff is not None:
+            self.handoff.claimed(work.id)
         try:
-            self._upload(work, unverified)
+            # left by the copier without pass 2 (the ledger says so, whichever process
+            # staged it): this upload's read verifies it
+            self._upload(work, not work.staged_verified)
         finally:
-            if unverified:
-                assert self.handoff is not None
+            if self.handoff is not None:
                 self.handoff.settle(work.id)
 
     def _upload(self, work: ClipWork, unverified: bool) -> None:
@@ -109,7 +110,7 @@ class Uploader:
                 stored_as = self._original_copy(work)
                 if stored_as == _WAIT_FOR_ORIGINAL:
                     if not (unverified and self._sent_back_if_damaged(work, "not sent yet")):
-                        self._wait_for_original(work)
+                        self._wait_for_original(work, staged_copy_verified=unverified)
                     return
             self._send_with_retries(work, stored_as)
         except LeaseLost:
@@ -131,11 +132,21 @@ class Uploader:
         except PermanentStorageError as error:
             self._report_permanent(error)
             if not (unverified and self._sent_back_if_damaged(work, str(error))):
-                self._retry_later(work, error, self.config.permanent_error_backoff_seconds)
+                self._retry_later(
+                    work,
+                    error,
+                    self.config.permanent_error_backoff_seconds,
+                    staged_copy_verified=unverified,
+                )
         except StorageError as error:
             bound.warning("upload.retry", error=str(error), attempts=work.upload_attempts + 1)
             if not (unverified and self._sent_back_if_damaged(work, str(error))):
-                self._retry_later(work, error, self._backoff_seconds(work.upload_attempts))
+                self._retry_later(
+                    work,
+                    error,
+                    self._backoff_seconds(work.upload_attempts),
+                    staged_copy_verified=unverified,
+                )
         except OSError as error:  # the staged copy itself could not be read
             self._staged_copy_suspect(work, f"staged copy unreadable: {error}", unverified)
 
@@ -272,7 +283,7 @@ class Uploader:
             return original.remote_key, stored_sha256
         return _WAIT_FOR_ORIGINAL
 
-    def _wait_for_original(self, work: ClipWork) -> None:
+    def _wait_for_original(self, work: ClipWork, *, staged_copy_verified: bool) -> None:
         """Put the clip back until the first copy of its content is stored."""
         self.ledger.release(
             work,
@@ -280,6 +291,7 @@ class Uploader:
             error=f"waiting for clip {work.duplicate_of}",
             retry_at=utc_now() + _DUPLICATE_WAIT,
             count_attempt=False,
+            staged_copy_verified=staged_copy_verified,
         )
 
     def _staged_copy_suspect(self, work: ClipWork, reason: str, unverified: bool) -> None:
@@ -287,7 +299,9 @@ class Uploader:
         damage = self._staged_copy_damage(work)
         if damage is None:
             log.warning("upload.retry", clip=work.id, error=reason)
-            self._retry_later(work, IntegrityError(reason), self._backoff_seconds(0))
+            self._retry_later(
+                work, IntegrityError(reason), self._backoff_seconds(0), staged_copy_verified=True
+            )
         elif unverified:
             self._send_back(work, f"{damage} ({reason})")
         else:
@@ -324,7 +338,7 @@ class Uploader:
         for _name, path, _sha256 in staged_files(self.staging_root, work):
             path.unlink(missing_ok=True)
         if self.handoff is not None:
-            self.handoff.settle(work.id, sent_back=True)
+            self.handoff.note_sent_back(work.camera_serial)
         log.error(
             "upload.staged_copy_damaged",
             clip=work.id,
@@ -333,13 +347,23 @@ class Uploader:
             action="read off the camera again",
         )
 
-    def _retry_later(self, work: ClipWork, error: Exception, delay_seconds: float) -> None:
+    def _retry_later(
+        self,
+        work: ClipWork,
+        error: Exception,
+        delay_seconds: float,
+        *,
+        staged_copy_verified: bool = False,
+    ) -> None:
+        """Put the clip back for a later attempt; ``staged_copy_verified`` when its staged
+        copy was just read back intact (the ledger then records it verified)."""
         try:
             self.ledger.release(
                 work,
                 self.owner,
                 error=str(error),
                 retry_at=utc_now() + timedelta(seconds=delay_seconds),
+                staged_copy_verified=staged_copy_verified,
             )
         except LeaseLost:
             log.warning("upload.lease_lost", clip=work.id)
