@@ -9,6 +9,8 @@ daemon's idle uploader enters it; the damage is one flipped byte in the staged f
 from __future__ import annotations
 
 import shutil
+import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, MutableMapping
@@ -29,7 +31,7 @@ from bwc_dock.sources.base import DockedVolume
 from bwc_dock.storage import open_backend
 from bwc_dock.storage.base import StorageBackend
 from bwc_dock.wiring import Stages
-from tests.dock import central_objects, flip_byte, make_camera
+from tests.dock import Dock, central_objects, flip_byte, make_camera, wait_until
 
 MIB = 1024 * 1024
 CAMERA = "CAM1"
@@ -275,3 +277,53 @@ def test_ingest_wait_reads_a_clip_again_when_its_handed_over_copy_was_damaged(
     assert (clip.state, clip.copy_attempts) == (ClipState.UPLOADED, 1)
     assert clip.sha256 == next(iter(rig.expected.values()))
     assert sorted(central_objects(rig.nas).values()) == sorted(rig.expected.values())
+
+
+def _ledger_rows(dock: Dock, columns: str) -> list[tuple[Any, ...]]:
+    """The clips' ``columns``, read straight from the ledger file (no row: no ledger yet)."""
+    try:
+        with sqlite3.connect(f"file:{dock.ledger_path}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute(f"SELECT {columns} FROM clips ORDER BY id").fetchall()
+    except sqlite3.OperationalError:
+        return []  # no ledger or schema yet
+
+
+def _handed_over_in_upload(dock: Dock) -> bool:
+    """The clip is being uploaded with its staged copy left for that upload to verify."""
+    return _ledger_rows(dock, "state, staged_verified") == [("uploading", 0)]
+
+
+def test_kill9_of_the_daemon_then_a_damaged_handed_over_copy_is_read_again(dock: Dock) -> None:
+    """A real daemon hands a docked camera's clip over to its waiting uploader and is
+    killed (SIGKILL) while that upload crawls under a bandwidth limit; the staged copy is
+    then damaged. The next daemon sends the clip back to the camera and copies it again,
+    instead of quarantining it, and stores it under its first-read hash."""
+    expected = make_camera(dock.root / "card", [8 * MIB], sidecars=False)
+    dock.write_config(storage={"bandwidth": [
+        {"start": "00:00:00", "end": "23:59:59", "limit_mb_per_s": 0.2}]})
+    first = dock.start_daemon(dock.root / "first.log")
+    try:
+        (dock.root / "card").rename(dock.watch_dir / CAMERA)  # docked
+        wait_until(lambda: _handed_over_in_upload(dock), timeout=120,
+                   message="the clip handed over to its upload")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    ((staged_path, name),) = _ledger_rows(dock, "staged_path, name")
+    flip_byte(dock.staging_dir / staged_path / name)
+    dock.write_config()  # no bandwidth limit for the next life
+
+    second = dock.start_daemon(dock.root / "second.log")
+    try:
+        wait_until(lambda: _ledger_rows(dock, "state") in ([("uploaded",)], [("quarantined",)]),
+                   timeout=120, message="the clip uploaded or quarantined")
+    finally:
+        assert dock.stop_daemon(second) == 0
+    events = dock.log_events(dock.root / "second.log")
+
+    assert _ledger_rows(dock, "state, copy_attempts, sha256") == [
+        ("uploaded", 1, next(iter(expected.values())))]
+    assert [e["action"] for e in events if e["event"] == "upload.staged_copy_damaged"] == [
+        "read off the camera again"]
+    assert [e["verified_by"] for e in events if e["event"] == "copy.done"] == ["copier"]
+    assert sorted(central_objects(dock.nas).values()) == sorted(expected.values())
