@@ -23,7 +23,6 @@ from bwc_dock.config import CONTENT_FIELDS, StorageConfig, key_template_fields
 from bwc_dock.custody import write_docking_sums
 from bwc_dock.errors import (
     IntegrityError,
-    Interrupted,
     LeaseLost,
     PermanentStorageError,
     StorageConflict,
@@ -40,6 +39,7 @@ from bwc_dock.manifest import (
     manifest_identity,
     manifest_key,
 )
+from bwc_dock.outcomes import Action, upload_action
 from bwc_dock.storage.base import ProgressCallback, StorageBackend, retained_until
 from bwc_dock.verify import check_staged, staged_files
 
@@ -103,7 +103,6 @@ class Uploader:
                 self.handoff.settle(work.id)
 
     def _upload(self, work: ClipWork, unverified: bool) -> None:
-        bound = log.bind(clip=work.id, camera=work.camera_serial, sha256=work.sha256)
         try:
             stored_as: tuple[str, str] | None = None
             if work.duplicate_of is not None:
@@ -113,42 +112,44 @@ class Uploader:
                         self._wait_for_original(work, staged_copy_verified=unverified)
                     return
             self._send_with_retries(work, stored_as)
-        except LeaseLost:
+        except Exception as error:
+            action = upload_action(error)
+            if action is Action.RAISE:
+                raise
+            self._act(work, action, error, unverified)
+
+    def _act(self, work: ClipWork, action: Action, error: Exception, unverified: bool) -> None:
+        """Carry out ``action`` for ``work`` after ``error`` (outcomes.py); ``unverified``:
+        its staged copy was left to this upload to verify (handoff.py)."""
+        bound = log.bind(clip=work.id, camera=work.camera_serial, sha256=work.sha256)
+        if action is Action.LEAVE:
             bound.warning("upload.lease_lost")
-        except Interrupted:
+        elif action is Action.PUT_BACK:
             bound.info("upload.interrupted")
-            self.ledger.release(
-                work,
-                self.owner,
-                error="interrupted by shutdown",
-                retry_at=None,
-                count_attempt=False,
-            )
-        except StorageConflict as error:
+            why = "interrupted by shutdown"
+            self.ledger.release(work, self.owner, error=why, retry_at=None, count_attempt=False)
+        elif action is Action.QUARANTINE:
             bound.error("upload.conflict", error=str(error))
             self.ledger.quarantine(work, self.owner, str(error))
-        except IntegrityError as error:
-            self._staged_copy_suspect(work, str(error), unverified)
-        except PermanentStorageError as error:
-            self._report_permanent(error)
-            if not (unverified and self._sent_back_if_damaged(work, str(error))):
-                self._retry_later(
-                    work,
-                    error,
-                    self.config.permanent_error_backoff_seconds,
-                    staged_copy_verified=unverified,
-                )
-        except StorageError as error:
+        elif action is Action.CHECK_STAGED_COPY:
+            unreadable = f"staged copy unreadable: {error}" if isinstance(error, OSError) else ""
+            self._staged_copy_suspect(work, unreadable or str(error), unverified)
+        elif action is Action.REFUSE:
+            self._report_refusal(error)
+            self._later(work, error, self.config.permanent_error_backoff_seconds, unverified)
+        elif action is Action.RETRY:
             bound.warning("upload.retry", error=str(error), attempts=work.upload_attempts + 1)
-            if not (unverified and self._sent_back_if_damaged(work, str(error))):
-                self._retry_later(
-                    work,
-                    error,
-                    self._backoff_seconds(work.upload_attempts),
-                    staged_copy_verified=unverified,
-                )
-        except OSError as error:  # the staged copy itself could not be read
-            self._staged_copy_suspect(work, f"staged copy unreadable: {error}", unverified)
+            self._later(work, error, self._backoff_seconds(work.upload_attempts), unverified)
+        else:
+            raise error  # an action the uploader has no way to carry out: a bug in the table
+
+    def _later(
+        self, work: ClipWork, error: Exception, delay_seconds: float, unverified: bool
+    ) -> None:
+        """Try the clip again later; one whose staged copy was left to this upload to
+        verify is read back from disk first, and sent back to the camera if damaged."""
+        if not (unverified and self._sent_back_if_damaged(work, str(error))):
+            self._retry_later(work, error, delay_seconds, staged_copy_verified=unverified)
 
     def _send_with_retries(self, work: ClipWork, stored_as: tuple[str, str] | None) -> None:
         retrying = Retrying(
@@ -375,8 +376,11 @@ class Uploader:
         )
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not secrecy
 
-    def _report_permanent(self, error: PermanentStorageError) -> None:
+    def _report_refusal(self, error: Exception) -> None:
         """Loud once per kind of refusal: the daemon's reporter spans all its uploaders."""
+        if not isinstance(error, PermanentStorageError):
+            log.error("storage.refused", error=str(error), kind=type(error).__name__)
+            return
         if self.on_permanent_error is not None:
             self.on_permanent_error(error)
             return
