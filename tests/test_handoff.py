@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from bwc_dock import handrun
 from bwc_dock.config import parse_config
 from bwc_dock.handoff import UploadHandoff
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.scanning import scan_into_ledger
+from bwc_dock.scheduler import Scheduler
 from bwc_dock.sources.base import DockedVolume
 from bwc_dock.storage import open_backend
 from bwc_dock.storage.base import StorageBackend
@@ -242,10 +242,11 @@ def test_a_clip_is_handed_over_only_while_an_uploader_is_free_for_it() -> None:
 def test_ingest_wait_reads_a_clip_again_when_its_handed_over_copy_was_damaged(
     tmp_path: Path,
 ) -> None:
-    """Hand-run ``ingest --wait``: the staged copy of the only clip is damaged while its
-    upload reads it (one byte near its end flipped from the uploader's first progress
-    report, its bandwidth hook). Ingest copies the clip again from the folder, verifies
-    that copy itself, and ends with the clip uploaded with its first-read hash."""
+    """``ingest --wait`` (the scheduler's offload of one folder): the staged copy of the
+    only clip is damaged while its upload reads it (one byte near its end flipped from the
+    uploader's first progress report, its bandwidth hook). Ingest copies the clip again
+    from the folder, verifies that copy itself, and ends with the clip uploaded with its
+    first-read hash."""
     rig = _open_rig(tmp_path, 24 * MIB, upload_workers=2)
     damaged: list[Path] = []
 
@@ -259,10 +260,9 @@ def test_ingest_wait_reads_a_clip_again_when_its_handed_over_copy_was_damaged(
             rig.stages.uploader(current_owner(f"uploader-{n}"), damage_once) for n in (1, 2)
         ]
         with capture_logs() as logs:
-            stopped = handrun._copy_while_uploading(
-                rig.stages, rig.volume, rig.docking, uploaders, [rig.clip().id],
-                time.monotonic() + 600, None,
-            )
+            scheduler = Scheduler(rig.stages, threading.Event(), threading.Event(),
+                                  idle_seconds=0.5, deadline=time.monotonic() + 600)
+            stopped = scheduler.offload(rig.docking, CAMERA, [rig.clip().id], uploaders)
         clip = rig.clip()
     finally:
         rig.close()

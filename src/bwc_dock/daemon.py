@@ -34,6 +34,7 @@ from bwc_dock.ledger.models import Docking, utc_now
 from bwc_dock.ledger.states import PENDING_STATES
 from bwc_dock.recovery import recover
 from bwc_dock.scanning import scan_into_ledger
+from bwc_dock.scheduler import Scheduler
 from bwc_dock.service import DaemonStatus, ServiceHooks
 from bwc_dock.signals import SignalWatcher
 from bwc_dock.sources.base import DockedVolume, Source, SourceListener, UnreadableCamera
@@ -72,6 +73,9 @@ class Daemon(SourceListener):
         self.owner = current_owner("daemon")
         self.stop_event = threading.Event()
         self.wake_event = threading.Event()
+        self.scheduler = Scheduler(  # the worker loops, the same ones `ingest` runs
+            self.stages, self.stop_event, self.wake_event, idle_seconds=IDLE_WAIT_SECONDS
+        )
         self.reload_requested = threading.Event()
         self.signals = SignalWatcher(self.stop_event, self.wake_event, self.reload_requested)
         self.docked_cameras = DockedRegistry()
@@ -226,23 +230,7 @@ class Daemon(SourceListener):
 
     def _copier_loop(self) -> None:
         copier = self.stages.copier(current_owner(), self.wake_event.set)
-        while not self.stop_event.is_set():
-            docked = self._take_docking()
-            if docked is None:
-                self._idle()
-                continue
-            try:
-                while not self.stop_event.is_set() and not docked.cancel.is_set():
-                    if not copier.copy_next(
-                        docked.cancel, docked.docking_id, verify_in_background=True
-                    ):
-                        break
-                    docked.last_progress_at = utc_now()
-                if self.staging.paused:
-                    self.stop_event.wait(IDLE_WAIT_SECONDS)
-            finally:
-                self.docked_cameras.put_back(docked)
-        copier.wait_verified()  # the clip being verified reaches staged before we stop
+        self.scheduler.copy_cameras(copier, self._take_docking, self.docked_cameras.put_back)
 
     def _take_docking(self) -> Docked | None:
         """A docked camera with clips to copy that no other copier is reading."""
@@ -255,10 +243,7 @@ class Daemon(SourceListener):
         uploader = self.stages.uploader(
             current_owner(), self._upload_progress, self._storage_refused
         )
-        while not self.stop_event.is_set():
-            if not uploader.upload_next():
-                with self.stages.handoff.waiting():  # a clip staged now is read at once
-                    self._idle()
+        self.scheduler.upload_until(uploader)  # until the daemon stops
 
     def _upload_progress(self, count: int) -> None:
         if self.stop_event.is_set():
@@ -278,10 +263,6 @@ class Daemon(SourceListener):
     @property
     def last_error(self) -> str | None:
         return self._last_error
-
-    def _idle(self) -> None:
-        self.wake_event.wait(IDLE_WAIT_SECONDS)
-        self.wake_event.clear()
 
     def _main_loop(self) -> None:
         timers = {"beat": 0.0, "rescan": time.monotonic(), "purge": 0.0, "storage": 0.0}
