@@ -36,7 +36,7 @@ _SIDECAR_BATCH = 500  # below SQLite's limit on bound parameters
 _CLIP_COLUMNS = (
     "id, camera_serial, docking_id, source_path_raw, source_path, name, size, mtime_ns, "
     "recorded_at, sha256, state, staged_path, remote_key, remote_sha256, duplicate_of, "
-    "copy_attempts, upload_attempts, lease_owner, last_error"
+    "copy_attempts, upload_attempts, lease_owner, last_error, staged_verified"
 )
 _SIDECAR_COLUMNS = "clip_id, id, source_path_raw, source_path, name, size, sha256, remote_key"
 
@@ -231,6 +231,7 @@ def _clip(row: Sequence[Any], sidecars: tuple[SidecarWork, ...]) -> ClipWork:
         upload_attempts,
         lease_owner,
         last_error,
+        staged_verified,
     ) = row
     return ClipWork(
         id=clip_id,
@@ -254,4 +255,5 @@ def _clip(row: Sequence[Any], sidecars: tuple[SidecarWork, ...]) -> ClipWork:
         volume_root=None,
         lease_owner=lease_owner,
         last_error=last_error,
+        staged_verified=bool(staged_verified),
     )
