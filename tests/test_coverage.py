@@ -625,7 +625,7 @@ def test_records_are_read_bounded_and_listed_whole_on_both_stores(
     store: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bounded reads and the flat listing behave alike on the folder backend and on S3."""
-    from bwc_dock.storage.base import StorageBackend
+    from bwc_dock.storage.base import DocumentTooLarge, StorageBackend
     from bwc_dock.storage.filesystem import FileBackend
     from bwc_dock.storage.s3 import S3Backend
 
@@ -641,10 +641,11 @@ def test_records_are_read_bounded_and_listed_whole_on_both_stores(
     try:
         for key, data in (("a/b/c.json", b"x" * 100), ("a/b-c/d.json", b"{}"), ("e.json", b"")):
             backend.put_bytes(key, data, {})
-        assert len(backend.read_bytes_bounded("a/b/c.json", 10) or b"") == 11  # too large
-        assert backend.read_bytes_bounded("a/b-c/d.json", 10) == b"{}"
-        assert backend.read_bytes_bounded("e.json", 10) == b""
-        assert backend.read_bytes_bounded("missing.json", 10) is None
+        with pytest.raises(DocumentTooLarge):  # 100 bytes against a bound of 10
+            backend.read_bytes("a/b/c.json", 10)
+        assert backend.read_bytes("a/b-c/d.json", 10) == b"{}"
+        assert backend.read_bytes("e.json", 10) == b""
+        assert backend.read_bytes("missing.json", 10) is None
         assert sorted(backend.list_keys_unordered("")) == ["a/b-c/d.json", "a/b/c.json", "e.json"]
         assert sorted(backend.list_keys_unordered("a/b/")) == ["a/b/c.json"]
     finally:

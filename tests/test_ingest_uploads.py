@@ -1,5 +1,5 @@
-"""A hand-run ``ingest --wait``: as many upload threads as the daemon has upload workers,
-and no re-reading of the whole folder per upload."""
+"""A hand-run ``ingest --wait`` (the scheduler's offload of one folder): as many upload
+threads as the daemon has upload workers, and no re-reading of the whole folder per upload."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bwc_dock import handrun
 from bwc_dock.config import parse_config
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.scanning import scan_into_ledger
+from bwc_dock.scheduler import Scheduler
 from bwc_dock.sources.base import DockedVolume
 from bwc_dock.storage import open_backend
 from bwc_dock.storage.base import ProgressCallback
@@ -65,14 +65,8 @@ def test_ingest_wait_uploads_two_clips_at_once(tmp_path: Path) -> None:
             stages.uploader(current_owner(f"uploader-{n}"), wait_for_the_other(f"uploader-{n}"))
             for n in (1, 2)
         ]
-        stopped = handrun._copy_while_uploading(  # the threads ingest_folder starts
-            stages,
-            volume,
-            docking,
-            uploaders,
-            new_ids,
-            time.monotonic() + 4 * BARRIER_TIMEOUT_SECONDS,
-            None,
+        stopped = _folder_scheduler(stages, 4 * BARRIER_TIMEOUT_SECONDS).offload(
+            docking, volume.camera_serial, new_ids, uploaders
         )
         clips = ledger.clips(ids=set(new_ids))
     finally:
@@ -84,6 +78,12 @@ def test_ingest_wait_uploads_two_clips_at_once(tmp_path: Path) -> None:
     assert sorted(met) == ["uploader-1", "uploader-2"]
     assert [c.state for c in clips] == [ClipState.UPLOADED] * 6
     assert sorted(central_objects(tmp_path / "nas").values()) == sorted(expected.values())
+
+
+def _folder_scheduler(stages: Stages, seconds: float) -> Scheduler:
+    """The scheduler ``ingest --wait`` runs (its poll interval, a deadline)."""
+    return Scheduler(stages, threading.Event(), threading.Event(), idle_seconds=0.5,
+                     deadline=time.monotonic() + seconds)
 
 
 class _CountingLedger(Ledger):
@@ -121,8 +121,8 @@ def test_ingest_wait_does_not_read_the_whole_folder_per_upload(tmp_path: Path) -
     try:
         stages = Stages(config, ledger, backend)
         uploaders = [stages.uploader(current_owner(f"uploader-{n}")) for n in (1, 2)]
-        stopped = handrun._copy_while_uploading(
-            stages, volume, docking, uploaders, new_ids, time.monotonic() + 600, None
+        stopped = _folder_scheduler(stages, 600).offload(
+            docking, volume.camera_serial, new_ids, uploaders
         )
         reads = ledger.reads_by_id
         clips = ledger.clips(ids=set(new_ids))

@@ -95,6 +95,15 @@ def test_every_state_pair_follows_the_designed_life_cycle() -> None:
             for state, targets in ALLOWED_TRANSITIONS.items()} == DESIGNED_TRANSITIONS
 
 
+def test_only_an_unverified_staged_copy_is_sent_back_to_the_camera() -> None:
+    """A damaged copy no re-read verified is read again; a verified one never leaves
+    uploading for discovered (it is quarantined)."""
+    check_transition(ClipState.UPLOADING, ClipState.DISCOVERED, staged_verified=False)
+    with pytest.raises(IllegalTransition):
+        check_transition(ClipState.UPLOADING, ClipState.DISCOVERED, staged_verified=True)
+    check_transition(ClipState.UPLOADING, ClipState.QUARANTINED, staged_verified=True)
+
+
 def test_pending_and_leased_states_are_the_designed_ones() -> None:
     """Pending means not yet in central storage; a dead worker's lease falls back one step."""
     assert {str(state) for state in PENDING_STATES} == DESIGNED_PENDING
@@ -195,7 +204,7 @@ def test_a_ledger_from_the_first_release_is_upgraded_in_place(tmp_path: Path) ->
     engine.dispose()
 
     ledger = Ledger.open(config, "upgraded")
-    assert schema_revision(ledger.engine) == "0006"
+    assert schema_revision(ledger.engine) == "0007"
     with ledger.engine.connect() as connection:
         indexes = set(connection.execute(text(
             "SELECT name FROM sqlite_master WHERE type = 'index'")).scalars())
@@ -207,6 +216,22 @@ def test_a_ledger_from_the_first_release_is_upgraded_in_place(tmp_path: Path) ->
     ledger.record_scan(docking, [FoundClip(FoundFile(b"DCIM/A.MP4", 1, 1), utc_datetime())], 0)
     assert ledger.claim_for_upload(current_owner("uploader")) is None  # nothing staged yet
     assert len(ledger.clips()) == 1
+    ledger.close()
+
+
+def test_clips_staged_before_migration_0007_count_as_verified(tmp_path: Path) -> None:
+    """A staged clip of a ledger at 0005 (before the column) is verified after the upgrade:
+    its copy was verified, or the rule of its time (quarantine if damaged) applies."""
+    ledger = _ledger_with_clips(tmp_path, 1)
+    with ledger.engine.begin() as connection:
+        connection.execute(text("UPDATE clips SET state = 'staged', staged_path = 'x'"))
+        connection.execute(text("ALTER TABLE clips DROP COLUMN staged_verified"))
+        connection.execute(text("UPDATE alembic_version SET version_num = '0005'"))
+    ledger.close()
+
+    ledger = Ledger.open(_config(tmp_path), "upgraded")
+    (clip,) = ledger.clips()
+    assert (clip.state, clip.staged_verified) == (ClipState.STAGED, True)
     ledger.close()
 
 

@@ -25,17 +25,12 @@ from pathlib import Path
 import structlog
 
 from bwc_dock.durable import PendingFile, fsync_directory
-from bwc_dock.errors import (
-    HostileEntry,
-    IntegrityError,
-    LeaseLost,
-    SourceGone,
-    StagingFull,
-)
+from bwc_dock.errors import IntegrityError, LeaseLost, SourceGone, StagingFull
 from bwc_dock.handoff import UploadHandoff
 from bwc_dock.hashing import copy_hashing, hash_file_from_disk
 from bwc_dock.ledger import ClipWork, Ledger, SidecarWork
 from bwc_dock.ledger.models import utc_now
+from bwc_dock.outcomes import Action, copy_action
 from bwc_dock.scanner import open_source_file
 from bwc_dock.staging import STAGING_DIRECTORY_MODE, StagingArea
 
@@ -176,25 +171,37 @@ class Copier:
             self._release(work, str(error), _SOURCE_RETRY, count=True)
 
     def _handled(self, work: ClipWork, step: Callable[[], None]) -> None:
-        """Run a step of copying ``work``; what can go wrong puts the clip where it belongs."""
-        bound = log.bind(clip=work.id, camera=work.camera_serial, path=work.source_path)
+        """Run a step of copying ``work``; what can go wrong puts the clip where the
+        error-to-action table (outcomes.py) says it belongs."""
         try:
             step()
-        except LeaseLost:
+        except Exception as error:
+            action = copy_action(error)
+            if action is Action.RAISE:
+                raise
+            self._act(work, action, error)
+
+    def _act(self, work: ClipWork, action: Action, error: Exception) -> None:
+        """Carry out ``action`` for ``work`` after ``error`` (outcomes.py)."""
+        bound = log.bind(clip=work.id, camera=work.camera_serial, path=work.source_path)
+        if action is Action.LEAVE:
             bound.warning("copy.lease_lost")
-        except StagingFull as error:
+        elif action is Action.WAIT_FOR_ROOM:
             self._release(work, str(error), _STAGING_RETRY, count=False)
-        except SourceGone as error:
+        elif action is Action.WAIT_FOR_CAMERA:
             bound.warning("copy.interrupted", reason=str(error))
             self._release(work, str(error), _SOURCE_RETRY, count=False)
-        except HostileEntry as error:
+        elif action is Action.REFUSE:
             bound.error("copy.refused", reason=str(error))
             self._release(work, str(error), _HOSTILE_RETRY, count=True)
-        except IntegrityError as error:
+        elif action is Action.QUARANTINE:
             self.ledger.quarantine(work, self.owner, str(error))
-        except OSError as error:
-            bound.error("copy.failed", error=str(error), errno=error.errno)
-            self._release(work, f"{error.strerror}: {error.filename}", _SOURCE_RETRY, count=True)
+        elif action is Action.RETRY:
+            bound.error("copy.failed", error=str(error), errno=getattr(error, "errno", None))
+            failed = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) else ""
+            self._release(work, failed or str(error), _SOURCE_RETRY, count=True)
+        else:
+            raise error  # an action the copier has no way to carry out: a bug in the table
 
     def _release(self, work: ClipWork, error: str, delay: timedelta, *, count: bool) -> None:
         try:
@@ -257,7 +264,7 @@ class Copier:
                 sha256, sidecar_hashes = self._verified_all(work, read, cancel)
         verified = time.monotonic()
         try:
-            self._finish(work, read, sha256, sidecar_hashes, claim_next)
+            self._finish(work, read, (sha256, not handed_over), sidecar_hashes, claim_next)
         except BaseException:
             if handed_over:
                 assert self.handoff is not None
@@ -288,7 +295,7 @@ class Copier:
         clip whose staged copy was ever found damaged is verified here."""
         if self.handoff is None or work.copy_attempts > 0:
             return False
-        return self.handoff.hand_over(work.id, work.camera_serial)
+        return self.handoff.hand_over(work.id)
 
     def _verified_all(
         self, work: ClipWork, read: _Read, cancel: threading.Event
@@ -313,16 +320,21 @@ class Copier:
         self,
         work: ClipWork,
         read: _Read,
-        sha256: str,
+        checked: tuple[str, bool],  # the clip's sha256, and whether pass 2 verified it
         sidecar_hashes: dict[int, str],
         claim_next: tuple[int | None] | None,
     ) -> None:
-        """Record the clip ``staged`` (and claim the next one with ``claim_next``)."""
+        """Record the clip ``staged`` (and claim the next one with ``claim_next``); the
+        ledger records whether it is verified or waits for its upload to verify it."""
+        sha256, verified = checked
         if claim_next is None:
-            self.ledger.finish_copy(work, self.owner, sha256, read.folder_relative, sidecar_hashes)
+            self.ledger.finish_copy(
+                work, self.owner, sha256, read.folder_relative, sidecar_hashes, verified=verified
+            )
             return
         ahead = self.ledger.finish_copy_and_claim(
-            work, self.owner, sha256, read.folder_relative, sidecar_hashes, claim_next[0]
+            work, self.owner, sha256, read.folder_relative, sidecar_hashes, claim_next[0],
+            verified=verified,
         )
         self._claimed_ahead = None if ahead is None else (claim_next[0], ahead)
 
@@ -484,4 +496,3 @@ class _LeaseRenewer:
         if now - self.last >= self.interval:
             self.ledger.renew_lease(self.clip_id, self.owner)
             self.last = now
-

@@ -20,23 +20,22 @@ from pathlib import Path
 
 import structlog
 
-from bwc_dock.alarms import DockedCamera, UnmountableCamera
 from bwc_dock.bandwidth import BandwidthLimiter
 from bwc_dock.clearer import clear_when_verified
 from bwc_dock.clocks import read_dock_clock
 from bwc_dock.config import Config, load_config
 from bwc_dock.coverage.docking import recent_camera_findings
 from bwc_dock.custody import anchor_dockings
+from bwc_dock.daemon_status import docked_cameras, status_line, unmountable_cameras
 from bwc_dock.docked import Docked, DockedRegistry
 from bwc_dock.errors import BwcDockError, ConfigError, Interrupted, PermanentStorageError
 from bwc_dock.fleet import FleetPublisher, fleet_publisher
-from bwc_dock.handoff import still_unverified
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
-from bwc_dock.ledger.states import PENDING_STATES
 from bwc_dock.recovery import recover
 from bwc_dock.scanning import BackgroundScans, scan_into_ledger, set_clock_after_offload
+from bwc_dock.scheduler import Scheduler
 from bwc_dock.service import DaemonStatus, ServiceHooks
 from bwc_dock.signals import SignalWatcher
 from bwc_dock.sources.base import DockedVolume, Source, SourceListener, UnreadableCamera
@@ -75,6 +74,9 @@ class Daemon(SourceListener):
         self.owner = current_owner("daemon")
         self.stop_event = threading.Event()
         self.wake_event = threading.Event()
+        self.scheduler = Scheduler(  # the worker loops, the same ones `ingest` runs
+            self.stages, self.stop_event, self.wake_event, idle_seconds=IDLE_WAIT_SECONDS
+        )
         self.reload_requested = threading.Event()
         self.signals = SignalWatcher(self.stop_event, self.wake_event, self.reload_requested)
         self.docked_cameras = DockedRegistry()
@@ -239,23 +241,7 @@ class Daemon(SourceListener):
 
     def _copier_loop(self) -> None:
         copier = self.stages.copier(current_owner(), self.wake_event.set)
-        while not self.stop_event.is_set():
-            docked = self._take_docking()
-            if docked is None:
-                self._idle()
-                continue
-            try:
-                while not self.stop_event.is_set() and not docked.cancel.is_set():
-                    if not copier.copy_next(
-                        docked.cancel, docked.docking_id, verify_in_background=True
-                    ):
-                        break
-                    docked.last_progress_at = utc_now()
-                if self.staging.paused:
-                    self.stop_event.wait(IDLE_WAIT_SECONDS)
-            finally:
-                self.docked_cameras.put_back(docked)
-        copier.wait_verified()  # the clip being verified reaches staged before we stop
+        self.scheduler.copy_cameras(copier, self._take_docking, self.docked_cameras.put_back)
 
     def _take_docking(self) -> Docked | None:
         """A docked camera with clips to copy that no other copier is reading."""
@@ -268,10 +254,7 @@ class Daemon(SourceListener):
         uploader = self.stages.uploader(
             current_owner(), self._upload_progress, self._storage_refused
         )
-        while not self.stop_event.is_set():
-            if not uploader.upload_next():
-                with self.stages.handoff.waiting():  # a clip staged now is read at once
-                    self._idle()
+        self.scheduler.upload_until(uploader)  # until the daemon stops
 
     def _upload_progress(self, count: int) -> None:
         if self.stop_event.is_set():
@@ -291,10 +274,6 @@ class Daemon(SourceListener):
     @property
     def last_error(self) -> str | None:
         return self._last_error
-
-    def _idle(self) -> None:
-        self.wake_event.wait(IDLE_WAIT_SECONDS)
-        self.wake_event.clear()
 
     def _main_loop(self) -> None:
         timers = {"beat": 0.0, "rescan": time.monotonic(), "purge": 0.0, "storage": 0.0}
@@ -364,7 +343,7 @@ class Daemon(SourceListener):
             camera = docked.volume.camera_serial
             if self.ledger.copy_pending(camera) > 0:
                 continue
-            if still_unverified(self.stages.handoff, self.ledger, camera):
+            if self.ledger.unverified_staged(camera) > 0:
                 continue  # its upload reads it back: if damaged, it is read off the camera again
             if not docked.finished_logged:
                 docked.finished_logged = True
@@ -410,17 +389,9 @@ class Daemon(SourceListener):
 
     def status_line(self, counts: dict[str, int] | None = None) -> str:
         counts = self.ledger.counts_by_state() if counts is None else counts
-        pending = sum(counts[state] for state in PENDING_STATES)
-        storage = {True: "ok", False: "UNREACHABLE", None: "unknown"}[self.storage.reachable]
-        line = (
-            f"{self.docked_cameras.count()} cameras docked · {pending} clips pending"
-            f" · storage {storage}"
+        return status_line(
+            counts, self.docked_cameras.count(), self.storage.reachable, self.scans.count()
         )
-        if scanning := self.scans.count():
-            line += f" · scanning {scanning}"
-        if counts["quarantined"]:
-            line += f" · {counts['quarantined']} QUARANTINED"
-        return line
 
     def status(self) -> DaemonStatus:
         """What the service hooks report, read now (a frozen value: they never see us)."""
@@ -437,18 +408,8 @@ class Daemon(SourceListener):
             staging_reserve_bytes=self.staging.reserve_bytes,
             storage=self.storage.state,
             last_error=self._last_error,
-            docked=tuple(
-                DockedCamera(
-                    docked.volume.camera_serial,
-                    self.ledger.copy_pending(docked.volume.camera_serial),
-                    docked.last_progress_at,
-                )
-                for docked in self.docked_cameras.everything()
-            ),
-            unmountable=tuple(
-                UnmountableCamera(camera.camera_serial or camera.device, camera.error)
-                for camera in self.docked_cameras.unreadable()
-            ),
+            docked=docked_cameras(self.ledger, self.docked_cameras),
+            unmountable=unmountable_cameras(self.docked_cameras),
             error_counts=dict(self.error_counts),
             byte_totals=self.ledger.byte_totals() if metrics_textfile is not None else None,
             lock_unenforced=self.stages.lock_probe.unenforced,

@@ -7,18 +7,20 @@ what pass 2 would: central storage confirmed the SHA-256 taken at the first read
 the stored bytes came from the staged copy. So the copier leaves such a clip to the
 waiting uploader unverified, and the staging disk reads each clip once instead of twice.
 
-What pass 2 proved early is kept for the case where the upload does not succeed: an
-uploader that fails to upload a clip it was handed reads the staged copy back from disk
-at once, and a damaged copy goes back to be read off the camera again rather than to
-quarantine. (Not on shutdown or a lost lease, where the clip is left as it was, nor on
-a conflict in central storage, which quarantines the clip whatever its staged copy.)
-A docked camera is not released while a clip of it is still handed over unverified, so
-that read happens while the camera is there.
+Whether a staged copy was verified is in the ledger (the clip's ``staged_verified``,
+set in the transaction that makes it ``staged``), so every process, and a process
+started after a crash, treats a copy left for its upload alike: an upload that finds it
+damaged sends the clip back to be read off the camera again (``discovered``) rather than
+to quarantine; the state machine allows that only for an unverified copy. What pass 2
+proved early is kept for the case where the upload does not succeed: the uploader then
+reads the staged copy back from disk at once and records it verified if intact. (Not on
+shutdown or a lost lease, where the clip is left unverified, nor on a conflict in central
+storage, which quarantines the clip whatever its staged copy.) A docked camera is not
+released while a clip of it is still unverified, so that read happens while it is there.
 
-This register lives in memory, shared by the copiers and uploaders of one process. A
-restart forgets it: a clip handed over when the daemon died is then an ordinary staged
-clip, which its upload proves; if that upload finds the staged copy damaged, the clip is
-quarantined (still on the camera, never cleared) as any damaged staged copy is.
+The register below lives in memory, shared by the copiers and uploaders of one process:
+it says only whether an uploader waits for work now, so that a clip is handed over only
+when its read follows at once.
 """
 
 from __future__ import annotations
@@ -27,16 +29,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from bwc_dock.ledger import ClipState, Ledger
-
 
 class UploadHandoff:
-    """Which clips were handed to a waiting uploader without pass 2, per camera."""
+    """Which uploaders of this process wait for work now, and what was handed to them."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._waiting_uploaders = 0
-        self._unverified: dict[int, str] = {}  # clip id -> camera serial
         self._unclaimed: set[int] = set()  # handed over, no uploader took them yet
         self._sent_back: dict[str, int] = {}  # camera serial -> clips to read again
 
@@ -51,36 +50,32 @@ class UploadHandoff:
             with self._changed:
                 self._waiting_uploaders -= 1
 
-    def hand_over(self, clip_id: int, camera_serial: str) -> bool:
-        """True (and the clip is registered unverified) when an uploader waits with nothing
-        else handed to it, so its read of the staged copy follows at once."""
+    def hand_over(self, clip_id: int) -> bool:
+        """True when an uploader waits with nothing else handed to it, so its read of the
+        staged copy follows at once: the copier then records the clip unverified."""
         with self._changed:
             if self._waiting_uploaders <= len(self._unclaimed):
                 return False
-            self._unverified[clip_id] = camera_serial
             self._unclaimed.add(clip_id)
             return True
 
-    def claimed(self, clip_id: int) -> bool:
-        """An uploader took the clip; whether it was handed over unverified."""
+    def claimed(self, clip_id: int) -> None:
+        """An uploader took the clip."""
         with self._changed:
             self._unclaimed.discard(clip_id)
-            return clip_id in self._unverified
 
-    def settle(self, clip_id: int, *, sent_back: bool = False) -> None:
-        """The clip is verified (uploaded, or read back intact), or ``sent_back`` to be
-        read off the camera again, or (copy not finished) no longer handed over."""
+    def settle(self, clip_id: int) -> None:
+        """An uploader is done with the clip (or, copy not finished, no uploader will
+        take it); whoever waits for a clip's upload to verify it looks again."""
         with self._changed:
             self._unclaimed.discard(clip_id)
-            camera = self._unverified.pop(clip_id, None)
-            if camera is not None and sent_back:
-                self._sent_back[camera] = self._sent_back.get(camera, 0) + 1
             self._changed.notify_all()
 
-    def unverified_ids(self, camera_serial: str) -> set[int]:
-        """Clips of the camera handed over and not yet settled."""
+    def note_sent_back(self, camera_serial: str) -> None:
+        """A clip of the camera was sent back to be read off it again."""
         with self._changed:
-            return {clip for clip, camera in self._unverified.items() if camera == camera_serial}
+            self._sent_back[camera_serial] = self._sent_back.get(camera_serial, 0) + 1
+            self._changed.notify_all()
 
     def sent_back(self, camera_serial: str) -> int:
         """How many of the camera's clips were sent back to be read again since last asked."""
@@ -88,23 +83,6 @@ class UploadHandoff:
             return self._sent_back.pop(camera_serial, 0)
 
     def wait_for_change(self, timeout_seconds: float) -> None:
-        """Until a clip is settled, or the timeout."""
+        """Until a clip is taken or sent back, or the timeout."""
         with self._changed:
             self._changed.wait(max(timeout_seconds, 0))
-
-
-def still_unverified(handoff: UploadHandoff, ledger: Ledger, camera_serial: str) -> bool:
-    """Whether a clip of the camera is handed over and still waits for its upload. One
-    the ledger shows elsewhere (another process uploaded it, resync re-queued it) is
-    settled here: nothing in this process would settle it."""
-    handed_over = handoff.unverified_ids(camera_serial)
-    if not handed_over:
-        return False
-    waiting = {
-        work.id
-        for work in ledger.clips(ids=handed_over)
-        if work.state in (ClipState.STAGED, ClipState.UPLOADING)
-    }
-    for clip_id in handed_over - waiting:
-        handoff.settle(clip_id)
-    return bool(waiting)

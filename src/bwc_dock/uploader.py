@@ -23,7 +23,6 @@ from bwc_dock.config import StorageConfig
 from bwc_dock.custody import write_docking_sums
 from bwc_dock.errors import (
     IntegrityError,
-    Interrupted,
     LeaseLost,
     PermanentStorageError,
     StorageConflict,
@@ -41,6 +40,7 @@ from bwc_dock.manifest import (
     manifest_identity,
     manifest_key,
 )
+from bwc_dock.outcomes import Action, upload_action
 from bwc_dock.storage.base import ProgressCallback, StorageBackend, retained_until
 from bwc_dock.verify import check_staged, staged_files
 
@@ -93,52 +93,64 @@ class Uploader:
 
     def upload(self, work: ClipWork) -> None:
         """Upload one claimed clip; whatever happens, it ends where it belongs."""
-        # handed over by the copier without pass 2: this upload's read verifies it
-        unverified = self.handoff is not None and self.handoff.claimed(work.id)
+        if self.handoff is not None:
+            self.handoff.claimed(work.id)
         try:
-            self._upload(work, unverified)
+            # left by the copier without pass 2 (the ledger says so, whichever process
+            # staged it): this upload's read verifies it
+            self._upload(work, not work.staged_verified)
         finally:
-            if unverified:
-                assert self.handoff is not None
+            if self.handoff is not None:
                 self.handoff.settle(work.id)
 
     def _upload(self, work: ClipWork, unverified: bool) -> None:
-        bound = log.bind(clip=work.id, camera=work.camera_serial, sha256=work.sha256)
         try:
             stored_as: tuple[str, str] | None = None
             if work.duplicate_of is not None:
                 stored_as = self._original_copy(work)
                 if stored_as == _WAIT_FOR_ORIGINAL:
                     if not (unverified and self._sent_back_if_damaged(work, "not sent yet")):
-                        self._wait_for_original(work)
+                        self._wait_for_original(work, staged_copy_verified=unverified)
                     return
             self._send_with_retries(work, stored_as)
-        except LeaseLost:
+        except Exception as error:
+            action = upload_action(error)
+            if action is Action.RAISE:
+                raise
+            self._act(work, action, error, unverified)
+
+    def _act(self, work: ClipWork, action: Action, error: Exception, unverified: bool) -> None:
+        """Carry out ``action`` for ``work`` after ``error`` (outcomes.py); ``unverified``:
+        its staged copy was left to this upload to verify (handoff.py)."""
+        bound = log.bind(clip=work.id, camera=work.camera_serial, sha256=work.sha256)
+        if action is Action.LEAVE:
             bound.warning("upload.lease_lost")
-        except Interrupted:
+        elif action is Action.PUT_BACK:
             bound.info("upload.interrupted")
-            self.ledger.release(
-                work,
-                self.owner,
-                error="interrupted by shutdown",
-                retry_at=None,
-                count_attempt=False,
-            )
-        except StorageConflict as error:
+            why = "interrupted by shutdown"
+            self.ledger.release(work, self.owner, error=why, retry_at=None, count_attempt=False)
+        elif action is Action.QUARANTINE:
             bound.error("upload.conflict", error=str(error))
             self.ledger.quarantine(work, self.owner, str(error))
-        except IntegrityError as error:
-            self._staged_copy_suspect(work, str(error), unverified)
-        except PermanentStorageError as error:
-            self._report_permanent(error)
-            if not (unverified and self._sent_back_if_damaged(work, str(error))):
-                self._retry_later(work, error, self.config.permanent_error_backoff_seconds)
-        except StorageError as error:
+        elif action is Action.CHECK_STAGED_COPY:
+            unreadable = f"staged copy unreadable: {error}" if isinstance(error, OSError) else ""
+            self._staged_copy_suspect(work, unreadable or str(error), unverified)
+        elif action is Action.REFUSE:
+            self._report_refusal(error)
+            self._later(work, error, self.config.permanent_error_backoff_seconds, unverified)
+        elif action is Action.RETRY:
             bound.warning("upload.retry", error=str(error), attempts=work.upload_attempts + 1)
-            if not (unverified and self._sent_back_if_damaged(work, str(error))):
-                self._retry_later(work, error, self._backoff_seconds(work.upload_attempts))
-        except OSError as error:  # the staged copy itself could not be read
-            self._staged_copy_suspect(work, f"staged copy unreadable: {error}", unverified)
+            self._later(work, error, self._backoff_seconds(work.upload_attempts), unverified)
+        else:
+            raise error  # an action the uploader has no way to carry out: a bug in the table
+
+    def _later(
+        self, work: ClipWork, error: Exception, delay_seconds: float, unverified: bool
+    ) -> None:
+        """Try the clip again later; one whose staged copy was left to this upload to
+        verify is read back from disk first, and sent back to the camera if damaged."""
+        if not (unverified and self._sent_back_if_damaged(work, str(error))):
+            self._retry_later(work, error, delay_seconds, staged_copy_verified=unverified)
 
     def _send_with_retries(self, work: ClipWork, stored_as: tuple[str, str] | None) -> None:
         retrying = Retrying(
@@ -275,7 +287,7 @@ class Uploader:
             return original.remote_key, stored_sha256
         return _WAIT_FOR_ORIGINAL
 
-    def _wait_for_original(self, work: ClipWork) -> None:
+    def _wait_for_original(self, work: ClipWork, *, staged_copy_verified: bool) -> None:
         """Put the clip back until the first copy of its content is stored."""
         self.ledger.release(
             work,
@@ -283,6 +295,7 @@ class Uploader:
             error=f"waiting for clip {work.duplicate_of}",
             retry_at=utc_now() + _DUPLICATE_WAIT,
             count_attempt=False,
+            staged_copy_verified=staged_copy_verified,
         )
 
     def _staged_copy_suspect(self, work: ClipWork, reason: str, unverified: bool) -> None:
@@ -290,7 +303,9 @@ class Uploader:
         damage = self._staged_copy_damage(work)
         if damage is None:
             log.warning("upload.retry", clip=work.id, error=reason)
-            self._retry_later(work, IntegrityError(reason), self._backoff_seconds(0))
+            self._retry_later(
+                work, IntegrityError(reason), self._backoff_seconds(0), staged_copy_verified=True
+            )
         elif unverified:
             self._send_back(work, f"{damage} ({reason})")
         else:
@@ -327,7 +342,7 @@ class Uploader:
         for _name, path, _sha256 in staged_files(self.staging_root, work):
             path.unlink(missing_ok=True)
         if self.handoff is not None:
-            self.handoff.settle(work.id, sent_back=True)
+            self.handoff.note_sent_back(work.camera_serial)
         log.error(
             "upload.staged_copy_damaged",
             clip=work.id,
@@ -336,13 +351,23 @@ class Uploader:
             action="read off the camera again",
         )
 
-    def _retry_later(self, work: ClipWork, error: Exception, delay_seconds: float) -> None:
+    def _retry_later(
+        self,
+        work: ClipWork,
+        error: Exception,
+        delay_seconds: float,
+        *,
+        staged_copy_verified: bool = False,
+    ) -> None:
+        """Put the clip back for a later attempt; ``staged_copy_verified`` when its staged
+        copy was just read back intact (the ledger then records it verified)."""
         try:
             self.ledger.release(
                 work,
                 self.owner,
                 error=str(error),
                 retry_at=utc_now() + timedelta(seconds=delay_seconds),
+                staged_copy_verified=staged_copy_verified,
             )
         except LeaseLost:
             log.warning("upload.lease_lost", clip=work.id)
@@ -354,8 +379,11 @@ class Uploader:
         )
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not secrecy
 
-    def _report_permanent(self, error: PermanentStorageError) -> None:
+    def _report_refusal(self, error: Exception) -> None:
         """Loud once per kind of refusal: the daemon's reporter spans all its uploaders."""
+        if not isinstance(error, PermanentStorageError):
+            log.error("storage.refused", error=str(error), kind=type(error).__name__)
+            return
         if self.on_permanent_error is not None:
             self.on_permanent_error(error)
             return

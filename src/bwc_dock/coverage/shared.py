@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from bwc_dock.errors import BwcDockError
 from bwc_dock.names import safe_name
 from bwc_dock.storage import StorageBackend
+from bwc_dock.storage.base import DocumentTooLarge
 
 ASSIGNMENTS_PREFIX = "_assignments/"
 EXPLANATIONS_PREFIX = "_coverage/explanations/"
@@ -76,13 +77,13 @@ def write_record(
 def read_small(backend: StorageBackend, key: str) -> bytes | str:
     """The bytes of a small object, or why they were not read."""
     try:
-        data = backend.read_bytes_bounded(key, MAX_RECORD_BYTES)
+        data = backend.read_bytes(key, MAX_RECORD_BYTES)
+    except DocumentTooLarge:
+        return f"too large for a record (over {MAX_RECORD_BYTES} bytes)"
     except (BwcDockError, OSError) as error:
         return f"unreadable: {error}"
     if data is None:
         return "gone while being read"
-    if len(data) > MAX_RECORD_BYTES:
-        return f"too large for a record (over {MAX_RECORD_BYTES} bytes)"
     return data
 
 

@@ -164,8 +164,12 @@ class Ledger:
         sha256: str,
         staged_path: str,
         sidecar_hashes: Mapping[int, str],
+        *,
+        verified: bool = True,
     ) -> None:
-        queue.finish_copy(self.store, work, owner, sha256, staged_path, sidecar_hashes)
+        queue.finish_copy(
+            self.store, work, owner, sha256, staged_path, sidecar_hashes, verified=verified
+        )
 
     def finish_copy_and_claim(
         self,
@@ -175,10 +179,19 @@ class Ledger:
         staged_path: str,
         sidecar_hashes: Mapping[int, str],
         docking_id: int | None,
+        *,
+        verified: bool = True,
     ) -> ClipWork | None:
         """finish_copy of ``work`` and claim_for_copy of the next clip, in one transaction."""
         return queue.finish_copy_and_claim(
-            self.store, work, owner, sha256, staged_path, sidecar_hashes, docking_id
+            self.store,
+            work,
+            owner,
+            sha256,
+            staged_path,
+            sidecar_hashes,
+            docking_id,
+            verified=verified,
         )
 
     def finish_upload(
@@ -202,13 +215,23 @@ class Ledger:
         error: str | None,
         retry_at: datetime | None,
         count_attempt: bool = True,
+        staged_copy_verified: bool = False,
     ) -> None:
         queue.release(
-            self.store, work, owner, error=error, retry_at=retry_at, count_attempt=count_attempt
+            self.store,
+            work,
+            owner,
+            error=error,
+            retry_at=retry_at,
+            count_attempt=count_attempt,
+            staged_copy_verified=staged_copy_verified,
         )
 
     def send_back_for_copy(self, work: ClipWork, owner: str, reason: str) -> None:
         queue.send_back_for_copy(self.store, work, owner, reason)
+
+    def unverified_staged(self, camera_serial: str) -> int:
+        return queue.unverified_staged(self.store, camera_serial)
 
     def quarantine(self, work: ClipWork, owner: str | None, reason: str) -> None:
         queue.quarantine(self.store, work, owner, reason)

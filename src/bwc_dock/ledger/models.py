@@ -163,6 +163,11 @@ class Clip(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     staged_path: Mapped[str | None] = mapped_column(Text)  # relative to the staging dir
+    # False while the staged copy waits for its upload's read to verify it (handoff.py);
+    # True once a re-read from disk or an upload proved it (migration 0007)
+    staged_verified: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default=text("1")
+    )
     remote_key: Mapped[str | None] = mapped_column(Text)
     remote_sha256: Mapped[str | None] = mapped_column(String(64))  # as storage confirmed
     duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("clips.id"))

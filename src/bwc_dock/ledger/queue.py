@@ -158,9 +158,12 @@ def finish_copy(
     sha256: str,
     staged_path: str,
     sidecar_hashes: Mapping[int, str],
+    *,
+    verified: bool = True,
 ) -> None:
+    """Record the clip ``staged``; ``verified`` False when its upload is to verify it."""
     with store.transaction() as session:
-        _record_copy(store, session, work, owner, sha256, staged_path, sidecar_hashes)
+        _record_copy(store, session, work, owner, (sha256, staged_path, verified), sidecar_hashes)
 
 
 def finish_copy_and_claim(
@@ -171,11 +174,13 @@ def finish_copy_and_claim(
     staged_path: str,
     sidecar_hashes: Mapping[int, str],
     docking_id: int | None,
+    *,
+    verified: bool = True,
 ) -> ClipWork | None:
     """finish_copy, and claim_for_copy of the next clip, in one transaction: a copier
     going through a camera's clips commits (and waits for the disk) once per clip."""
     with store.transaction() as session:
-        _record_copy(store, session, work, owner, sha256, staged_path, sidecar_hashes)
+        _record_copy(store, session, work, owner, (sha256, staged_path, verified), sidecar_hashes)
         return _claim_for_copy(store, session, owner, docking_id)
 
 
@@ -184,10 +189,10 @@ def _record_copy(
     session: Session,
     work: ClipWork,
     owner: str,
-    sha256: str,
-    staged_path: str,
+    copy: tuple[str, str, bool],  # sha256, staged path, verified by a re-read
     sidecar_hashes: Mapping[int, str],
 ) -> None:
+    sha256, staged_path, verified = copy
     row = session.execute(
         select(CLIPS).where(CLIPS.c.id == work.id, CLIPS.c.lease_owner == owner)
     ).first()
@@ -202,6 +207,7 @@ def _record_copy(
     staged = {
         "sha256": sha256,
         "staged_path": staged_path,
+        "staged_verified": verified,
         "staged_at": utc_now(),
         "last_error": None,
         "next_attempt_at": None,
@@ -209,6 +215,7 @@ def _record_copy(
     }
     details = {
         "staged_path": staged_path,
+        "verified_by": "copier" if verified else "upload",
         "duplicate_of": duplicate_of,
         "sidecars": {str(k): v for k, v in sidecar_hashes.items()},
     }
@@ -257,6 +264,7 @@ def finish_upload(
         clip.remote_key = remote_key
         clip.remote_sha256 = remote_sha256
         clip.uploaded_at = utc_now()
+        clip.staged_verified = True  # storage confirmed the hash of the first read
         clip.last_error = None
         clip.next_attempt_at = None
         move(
@@ -281,10 +289,14 @@ def release(
     error: str | None,
     retry_at: datetime | None,
     count_attempt: bool = True,
+    staged_copy_verified: bool = False,
 ) -> None:
-    """Give a leased clip back (copying -> discovered, uploading -> staged)."""
+    """Give a leased clip back (copying -> discovered, uploading -> staged);
+    ``staged_copy_verified`` when the uploader has just read its staged copy back intact."""
     with store.transaction() as session:
         clip = owned(session, work.id, owner)
+        if staged_copy_verified:
+            clip.staged_verified = True
         target = LEASED_STATES[ClipState(clip.state)]
         if count_attempt:
             if target is ClipState.STAGED:
@@ -298,14 +310,31 @@ def release(
 
 def send_back_for_copy(store: Store, work: ClipWork, owner: str, reason: str) -> None:
     """An uploader found the staged copy damaged before any pass 2 verified it: the clip
-    is read off the camera again (uploading -> discovered), counted as a copy attempt."""
+    is read off the camera again (uploading -> discovered), counted as a copy attempt.
+    IllegalTransition when the ledger records the copy as verified."""
     with store.transaction() as session:
         clip = owned(session, work.id, owner)
+        move(store, session, clip, ClipState.DISCOVERED, owner, details={"reason": reason})
         clip.copy_attempts += 1
         clip.staged_path = None
+        clip.staged_verified = True  # the next copy is verified by the copier (copy_attempts)
         clip.last_error = reason
         clip.next_attempt_at = None
-        move(store, session, clip, ClipState.DISCOVERED, owner, details={"reason": reason})
+
+
+def unverified_staged(store: Store, camera_serial: str) -> int:
+    """How many of the camera's staged copies still wait for their upload to verify them
+    (a damaged one is read off the camera again, so the camera is still needed)."""
+    with store.transaction() as session:
+        return len(
+            session.scalars(
+                select(Clip.id).where(
+                    Clip.camera_serial == camera_serial,
+                    Clip.state.in_([ClipState.STAGED, ClipState.UPLOADING]),
+                    Clip.staged_verified.is_(False),
+                )
+            ).all()
+        )
 
 
 def quarantine(store: Store, work: ClipWork, owner: str | None, reason: str) -> None:

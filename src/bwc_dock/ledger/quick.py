@@ -38,7 +38,7 @@ _CLIP_COLUMNS = (
     "id, camera_serial, docking_id, source_path_raw, source_path, name, size, mtime_ns, "
     "recorded_at, sha256, state, staged_path, remote_key, remote_sha256, duplicate_of, "
     "copy_attempts, upload_attempts, lease_owner, last_error, camera_time, time_source, "
-    "time_flag, time_flag_rule, clock_offset_seconds, time_basis"
+    "time_flag, time_flag_rule, clock_offset_seconds, time_basis, staged_verified"
 )
 _SIDECAR_COLUMNS = "clip_id, id, source_path_raw, source_path, name, size, sha256, remote_key"
 
@@ -234,6 +234,7 @@ def _clip(row: Sequence[Any], sidecars: tuple[SidecarWork, ...]) -> ClipWork:
         lease_owner,
         last_error,
         *time_columns,
+        staged_verified,
     ) = row
     return ClipWork(
         id=clip_id,
@@ -258,4 +259,5 @@ def _clip(row: Sequence[Any], sidecars: tuple[SidecarWork, ...]) -> ClipWork:
         lease_owner=lease_owner,
         last_error=last_error,
         time=ClipTime(*time_columns),
+        staged_verified=bool(staged_verified),
     )

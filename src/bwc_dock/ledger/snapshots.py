@@ -90,6 +90,9 @@ class ClipWork:
     lease_owner: str | None
     last_error: str | None = None
     time: ClipTime = ClipTime()
+    # False: the staged copy waits for its upload to verify it; a damaged one is then read
+    # off the camera again rather than quarantined (handoff.py)
+    staged_verified: bool = True
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,7 @@ def clip_snapshot(
         volume_root=volume_root,
         lease_owner=clip.lease_owner,
         last_error=clip.last_error,
+        staged_verified=bool(clip.staged_verified),
     )
 
 

@@ -14,8 +14,8 @@ from bwc_dock.errors import IllegalTransition
 class ClipState(StrEnum):
     DISCOVERED = "discovered"  # seen on a camera, not yet copied
     COPYING = "copying"  # a copier holds the lease and is reading it
-    # copied to staging and verified by re-reading from disk, or left for a waiting
-    # uploader's read to verify (handoff.py)
+    # copied to staging; the clip's ``staged_verified`` says whether a re-read from disk
+    # verified the copy or it waits for its upload's read to verify it (handoff.py)
     STAGED = "staged"
     UPLOADING = "uploading"  # an uploader holds the lease and is sending it
     UPLOADED = "uploaded"  # central storage confirmed the SHA-256 taken at first read
@@ -37,7 +37,8 @@ ALLOWED_TRANSITIONS: dict[ClipState, frozenset[ClipState]] = {
     ClipState.UPLOADING: frozenset(
         # staged: the attempt failed, try again later; quarantined: central storage holds
         # different bytes under the key, or the staged copy no longer matches; discovered:
-        # a staged copy handed over unverified (handoff.py) was damaged, read it again
+        # a staged copy no re-read verified (staged_verified false, handoff.py) was
+        # damaged: read it again (see ONLY_UNVERIFIED)
         {ClipState.UPLOADED, ClipState.STAGED, ClipState.QUARANTINED, ClipState.DISCOVERED}
     ),
     ClipState.UPLOADED: frozenset(
@@ -48,6 +49,13 @@ ALLOWED_TRANSITIONS: dict[ClipState, frozenset[ClipState]] = {
     # only an operator's resync releases a quarantined clip, back to where it can be redone
     ClipState.QUARANTINED: frozenset({ClipState.STAGED, ClipState.DISCOVERED}),
 }
+
+# Transitions allowed only while the clip's staged copy is not verified: a verified copy
+# found damaged is quarantined, one left for its upload to verify is read off the camera
+# again (handoff.py). The same rule in every process, before and after a restart.
+ONLY_UNVERIFIED: frozenset[tuple[ClipState, ClipState]] = frozenset(
+    {(ClipState.UPLOADING, ClipState.DISCOVERED)}
+)
 
 # States in which the clip's bytes exist only on the camera or in staging.
 PENDING_STATES = frozenset(
@@ -60,6 +68,14 @@ LEASED_STATES: dict[ClipState, ClipState] = {
 }
 
 
-def check_transition(current: ClipState, target: ClipState) -> None:
+def check_transition(
+    current: ClipState, target: ClipState, *, staged_verified: bool = False
+) -> None:
+    """IllegalTransition unless the change is in the table (and, for the changes in
+    ONLY_UNVERIFIED, the clip's staged copy is unverified)."""
     if target not in ALLOWED_TRANSITIONS[current]:
         raise IllegalTransition(f"clip state {current} -> {target} is not allowed")
+    if staged_verified and (current, target) in ONLY_UNVERIFIED:
+        raise IllegalTransition(
+            f"clip state {current} -> {target} is only for a staged copy no re-read verified"
+        )

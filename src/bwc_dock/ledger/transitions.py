@@ -44,7 +44,7 @@ def move(
 ) -> None:
     """The one place a clip changes state: checked, audited, logged."""
     current = ClipState(clip.state)
-    check_transition(current, target)
+    check_transition(current, target, staged_verified=clip.staged_verified is not False)
     clip.state = target
     clip.updated_at = utc_now()
     if target not in LEASED_STATES:
@@ -68,7 +68,7 @@ def move_row(
     ``values`` (column name -> new value) go out in one UPDATE. LeaseLost when the row
     changed since it was read."""
     current = ClipState(row.state)
-    check_transition(current, target)
+    check_transition(current, target, staged_verified=bool(row.staged_verified))
     changes = {**values, "state": str(target), "updated_at": utc_now()}
     if target not in LEASED_STATES:
         changes.update(lease_owner=None, lease_expires_at=None)

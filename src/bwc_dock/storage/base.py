@@ -196,18 +196,6 @@ class StorageBackend(ABC):
         matches it. The folder backend follows no link: a symlink is skipped and logged.
         """
 
-    def read_bytes_bounded(self, key: str, limit: int) -> bytes | None:
-        """A small document's content; None if missing. An object larger than ``limit``
-        returns ``limit + 1`` bytes (saying only that: their content is not the object's
-        start everywhere), and never costs more than that in memory or on the wire."""
-        stored = self.head(key)
-        if stored is None:
-            return None
-        if stored.size > limit:
-            return b"\0" * (limit + 1)  # its size says enough: not read at all
-        data = self.read_bytes(key)
-        return None if data is None else data[: limit + 1]
-
     def list_keys_unordered(self, prefix: str) -> Iterator[str]:
         """The keys list_keys gives, in any order: for a reader that sorts them itself or
         needs no order, where the store can list more cheaply than level by level."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Generator, Iterator, Mapping
+from collections.abc import Collection, Generator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from bwc_dock.storage.base import (
     StoredObject,
 )
 from bwc_dock.storage.s3.connection import MeteredBody, sha256_base64
+from bwc_dock.storage.s3.listing import S3Listing
 from bwc_dock.storage.s3.multipart import MemoryJournal, MultipartUploads, Upload, read_exactly
 from bwc_dock.storage.s3.retention import S3Retention
 from bwc_dock.storage.s3.settings import (
@@ -59,7 +60,7 @@ COPY_OBJECT_LIMIT = 5 * 1024 * 1024 * 1024  # the most one CopyObject request co
 _COPY_PART_MINIMUM = 64 * 1024 * 1024  # fewer, larger copy requests; the store moves the bytes
 _HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-class S3Backend(MultipartUploads, S3Retention, StorageBackend):
+class S3Backend(MultipartUploads, S3Retention, S3Listing, StorageBackend):
     """Create-only, checksummed, resumable storage in one bucket under one prefix."""
 
     name = "s3"
@@ -124,66 +125,6 @@ class S3Backend(MultipartUploads, S3Retention, StorageBackend):
             finally:
                 body.close()
 
-    def list_keys(self, prefix: str) -> Iterator[str]:
-        """Keys listed one ``/`` level at a time, each level sorted here.
-
-        Not every store lists in key order (SeaweedFS lists folder by folder, so
-        ``a/b/c`` before ``a/b-c``). Sorting a level's keys together with its common
-        prefixes (which end in ``/``) and descending into each prefix in its place gives
-        key order while holding only one level in memory. Unfinished multipart uploads
-        are not objects, so they are not listed.
-        """
-        yield from self._list_level(self._settings.prefix + prefix, len(self._settings.prefix))
-
-    def _list_level(self, full_prefix: str, strip: int) -> Iterator[str]:
-        # (key or common prefix, whether it is a prefix to descend into)
-        level: list[tuple[str, bool]] = []
-        with self._translated("LIST", full_prefix or None):
-            paginator = self._s3().get_paginator("list_objects_v2")
-            pages = paginator.paginate(Bucket=self._settings.bucket, Prefix=full_prefix,
-                                       Delimiter="/")
-            for page in pages:
-                # an object whose key ends in "/" is a folder marker, not a key
-                level.extend((str(listed["Key"]), False) for listed in page.get("Contents", [])
-                             if not str(listed["Key"]).endswith("/"))
-                level.extend((str(common["Prefix"]), True)
-                             for common in page.get("CommonPrefixes", [])
-                             if str(common["Prefix"]) != full_prefix)
-        for full_key, is_prefix in sorted(level):
-            if is_prefix:
-                yield from self._list_level(full_key, strip)
-            else:
-                yield full_key[strip:]
-
-    def read_bytes_bounded(self, key: str, limit: int) -> bytes | None:
-        """One ranged GET: never more than ``limit + 1`` bytes cross the wire."""
-        full_key = self._full_key(key)
-        with self._translated("GET", full_key):
-            try:
-                response = self._s3().get_object(
-                    Bucket=self._settings.bucket, Key=full_key, Range=f"bytes=0-{limit}"
-                )
-            except ClientError as error:
-                if error_code(error) in MISSING_KEY_CODES:
-                    return None
-                if error_code(error) == "InvalidRange":  # an empty object
-                    return b""
-                raise
-            body: bytes = response["Body"].read(limit + 1)
-        return body
-
-    def list_keys_unordered(self, prefix: str) -> Iterator[str]:
-        """One flat listing (a thousand keys a request), in the store's own order."""
-        full_prefix = self._settings.prefix + prefix
-        strip = len(self._settings.prefix)
-        with self._translated("LIST", full_prefix or None):
-            paginator = self._s3().get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self._settings.bucket, Prefix=full_prefix):
-                for listed in page.get("Contents", []):
-                    key = str(listed["Key"])
-                    if not key.endswith("/"):  # a folder marker, not a key
-                        yield key[strip:]
-
     def check_reachable(self) -> None:
         self._probe_bucket()
 
@@ -208,19 +149,21 @@ class S3Backend(MultipartUploads, S3Retention, StorageBackend):
         return self._verify(key, expected, len(data))
 
     def read_bytes(self, key: str, max_bytes: int = MAX_DOCUMENT_BYTES) -> bytes | None:
+        """One ranged GET: never more than ``max_bytes + 1`` bytes cross the wire."""
         full_key = self._full_key(key)
         with self._translated("GET", full_key):
             try:
-                response = self._s3().get_object(Bucket=self._settings.bucket, Key=full_key)
+                response = self._s3().get_object(
+                    Bucket=self._settings.bucket, Key=full_key, Range=f"bytes=0-{max_bytes}"
+                )
             except ClientError as error:
                 if error_code(error) in MISSING_KEY_CODES:
                     return None
+                if error_code(error) == "InvalidRange":  # an empty object
+                    return b""
                 raise
             stream = response["Body"]
             try:
-                size = response.get("ContentLength")
-                if isinstance(size, int) and size > max_bytes:
-                    raise DocumentTooLarge(key, size, max_bytes)
                 body: bytes = stream.read(max_bytes + 1)
             finally:
                 stream.close()
