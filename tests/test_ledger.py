@@ -220,13 +220,13 @@ def test_a_ledger_from_the_first_release_is_upgraded_in_place(tmp_path: Path) ->
 
 
 def test_clips_staged_before_migration_0007_count_as_verified(tmp_path: Path) -> None:
-    """A staged clip of a ledger at 0005 (before the column) is verified after the upgrade:
+    """A staged clip of a ledger at 0006 (before the column) is verified after the upgrade:
     its copy was verified, or the rule of its time (quarantine if damaged) applies."""
     ledger = _ledger_with_clips(tmp_path, 1)
     with ledger.engine.begin() as connection:
         connection.execute(text("UPDATE clips SET state = 'staged', staged_path = 'x'"))
         connection.execute(text("ALTER TABLE clips DROP COLUMN staged_verified"))
-        connection.execute(text("UPDATE alembic_version SET version_num = '0005'"))
+        connection.execute(text("UPDATE alembic_version SET version_num = '0006'"))
     ledger.close()
 
     ledger = Ledger.open(_config(tmp_path), "upgraded")
