@@ -132,6 +132,27 @@ def test_startup_recovery_reads_only_this_docks_recent_folders(dock: Dock) -> No
     assert not_looked_at.exists()
 
 
+def test_startup_recovery_removes_a_docking_record_left_half_written(dock: Dock) -> None:
+    """A docking's coverage record written when the daemon was killed (a kill -9 found it)
+    leaves a temporary in the camera's record folder; the next start removes it."""
+    camera = dock.root / "card"
+    make_camera(camera, [1000], sidecars=False)
+    dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+    records = dock.nas / "_coverage" / "dockings" / "X1"
+    assert records.is_dir()  # the ingest's own docking record lies there
+    ours = records / "20261205T205932Z.6bcd21084eb6dda6.json.b15ec295cb6d8e4e.dock-test.part"
+    ours.write_bytes(b'{"half": ')
+
+    daemon = dock.start_daemon()
+    try:
+        wait_until(lambda: any(e.get("event") == "daemon.recovered"
+                               for e in dock.log_events()), timeout=120,
+                   message="start-up recovery done")
+    finally:
+        assert dock.stop_daemon(daemon) == 0
+    assert not ours.exists()
+
+
 def test_sidecar_named_part_is_uploaded_and_survives_recovery(dock: Dock) -> None:
     """A sidecar called X.part travels with its clip to central storage, and start-up
     recovery leaves the stored object alone."""

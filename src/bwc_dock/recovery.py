@@ -21,11 +21,13 @@ from datetime import timedelta
 import structlog
 
 from bwc_dock.config import Config
+from bwc_dock.coverage.shared import DOCKINGS_PREFIX, EVIDENCE_PREFIX
 from bwc_dock.custody import anchor_dockings
 from bwc_dock.errors import StorageError
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.models import Docking
 from bwc_dock.manifest import KeyTemplate
+from bwc_dock.names import safe_name
 from bwc_dock.storage.base import StorageBackend
 
 log = structlog.get_logger(__name__)
@@ -97,6 +99,10 @@ def own_recent_folders(config: Config, ledger: Ledger) -> set[str]:
                    for sidecar in work.sidecars if sidecar.sha256 is not None]
     if config.fleet.enabled and config.fleet.path is None:
         wanted.append(config.fleet.prefix + "document")
+    # each docking's coverage records (written at its first scan) lie in per-camera folders
+    for serial in ledger.docked_camera_serials():
+        camera = safe_name(serial.encode())
+        wanted += [f"{DOCKINGS_PREFIX}{camera}/record", f"{EVIDENCE_PREFIX}{camera}/record"]
     folders = {""}
     for key in wanted:
         folder = posixpath.dirname(key)

@@ -155,6 +155,12 @@ def record_clocks(
         )
 
 
+def docked_camera_serials(store: Store) -> list[str]:
+    """Every camera serial this dock has recorded a docking of."""
+    with store.reading() as session:
+        return list(session.scalars(select(Docking.camera_serial).distinct()))
+
+
 def latest_camera_offsets(store: Store) -> dict[str, float | None]:
     """Each camera's clock offset at its latest docking (None: not measured then)."""
     with store.transaction() as session:

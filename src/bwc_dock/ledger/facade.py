@@ -117,6 +117,9 @@ class Ledger:
     ) -> None:
         dockings.record_clocks(self.store, docking_id, clocks, details)
 
+    def docked_camera_serials(self) -> list[str]:
+        return dockings.docked_camera_serials(self.store)
+
     def latest_camera_offsets(self) -> dict[str, float | None]:
         return dockings.latest_camera_offsets(self.store)
 
