@@ -1,5 +1,5 @@
 """The daemon as a systemd service: notify protocol, alarms in STATUS, metrics and log,
-SHA256SUMS catch-up, SIGTERM, SIGHUP (real processes)."""
+SHA256SUMS catch-up, SIGTERM (real processes; SIGHUP is in test_reload.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -314,26 +313,3 @@ def _parts(dock: Dock) -> int:
     except sqlite3.OperationalError:
         return 0  # the schema is not there yet
     return count
-
-
-def test_sighup_reloads_a_good_config_and_keeps_the_old_one_for_a_bad_one(dock: Dock) -> None:
-    """SIGHUP with a bad config logs why and keeps running; with a good one it reloads."""
-    daemon = dock.start_daemon()
-    try:
-        wait_until(lambda: any(e.get("event") == "daemon.started" for e in dock.log_events()),
-                   timeout=30, message="daemon started")
-        good = dock.config_path.read_text()
-        dock.config_path.write_text(good + "\n[alarms]\noldest_pending_hourz = 3\n")
-        daemon.send_signal(signal.SIGHUP)
-        wait_until(lambda: any(e.get("event") == "config.reload_rejected"
-                               for e in dock.log_events()), timeout=30, message="rejected")
-        rejected = next(e for e in dock.log_events() if e.get("event") == "config.reload_rejected")
-        assert "alarms.oldest_pending_hourz: unknown key" in rejected["error"]
-        assert daemon.poll() is None
-        dock.config_path.write_text(good + "\n[alarms]\noldest_pending_hours = 3\n")
-        daemon.send_signal(signal.SIGHUP)
-        wait_until(lambda: any(e.get("event") == "config.reloaded" for e in dock.log_events()),
-                   timeout=30, message="reloaded")
-        assert daemon.poll() is None
-    finally:
-        assert dock.stop_daemon(daemon) == 0

@@ -6,6 +6,10 @@ anchorer, the signals thread (``signals.py``), the sources' own listener threads
 main loop here (heartbeat, rescans, retention, finished offloads, service hooks). All
 work state lives in the ledger; the registry of docked cameras (``docked.py``) only
 remembers which volume is docked and which copier reads which camera.
+
+Rooms of its own: the status it reports and the errors it counts (``daemon_status.py``),
+the main loop's timers (``daemon_timers.py``), a SIGHUP reload (``daemon_reload.py``).
+Only the main loop replaces ``config`` (at a reload); other threads read it whole.
 """
 
 from __future__ import annotations
@@ -15,20 +19,20 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
 
 from bwc_dock.bandwidth import BandwidthLimiter
 from bwc_dock.clearer import clear_when_verified
-from bwc_dock.clocks import read_dock_clock
-from bwc_dock.config import Config, load_config
-from bwc_dock.coverage.docking import recent_camera_findings
+from bwc_dock.config import Config
 from bwc_dock.custody import anchor_dockings
-from bwc_dock.daemon_status import docked_cameras, status_line, unmountable_cameras
+from bwc_dock.daemon_reload import Reloader
+from bwc_dock.daemon_status import ErrorTally, StatusAssembly, staging_free_bytes
+from bwc_dock.daemon_timers import MainLoopTimers, main_loop_timers
 from bwc_dock.docked import Docked, DockedRegistry
-from bwc_dock.errors import BwcDockError, ConfigError, Interrupted, PermanentStorageError
+from bwc_dock.errors import BwcDockError, Interrupted, PermanentStorageError
 from bwc_dock.fleet import FleetPublisher, fleet_publisher
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
@@ -47,9 +51,6 @@ from bwc_dock.wiring import Stages
 log = structlog.get_logger(__name__)
 
 IDLE_WAIT_SECONDS = 1.0
-PURGE_INTERVAL_SECONDS = 60.0
-PAUSED_PURGE_INTERVAL_SECONDS = 2.0
-STORAGE_CHECK_SECONDS = 30.0
 # a missing or stale SHA256SUMS (a crash or a storage error as it was written) is
 # written again at start and then this often, by the anchorer thread
 ANCHOR_INTERVAL_SECONDS = 60.0
@@ -86,8 +87,14 @@ class Daemon(SourceListener):
         self._threads: list[threading.Thread] = []
         self._started_at = utc_now()
         self._refusals_reported: set[str] = set()
-        self._last_error: str | None = None
-        self.error_counts: dict[str, int] = {}
+        self.errors = ErrorTally()  # written by every thread
+        self._status = StatusAssembly(
+            ledger, self.staging, self.docked_cameras, self.storage, self.errors
+        )
+        self.reloader = (
+            None if config_path is None
+            else Reloader(config_path, config, self._started_at, self.sources, self)
+        )
         self.hooks: ServiceHooks | None = None  # watchdog, STATUS, alarms, metrics
         self.fleet: FleetPublisher | None = None  # the status document for `bwc-dock fleet`
         self._bandwidth = (
@@ -226,7 +233,7 @@ class Daemon(SourceListener):
                 try:
                     target()
                 except Exception as error:
-                    self._last_error = f"{name}: {error}"
+                    self.errors.note(f"{name}: {error}")
                     log.exception("worker.crashed", worker=name, error=str(error))
                     self.stop_event.wait(5)
 
@@ -265,51 +272,34 @@ class Daemon(SourceListener):
     def _storage_refused(self, error: PermanentStorageError) -> None:
         report_refusal_once(error, self._refusals_reported, self._lock)
         self.storage.refused()
-        self._last_error = str(error)
-        self._count_error("storage_refused")
-
-    def _count_error(self, kind: str) -> None:
-        self.error_counts[kind] = self.error_counts.get(kind, 0) + 1
-
-    @property
-    def last_error(self) -> str | None:
-        return self._last_error
+        self.errors.note(str(error), "storage_refused")
 
     def _main_loop(self) -> None:
-        timers = {"beat": 0.0, "rescan": time.monotonic(), "purge": 0.0, "storage": 0.0}
+        timers = main_loop_timers(lambda: self.config, self.staging, time.monotonic())
         while not self.signals.stop_requested():
             try:
                 self._tick(timers, time.monotonic())
             except Exception as error:
                 # e.g. the ledger's disk full for a moment: log, and try again next turn
-                self._last_error = f"main loop: {error}"
-                self._count_error("main_loop")
+                self.errors.note(f"main loop: {error}", "main_loop")
                 log.exception("daemon.tick_failed", error=str(error))
             self.stop_event.wait(IDLE_WAIT_SECONDS)
 
-    def _tick(self, timers: dict[str, float], now: float) -> None:
+    def _tick(self, timers: MainLoopTimers, now: float) -> None:
         """One turn of the main loop: reload, storage check, rescans, purge, offloads,
         heartbeat, service hooks (watchdog, STATUS, alarms, metrics)."""
         if self.reload_requested.is_set():
             self.reload_requested.clear()
             self.reload()
-        if now - timers["storage"] >= STORAGE_CHECK_SECONDS:
-            timers["storage"] = now
+        if timers.storage_check.due(now):
             self._check_storage()
-        if now - timers["rescan"] >= self.config.sources.rescan_interval_seconds:
-            timers["rescan"] = now
+        if timers.rescan.due(now):
             self._rescan()
-        # a paused copier waits for space: purge uploaded copies promptly then
-        purge_every = (
-            PAUSED_PURGE_INTERVAL_SECONDS if self.staging.paused else PURGE_INTERVAL_SECONDS
-        )
-        if now - timers["purge"] >= purge_every:
-            timers["purge"] = now
+        if timers.purge.due(now):
             self.purge_staging()
         self._adopt_handed_over()
         self._finish_offloads()
-        if now - timers["beat"] >= self.config.service.heartbeat_seconds:
-            timers["beat"] = now
+        if timers.heartbeat.due(now):
             self._beat()
         if self.hooks is not None:
             self.hooks(self.status)
@@ -319,8 +309,7 @@ class Daemon(SourceListener):
     def _check_storage(self) -> None:
         error = self.storage.check(self.backend)
         if error is not None:
-            self._last_error = str(error)
-            self._count_error("storage_unreachable")
+            self.errors.note(str(error), "storage_unreachable")
 
     def _rescan(self) -> None:
         for source in self.sources:
@@ -387,44 +376,21 @@ class Daemon(SourceListener):
             purged += self.staging.make_room(self.ledger, now)
         return purged
 
-    def status_line(self, counts: dict[str, int] | None = None) -> str:
-        counts = self.ledger.counts_by_state() if counts is None else counts
-        return status_line(
-            counts, self.docked_cameras.count(), self.storage.reachable, self.scans.count()
-        )
+    @property
+    def restart_needed(self) -> tuple[str, ...]:
+        return () if self.reloader is None else self.reloader.restart_needed
+
+    def status_line(self) -> str:
+        return self._status.line(self.scans.count(), self.restart_needed)
 
     def status(self) -> DaemonStatus:
         """What the service hooks report, read now (a frozen value: they never see us)."""
-        counts = self.ledger.counts_by_state()
-        metrics_textfile = self.config.service.metrics_textfile
-        return DaemonStatus(
-            dock_id=self.config.dock.id,
-            alarms_config=self.config.alarms,
-            metrics_textfile=metrics_textfile,
-            status_line=self.status_line(counts),
-            clips_by_state=counts,
-            oldest_pending_at=self.ledger.oldest_pending_at(),
-            staging_free_bytes=self._staging_free_bytes(),
-            staging_reserve_bytes=self.staging.reserve_bytes,
-            storage=self.storage.state,
-            last_error=self._last_error,
-            docked=docked_cameras(self.ledger, self.docked_cameras),
-            unmountable=unmountable_cameras(self.docked_cameras),
-            error_counts=dict(self.error_counts),
-            byte_totals=self.ledger.byte_totals() if metrics_textfile is not None else None,
-            lock_unenforced=self.stages.lock_probe.unenforced,
-            dock_clock_synchronized=read_dock_clock().synchronized,
-            camera_clock_offsets=self.ledger.latest_camera_offsets(),
-            max_clock_offset_seconds=self.config.dock.max_clock_offset_seconds,
-            dock_clock_alarm=self.config.dock.clock_sync_alarm,
-            camera_findings=recent_camera_findings(self.ledger, datetime.now(UTC)),
+        return self._status.read(
+            self.config,
+            self.scans.count(),
+            self.restart_needed,
+            self.stages.lock_probe.unenforced,
         )
-
-    def _staging_free_bytes(self) -> int | None:
-        try:
-            return self.staging.free_bytes()
-        except OSError:
-            return None
 
     def _beat(self) -> None:
         reachable = self.storage.reachable
@@ -434,37 +400,22 @@ class Daemon(SourceListener):
             self._started_at,
             status_line=self.status_line(),
             storage_reachable=None if reachable is None else int(reachable),
-            staging_free_bytes=self._staging_free_bytes(),
-            last_error=self._last_error,
+            staging_free_bytes=staging_free_bytes(self.staging),
+            last_error=self.errors.last,
         )
 
     def reload(self) -> None:
-        """SIGHUP: take a new configuration, or keep the old one if the new one is bad."""
-        if self.config_path is None:
+        """SIGHUP: apply a new configuration, or keep the running one if it is bad; what
+        only a restart can change is named (daemon_reload.py)."""
+        if self.reloader is None:
             return
         if self.hooks is not None:
             self.hooks.reloading()
         try:
-            self._apply_new_config()
+            self.config = self.reloader.reload(self.config)
         finally:
             if self.hooks is not None:
                 self.hooks.reloaded()
-
-    def _apply_new_config(self) -> None:
-        assert self.config_path is not None
-        try:
-            new_config = load_config(self.config_path)
-        except ConfigError as error:
-            log.error("config.reload_rejected", error=str(error), kept="the running config")
-            return
-        if new_config.ledger_url != self.config.ledger_url or (
-            new_config.storage != self.config.storage
-        ):
-            log.warning("config.reload_partial", reason="ledger and storage changes need a restart")
-        self.config = new_config.model_copy(
-            update={"storage": self.config.storage, "dock": self.config.dock}
-        )
-        log.info("config.reloaded", path=str(self.config_path))
 
     def shutdown(self) -> None:
         if self.hooks is not None:
@@ -483,6 +434,6 @@ class Daemon(SourceListener):
             0,
             self._started_at,
             status_line="stopped",
-            last_error=self._last_error,
+            last_error=self.errors.last,
         )
         log.info("daemon.stopped")

@@ -39,6 +39,7 @@ def status(context: Context, as_json: bool) -> None:
             "last_error": beat.last_error if beat else None,
             "staging_free_bytes": beat.staging_free_bytes if beat else None,
             "dock": context.config.dock.id,
+            **_reload_note(context, beat, alive),
         }
     if as_json:
         emit(document)
@@ -56,6 +57,20 @@ def _storage_reachable(context: Context, beat: HeartbeatRecord | None, alive: bo
         except BwcDockError:
             return False
         return True
+
+
+def _reload_note(context: Context, beat: HeartbeatRecord | None, alive: bool) -> dict[str, Any]:
+    """What the running daemon's last reload (SIGHUP) left to do."""
+    from bwc_dock.daemon_note import read_note
+
+    note = None
+    if alive and beat is not None:
+        note = read_note(context.config.dock.state_dir, beat.pid, beat.started_at)
+    return {
+        "restart_needed": list(note.restart_needed) if note else [],
+        "config_reload_rejected": note.rejected if note else None,
+        "udev_rules_stale": note.udev_rules_stale if note else False,
+    }
 
 
 def _print_status(document: dict[str, Any]) -> None:
@@ -76,3 +91,10 @@ def _print_status(document: dict[str, Any]) -> None:
     click.echo(f"staging free: {'unknown' if free is None else f'{free // 2**20} MiB'}")
     if document["last_error"]:
         click.echo(f"last error: {shown(document['last_error'])}")
+    if document["restart_needed"]:
+        keys = ", ".join(shown(key) for key in document["restart_needed"])
+        click.echo(f"RESTART NEEDED: the daemon runs with the old {keys} until restarted")
+    if document["config_reload_rejected"]:
+        click.echo(f"CONFIG RELOAD REFUSED: {shown(document['config_reload_rejected'])}")
+    if document["udev_rules_stale"]:
+        click.echo("UDEV RULES STALE: run `bwc-dock config check` as root")

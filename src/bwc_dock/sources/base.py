@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
 
+from bwc_dock.camera_profiles import CameraProfile
 from bwc_dock.errors import BwcDockError
 
 
@@ -114,6 +115,10 @@ class Source(ABC):
     @abstractmethod
     def stop(self) -> None:
         """Stop watching and release everything this source holds."""
+
+    def use_profiles(self, profiles: tuple[CameraProfile, ...]) -> None:  # noqa: B027
+        """A reload changed the camera profiles: match what docks from now on by these
+        (a volume docked already keeps the profile it docked under)."""
 
     def writable(self, volume: DockedVolume) -> AbstractContextManager[Path]:
         """The volume's root, writable for the body of the ``with`` only (clear after upload).

@@ -137,6 +137,15 @@ class UdevSource(Source):
                 self._pending.setdefault(sys_path, now)
         self._wake()
 
+    def use_profiles(self, profiles: tuple[CameraProfile, ...]) -> None:
+        """A reload changed the profiles: a device plugged in now, or one no profile
+        claimed so far, is matched by these at the next look (a rescan, queued here)."""
+        with self._lock:
+            self._bays.profiles = profiles
+            self._bays.unreadable.profiles = profiles
+        log.info("udev.profiles_changed", profiles=[profile.name for profile in profiles])
+        self.rescan()
+
     def release(self, volume: DockedVolume) -> None:
         self._bays.release(volume)
 

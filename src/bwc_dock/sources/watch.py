@@ -23,6 +23,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
 
 from bwc_dock.config import CameraProfile
 from bwc_dock.names import safe_name
@@ -46,18 +47,38 @@ class WatchFolderSource(Source):
         self._present: dict[str, DockedVolume] = {}
         self._lock = threading.Lock()
         self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._watches: dict[Path, ObservedWatch] = {}
 
     def start(self, listener: SourceListener) -> None:
         self._listener = listener
         observer = Observer()
-        handler = _Handler(self)
-        for watch_dir in self.watch_dirs:
-            watch_dir.mkdir(parents=True, exist_ok=True)
-            observer.schedule(handler, str(watch_dir), recursive=False)
         observer.daemon = True
         observer.start()
         self._observer = observer
+        self._observe(self.watch_dirs)
         self.rescan()
+
+    def watch(self, watch_dirs: tuple[Path, ...], profile: CameraProfile) -> None:
+        """A reload: watch these folders with this profile from now on. The subfolders
+        of a new folder dock, those of a folder no longer watched undock."""
+        with self._lock:
+            before, self.watch_dirs, self.profile = self.watch_dirs, watch_dirs, profile
+        for gone in set(before) - set(watch_dirs):
+            watch = self._watches.pop(gone, None)
+            if watch is not None and self._observer is not None:
+                self._observer.unschedule(watch)
+        if self._observer is not None:  # started: else start() watches them
+            self._observe(tuple(d for d in watch_dirs if d not in before))
+            self.rescan()
+
+    def _observe(self, watch_dirs: tuple[Path, ...]) -> None:
+        assert self._observer is not None
+        handler = _Handler(self)
+        for watch_dir in watch_dirs:
+            watch_dir.mkdir(parents=True, exist_ok=True)
+            self._watches[watch_dir] = self._observer.schedule(
+                handler, str(watch_dir), recursive=False
+            )
 
     def rescan(self) -> None:
         """Dock every subfolder present and undock every one that is gone."""
