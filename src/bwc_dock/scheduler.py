@@ -13,7 +13,9 @@ register), a stop event and a wake event. Its loops are the only ones that claim
   gives up when nothing moved for ``stall_seconds``;
 - :meth:`Scheduler.offload` is ``ingest --wait``: copy_all in the calling thread while
   one thread per uploader runs upload_until, stopping when this folder is done; a clip
-  whose copy left for its upload was found damaged is read off the folder again.
+  whose copy left for its upload was found damaged is read off the folder again;
+- :meth:`Scheduler.redo` is ``resync`` with no daemon: the same, over the dockings resync
+  scanned, uploading every due clip and stopping when none is left to claim.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Protocol, TypeVar
@@ -75,8 +78,11 @@ class Scheduler:
         *,
         idle_seconds: float,
         deadline: float | None = None,
+        role: str = "ingest",
     ) -> None:
-        """``wake`` is set when there may be new work (a clip staged, a camera docked)."""
+        """``wake`` is set when there may be new work (a clip staged, a camera docked);
+        ``role`` names the hand-run command in its copier's lease owner."""
+        self.role = role
         self.stages = stages
         self.ledger = stages.ledger
         self.stop = stop
@@ -143,7 +149,7 @@ class Scheduler:
         """Copy every clip of the docking with no daemon to make room in staging: None
         when done, else why copying stopped short (staging stayed full with nothing to
         upload or purge, or the deadline passed)."""
-        copier = self.stages.copier(current_owner("ingest-copier"), self.wake.set)
+        copier = self.stages.copier(current_owner(f"{self.role}-copier"), self.wake.set)
         total = len(self.ledger.clips(docking_id=docking_id))
         copied = [0]
         last_progress = time.monotonic()
@@ -221,13 +227,74 @@ class Scheduler:
         central storage while clip N+1 is read off the camera, as in the daemon. What
         copy_all says (why copying stopped short, or None)."""
         folder = _Folder(self, set(clip_ids), progress)
+
+        def copy() -> str | None:
+            stopped = self._copy_and_read_again(docking_id, camera_serial, uploaders[0], progress)
+            self.ledger.end_docking(docking_id, "ingest copied")
+            return stopped
+
+        return self._while_uploading(copy, uploaders, folder)
+
+    # -- resync with no daemon -----------------------------------------------------------
+
+    def redo(
+        self,
+        dockings: Sequence[tuple[int, str]],
+        uploaders: Sequence[Uploader],
+        progress: ProgressSink | None = None,
+    ) -> Redone:
+        """Copy the clips of each (docking, camera serial) in turn in this thread while
+        one thread per uploader uploads every due clip (not only these: with no daemon
+        nobody else would), until copying is over and none is left to claim."""
+        drain = _Drain(self, progress)
+        waiting = {
+            work.id: work.state
+            for state in PENDING_STATES
+            for work in self.ledger.clips(state=str(state))
+        }
+
+        def copy() -> str | None:
+            for docking_id, camera_serial in dockings:
+                stopped = self._copy_and_read_again(docking_id, camera_serial, uploaders[0], drain)
+                if stopped is not None:
+                    return stopped
+            return None
+
+        stopped = self._while_uploading(copy, uploaders, drain)
+        now = self._states_now(list(waiting))
+        return Redone(
+            copied=sum(
+                1
+                for clip, state in waiting.items()
+                if state in _TO_COPY and now.get(clip) in _COPIED
+            ),
+            uploaded=sum(1 for clip in waiting if now.get(clip) in _IN_STORAGE),
+            stopped=stopped,
+        )
+
+    def _states_now(self, clip_ids: list[int]) -> dict[int, ClipState]:
+        """The clips' states, read in batches below SQLite's limit on bound parameters."""
+        states: dict[int, ClipState] = {}
+        for start in range(0, len(clip_ids), _READ_BATCH):
+            batch = clip_ids[start : start + _READ_BATCH]
+            states.update((work.id, work.state) for work in self.ledger.clips(ids=batch))
+        return states
+
+    # -- copying while uploading ---------------------------------------------------------
+
+    def _while_uploading(
+        self, copy: Callable[[], str | None], uploaders: Sequence[Uploader], until: _Until
+    ) -> str | None:
+        """Run ``copy`` in this thread while one thread per uploader runs upload_until
+        with ``until``'s stop condition: clip N goes to central storage while clip N+1
+        is read off the camera, as in the daemon. What ``copy`` says."""
         failures: list[Exception] = []
 
         def upload(uploader: Uploader) -> None:
             try:
-                self.upload_until(uploader, folder.done, folder.clip_ids, folder.uploaded)
+                self.upload_until(uploader, until.done, until.clip_ids, until.uploaded)
             except Exception as error:  # handed to the caller's thread below
-                log.exception("ingest.upload_failed", error=str(error))
+                log.exception(f"{self.role}.upload_failed", error=str(error))
                 failures.append(error)
 
         threads = [
@@ -237,13 +304,12 @@ class Scheduler:
         for thread in threads:
             thread.start()
         try:
-            stopped = self._copy_and_read_again(docking_id, camera_serial, uploaders[0], progress)
-            self.ledger.end_docking(docking_id, "ingest copied")
+            stopped = copy()
         except BaseException:
             self.stop.set()  # the uploads in progress finish; no new one starts
             raise
         finally:
-            folder.copied.set()
+            until.copied.set()
             self.wake.set()
             for thread in threads:
                 thread.join()
@@ -272,6 +338,71 @@ class Scheduler:
         while not self.stopped() and self.ledger.unverified_staged(camera_serial) > 0:
             handoff.wait_for_change(self.idle_seconds)
         return handoff.sent_back(camera_serial) > 0
+
+
+_READ_BATCH = 500
+_TO_COPY = {ClipState.DISCOVERED, ClipState.COPYING}
+_IN_STORAGE = {ClipState.UPLOADED, ClipState.CLEARED}
+_COPIED = {ClipState.STAGED, ClipState.UPLOADING} | _IN_STORAGE
+
+
+@dataclass(frozen=True)
+class Redone:
+    """What :meth:`Scheduler.redo` did, as the ledger shows it: clips that were waiting
+    to be copied and now are staged or further, clips that were pending and are now in
+    central storage, and why copying stopped short (None: it did not)."""
+
+    copied: int
+    uploaded: int
+    stopped: str | None
+
+
+class _Until(Protocol):
+    """When the uploading threads beside a copy stop, and what they report."""
+
+    copied: threading.Event  # copying is over: no more clips to come
+
+    @property
+    def clip_ids(self) -> Collection[int] | None:
+        """The clips to upload (None: every due clip)."""
+
+    def done(self) -> bool:
+        """Asked when no clip could be claimed: nothing is left to wait for."""
+
+    def uploaded(self) -> None:
+        """A clip was uploaded (or put back)."""
+
+
+class _Drain:
+    """The stop condition of ``resync`` with no daemon: copying is over and no clip can
+    be claimed for upload; reports copies and uploads as they happen."""
+
+    clip_ids: Collection[int] | None = None
+
+    def __init__(self, scheduler: Scheduler, progress: ProgressSink | None) -> None:
+        self.wake = scheduler.wake
+        self.progress = progress
+        self.copied = threading.Event()
+        self.copies = 0  # copy attempts: a clip waiting for room in staging counts again
+        self.uploads = 0
+        self._lock = threading.Lock()  # the uploading threads count here
+
+    def done(self) -> bool:
+        return self.copied.is_set()
+
+    def update(self, done: int, total: int, label: str) -> None:
+        """copy_all's progress: one call per clip copied."""
+        self.copies += 1  # only the copying thread calls this
+        if self.progress:
+            self.progress.update(self.copies, self.copies, "copying")
+
+    def uploaded(self) -> None:
+        self.wake.set()  # the other uploaders may have nothing left to wait for now
+        with self._lock:
+            self.uploads += 1
+            uploads = self.uploads
+        if self.progress:
+            self.progress.update(uploads, uploads, "uploading")
 
 
 class _Folder:

@@ -7,8 +7,9 @@ SUMS, clean partial uploads, redo the work, cannot repair). ``--dry-run`` report
 plan and changes nothing (no audit row, no file moved). Otherwise ``apply.py`` carries
 each repair out through the ledger's own methods (every state change audited and
 checked against the state machine) and, when no daemon runs, does the copying and
-uploading itself with the same Copier and Uploader under the same leases; with a daemon
-alive, putting clips back in the queue is enough.
+uploading itself through the daemon's own worker loops (``scheduler.py``: copying while
+uploading, making room in staging, reading again what an upload sent back) under the
+same leases; with a daemon alive, putting clips back in the queue is enough.
 
 Phases, in order (``run.py``), each planned once the one before is carried out: staged
 files the ledger lost are adopted when their hash is known, staged files nobody knows

@@ -1,7 +1,7 @@
 """Carrying out resync's plan: each repair value through the ledger's own methods (every
 state change checked against the state machine and audited), the staging folder and
 central storage; with no daemon running, the copying and uploading too, through the
-same Copier and Uploader under the same leases.
+daemon's own worker loops (scheduler.py) under the same leases.
 
 :class:`PlanOnly` is the dry run's stand-in: it carries out nothing and reports each
 repair as planned, so the run itself never asks whether it is a dry run.
@@ -39,6 +39,7 @@ from bwc_dock.resync.repairs import (
     Status,
     Unrepairable,
 )
+from bwc_dock.scheduler import Redone, Scheduler
 from bwc_dock.storage.base import StorageBackend
 from bwc_dock.verify import REMOTE_STATES
 from bwc_dock.wiring import Stages
@@ -46,6 +47,8 @@ from bwc_dock.wiring import Stages
 log = structlog.get_logger(__name__)
 
 Progress = Callable[[int, int, str], None]
+# how long an idle uploading thread waits for a clip to be staged before it looks again
+IDLE_SECONDS = 0.5
 
 
 class Carrier(Protocol):
@@ -106,7 +109,8 @@ class Applier:
         self.owner = current_owner("resync")
         self.requeued: set[int] = set()
         self._opened_dockings: list[int] = []
-        self._scanned_dockings: list[int] = []  # every docked camera's, for RedoWork
+        # (docking, camera serial) of every docked camera, for RedoWork
+        self._scanned_dockings: list[tuple[int, str]] = []
 
     def begin(self, details: Mapping[str, object]) -> None:
         self.ledger.record_event(
@@ -181,7 +185,7 @@ class Applier:
         if docking_id is None:
             docking_id = self.ledger.record_docking(volume, self.owner)
             self._opened_dockings.append(docking_id)
-        self._scanned_dockings.append(docking_id)
+        self._scanned_dockings.append((docking_id, volume.camera_serial))
         if repair.scan is None:
             return Outcome(Status.FAILED, error="the scan failed")
         new_ids = self.ledger.record_scan(
@@ -312,8 +316,7 @@ class Applier:
         return Outcome(Status.DONE, action=action)
 
     def _redo_work(self) -> Outcome:
-        copied = self._copy_docked()
-        uploaded = self._upload_due()
+        redone = self._copy_and_upload()
         problems = tuple(
             Unrepairable(
                 work.id,
@@ -323,29 +326,34 @@ class Applier:
             for work in self.ledger.clips(camera_serial=self.camera_serial)
             if work.id in self.requeued and work.state not in REMOTE_STATES
         )
-        return Outcome(Status.DONE, unrepairable=problems, copied=copied, uploaded=uploaded)
-
-    def _copy_docked(self) -> int:
-        copier = Stages(self.config, self.ledger, self.backend).copier(
-            current_owner("resync-copier")
+        if redone.stopped is not None:
+            problems += (Unrepairable(None, None, f"copying stopped short: {redone.stopped}"),)
+        return Outcome(
+            Status.DONE, unrepairable=problems, copied=redone.copied, uploaded=redone.uploaded
         )
-        cancel = threading.Event()
-        copied = 0
-        for docking_id in self._scanned_dockings:
-            while copier.copy_next(cancel, docking_id):
-                copied += 1
-                if self.progress:
-                    self.progress(copied, copied, "copying")
-        return copied
 
-    def _upload_due(self) -> int:
-        uploader = Stages(self.config, self.ledger, self.backend).uploader(
-            current_owner("resync-uploader")
+    def _copy_and_upload(self) -> Redone:
+        """The daemon's worker loops (scheduler.py) over the docked cameras resync
+        scanned, with as many uploading threads as the daemon has upload workers, until
+        nothing is left to copy or to claim for upload."""
+        stages = Stages(self.config, self.ledger, self.backend)
+        uploaders = [
+            stages.uploader(current_owner(f"resync-uploader-{number}"))
+            for number in range(1, self.config.dock.upload_workers + 1)
+        ]
+        scheduler = Scheduler(
+            stages, threading.Event(), threading.Event(), idle_seconds=IDLE_SECONDS,
+            role="resync",
         )
-        uploaded = 0
-        # every due staged clip, not only ours: with no daemon nobody else would send them
-        while uploader.upload_next():
-            uploaded += 1
-            if self.progress:
-                self.progress(uploaded, uploaded, "uploading")
-        return uploaded
+        progress = _ProgressCalls(self.progress) if self.progress else None
+        return scheduler.redo(self._scanned_dockings, uploaders, progress)
+
+
+class _ProgressCalls:
+    """The scheduler's progress sink over resync's progress callable."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def update(self, done: int, total: int, label: str) -> None:
+        self.progress(done, total, label)
