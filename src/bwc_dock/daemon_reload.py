@@ -23,9 +23,9 @@ from typing import Any
 
 import structlog
 
-from bwc_dock.config import Config, load_config
+from bwc_dock.config import Config, load_config, parse_config
 from bwc_dock.daemon_note import ReloadNote, write_note
-from bwc_dock.errors import ConfigError
+from bwc_dock.errors import BwcDockError, ConfigError
 from bwc_dock.scanning import folder_profile
 from bwc_dock.sources.base import Source, SourceListener
 from bwc_dock.udev_rules import render_rules
@@ -52,6 +52,7 @@ LIVE_KEYS = (
     "coverage",  # read by commands only: nothing in the daemon to change
     "disclosure",
 )
+
 
 def changed_keys(old: Config, new: Config) -> list[str]:
     """The dotted keys whose values differ; an array of tables (``camera``) is one key."""
@@ -85,10 +86,7 @@ def running_config(current: Config, new: Config) -> Config:
             for table in tables:
                 into, source = into[table], source[table]
             into[name] = source[name]
-    try:
-        return Config.model_validate(merged)
-    except ValueError as error:
-        raise ConfigError(f"cannot be applied beside the running settings: {error}") from error
+    return parse_config(merged, origin="the new configuration beside what needs a restart")
 
 
 class Reloader:
@@ -118,7 +116,11 @@ class Reloader:
             log.error("config.reload_rejected", error=str(error), kept="the running config")
             self._write_note(str(error), udev_rules_stale=False)
             return current
-        self._apply_to_sources(current, running)
+        try:
+            self._apply_to_sources(current, running)
+        except (OSError, BwcDockError) as error:  # e.g. a new watch folder not creatable
+            log.error("config.reload_sources_failed", error=str(error),
+                      retry="the sources look again at every rescan")
         self.restart_needed = tuple(k for k in changed_keys(self.started, new) if not is_live(k))
         if self.restart_needed:
             log.warning(
@@ -138,7 +140,7 @@ class Reloader:
         log.info(
             "config.reloaded",
             path=str(self.config_path),
-            applied=[k for k in changed_keys(current, running)],
+            applied=changed_keys(current, running),
             restart_needed=list(self.restart_needed),
         )
         return running
