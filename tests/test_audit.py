@@ -128,26 +128,31 @@ def test_rows_rewritten_and_clips_hidden_as_duplicates_are_caught(dock: Dock) ->
     offload(dock)
     anchored = manifests(dock)
     assert sorted(anchored) == [1, 2, 3]
-    first_anchor = anchored[1][1]
-    assert anchored[2][1] > first_anchor and anchored[3][1] > first_anchor
+    # two upload workers: any of the clips may be anchored first; the attack starts after
+    first = min(anchored, key=lambda clip_id: anchored[clip_id][1])
+    first_anchor = anchored[first][1]
+    later = sorted(clip_id for clip_id in anchored if clip_id != first)
+    assert all(anchored[clip_id][1] > first_anchor for clip_id in later)
     target = next(r for r in audit_rows(dock) if r["id"] > first_anchor)
     forged = json.loads(target["details"])
     forged["forged"] = True
     rewrite_chain_from(dock, target["id"],
                        details=json.dumps(forged, sort_keys=True, separators=(",", ":")))
     with sqlite3.connect(dock.ledger_path) as connection:
-        connection.execute("UPDATE clips SET duplicate_of = 1 WHERE id IN (2, 3)")
+        connection.execute("UPDATE clips SET duplicate_of = ? WHERE id IN (?, ?)",
+                           (first, *later))
 
     assert dock.cli("audit", "verify").returncode == 0  # the local chain alone is fooled
     result = dock.cli("audit", "verify", "--remote", "--json", check=False)
     assert result.returncode == 1, result.stdout
     report = json.loads(result.stdout)
     named = {problem["anchor_key"] for problem in report["problems"]}
-    assert {anchored[2][0], anchored[3][0]} <= named
-    assert anchored[1][0] not in named
+    assert {anchored[clip_id][0] for clip_id in later} <= named
+    assert anchored[first][0] not in named
     human = dock.cli("audit", "verify", "--remote", check=False)
     assert human.returncode == 1
-    assert anchored[2][0] in human.stderr and "differs from the chain head" in human.stderr
+    assert anchored[later[0]][0] in human.stderr
+    assert "differs from the chain head" in human.stderr
 
 
 def test_a_manifest_of_a_clip_the_ledger_lost_is_named(dock: Dock) -> None:
