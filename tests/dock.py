@@ -81,8 +81,21 @@ class Dock:
 
     def write_config(self, **sections: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Defaults merged with ``sections``; a list (``camera=[{...}]``) is an array of tables."""
+        # Where these differ from the product's defaults, and why (all else is the
+        # product's; a test that is about one of these sets the product's value itself):
+        # - staging_reserve_mb 0 (product 1024): the temporary folder's disk is shared
+        #   with whatever else runs, so a 1 GiB reserve would make "staging full" depend
+        #   on the machine; test_staging_full.py tests the reserve on a small filesystem.
+        # - clock_sync_alarm off (product on): the test machine runs no time server, so
+        #   its kernel clock is never synchronised.
+        # - retries after 0.2 s up to 2 s (product 2 s up to 600 s): a storage outage a
+        #   test makes heals within its patience; the retry code is the same.
+        # - udev off with a watch folder (product: udev on, no watch folder): the one
+        #   udevd is shared and needs root; tests that dock through udev turn it on
+        #   (test_docking.py, test_udev_source.py). Both feed the same copier.
+        # - rescan every 2 s (product 60 s) and a heartbeat every 1 s (product 5 s): a
+        #   test sees a folder looked at again, or a fresh heartbeat, in seconds.
         base: dict[str, Any] = {
-            # the test machine runs no time server: its kernel clock is never synchronised
             "dock": {"id": "dock-test", "state_dir": str(self.state_dir),
                      "staging_reserve_mb": 0, "clock_sync_alarm": False},
             "storage": {"backend": "file", "path": str(self.nas),

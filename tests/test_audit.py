@@ -128,26 +128,31 @@ def test_rows_rewritten_and_clips_hidden_as_duplicates_are_caught(dock: Dock) ->
     offload(dock)
     anchored = manifests(dock)
     assert sorted(anchored) == [1, 2, 3]
-    first_anchor = anchored[1][1]
-    assert anchored[2][1] > first_anchor and anchored[3][1] > first_anchor
+    # two upload workers: any of the clips may be anchored first; the attack starts after
+    first = min(anchored, key=lambda clip_id: anchored[clip_id][1])
+    first_anchor = anchored[first][1]
+    later = sorted(clip_id for clip_id in anchored if clip_id != first)
+    assert all(anchored[clip_id][1] > first_anchor for clip_id in later)
     target = next(r for r in audit_rows(dock) if r["id"] > first_anchor)
     forged = json.loads(target["details"])
     forged["forged"] = True
     rewrite_chain_from(dock, target["id"],
                        details=json.dumps(forged, sort_keys=True, separators=(",", ":")))
     with sqlite3.connect(dock.ledger_path) as connection:
-        connection.execute("UPDATE clips SET duplicate_of = 1 WHERE id IN (2, 3)")
+        connection.execute("UPDATE clips SET duplicate_of = ? WHERE id IN (?, ?)",
+                           (first, *later))
 
     assert dock.cli("audit", "verify").returncode == 0  # the local chain alone is fooled
     result = dock.cli("audit", "verify", "--remote", "--json", check=False)
     assert result.returncode == 1, result.stdout
     report = json.loads(result.stdout)
     named = {problem["anchor_key"] for problem in report["problems"]}
-    assert {anchored[2][0], anchored[3][0]} <= named
-    assert anchored[1][0] not in named
+    assert {anchored[clip_id][0] for clip_id in later} <= named
+    assert anchored[first][0] not in named
     human = dock.cli("audit", "verify", "--remote", check=False)
     assert human.returncode == 1
-    assert anchored[2][0] in human.stderr and "differs from the chain head" in human.stderr
+    assert anchored[later[0]][0] in human.stderr
+    assert "differs from the chain head" in human.stderr
 
 
 def test_a_manifest_of_a_clip_the_ledger_lost_is_named(dock: Dock) -> None:
@@ -306,3 +311,33 @@ def test_a_fresh_ledger_under_a_renamed_dock_does_not_pass_with_no_anchors(
     [problem] = json.loads(result.stdout)["problems"]
     assert "holds no anchor of dock dock-renamed" in problem["problem"]
     assert "'dock-test'" in problem["problem"]
+
+
+def test_a_change_to_any_column_of_an_audited_row_breaks_the_chain(dock: Dock) -> None:
+    """Every column of audit_log, as the ledger file has them (not the product's list
+    of hashed columns), is covered: changing any one of a row's makes audit verify
+    exit 1 naming that row, so a column added later cannot be left out of the hash."""
+    offload(dock, sizes=(1000,))
+    target = next(r for r in audit_rows(dock) if r["event"] == "clip.staged")
+    row_id = target["id"]
+    with sqlite3.connect(dock.ledger_path) as connection:
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(audit_log)")]
+    assert "details" in columns and "hash" in columns  # the table was read, not guessed
+    expected = {"id": (row_id + 1, f"row {row_id} is missing"),
+                "prev_hash": (row_id, "prev_hash does not match the previous row's hash")}
+    for column in columns:
+        original = target[column]
+        changed = (10_000 if column == "id" else original + 1 if isinstance(original, int)
+                   else "tampered" if original is None else original + "0")
+        _set_column(dock, row_id, column, changed)
+        document = json.loads(dock.cli("audit", "verify", "--json", check=False).stdout)
+        _set_column(dock, 10_000 if column == "id" else row_id, column, original)
+        assert (document["first_broken_row"], document["reason"]) == expected.get(
+            column, (row_id, "row content does not match its hash")), column
+    assert dock.cli("audit", "verify").returncode == 0  # every change was put back
+
+
+def _set_column(dock: Dock, row_id: int, column: str, value: Any) -> None:
+    with sqlite3.connect(dock.ledger_path) as connection:
+        connection.execute(f"UPDATE audit_log SET {column} = ? WHERE id = ?",
+                           (value, row_id))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime
 from datetime import time as clock
 
@@ -53,41 +52,68 @@ def test_overlapping_windows_take_the_lowest_limit() -> None:
     assert schedule.limit_at(MONDAY.replace(hour=13, minute=30)) == 20 * BYTES_PER_MB
 
 
+class VirtualClock:
+    """The limiter's clock and sleep, standing in for time.monotonic and time.sleep so
+    the pacing is exact and no machine's speed shows: time passes only when a sender
+    sleeps, and a sleep wakes at the moment its thread read plus the delay (threads
+    sleeping at once share that time, as real ones do)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self._read = threading.local()
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        with self._lock:
+            self._read.at = self.now
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.now = max(self.now, self._read.at + seconds)
+
+
 def _send(limiter: BandwidthLimiter, total: int, chunk: int = 16 * 1024) -> None:
     for _ in range(total // chunk):
         limiter(chunk)
 
 
 def test_limiter_paces_several_threads_to_the_limit() -> None:
-    """Two senders sharing a 2 MB/s limit need about a second for 2 MB together."""
+    """Two senders sharing a 2 MB/s limit need 1 s for 2 MB together, less the 0.25 s
+    burst allowance: 0.75 s, not the 0.25 s each would need with a limit of its own."""
     window = BandwidthWindow(start=clock(0, 0), end=clock(0, 0), limit_mb_per_s=2)
-    limiter = BandwidthLimiter([window])
-    started = time.monotonic()
-    senders = [threading.Thread(target=_send, args=(limiter, BYTES_PER_MB)) for _ in range(2)]
+    virtual = VirtualClock()
+    limiter = BandwidthLimiter([window], monotonic=virtual.monotonic, sleep=virtual.sleep)
+    # 15,625-byte chunks: 64 make exactly 1 MB, and each costs exactly 1/128 s
+    senders = [threading.Thread(target=_send, args=(limiter, BYTES_PER_MB, 15_625))
+               for _ in range(2)]
     for sender in senders:
         sender.start()
     for sender in senders:
         sender.join()
-    elapsed = time.monotonic() - started
-    # 2 MB at 2 MB/s is 1 s, less the 0.25 s burst allowance
-    assert 0.65 < elapsed < 1.5
+    assert virtual.now == 0.75
 
 
 def test_limiter_does_not_slow_unlimited_hours() -> None:
-    """Outside every window the limiter returns at once."""
+    """Outside every window the limiter never sleeps."""
     night_only = BandwidthWindow(start=clock(22, 0), end=clock(6, 0), limit_mb_per_s=1)
-    limiter = BandwidthLimiter([night_only], now=lambda: MONDAY.replace(hour=12))
-    started = time.monotonic()
+    virtual = VirtualClock()
+    limiter = BandwidthLimiter([night_only], now=lambda: MONDAY.replace(hour=12),
+                               monotonic=virtual.monotonic, sleep=virtual.sleep)
     _send(limiter, 100 * BYTES_PER_MB)
-    assert time.monotonic() - started < 1.0
+    assert virtual.sleeps == []
     assert not limiter.limited
 
 
 def test_limiter_follows_the_schedule_as_time_passes() -> None:
     """A limit starts to bite within a second of its window opening."""
     wall_clock = [MONDAY.replace(hour=6, minute=59, second=59)]
-    limiter = BandwidthLimiter([DAY_SHIFT], now=lambda: wall_clock[0])
+    virtual = VirtualClock()
+    limiter = BandwidthLimiter([DAY_SHIFT], now=lambda: wall_clock[0],
+                               monotonic=virtual.monotonic, sleep=virtual.sleep)
     assert not limiter.limited
     wall_clock[0] = MONDAY.replace(hour=7)
-    time.sleep(1.05)
+    virtual.now = 1.0  # a second later
     assert limiter.limited

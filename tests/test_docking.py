@@ -31,7 +31,6 @@ from typing import Any
 
 import pytest
 
-from bwc_dock.scanner import display_path
 from tests.dock import CameraReadThrottle, Dock, central_objects, sha256_of
 from tests.realparts import need_root, unavailable
 from tests.udevharness import CameraBay, ClipSource, LoopCamera, populate_tree, run, settle
@@ -97,11 +96,16 @@ class UdevDock:
         if self.throttle is not None:
             self.throttle.throttle(device)  # well before udev settles and the daemon reads
 
-    def configure(self, **dock_settings: Any) -> None:
-        """udev on, no watch folders, the test profiles; ``dock_settings`` go to [dock]."""
+    def configure(self, *, rescan_seconds: float = 5, **dock_settings: Any) -> None:
+        """udev on, no watch folders, the test profiles; ``dock_settings`` go to [dock].
+
+        The rescan runs every 5 s, not the product's 60 s, so that tests of what only a
+        rescan notices (a missed event) end in seconds; every other value is the product's.
+        """
         self.dock.write_config(
             dock={"copy_workers": 2, "upload_workers": 2, **dock_settings},
-            sources={"udev": True, "watch_dirs": [], "rescan_interval_seconds": 5},
+            sources={"udev": True, "watch_dirs": [],
+                     "rescan_interval_seconds": rescan_seconds},
             camera=PROFILES,
         )
 
@@ -351,8 +355,12 @@ def big_sidecar_tree(clips: ClipSource) -> Callable[[Path], list[str]]:
 def test_yank_mid_copy_stops_cleanly_and_redock_resumes(
     slow_udev_dock: UdevDock, fs_type: str, kill_fuse: bool, big: str,
 ) -> None:
-    """Yanked mid-copy: the copier stops within ~1 s, nothing staged; docked again, it resumes."""
+    """Yanked mid-copy: the yank itself stops the copier, nothing staged; docked again,
+    it resumes."""
     udev_dock = slow_udev_dock
+    # No rescan during the test: the copier can then hear of the yank only from the
+    # yank itself (its reads failing, the remove event), never from a periodic look.
+    udev_dock.configure(rescan_seconds=3600)
     udev_dock.start()
     if big == "clip":
         camera = udev_dock.camera(fs_type, serial="YANK0001", clip_count=1,
@@ -366,11 +374,10 @@ def test_yank_mid_copy_stops_cleanly_and_redock_resumes(
     # a quarter into the big file, seen in staging rather than guessed from a sleep
     udev_dock.wait_for(lambda: _largest_part(udev_dock) >= BIG_FILE_BYTES // 4,
                        "a quarter of the big file staged")
-    yanked_at = time.time()
     udev_dock.bay.yank(camera, kill_fuse=kill_fuse)
 
+    # present within EVENT_SECONDS, with no rescan for an hour: stopped by the yank itself
     interrupted = udev_dock.wait_event("copy.interrupted", camera="YANK0001")
-    assert timestamp(interrupted[0]) - yanked_at < 1.2, interrupted
     assert interrupted[0]["clip"] == copying["clip"]
     udev_dock.wait_event("dock.undocked", camera="YANK0001")
     udev_dock.bay.wait_detached(camera)
@@ -582,6 +589,7 @@ HOSTILE_NAMES = [
     "L" * 251 + ".MP4",  # 255 bytes, the longest name FAT and exFAT allow
 ]
 EXFAT_ONLY_NAMES = ["\u202eKCATTA.MP4", "ünïcødé 名前.MP4"]
+SHOWN_IN_LEDGER = {"DCIM/100BWC/\u202eKCATTA.MP4": "DCIM/100BWC/\\u202eKCATTA.MP4"}
 DEEP_DIRECTORIES = "DCIM/" + "/".join(f"D{level}" for level in range(1, 11))
 MAX_SCAN_DEPTH = 6
 
@@ -627,7 +635,9 @@ def test_hostile_image_writes_nothing_outside_staging_and_good_clips_arrive(
 
     clips = udev_dock.clips("HOST0001")
     expected = expected_hashes(camera)
-    shown = {display_path(name.encode()): name for name in videos}  # escaped for display
+    # the ledger's source_path of each name: as written, but for the right-to-left
+    # override, which it holds as the printable escape \u202e
+    shown = {SHOWN_IN_LEDGER.get(name, name): name for name in videos}
     assert sorted(c["source_path"] for c in clips) == sorted(shown)
     for clip in clips:
         assert clip["sha256"] == expected[shown[clip["source_path"]]]

@@ -83,6 +83,7 @@ def _open_rig(tmp_path: Path, clip_size: int, upload_workers: int = 1) -> _Rig:
     nas.mkdir()
     (nas / ".bwc-dock-store").touch()  # the share's marker file
     config = parse_config({"dock": {"id": "t", "state_dir": str(tmp_path / "state"),
+                                    # no staging reserve (product: 1 GiB): the test disk is shared
                                     "staging_reserve_mb": 0, "upload_workers": upload_workers},
                            "storage": {"path": str(nas)}})
     ledger = Ledger.open(config, "test")
@@ -191,6 +192,7 @@ def test_after_a_restart_a_damaged_handed_over_copy_is_read_off_the_camera_again
 def _open_rig_again(tmp_path: Path, before: _Rig) -> _Rig:
     """A new process over the same state directory, camera and storage folder."""
     config = parse_config({"dock": {"id": "t", "state_dir": str(tmp_path / "state"),
+                                    # no staging reserve (product: 1 GiB): the test disk is shared
                                     "staging_reserve_mb": 0},
                            "storage": {"path": str(before.nas)}})
     ledger = Ledger.open(config, "test")

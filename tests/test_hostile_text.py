@@ -27,6 +27,7 @@ OVERRIDE_NAME = "DCIM/\u202egnp.MP4"
 OFFICER = "[/b]"
 TAMPERED_PROFILE = "\x1b[2Jwiped[bold]"
 TAMPERED_ERROR = "gone\x1b]0;title\x07\u202e"
+TAMPERED_STAGED_FOLDER = "clips/00000001/\x1b[2Jgone\u202e.MP4"
 
 
 def hostile_dock(dock: Dock) -> None:
@@ -116,9 +117,16 @@ def test_tables_on_a_terminal_draw_hostile_text_as_text(dock: Dock) -> None:
             assert raw not in text, (arguments, raw)
 
 
-@pytest.mark.parametrize("command", [("resync", "--dry-run"), ("verify",), ("status",)])
-def test_other_human_outputs_escape_hostile_text(dock: Dock, command: tuple[str, ...]) -> None:
-    """`status`, `resync` and `verify` print nothing raw from a tampered ledger."""
+@pytest.mark.parametrize(("command", "stream", "escaped"), [
+    (("resync", "--dry-run"), "stdout", "/\\x1b[2Jgone\\u202e.MP4/31mred.MP4"),
+    (("verify",), "stderr", "/\\x1b[2Jgone\\u202e.MP4/31mred.MP4: missing"),
+    (("status",), "stdout", "last error: gone\\x1b]0;title\\x07\\u202e\n"),
+], ids=["resync", "verify", "status"])
+def test_other_human_outputs_escape_hostile_text(
+    dock: Dock, command: tuple[str, ...], stream: str, escaped: str
+) -> None:
+    """`status`, `resync` and `verify` print the tampered ledger's text, escaped, and
+    nothing of it raw (each is made to name it: a staged folder and a last error)."""
     hostile_dock(dock)
     with sqlite3.connect(dock.ledger_path) as connection:
         connection.execute(
@@ -127,7 +135,12 @@ def test_other_human_outputs_escape_hostile_text(dock: Dock, command: tuple[str,
             "'2026-01-01 00:00:00.000000', '', ?)",
             (TAMPERED_ERROR,),
         )
+        # the staged folder of the first clip (whose name had the ESC) edited to hold
+        # escape sequences: resync and verify then name it
+        connection.execute("UPDATE clips SET staged_path = ? WHERE id = 1",
+                           (TAMPERED_STAGED_FOLDER,))
     done = dock.cli(*command, check=False)
     assert done.returncode in (0, 1), done.stderr
+    assert escaped in getattr(done, stream), (done.stdout, done.stderr)
     for output in (done.stdout, done.stderr):
         assert "\x1b" not in output and "\u202e" not in output and "\x07" not in output

@@ -36,6 +36,7 @@ def test_ingest_wait_uploads_two_clips_at_once(tmp_path: Path) -> None:
             "dock": {
                 "state_dir": str(tmp_path / "state"),
                 "upload_workers": 2,
+                # no staging reserve (product: 1 GiB): the test disk is shared
                 "staging_reserve_mb": 0,
             },
             "storage": {"path": str(tmp_path / "nas")},
@@ -107,6 +108,7 @@ def test_ingest_wait_does_not_read_the_whole_folder_per_upload(tmp_path: Path) -
     expected = make_camera(camera, [4096] * 60, sidecars=False)
     config = parse_config({
         "dock": {"state_dir": str(tmp_path / "state"), "upload_workers": 2,
+                 # no staging reserve (product: 1 GiB): the test disk is shared
                  "staging_reserve_mb": 0},
         "storage": {"path": str(tmp_path / "nas")},
     })

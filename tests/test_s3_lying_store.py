@@ -81,6 +81,8 @@ def forgetful_store() -> Iterator[tuple[str, dict[str, int]]]:
 
 
 def _s3_storage(endpoint: str) -> dict[str, object]:
+    """The lying store's settings: plain HTTP on loopback, and retries after 0.2 s up to
+    1 s (product 2 s up to 600 s) so the refusals a test provokes come within it."""
     return {"backend": "s3", "endpoint_url": endpoint, "bucket": "evidence",
             "addressing_style": "path", "allow_plaintext": True,
             "retry_initial_seconds": 0.2, "retry_max_seconds": 1.0}

@@ -16,6 +16,10 @@ def _use_s3(
     target: Dock, server: SeaweedServer, bucket: str, **sections: dict[str, object],
 ) -> None:
     target.extra_environment.update(server.environment())
+    # Not the product's values, and why: plain HTTP to the local SeaweedFS (no TLS on
+    # a loopback test server); 5 MB multipart parts and threshold (S3's smallest; the
+    # product's are 16 and 64 MB) so small clips go multipart; retries after
+    # 0.2 s up to 2 s (product 2 s up to 600 s) so an outage heals within a test.
     storage = {
         "backend": "s3", "endpoint_url": server.endpoint_url, "bucket": bucket,
         "allow_plaintext": True,
@@ -137,6 +141,8 @@ def test_wrong_credentials_are_reported_once_and_recovered(
     dock: Dock, seaweedfs: SeaweedServer, s3_bucket: str
 ) -> None:
     """Refused credentials: one loud error, clips stay staged; fixed credentials upload."""
+    # a refused store is tried again after 1 s, not the product's 15 minutes: the test
+    # fixes the credentials and watches the next try succeed
     _use_s3(dock, seaweedfs, s3_bucket,
             storage={"permanent_error_backoff_seconds": 1.0})
     dock.extra_environment["AWS_SECRET_ACCESS_KEY"] = "wrong-secret"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ import pytest
 
 from bwc_dock.config import CameraProfile
 from bwc_dock.scanner import ScanLimits, scan_volume
-from tests.dock import Dock, wait_until
+from tests.dock import Dock, central_objects, make_camera, wait_until
 
 CLIPS = 2_000
 ENTRIES_OVER_THE_LIMIT = 200_010  # the default limit is 200,000 entries
@@ -146,3 +147,34 @@ def test_a_thousand_folders_are_walked_with_few_descriptors(tmp_path: Path) -> N
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert finished.stdout.split() == ["1000", "0"]
+
+
+def test_a_camera_past_the_entry_limit_is_refused_loudly_and_loses_nothing(dock: Dock) -> None:
+    """A listing cut short at max_scan_entries (8 here, so the test stays small): the
+    scan says so (scan.refused "entry budget exhausted", the docking's refused count),
+    every clip already offloaded stays offloaded, once, and none is reported vanished
+    from the camera, since what an incomplete listing lacks is not proven gone."""
+    camera = dock.root / "card"
+    expected = make_camera(camera, [1000, 2000, 3000], sidecars=False)
+    dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait")
+    # then the camera fills with junk, past the dock's (lowered) limit
+    _touch_all(camera / "DCIM" / "100BWC", (f"J{number:03d}.TXT" for number in range(20)))
+    dock.write_config(dock={"max_scan_entries": 8})
+
+    again = dock.cli("ingest", str(camera), "--camera-serial", "X1", "--wait", "--json",
+                     check=False)
+
+    assert again.returncode == 0  # a warning, not a failure: what was listed is offloaded
+    assert json.loads(again.stdout)["refused_entries"] == 1
+    assert "scan.refused                   path=DCIM/100BWC reason='entry budget exhausted'" \
+        in again.stderr
+    assert {c["source_path"]: (c["state"], c["sha256"]) for c in dock.clips()} == {
+        path: ("uploaded", sha256) for path, sha256 in expected.items()}
+    stored = [sha256 for sha256 in central_objects(dock.nas).values()
+              if sha256 in expected.values()]
+    assert sorted(stored) == sorted(expected.values())  # each clip once
+    with sqlite3.connect(dock.ledger_path) as connection:
+        assert connection.execute("SELECT count(*) FROM audit_log WHERE event = ?",
+                                  ("clip.vanished_on_camera",)).fetchone() == (0,)
+        assert connection.execute("SELECT refused_entries FROM dockings ORDER BY id"
+                                  ).fetchall() == [(0,), (1,)]

@@ -165,16 +165,19 @@ def test_yanked_camera_is_reported_undocked_and_its_mount_cleaned(
     camera_bay: CameraBay,
     config: Config,
 ) -> None:
-    """Pulling a docked camera reports undocked(device) and lazily unmounts it, quickly."""
+    """Pulling a docked camera reports undocked(device) from the remove event (not a
+    rescan) and lazily unmounts it."""
     start_source()
     camera = camera_bay.make_camera("exfat")
     camera_bay.attach(camera)
     listener.wait_for("docked", 1)
     volume = listener.volumes[0]
-    yanked_at = time.monotonic()
     camera_bay.yank(camera)
-    listener.wait_for("undocked", 1)
-    assert time.monotonic() - yanked_at < 1.0  # a copier must hear of it within a second
+    # The source's rescan, which would also notice the camera gone, runs every 60 s here
+    # (start_source): a report within WAIT_SECONDS (10 s) can only come from the kernel's
+    # remove event itself, which is what lets a copier hear of a yank at once. The bound
+    # separates those two paths by 50 s; it does not time this machine.
+    listener.wait_for("undocked", 1, timeout=WAIT_SECONDS)
     assert listener.undocked_devices == [camera.device]
     # the lazy unmount follows the callback in the source's thread
     camera_bay.wait_until(lambda: find_mount(volume.root) is None and not volume.root.exists(),
@@ -428,31 +431,6 @@ def test_label_profile_and_fs_uuid_serial(
     assert volume.profile_name == "by-label"
     assert volume.camera_serial == volume.fs_uuid
     assert volume.fs_uuid and len(volume.fs_uuid) == 9  # FAT volume id, e.g. 3B30-1F15
-
-
-@pytest.mark.realparts
-def test_time_from_losetup_to_docked_callback(
-    start_source: Callable[..., UdevSource], camera_bay: CameraBay, listener: RecordingListener,
-) -> None:
-    """Benchmark probe: docking latency stays small (settle time + mount)."""
-    docked = threading.Event()
-
-    class Signalling(RecordingListener):
-        def docked(self, volume: DockedVolume) -> None:
-            super().docked(volume)
-            docked.set()
-
-    source = UdevSource(make_config(camera_bay.directory), rescan_interval_seconds=60)
-    source.start(Signalling())
-    try:
-        latencies = {}
-        for fs_type in ("exfat", "vfat"):
-            camera = camera_bay.make_camera(fs_type, serial=f"BENCH{fs_type}")
-            latencies[fs_type] = camera_bay.measure_dock_latency(camera, docked)
-    finally:
-        source.stop()
-    print(f"losetup -> docked callback: {latencies}")
-    assert all(latency < 5.0 for latency in latencies.values())
 
 
 # -- pure functions: no udev needed ----------------------------------------------------------

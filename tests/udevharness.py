@@ -411,10 +411,6 @@ class CameraBay:
                    what: str = "condition") -> None:
         wait_until(predicate, timeout, what=what)
 
-    def measure_dock_latency(self, camera: LoopCamera, docked: threading.Event,
-                             timeout: float = EVENT_TIMEOUT_SECONDS) -> float:
-        return measure_dock_latency(self, camera, docked, timeout)
-
     def trigger_change(self, camera: LoopCamera) -> None:
         assert camera.device is not None
         run("udevadm", "trigger", "--action=change", camera.device)
@@ -476,17 +472,3 @@ def camera_bay(
         yield bay
     finally:
         bay.cleanup([tmp_path])
-
-
-# -- benchmark -----------------------------------------------------------------------------
-
-
-def measure_dock_latency(bay: CameraBay, camera: LoopCamera,
-                         docked: threading.Event, timeout: float = EVENT_TIMEOUT_SECONDS) -> float:
-    """Seconds from ``losetup`` to the moment ``docked`` is set (by a listener's callback)."""
-    docked.clear()
-    started = time.monotonic()
-    bay.attach(camera)
-    if not docked.wait(timeout):
-        raise TimeoutError(f"no docking within {timeout:.0f}s of losetup")
-    return time.monotonic() - started

@@ -1,7 +1,8 @@
 """The chain-of-custody export a court reads: one record per clip with every step
 (read off the camera, staged, uploaded, verified, cleared), as JSON or CSV.
 
-CSV cells that a spreadsheet would run as a formula are defused.
+CSV cells that a spreadsheet would run as a formula are defused. A report written to a
+file is there whole or not at all (durable.py), never half a report after a crash.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import io
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from bwc_dock.durable import write_bytes_durably
 from bwc_dock.errors import UsageError
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.audit import find_break
@@ -220,3 +223,11 @@ def _defused(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in FORMULA_STARTS:
         return "'" + value
     return value
+
+
+def write_export(path: Path, text: str) -> None:
+    """Put the export at ``path`` crash-safely; UsageError naming the file if it cannot."""
+    try:
+        write_bytes_durably(path, text.encode("utf-8"))
+    except OSError as error:
+        raise UsageError(f"cannot write the custody export to {path}: {error.strerror}") from error

@@ -9,14 +9,14 @@ new camera model needs no hand-written rule: ``bwc-dock udev-rules`` prints them
 from __future__ import annotations
 
 import enum
-import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from bwc_dock.durable import write_bytes_durably
 
 if TYPE_CHECKING:  # annotations only: `bwc-dock --help` must not load pydantic
     from bwc_dock.config import CameraProfile
@@ -113,18 +113,9 @@ def sync_installed(profiles: Iterable[CameraProfile], path: Path) -> RulesState:
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (udevd may read it any moment)."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(temporary).chmod(0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` whole or not at all (udevd may read it any moment; it
+    reads only ``*.rules``, never the ``.part`` temporary), surviving a power cut."""
+    write_bytes_durably(path, text.encode("utf-8"), mode=0o644, exact_mode=True)
 
 
 def _reload_udev() -> None:

@@ -122,6 +122,7 @@ def audit_export(
         export_csv,
         export_document,
         parse_moment,
+        write_export,
     )
 
     context.logging("warning")
@@ -135,7 +136,7 @@ def audit_export(
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        write_export(output, text)
     if not document["audit_chain"]["intact"]:
         click.echo(
             f"warning: audit chain broken at row {document['audit_chain']['first_broken_row']}",

@@ -53,6 +53,7 @@ _LINE = re.compile(r"^([0-9a-f]{64})[ ][ *](.+)$")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 _BLOCK = 1024 * 1024
 MAX_TEXT = 64 * 1024 * 1024  # a manifest, bag-info, index or custody record larger is refused
+_sync = getattr(os, "sync", lambda: None)  # Windows has none: its rename is the best there
 
 EXIT_OK = 0
 EXIT_ALTERED = 1
@@ -359,7 +360,9 @@ def rebag(parent: Path, target: Path, selected: list[str], disclosed_by: str,
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:
         _fill_rebag(parent, work, clips, index, disclosed_by, disclosed_to)
+        _sync()  # every file of the new bag on disk before its name is: all of it or none
         os.replace(work, target)
+        _sync()
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -9,7 +9,6 @@ repair as planned, so the run itself never asks whether it is a dry run.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -19,8 +18,8 @@ import structlog
 
 from bwc_dock.config import Config
 from bwc_dock.custody import write_docking_sums
+from bwc_dock.durable import rename_durably
 from bwc_dock.errors import BwcDockError, RefusalKind, StorageError
-from bwc_dock.hashing import fsync_directory
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.resync.repairs import (
@@ -154,9 +153,7 @@ class Applier:
 
     def _adopt(self, repair: AdoptStagedCopy) -> Outcome:
         repair.target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(repair.stray, repair.target)
-        fsync_directory(repair.target.parent)
-        fsync_directory(repair.stray.parent)
+        rename_durably(repair.stray, repair.target)
         try:
             self.ledger.adopt_staged_copy(
                 repair.clip_id, repair.staged_path, str(repair.stray), str(repair.target)
@@ -170,8 +167,7 @@ class Applier:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             target = target.with_name(f"{target.name}.{datetime.now().strftime('%Y%m%d%H%M%S%f')}")
-        os.replace(repair.stray, target)  # a rename: never follows a symlink, never loses bytes
-        fsync_directory(target.parent)
+        rename_durably(repair.stray, target)  # a rename: never follows a symlink, never loses bytes
         self.ledger.record_event(
             "staging.quarantined_file", details={"from": str(repair.stray), "to": str(target)}
         )

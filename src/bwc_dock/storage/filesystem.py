@@ -9,31 +9,35 @@ on the way (a camera folder, the key itself, a temporary name) is refused with
 PermanentStorageError(LINK_REFUSED): nothing is written, the clip stays ``staged`` and
 the daemon raises its ``storage_refused`` alarm.
 
-Writes are crash-safe: a random ``KEY.RANDOM.DOCK.part`` beside the final name, created
-``O_EXCL | O_NOFOLLOW`` with an explicit mode (not the umask's), written in large
-blocks, fsynced, then dropped from the page cache and read back once through the same
-descriptor: it is named only if that read hashes to the ledger's SHA-256, so the
-confirmation comes from what the NAS holds, not from what this PC sent (a clip is not
-also hashed while sent: that would prove nothing the read back does not). It is linked
-into place create-only (``linkat`` fails if the name exists), the name is checked to
-hold that very file, and the folder is fsynced. Content already under the key is a
-verified no-op when it hashes the same, and a StorageConflict, never an overwrite,
-when it does not.
+Writes are crash-safe, through durable.py's folder-descriptor write: a random
+``KEY.RANDOM.DOCK.part`` beside the final name, created ``O_EXCL | O_NOFOLLOW`` with an
+explicit mode (not the umask's), written in large blocks, fsynced, then dropped from
+the page cache and read back once through the same descriptor: it is named only if
+that read hashes to the ledger's SHA-256, so the confirmation comes from what the NAS
+holds, not from what this PC sent (a clip is not also hashed while sent: that would
+prove nothing the read back does not). It is linked into place create-only (``linkat``
+fails if the name exists), the folder is fsynced, and the name is checked to hold that
+very file. Content already under the key is a verified no-op when it hashes the same,
+and a StorageConflict, never an overwrite, when it does not.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
-import secrets
 import stat
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from bwc_dock.config import Config
-from bwc_dock.durable import PART_SUFFIX, write_all_hashing
+from bwc_dock.durable import (
+    PART_SUFFIX,
+    TemporaryNameTaken,
+    temporary_pattern,
+    write_all_hashing,
+    write_durably_at,
+)
 from bwc_dock.errors import (
     IntegrityError,
     PermanentStorageError,
@@ -70,10 +74,6 @@ log = get_logger(__name__)
 
 DEFAULT_FILE_MODE = 0o640
 DEFAULT_DIRECTORY_MODE = 0o750
-# The destination's name is kept in the temporary name (so a leftover says what it was),
-# cut short so name + token + a dock's suffix stays below the 255-byte name limit.
-_NAME_KEPT = 100
-_TOKEN_BYTES = 8
 # Clips go to the NAS in 4 MiB writes: fewer, larger requests over SMB/NFS
 _SEND_CHUNK_SIZE = 4 * 1024 * 1024
 
@@ -99,11 +99,8 @@ class FileBackend(StorageBackend):
         # Several docks write into one NAS: a dock's temporary files carry its name, so
         # cleaning up after a crash never removes another dock's upload in progress.
         self.part_suffix = f".{dock_tag}{PART_SUFFIX}"
-        # exactly what _new_temporary makes: a stored object is never taken for one
-        self._temporary = re.compile(
-            rf".{{1,{_NAME_KEPT}}}\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}{re.escape(self.part_suffix)}",
-            re.DOTALL,
-        )
+        # exactly the temporaries durable.py makes: a stored object is never taken for one
+        self._temporary = temporary_pattern(self.part_suffix)
         self._root_identity = RootIdentity(root)
         # check_reachable keeps failing while a link that refused a write is still there
         self._link_refusals = LinkRefusals()
@@ -279,74 +276,44 @@ class FileBackend(StorageBackend):
             )
         return True
 
-    def _new_temporary(self, folder: int, name: str) -> tuple[str, int]:
-        """A fresh random ``.part`` name beside ``name``, created ``O_EXCL|O_NOFOLLOW``."""
-        temporary = f"{name[:_NAME_KEPT]}.{secrets.token_hex(_TOKEN_BYTES)}{self.part_suffix}"
-        # read-write: the written copy is verified through the same descriptor
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(temporary, flags, self.file_mode, dir_fd=folder)
-        except FileExistsError as error:  # a random name taken: planted, not chance
-            raise LinkRefused(f"{temporary}: something is already at this random temporary"
-                              f" name; refused, nothing written") from error
-        try:
-            os.fchmod(fd, self.file_mode)  # the configured mode, whatever the umask
-        except BaseException:
-            os.close(fd)
-            os.unlink(temporary, dir_fd=folder)
-            raise
-        return temporary, fd
-
-    def _filled(self, folder: int, name: str, fill: Callable[[int], str], *,
-                verify: bool = False) -> tuple[str, str, os.stat_result]:
-        """A temporary beside ``name`` written by ``fill`` and fsynced: (its name, what
-        fill returned, its identity); it is removed if anything fails. ``verify``: read
-        back from disk (not the page cache), it must hash to what fill returned."""
-        temporary, fd = self._new_temporary(folder, name)
-        try:
-            try:
-                filled = fill(fd)
-                os.fsync(fd)
-                if verify:
-                    _verify_written(fd, name, filled)
-                identity = os.fstat(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
-            unlink_quietly(folder, temporary)
-            raise
-        return temporary, filled, identity
-
     def _write_create_only(self, folder: int, name: str, key: str, sha256: str | None,
                            fill: Callable[[int], str], *, verify: bool = False) -> int:
-        """Write ``name`` create-only; its size. When the same content got there first
-        (another dock storing the same clip) that is success; other content is
-        StorageConflict. ``verify``: the copy is read back from disk before it is named,
-        and the name is then checked to hold that very file (so no second read)."""
-        temporary, filled, identity = self._filled(folder, name, fill, verify=verify)
+        """Write ``name`` create-only (durable.py); its size. When the same content got
+        there first (another dock storing the same clip) that is success; other content
+        is StorageConflict. ``verify``: the copy is read back from disk before it is
+        named, and the name is then checked to hold that very file (so no second read)."""
+        filled: list[str] = []
+
+        def noting(fd: int) -> str:
+            filled.append(fill(fd))
+            return filled[0]
+
         try:
-            # linkat without AT_SYMLINK_FOLLOW: if the temporary name was swapped for a
-            # link meanwhile, the link itself is named, and refused by the check below
-            os.link(temporary, name, src_dir_fd=folder, dst_dir_fd=folder,
-                    follow_symlinks=False)
+            _sha256, identity = self._write_at(folder, name, noting, create_only=True,
+                                               verify=verify)
         except FileExistsError:
-            self._already_stored(folder, name, key, sha256 or filled)
-            return identity.st_size
-        finally:
-            unlink_quietly(folder, temporary)
+            self._already_stored(folder, name, key, sha256 or filled[0])
+            return os.stat(name, dir_fd=folder, follow_symlinks=False).st_size
         self._check_named(folder, name, key, identity, remove=True)
-        os.fsync(folder)
         return identity.st_size
 
     def _write_replacing(self, folder: int, name: str, fill: Callable[[int], str]) -> None:
-        temporary, _filled_sha256, identity = self._filled(folder, name, fill)
-        try:
-            os.rename(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
-        except BaseException:
-            unlink_quietly(folder, temporary)
-            raise
+        _sha256, identity = self._write_at(folder, name, fill, create_only=False)
         self._check_named(folder, name, name, identity, remove=False)
-        os.fsync(folder)
+
+    def _write_at(self, folder: int, name: str, fill: Callable[[int], str], *,
+                  create_only: bool, verify: bool = False) -> tuple[str, os.stat_result]:
+        """durable.py's write in the key's folder, under this dock's ``.part`` suffix and
+        the configured mode (not the umask's). ``verify``: the fsynced temporary is read
+        back from disk (not the page cache) and must hash to what fill returned."""
+        try:
+            return write_durably_at(
+                folder, name, fill, create_only=create_only, mode=self.file_mode,
+                suffix=self.part_suffix, exact_mode=True,
+                check=(lambda fd, filled: _verify_written(fd, name, filled)) if verify else None,
+            )
+        except TemporaryNameTaken as error:  # a random name taken: planted, not chance
+            raise LinkRefused(f"{error}; refused, nothing written") from error
 
     @staticmethod
     def _check_named(folder: int, name: str, key: str, written: os.stat_result, *,
