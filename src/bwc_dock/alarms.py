@@ -39,6 +39,7 @@ class AlarmKind(enum.StrEnum):
     CAMERA_CLOCK_DRIFT = "camera_clock_drift"
     CLIP_SEQUENCE_GAP = "clip_sequence_gap"
     CLIP_VANISHED = "clip_vanished"
+    STORAGE_RECOVERY_FAILED = "storage_recovery_failed"
 
 
 Severity = Literal["warning", "error"]
@@ -57,6 +58,9 @@ _SEVERITY: dict[AlarmKind, Severity] = {
     AlarmKind.CAMERA_CLOCK_DRIFT: "warning",  # its clips are corrected, but say so
     AlarmKind.CLIP_SEQUENCE_GAP: "error",  # the camera's file numbers skip: a file is missing
     AlarmKind.CLIP_VANISHED: "error",  # a file left the camera without bwc-dock clearing it
+    # start-up recovery could not clean or anchor in central storage: it may hold this
+    # dock's half-written files, or dockings without their SHA256SUMS
+    AlarmKind.STORAGE_RECOVERY_FAILED: "error",
 }
 # How long a camera's gap or vanished file stays an alarm after the docking that found it.
 CAMERA_FINDING_HOURS = 24
@@ -112,6 +116,8 @@ class Observation:
     max_clock_offset_seconds: float = 30.0
     # findings of the last CAMERA_FINDING_HOURS, from the ledger's audit events
     camera_findings: tuple[CameraFinding, ...] = ()
+    # why start-up recovery's storage part failed; "" once a run of it succeeded
+    storage_recovery_failure: str = ""
 
 
 @dataclass(frozen=True)
@@ -216,6 +222,7 @@ class AlarmBoard:
             _dock_clock(observation),
             *_camera_clocks(observation),
             *_camera_findings(observation),
+            _storage_recovery(observation),
         ]
         return {alarm.key: alarm for alarm in alarms if alarm is not None}
 
@@ -331,6 +338,18 @@ def _lock_unenforced(observation: Observation) -> Alarm | None:
         detail="central storage does not enforce Object Lock: it let the probe destroy a "
         f"locked version ({observation.lock_unenforced})",
         short="storage lock unenforced",
+    )
+
+
+def _storage_recovery(observation: Observation) -> Alarm | None:
+    if not observation.storage_recovery_failure:
+        return None
+    return Alarm(
+        AlarmKind.STORAGE_RECOVERY_FAILED,
+        _SEVERITY[AlarmKind.STORAGE_RECOVERY_FAILED],
+        detail="start-up recovery could not finish in central storage (it retries): "
+        f"{observation.storage_recovery_failure}",
+        short="storage recovery failed",
     )
 
 
