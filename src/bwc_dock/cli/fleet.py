@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 )
 @pass_context
 def fleet(context: Context, as_json: bool, stale_after_minutes: float | None) -> None:
-    """Every dock's status from central storage; exit 1 when one is stale or alarmed."""
+    """Every dock's status from central storage; exit 1 when one is stale, alarmed or
+    not verified as signed by its dock's registered key."""
     if click.get_current_context().invoked_subcommand is not None:
         return  # a subcommand (fleet cameras) does its own work
     # lazy: the fleet module brings the daemon's status types, other commands need none
@@ -75,6 +76,8 @@ def _verdict_document(verdict: Verdict, now: datetime) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "key": report.key,
         "state": verdict.state,
+        # verified, unsigned, bad signature, no registered key (see "proves")
+        "signature": None if report.signature is None else str(report.signature),
         "alarmed": verdict.alarmed,
         "problem": report.problem,
         "suspicions": list(verdict.suspicions),
@@ -120,7 +123,7 @@ def age(span: timedelta | None) -> str:
 def _row(verdict: Verdict, now: datetime) -> tuple[str, ...]:
     report, document = verdict.report, verdict.report.document
     if document is None:
-        return (report.key, verdict.state, "-", "-", "-", report.problem or "")
+        return (report.key, verdict.state, "-", "-", "-", "-", report.problem or "")
     oldest = document.oldest_pending_at
     alarms = ", ".join(
         alarm.kind + (f" ({alarm.subject})" if alarm.subject else "") for alarm in document.alarms
@@ -129,6 +132,7 @@ def _row(verdict: Verdict, now: datetime) -> tuple[str, ...]:
     return (
         document.dock,
         verdict.state,
+        str(report.signature or "-"),
         age(verdict.age),
         str(document.pending),
         age(now - oldest) if oldest else "-",
@@ -145,7 +149,7 @@ def _print_table(verdicts: list[Verdict], now: datetime) -> None:
     table = Table()
     # nothing is cut off with an ellipsis: a long name or alarm list folds instead
     table.add_column("dock", overflow="fold")
-    for column in ("state", "heartbeat", "pending", "oldest pending"):
+    for column in ("state", "signature", "heartbeat", "pending", "oldest pending"):
         table.add_column(column, no_wrap=True)
     table.add_column("alarms", overflow="fold")
     for verdict in verdicts:
