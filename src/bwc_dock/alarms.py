@@ -40,6 +40,7 @@ class AlarmKind(enum.StrEnum):
     CLIP_SEQUENCE_GAP = "clip_sequence_gap"
     CLIP_VANISHED = "clip_vanished"
     STORAGE_RECOVERY_FAILED = "storage_recovery_failed"
+    STORAGE_ROOT_CHANGED = "storage_root_changed"
 
 
 Severity = Literal["warning", "error"]
@@ -61,6 +62,8 @@ _SEVERITY: dict[AlarmKind, Severity] = {
     # start-up recovery could not clean or anchor in central storage: it may hold this
     # dock's half-written files, or dockings without their SHA256SUMS
     AlarmKind.STORAGE_RECOVERY_FAILED: "error",
+    # the storage folder is not the last run's: what was delivered there may be elsewhere
+    AlarmKind.STORAGE_ROOT_CHANGED: "error",
 }
 # How long a camera's gap or vanished file stays an alarm after the docking that found it.
 CAMERA_FINDING_HOURS = 24
@@ -118,6 +121,8 @@ class Observation:
     camera_findings: tuple[CameraFinding, ...] = ()
     # why start-up recovery's storage part failed; "" once a run of it succeeded
     storage_recovery_failure: str = ""
+    # the storage folder is not the last run's, and what its re-check found; "" when not
+    storage_root_changed: str = ""
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,7 @@ class AlarmBoard:
             *_camera_clocks(observation),
             *_camera_findings(observation),
             _storage_recovery(observation),
+            _storage_root_changed(observation),
         ]
         return {alarm.key: alarm for alarm in alarms if alarm is not None}
 
@@ -350,6 +356,17 @@ def _storage_recovery(observation: Observation) -> Alarm | None:
         detail="start-up recovery could not finish in central storage (it retries): "
         f"{observation.storage_recovery_failure}",
         short="storage recovery failed",
+    )
+
+
+def _storage_root_changed(observation: Observation) -> Alarm | None:
+    if not observation.storage_root_changed:
+        return None
+    return Alarm(
+        AlarmKind.STORAGE_ROOT_CHANGED,
+        _SEVERITY[AlarmKind.STORAGE_ROOT_CHANGED],
+        detail=observation.storage_root_changed,
+        short="storage folder changed",
     )
 
 

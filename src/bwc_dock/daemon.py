@@ -430,6 +430,7 @@ class Daemon(SourceListener):
             dock_clock_alarm=self.config.dock.clock_sync_alarm,
             camera_findings=recent_camera_findings(self.ledger, datetime.now(UTC)),
             storage_recovery_failure=self.storage_recovery.failure,
+            storage_root_changed=self.storage_recovery.root_changed,
         )
 
     def _staging_free_bytes(self) -> int | None:

@@ -30,6 +30,7 @@ from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.models import Docking
 from bwc_dock.manifest import KeyTemplate
 from bwc_dock.names import safe_name
+from bwc_dock.root_change import RootRecheck
 from bwc_dock.storage.base import StorageBackend
 
 log = structlog.get_logger(__name__)
@@ -72,7 +73,21 @@ class StorageRecovery:
     ledger: Ledger
     backend: StorageBackend
     failure: str = ""  # why the last run failed, when a person must look; "" otherwise
-    completed: bool = False
+    done: bool = False  # the clean-up and anchoring completed once
+    root: RootRecheck | None = None  # a storage folder other than the last run's
+
+    def __post_init__(self) -> None:
+        self.root = RootRecheck(self.config, self.ledger, self.backend)
+
+    @property
+    def completed(self) -> bool:
+        """Nothing left to run again: clean-up done, no re-check of the folder due."""
+        return self.done and not (self.root is not None and self.root.pending)
+
+    @property
+    def root_changed(self) -> str:
+        """The storage_root_changed alarm's detail ("" when none)."""
+        return "" if self.root is None else self.root.alarm
 
     def run(self, summary: dict[str, int]) -> None:
         summary["sums_written"] = 0
@@ -94,12 +109,21 @@ class StorageRecovery:
             return
         if self.failure:
             log.info("recovery.storage_recovered", **summary)
-        self.failure, self.completed = "", True
+        if not self.done and self.root is not None:
+            self.root.compare()
+        self.failure, self.done = "", True
 
     def retry(self) -> None:
-        """Run again when no run has completed yet (the anchorer's thread asks)."""
-        if not self.completed:
+        """Run again what has not completed (the anchorer's thread asks): the clean-up,
+        else the re-check of a storage folder that changed since the last run."""
+        if not self.done:
             self.run({})
+        elif self.root is not None and self.root.pending:
+            try:
+                self.root.recheck()
+            except Exception as error:  # retried at the next round
+                log.error("storage.root_recheck_failed", error=f"{type(error).__name__}: {error}",
+                          exc_info=_debugging())
 
     def _failed(self, summary: dict[str, int], error: str) -> None:
         summary["storage_recovery_failed"] = 1

@@ -65,6 +65,8 @@ class DaemonStatus:
     camera_findings: tuple[CameraFinding, ...] = ()
     # why start-up recovery's storage part failed; "" once a run of it succeeded
     storage_recovery_failure: str = ""
+    # the storage folder is not the last run's, and what its re-check found; "" when not
+    storage_root_changed: str = ""
 
 
 StatusReader = Callable[[], DaemonStatus]
@@ -167,4 +169,5 @@ def _observation(status: DaemonStatus) -> Observation:
         max_clock_offset_seconds=status.max_clock_offset_seconds,
         camera_findings=status.camera_findings,
         storage_recovery_failure=status.storage_recovery_failure,
+        storage_root_changed=status.storage_root_changed,
     )
