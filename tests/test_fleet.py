@@ -19,7 +19,14 @@ from unittest.mock import patch
 import pytest
 from structlog.testing import capture_logs
 
-from bwc_dock.alarms import Alarm, AlarmKind, DockedCamera, StorageState
+from bwc_dock.alarms import (
+    Alarm,
+    AlarmBoard,
+    AlarmKind,
+    DockedCamera,
+    Observation,
+    StorageState,
+)
 from bwc_dock.config import AlarmsConfig, Config, DockConfig, load_config, parse_config
 from bwc_dock.errors import ConfigError
 from bwc_dock.fleet import (
@@ -432,6 +439,10 @@ def test_a_second_key_for_a_dock_id_is_refused_and_its_documents_fail(tmp_path: 
     with capture_logs() as logs:
         second.register(backend)
     assert [entry["event"] for entry in logs] == ["fleet.key_conflict"]
+    [alarm] = AlarmBoard(AlarmsConfig()).observe(
+        Observation(NOW, None, None, 0, fleet_key_conflict=second.conflict))
+    assert (alarm.alarm.kind, alarm.raised) == (AlarmKind.FLEET_KEY_CONFLICT, True)
+    assert alarm.alarm.detail.startswith("_fleet/keys/dock-01.pub holds another key")
     assert (tmp_path / "central" / "_fleet" / "keys" / "dock-01.pub").read_text() == registered
     document = status_document(daemon_status(), [], now=NOW, interval_seconds=60)
     key = document_key(PREFIX, "dock-01")

@@ -41,6 +41,7 @@ class AlarmKind(enum.StrEnum):
     CLIP_VANISHED = "clip_vanished"
     STORAGE_RECOVERY_FAILED = "storage_recovery_failed"
     STORAGE_ROOT_CHANGED = "storage_root_changed"
+    FLEET_KEY_CONFLICT = "fleet_key_conflict"
 
 
 Severity = Literal["warning", "error"]
@@ -64,6 +65,9 @@ _SEVERITY: dict[AlarmKind, Severity] = {
     AlarmKind.STORAGE_RECOVERY_FAILED: "error",
     # the storage folder is not the last run's: what was delivered there may be elsewhere
     AlarmKind.STORAGE_ROOT_CHANGED: "error",
+    # another key is registered for this dock id: a second dock under this id, a dock
+    # that lost its key, or someone who took the id first; its fleet documents fail
+    AlarmKind.FLEET_KEY_CONFLICT: "error",
 }
 # How long a camera's gap or vanished file stays an alarm after the docking that found it.
 CAMERA_FINDING_HOURS = 24
@@ -123,6 +127,7 @@ class Observation:
     storage_recovery_failure: str = ""
     # the storage folder is not the last run's, and what its re-check found; "" when not
     storage_root_changed: str = ""
+    fleet_key_conflict: str = ""  # another key is registered for this dock id
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,7 @@ class AlarmBoard:
             *_camera_findings(observation),
             _storage_recovery(observation),
             _storage_root_changed(observation),
+            _fleet_key_conflict(observation),
         ]
         return {alarm.key: alarm for alarm in alarms if alarm is not None}
 
@@ -367,6 +373,17 @@ def _storage_root_changed(observation: Observation) -> Alarm | None:
         _SEVERITY[AlarmKind.STORAGE_ROOT_CHANGED],
         detail=observation.storage_root_changed,
         short="storage folder changed",
+    )
+
+
+def _fleet_key_conflict(observation: Observation) -> Alarm | None:
+    if not observation.fleet_key_conflict:
+        return None
+    return Alarm(
+        AlarmKind.FLEET_KEY_CONFLICT,
+        _SEVERITY[AlarmKind.FLEET_KEY_CONFLICT],
+        detail=observation.fleet_key_conflict,
+        short="fleet key conflict",
     )
 
 

@@ -431,6 +431,7 @@ class Daemon(SourceListener):
             camera_findings=recent_camera_findings(self.ledger, datetime.now(UTC)),
             storage_recovery_failure=self.storage_recovery.failure,
             storage_root_changed=self.storage_recovery.root_changed,
+            fleet_key_conflict=self.fleet.key_conflict if self.fleet is not None else "",
         )
 
     def _staging_free_bytes(self) -> int | None:

@@ -236,6 +236,11 @@ class FleetPublisher:
                 finally:
                     self._sending.clear()
 
+    @property
+    def key_conflict(self) -> str:
+        """Another key is registered for this dock id (the fleet_key_conflict alarm)."""
+        return "" if self.signer is None else self.signer.conflict
+
     def _stored_form(self, document: dict[str, Any]) -> bytes:
         """The document signed by this dock's key (registered first, once), else as it is."""
         if self.signer is None:

@@ -88,6 +88,7 @@ class FleetSigner:
         self.registered_key = registered_key(prefix, dock_id)
         self.public_line = _ensure_key(key_path, dock_id)
         self.registered = False
+        self.conflict = ""  # why our key is not the registered one (the alarm's detail)
 
     def register(self, backend: StorageBackend) -> None:
         """Put the public key under the fleet prefix, create-only; once it is there, done.
@@ -99,6 +100,8 @@ class FleetSigner:
             backend.put_bytes(self.registered_key, data, {}, replace=False)
         except StorageConflict:
             self.registered = True  # nothing to retry: an admin must look
+            self.conflict = (f"{self.registered_key} holds another key than this dock's: its"
+                             " status documents show as 'bad signature' in `bwc-dock fleet`")
             log.error("fleet.key_conflict", key=self.registered_key,
                       why="another key is registered for this dock id; it is kept, and this"
                       " dock's documents show as 'bad signature' in `bwc-dock fleet`",

@@ -67,6 +67,7 @@ class DaemonStatus:
     storage_recovery_failure: str = ""
     # the storage folder is not the last run's, and what its re-check found; "" when not
     storage_root_changed: str = ""
+    fleet_key_conflict: str = ""  # another key is registered for this dock id
 
 
 StatusReader = Callable[[], DaemonStatus]
@@ -170,4 +171,5 @@ def _observation(status: DaemonStatus) -> Observation:
         camera_findings=status.camera_findings,
         storage_recovery_failure=status.storage_recovery_failure,
         storage_root_changed=status.storage_root_changed,
+        fleet_key_conflict=status.fleet_key_conflict,
     )
