@@ -688,3 +688,30 @@ def test_fleet_command_with_nothing_published_or_a_bad_config(dock: Dock) -> Non
     assert result.returncode == 2
     assert "fleet.interval_seconds" in result.stderr
     assert dock.cli("fleet", "--stale-after", "0", check=False).returncode == 2
+
+
+def test_fleet_cameras_marks_what_only_an_unsigned_status_document_claims(dock: Dock) -> None:
+    """An unsigned status document claiming two cameras docked now: the one nothing else
+    knows is listed as unverified (exit 1); the one a docking record knows keeps the
+    record's docking, not the newer unverified claim."""
+    record = dock.nas / "_coverage/dockings/CAM1/20261001T080000Z.0.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({
+        "schema": "bwc-dock/camera-evidence/1", "camera": "CAM1", "kind": "docking",
+        "dock": "dock-c", "at": "2026-10-01T08:00:00+00:00",
+    }))
+    claim = status_document(daemon_status("dock-z"), [], now=datetime.now(UTC),
+                            interval_seconds=60)
+    claim["cameras"] = [{"serial": serial, "pending_clips": 0, "last_progress_at": None}
+                        for serial in ("CAM1", "CAM9")]
+    (dock.nas / "_fleet").mkdir()
+    (dock.nas / "_fleet" / "dock-z.json").write_bytes(encode(claim))
+    result = dock.cli("fleet", "cameras", "--json", "--stale-days", "36500", check=False)
+    assert result.returncode == 1
+    listed = {c["camera"]: (c["dock"], c["docked_now"], c["status_document"], c["unverified"])
+              for c in json.loads(result.stdout)["cameras"]}
+    assert listed == {"CAM1": ("dock-c", False, None, False),
+                      "CAM9": ("dock-z", True, "unsigned", True)}
+    table = dock.cli("fleet", "cameras", "--stale-days", "36500", check=False).stdout
+    [row] = [line for line in table.splitlines() if "CAM9" in line]
+    assert "unverified (unsigned)" in row

@@ -168,7 +168,8 @@ def _print_table(verdicts: list[Verdict], now: datetime) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
 @pass_context
 def fleet_cameras(context: Context, stale_days: float, as_json: bool) -> None:
-    """Every camera's last docking anywhere in the fleet; exit 1 when one is older than N days."""
+    """Every camera's last docking anywhere in the fleet; exit 1 when one is older than N
+    days or docked now only by an unverified status document's word."""
     from bwc_dock.coverage.last_docked import last_dockings
     from bwc_dock.coverage.records import read_last_dockings
     from bwc_dock.fleet import fleet_backend, read_fleet
@@ -192,6 +193,9 @@ def fleet_cameras(context: Context, stale_days: float, as_json: bool) -> None:
             "docked_now": entry.docked_now,
             "age_days": round((now - entry.at).total_seconds() / 86400, 2),
             "stale": now - entry.at > limit,
+            # the status document behind "docked now": verified, unsigned, bad signature...
+            "status_document": entry.status_document,
+            "unverified": entry.unverified,
         }
         for entry in last_dockings(evidence, reports)
     ]
@@ -203,7 +207,10 @@ def fleet_cameras(context: Context, stale_days: float, as_json: bool) -> None:
         for problem in problems:
             shown = f"{display_text(problem.key)}: {display_text(problem.reason)}"
             click.echo(f"bwc-dock: {shown}", err=True)
-    if any(camera["stale"] for camera in cameras):
+    if any(camera["unverified"] for camera in cameras):
+        click.echo("bwc-dock: a camera marked unverified is docked now only by the word of a "
+                   "status document not signed by its dock's registered key", err=True)
+    if any(camera["stale"] or camera["unverified"] for camera in cameras):
         sys.exit(EXIT_PROBLEM)
 
 
@@ -212,7 +219,10 @@ def _print_cameras(cameras: list[dict[str, Any]]) -> None:
 
     table = Table(("camera", "last docked", "dock", "docked now", "age (days)"))
     for camera in cameras:
-        table.add_row(camera["camera"], camera["last_docked_at"], camera["dock"],
-                      "yes" if camera["docked_now"] else "no", camera["age_days"],
-                      alarmed=camera["stale"])
+        docked_now = "no"
+        if camera["docked_now"]:
+            docked_now = f"yes, unverified ({camera['status_document']})" if camera[
+                "unverified"] else "yes"
+        table.add_row(camera["camera"], camera["last_docked_at"], camera["dock"], docked_now,
+                      camera["age_days"], alarmed=camera["stale"] or camera["unverified"])
     table.print()
