@@ -4,6 +4,7 @@ per interval, without ever holding up offloading; ``bwc-dock fleet`` reads them 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -13,14 +14,22 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
+from structlog.testing import capture_logs
 
-from bwc_dock.alarms import Alarm, AlarmKind, DockedCamera, StorageState
-from bwc_dock.config import AlarmsConfig, Config, DockConfig, parse_config
+from bwc_dock.alarms import (
+    Alarm,
+    AlarmBoard,
+    AlarmKind,
+    DockedCamera,
+    Observation,
+    StorageState,
+)
+from bwc_dock.config import AlarmsConfig, Config, DockConfig, load_config, parse_config
 from bwc_dock.errors import ConfigError
 from bwc_dock.fleet import (
-    INTERVAL_OVERRIDE_FOR_TESTS,
     SCHEMA,
     FleetPublisher,
     document_key,
@@ -32,6 +41,7 @@ from bwc_dock.fleet import (
     read_fleet,
     status_document,
 )
+from bwc_dock.fleet_keys import FleetSigner, SignatureState, key_path
 from bwc_dock.service import DaemonStatus
 from bwc_dock.storage.base import StoredObject
 from bwc_dock.storage.filesystem import FileBackend
@@ -119,9 +129,9 @@ def test_publisher_writes_at_most_once_per_interval_and_replaces(tmp_path: Path)
     for second in range(150):
         clock.now = 1000.0 + second
         publisher.tick(read_status, [QUARANTINED])
-        data = publisher._waiting  # what the thread would send next
-        if data is not None:
-            assert publisher.publish(data)
+        waiting = publisher._waiting  # what the thread would send next
+        if waiting is not None:
+            assert publisher.publish(encode(waiting))
             publisher._waiting = None
             stored = (tmp_path / "_fleet" / "dock-01.json").read_bytes()
             published.append(json.loads(stored))
@@ -277,11 +287,13 @@ def test_two_docks_forged_documents_are_shown_and_fail_the_fleet(tmp_path: Path)
     by_key = {entry["key"]: entry for entry in document["docks"]}
     assert [by_key[f"_fleet/{d}.json"]["state"] for d in ("dock-a", "dock-b", "dock-c", "dock-d")
             ] == ["alive", "suspect", "stale", "malformed"]
-    assert by_key["_fleet/dock-a.json"]["suspicions"] == []
+    assert by_key["_fleet/dock-a.json"]["suspicions"] == [
+        "unsigned: cannot be verified (a dock older than signing, or a forgery)"]
+    assert by_key["_fleet/dock-a.json"]["signature"] == "unsigned"
     assert "in the future" in by_key["_fleet/dock-b.json"]["suspicions"][0]
     assert "beyond the bound" in by_key["_fleet/dock-c.json"]["suspicions"][0]
     assert by_key["_fleet/dock-d.json"]["problem"].startswith("malformed: interval_seconds")
-    assert "cannot prove who wrote it" in document["proves"]
+    assert "trust on first use" in document["proves"]
     dock_a.extra_environment["COLUMNS"] = "250"  # wide enough that no cell folds
     table = dock_a.cli("fleet", check=False, timeout=120)
     assert table.returncode == 1, table.stderr
@@ -290,12 +302,13 @@ def test_two_docks_forged_documents_are_shown_and_fail_the_fleet(tmp_path: Path)
     assert "suspect" in rows["dock-b"] and "in the future" in rows["dock-b"]
     assert "stale" in rows["dock-c"] and "beyond the bound" in rows["dock-c"]
     assert "malformed: interval_seconds" in rows["_fleet/dock-d.json"]
-    assert "cannot prove who wrote it" in table.stdout
+    assert "trust on first use" in table.stdout
 
 
 # -- real daemons ---------------------------------------------------------------------
 
-FAST_PUBLISHING = {INTERVAL_OVERRIDE_FOR_TESTS: "1"}  # a test cannot wait a minute per publish
+# a test cannot wait a minute per publish: the configuration's minimum, 1 s
+FAST_PUBLISHING = {"interval_seconds": 1}
 # a dock whose heartbeat is this old counts as stale in these tests (12 s, a dozen intervals)
 STALE_AFTER_MINUTES = "0.2"
 DEADLINE_SECONDS = 180
@@ -308,8 +321,9 @@ def fleet_of_two(tmp_path: Path, storage: dict[str, object] | None = None) -> li
     (shared / ".bwc-dock-store").touch()  # the share's marker file
     docks = []
     for name in ("dock-a", "dock-b"):
-        dock = Dock(tmp_path / name, extra_environment=dict(FAST_PUBLISHING))
-        dock.write_config(dock={"id": name}, storage=storage or {"path": str(shared)})
+        dock = Dock(tmp_path / name)
+        dock.write_config(dock={"id": name}, storage=storage or {"path": str(shared)},
+                          fleet=FAST_PUBLISHING)
         docks.append(dock)
     return docks
 
@@ -357,6 +371,8 @@ def check_fleet_marks_the_killed_dock_stale(docks: list[Dock]) -> None:
         wait_until(both_alive_and_done, DEADLINE_SECONDS, "both docks alive in `fleet`", 0.5)
         code, document = fleet(dock_b)  # any dock of the fleet sees the same
         assert code == 0 and document["healthy"] is True
+        assert {entry["dock"]: entry["signature"] for entry in document["docks"]} == {
+            "dock-a": "verified", "dock-b": "verified"}
         entry_b = next(entry for entry in document["docks"] if entry["dock"] == "dock-b")
         assert entry_b["pending"] == 0 and entry_b["alarms"] == []
         assert [camera["serial"] for camera in entry_b["cameras"]] == ["CAM1"]
@@ -377,11 +393,64 @@ def check_fleet_marks_the_killed_dock_stale(docks: list[Dock]) -> None:
         assert table.returncode == 1
         rows = {line.split()[1]: line for line in table.stdout.splitlines() if "dock-" in line}
         assert "stale" in rows["dock-b"] and "alive" in rows["dock-a"]
+        forge_dead_docks_heartbeat(dock_a, entry_b)
     finally:
         for daemon in daemons:
             if daemon.poll() is None:
                 daemon.send_signal(signal.SIGKILL)
                 daemon.wait(timeout=30)
+
+
+def forge_dead_docks_heartbeat(dock_a: Dock, entry_b: dict[str, Any]) -> None:
+    """Dock A's credentials and key write a fresh heartbeat for the dead dock B: signed
+    with A's key, then unsigned; `fleet` shows B suspect, never alive and verified."""
+    config = load_config(dock_a.config_path)
+    forged = status_document(daemon_status("dock-b"), [], now=datetime.now(UTC),
+                             interval_seconds=60)
+    signer = FleetSigner(key_path(dock_a.state_dir), "dock-b", config.fleet.prefix)
+    # dock A's S3 credentials, as its daemon has them (the folder store needs none)
+    with patch.dict(os.environ, dock_a.extra_environment):
+        backend = fleet_backend(config)
+        try:
+            for stored, signature in ((signer.signed(forged), "bad signature"),
+                                      (encode(forged), "unsigned")):
+                backend.put_bytes(entry_b["key"], stored, {}, replace=True)
+                code, document = fleet(dock_a, "--stale-after", STALE_AFTER_MINUTES)
+                entry = next(e for e in document["docks"] if e["dock"] == "dock-b")
+                assert code == 1
+                assert (entry["state"], entry["signature"]) == ("suspect", signature)
+        finally:
+            backend.close()
+    table = dock_a.cli("fleet", "--stale-after", STALE_AFTER_MINUTES, check=False)
+    rows = {line.split()[1]: line for line in table.stdout.splitlines() if "dock-" in line}
+    assert "suspect" in rows["dock-b"] and "unsigned" in rows["dock-b"]
+    assert "verified" in rows["dock-a"]
+
+
+def test_a_second_key_for_a_dock_id_is_refused_and_its_documents_fail(tmp_path: Path) -> None:
+    """The first key registered for a dock id stays; a dock with another key under that id
+    logs fleet.key_conflict, replaces nothing, and its documents show 'bad signature'."""
+    backend = FileBackend(tmp_path / "central", "dock-01")
+    (tmp_path / "central").mkdir()
+    first = FleetSigner(tmp_path / "first" / "key", "dock-01", PREFIX)
+    second = FleetSigner(tmp_path / "second" / "key", "dock-01", PREFIX)
+    first.register(backend)
+    registered = (tmp_path / "central" / "_fleet" / "keys" / "dock-01.pub").read_text()
+    with capture_logs() as logs:
+        second.register(backend)
+    assert [entry["event"] for entry in logs] == ["fleet.key_conflict"]
+    [alarm] = AlarmBoard(AlarmsConfig()).observe(
+        Observation(NOW, None, None, 0, fleet_key_conflict=second.conflict))
+    assert (alarm.alarm.kind, alarm.raised) == (AlarmKind.FLEET_KEY_CONFLICT, True)
+    assert alarm.alarm.detail.startswith("_fleet/keys/dock-01.pub holds another key")
+    assert (tmp_path / "central" / "_fleet" / "keys" / "dock-01.pub").read_text() == registered
+    document = status_document(daemon_status(), [], now=NOW, interval_seconds=60)
+    key = document_key(PREFIX, "dock-01")
+    for signer, signature in ((second, SignatureState.BAD), (first, SignatureState.VERIFIED)):
+        backend.put_bytes(key, signer.signed(document), {}, replace=True)
+        [report] = read_fleet(backend, PREFIX)
+        assert (report.key, report.signature) == (key, signature)
+    assert (tmp_path / "first" / "key").stat().st_mode & 0o777 == 0o600
 
 
 def test_fleet_on_a_shared_folder_shows_both_docks_then_the_killed_one_stale(
@@ -411,7 +480,8 @@ def test_fleet_on_shared_seaweedfs_shows_both_docks_then_the_killed_one_stale(
         dock.extra_environment.update(seaweedfs.environment())
     check_fleet_marks_the_killed_dock_stale(docks)
     keys = seaweedfs.object_keys(s3_bucket, "bwc/_fleet/")
-    assert keys == ["bwc/_fleet/dock-a.json", "bwc/_fleet/dock-b.json"]
+    assert keys == ["bwc/_fleet/dock-a.json", "bwc/_fleet/dock-b.json",
+                    "bwc/_fleet/keys/dock-a.pub", "bwc/_fleet/keys/dock-b.pub"]
 
 
 @pytest.mark.realparts
@@ -419,8 +489,7 @@ def test_a_store_refusing_fleet_writes_does_not_hold_up_offloading(dock: Dock) -
     """The fleet folder read-only: every clip still reaches `uploaded`, the refusal is
     logged once though retried each interval, and the document appears once writable."""
     need_root()  # a read-only bind mount of the fleet folder
-    dock.extra_environment.update(FAST_PUBLISHING)
-    dock.write_config(logging={"level": "debug"})
+    dock.write_config(logging={"level": "debug"}, fleet=FAST_PUBLISHING)
     fleet_folder = dock.nas / "_fleet"
     fleet_folder.mkdir()
     mount("--bind", str(fleet_folder), str(fleet_folder))
@@ -614,8 +683,35 @@ def test_fleet_command_with_nothing_published_or_a_bad_config(dock: Dock) -> Non
     result = dock.cli("fleet", check=False, timeout=120)
     assert result.returncode == 1
     assert "no fleet status documents under '_fleet/'" in result.stderr
-    dock.write_config(fleet={"interval_seconds": 5})
+    dock.write_config(fleet={"interval_seconds": 0.5})  # under the 1 s minimum
     result = dock.cli("fleet", check=False, timeout=120)
     assert result.returncode == 2
     assert "fleet.interval_seconds" in result.stderr
     assert dock.cli("fleet", "--stale-after", "0", check=False).returncode == 2
+
+
+def test_fleet_cameras_marks_what_only_an_unsigned_status_document_claims(dock: Dock) -> None:
+    """An unsigned status document claiming two cameras docked now: the one nothing else
+    knows is listed as unverified (exit 1); the one a docking record knows keeps the
+    record's docking, not the newer unverified claim."""
+    record = dock.nas / "_coverage/dockings/CAM1/20261001T080000Z.0.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({
+        "schema": "bwc-dock/camera-evidence/1", "camera": "CAM1", "kind": "docking",
+        "dock": "dock-c", "at": "2026-10-01T08:00:00+00:00",
+    }))
+    claim = status_document(daemon_status("dock-z"), [], now=datetime.now(UTC),
+                            interval_seconds=60)
+    claim["cameras"] = [{"serial": serial, "pending_clips": 0, "last_progress_at": None}
+                        for serial in ("CAM1", "CAM9")]
+    (dock.nas / "_fleet").mkdir()
+    (dock.nas / "_fleet" / "dock-z.json").write_bytes(encode(claim))
+    result = dock.cli("fleet", "cameras", "--json", "--stale-days", "36500", check=False)
+    assert result.returncode == 1
+    listed = {c["camera"]: (c["dock"], c["docked_now"], c["status_document"], c["unverified"])
+              for c in json.loads(result.stdout)["cameras"]}
+    assert listed == {"CAM1": ("dock-c", False, None, False),
+                      "CAM9": ("dock-z", True, "unsigned", True)}
+    table = dock.cli("fleet", "cameras", "--stale-days", "36500", check=False).stdout
+    [row] = [line for line in table.splitlines() if "CAM9" in line]
+    assert "unverified (unsigned)" in row

@@ -183,14 +183,19 @@ def test_unit_declares_the_service_contract() -> None:
 
 def test_daemon_holds_no_privilege_to_mount() -> None:
     """The daemon unit has no capability, no @mount, no block device, no PID 1 private bus,
-    and mounts through the helper's socket."""
+    no system D-Bus, no root user manager, and mounts through the helper's socket."""
     unit = settings()
     assert unit["CapabilityBoundingSet"] == [""]
     assert unit["AmbientCapabilities"] == [""]
     assert not any("@mount" in value.split() for value in unit["SystemCallFilter"])
     assert unit["DeviceAllow"] == ["char-usb_device rw"]
+    # PID 1's private bus hidden with all of /run/systemd but what the daemon uses, the
+    # system D-Bus and root's user manager with their whole folders
+    assert unit["TemporaryFileSystem"] == ["/run/systemd:ro"]
+    visible = " ".join(unit["BindReadOnlyPaths"]).split()
+    assert "/run/systemd/private" not in {path.lstrip("-") for path in visible}
     inaccessible = " ".join(unit["InaccessiblePaths"]).split()
-    assert {"-/run/systemd/private", "-/run/dbus/system_bus_socket"} <= set(inaccessible)
+    assert {"-/run/dbus", "-/run/user"} <= set(inaccessible)
     assert "BWC_DOCK_MOUNT_HELPER_SOCKET=/run/bwc-dock-mount.sock" in unit["Environment"]
     # nothing it can plant in /dev (links, renamed nodes) or where the helper mounts: /run
     # is read-only under ProtectSystem=strict but for its own RuntimeDirectory=

@@ -39,6 +39,9 @@ class AlarmKind(enum.StrEnum):
     CAMERA_CLOCK_DRIFT = "camera_clock_drift"
     CLIP_SEQUENCE_GAP = "clip_sequence_gap"
     CLIP_VANISHED = "clip_vanished"
+    STORAGE_RECOVERY_FAILED = "storage_recovery_failed"
+    STORAGE_ROOT_CHANGED = "storage_root_changed"
+    FLEET_KEY_CONFLICT = "fleet_key_conflict"
 
 
 Severity = Literal["warning", "error"]
@@ -57,6 +60,14 @@ _SEVERITY: dict[AlarmKind, Severity] = {
     AlarmKind.CAMERA_CLOCK_DRIFT: "warning",  # its clips are corrected, but say so
     AlarmKind.CLIP_SEQUENCE_GAP: "error",  # the camera's file numbers skip: a file is missing
     AlarmKind.CLIP_VANISHED: "error",  # a file left the camera without bwc-dock clearing it
+    # start-up recovery could not clean or anchor in central storage: it may hold this
+    # dock's half-written files, or dockings without their SHA256SUMS
+    AlarmKind.STORAGE_RECOVERY_FAILED: "error",
+    # the storage folder is not the last run's: what was delivered there may be elsewhere
+    AlarmKind.STORAGE_ROOT_CHANGED: "error",
+    # another key is registered for this dock id: a second dock under this id, a dock
+    # that lost its key, or someone who took the id first; its fleet documents fail
+    AlarmKind.FLEET_KEY_CONFLICT: "error",
 }
 # How long a camera's gap or vanished file stays an alarm after the docking that found it.
 CAMERA_FINDING_HOURS = 24
@@ -112,6 +123,11 @@ class Observation:
     max_clock_offset_seconds: float = 30.0
     # findings of the last CAMERA_FINDING_HOURS, from the ledger's audit events
     camera_findings: tuple[CameraFinding, ...] = ()
+    # why start-up recovery's storage part failed; "" once a run of it succeeded
+    storage_recovery_failure: str = ""
+    # the storage folder is not the last run's, and what its re-check found; "" when not
+    storage_root_changed: str = ""
+    fleet_key_conflict: str = ""  # another key is registered for this dock id
 
 
 @dataclass(frozen=True)
@@ -216,6 +232,9 @@ class AlarmBoard:
             _dock_clock(observation),
             *_camera_clocks(observation),
             *_camera_findings(observation),
+            _storage_recovery(observation),
+            _storage_root_changed(observation),
+            _fleet_key_conflict(observation),
         ]
         return {alarm.key: alarm for alarm in alarms if alarm is not None}
 
@@ -331,6 +350,40 @@ def _lock_unenforced(observation: Observation) -> Alarm | None:
         detail="central storage does not enforce Object Lock: it let the probe destroy a "
         f"locked version ({observation.lock_unenforced})",
         short="storage lock unenforced",
+    )
+
+
+def _storage_recovery(observation: Observation) -> Alarm | None:
+    if not observation.storage_recovery_failure:
+        return None
+    return Alarm(
+        AlarmKind.STORAGE_RECOVERY_FAILED,
+        _SEVERITY[AlarmKind.STORAGE_RECOVERY_FAILED],
+        detail="start-up recovery could not finish in central storage (it retries): "
+        f"{observation.storage_recovery_failure}",
+        short="storage recovery failed",
+    )
+
+
+def _storage_root_changed(observation: Observation) -> Alarm | None:
+    if not observation.storage_root_changed:
+        return None
+    return Alarm(
+        AlarmKind.STORAGE_ROOT_CHANGED,
+        _SEVERITY[AlarmKind.STORAGE_ROOT_CHANGED],
+        detail=observation.storage_root_changed,
+        short="storage folder changed",
+    )
+
+
+def _fleet_key_conflict(observation: Observation) -> Alarm | None:
+    if not observation.fleet_key_conflict:
+        return None
+    return Alarm(
+        AlarmKind.FLEET_KEY_CONFLICT,
+        _SEVERITY[AlarmKind.FLEET_KEY_CONFLICT],
+        detail=observation.fleet_key_conflict,
+        short="fleet key conflict",
     )
 
 

@@ -88,10 +88,10 @@ def clear_camera(ledger: Ledger, camera_serial: str, writable_root: Path, device
         return 0
     cleared = 0
     for work in clearable(ledger, camera_serial):
-        # the ledger keeps a sidecar's size only in what workers see: its mtime is not checked
+        # a sidecar, like its clip, only while it is the size and mtime that was copied
         paths: list[tuple[bytes, int, int | None]] = [
             (work.source_path_raw, work.size, work.mtime_ns),
-            *((s.source_path_raw, s.size, None) for s in work.sidecars),
+            *((s.source_path_raw, s.size, s.mtime_ns) for s in work.sidecars),
         ]
         removed = [
             display_path(raw)

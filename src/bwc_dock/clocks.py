@@ -8,23 +8,31 @@ filter the call is refused, so the daemon then asks the time-sync daemon's own r
 (timesyncd's flag file, ``chronyc tracking``). When nothing answers the state is
 unknown, never assumed synchronised.
 
-The camera's clock is read through the profile's ``clock_command`` (run without
-privileges, with a timeout and a bounded output) or its ``clock_file`` on the volume
-(bounded, no links followed). Both are text from a hostile device: one ISO 8601 time,
-else the offset is unknown (``None``), never 0.
+The camera's clock is read through the profile's ``clock_command`` or its ``clock_file``
+on the volume (bounded, no links followed). Both are text from a hostile device: one ISO
+8601 time, else the offset is unknown (``None``), never 0.
+
+A clock command runs with the least privilege this process can hand out: through
+``setpriv`` with no capabilities of any kind and no_new_privs, a clean environment, no
+inherited descriptors, its own session (killed whole at the timeout) and a bounded output.
+It runs as ``nobody`` when bwc-dock may change identity (a hand-run ``ingest`` as root);
+under bwc-dock.service, which holds no capability and so cannot, it runs as the daemon
+itself (uid 0 without capabilities) inside the service's sandbox.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import pwd
 import select
 import shutil
+import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +48,14 @@ TIMESYNC_DIR = Path("/run/systemd/timesync")  # systemd-timesyncd's runtime stat
 STA_UNSYNC = 0x0040  # <linux/timex.h>: the clock is not synchronised
 TIME_ERROR = 5  # adjtimex's return value when the clock is not synchronised
 MAX_CLOCK_TEXT = 256  # bytes of a camera's clock reading kept; more is refused
-UNPRIVILEGED_USER = "nobody"  # who runs a camera's clock command when bwc-dock is root
+UNPRIVILEGED_USER = "nobody"  # who runs a camera's clock command when bwc-dock may setuid
+SETPRIV = "/usr/bin/setpriv"  # util-linux, essential on Debian
+# no capability in any set, and no gaining one through a set-uid or file-capability program
+SETPRIV_ARGUMENTS = ("--no-new-privs", "--inh-caps=-all", "--ambient-caps=-all",
+                     "--bounding-set=-all", "--")
+CAP_SETGID, CAP_SETUID = 6, 7  # <linux/capability.h>
+# where bwc-dock.service cannot see a program (ProtectHome=, PrivateTmp=)
+HIDDEN_FROM_SERVICE = ("/home/", "/root/", "/run/user/", "/tmp/", "/var/tmp/")
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -224,14 +239,17 @@ def _read_clock_file(volume_root: Path, profile: CameraProfile) -> bytes:
 
 
 def _run_bounded(command: tuple[str, ...], timeout: float, environment: dict[str, str]) -> bytes:
-    """Run ``command`` as an unprivileged user; its first bytes of output, bounded."""
+    """Run ``command`` with least privilege; its first bytes of output, bounded."""
+    if not os.access(SETPRIV, os.X_OK):
+        raise OSError(f"{SETPRIV} (util-linux) is missing: clock commands are not run")
     user, group, extra_groups = _unprivileged()
     process = subprocess.Popen(
-        command,
+        (SETPRIV, *SETPRIV_ARGUMENTS, *command),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env=environment,
+        close_fds=True,
         start_new_session=True,
         user=user,
         group=group,
@@ -242,14 +260,20 @@ def _run_bounded(command: tuple[str, ...], timeout: float, environment: dict[str
         output = _read_at_most(process.stdout.fileno(), time.monotonic() + timeout, command[0])
         process.wait(timeout=max(0.1, timeout))
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+        _kill_session(process)
     if process.returncode != 0:
         raise subprocess.SubprocessError(f"{command[0]} exited {process.returncode}")
     return output
+
+
+def _kill_session(process: subprocess.Popen[bytes]) -> None:
+    """Kill what the command left running, its own children too (its session's group)."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def _read_at_most(fd: int, deadline: float, program: str) -> bytes:
@@ -272,12 +296,59 @@ def _read_at_most(fd: int, deadline: float, program: str) -> bytes:
 
 
 def _unprivileged() -> tuple[int | None, int | None, list[int] | None]:
-    """(user, group, extra groups) to run as: the daemon's own (None: unchanged), or
-    ``nobody`` with no extra groups when bwc-dock runs as root (a hand-run ingest)."""
-    if os.geteuid() != 0:
+    """(user, group, extra groups) to run as: ``nobody`` with no extra groups when this
+    process may change identity (root with CAP_SETUID and CAP_SETGID), else unchanged
+    (None): an unprivileged user, or bwc-dock.service's uid 0 without capabilities."""
+    if not can_change_identity():
         return None, None, None
     user = pwd.getpwnam(UNPRIVILEGED_USER)
     return user.pw_uid, user.pw_gid, []
+
+
+def can_change_identity() -> bool:
+    """Whether this process is root holding CAP_SETUID and CAP_SETGID (effective)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            effective = int(line.split()[1], 16)
+            wanted = (1 << CAP_SETUID) | (1 << CAP_SETGID)
+            return effective & wanted == wanted
+    return False
+
+
+def clock_command_risks(profiles: Sequence[CameraProfile], path: str) -> list[str]:
+    """Why a profile's clock command or clock set command cannot run as configured:
+    no setpriv, a program not found on ``path`` or not executable, or one that
+    bwc-dock.service cannot see."""
+    risks: list[str] = []
+    for profile in profiles:
+        for key in ("clock_command", "clock_set_command"):
+            command: tuple[str, ...] | None = getattr(profile, key)
+            if command:
+                risks.extend(f"camera {profile.name!r} {key}: {risk}"
+                             for risk in _program_risks(command[0], path))
+    if risks and not os.access(SETPRIV, os.X_OK):
+        risks.append(f"{SETPRIV} (util-linux) is missing: no clock command runs")
+    return risks
+
+
+def _program_risks(program: str, path: str) -> list[str]:
+    found = shutil.which(program, path=path)
+    if found is None:
+        return [f"{program!r} is not an executable file (PATH {path})"]
+    risks = []
+    resolved = os.path.realpath(found)
+    if resolved.startswith(HIDDEN_FROM_SERVICE):
+        risks.append(f"{found} is hidden from bwc-dock.service (ProtectHome=, PrivateTmp=)")
+    if not Path(resolved).stat().st_mode & 0o001:
+        risks.append(f"{found} is not executable by {UNPRIVILEGED_USER}, who runs it in a "
+                     "hand-run ingest as root")
+    return risks
 
 
 def set_camera_clock(

@@ -178,8 +178,9 @@ class FleetConfig(_Section):
     enabled: bool = True
     # under the storage prefix, on the same store; a trailing "/" is added when missing
     prefix: str = "_fleet/"
-    # at most once a minute: each publish is a replace, a new version on versioned buckets
-    interval_seconds: float = Field(default=60.0, ge=60.0)
+    # once a minute: each publish is a replace, a new version on versioned buckets; the
+    # minimum, 1 s, is for tests and demos that cannot wait a minute per publish
+    interval_seconds: float = Field(default=60.0, ge=1.0)
     # s3 only: publish to this bucket instead of storage.bucket (one without default
     # Object Lock retention); same endpoint and credentials
     bucket: str | None = None

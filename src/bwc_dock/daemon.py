@@ -29,7 +29,7 @@ from bwc_dock.clearer import clear_when_verified
 from bwc_dock.config import Config
 from bwc_dock.custody import anchor_dockings
 from bwc_dock.daemon_reload import Reloader
-from bwc_dock.daemon_status import ErrorTally, StatusAssembly, staging_free_bytes
+from bwc_dock.daemon_status import ErrorTally, StatusAssembly, StoreFindings, staging_free_bytes
 from bwc_dock.daemon_timers import MainLoopTimers, main_loop_timers
 from bwc_dock.docked import Docked, DockedRegistry
 from bwc_dock.errors import BwcDockError, Interrupted, PermanentStorageError
@@ -37,7 +37,7 @@ from bwc_dock.fleet import FleetPublisher, fleet_publisher
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
-from bwc_dock.recovery import recover
+from bwc_dock.recovery import StorageRecovery, recover
 from bwc_dock.scanning import BackgroundScans, scan_into_ledger, set_clock_after_offload
 from bwc_dock.scheduler import Scheduler
 from bwc_dock.service import DaemonStatus, ServiceHooks
@@ -54,6 +54,8 @@ IDLE_WAIT_SECONDS = 1.0
 # a missing or stale SHA256SUMS (a crash or a storage error as it was written) is
 # written again at start and then this often, by the anchorer thread
 ANCHOR_INTERVAL_SECONDS = 60.0
+# start-up recovery's storage part, when it did not complete, is run again this often
+RECOVERY_RETRY_SECONDS = 15.0
 
 
 class Daemon(SourceListener):
@@ -83,6 +85,7 @@ class Daemon(SourceListener):
         self.docked_cameras = DockedRegistry()
         self.scans = BackgroundScans()  # off the sources' threads and the main loop
         self.storage = StorageHealth(self.stages.lock_probe)  # the Object Lock probe too
+        self.storage_recovery = StorageRecovery(config, ledger, backend)
         self._lock = threading.Lock()  # the refusals reported so far
         self._threads: list[threading.Thread] = []
         self._started_at = utc_now()
@@ -184,7 +187,7 @@ class Daemon(SourceListener):
 
     def recover(self) -> dict[str, int]:
         """Put everything a crash left behind back into a state work resumes from."""
-        return recover(self.config, self.ledger, self.backend, self.owner, self._adopt)
+        return recover(self.config, self.ledger, self.storage_recovery, self.owner, self._adopt)
 
     def _adopt_handed_over(self) -> None:
         """Take over folders a hand-run ``ingest`` handed to us (ownerless dockings)."""
@@ -241,10 +244,18 @@ class Daemon(SourceListener):
 
     def _anchor_loop(self) -> None:
         """Write missing or stale SHA256SUMS (recover() did so at start) in a thread of
-        its own: a store that hangs must not hold the main loop and its watchdog pings."""
-        while not self.stop_event.wait(ANCHOR_INTERVAL_SECONDS):
-            if not self.storage.known_down:  # known down: the next round will do
+        its own: a store that hangs must not hold the main loop and its watchdog pings.
+        Until start-up recovery's storage part has completed, it runs that instead."""
+        recovery = self.storage_recovery
+        while not self.stop_event.wait(
+            ANCHOR_INTERVAL_SECONDS if recovery.completed else RECOVERY_RETRY_SECONDS
+        ):
+            if self.storage.known_down:  # known down: the next round will do
+                continue
+            if recovery.completed:
                 anchor_dockings(self.ledger, self.backend)
+            else:
+                recovery.retry()  # it anchors too
 
     def _copier_loop(self) -> None:
         copier = self.stages.copier(current_owner(), self.wake_event.set)
@@ -390,6 +401,11 @@ class Daemon(SourceListener):
             self.scans.count(),
             self.restart_needed,
             self.stages.lock_probe.unenforced,
+            StoreFindings(
+                recovery_failure=self.storage_recovery.failure,
+                root_changed=self.storage_recovery.root_changed,
+                fleet_key_conflict=self.fleet.key_conflict if self.fleet is not None else "",
+            ),
         )
 
     def _beat(self) -> None:
@@ -398,7 +414,8 @@ class Daemon(SourceListener):
             socket.gethostname(),
             os.getpid(),
             self._started_at,
-            status_line=self.status_line(),
+            # with the alarms, as systemd shows it: `bwc-dock status` prints this line
+            status_line=(self.hooks and self.hooks.status_with_alarms) or self.status_line(),
             storage_reachable=None if reachable is None else int(reachable),
             staging_free_bytes=staging_free_bytes(self.staging),
             last_error=self.errors.last,

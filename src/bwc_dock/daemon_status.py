@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bwc_dock.alarms import DockedCamera, UnmountableCamera
@@ -21,6 +22,15 @@ from bwc_dock.ledger.states import PENDING_STATES
 from bwc_dock.service import DaemonStatus
 from bwc_dock.staging import StagingArea
 from bwc_dock.storage_health import StorageHealth
+
+
+@dataclass(frozen=True)
+class StoreFindings:
+    """What the storage recovery and the fleet publisher found wrong with central storage."""
+
+    recovery_failure: str = ""
+    root_changed: str = ""
+    fleet_key_conflict: str = ""
 
 
 class ErrorTally:
@@ -132,6 +142,7 @@ class StatusAssembly:
         scanning: int,
         restart_needed: Sequence[str],
         lock_unenforced: str,
+        store: StoreFindings,
     ) -> DaemonStatus:
         """What the service hooks report (a frozen value: they never see the daemon)."""
         counts = self.ledger.counts_by_state()
@@ -157,4 +168,7 @@ class StatusAssembly:
             max_clock_offset_seconds=config.dock.max_clock_offset_seconds,
             dock_clock_alarm=config.dock.clock_sync_alarm,
             camera_findings=recent_camera_findings(self.ledger, datetime.now(UTC)),
+            storage_recovery_failure=store.recovery_failure,
+            storage_root_changed=store.root_changed,
+            fleet_key_conflict=store.fleet_key_conflict,
         )

@@ -12,7 +12,6 @@ that refuses or hangs costs that thread, never a copier or an uploader.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -32,6 +31,14 @@ from bwc_dock.errors import (
     PermanentStorageError,
     StorageError,
     TransientStorageError,
+)
+from bwc_dock.fleet_keys import (
+    KEYS_FOLDER,
+    FleetKeyError,
+    FleetSigner,
+    FleetVerifier,
+    SignatureState,
+    key_path,
 )
 from bwc_dock.ledger.states import PENDING_STATES
 from bwc_dock.names import safe_name
@@ -61,13 +68,13 @@ MAX_TEXT = 1000
 MAX_ITEMS = 1000
 # What this view can and cannot prove, said with every answer.
 TRUST_NOTE = (
-    "Each document is what a dock (or anyone who can write under the fleet prefix) says of"
-    " itself: this view checks that it is well formed, bounded, under its dock's key and"
-    " not dated in the future; it cannot prove who wrote it, nor that a dock shown alive runs."
+    "Each document is what a dock says of itself: this view checks that it is well formed,"
+    " bounded, under its dock's name and not dated in the future. 'verified' means it was"
+    " signed with the key first registered for that dock id (under the fleet prefix's"
+    " keys/), so it came from whoever holds that key; it cannot show that documents or keys"
+    " were not deleted (a store admin can), the first registration of a dock id is trust on"
+    " first use, and an unsigned or badly signed document proves nothing about who wrote it."
 )
-# For tests only: publish this often instead of [fleet] interval_seconds (at least 60 s
-# in the configuration), so a test of staleness need not wait minutes.
-INTERVAL_OVERRIDE_FOR_TESTS = "BWC_DOCK_FLEET_INTERVAL_SECONDS_FOR_TESTS"
 
 
 def document_key(prefix: str, dock_id: str) -> str:
@@ -151,20 +158,6 @@ def fleet_backend(config: Config) -> StorageBackend:
     return open_backend(config.model_copy(update={"storage": storage}))
 
 
-def publish_interval(config: Config) -> float:
-    """``[fleet] interval_seconds``, or the override tests set (see INTERVAL_OVERRIDE_FOR_TESTS)."""
-    override = os.environ.get(INTERVAL_OVERRIDE_FOR_TESTS)
-    if override:
-        try:
-            seconds = float(override)
-        except ValueError:
-            seconds = 0.0
-        if seconds > 0:
-            return seconds
-        log.warning("fleet.interval_override_ignored", variable=INTERVAL_OVERRIDE_FOR_TESTS)
-    return config.fleet.interval_seconds
-
-
 def _failure_kind(error: BwcDockError | OSError) -> str:
     """What the operator would fix: one log line per kind, not one per minute."""
     if isinstance(error, PermanentStorageError):
@@ -188,18 +181,21 @@ class FleetPublisher:
         key: str,
         interval_seconds: float,
         clock: Callable[[], float] = time.monotonic,
+        signer: FleetSigner | None = None,
     ) -> None:
         self.backend = backend
+        self.signer = signer  # None: documents go unsigned (no ssh-keygen, no key)
         self.key = key
         self.interval_seconds = interval_seconds
         self._clock = clock
         self._next_due = 0.0
         self._started_at = datetime.now(UTC)
-        self._waiting: bytes | None = None
+        self._waiting: dict[str, Any] | None = None
         self._lock = threading.Lock()  # the document waiting, the failures reported
         self._ready = threading.Event()
         self._sending = threading.Event()
         self._failures_reported: set[str] = set()
+        self._key_failure_reported = False
         self.published = 0
 
     def tick(self, read_status: Callable[[], DaemonStatus], alarms: Sequence[Alarm]) -> None:
@@ -220,7 +216,7 @@ class FleetPublisher:
             started_at=self._started_at,
         )
         with self._lock:
-            self._waiting = encode(document)
+            self._waiting = document
         self._ready.set()
 
     def run(self, stop: threading.Event) -> None:
@@ -230,15 +226,37 @@ class FleetPublisher:
                 continue
             self._ready.clear()
             with self._lock:
-                data, self._waiting = self._waiting, None
-            if data is not None:
+                document, self._waiting = self._waiting, None
+            if document is not None:
                 self._sending.set()
                 try:
-                    self.publish(data)
+                    self.publish(self._stored_form(document))
                 except Exception as error:  # this thread's error boundary: log, carry on
                     log.exception("fleet.publish_crashed", key=self.key, error=str(error))
                 finally:
                     self._sending.clear()
+
+    @property
+    def key_conflict(self) -> str:
+        """Another key is registered for this dock id (the fleet_key_conflict alarm)."""
+        return "" if self.signer is None else self.signer.conflict
+
+    def _stored_form(self, document: dict[str, Any]) -> bytes:
+        """The document signed by this dock's key (registered first, once), else as it is."""
+        if self.signer is None:
+            return encode(document)
+        try:
+            self.signer.register(self.backend)
+        except StorageError as error:  # not registered yet: sign anyway, register next time
+            if not self._key_failure_reported:
+                self._key_failure_reported = True
+                log.warning("fleet.key_register_failed", key=self.signer.registered_key,
+                            error=str(error), retry="at each publish until it is registered")
+        try:
+            return self.signer.signed(document)
+        except FleetKeyError as error:
+            self._report_failure("unsigned", str(error))
+            return encode(document)
 
     def publish(self, data: bytes) -> bool:
         """Replace this dock's document; on failure log once per kind and wait for the next."""
@@ -279,8 +297,19 @@ def fleet_publisher(config: Config) -> FleetPublisher | None:
     return FleetPublisher(
         fleet_backend(config),
         document_key(config.fleet.prefix, config.dock.id),
-        publish_interval(config),
+        config.fleet.interval_seconds,
+        signer=fleet_signer(config),
     )
+
+
+def fleet_signer(config: Config) -> FleetSigner | None:
+    """The dock's signing key (made at its first start); None, logged, when it cannot be."""
+    try:
+        return FleetSigner(key_path(config.dock.state_dir), config.dock.id, config.fleet.prefix)
+    except (FleetKeyError, OSError) as error:
+        log.error("fleet.unsigned", error=str(error),
+                  why="status documents go unsigned: `bwc-dock fleet` cannot verify them")
+        return None
 
 
 # -- reading --------------------------------------------------------------------------
@@ -350,21 +379,31 @@ class DockReport:
     key: str
     document: FleetDocument | None
     problem: str | None = None  # set when the entry is malformed or foreign
+    signature: SignatureState | None = None  # None: not checked
+    key_registered: bool = False  # a key is registered for the dock the document names
 
 
 def read_fleet(backend: StorageBackend, prefix: str) -> list[DockReport]:
-    """Every entry under ``prefix``, read and checked; one bad entry spoils only itself."""
-    return [_read_entry_guarded(backend, prefix, key) for key in backend.list_keys(prefix)]
+    """Every entry under ``prefix``, read and checked, its signature too (the registered
+    keys under ``<prefix>keys/`` are not entries); one bad entry spoils only itself."""
+    verifier = FleetVerifier.read(backend, prefix)
+    return [
+        _read_entry_guarded(backend, prefix, key, verifier)
+        for key in backend.list_keys(prefix)
+        if not key.startswith(prefix + KEYS_FOLDER)
+    ]
 
 
-def _read_entry_guarded(backend: StorageBackend, prefix: str, key: str) -> DockReport:
+def _read_entry_guarded(backend: StorageBackend, prefix: str, key: str,
+                        verifier: FleetVerifier) -> DockReport:
     try:
-        return _read_entry(backend, prefix, key)
+        return _read_entry(backend, prefix, key, verifier)
     except (StorageError, OSError, ValueError) as error:  # e.g. a key the store refuses
         return DockReport(key, None, f"unreadable: {error}")
 
 
-def _read_entry(backend: StorageBackend, prefix: str, key: str) -> DockReport:
+def _read_entry(backend: StorageBackend, prefix: str, key: str,
+                verifier: FleetVerifier) -> DockReport:
     if not key.endswith(DOCUMENT_SUFFIX) or "/" in key[len(prefix) :]:
         return DockReport(key, None, "not a fleet status document (foreign object)")
     stored = backend.head(key)
@@ -375,10 +414,12 @@ def _read_entry(backend: StorageBackend, prefix: str, key: str) -> DockReport:
     data = backend.read_bytes(key)
     if data is None:
         return DockReport(key, None, "gone while being read")
-    return parse_document(key, data, prefix)
+    return parse_document(key, data, prefix, verifier)
 
 
-def parse_document(key: str, data: bytes, prefix: str) -> DockReport:
+def parse_document(key: str, data: bytes, prefix: str,
+                   verifier: FleetVerifier | None = None) -> DockReport:
+    """One document checked (and its signature, given the registered keys)."""
     try:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
@@ -391,9 +432,12 @@ def parse_document(key: str, data: bytes, prefix: str) -> DockReport:
         first = error.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"])
         return DockReport(key, None, f"malformed: {where}: {first['msg']}")
+    signature = None if verifier is None else verifier.check(raw, document.dock)
+    registered = verifier is not None and verifier.has_key(document.dock)
     if document_key(prefix, document.dock) != key:
-        return DockReport(key, document, f"document of dock {document.dock!r} under {key}")
-    return DockReport(key, document)
+        return DockReport(key, document, f"document of dock {document.dock!r} under {key}",
+                          signature, registered)
+    return DockReport(key, document, None, signature, registered)
 
 
 @dataclass(frozen=True)
@@ -429,11 +473,33 @@ def _judge_one(report: DockReport, now: datetime, stale_after: timedelta | None)
     if document is None:
         return Verdict(report, "malformed", None, alarmed=False)
     age = now - document.heartbeat_at
-    suspicions = _suspicions(document, age)
+    suspicions = _suspicions(document, age) + _signature_suspicions(report)
     interval = min(document.interval_seconds, MAX_INTERVAL_SECONDS)
     limit = stale_after or max(DEFAULT_STALE_AFTER, timedelta(seconds=STALE_INTERVALS * interval))
-    return Verdict(report, _state(age, limit), age, alarmed=bool(document.alarms),
-                   suspicions=suspicions)
+    state = _state(age, limit)
+    if _forged_looking(report):
+        state = "suspect"  # never shown alive: its dock may be dead and someone else writing
+    return Verdict(report, state, age, alarmed=bool(document.alarms), suspicions=suspicions)
+
+
+def _forged_looking(report: DockReport) -> bool:
+    """Signed wrongly, or unsigned although its dock registered a key."""
+    return report.signature is SignatureState.BAD or (
+        report.signature is SignatureState.UNSIGNED and report.key_registered
+    )
+
+
+def _signature_suspicions(report: DockReport) -> tuple[str, ...]:
+    if report.signature is None or report.signature is SignatureState.VERIFIED:
+        return ()
+    if report.signature is SignatureState.BAD:
+        return ("bad signature: not signed by the key registered for this dock id (a forgery,"
+                " or the dock's key was replaced)",)
+    if report.key_registered:
+        return ("unsigned, although this dock id has a registered key (a forgery?)",)
+    if report.signature is SignatureState.NO_KEY:
+        return ("signed, but no key is registered for this dock id: cannot be verified",)
+    return ("unsigned: cannot be verified (a dock older than signing, or a forgery)",)
 
 
 def _state(age: timedelta, limit: timedelta) -> str:

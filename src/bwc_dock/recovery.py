@@ -8,14 +8,16 @@ stale SHA256SUMS are written.
 Central storage is shared and may be huge or hostile: recovery never walks it. It looks
 for this dock's temporary names only in the folders the ledger says this dock was
 writing to lately (clips still to upload, clips delivered in the last days, and the
-fleet folder). Whatever goes wrong in that storage part is logged at error level and
-survived: the daemon starts, and the uploader and anchorer try again later.
+fleet folder). Whatever goes wrong in that storage part is survived: the daemon starts,
+runs that part again until it completes, and a failure that is not an outage raises the
+``storage_recovery_failed`` alarm until then.
 """
 
 from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
@@ -23,11 +25,12 @@ import structlog
 from bwc_dock.config import Config
 from bwc_dock.coverage.shared import DOCKINGS_PREFIX, EVIDENCE_PREFIX
 from bwc_dock.custody import anchor_dockings
-from bwc_dock.errors import StorageError
+from bwc_dock.errors import StorageError, TransientStorageError
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.models import Docking
 from bwc_dock.manifest import KeyTemplate
 from bwc_dock.names import safe_name
+from bwc_dock.root_change import RootRecheck
 from bwc_dock.storage.base import StorageBackend
 
 log = structlog.get_logger(__name__)
@@ -40,7 +43,7 @@ RECENT_DELIVERIES = timedelta(days=2)
 def recover(
     config: Config,
     ledger: Ledger,
-    backend: StorageBackend,
+    storage: StorageRecovery,
     owner: str,
     adopt: Callable[[Docking], None],
 ) -> dict[str, int]:
@@ -54,28 +57,80 @@ def recover(
         summary["ingest_dockings_adopted"] = summary.get("ingest_dockings_adopted", 0) + 1
     summary["dockings_ended"] = ledger.end_stale_dockings()
     summary["staging_partials_removed"] = _remove_staging_partials(config, ledger)
-    _recover_storage(config, ledger, backend, summary)
+    storage.run(summary)
     log.info("daemon.recovered", **summary)
     return summary
 
 
-def _recover_storage(config: Config, ledger: Ledger, backend: StorageBackend,
-                     summary: dict[str, int]) -> None:
-    """Remove this dock's temporaries in its recent folders, then anchor; survive all."""
-    summary["sums_written"] = 0
-    try:
-        summary["storage_partials_removed"] = backend.cleanup_partials(
-            keep=ledger.wanted_upload_ids(), folders=own_recent_folders(config, ledger)
-        )
-        summary["sums_written"] = anchor_dockings(ledger, backend)
-    except StorageError as error:
-        # unreachable: no anchoring now either (the anchorer thread tries every minute)
-        log.warning("recovery.storage_unreachable", error=str(error))
-    except Exception as error:  # a hostile store must not stop every start
+@dataclass
+class StorageRecovery:
+    """Recovery's storage part: remove this dock's temporaries in its recent folders, then
+    anchor. It survives everything; until a run of it completes, the daemon runs it again
+    (``retry``), and a failure an outage does not explain stays in ``failure``, which
+    raises the ``storage_recovery_failed`` alarm."""
+
+    config: Config
+    ledger: Ledger
+    backend: StorageBackend
+    failure: str = ""  # why the last run failed, when a person must look; "" otherwise
+    done: bool = False  # the clean-up and anchoring completed once
+    root: RootRecheck | None = None  # a storage folder other than the last run's
+
+    def __post_init__(self) -> None:
+        self.root = RootRecheck(self.config, self.ledger, self.backend)
+
+    @property
+    def completed(self) -> bool:
+        """Nothing left to run again: clean-up done, no re-check of the folder due."""
+        return self.done and not (self.root is not None and self.root.pending)
+
+    @property
+    def root_changed(self) -> str:
+        """The storage_root_changed alarm's detail ("" when none)."""
+        return "" if self.root is None else self.root.alarm
+
+    def run(self, summary: dict[str, int]) -> None:
+        summary["sums_written"] = 0
+        try:
+            summary["storage_partials_removed"] = self.backend.cleanup_partials(
+                keep=self.ledger.wanted_upload_ids(),
+                folders=own_recent_folders(self.config, self.ledger),
+            )
+            summary["sums_written"] = anchor_dockings(self.ledger, self.backend)
+        except TransientStorageError as error:
+            # unreachable: the storage_unreachable alarm says so; the next run may succeed
+            log.warning("recovery.storage_unreachable", error=str(error))
+            return
+        except StorageError as error:  # refused: a folder it cannot read, a planted link
+            self._failed(summary, str(error))
+            return
+        except Exception as error:  # noqa: BLE001 - a hostile store must not stop every start
+            self._failed(summary, f"{type(error).__name__}: {error}")
+            return
+        if self.failure:
+            log.info("recovery.storage_recovered", **summary)
+        if not self.done and self.root is not None:
+            self.root.compare()
+        self.failure, self.done = "", True
+
+    def retry(self) -> None:
+        """Run again what has not completed (the anchorer's thread asks): the clean-up,
+        else the re-check of a storage folder that changed since the last run."""
+        if not self.done:
+            self.run({})
+        elif self.root is not None and self.root.pending:
+            try:
+                self.root.recheck()
+            except Exception as error:  # retried at the next round
+                log.error("storage.root_recheck_failed", error=f"{type(error).__name__}: {error}",
+                          exc_info=_debugging())
+
+    def _failed(self, summary: dict[str, int], error: str) -> None:
         summary["storage_recovery_failed"] = 1
-        log.error("recovery.storage_failed", error=f"{type(error).__name__}: {error}",
-                  why="central storage held something unexpected; the daemon starts"
-                  " anyway, uploads and anchoring retry later", exc_info=_debugging())
+        self.failure = error
+        log.error("recovery.storage_failed", error=error,
+                  why="central storage refused or held something unexpected; the daemon"
+                  " starts anyway and retries", exc_info=_debugging())
 
 
 def _debugging() -> bool:

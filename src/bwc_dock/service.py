@@ -63,6 +63,11 @@ class DaemonStatus:
     dock_clock_alarm: bool = True  # [dock] clock_sync_alarm
     # gaps and vanished files that recent dockings found on cameras
     camera_findings: tuple[CameraFinding, ...] = ()
+    # why start-up recovery's storage part failed; "" once a run of it succeeded
+    storage_recovery_failure: str = ""
+    # the storage folder is not the last run's, and what its re-check found; "" when not
+    storage_root_changed: str = ""
+    fleet_key_conflict: str = ""  # another key is registered for this dock id
 
 
 StatusReader = Callable[[], DaemonStatus]
@@ -131,6 +136,11 @@ class ServiceHooks:
         except OSError as error:
             log.warning("metrics.write_failed", path=str(path), error=str(error))
 
+    @property
+    def status_with_alarms(self) -> str:
+        """The last STATUS line, with the active alarms ("" before the first)."""
+        return self._last_status
+
     def reloading(self) -> None:
         self.notifier.reloading()
 
@@ -159,4 +169,7 @@ def _observation(status: DaemonStatus) -> Observation:
         camera_clock_offsets=status.camera_clock_offsets,
         max_clock_offset_seconds=status.max_clock_offset_seconds,
         camera_findings=status.camera_findings,
+        storage_recovery_failure=status.storage_recovery_failure,
+        storage_root_changed=status.storage_root_changed,
+        fleet_key_conflict=status.fleet_key_conflict,
     )

@@ -94,6 +94,23 @@ def test_enable_now_reports_ready_and_status(dock_pc: DockPC) -> None:
     assert state["NRestarts"] == "0", state
 
 
+def test_the_daemon_cannot_reach_the_system_manager(dock_pc: DockPC) -> None:
+    """In the daemon's mount namespace systemctl reaches neither PID 1's private bus nor
+    the system D-Bus (it could start any unit as full root), and root's user manager is
+    not there; sd_notify's and journald's sockets are."""
+    pid = str(dock_pc.main_pid())
+    machine = dock_pc.machine
+    machine.run(["systemctl", "show", "-p", "Version"]).check()  # reachable from the host
+    inside = machine.run(["nsenter", "-t", pid, "-m", "--", "systemctl", "show", "-p",
+                          "Version"], timeout=60)
+    assert inside.exit_code != 0, inside
+    assert "Failed to connect to bus" in inside.stderr, inside
+    machine.run(["nsenter", "-t", pid, "-m", "--", "sh", "-c",
+                 "test -S /run/systemd/notify && test -S /run/systemd/journal/socket "
+                 "&& ! test -e /run/systemd/private && ! test -e /run/user/0 "
+                 "&& ! test -e /run/dbus/system_bus_socket"], timeout=60).check()
+
+
 @pytest.mark.parametrize(
     "layout", ["superfloppy-fat32", "partitioned-fat32", "partitioned-exfat"]
 )
@@ -305,6 +322,21 @@ def test_local_time_camera_timestamps_through_the_kernel_drivers(
     print(f"realdock: {serial} docking clocks: {docking}")
     assert docking["dock_clock_source"] in ("timesyncd", "chrony", "none", "adjtimex")
     assert docking["camera_clock_source"] is None  # the profile reads no camera clock
+
+
+def test_the_fleet_document_is_signed_and_verified(dock_pc: DockPC) -> None:
+    """The guest's fleet document, signed with its own key (ssh-keygen of openssh-client
+    inside the hardened unit), shows as verified in bwc-dock fleet."""
+
+    def signature() -> str | None:
+        result = dock_pc.machine.run([BWC_DOCK, "fleet", "--json"], timeout=120)
+        if result.exit_code not in (0, 1):
+            raise MachineError(f"fleet failed: {result}")
+        docks = json.loads(result.stdout)["docks"]
+        found = [entry.get("signature") for entry in docks if entry.get("dock") == "realdock"]
+        return found[0] if found else None
+
+    assert wait_until(signature, timeout=300, what="a fleet document", interval=5) == "verified"
 
 
 def test_daemon_survived_everything(dock_pc: DockPC) -> None:

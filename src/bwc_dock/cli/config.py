@@ -3,6 +3,8 @@ rules generated from its camera profiles."""
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from bwc_dock import udev_rules
@@ -25,6 +27,7 @@ def config_check(context: Context) -> None:
         f"{config.storage.backend}, {len(config.camera)} camera profile(s))"
     )
     # lazy: --help must not load pydantic
+    from bwc_dock.clocks import clock_command_risks
     from bwc_dock.config import retention_risks
     from bwc_dock.key_templates import key_template_risks
 
@@ -32,6 +35,10 @@ def config_check(context: Context) -> None:
     for risk in key_template_risks(config.storage.key_template):
         click.echo(f"warning: storage.key_template: {risk} (not fleet-safe)", err=True)
     for risk in retention_risks(config):
+        click.echo(f"warning: {risk}", err=True)
+    # the daemon hands its own PATH to clock commands
+    path = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    for risk in clock_command_risks(config.camera, path):
         click.echo(f"warning: {risk}", err=True)
     rules = udev_rules.sync_installed(config.camera, config.service.udev_rules_file)
     if rules is udev_rules.RulesState.UPDATED:

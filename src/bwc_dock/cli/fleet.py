@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 )
 @pass_context
 def fleet(context: Context, as_json: bool, stale_after_minutes: float | None) -> None:
-    """Every dock's status from central storage; exit 1 when one is stale or alarmed."""
+    """Every dock's status from central storage; exit 1 when one is stale, alarmed or
+    not verified as signed by its dock's registered key."""
     if click.get_current_context().invoked_subcommand is not None:
         return  # a subcommand (fleet cameras) does its own work
     # lazy: the fleet module brings the daemon's status types, other commands need none
@@ -75,6 +76,8 @@ def _verdict_document(verdict: Verdict, now: datetime) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "key": report.key,
         "state": verdict.state,
+        # verified, unsigned, bad signature, no registered key (see "proves")
+        "signature": None if report.signature is None else str(report.signature),
         "alarmed": verdict.alarmed,
         "problem": report.problem,
         "suspicions": list(verdict.suspicions),
@@ -120,7 +123,7 @@ def age(span: timedelta | None) -> str:
 def _row(verdict: Verdict, now: datetime) -> tuple[str, ...]:
     report, document = verdict.report, verdict.report.document
     if document is None:
-        return (report.key, verdict.state, "-", "-", "-", report.problem or "")
+        return (report.key, verdict.state, "-", "-", "-", "-", report.problem or "")
     oldest = document.oldest_pending_at
     alarms = ", ".join(
         alarm.kind + (f" ({alarm.subject})" if alarm.subject else "") for alarm in document.alarms
@@ -129,6 +132,7 @@ def _row(verdict: Verdict, now: datetime) -> tuple[str, ...]:
     return (
         document.dock,
         verdict.state,
+        str(report.signature or "-"),
         age(verdict.age),
         str(document.pending),
         age(now - oldest) if oldest else "-",
@@ -145,7 +149,7 @@ def _print_table(verdicts: list[Verdict], now: datetime) -> None:
     table = Table()
     # nothing is cut off with an ellipsis: a long name or alarm list folds instead
     table.add_column("dock", overflow="fold")
-    for column in ("state", "heartbeat", "pending", "oldest pending"):
+    for column in ("state", "signature", "heartbeat", "pending", "oldest pending"):
         table.add_column(column, no_wrap=True)
     table.add_column("alarms", overflow="fold")
     for verdict in verdicts:
@@ -164,7 +168,8 @@ def _print_table(verdicts: list[Verdict], now: datetime) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON document on stdout")
 @pass_context
 def fleet_cameras(context: Context, stale_days: float, as_json: bool) -> None:
-    """Every camera's last docking anywhere in the fleet; exit 1 when one is older than N days."""
+    """Every camera's last docking anywhere in the fleet; exit 1 when one is older than N
+    days or docked now only by an unverified status document's word."""
     from bwc_dock.coverage.last_docked import last_dockings
     from bwc_dock.coverage.records import read_last_dockings
     from bwc_dock.fleet import fleet_backend, read_fleet
@@ -188,6 +193,9 @@ def fleet_cameras(context: Context, stale_days: float, as_json: bool) -> None:
             "docked_now": entry.docked_now,
             "age_days": round((now - entry.at).total_seconds() / 86400, 2),
             "stale": now - entry.at > limit,
+            # the status document behind "docked now": verified, unsigned, bad signature...
+            "status_document": entry.status_document,
+            "unverified": entry.unverified,
         }
         for entry in last_dockings(evidence, reports)
     ]
@@ -199,7 +207,10 @@ def fleet_cameras(context: Context, stale_days: float, as_json: bool) -> None:
         for problem in problems:
             shown = f"{display_text(problem.key)}: {display_text(problem.reason)}"
             click.echo(f"bwc-dock: {shown}", err=True)
-    if any(camera["stale"] for camera in cameras):
+    if any(camera["unverified"] for camera in cameras):
+        click.echo("bwc-dock: a camera marked unverified is docked now only by the word of a "
+                   "status document not signed by its dock's registered key", err=True)
+    if any(camera["stale"] or camera["unverified"] for camera in cameras):
         sys.exit(EXIT_PROBLEM)
 
 
@@ -208,7 +219,10 @@ def _print_cameras(cameras: list[dict[str, Any]]) -> None:
 
     table = Table(("camera", "last docked", "dock", "docked now", "age (days)"))
     for camera in cameras:
-        table.add_row(camera["camera"], camera["last_docked_at"], camera["dock"],
-                      "yes" if camera["docked_now"] else "no", camera["age_days"],
-                      alarmed=camera["stale"])
+        docked_now = "no"
+        if camera["docked_now"]:
+            docked_now = f"yes, unverified ({camera['status_document']})" if camera[
+                "unverified"] else "yes"
+        table.add_row(camera["camera"], camera["last_docked_at"], camera["dock"], docked_now,
+                      camera["age_days"], alarmed=camera["stale"] or camera["unverified"])
     table.print()

@@ -40,7 +40,9 @@ _CLIP_COLUMNS = (
     "copy_attempts, upload_attempts, lease_owner, last_error, camera_time, time_source, "
     "time_flag, time_flag_rule, clock_offset_seconds, time_basis, staged_verified"
 )
-_SIDECAR_COLUMNS = "clip_id, id, source_path_raw, source_path, name, size, sha256, remote_key"
+_SIDECAR_COLUMNS = (
+    "clip_id, id, source_path_raw, source_path, name, size, sha256, remote_key, mtime_ns"
+)
 
 
 def _moment(value: str | None) -> datetime | None:
@@ -205,9 +207,10 @@ class QuickReader:
             marks = ", ".join("?" for _ in batch)
             query = f"SELECT {_SIDECAR_COLUMNS} FROM sidecars WHERE clip_id IN ({marks})"  # noqa: S608 - placeholders only
             for row in connection.execute(f"{query} ORDER BY id", batch):
-                clip_id, sidecar_id, raw, path, name, size, sha256, remote_key = row
+                clip_id, sidecar_id, raw, path, name, size, sha256, remote_key, mtime_ns = row
                 found.setdefault(clip_id, []).append(
-                    SidecarWork(sidecar_id, bytes(raw), path, name, size, sha256, remote_key)
+                    SidecarWork(sidecar_id, bytes(raw), path, name, size, sha256, remote_key,
+                                mtime_ns)
                 )
         return {clip_id: tuple(sidecars) for clip_id, sidecars in found.items()}
 

@@ -33,6 +33,7 @@ class SidecarWork:
     size: int
     sha256: str | None
     remote_key: str | None
+    mtime_ns: int | None = None  # as found on the camera: the clearer deletes only that
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,8 @@ def clip_snapshot(
         upload_attempts=clip.upload_attempts,
         sidecars=tuple(
             SidecarWork(
-                s.id, s.source_path_raw, s.source_path, s.name, s.size, s.sha256, s.remote_key
+                s.id, s.source_path_raw, s.source_path, s.name, s.size, s.sha256, s.remote_key,
+                s.mtime_ns,
             )
             for s in sidecars
         ),
