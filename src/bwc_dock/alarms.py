@@ -39,6 +39,7 @@ class AlarmKind(enum.StrEnum):
     CAMERA_CLOCK_DRIFT = "camera_clock_drift"
     CLIP_SEQUENCE_GAP = "clip_sequence_gap"
     CLIP_VANISHED = "clip_vanished"
+    CAMERA_SCAN_INCOMPLETE = "camera_scan_incomplete"
 
 
 Severity = Literal["warning", "error"]
@@ -57,6 +58,8 @@ _SEVERITY: dict[AlarmKind, Severity] = {
     AlarmKind.CAMERA_CLOCK_DRIFT: "warning",  # its clips are corrected, but say so
     AlarmKind.CLIP_SEQUENCE_GAP: "error",  # the camera's file numbers skip: a file is missing
     AlarmKind.CLIP_VANISHED: "error",  # a file left the camera without bwc-dock clearing it
+    # evidence stays on a camera that bwc-dock did not read whole
+    AlarmKind.CAMERA_SCAN_INCOMPLETE: "error",
 }
 # How long a camera's gap or vanished file stays an alarm after the docking that found it.
 CAMERA_FINDING_HOURS = 24
@@ -92,6 +95,15 @@ class CameraFinding:
 
 
 @dataclass(frozen=True)
+class IncompleteScan:
+    """A docked camera whose last scan stopped at a budget: files past the cut unread."""
+
+    camera: str
+    docking_id: int
+    reason: str  # "entry budget exhausted" or "time budget exhausted"
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the daemon saw in one loop. All times are timezone-aware."""
 
@@ -112,6 +124,8 @@ class Observation:
     max_clock_offset_seconds: float = 30.0
     # findings of the last CAMERA_FINDING_HOURS, from the ledger's audit events
     camera_findings: tuple[CameraFinding, ...] = ()
+    # docked cameras whose last scan stopped at the entry or time budget
+    incomplete_scans: tuple[IncompleteScan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -216,6 +230,7 @@ class AlarmBoard:
             _dock_clock(observation),
             *_camera_clocks(observation),
             *_camera_findings(observation),
+            *_incomplete_scans(observation),
         ]
         return {alarm.key: alarm for alarm in alarms if alarm is not None}
 
@@ -379,6 +394,18 @@ def _camera_findings(observation: Observation) -> Iterable[Alarm]:
             detail=f"camera {camera}: {what}: {'; '.join(details)}",
             short=f"camera {camera} {short}",
             camera=camera,
+        )
+
+
+def _incomplete_scans(observation: Observation) -> Iterable[Alarm]:
+    for scan in observation.incomplete_scans:
+        yield Alarm(
+            AlarmKind.CAMERA_SCAN_INCOMPLETE,
+            _SEVERITY[AlarmKind.CAMERA_SCAN_INCOMPLETE],
+            detail=f"camera {scan.camera} (docking {scan.docking_id}) was not read whole: "
+            f"its scan stopped ({scan.reason}); files past the cut stay on it, not offloaded",
+            short=f"camera {scan.camera} scan incomplete",
+            camera=scan.camera,
         )
 
 

@@ -129,9 +129,10 @@ class Daemon(SourceListener):
 
     def _scan_now(self, entry: Docked) -> None:
         try:
-            scan_into_ledger(
+            _new, result = scan_into_ledger(
                 self.ledger, self.config, entry.docking_id, entry.volume, cancel=entry.cancel
             )
+            entry.scan_incomplete = result.incomplete or ""
             entry.scanned = True
             self.wake_event.set()  # copiers look at the new clips at once
         except Interrupted:
@@ -334,6 +335,10 @@ class Daemon(SourceListener):
                 continue
             if self.ledger.unverified_staged(camera) > 0:
                 continue  # its upload reads it back: if damaged, it is read off the camera again
+            if docked.scan_incomplete:
+                # files past the scan's cut are still on it: not done, so neither cleared
+                # nor released; it stays docked, its alarm up, until it leaves the dock
+                continue
             if not docked.finished_logged:
                 docked.finished_logged = True
                 log.info("dock.offload_done", camera=camera, docking=docked.docking_id)
@@ -392,13 +397,20 @@ class Daemon(SourceListener):
             self.stages.lock_probe.unenforced,
         )
 
+    def _status_line_with_alarms(self) -> str:
+        """The status line as systemd shows it, active alarms included: `bwc-dock status`
+        reads it from the heartbeat."""
+        line = self.status_line()
+        summary = self.hooks.alarms.summary() if self.hooks is not None else ""
+        return f"{line} · {summary}" if summary else line
+
     def _beat(self) -> None:
         reachable = self.storage.reachable
         self.ledger.beat(
             socket.gethostname(),
             os.getpid(),
             self._started_at,
-            status_line=self.status_line(),
+            status_line=self._status_line_with_alarms(),
             storage_reachable=None if reachable is None else int(reachable),
             staging_free_bytes=staging_free_bytes(self.staging),
             last_error=self.errors.last,

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from bwc_dock.alarms import DockedCamera, UnmountableCamera
+from bwc_dock.alarms import DockedCamera, IncompleteScan, UnmountableCamera
 from bwc_dock.clocks import read_dock_clock
 from bwc_dock.config import Config
 from bwc_dock.coverage.docking import recent_camera_findings
@@ -90,6 +90,15 @@ def unmountable_cameras(registry: DockedRegistry) -> tuple[UnmountableCamera, ..
     )
 
 
+def incomplete_scans(registry: DockedRegistry) -> tuple[IncompleteScan, ...]:
+    """Docked cameras whose last scan stopped at a budget (the mark goes when they leave)."""
+    return tuple(
+        IncompleteScan(docked.volume.camera_serial, docked.docking_id, docked.scan_incomplete)
+        for docked in registry.everything()
+        if docked.scan_incomplete
+    )
+
+
 def staging_free_bytes(staging: StagingArea) -> int | None:
     """None when it cannot be read: unknown, never zero."""
     try:
@@ -157,4 +166,5 @@ class StatusAssembly:
             max_clock_offset_seconds=config.dock.max_clock_offset_seconds,
             dock_clock_alarm=config.dock.clock_sync_alarm,
             camera_findings=recent_camera_findings(self.ledger, datetime.now(UTC)),
+            incomplete_scans=incomplete_scans(self.docked),
         )

@@ -21,6 +21,7 @@ from bwc_dock.alarms import (
     AlarmBoard,
     CameraFinding,
     DockedCamera,
+    IncompleteScan,
     Observation,
     StorageState,
     UnmountableCamera,
@@ -63,6 +64,8 @@ class DaemonStatus:
     dock_clock_alarm: bool = True  # [dock] clock_sync_alarm
     # gaps and vanished files that recent dockings found on cameras
     camera_findings: tuple[CameraFinding, ...] = ()
+    # docked cameras whose last scan stopped at the entry or time budget
+    incomplete_scans: tuple[IncompleteScan, ...] = ()
 
 
 StatusReader = Callable[[], DaemonStatus]
@@ -159,4 +162,5 @@ def _observation(status: DaemonStatus) -> Observation:
         camera_clock_offsets=status.camera_clock_offsets,
         max_clock_offset_seconds=status.max_clock_offset_seconds,
         camera_findings=status.camera_findings,
+        incomplete_scans=status.incomplete_scans,
     )
