@@ -246,3 +246,20 @@ def test_a_camera_scan_stopped_at_its_budget_is_an_alarm_until_read_whole_or_gon
     assert sorted(c["source_path"] for c in dock.clips()) == [
         "DCIM/100BWC/20261124_000001_0001.MP4", "DCIM/100BWC/20261124_000002_0002.MP4",
         "DCIM/100BWC/20261124_000003_0003.MP4"]
+
+
+def test_resync_names_a_docked_camera_it_could_not_read_whole_and_exits_1(dock: Dock) -> None:
+    """resync's scan of a docked camera stops at max_scan_entries: the report names the
+    camera as unrepairable and resync exits 1; what it listed is offloaded."""
+    dock.write_config(dock={"max_scan_entries": 8})
+    camera = dock.watch_dir / "FULL2"
+    make_camera(camera, [1000, 2000, 3000], sidecars=False)
+    _touch_all(camera / "DCIM" / "100BWC", (f"J{number:03d}.TXT" for number in range(20)))
+
+    report = dock.cli("resync", check=False)
+
+    assert report.returncode == 1, report.stderr[-2000:]
+    assert ("CANNOT REPAIR camera FULL2 was not read whole: its scan stopped (entry budget "
+            "exhausted); files past the cut stay on it, not offloaded") in report.stderr
+    # which names fill the budget is the directory's order; whatever was listed is offloaded
+    assert {c["state"] for c in dock.clips()} == {"uploaded"}
