@@ -178,3 +178,88 @@ def test_a_camera_past_the_entry_limit_is_refused_loudly_and_loses_nothing(dock:
                                   ("clip.vanished_on_camera",)).fetchone() == (0,)
         assert connection.execute("SELECT refused_entries FROM dockings ORDER BY id"
                                   ).fetchall() == [(0,), (1,)]
+
+
+def _alarm_events(dock: Dock, event: str) -> list[dict[str, object]]:
+    return [e for e in dock.log_events()
+            if e.get("event") == event and e.get("alarm") == "camera_scan_incomplete"]
+
+
+def _metric_line(dock: Dock) -> str:
+    text = (dock.root / "bwc_dock.prom").read_text()
+    return next(line for line in text.splitlines()
+                if 'alarm="camera_scan_incomplete"' in line and not line.startswith("#"))
+
+
+def test_a_camera_scan_stopped_at_its_budget_is_an_alarm_until_read_whole_or_gone(
+    dock: Dock,
+) -> None:
+    """A docked camera whose scan stops at max_scan_entries raises camera_scan_incomplete
+    (log, status, metrics); a later scan read whole clears it, a hostile link refused
+    alone raises none, and the camera leaving the dock clears it again."""
+    dock.write_config(dock={"max_scan_entries": 8},
+                      service={"metrics_textfile": str(dock.root / "bwc_dock.prom")})
+    camera = dock.root / "card"
+    make_camera(camera, [1000, 2000, 3000], sidecars=False)
+    junk = [camera / "DCIM" / "100BWC" / f"J{number:03d}.TXT" for number in range(20)]
+    _touch_all(camera / "DCIM" / "100BWC", (path.name for path in junk))
+    daemon = dock.start_daemon()
+    try:
+        docked = dock.watch_dir / "FULL1"
+        camera.rename(docked)
+        wait_until(lambda: len(_alarm_events(dock, "alarm.raised")) == 1, DEADLINE_SECONDS,
+                   "camera_scan_incomplete raised")
+        wait_until(lambda: "ALARM: camera FULL1 scan incomplete"
+                   in str(_status(dock)["daemon_status"]), DEADLINE_SECONDS,
+                   "the alarm in `bwc-dock status --json`")
+        assert "ALARM: camera FULL1 scan incomplete" in dock.cli("status").stdout
+        wait_until(lambda: _metric_line(dock).endswith(" 1"), DEADLINE_SECONDS,
+                   "the alarm in the metrics")
+
+        # the junk goes, a hostile link comes: the next rescan reads the camera whole
+        for path in junk:
+            (docked / path.relative_to(camera)).unlink()
+        (docked / "DCIM" / "100BWC" / "LINK.MP4").symlink_to("/etc/passwd")
+        wait_until(lambda: len(_alarm_events(dock, "alarm.cleared")) == 1, DEADLINE_SECONDS,
+                   "camera_scan_incomplete cleared by a whole scan")
+        wait_until(lambda: "ALARM" not in str(_status(dock)["daemon_status"]),
+                   DEADLINE_SECONDS, "the alarm gone from `bwc-dock status --json`")
+
+        # full again, then taken out of the dock
+        _touch_all(docked / "DCIM" / "100BWC", (path.name for path in junk))
+        wait_until(lambda: len(_alarm_events(dock, "alarm.raised")) == 2, DEADLINE_SECONDS,
+                   "camera_scan_incomplete raised again")
+        docked.rename(dock.root / "taken-out")
+        wait_until(lambda: len(_alarm_events(dock, "alarm.cleared")) == 2, DEADLINE_SECONDS,
+                   "camera_scan_incomplete cleared by the undocking")
+    finally:
+        assert dock.stop_daemon(daemon) == 0
+    first, second = _alarm_events(dock, "alarm.raised")
+    assert (first["severity"], first["camera"]) == ("error", "FULL1")
+    assert str(first["detail"]).startswith(
+        "camera FULL1 (docking 1) was not read whole: its scan stopped (entry budget exhausted)")
+    assert second["camera"] == "FULL1"
+    refusals = {(e["path"], e["reason"]) for e in dock.log_events()
+                if e.get("event") == "scan.refused"}
+    assert refusals == {("DCIM/100BWC", "entry budget exhausted"),
+                        ("DCIM/100BWC/LINK.MP4", "symlink")}
+    assert sorted(c["source_path"] for c in dock.clips()) == [
+        "DCIM/100BWC/20261124_000001_0001.MP4", "DCIM/100BWC/20261124_000002_0002.MP4",
+        "DCIM/100BWC/20261124_000003_0003.MP4"]
+
+
+def test_resync_names_a_docked_camera_it_could_not_read_whole_and_exits_1(dock: Dock) -> None:
+    """resync's scan of a docked camera stops at max_scan_entries: the report names the
+    camera as unrepairable and resync exits 1; what it listed is offloaded."""
+    dock.write_config(dock={"max_scan_entries": 8})
+    camera = dock.watch_dir / "FULL2"
+    make_camera(camera, [1000, 2000, 3000], sidecars=False)
+    _touch_all(camera / "DCIM" / "100BWC", (f"J{number:03d}.TXT" for number in range(20)))
+
+    report = dock.cli("resync", check=False)
+
+    assert report.returncode == 1, report.stderr[-2000:]
+    assert ("CANNOT REPAIR camera FULL2 was not read whole: its scan stopped (entry budget "
+            "exhausted); files past the cut stay on it, not offloaded") in report.stderr
+    # which names fill the budget is the directory's order; whatever was listed is offloaded
+    assert {c["state"] for c in dock.clips()} == {"uploaded"}

@@ -42,6 +42,7 @@ class AlarmKind(enum.StrEnum):
     STORAGE_RECOVERY_FAILED = "storage_recovery_failed"
     STORAGE_ROOT_CHANGED = "storage_root_changed"
     FLEET_KEY_CONFLICT = "fleet_key_conflict"
+    CAMERA_SCAN_INCOMPLETE = "camera_scan_incomplete"
 
 
 Severity = Literal["warning", "error"]
@@ -68,6 +69,8 @@ _SEVERITY: dict[AlarmKind, Severity] = {
     # another key is registered for this dock id: a second dock under this id, a dock
     # that lost its key, or someone who took the id first; its fleet documents fail
     AlarmKind.FLEET_KEY_CONFLICT: "error",
+    # evidence stays on a camera that bwc-dock did not read whole
+    AlarmKind.CAMERA_SCAN_INCOMPLETE: "error",
 }
 # How long a camera's gap or vanished file stays an alarm after the docking that found it.
 CAMERA_FINDING_HOURS = 24
@@ -103,6 +106,15 @@ class CameraFinding:
 
 
 @dataclass(frozen=True)
+class IncompleteScan:
+    """A docked camera whose last scan stopped at a budget: files past the cut unread."""
+
+    camera: str
+    docking_id: int
+    reason: str  # "entry budget exhausted" or "time budget exhausted"
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the daemon saw in one loop. All times are timezone-aware."""
 
@@ -128,6 +140,8 @@ class Observation:
     # the storage folder is not the last run's, and what its re-check found; "" when not
     storage_root_changed: str = ""
     fleet_key_conflict: str = ""  # another key is registered for this dock id
+    # docked cameras whose last scan stopped at the entry or time budget
+    incomplete_scans: tuple[IncompleteScan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -235,6 +249,7 @@ class AlarmBoard:
             _storage_recovery(observation),
             _storage_root_changed(observation),
             _fleet_key_conflict(observation),
+            *_incomplete_scans(observation),
         ]
         return {alarm.key: alarm for alarm in alarms if alarm is not None}
 
@@ -432,6 +447,18 @@ def _camera_findings(observation: Observation) -> Iterable[Alarm]:
             detail=f"camera {camera}: {what}: {'; '.join(details)}",
             short=f"camera {camera} {short}",
             camera=camera,
+        )
+
+
+def _incomplete_scans(observation: Observation) -> Iterable[Alarm]:
+    for scan in observation.incomplete_scans:
+        yield Alarm(
+            AlarmKind.CAMERA_SCAN_INCOMPLETE,
+            _SEVERITY[AlarmKind.CAMERA_SCAN_INCOMPLETE],
+            detail=f"camera {scan.camera} (docking {scan.docking_id}) was not read whole: "
+            f"its scan stopped ({scan.reason}); files past the cut stay on it, not offloaded",
+            short=f"camera {scan.camera} scan incomplete",
+            camera=scan.camera,
         )
 
 

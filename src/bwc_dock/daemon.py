@@ -132,9 +132,10 @@ class Daemon(SourceListener):
 
     def _scan_now(self, entry: Docked) -> None:
         try:
-            scan_into_ledger(
+            _new, result = scan_into_ledger(
                 self.ledger, self.config, entry.docking_id, entry.volume, cancel=entry.cancel
             )
+            entry.scan_incomplete = result.incomplete or ""
             entry.scanned = True
             self.wake_event.set()  # copiers look at the new clips at once
         except Interrupted:
@@ -345,6 +346,10 @@ class Daemon(SourceListener):
                 continue
             if self.ledger.unverified_staged(camera) > 0:
                 continue  # its upload reads it back: if damaged, it is read off the camera again
+            if docked.scan_incomplete:
+                # files past the scan's cut are still on it: not done, so neither cleared
+                # nor released; it stays docked, its alarm up, until it leaves the dock
+                continue
             if not docked.finished_logged:
                 docked.finished_logged = True
                 log.info("dock.offload_done", camera=camera, docking=docked.docking_id)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bwc_dock.alarms import DockedCamera, UnmountableCamera
+from bwc_dock.alarms import DockedCamera, IncompleteScan, UnmountableCamera
 from bwc_dock.clocks import read_dock_clock
 from bwc_dock.config import Config
 from bwc_dock.coverage.docking import recent_camera_findings
@@ -100,6 +100,15 @@ def unmountable_cameras(registry: DockedRegistry) -> tuple[UnmountableCamera, ..
     )
 
 
+def incomplete_scans(registry: DockedRegistry) -> tuple[IncompleteScan, ...]:
+    """Docked cameras whose last scan stopped at a budget (the mark goes when they leave)."""
+    return tuple(
+        IncompleteScan(docked.volume.camera_serial, docked.docking_id, docked.scan_incomplete)
+        for docked in registry.everything()
+        if docked.scan_incomplete
+    )
+
+
 def staging_free_bytes(staging: StagingArea) -> int | None:
     """None when it cannot be read: unknown, never zero."""
     try:
@@ -171,4 +180,5 @@ class StatusAssembly:
             storage_recovery_failure=store.recovery_failure,
             storage_root_changed=store.root_changed,
             fleet_key_conflict=store.fleet_key_conflict,
+            incomplete_scans=incomplete_scans(self.docked),
         )

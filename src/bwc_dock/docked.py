@@ -37,6 +37,9 @@ class Docked:
     last_progress_at: datetime = field(default_factory=utc_now)
     # False until a scan of the volume succeeded: an unscanned camera is never "done"
     scanned: bool = False
+    # why its last scan stopped short at a budget ("" when it was read whole): such a
+    # camera is not done, and stays docked (and alarmed) until it leaves or reads whole
+    scan_incomplete: str = ""
 
     @property
     def capabilities(self) -> SourceCapabilities:

@@ -96,10 +96,18 @@ class Refusal:
     reason: str
 
 
+ENTRY_BUDGET_EXHAUSTED = "entry budget exhausted"
+TIME_BUDGET_EXHAUSTED = "time budget exhausted"
+BUDGET_REASONS = (ENTRY_BUDGET_EXHAUSTED, TIME_BUDGET_EXHAUSTED)
+
+
 @dataclass
 class ScanResult:
     clips: list[FoundClip] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
+    # why the listing stopped short ("entry budget exhausted", "time budget exhausted"):
+    # files past the cut were never looked at; None when the volume was read whole
+    incomplete: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ def scan_volume(
     result = ScanResult()
     budget = _Budget(limits, time.monotonic() + limits.max_seconds, cancel)
     result.clips.extend(_group_clips(_walk(root, limits, budget, result.refused), profile))
+    result.incomplete = budget.stopped_by if budget.stopped_by in BUDGET_REASONS else None
     for refusal in result.refused:
         log.warning("scan.refused", path=refusal.source_path, reason=refusal.reason)
     return result
@@ -137,7 +146,11 @@ class _Budget:
     deadline: float  # time.monotonic()
     cancel: threading.Event | None = None
     entries_seen: int = 0
-    stopped: bool = False
+    stopped_by: str | None = None  # why it stopped: a budget, or the scan cancelled
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_by is not None
 
     def remaining(self) -> int:
         return max(self.limits.max_entries - self.entries_seen, 0)
@@ -146,16 +159,16 @@ class _Budget:
         """Why the scan must stop now, or None; counts one more entry."""
         self.entries_seen += 1
         if self.entries_seen > self.limits.max_entries:
-            self.stopped = True
-            return "entry budget exhausted"
+            self.stopped_by = ENTRY_BUDGET_EXHAUSTED
+            return self.stopped_by
         # looked at every 1,024 entries: a look per entry would cost more than the stat
         if self.entries_seen % 1024 == 0:
             if time.monotonic() > self.deadline:
-                self.stopped = True
-                return "time budget exhausted"
+                self.stopped_by = TIME_BUDGET_EXHAUSTED
+                return self.stopped_by
             if self.cancel is not None and self.cancel.is_set():
-                self.stopped = True
-                return "scan cancelled"
+                self.stopped_by = "scan cancelled"
+                return self.stopped_by
         return None
 
 

@@ -73,6 +73,7 @@ def scan_into_ledger(
         clips=len(result.clips),
         new=len(new_ids),
         refused=len(result.refused),
+        incomplete=result.incomplete,
     )
     if not facts.scanned_before:  # a watch folder's rescans are the same docking
         share_docking(ledger, config, docking_id, facts, profile, result)

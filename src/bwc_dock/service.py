@@ -21,6 +21,7 @@ from bwc_dock.alarms import (
     AlarmBoard,
     CameraFinding,
     DockedCamera,
+    IncompleteScan,
     Observation,
     StorageState,
     UnmountableCamera,
@@ -68,6 +69,8 @@ class DaemonStatus:
     # the storage folder is not the last run's, and what its re-check found; "" when not
     storage_root_changed: str = ""
     fleet_key_conflict: str = ""  # another key is registered for this dock id
+    # docked cameras whose last scan stopped at the entry or time budget
+    incomplete_scans: tuple[IncompleteScan, ...] = ()
 
 
 StatusReader = Callable[[], DaemonStatus]
@@ -172,4 +175,5 @@ def _observation(status: DaemonStatus) -> Observation:
         storage_recovery_failure=status.storage_recovery_failure,
         storage_root_changed=status.storage_root_changed,
         fleet_key_conflict=status.fleet_key_conflict,
+        incomplete_scans=status.incomplete_scans,
     )

@@ -189,6 +189,9 @@ class Planner:
                 if (c.video.source_path_raw, c.video.size, c.video.mtime_ns) not in known
             ]
             repairs.append(Rescan(camera, scan, len(new), profile.priority))
+            if scan.incomplete is not None:
+                # what it listed is recorded; what lies past the cut was never looked at
+                repairs.append(_scan_incomplete(camera, scan.incomplete))
         return repairs
 
     # -- clips -----------------------------------------------------------------------------
@@ -467,3 +470,14 @@ def _watch_folder_volumes(config: Config) -> list[DockedVolume]:
     source.start(collector)  # docks every subfolder present now, then we stop watching
     source.stop()
     return collector.volumes
+
+
+def _scan_incomplete(camera: DockedCamera, reason: str) -> CannotRepair:
+    serial = camera.volume.camera_serial
+    docking = "" if camera.docking_id is None else f" (docking {camera.docking_id})"
+    return CannotRepair(
+        None,
+        serial,
+        f"camera {serial}{docking} was not read whole: its scan stopped ({reason}); "
+        "files past the cut stay on it, not offloaded",
+    )
