@@ -170,7 +170,7 @@ def test_the_upgrade_adds_the_indexes_declared_in_the_models(tmp_path: Path) -> 
     has exactly the indexes the models declare."""
     config, ledger_path = _old_ledger_with_history(tmp_path)
     ledger = Ledger.open(config, "upgraded")
-    assert schema_revision(ledger.engine) == "0007"
+    assert schema_revision(ledger.engine) == "0008"
     with ledger.engine.connect() as connection:
         indexes = set(connection.execute(text(
             "SELECT name FROM sqlite_master WHERE type = 'index'"

@@ -93,7 +93,7 @@ class Docking(Base):
     # when its SHA256SUMS was last written to central storage (None: not yet)
     sums_written_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # 1: a clip of it changed state since its SHA256SUMS was last settled (a trigger
-    # sets it, migration 0003); the anchorer looks only at these dockings
+    # sets it, ledger/counters.py); the anchorer looks only at these dockings
     sums_due: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     # the device identity the dock saw at this docking (migration 0005; None on older
     # dockings, and where the source has no such value, as a watch folder has no USB ids)
@@ -186,8 +186,8 @@ class Clip(Base):
 
 
 class ClipStateCount(Base):
-    """How many clips are in each state, kept by triggers on ``clips`` (migration 0003)
-    so that counting does not read every clip the dock has ever seen."""
+    """How many clips are in each state, kept by triggers on ``clips`` (generated in
+    ``ledger/counters.py``) so that counting does not read every clip ever seen."""
 
     __tablename__ = "clip_state_counts"
 
@@ -197,7 +197,7 @@ class ClipStateCount(Base):
 
 class ClipByteTotal(Base):
     """Bytes copied off cameras (``copied``) and confirmed in central storage
-    (``uploaded``), ever; kept by triggers on ``clips`` (migration 0003)."""
+    (``uploaded``), ever; kept by triggers on ``clips`` (``ledger/counters.py``)."""
 
     __tablename__ = "clip_byte_totals"
 
