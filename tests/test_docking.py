@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from bwc_dock.scanner import display_path
+from bwc_dock.found import display_path
 from tests.dock import CameraReadThrottle, Dock, central_objects, sha256_of
 from tests.realparts import need_root, unavailable
 from tests.udevharness import CameraBay, ClipSource, LoopCamera, populate_tree, run, settle

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, event, text
 
 from bwc_dock.config import Config, parse_config
 from bwc_dock.errors import IllegalTransition, LeaseLost, LedgerError
+from bwc_dock.found import DockedVolume, FoundClip, FoundFile
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.audit import find_break
 from bwc_dock.ledger.db import check_durability, create_ledger_engine, migrate, schema_revision
@@ -23,8 +24,6 @@ from bwc_dock.ledger.states import (
     PENDING_STATES,
     check_transition,
 )
-from bwc_dock.scanner import FoundClip, FoundFile
-from bwc_dock.sources.base import DockedVolume
 from tests.dock import utc_datetime
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent / "src"

@@ -9,13 +9,12 @@ from pathlib import Path
 from sqlalchemy import update
 
 from bwc_dock.config import Config, parse_config
+from bwc_dock.found import DockedVolume, FoundClip, FoundFile
 from bwc_dock.ledger import ClipState, Ledger, counters
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Clip, Docking
 from bwc_dock.ledger.states import ALLOWED_TRANSITIONS, ONLY_UNVERIFIED
 from bwc_dock.ledger.transitions import move
-from bwc_dock.scanner import FoundClip, FoundFile
-from bwc_dock.sources.base import DockedVolume
 from tests.dock import utc_datetime
 
 CLIP_SIZE = 1000

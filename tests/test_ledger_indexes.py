@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import event, text
 
 from bwc_dock.config import Config, parse_config
+from bwc_dock.found import DockedVolume, FoundClip, FoundFile
 from bwc_dock.handrun import ingest_folder
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.assignments import officer_at
@@ -20,8 +21,6 @@ from bwc_dock.ledger.db import create_ledger_engine, migrate, schema_revision
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Base
 from bwc_dock.ledger.quick import QuickReader
-from bwc_dock.scanner import FoundClip, FoundFile
-from bwc_dock.sources.base import DockedVolume
 from tests.dock import make_camera, utc_datetime
 
 # Enough uploaded clips that reading them all is thousands of times the work of the

@@ -10,9 +10,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from bwc_dock.config import parse_config
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
-from bwc_dock.sources.base import DockedVolume
 
 # Far longer than any commit takes; only a writer held up by the reader waits it out.
 WRITER_TIMEOUT_SECONDS = 60.0

@@ -17,11 +17,11 @@ import structlog
 from bwc_dock.clocks import DockClock, read_camera_clock, read_dock_clock, set_camera_clock
 from bwc_dock.config import CameraProfile, Config
 from bwc_dock.errors import Interrupted
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.evidence import DockingFacts
 from bwc_dock.ledger.snapshots import DockingClocks
 from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
-from bwc_dock.sources.base import DockedVolume
 
 log = structlog.get_logger(__name__)
 

@@ -29,6 +29,7 @@ from bwc_dock.alarms import CAMERA_FINDING_HOURS, CameraFinding
 from bwc_dock.config import CameraProfile
 from bwc_dock.coverage.records import EVIDENCE_SCHEMA
 from bwc_dock.coverage.shared import DOCKINGS_PREFIX, EVIDENCE_PREFIX, write_record
+from bwc_dock.found import FoundClip
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.evidence import (
     COUNTER_RESET_EVENT,
@@ -39,7 +40,7 @@ from bwc_dock.ledger.evidence import (
     KnownClip,
     vanished_clip_ids,
 )
-from bwc_dock.scanner import FoundClip, ScanResult
+from bwc_dock.scanner import ScanResult
 from bwc_dock.storage import StorageBackend
 
 log = structlog.get_logger(__name__)

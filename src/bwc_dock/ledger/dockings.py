@@ -13,11 +13,11 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger.leases import owner_is_dead
 from bwc_dock.ledger.models import Camera, Docking, utc_now
 from bwc_dock.ledger.snapshots import DockingClocks, DockingRecord, docking_record
 from bwc_dock.ledger.store import Store
-from bwc_dock.sources.base import DockedVolume
 
 log = structlog.get_logger(__name__)
 

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from bwc_dock.config import Config
+from bwc_dock.found import DockedVolume, FoundClip
 from bwc_dock.ledger import (
     assignments,
     audit_log,
@@ -44,8 +45,6 @@ from bwc_dock.ledger.snapshots import (
 )
 from bwc_dock.ledger.states import ClipState
 from bwc_dock.ledger.store import Store
-from bwc_dock.scanner import FoundClip
-from bwc_dock.sources.base import DockedVolume
 
 
 class Ledger:
