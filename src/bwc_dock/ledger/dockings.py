@@ -216,17 +216,6 @@ def end_stale(store: Store) -> int:
         return len(stale)
 
 
-def active(store: Store) -> list[DockingRecord]:
-    """Every docking not yet ended, oldest first."""
-    with store.transaction() as session:
-        return [
-            docking_record(docking)
-            for docking in session.scalars(
-                select(Docking).where(Docking.undocked_at.is_(None)).order_by(Docking.id)
-            )
-        ]
-
-
 def get(store: Store, docking_id: int) -> DockingRecord | None:
     with store.transaction() as session:
         docking = session.get(Docking, docking_id)

@@ -27,6 +27,7 @@ from bwc_dock.ledger import (
     heartbeat,
     multipart,
     queue,
+    read_model,
     reports,
     retention,
 )
@@ -132,7 +133,8 @@ class Ledger:
         return dockings.end_stale(self.store)
 
     def active_dockings(self) -> list[DockingRecord]:
-        return dockings.active(self.store)
+        with self.store.driver_reading() as connection:
+            return read_model.active_dockings(connection)
 
     def docking(self, docking_id: int) -> DockingRecord | None:
         return dockings.get(self.store, docking_id)
@@ -255,7 +257,7 @@ class Ledger:
     def mark_cleared(self, work: ClipWork, details: Mapping[str, Any]) -> None:
         queue.mark_cleared(self.store, work, details)
 
-    # -- queries for reports (ledger/reports.py) ----------------------------------------------
+    # -- queries for reports (ledger/reports.py; status and clips: ledger/read_model.py) -----
 
     def get(self, clip_id: int) -> ClipWork | None:
         return reports.get(self.store, clip_id)
@@ -267,7 +269,8 @@ class Ledger:
         docking_id: int | None = None,
         ids: Collection[int] | None = None,
     ) -> list[ClipWork]:
-        return reports.clips(self.store, camera_serial, state, docking_id, ids)
+        with self.store.driver_reading() as connection:
+            return read_model.clips(connection, camera_serial, state, docking_id, ids)
 
     def clips_holding(self, sha256: str) -> list[tuple[ClipWork, str]]:
         return reports.clips_holding(self.store, sha256)
@@ -285,7 +288,8 @@ class Ledger:
         return reports.purgeable(self.store, uploaded_before)
 
     def counts_by_state(self, camera_serial: str | None = None) -> dict[str, int]:
-        return reports.counts_by_state(self.store, camera_serial)
+        with self.store.driver_reading() as connection:
+            return read_model.counts_by_state(connection, camera_serial)
 
     def pending_for_camera(self, camera_serial: str, states: frozenset[ClipState]) -> int:
         return reports.pending_for_camera(self.store, camera_serial, states)
@@ -306,7 +310,8 @@ class Ledger:
         return reports.byte_totals(self.store)
 
     def oldest_pending_at(self) -> datetime | None:
-        return reports.oldest_pending_at(self.store)
+        with self.store.driver_reading() as connection:
+            return read_model.oldest_pending_at(connection)
 
     def cameras(self) -> list[CameraInfo]:
         return reports.cameras(self.store)
@@ -374,7 +379,8 @@ class Ledger:
         heartbeat.beat(self.store, host, pid, started_at, **fields)
 
     def heartbeat(self) -> HeartbeatRecord | None:
-        return heartbeat.read(self.store)
+        with self.store.driver_reading() as connection:
+            return read_model.heartbeat(connection)
 
     # -- multipart uploads (ledger/multipart.py) ---------------------------------------------
 

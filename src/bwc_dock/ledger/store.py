@@ -46,6 +46,13 @@ class Store:
         with Session(self.reader, expire_on_commit=False) as session, session.begin():
             yield session
 
+    @contextmanager
+    def driver_reading(self) -> Iterator[Any]:
+        """A reading transaction's own DB-API (sqlite3) connection: the read model
+        (read_model.py) asks its plain SQL through it, as the quick reader does."""
+        with self.reader.connect() as connection, connection.begin():
+            yield connection.connection.driver_connection
+
     def audit(self, session: Session, event: str, **fields: Any) -> None:
         """One chained audit row inside the caller's transaction."""
         append(session, self.chain, dock_id=self.dock_id, actor=self.actor, event=event, **fields)
