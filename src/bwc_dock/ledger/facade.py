@@ -133,7 +133,7 @@ class Ledger:
         return dockings.end_stale(self.store)
 
     def active_dockings(self) -> list[DockingRecord]:
-        with self.store.driver_reading() as connection:
+        with self.store.plain_reading() as connection:
             return read_model.active_dockings(connection)
 
     def docking(self, docking_id: int) -> DockingRecord | None:
@@ -269,7 +269,7 @@ class Ledger:
         docking_id: int | None = None,
         ids: Collection[int] | None = None,
     ) -> list[ClipWork]:
-        with self.store.driver_reading() as connection:
+        with self.store.plain_reading() as connection:
             return read_model.clips(connection, camera_serial, state, docking_id, ids)
 
     def clips_holding(self, sha256: str) -> list[tuple[ClipWork, str]]:
@@ -288,7 +288,7 @@ class Ledger:
         return reports.purgeable(self.store, uploaded_before)
 
     def counts_by_state(self, camera_serial: str | None = None) -> dict[str, int]:
-        with self.store.driver_reading() as connection:
+        with self.store.plain_reading() as connection:
             return read_model.counts_by_state(connection, camera_serial)
 
     def pending_for_camera(self, camera_serial: str, states: frozenset[ClipState]) -> int:
@@ -310,7 +310,7 @@ class Ledger:
         return reports.byte_totals(self.store)
 
     def oldest_pending_at(self) -> datetime | None:
-        with self.store.driver_reading() as connection:
+        with self.store.plain_reading() as connection:
             return read_model.oldest_pending_at(connection)
 
     def cameras(self) -> list[CameraInfo]:
@@ -379,7 +379,7 @@ class Ledger:
         heartbeat.beat(self.store, host, pid, started_at, **fields)
 
     def heartbeat(self) -> HeartbeatRecord | None:
-        with self.store.driver_reading() as connection:
+        with self.store.plain_reading() as connection:
             return read_model.heartbeat(connection)
 
     # -- multipart uploads (ledger/multipart.py) ---------------------------------------------

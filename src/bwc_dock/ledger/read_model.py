@@ -2,8 +2,8 @@
 per state, the oldest pending clip, the open dockings and lists of clips.
 
 Each question is plain SQL over a DB-API connection to the SQLite ledger, inside a read
-transaction its caller opened. Two callers share it: the :class:`Ledger` facade passes the
-driver connection of its own reading transaction, and the quick reader (``quick.py``)
+transaction its caller opened. Two callers share it: the :class:`Ledger` facade passes its
+own reading transaction (``Store.plain_reading``), and the quick reader (``quick.py``)
 passes a stdlib sqlite3 connection, so that ``bwc-dock status`` and ``clips`` answer
 without loading SQLAlchemy (a quarter of a second on a dock PC) and still give the
 facade's answers. Only the standard library and the snapshot types load here.
@@ -42,7 +42,7 @@ _DOCKING_COLUMNS = (
 
 class Cursor(Protocol):
     def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
+    def fetchall(self) -> Sequence[Any]: ...
 
 
 class Connection(Protocol):
@@ -143,12 +143,14 @@ def clips(
     return [_clip(row, sidecars.get(row[0], ())) for row in rows]
 
 
-def _clip_rows(connection: Connection, conditions: list[str], parameters: list[Any]) -> list[Any]:
+def _clip_rows(
+    connection: Connection, conditions: list[str], parameters: list[Any]
+) -> list[Any]:
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    return connection.execute(
+    return list(connection.execute(
         f"SELECT {_CLIP_COLUMNS} FROM clips{where} ORDER BY id",  # noqa: S608 - fixed columns, values bound
         parameters,
-    ).fetchall()
+    ).fetchall())
 
 
 def _sidecars(
