@@ -328,8 +328,10 @@ class Ledger:
     def docking_facts(self, docking_id: int) -> evidence.DockingFacts:
         return evidence.docking_facts(self.store, docking_id)
 
-    def camera_clips(self, camera_serial: str) -> list[evidence.KnownClip]:
-        return evidence.camera_clips(self.store, camera_serial)
+    def camera_clips(
+        self, camera_serial: str, counted_since: int | None = None
+    ) -> list[evidence.KnownClip]:
+        return evidence.camera_clips(self.store, camera_serial, counted_since)
 
     def camera_evidence_events(self, camera_serial: str) -> list[evidence.EvidenceEvent]:
         return evidence.camera_events(self.store, camera_serial)

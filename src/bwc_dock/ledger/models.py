@@ -114,6 +114,10 @@ class Docking(Base):
     dock_clock_source: Mapped[str | None] = mapped_column(String(16))
 
 
+# A clip the ledger believes is still on its camera: not cleared by bwc-dock, not found gone.
+ON_CAMERA = "state != 'cleared' AND gone_from_camera_at IS NULL"
+
+
 class Clip(Base):
     __tablename__ = "clips"
     __table_args__ = (
@@ -132,6 +136,9 @@ class Clip(Base):
             "uploaded_at",
             sqlite_where=text("staged_path IS NOT NULL AND staged_purged_at IS NULL"),
         ),
+        # a docking's look for files gone from its camera reads only the clips the ledger
+        # believes are still on the camera, not the camera's history (migration 0009)
+        Index("ix_clips_on_camera", "camera_serial", sqlite_where=text(ON_CAMERA)),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -178,6 +185,9 @@ class Clip(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     discovered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # when a docking found the file gone from the camera without bwc-dock clearing it
+    # (the clip.vanished_on_camera event; migration 0009): no later docking looks again
+    gone_from_camera_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     staged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     uploaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
