@@ -175,12 +175,12 @@ def copier_worker(mode: str, volume: Path, work: Path) -> None:
     """Copy every clip of ``volume`` through a real ledger; print one JSON result."""
     from bwc_dock.config import parse_config
     from bwc_dock.copier import Copier
+    from bwc_dock.found import DockedVolume
     from bwc_dock.ledger import Ledger
     from bwc_dock.ledger.leases import current_owner
     from bwc_dock.logs import configure_logging
     from bwc_dock.scanner import scan_volume
     from bwc_dock.scanning import folder_profile, scan_limits
-    from bwc_dock.sources.base import DockedVolume
     from bwc_dock.staging import StagingArea
 
     configure_logging("warning")

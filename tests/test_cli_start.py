@@ -19,12 +19,12 @@ import pytest
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.db import _MIGRATIONS, create_ledger_engine, head_revision, migrate
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.quick import QuickReader
 from bwc_dock.ledger.states import ClipState
-from bwc_dock.sources.base import DockedVolume
 from tests.dock import Dock, make_camera, wait_until
 from tests.seaweedfs import SeaweedServer
 

@@ -32,12 +32,12 @@ from bwc_dock.clocks import (
 )
 from bwc_dock.config import AlarmsConfig, parse_config
 from bwc_dock.fleet import status_document
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.metrics import MetricsSnapshot, render
 from bwc_dock.scanning import scan_into_ledger, set_clock_after_offload
 from bwc_dock.service import DaemonStatus
-from bwc_dock.sources.base import DockedVolume
 from tests.dock import Dock, sha256_of
 
 NAME_PATTERN = r"(?P<Y>\d{4})(?P<m>\d{2})(?P<d>\d{2})_(?P<H>\d{2})(?P<M>\d{2})(?P<S>\d{2})"

@@ -19,11 +19,11 @@ from structlog.testing import capture_logs
 from bwc_dock import copier as copier_module
 from bwc_dock.config import parse_config
 from bwc_dock.copier import Copier
+from bwc_dock.found import DockedVolume
 from bwc_dock.hashing import hash_file_from_disk
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.scanning import scan_into_ledger
-from bwc_dock.sources.base import DockedVolume
 from bwc_dock.staging import StagingArea
 from tests.dock import flip_byte, sha256_of, write_random
 

@@ -361,9 +361,9 @@ SCENARIO_INVALID = [
 def scan_without_copying(dock: Dock, camera: Path, serial: str) -> None:
     """A docking cut short after the scan: the clips are in the ledger, none copied off."""
     from bwc_dock.config import load_config
+    from bwc_dock.found import DockedVolume
     from bwc_dock.ledger import Ledger
     from bwc_dock.scanning import scan_into_ledger
-    from bwc_dock.sources.base import DockedVolume
 
     config = load_config(dock.config_path)
     ledger = Ledger.open(config, "test")

@@ -22,12 +22,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from bwc_dock.config import parse_config
+from bwc_dock.found import DockedVolume
 from bwc_dock.handoff import UploadHandoff
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.scanning import scan_into_ledger
 from bwc_dock.scheduler import Scheduler
-from bwc_dock.sources.base import DockedVolume
 from bwc_dock.storage import open_backend
 from bwc_dock.storage.base import StorageBackend
 from bwc_dock.wiring import Stages

@@ -116,3 +116,42 @@ def test_hardware_libraries_stay_behind_their_adapters() -> None:
             if top in importers:
                 importers[top].add(name)
     assert importers == {"pyudev": {"bwc_dock.sources.udev"}, "usb": {"bwc_dock.usb"}}
+
+
+# What ledger/ may import besides itself: the base layer and the storage port's values
+# (docs/design.md, "Layers"). config is listed with the modules it is built from.
+LEDGER_MAY_IMPORT = frozenset({
+    "bwc_dock.errors",
+    "bwc_dock.names",
+    "bwc_dock.found",  # DockedVolume, FoundClip: what a camera hands over, as values
+    "bwc_dock.config",
+    "bwc_dock.config_section",
+    "bwc_dock.camera_profiles",
+    "bwc_dock.key_templates",
+    "bwc_dock.storage.base",  # the multipart journal's values
+})
+
+
+def _reached_outside(graph: dict[str, set[str]], package: str) -> set[str]:
+    """Every module outside ``package`` that a module of it imports, directly or through
+    another."""
+    reached: set[str] = set()
+    frontier = [name for name in graph if name == package or name.startswith(package + ".")]
+    while frontier:
+        for imported in graph[frontier.pop()]:
+            if imported not in reached:
+                reached.add(imported)
+                frontier.append(imported)
+    return {name for name in reached if not name.startswith(package + ".") and name != package}
+
+
+def test_the_ledger_imports_nothing_above_it() -> None:
+    """ledger/ reaches only the base layer and the storage port's values, never a stage,
+    a source, the scanner or a driver."""
+    assert _reached_outside(_import_graph(), "bwc_dock.ledger") - LEDGER_MAY_IMPORT == set()
+
+
+def test_the_reach_finder_sees_an_import_through_another_module() -> None:
+    """The check above can fail: a module reached through an allowed one is reported."""
+    graph = {"p.a": {"p.b", "low"}, "p.b": set(), "low": {"high"}, "high": set()}
+    assert _reached_outside(graph, "p") == {"low", "high"}

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, event, text
 
 from bwc_dock.config import Config, parse_config
 from bwc_dock.errors import IllegalTransition, LeaseLost, LedgerError
+from bwc_dock.found import DockedVolume, FoundClip, FoundFile
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.audit import find_break
 from bwc_dock.ledger.db import check_durability, create_ledger_engine, migrate, schema_revision
@@ -23,8 +24,6 @@ from bwc_dock.ledger.states import (
     PENDING_STATES,
     check_transition,
 )
-from bwc_dock.scanner import FoundClip, FoundFile
-from bwc_dock.sources.base import DockedVolume
 from tests.dock import utc_datetime
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent / "src"
@@ -204,7 +203,7 @@ def test_a_ledger_from_the_first_release_is_upgraded_in_place(tmp_path: Path) ->
     engine.dispose()
 
     ledger = Ledger.open(config, "upgraded")
-    assert schema_revision(ledger.engine) == "0007"
+    assert schema_revision(ledger.engine) == "0009"
     with ledger.engine.connect() as connection:
         indexes = set(connection.execute(text(
             "SELECT name FROM sqlite_master WHERE type = 'index'")).scalars())
@@ -222,11 +221,16 @@ def test_a_ledger_from_the_first_release_is_upgraded_in_place(tmp_path: Path) ->
 def test_clips_staged_before_migration_0007_count_as_verified(tmp_path: Path) -> None:
     """A staged clip of a ledger at 0006 (before the column) is verified after the upgrade:
     its copy was verified, or the rule of its time (quarantine if damaged) applies."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
     ledger = _ledger_with_clips(tmp_path, 1)
+    alembic_config = AlembicConfig()
+    alembic_config.set_main_option("script_location", str(SOURCE_ROOT / "bwc_dock/migrations"))
     with ledger.engine.begin() as connection:
         connection.execute(text("UPDATE clips SET state = 'staged', staged_path = 'x'"))
-        connection.execute(text("ALTER TABLE clips DROP COLUMN staged_verified"))
-        connection.execute(text("UPDATE alembic_version SET version_num = '0006'"))
+        alembic_config.attributes["connection"] = connection
+        command.downgrade(alembic_config, "0006")
     ledger.close()
 
     ledger = Ledger.open(_config(tmp_path), "upgraded")
@@ -449,4 +453,24 @@ def test_finishing_a_copy_claims_the_next_clip_in_the_same_transaction(tmp_path:
     assert states == {first.id: ClipState.STAGED, second.id: ClipState.COPYING}
     assert ledger.finish_copy_and_claim(second, owner, "b" * 64, "clips/2", {}, None) is None
     assert find_break(ledger.audit_entries()) is None
+    ledger.close()
+
+
+def test_a_docking_reads_only_the_clips_still_on_its_camera(tmp_path: Path) -> None:
+    """A clip reported gone from its camera and a clip cleared by bwc-dock are not read
+    again at the next docking; with a file counter to follow, the clips of the dockings
+    since the counter's restart are read whole."""
+    from bwc_dock.ledger.evidence import VANISHED_EVENT, EvidenceEvent
+
+    ledger = _ledger_with_clips(tmp_path, 3)
+    _copy_and_upload(ledger, 1)
+    uploaded = ledger.get(1)
+    assert uploaded is not None
+    ledger.mark_cleared(uploaded, {})
+    ledger.record_camera_evidence([EvidenceEvent(VANISHED_EVENT, "CAM1", 2, {"docking": 1})])
+    later = ledger.record_docking(DockedVolume("ingest", "b", tmp_path, "CAM1"), None)
+
+    assert [clip.id for clip in ledger.camera_clips("CAM1")] == [3]
+    assert [clip.id for clip in ledger.camera_clips("CAM1", counted_since=1)] == [1, 2, 3]
+    assert [clip.id for clip in ledger.camera_clips("CAM1", counted_since=later)] == [3]
     ledger.close()

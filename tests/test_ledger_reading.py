@@ -10,9 +10,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from bwc_dock.config import parse_config
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
-from bwc_dock.sources.base import DockedVolume
 
 # Far longer than any commit takes; only a writer held up by the reader waits it out.
 WRITER_TIMEOUT_SECONDS = 60.0
@@ -77,3 +77,33 @@ def test_a_write_slipped_into_a_reading_transaction_fails_and_leaves_writers_wor
     finally:
         ledger.close()
     assert ids == [docking]
+
+
+def test_the_quick_reader_and_the_facade_share_one_read_model(tmp_path: Path) -> None:
+    """An open docking with its clocks measured reads the same, clocks included, through
+    the quick reader and the facade; the facade's lists by docking and by ids come from
+    the same read model."""
+    from bwc_dock.found import FoundClip, FoundFile
+    from bwc_dock.ledger.quick import QuickReader
+    from bwc_dock.ledger.snapshots import DockingClocks
+    from tests.dock import utc_datetime
+
+    ledger = _ledger(tmp_path)
+    docking = _record_a_docking(ledger, tmp_path)
+    clocks = DockingClocks(-2.5, "file", True, 0.25, "adjtimex")
+    ledger.record_clocks(docking, clocks, {})
+    ledger.record_scan(docking, [FoundClip(FoundFile(f"DCIM/{n}.MP4".encode(), 10, n),
+                                           utc_datetime()) for n in range(3)], 0)
+    reader = QuickReader.open(str(ledger.engine.url))
+    assert reader is not None
+    try:
+        assert [d.clocks for d in reader.active_dockings()] == [clocks]
+        assert reader.active_dockings() == ledger.active_dockings()
+        assert [c.id for c in ledger.clips(docking_id=docking)] == [1, 2, 3]
+        assert [c.id for c in ledger.clips(ids=[3, 1, 99])] == [1, 3]
+        assert ledger.clips(ids=[2]) == [reader.clips()[1]]
+        assert ledger.counts_by_state("CAM1")["discovered"] == 3
+        assert ledger.counts_by_state("NONE")["discovered"] == 0
+    finally:
+        reader.close()
+        ledger.close()

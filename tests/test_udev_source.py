@@ -19,10 +19,11 @@ import pyudev
 from structlog.testing import capture_logs
 
 from bwc_dock.config import Config, parse_config
+from bwc_dock.found import DockedVolume
 from bwc_dock.mount_paths import find_mount
 from bwc_dock.mounting import missing_flags, read_mountinfo
 from bwc_dock.sources import udev as udev_source
-from bwc_dock.sources.base import DockedVolume, SourceListener
+from bwc_dock.sources.base import SourceListener
 from bwc_dock.sources.identity import (
     BlockIdentity,
     clean_serial,

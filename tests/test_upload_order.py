@@ -9,10 +9,10 @@ from pathlib import Path
 
 from bwc_dock.config import parse_config
 from bwc_dock.copier import Copier
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.scanning import scan_into_ledger
-from bwc_dock.sources.base import DockedVolume
 from bwc_dock.staging import StagingArea
 from tests.dock import Dock
 

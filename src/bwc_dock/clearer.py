@@ -19,9 +19,10 @@ from pathlib import Path
 import structlog
 
 from bwc_dock.errors import BwcDockError
+from bwc_dock.found import DockedVolume, display_path
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
-from bwc_dock.scanner import display_path, parent_directory
-from bwc_dock.sources.base import DockedVolume, Source
+from bwc_dock.scanner import parent_directory
+from bwc_dock.sources.base import Source
 
 log = structlog.get_logger(__name__)
 

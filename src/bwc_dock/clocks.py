@@ -40,7 +40,8 @@ from pathlib import Path
 import structlog
 
 from bwc_dock.config import CameraProfile
-from bwc_dock.scanner import display_path, parent_directory
+from bwc_dock.found import display_path
+from bwc_dock.scanner import parent_directory
 
 log = structlog.get_logger(__name__)
 

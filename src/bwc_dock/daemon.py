@@ -34,6 +34,7 @@ from bwc_dock.daemon_timers import MainLoopTimers, main_loop_timers
 from bwc_dock.docked import Docked, DockedRegistry
 from bwc_dock.errors import BwcDockError, Interrupted, PermanentStorageError
 from bwc_dock.fleet import FleetPublisher, fleet_publisher
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Docking, utc_now
@@ -42,7 +43,7 @@ from bwc_dock.scanning import BackgroundScans, scan_into_ledger, set_clock_after
 from bwc_dock.scheduler import Scheduler
 from bwc_dock.service import DaemonStatus, ServiceHooks
 from bwc_dock.signals import SignalWatcher
-from bwc_dock.sources.base import DockedVolume, Source, SourceListener, UnreadableCamera
+from bwc_dock.sources.base import Source, SourceListener, UnreadableCamera
 from bwc_dock.storage.base import StorageBackend
 from bwc_dock.storage_health import StorageHealth
 from bwc_dock.uploader import report_refusal_once

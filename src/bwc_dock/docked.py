@@ -14,14 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger.models import utc_now
-from bwc_dock.sources.base import (
-    HANDED_OVER,
-    DockedVolume,
-    Source,
-    SourceCapabilities,
-    UnreadableCamera,
-)
+from bwc_dock.sources.base import HANDED_OVER, Source, SourceCapabilities, UnreadableCamera
 
 
 @dataclass

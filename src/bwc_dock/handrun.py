@@ -16,12 +16,12 @@ import structlog
 
 from bwc_dock.config import Config
 from bwc_dock.errors import UsageError
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger import ClipState, Ledger
 from bwc_dock.ledger.leases import current_owner, heartbeat_alive
 from bwc_dock.scanner import ScanResult
 from bwc_dock.scanning import folder_profile, scan_into_ledger
 from bwc_dock.scheduler import ProgressSink, Scheduler
-from bwc_dock.sources.base import DockedVolume
 from bwc_dock.storage import open_backend
 from bwc_dock.wiring import Stages
 

@@ -32,7 +32,7 @@ from wcmatch import glob
 
 from bwc_dock.config import CameraProfile
 from bwc_dock.errors import HostileEntry, SourceGone
-from bwc_dock.names import display_text, safe_name
+from bwc_dock.found import CameraTime, FoundClip, FoundFile, TimeFlag, display_path
 
 log = structlog.get_logger(__name__)
 
@@ -40,54 +40,6 @@ _GLOB_FLAGS = glob.GLOBSTAR | glob.IGNORECASE | glob.DOTGLOB | glob.FORCEUNIX
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO swapped in after the scan must not hang the copier.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-@dataclass(frozen=True)
-class FoundFile:
-    source_path_raw: bytes  # relative to the volume root, b"/"-joined raw names
-    size: int
-    mtime_ns: int
-
-    @property
-    def source_path(self) -> str:
-        return display_path(self.source_path_raw)
-
-    @property
-    def name(self) -> str:
-        return safe_name(self.source_path_raw.rsplit(b"/", 1)[-1])
-
-
-TimeFlag = Literal["nonexistent", "ambiguous"]
-
-
-@dataclass(frozen=True)
-class CameraTime:
-    """When a clip was recorded, as the camera's clock wrote it and read in its zone.
-
-    ``utc`` is that reading taken at its word (no clock-offset correction). A wall-clock
-    time that daylight saving skips (``nonexistent``) or repeats (``ambiguous``) carries
-    a flag and the rule used to read it, never resolved silently.
-    """
-
-    wall: datetime  # naive: the camera's own reading
-    zone: str  # "UTC" or the profile's IANA name
-    utc: datetime
-    source: Literal["name", "mtime"]
-    flag: TimeFlag | None = None
-    rule: str | None = None
-
-    @property
-    def reading(self) -> str:
-        """The camera's reading with its zone, e.g. ``2026-11-01T01:30:00 America/New_York``."""
-        return f"{self.wall.isoformat()} {self.zone}"
-
-
-@dataclass(frozen=True)
-class FoundClip:
-    video: FoundFile
-    recorded_at: datetime  # the camera's reading in UTC, before any clock correction
-    sidecars: tuple[FoundFile, ...] = ()
-    camera_time: CameraTime | None = None  # None: a UTC reading with nothing to add
 
 
 @dataclass(frozen=True)
@@ -117,11 +69,6 @@ class ScanLimits:
     max_entries: int = 200_000
     # a camera that is slow or huge to list must not keep its scan forever
     max_seconds: float = 300.0
-
-
-def display_path(raw: bytes) -> str:
-    """A printable form of a camera path: invalid UTF-8 and control characters escaped."""
-    return display_text(raw.decode("utf-8", "backslashreplace"))
 
 
 def scan_volume(

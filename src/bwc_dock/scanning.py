@@ -17,11 +17,11 @@ import structlog
 from bwc_dock.clocks import DockClock, read_camera_clock, read_dock_clock, set_camera_clock
 from bwc_dock.config import CameraProfile, Config
 from bwc_dock.errors import Interrupted
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.evidence import DockingFacts
 from bwc_dock.ledger.snapshots import DockingClocks
 from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
-from bwc_dock.sources.base import DockedVolume
 
 log = structlog.get_logger(__name__)
 
@@ -204,16 +204,14 @@ def share_docking(
     resets, files vanished) into the audit log, and with the docking itself to central
     storage; and the fleet's assignments not yet here. The store's failure costs only
     the fleet's copy (logged); offloading goes on."""
-    from bwc_dock.coverage.docking import evidence_documents, findings
+    from bwc_dock.coverage.docking import counter_epoch, evidence_documents, findings
 
-    events = findings(
-        docking_id,
-        facts,
-        profile,
-        result,
-        ledger.camera_clips(facts.camera_serial),
-        ledger.camera_evidence_events(facts.camera_serial),
-    )
+    earlier = ledger.camera_evidence_events(facts.camera_serial)
+    # a file counter is followed since its last restart; otherwise only the clips still
+    # on the camera matter, however long its history
+    counted_since = counter_epoch(earlier) if profile.counter_pattern else None
+    known = ledger.camera_clips(facts.camera_serial, counted_since)
+    events = findings(docking_id, facts, profile, result, known, earlier)
     if events:
         ledger.record_camera_evidence(events)
     for event in events:

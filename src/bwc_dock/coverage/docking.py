@@ -29,6 +29,7 @@ from bwc_dock.alarms import CAMERA_FINDING_HOURS, CameraFinding
 from bwc_dock.config import CameraProfile
 from bwc_dock.coverage.records import EVIDENCE_SCHEMA
 from bwc_dock.coverage.shared import DOCKINGS_PREFIX, EVIDENCE_PREFIX, write_record
+from bwc_dock.found import FoundClip
 from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.evidence import (
     COUNTER_RESET_EVENT,
@@ -39,7 +40,7 @@ from bwc_dock.ledger.evidence import (
     KnownClip,
     vanished_clip_ids,
 )
-from bwc_dock.scanner import FoundClip, ScanResult
+from bwc_dock.scanner import ScanResult
 from bwc_dock.storage import StorageBackend
 
 log = structlog.get_logger(__name__)
@@ -134,8 +135,7 @@ def counter_findings(
     known: Sequence[KnownClip],
     earlier_events: Sequence[EvidenceEvent],
 ) -> list[EvidenceEvent]:
-    resets = [e for e in earlier_events if e.event == COUNTER_RESET_EVENT]
-    epoch = max((int(e.details.get("docking", 0)) for e in resets), default=0)
+    epoch = counter_epoch(earlier_events)
     earlier = _numbered(
         ((k.source_path_raw, k.recorded_at) for k in known
          if k.docking_id != docking_id and k.docking_id >= epoch),
@@ -155,6 +155,13 @@ def counter_findings(
     if gap is not None:
         events.append(EvidenceEvent(SEQUENCE_GAP_EVENT, facts.camera_serial, None, gap))
     return events
+
+
+def counter_epoch(earlier_events: Iterable[EvidenceEvent]) -> int:
+    """The docking of the camera's last counter restart (0: never): the counter is
+    followed from there, so only the clips of that docking and later ones are needed."""
+    resets = [e for e in earlier_events if e.event == COUNTER_RESET_EVENT]
+    return max((int(e.details.get("docking", 0)) for e in resets), default=0)
 
 
 def _numbered(files: Iterable[tuple[bytes, datetime]], pattern: re.Pattern[str]) -> list[Numbered]:

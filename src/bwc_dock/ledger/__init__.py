@@ -1,4 +1,4 @@
-"""The ledger: SQLite (or any SQLAlchemy URL) holding cameras, dockings, clips and audit.
+"""The ledger: a SQLite file holding cameras, dockings, clips and audit.
 
 All SQL of bwc-dock lives in this package, one module per kind of question; the
 :class:`Ledger` facade (``facade.py``) is what the rest of bwc-dock holds, and it hands
@@ -11,13 +11,16 @@ above it (no stage, no daemon, no command).
 - ``store.py``: engine, dock id and actor shared by the parts, one transaction each.
 - ``dockings.py``: cameras arriving and leaving; ``discovery.py``: clips a scan found.
 - ``queue.py``: claim, lease, finish, release, quarantine, re-queue.
-- ``reports.py``: lists, counts and totals; ``custody.py``: SHA256SUMS, manifest and
+- ``read_model.py``: what ``status`` and ``clips`` ask (heartbeat, counts, open
+  dockings, lists of clips) as plain SQL, shared by the facade and the quick reader;
+  ``counters.py``: the triggers that keep the counts and byte totals.
+- ``reports.py``: other lists, counts and totals; ``custody.py``: SHA256SUMS, manifest and
   custody-export facts; ``assignments.py``: who carried each camera when.
 - ``audit.py``: the hash chain; ``audit_log.py``: events, rows and head of the log.
 - ``multipart.py``: the multipart journal; ``heartbeat.py``: the daemon's pulse;
   ``leases.py``: lease-owner names that say whether their process lives.
-- ``quick.py``: read-only answers for ``status`` and ``clips`` over the stdlib sqlite3
-  driver, so that those commands start at once.
+- ``quick.py``: the read model over a stdlib sqlite3 connection, so that ``status`` and
+  ``clips`` start at once.
 
 Importing the package costs nothing: its names load on first use, so that a command
 needing only :class:`ClipState` (the ``clips --state`` choices) or the quick reader

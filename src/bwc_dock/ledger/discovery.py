@@ -14,10 +14,10 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bwc_dock.found import FoundClip
 from bwc_dock.ledger.models import Clip, Docking, Sidecar, utc_now
 from bwc_dock.ledger.states import ClipState
 from bwc_dock.ledger.store import Store
-from bwc_dock.scanner import FoundClip
 
 log = structlog.get_logger(__name__)
 _PATH_BATCH = 500  # paths per query, below SQLite's limit on bound parameters

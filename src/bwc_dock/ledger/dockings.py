@@ -13,11 +13,11 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger.leases import owner_is_dead
 from bwc_dock.ledger.models import Camera, Docking, utc_now
 from bwc_dock.ledger.snapshots import DockingClocks, DockingRecord, docking_record
 from bwc_dock.ledger.store import Store
-from bwc_dock.sources.base import DockedVolume
 
 log = structlog.get_logger(__name__)
 
@@ -214,17 +214,6 @@ def end_stale(store: Store) -> int:
                 details={"docking_id": docking.id, "reason": "daemon restarted"},
             )
         return len(stale)
-
-
-def active(store: Store) -> list[DockingRecord]:
-    """Every docking not yet ended, oldest first."""
-    with store.transaction() as session:
-        return [
-            docking_record(docking)
-            for docking in session.scalars(
-                select(Docking).where(Docking.undocked_at.is_(None)).order_by(Docking.id)
-            )
-        ]
 
 
 def get(store: Store, docking_id: int) -> DockingRecord | None:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text, update
 
-from bwc_dock.ledger.models import AuditEntry, Clip, Docking
+from bwc_dock.ledger.models import ON_CAMERA, AuditEntry, Clip, Docking, utc_now
 from bwc_dock.ledger.store import Store
 
 SEQUENCE_GAP_EVENT = "clip.sequence_gap"
@@ -62,22 +62,22 @@ def docking_facts(store: Store, docking_id: int) -> DockingFacts:
         )
 
 
-def camera_clips(store: Store, camera_serial: str) -> list[KnownClip]:
-    """Every clip the ledger holds for the camera, oldest first."""
-    with store.transaction() as session:
-        rows = session.execute(
-            select(
-                Clip.id,
-                Clip.docking_id,
-                Clip.source_path_raw,
-                Clip.source_path,
-                Clip.state,
-                Clip.recorded_at,
-            )
-            .where(Clip.camera_serial == camera_serial)
-            .order_by(Clip.id)
-        ).all()
-    return [KnownClip(*row) for row in rows]
+def camera_clips(
+    store: Store, camera_serial: str, counted_since: int | None = None
+) -> list[KnownClip]:
+    """The camera's clips a docking's findings need, oldest first: those the ledger
+    believes are still on the camera (``ON_CAMERA``, a partial index holds just these),
+    and when ``counted_since`` is given (a file counter to follow) every clip of the
+    dockings since that one (the counter's last restart)."""
+    columns = (Clip.id, Clip.docking_id, Clip.source_path_raw, Clip.source_path, Clip.state,
+               Clip.recorded_at)
+    mine = select(*columns).where(Clip.camera_serial == camera_serial)
+    with store.reading() as session:
+        rows = {row.id: row for row in session.execute(mine.where(text(ON_CAMERA)))}
+        if counted_since is not None:
+            since = mine.where(Clip.docking_id >= counted_since)
+            rows.update((row.id, row) for row in session.execute(since))
+    return [KnownClip(*rows[clip_id]) for clip_id in sorted(rows)]
 
 
 def camera_events(store: Store, camera_serial: str) -> list[EvidenceEvent]:
@@ -99,7 +99,12 @@ def camera_events(store: Store, camera_serial: str) -> list[EvidenceEvent]:
 
 def record_events(store: Store, events: Sequence[EvidenceEvent]) -> None:
     """All of one docking's findings in one transaction."""
+    gone = [item.clip_id for item in events if item.event == VANISHED_EVENT and item.clip_id]
     with store.transaction() as session:
+        if gone:  # no later docking looks for them again (ix_clips_on_camera)
+            session.execute(
+                update(Clip).where(Clip.id.in_(gone)).values(gone_from_camera_at=utc_now())
+            )
         for item in events:
             store.audit(
                 session,

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from bwc_dock.config import Config
+from bwc_dock.found import DockedVolume, FoundClip
 from bwc_dock.ledger import (
     assignments,
     audit_log,
@@ -26,6 +27,7 @@ from bwc_dock.ledger import (
     heartbeat,
     multipart,
     queue,
+    read_model,
     reports,
     retention,
 )
@@ -44,8 +46,6 @@ from bwc_dock.ledger.snapshots import (
 )
 from bwc_dock.ledger.states import ClipState
 from bwc_dock.ledger.store import Store
-from bwc_dock.scanner import FoundClip
-from bwc_dock.sources.base import DockedVolume
 
 
 class Ledger:
@@ -133,7 +133,8 @@ class Ledger:
         return dockings.end_stale(self.store)
 
     def active_dockings(self) -> list[DockingRecord]:
-        return dockings.active(self.store)
+        with self.store.plain_reading() as connection:
+            return read_model.active_dockings(connection)
 
     def docking(self, docking_id: int) -> DockingRecord | None:
         return dockings.get(self.store, docking_id)
@@ -256,7 +257,7 @@ class Ledger:
     def mark_cleared(self, work: ClipWork, details: Mapping[str, Any]) -> None:
         queue.mark_cleared(self.store, work, details)
 
-    # -- queries for reports (ledger/reports.py) ----------------------------------------------
+    # -- queries for reports (ledger/reports.py; status and clips: ledger/read_model.py) -----
 
     def get(self, clip_id: int) -> ClipWork | None:
         return reports.get(self.store, clip_id)
@@ -268,7 +269,8 @@ class Ledger:
         docking_id: int | None = None,
         ids: Collection[int] | None = None,
     ) -> list[ClipWork]:
-        return reports.clips(self.store, camera_serial, state, docking_id, ids)
+        with self.store.plain_reading() as connection:
+            return read_model.clips(connection, camera_serial, state, docking_id, ids)
 
     def clips_holding(self, sha256: str) -> list[tuple[ClipWork, str]]:
         return reports.clips_holding(self.store, sha256)
@@ -286,7 +288,8 @@ class Ledger:
         return reports.purgeable(self.store, uploaded_before)
 
     def counts_by_state(self, camera_serial: str | None = None) -> dict[str, int]:
-        return reports.counts_by_state(self.store, camera_serial)
+        with self.store.plain_reading() as connection:
+            return read_model.counts_by_state(connection, camera_serial)
 
     def pending_for_camera(self, camera_serial: str, states: frozenset[ClipState]) -> int:
         return reports.pending_for_camera(self.store, camera_serial, states)
@@ -307,7 +310,8 @@ class Ledger:
         return reports.byte_totals(self.store)
 
     def oldest_pending_at(self) -> datetime | None:
-        return reports.oldest_pending_at(self.store)
+        with self.store.plain_reading() as connection:
+            return read_model.oldest_pending_at(connection)
 
     def cameras(self) -> list[CameraInfo]:
         return reports.cameras(self.store)
@@ -324,8 +328,10 @@ class Ledger:
     def docking_facts(self, docking_id: int) -> evidence.DockingFacts:
         return evidence.docking_facts(self.store, docking_id)
 
-    def camera_clips(self, camera_serial: str) -> list[evidence.KnownClip]:
-        return evidence.camera_clips(self.store, camera_serial)
+    def camera_clips(
+        self, camera_serial: str, counted_since: int | None = None
+    ) -> list[evidence.KnownClip]:
+        return evidence.camera_clips(self.store, camera_serial, counted_since)
 
     def camera_evidence_events(self, camera_serial: str) -> list[evidence.EvidenceEvent]:
         return evidence.camera_events(self.store, camera_serial)
@@ -375,7 +381,8 @@ class Ledger:
         heartbeat.beat(self.store, host, pid, started_at, **fields)
 
     def heartbeat(self) -> HeartbeatRecord | None:
-        return heartbeat.read(self.store)
+        with self.store.plain_reading() as connection:
+            return read_model.heartbeat(connection)
 
     # -- multipart uploads (ledger/multipart.py) ---------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The daemon's heartbeat: one row the running daemon rewrites, read by ``status`` and by
-hand-run commands deciding whether a daemon is alive."""
+"""The daemon's heartbeat: one row the running daemon rewrites, read (read_model.py) by
+``status`` and by hand-run commands deciding whether a daemon is alive."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 
 from bwc_dock.ledger.models import DaemonHeartbeat, utc_now
-from bwc_dock.ledger.snapshots import HeartbeatRecord, heartbeat_record
 from bwc_dock.ledger.store import Store
 
 
@@ -23,8 +22,3 @@ def beat(store: Store, host: str, pid: int, started_at: datetime, **fields: Any)
         for name, value in fields.items():
             setattr(row, name, value)
 
-
-def read(store: Store) -> HeartbeatRecord | None:
-    with store.transaction() as session:
-        row = session.get(DaemonHeartbeat, 1)
-        return None if row is None else heartbeat_record(row)

@@ -93,7 +93,7 @@ class Docking(Base):
     # when its SHA256SUMS was last written to central storage (None: not yet)
     sums_written_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # 1: a clip of it changed state since its SHA256SUMS was last settled (a trigger
-    # sets it, migration 0003); the anchorer looks only at these dockings
+    # sets it, ledger/counters.py); the anchorer looks only at these dockings
     sums_due: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     # the device identity the dock saw at this docking (migration 0005; None on older
     # dockings, and where the source has no such value, as a watch folder has no USB ids)
@@ -114,6 +114,10 @@ class Docking(Base):
     dock_clock_source: Mapped[str | None] = mapped_column(String(16))
 
 
+# A clip the ledger believes is still on its camera: not cleared by bwc-dock, not found gone.
+ON_CAMERA = "state != 'cleared' AND gone_from_camera_at IS NULL"
+
+
 class Clip(Base):
     __tablename__ = "clips"
     __table_args__ = (
@@ -132,6 +136,9 @@ class Clip(Base):
             "uploaded_at",
             sqlite_where=text("staged_path IS NOT NULL AND staged_purged_at IS NULL"),
         ),
+        # a docking's look for files gone from its camera reads only the clips the ledger
+        # believes are still on the camera, not the camera's history (migration 0009)
+        Index("ix_clips_on_camera", "camera_serial", sqlite_where=text(ON_CAMERA)),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -178,6 +185,9 @@ class Clip(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     discovered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # when a docking found the file gone from the camera without bwc-dock clearing it
+    # (the clip.vanished_on_camera event; migration 0009): no later docking looks again
+    gone_from_camera_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     staged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     uploaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -186,8 +196,8 @@ class Clip(Base):
 
 
 class ClipStateCount(Base):
-    """How many clips are in each state, kept by triggers on ``clips`` (migration 0003)
-    so that counting does not read every clip the dock has ever seen."""
+    """How many clips are in each state, kept by triggers on ``clips`` (generated in
+    ``ledger/counters.py``) so that counting does not read every clip ever seen."""
 
     __tablename__ = "clip_state_counts"
 
@@ -197,7 +207,7 @@ class ClipStateCount(Base):
 
 class ClipByteTotal(Base):
     """Bytes copied off cameras (``copied``) and confirmed in central storage
-    (``uploaded``), ever; kept by triggers on ``clips`` (migration 0003)."""
+    (``uploaded``), ever; kept by triggers on ``clips`` (``ledger/counters.py``)."""
 
     __tablename__ = "clip_byte_totals"
 

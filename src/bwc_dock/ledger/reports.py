@@ -13,7 +13,6 @@ from bwc_dock.ledger.models import (
     Camera,
     Clip,
     ClipByteTotal,
-    ClipStateCount,
     Docking,
     Sidecar,
 )
@@ -28,27 +27,6 @@ def get(store: Store, clip_id: int) -> ClipWork | None:
     with store.reading() as session:
         clip = session.get(Clip, clip_id)
         return None if clip is None else clip_snapshot(session, clip, None)
-
-
-def clips(
-    store: Store,
-    camera_serial: str | None = None,
-    state: str | None = None,
-    docking_id: int | None = None,
-    ids: Collection[int] | None = None,
-) -> list[ClipWork]:
-    """Clips in id order, narrowed by whichever filters are given."""
-    query = select(Clip).order_by(Clip.id)
-    if camera_serial is not None:
-        query = query.where(Clip.camera_serial == camera_serial)
-    if state is not None:
-        query = query.where(Clip.state == state)
-    if docking_id is not None:
-        query = query.where(Clip.docking_id == docking_id)
-    if ids is not None:
-        query = query.where(Clip.id.in_(list(ids)))
-    with store.reading() as session:
-        return clip_snapshots(session, list(session.scalars(query)))
 
 
 def clips_holding(store: Store, sha256: str) -> list[tuple[ClipWork, str]]:
@@ -125,22 +103,6 @@ def purgeable(store: Store, uploaded_before: datetime) -> list[ClipWork]:
         return clip_snapshots(session, list(found))
 
 
-def counts_by_state(store: Store, camera_serial: str | None = None) -> dict[str, int]:
-    """Clips per state; the dock-wide counts are kept by triggers, not counted here."""
-    with store.reading() as session:
-        if camera_serial is None:
-            query = select(ClipStateCount.state, ClipStateCount.count)
-        else:
-            query = (
-                select(Clip.state, func.count())
-                .where(Clip.camera_serial == camera_serial)
-                .group_by(Clip.state)
-            )
-        counts = {str(state): 0 for state in ClipState}
-        counts.update({state: count for state, count in session.execute(query).all()})
-        return counts
-
-
 def pending_for_camera(store: Store, camera_serial: str, states: frozenset[ClipState]) -> int:
     with store.reading() as session:
         return (
@@ -183,13 +145,6 @@ def byte_totals(store: Store) -> tuple[int, int]:
     with store.reading() as session:
         totals = dict(session.execute(select(ClipByteTotal.kind, ClipByteTotal.bytes)).all())
         return int(totals.get("copied", 0)), int(totals.get("uploaded", 0))
-
-
-def oldest_pending_at(store: Store) -> datetime | None:
-    with store.reading() as session:
-        return session.scalar(
-            select(func.min(Clip.discovered_at)).where(Clip.state.in_(_PENDING))
-        )
 
 
 def cameras(store: Store) -> list[CameraInfo]:

@@ -2,7 +2,7 @@
 
 A snapshot is taken inside a transaction and stays valid after it, so nothing crosses
 threads (or leaves the ledger package) attached to a session. The snapshot types load
-without SQLAlchemy: the quick reader (``quick.py``) hands out the same ones.
+without SQLAlchemy: the read model (``read_model.py``) builds them from plain SQL.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Row
     from sqlalchemy.orm import Session
 
-    from bwc_dock.ledger.models import AuditEntry, Clip, DaemonHeartbeat, Docking, Sidecar
+    from bwc_dock.ledger.models import AuditEntry, Clip, Docking, Sidecar
 
 
 @dataclass(frozen=True)
@@ -294,17 +294,4 @@ def audit_record(entry: AuditEntry) -> AuditRecord:
         details=entry.details,
         prev_hash=entry.prev_hash,
         hash=entry.hash,
-    )
-
-
-def heartbeat_record(row: DaemonHeartbeat) -> HeartbeatRecord:
-    return HeartbeatRecord(
-        host=row.host,
-        pid=row.pid,
-        started_at=row.started_at,
-        beat_at=row.beat_at,
-        status_line=row.status_line,
-        last_error=row.last_error,
-        storage_reachable=row.storage_reachable,
-        staging_free_bytes=row.staging_free_bytes,
     )

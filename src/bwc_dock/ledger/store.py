@@ -6,13 +6,13 @@ audit rows it writes carry this dock's id and the actor named here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, CursorResult, Engine
 from sqlalchemy.orm import Session
 
 from bwc_dock.ledger.audit import ChainHead, append
@@ -46,6 +46,25 @@ class Store:
         with Session(self.reader, expire_on_commit=False) as session, session.begin():
             yield session
 
+    @contextmanager
+    def plain_reading(self) -> Iterator[PlainSQL]:
+        """A reading transaction that takes plain SQL with ``?`` placeholders, as the
+        quick reader's sqlite3 connection does: the read model (read_model.py) asks
+        both the same way."""
+        with self.reader.connect() as connection, connection.begin():
+            yield PlainSQL(connection)
+
     def audit(self, session: Session, event: str, **fields: Any) -> None:
         """One chained audit row inside the caller's transaction."""
         append(session, self.chain, dock_id=self.dock_id, actor=self.actor, event=event, **fields)
+
+
+@dataclass(frozen=True)
+class PlainSQL:
+    """A connection's ``execute`` as sqlite3 has it, through SQLAlchemy (whose hooks, the
+    tests' statement traces among them, still see every statement)."""
+
+    connection: Connection
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> CursorResult[Any]:
+        return self.connection.exec_driver_sql(sql, tuple(parameters))

@@ -18,6 +18,7 @@ import structlog
 from bwc_dock.config import Config
 from bwc_dock.custody import docking_sums, stored_sums_current
 from bwc_dock.errors import SourceGone, StorageError
+from bwc_dock.found import DockedVolume
 from bwc_dock.hashing import hash_file_from_disk
 from bwc_dock.ledger import ClipState, ClipWork, Ledger
 from bwc_dock.ledger.leases import owner_is_dead
@@ -40,7 +41,7 @@ from bwc_dock.resync.repairs import (
 )
 from bwc_dock.scanner import scan_volume
 from bwc_dock.scanning import folder_profile, scan_limits
-from bwc_dock.sources.base import DockedVolume, SourceListener
+from bwc_dock.sources.base import SourceListener
 from bwc_dock.storage.base import DocumentTooLarge, StorageBackend
 from bwc_dock.verify import REMOTE_STATES, Mismatch, check_remote, check_staged, has_staged_copy
 

@@ -13,9 +13,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar
 
+from bwc_dock.found import DockedVolume
 from bwc_dock.ledger import ClipState, ClipWork
 from bwc_dock.scanner import ScanResult
-from bwc_dock.sources.base import DockedVolume
 
 
 class RepairKind(StrEnum):

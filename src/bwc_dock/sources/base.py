@@ -17,35 +17,7 @@ from typing import ClassVar
 
 from bwc_dock.camera_profiles import CameraProfile
 from bwc_dock.errors import BwcDockError
-
-
-@dataclass(frozen=True)
-class DockedVolume:
-    """A camera volume ready to be read: mounted read-only, or a folder."""
-
-    source: str  # "udev", "watch" or "ingest"
-    device: str  # /dev/sdb1, or the folder path for watch/ingest; unique while docked
-    root: Path  # where the volume's files are readable
-    camera_serial: str
-    # the device identity the dock saw; None where this source has no such thing (a watch
-    # folder has no USB ids): absent, never invented
-    profile_name: str | None = None
-    usb_vendor_id: str | None = None
-    usb_product_id: str | None = None
-    fs_type: str | None = None
-    fs_label: str | None = None
-    fs_uuid: str | None = None
-
-    def device_identity(self) -> dict[str, str | None]:
-        """Which device this was, as logged, recorded in the ledger and in custody records."""
-        return {
-            "profile": self.profile_name,
-            "usb_vendor_id": self.usb_vendor_id,
-            "usb_product_id": self.usb_product_id,
-            "fs_type": self.fs_type,
-            "fs_label": self.fs_label,
-            "fs_uuid": self.fs_uuid,
-        }
+from bwc_dock.found import DockedVolume
 
 
 @dataclass(frozen=True)

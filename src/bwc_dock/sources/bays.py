@@ -17,8 +17,9 @@ from pathlib import Path
 import structlog
 
 from bwc_dock.config import CameraProfile
+from bwc_dock.found import DockedVolume
 from bwc_dock.mounting import MountedVolume, MountError, VolumeMounter
-from bwc_dock.sources.base import DockedVolume, SourceListener
+from bwc_dock.sources.base import SourceListener
 from bwc_dock.sources.identity import (
     BlockIdentity,
     claiming_profile,

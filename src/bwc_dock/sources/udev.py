@@ -31,9 +31,10 @@ import structlog
 
 from bwc_dock.config import CameraProfile, Config
 from bwc_dock.errors import BwcDockError
+from bwc_dock.found import DockedVolume
 from bwc_dock.mount_protocol import make_mounter
 from bwc_dock.mounting import VolumeMounter
-from bwc_dock.sources.base import DockedVolume, Source, SourceCapabilities, SourceListener
+from bwc_dock.sources.base import Source, SourceCapabilities, SourceListener
 from bwc_dock.sources.bays import Bays
 from bwc_dock.sources.identity import (
     BlockIdentity,

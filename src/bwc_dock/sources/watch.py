@@ -26,9 +26,10 @@ from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
 from bwc_dock.config import CameraProfile
+from bwc_dock.found import DockedVolume, display_path
 from bwc_dock.names import safe_name
-from bwc_dock.scanner import display_path, parent_directory
-from bwc_dock.sources.base import DockedVolume, Source, SourceCapabilities, SourceListener
+from bwc_dock.scanner import parent_directory
+from bwc_dock.sources.base import Source, SourceCapabilities, SourceListener
 
 log = structlog.get_logger(__name__)
 
