@@ -36,12 +36,10 @@ from bwc_dock.fleet import (
     encode,
     fleet_backend,
     fleet_publisher,
-    judge,
-    parse_document,
-    read_fleet,
     status_document,
 )
 from bwc_dock.fleet_keys import FleetSigner, SignatureState, key_path
+from bwc_dock.fleet_view import judge, parse_document, read_fleet
 from bwc_dock.service import DaemonStatus
 from bwc_dock.storage.base import StoredObject
 from bwc_dock.storage.filesystem import FileBackend

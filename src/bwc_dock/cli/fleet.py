@@ -18,7 +18,7 @@ from bwc_dock.errors import EXIT_PROBLEM
 from bwc_dock.names import display_text
 
 if TYPE_CHECKING:
-    from bwc_dock.fleet import Verdict
+    from bwc_dock.fleet_view import Verdict
 
 
 @click.group(invoke_without_command=True)
@@ -38,7 +38,8 @@ def fleet(context: Context, as_json: bool, stale_after_minutes: float | None) ->
     if click.get_current_context().invoked_subcommand is not None:
         return  # a subcommand (fleet cameras) does its own work
     # lazy: the fleet module brings the daemon's status types, other commands need none
-    from bwc_dock.fleet import TRUST_NOTE, fleet_backend, judge, read_fleet
+    from bwc_dock.fleet import fleet_backend
+    from bwc_dock.fleet_view import TRUST_NOTE, judge, read_fleet
 
     context.logging("warning")
     config = context.config
@@ -172,7 +173,8 @@ def fleet_cameras(context: Context, stale_days: float, as_json: bool) -> None:
     days or docked now only by an unverified status document's word."""
     from bwc_dock.coverage.last_docked import last_dockings
     from bwc_dock.coverage.records import read_last_dockings
-    from bwc_dock.fleet import fleet_backend, read_fleet
+    from bwc_dock.fleet import fleet_backend
+    from bwc_dock.fleet_view import read_fleet
 
     context.logging("warning")
     config = context.config

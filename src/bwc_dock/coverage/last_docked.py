@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from bwc_dock.coverage.records import EvidenceRecord
-from bwc_dock.fleet import DockReport
 from bwc_dock.fleet_keys import SignatureState
+from bwc_dock.fleet_view import DockReport
 
 
 @dataclass(frozen=True)
