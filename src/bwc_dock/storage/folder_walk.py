@@ -118,6 +118,9 @@ def make_directory(parent_fd: int, name: str, where: str, mode: int) -> int:
         pass  # another dock made it meanwhile; opened below, still without following
     else:
         os.chmod(name, mode, dir_fd=parent_fd, follow_symlinks=False)  # not the umask's
+        # the new folder's own name must survive a power cut too: a file published in
+        # it later is durable only if the folder that holds it is
+        os.fsync(parent_fd)
     return open_directory(parent_fd, name, where)
 
 
