@@ -32,6 +32,10 @@ For each store (--stores) and number of cameras (--cameras, default 1, 4 and 8):
    per MB for each copy (a read and a write) and each further read. Target: the daemon's
    own threads within 1.3x of it.
 
+With --before-src CHECKOUT every configuration also runs the daemon from another
+checkout's src/ (on PYTHONPATH), alternately with this one (before, after, before, ...),
+and the report gives each one's CPU per MB and the ratio after/before.
+
 Needs root; run it under the real-parts lock:
 
     flock -o /tmp/bwc-realparts.lock .venv/bin/python scripts/bench_stations.py \\
@@ -225,7 +229,8 @@ class KernelCameras:
         image = folder / "camera.img"
         megabytes = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file()) // 10**6
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", serial[-16:], "-d", str(tree),
-                        str(image), f"{megabytes * 11 // 10 + 32}M"], check=True)
+                        str(image), f"{megabytes * 11 // 10 + 32}M"], check=True,
+                       stdout=subprocess.DEVNULL)
         device = subprocess.run(["losetup", "--find", "--show", "--read-only", str(image)],
                                 check=True, capture_output=True, text=True).stdout.strip()
         camera = LoopCamera(image, "ext4", docking.VENDOR_ID, docking.PRODUCT_ID, serial,
@@ -271,6 +276,7 @@ def concurrent_cat(files: dict[str, list[Path]], megabytes: float,
     """MB/s of one cat per camera, all started together; and the CPU the cats took."""
     started = time.monotonic()
     cpu = CpuMeter()
+    children = _children_cpu()
     running = {serial: subprocess.Popen(["cat", *map(str, paths)], stdout=subprocess.DEVNULL)
                for serial, paths in files.items()}
     rates = {}
@@ -278,7 +284,9 @@ def concurrent_cat(files: dict[str, list[Path]], megabytes: float,
         if process.wait() != 0:
             raise RuntimeError(f"cat of {serial} failed")
         rates[serial] = sizes[serial] / 1e6 / (time.monotonic() - started)
-    return rates, cpu.stop(megabytes)
+    # the cats' own CPU, as the daemon's is its own: the machine is shared
+    return rates, {**cpu.stop(megabytes),
+                   "cat_cpu_ms_per_mb": round((_children_cpu() - children) * 1000 / megabytes, 2)}
 
 
 def fuse_cat(cameras: list[LoopCamera], mount_dir: Path) -> tuple[dict[str, float],
@@ -455,7 +463,23 @@ def summary(cameras: list[LoopCamera], events: list[dict[str, Any]], offload: di
 
 
 def run_one(arguments: argparse.Namespace, store_name: str, count: int,
-            server: SeaweedServer | None, speed: docking.CameraSpeed) -> dict[str, Any]:
+            server: SeaweedServer | None, speed: docking.CameraSpeed,
+            source_tree: str | None = None) -> dict[str, Any]:
+    """One configuration; with ``source_tree`` the daemon runs from that checkout."""
+    saved = os.environ.get("PYTHONPATH")
+    if source_tree is not None:
+        os.environ["PYTHONPATH"] = str(Path(source_tree).resolve() / "src")
+    try:
+        return _run_one(arguments, store_name, count, server, speed)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def _run_one(arguments: argparse.Namespace, store_name: str, count: int,
+             server: SeaweedServer | None, speed: docking.CameraSpeed) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="bwc-bench-stations-"))
     bay_root = Path(tempfile.mkdtemp(prefix="bwc-bench-stations-", dir=arguments.cameras_in))
     try:
@@ -511,14 +535,14 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"station: {report['source']} cameras, {report['clips_per_camera']} x "
           f"{report['clip_mib']} MiB each, reads throttled to {report['camera_mbps']} MB/s per"
           f" camera, {os.cpu_count()} CPUs")
-    print(f"{'store':<7}{'cams':>5}{'load':>6}{'min ratio':>10}{'MB/s/cam':>9}{'busy':>6}"
+    print(f"{'daemon':<7}{'store':<7}{'cams':>5}{'load':>6}{'min ratio':>10}{'MB/s/cam':>9}{'busy':>6}"
           f"{'daemon ms/MB':>13}{'floor':>7}{'x floor':>8}  passes (hashed/copies/reads),"
           " openssl/cat-copy/cat-read ms/MB")
     for run in report["runs"]:
         rows = run["rows"].values()
         offload = run["cpu"]["offload"]
         passes, probe = run["passes"], run["probe_ms_per_mb"]
-        print(f"{run['store']:<7}{run['cameras']:>5}{run['load_average_at_start']:>6}"
+        print(f"{run['daemon']:<7}{run['store']:<7}{run['cameras']:>5}{run['load_average_at_start']:>6}"
               f"{min(r['ratio'] for r in rows):>10.3f}"
               f"{statistics.median(r['daemon_mb_per_s'] for r in rows):>9.1f}"
               f"{offload['cpus_busy']:>6.0%}{offload['daemon_cpu_ms_per_mb']:>13}"
@@ -531,6 +555,14 @@ def print_report(report: dict[str, Any]) -> None:
                   f"{estimate['daemon_cpu_share']:.0%} of the CPU per MB; a "
                   f"{estimate['cpus']}-CPU dock would reach ~{estimate['mb_per_s_per_camera']}"
                   f" MB/s per camera")
+    befores = {(r["store"], r["cameras"]): r for r in report["runs"] if r["daemon"] == "before"}
+    for run in report["runs"]:
+        before = befores.get((run["store"], run["cameras"]))
+        if run["daemon"] == "this" and before is not None:
+            this_ms = run["cpu"]["offload"]["daemon_cpu_ms_per_mb"]
+            before_ms = before["cpu"]["offload"]["daemon_cpu_ms_per_mb"]
+            print(f"{run['store']}, {run['cameras']} cameras: the daemon's CPU per MB "
+                  f"{before_ms} before, {this_ms} now: x{this_ms / before_ms:.3f}")
     print(f"targets: every camera >= {TARGET_RATIO} of its concurrent cat -> "
           f"{'met' if report['camera_link_met'] else 'MISSED'}; the daemon's threads <= "
           f"{TARGET_FLOOR}x the floor -> {'met' if report['floor_met'] else 'MISSED'}")
@@ -549,6 +581,8 @@ def main() -> int:
         "--cameras-in", default="/dev/shm",
         help="folder for the camera images (default: RAM, so each camera is its own "
              "throttled device, as a USB camera is, not a share of the staging disk)")
+    parser.add_argument("--before-src", default=None, metavar="CHECKOUT",
+                        help="also run each configuration with the daemon from CHECKOUT/src")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     arguments = parser.parse_args()
@@ -569,10 +603,14 @@ def main() -> int:
             os.environ.update(server.environment())  # the daemon's and this process's
         for store in stores:
             for count in counts:
-                runs.append(run_one(arguments, store, count, server if store == "s3" else None,
-                                    speed))
-                if not arguments.json:
-                    print(f"({store}, {count} cameras done)", file=sys.stderr, flush=True)
+                store_server = server if store == "s3" else None
+                if arguments.before_src:
+                    before = run_one(arguments, store, count, store_server, speed,
+                                     arguments.before_src)
+                    runs.append({**before, "daemon": "before"})
+                runs.append({**run_one(arguments, store, count, store_server, speed),
+                             "daemon": "this"})
+                print(f"({store}, {count} cameras done)", file=sys.stderr, flush=True)
     finally:
         speed.close()
         if server is not None:
@@ -581,8 +619,8 @@ def main() -> int:
     report = {"source": arguments.source, "clips_per_camera": arguments.clips,
               "clip_mib": arguments.clip_mb, "camera_mbps": arguments.camera_mbps,
               "target_ratio": TARGET_RATIO, "target_floor": TARGET_FLOOR, "runs": runs,
-              "camera_link_met": all(run["camera_link_met"] for run in runs),
-              "floor_met": all(run["floor_met"] for run in runs)}
+              "camera_link_met": all(r["camera_link_met"] for r in runs if r["daemon"] == "this"),
+              "floor_met": all(r["floor_met"] for r in runs if r["daemon"] == "this")}
     if arguments.json:
         print(json.dumps(report, indent=2))
     else:

@@ -142,6 +142,22 @@ def test_put_head_and_read_agree_on_the_sha256(backend: S3Backend, seaweedfs: Se
     assert uploads_in_progress(seaweedfs, s3_bucket) == []
 
 
+def test_a_multipart_clip_is_proven_by_the_stores_composite_not_read_back(
+        backend: S3Backend, tmp_path: Path) -> None:
+    """A multipart clip is uploaded once the store's own composite checksum equals the
+    one of the parts sent (whose bytes hashed to the ledger's SHA-256): no GET of it."""
+    clip, sha256 = make_clip(tmp_path, LARGE)
+    reads: list[str] = []
+    backend._s3().meta.events.register(  # an observer on the real client, not a mock
+        "before-parameter-build.s3.GetObject",
+        lambda **kwargs: reads.append(kwargs["params"]["Key"]))
+    stored = backend.put_file("cam1/clip.mp4", clip, sha256, LARGE, {})
+    assert (stored.size, stored.sha256) == (LARGE, sha256)
+    assert reads == []
+    assert backend.read_sha256("cam1/clip.mp4") == sha256
+    assert reads == ["bwc/cam1/clip.mp4"]
+
+
 def upload_child() -> None:
     """Entry point of the child process the kill -9 test runs (argv: see below)."""
     endpoint, bucket, key, source, sha256, journal_path = sys.argv[1:7]
