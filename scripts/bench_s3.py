@@ -111,7 +111,9 @@ def bwc_dock_child(arguments: argparse.Namespace) -> None:
 
     def one(item: tuple[Path, str]) -> None:
         path, sha256 = item
-        backend.put_file(f"bench/{path.name}", path, sha256, path.stat().st_size, {})
+        # with a progress callback, as the daemon's uploaders always give one
+        backend.put_file(f"bench/{path.name}", path, sha256, path.stat().st_size, {},
+                         progress=lambda _count: None)
 
     # Several clips at once, as the daemon's upload workers do.
     with ThreadPoolExecutor(max_workers=arguments.workers) as pool:
