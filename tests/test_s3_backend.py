@@ -37,6 +37,7 @@ from bwc_dock.errors import (
 )
 from bwc_dock.storage.base import MultipartState, PartRecord
 from bwc_dock.storage.s3 import MIB, S3Backend
+from bwc_dock.storage.s3.connection import MeteredBody
 from bwc_dock.uploader import report_refusal_once
 from tests.loopback_proxy import Faults, LoopbackProxy
 
@@ -156,6 +157,16 @@ def test_a_multipart_clip_is_proven_by_the_stores_composite_not_read_back(
     assert reads == []
     assert backend.read_sha256("cam1/clip.mp4") == sha256
     assert reads == ["bwc/cam1/clip.mp4"]
+
+
+def test_a_metered_body_is_read_in_blocks_of_a_mebibyte() -> None:
+    """The HTTP client asks a body for 16 KiB at a time; a metered body answers with
+    1 MiB blocks, so a 2.5 MiB part costs three reads and three progress reports."""
+    reported: list[int] = []
+    body = MeteredBody(b"x" * (5 * MIB // 2), reported.append)
+    blocks = [len(block) for block in iter(lambda: body.read(16384), b"")]
+    assert blocks == [MIB, MIB, MIB // 2]
+    assert reported == [MIB, MIB, MIB // 2]
 
 
 def upload_child() -> None:
