@@ -227,6 +227,8 @@ def main() -> None:
     arguments = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if arguments.child_src:
+        # the http:// endpoint's warning once per run is noise in the table
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
         bwc_dock_child(arguments)
         return
     if arguments.before_src:
