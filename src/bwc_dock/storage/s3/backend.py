@@ -8,6 +8,7 @@ HEAD confirms size and SHA-256.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from collections.abc import Collection, Generator, Mapping
@@ -59,6 +60,14 @@ logger = get_logger("bwc_dock.storage.s3")
 COPY_OBJECT_LIMIT = 5 * 1024 * 1024 * 1024  # the most one CopyObject request copies
 _COPY_PART_MINIMUM = 64 * 1024 * 1024  # fewer, larger copy requests; the store moves the bytes
 _HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+def _stored_composite(response: Mapping[str, Any]) -> str | None:
+    """The composite checksum the store reports for a multipart object, if any."""
+    checksum = str(response.get("ChecksumSHA256") or "")
+    if "-" not in checksum or response.get("ChecksumType") not in (None, "COMPOSITE"):
+        return None
+    return checksum
+
 
 class S3Backend(MultipartUploads, S3Retention, S3Listing, StorageBackend):
     """Create-only, checksummed, resumable storage in one bucket under one prefix."""
@@ -196,13 +205,15 @@ class S3Backend(MultipartUploads, S3Retention, S3Listing, StorageBackend):
         if existing is not None:
             self._abandon(full_key, upload.journal)
             return self._accept_existing(key, existing, expected, size)
+        composite: str | None = None
         if size < self._settings.multipart_threshold:
             created = self._put_small_file(upload)
         else:
-            created = self._put_multipart(upload)
+            composite = self._put_multipart(upload)
+            created = composite is not None
         if not created:
             return self._accept_existing(key, self._require_head_raw(key), expected, size)
-        stored = self._verify(key, expected, size)
+        stored = self._verify(key, expected, size, composite)
         logger.info("s3.put.verified", key=full_key, sha256=expected, size=size)
         return stored
 
@@ -219,16 +230,22 @@ class S3Backend(MultipartUploads, S3Retention, S3Listing, StorageBackend):
     def _put_small_file(self, upload: Upload) -> bool:
         with upload.source.open("rb") as file:
             data = read_exactly(file, upload.size, upload.source)
-        actual = hashlib.sha256(data).hexdigest()
+        # one pass: the digest that proves the staged copy is the ledger's is the
+        # request's checksum too
+        digest = hashlib.sha256(data).digest()
+        actual = digest.hex()
         if actual != upload.expected:
             raise IntegrityError(f"{upload.source}: staged copy hashes to {actual},"
                                  f" ledger says {upload.expected}")
-        return self._put_single(upload.full_key, data, upload.metadata, upload.progress)
+        return self._put_single(upload.full_key, data, upload.metadata, upload.progress,
+                                checksum=base64.b64encode(digest).decode("ascii"))
 
     def _put_single(self, full_key: str, data: bytes, metadata: dict[str, str],
-                    progress: ProgressCallback | None, *, create_only: bool = True) -> bool:
-        """PUT create-only; False when an object appeared under the key first."""
-        checksum = sha256_base64(data)
+                    progress: ProgressCallback | None, *, create_only: bool = True,
+                    checksum: str | None = None) -> bool:
+        """PUT create-only; False when an object appeared under the key first.
+        ``checksum``: the base64 SHA-256 of ``data``, when the caller has it already."""
+        checksum = checksum or sha256_base64(data)
         condition = self._create_only() if create_only else {}
 
         def attempt() -> None:
@@ -278,18 +295,25 @@ class S3Backend(MultipartUploads, S3Retention, S3Listing, StorageBackend):
             f" sha256 {expected}); nothing was overwritten"
         )
 
-    def _verify(self, key: str, expected: str, size: int) -> StoredObject:
+    def _verify(self, key: str, expected: str, size: int,
+                composite: str | None = None) -> StoredObject:
         """After we created the object: proof that the store holds our evidence, before
         anything counts it as uploaded (and a camera may be cleared).
 
-        The proof is the store's own full-object SHA-256, or, where it keeps none (a
-        multipart upload's checksum is composite; some stores keep none), the SHA-256 of
-        the bytes read back. A HEAD reporting the right size is no proof: a store that
+        The proof is the store's own full-object SHA-256; for a multipart upload, the
+        store's own composite checksum (SHA-256 over the SHA-256 of each part it
+        stored) equal to ``composite``, the one this upload computed from the parts it
+        sent, whose bytes hashed, all together, to ``expected`` in the same read; where
+        the store reports neither (some stores keep no checksums), the SHA-256 of the
+        bytes read back. A HEAD reporting the right size is no proof: a store that
         accepted the PUT and kept nothing can answer that. Each request's
         ``x-amz-checksum-sha256`` only shows the store received the bytes intact."""
         response = self._require_head_raw(key)
         stored = self._stored_object(key, response)
         sha256 = stored.sha256
+        if sha256 is None and stored.size == size and composite is not None and (
+                _stored_composite(response) == composite):
+            sha256 = expected  # the parts the store holds are the parts hashed here
         if sha256 is None and stored.size == size:
             sha256 = self.read_sha256(key)
         if stored.size != size or sha256 != expected:

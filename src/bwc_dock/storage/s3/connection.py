@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import boto3
@@ -53,18 +53,32 @@ _Result = TypeVar("_Result")
 # NotImplemented answers to If-None-Match in a row before writes go on without it
 _NOT_IMPLEMENTED_IN_A_ROW = 3
 
+# The HTTP client reads a file-like body 16 KiB at a time: a Python call, a copy and a
+# progress report per 16 KiB cost more CPU per MB than the bytes' SHA-256. A metered
+# body hands it blocks of this size instead (the client sends whatever a read returns).
+_METERED_BLOCK = 1024 * 1024
+
+
 class MeteredBody(io.BytesIO):
-    """A request body that reports each chunk read from it (for the bandwidth limiter)."""
+    """A request body that reports each chunk read from it (for the bandwidth limiter),
+    read in blocks of at least ``_METERED_BLOCK`` bytes."""
 
     def __init__(self, data: bytes, progress: ProgressCallback) -> None:
         super().__init__(data)  # shares the bytes; no copy until written to
         self._progress = progress
+        self._view = memoryview(data)
 
     def read(self, size: int | None = -1) -> bytes:
-        chunk = super().read(size)
+        """The next block: a view of the bytes, not a copy (the HTTP client only sends
+        it; a copy per block would cost a fresh buffer's page faults and a memcpy)."""
+        start = self.tell()
+        end = len(self._view) if size is None or size < 0 else start + max(size, _METERED_BLOCK)
+        chunk = self._view[start:end]
+        self.seek(start + len(chunk))
         if chunk:
             self._progress(len(chunk))
-        return chunk
+        # a bytes-like view where the HTTP client expects bytes: it only sends it
+        return cast(bytes, chunk)
 
 
 def sha256_base64(data: bytes) -> str:

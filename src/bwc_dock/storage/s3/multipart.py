@@ -95,7 +95,9 @@ class MultipartUploads(S3Connection):
             for index, offset in enumerate(range(0, size, part_size))
         ]
 
-    def _put_multipart(self, upload: Upload) -> bool:
+    def _put_multipart(self, upload: Upload) -> str | None:
+        """Upload by parts; the composite checksum of the parts sent once completed,
+        None when an object appeared under the key first."""
         plan = self._plan(upload.size)
         full_key, journal = upload.full_key, upload.journal
         for _ in range(2):  # a stale journaled upload is replaced once by a new one
@@ -226,8 +228,9 @@ class MultipartUploads(S3Connection):
                           size=len(data))
 
     def _complete(self, full_key: str, upload_id: str, parts: list[PartRecord],
-                  journal: MultipartJournal) -> bool:
-        """Complete create-only; False when an object appeared under the key first."""
+                  journal: MultipartJournal) -> str | None:
+        """Complete create-only; the composite checksum of ``parts``, or None when an
+        object appeared under the key first."""
         listing = [{"PartNumber": part.number, "ETag": part.etag, "ChecksumSHA256": part.checksum}
                    for part in parts]
         def attempt() -> dict[str, Any]:
@@ -243,12 +246,12 @@ class MultipartUploads(S3Connection):
             except ClientError as error:
                 if is_precondition_failed(error):
                     self._abandon(full_key, journal)
-                    return False
+                    return None
                 if error_code(error) == "NoSuchUpload":
                     # completed by an earlier try whose answer was lost, or aborted: the
                     # HEAD that follows tells which
                     journal.finish()
-                    return False
+                    return None
                 raise
         journal.finish()
         expected = composite_checksum([part.checksum for part in parts])
@@ -256,7 +259,7 @@ class MultipartUploads(S3Connection):
         if reported and reported != expected:
             raise IntegrityError(f"{self._where(full_key)}: the store assembled checksum"
                                  f" {reported}, the parts sent make {expected}")
-        return True
+        return expected
 
     def _abandon(self, full_key: str, journal: MultipartJournal) -> None:
         """Abort the journaled upload (if any) and forget it."""
