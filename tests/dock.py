@@ -215,11 +215,13 @@ def make_camera(folder: Path, sizes: Iterable[int], *, seed: int = 1,
 
 
 def central_objects(nas: Path) -> dict[str, str]:
-    """{key: sha256} of every stored object except manifests and SHA256SUMS anchors."""
+    """{key: sha256} of every stored object except manifests, SHA256SUMS anchors and the
+    fleet's status documents and signing keys (under ``_fleet/``)."""
     return {
         str(path.relative_to(nas)): sha256_of(path)
         for path in nas.rglob("*")
         if path.is_file()
+        and path.relative_to(nas).parts[0] != "_fleet"
         and not path.name.endswith(".json")
         and not path.name.startswith("SHA256SUMS")
         and path.name != ".bwc-dock-store"

@@ -649,11 +649,14 @@ def test_hostile_image_writes_nothing_outside_staging_and_good_clips_arrive(
     assert refused[0]["path"].startswith("DCIM/D1/")
 
     # every byte written went to staging or to the camera's folder in central storage
-    # (and the dock's own fleet status document, named by the dock id, not the camera)
+    # (and the dock's own fleet status document and signing key, named by the dock id,
+    # not the camera)
     assert files_outside(root, state, nas, daemon_log) == before
     assert not (Path.cwd() / "PWNED").exists()
     fleet_folder = nas / "_fleet"
-    assert [p.name for p in fleet_folder.iterdir()] == ["dock-test.json"]
+    assert sorted(str(p.relative_to(fleet_folder)) for p in fleet_folder.rglob("*")) == [
+        "dock-test.json", "keys", "keys/dock-test.pub"
+    ]
     for path in nas.rglob("*"):
         relative = path.relative_to(nas)
         if path.is_relative_to(fleet_folder) or path.is_relative_to(nas / "_coverage"):
