@@ -538,3 +538,26 @@ def test_a_backend_without_a_dock_keeps_the_head_before_each_write(
     backend.put_file("cam1/a.mp4", clip, sha256, SMALL, {})
     assert sent == [("HEAD", "bwc/cam1/a.mp4"), ("PUT", "bwc/cam1/a.mp4"),
                     ("HEAD", "bwc/cam1/a.mp4")]
+
+
+def test_a_clip_is_hashed_by_the_dock_alone_on_a_plaintext_endpoint(
+        backend: S3Backend, tmp_path: Path) -> None:
+    """Even over http://, a small clip's PUT carries only the dock's own SHA-256 of the
+    body: botocore neither hashes the payload for the signature (UNSIGNED-PAYLOAD) nor
+    adds a checksum of its own (CRC32 or another)."""
+    headers: list[dict[str, str]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        if request.method == "PUT":
+            headers.append({name.lower(): value.decode() if isinstance(value, bytes) else value
+                            for name, value in request.headers.items()})
+
+    backend._s3().meta.events.register("before-send.s3", record)
+    clip, sha256 = make_clip(tmp_path, SMALL)
+    backend.put_file("cam1/a.mp4", clip, sha256, SMALL, {})
+    [sent] = headers
+    assert sent["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    checksums = sorted(name for name in sent if name.startswith(("x-amz-checksum-",
+                                                                  "x-amz-sdk-checksum",
+                                                                  "x-amz-trailer", "content-md5")))
+    assert checksums == ["x-amz-checksum-sha256"]

@@ -2,8 +2,8 @@
 
 A file below the multipart threshold is one PUT of the buffer that was hashed and
 checked against the ledger's SHA-256; a larger one is a multipart upload (multipart.py).
-Every write starts with a HEAD and is conditional (``If-None-Match: *``); after it a
-HEAD confirms size and SHA-256.
+Every write is conditional (``If-None-Match: *``) and starts with a HEAD, except a single
+PUT to a store proven to honour the condition; after it a HEAD confirms size and SHA-256.
 """
 
 from __future__ import annotations
