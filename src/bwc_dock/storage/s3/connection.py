@@ -2,7 +2,8 @@
 
 What every request needs, whichever object or upload it is about: the client (made
 on first use, made again after the store refused the credentials), the bucket, the
-create-only condition and Object Lock parameters, and the HEAD every write starts with.
+create-only condition and Object Lock parameters, the HEAD before a write, and the probe
+that shows whether the store honours the create-only condition (sparing that HEAD).
 """
 
 from __future__ import annotations
