@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as clock
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
 from structlog.testing import capture_logs
@@ -492,3 +493,71 @@ def test_one_not_implemented_answer_keeps_writes_create_only(
     puts = proxy.matching("PUT")
     assert [put.status for put in puts] == [501, 200]
     assert all("if-none-match" in put.header_names for put in puts)
+
+
+def sent_requests(store: S3Backend, bucket: str) -> list[tuple[str, str]]:
+    """(method, key) of every HTTP request the store's client sends from now on, its
+    conditional-write canary named ``<canary>`` (an observer on the real client)."""
+    sent: list[tuple[str, str]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        key = urlsplit(request.url).path.removeprefix(f"/{bucket}/")
+        canary = key.startswith("bwc/_probe/DOCK-7/") and key.endswith(".if-none-match")
+        sent.append((request.method, "<canary>" if canary else key))
+
+    store._s3().meta.events.register("before-send.s3", record)
+    return sent
+
+
+def test_a_small_clip_costs_two_requests_once_the_store_refused_an_overwrite(
+        seaweedfs: SeaweedServer, s3_bucket: str, credentials: None, tmp_path: Path) -> None:
+    """A store that refused to overwrite the dock's canary under If-None-Match (proven
+    once, then the canary removed) gets each small clip as a conditional PUT and the HEAD
+    that proves it: no HEAD before. A clip already there is accepted after the 412."""
+    store = S3Backend.from_config(seaweedfs.storage_config(s3_bucket, prefix="bwc"), "DOCK-7")
+    clips = {name: make_clip(tmp_path, SMALL, name=f"{name}.mp4") for name in ("a", "b")}
+    sent = sent_requests(store, s3_bucket)
+    for name in ("a", "b", "a"):
+        clip, sha256 = clips[name]
+        assert store.put_file(f"cam1/{name}.mp4", clip, sha256, SMALL, {}).sha256 == sha256
+    assert sent == [
+        ("PUT", "<canary>"), ("PUT", "<canary>"), ("GET", "<canary>"), ("DELETE", "<canary>"),
+        ("PUT", "bwc/cam1/a.mp4"), ("HEAD", "bwc/cam1/a.mp4"),
+        ("PUT", "bwc/cam1/b.mp4"), ("HEAD", "bwc/cam1/b.mp4"),
+        ("PUT", "bwc/cam1/a.mp4"), ("HEAD", "bwc/cam1/a.mp4"),  # 412, then accepted
+    ]
+    assert seaweedfs.object_keys(s3_bucket) == ["bwc/cam1/a.mp4", "bwc/cam1/b.mp4"]
+
+
+def test_a_backend_without_a_dock_keeps_the_head_before_each_write(
+        backend: S3Backend, s3_bucket: str, tmp_path: Path) -> None:
+    """Given no dock to name its canary, the backend never probes the store: each small
+    clip is HEAD, conditional PUT, HEAD."""
+    sent = sent_requests(backend, s3_bucket)
+    clip, sha256 = make_clip(tmp_path, SMALL)
+    backend.put_file("cam1/a.mp4", clip, sha256, SMALL, {})
+    assert sent == [("HEAD", "bwc/cam1/a.mp4"), ("PUT", "bwc/cam1/a.mp4"),
+                    ("HEAD", "bwc/cam1/a.mp4")]
+
+
+def test_a_clip_is_hashed_by_the_dock_alone_on_a_plaintext_endpoint(
+        backend: S3Backend, tmp_path: Path) -> None:
+    """Even over http://, a small clip's PUT carries only the dock's own SHA-256 of the
+    body: botocore neither hashes the payload for the signature (UNSIGNED-PAYLOAD) nor
+    adds a checksum of its own (CRC32 or another)."""
+    headers: list[dict[str, str]] = []
+
+    def record(request: Any, **_: Any) -> None:
+        if request.method == "PUT":
+            headers.append({name.lower(): value.decode() if isinstance(value, bytes) else value
+                            for name, value in request.headers.items()})
+
+    backend._s3().meta.events.register("before-send.s3", record)
+    clip, sha256 = make_clip(tmp_path, SMALL)
+    backend.put_file("cam1/a.mp4", clip, sha256, SMALL, {})
+    [sent] = headers
+    assert sent["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    checksums = sorted(name for name in sent if name.startswith(("x-amz-checksum-",
+                                                                  "x-amz-sdk-checksum",
+                                                                  "x-amz-trailer", "content-md5")))
+    assert checksums == ["x-amz-checksum-sha256"]

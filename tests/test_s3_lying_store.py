@@ -1,4 +1,8 @@
-"""A store that says yes and keeps nothing: its word on a clip's size is no proof.
+"""Stores that break S3's promises: what the dock believes of them.
+
+A store that says yes and keeps nothing: its word on a clip's size is no proof. A store
+that keeps what it is sent but ignores ``If-None-Match: *``: the HEAD before each write
+stays the guard against overwriting someone else's object.
 
 The store here is a fake S3 endpoint on loopback, on purpose: no real store lies, and
 the point is what the dock believes. It accepts every PUT, keeps no byte, and answers a
@@ -8,6 +12,8 @@ path (SeaweedFS) is covered by test_s3_backend.py and test_s3_pipeline.py.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +22,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from bwc_dock.config import StorageConfig
+from bwc_dock.errors import StorageConflict
+from bwc_dock.storage.s3 import S3Backend
 from tests.dock import Dock, make_camera
 
 NO_SUCH_KEY = b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>"
@@ -65,6 +74,87 @@ class _ForgetfulStore(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._reply(204)
+
+
+class _OverwritingStore(_ForgetfulStore):
+    """Keeps every byte it is sent and reports its SHA-256, but ignores If-None-Match:
+    a second PUT to a key replaces the first."""
+
+    objects: dict[str, bytes]
+    methods: list[tuple[str, str]]  # (method, path) of every request, in order
+    endpoint: str  # the store's URL
+
+    def _key(self) -> str:
+        path = urlsplit(self.path).path
+        self.methods.append((self.command, path))
+        return path
+
+    def do_PUT(self) -> None:
+        self.objects[self._key()] = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._reply(200, headers={"ETag": '"0123456789abcdef0123456789abcdef"'})
+
+    def do_HEAD(self) -> None:
+        body = self.objects.get(self._key())
+        if body is None:
+            self._reply(404)
+            return
+        checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        self._reply(200, headers={"ETag": '"0123456789abcdef0123456789abcdef"',
+                                  "Last-Modified": "Sat, 05 Dec 2026 10:00:00 GMT",
+                                  "x-amz-checksum-sha256": checksum}, length=len(body))
+
+    def do_GET(self) -> None:
+        body = self.objects.get(self._key())
+        if body is None:
+            super().do_GET()
+            return
+        self._reply(200, body)
+
+    def do_DELETE(self) -> None:
+        self.objects.pop(self._key(), None)
+        self._reply(204)
+
+
+@pytest.fixture
+def overwriting_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_OverwritingStore]]:
+    """A store on loopback that keeps bytes but ignores If-None-Match (its class, whose
+    ``objects`` and ``methods`` the test reads; ``endpoint`` is its URL)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    handler: type[_OverwritingStore] = type(
+        "Handler", (_OverwritingStore,), {"objects": {}, "methods": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    handler.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    yield handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_store_that_ignores_if_none_match_keeps_the_head_before_each_write(
+        overwriting_store: type[_OverwritingStore], tmp_path: Path) -> None:
+    """The dock's canary is overwritten despite If-None-Match, so each clip starts with a
+    HEAD: someone else's object under a clip's key is never overwritten."""
+    config = StorageConfig(backend="s3", endpoint_url=overwriting_store.endpoint,
+                           allow_plaintext=True, bucket="evidence", addressing_style="path")
+    store = S3Backend.from_config(config, "DOCK-7")
+    overwriting_store.objects["/evidence/cam1/theirs.mp4"] = b"someone else's object"
+    ours = tmp_path / "clip.mp4"
+    ours.write_bytes(b"our evidence")
+    sha256 = hashlib.sha256(b"our evidence").hexdigest()
+    assert store.put_file("cam1/ours.mp4", ours, sha256, 12, {}).sha256 == sha256
+    with pytest.raises(StorageConflict):
+        store.put_file("cam1/theirs.mp4", ours, sha256, 12, {})
+    assert overwriting_store.objects["/evidence/cam1/theirs.mp4"] == b"someone else's object"
+    methods = [(method, "<canary>" if "/_probe/DOCK-7/" in path else path)
+               for method, path in overwriting_store.methods]
+    assert methods == [
+        ("PUT", "<canary>"), ("PUT", "<canary>"), ("DELETE", "<canary>"),
+        ("HEAD", "/evidence/cam1/ours.mp4"), ("PUT", "/evidence/cam1/ours.mp4"),
+        ("HEAD", "/evidence/cam1/ours.mp4"),
+        ("HEAD", "/evidence/cam1/theirs.mp4"),
+    ]
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def _s3_backend(config: Config) -> StorageBackend:
     # imported lazily: boto3 costs half a second at start and the file backend needs none of it
     from bwc_dock.storage.s3 import S3Backend
 
-    backend: StorageBackend = S3Backend.from_config(config.storage)
+    backend: StorageBackend = S3Backend.from_config(config.storage, config.dock.id)
     return backend
 
 

@@ -19,10 +19,13 @@ How a clip gets there, and why it is proven equal to the evidence hash:
   (about 0.8 CPU s/GiB with SHA-NI), done in the upload threads. Payload signing is
   turned off because the signed checksum header already binds the body; that saves
   botocore's own SHA-256 pass on plain-http endpoints.
-- Writes are create-only: a HEAD first (cheap, and the only guard on stores that ignore
-  conditional writes), then ``If-None-Match: *`` on the PUT and on the completion. An
-  object already there with the same SHA-256 is success (a retry after a lost
-  response); a different one is StorageConflict, never an overwrite.
+- Writes are create-only: ``If-None-Match: *`` on the PUT and on the completion, and a
+  HEAD before, the only guard on stores that ignore conditional writes. A single PUT
+  goes without that HEAD once the store proved it honours the condition: at the first
+  write, a canary under the dock's ``_probe/<dock>/`` written twice, the second refused
+  (412) and the first bytes kept (connection.py). An object already there with the same
+  SHA-256 is success (a retry after a lost response); a different one is
+  StorageConflict, never an overwrite.
 - The evidence SHA-256 is stored as metadata ``x-amz-meta-sha256`` (lowercase hex), for
   people and other tools; it is never read back as proof, since anyone who can write to
   the bucket can set it; ``head`` reports only the store's own full-object hash.

@@ -2,8 +2,8 @@
 
 A file below the multipart threshold is one PUT of the buffer that was hashed and
 checked against the ledger's SHA-256; a larger one is a multipart upload (multipart.py).
-Every write starts with a HEAD and is conditional (``If-None-Match: *``); after it a
-HEAD confirms size and SHA-256.
+Every write is conditional (``If-None-Match: *``) and starts with a HEAD, except a single
+PUT to a store proven to honour the condition; after it a HEAD confirms size and SHA-256.
 """
 
 from __future__ import annotations
@@ -77,8 +77,10 @@ class S3Backend(MultipartUploads, S3Retention, S3Listing, StorageBackend):
     single_copy_limit = COPY_OBJECT_LIMIT
 
     @classmethod
-    def from_config(cls, config: StorageConfig) -> S3Backend:
-        return cls(S3Settings.from_config(config))
+    def from_config(cls, config: StorageConfig, dock_id: str | None = None) -> S3Backend:
+        """``dock_id`` names the dock's probe folder; without it the backend never
+        probes the store and keeps the HEAD before every write."""
+        return cls(S3Settings.from_config(config, dock_id))
 
     # -- reading ------------------------------------------------------------------------
 
@@ -144,7 +146,8 @@ class S3Backend(MultipartUploads, S3Retention, S3Listing, StorageBackend):
     ) -> StoredObject:
         expected = hashlib.sha256(data).hexdigest()
         full_key = self._full_key(key)
-        existing = self._head_raw(full_key)
+        guarded = replace or self._needs_head_before()
+        existing = self._head_raw(full_key) if guarded else None
         object_metadata = self._object_metadata(metadata, expected)
         if existing is not None:
             stored = self._stored_object(key, existing)
@@ -201,17 +204,22 @@ class S3Backend(MultipartUploads, S3Retention, S3Listing, StorageBackend):
         object_metadata = self._object_metadata(metadata, expected)
         upload = Upload(full_key, source, expected, size, object_metadata,
                          journal or MemoryJournal(), progress)
-        existing = self._head_raw(full_key)
+        single = size < self._settings.multipart_threshold
+        # A multipart upload keeps its HEAD: one request beside many parts, and it spares
+        # resending every part of a clip that a lost answer left complete.
+        guarded = not single or self._needs_head_before()
+        existing = self._head_raw(full_key) if guarded else None
         if existing is not None:
             self._abandon(full_key, upload.journal)
             return self._accept_existing(key, existing, expected, size)
         composite: str | None = None
-        if size < self._settings.multipart_threshold:
+        if single:
             created = self._put_small_file(upload)
         else:
             composite = self._put_multipart(upload)
             created = composite is not None
         if not created:
+            self._abandon(full_key, upload.journal)
             return self._accept_existing(key, self._require_head_raw(key), expected, size)
         stored = self._verify(key, expected, size, composite)
         logger.info("s3.put.verified", key=full_key, sha256=expected, size=size)

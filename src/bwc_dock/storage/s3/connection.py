@@ -2,7 +2,8 @@
 
 What every request needs, whichever object or upload it is about: the client (made
 on first use, made again after the store refused the credentials), the bucket, the
-create-only condition and Object Lock parameters, and the HEAD every write starts with.
+create-only condition and Object Lock parameters, the HEAD before a write, and the probe
+that shows whether the store honours the create-only condition (sparing that HEAD).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import threading
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -42,6 +44,7 @@ from bwc_dock.storage.s3.translate import (
     error_code,
     http_status,
     is_checksum_rejection,
+    is_precondition_failed,
     translate,
 )
 
@@ -81,6 +84,11 @@ class MeteredBody(io.BytesIO):
         return cast(bytes, chunk)
 
 
+# The conditional-write probe's two bodies: the second must never replace the first.
+_PROBE_FIRST = b"bwc-dock conditional-write probe: the first write\n"
+_PROBE_OVERWRITE = b"bwc-dock conditional-write probe: an overwrite the store must refuse\n"
+
+
 def sha256_base64(data: bytes) -> str:
     """The base64 SHA-256 of ``data``, as S3's x-amz-checksum-sha256 wants it."""
     return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
@@ -105,6 +113,12 @@ class S3Connection:
         # then the only create-only guard.
         self._conditional_writes = True
         self._not_implemented_answers = 0
+        # Whether the store was seen to refuse an overwrite under If-None-Match (a canary
+        # written twice, see _probe_conditional_writes): only then does a create-only
+        # single PUT go without the HEAD before it. None until asked; never asked (so the
+        # HEAD stays) by a backend that was given no probe prefix of its own dock.
+        self._overwrites_refused: bool | None = None if settings.probe_prefix else False
+        self._probe_lock = threading.Lock()
         if settings.endpoint_url and urlsplit(settings.endpoint_url).scheme == "http":
             logger.warning("s3.cleartext_endpoint", endpoint=settings.endpoint_url,
                            why="no TLS: bodies are checksummed but not confidential")
@@ -233,6 +247,73 @@ class S3Connection:
         if self._conditional_writes:
             self._not_implemented_answers = 0
         return result
+
+    def _needs_head_before(self) -> bool:
+        """Whether a create-only single PUT must start with a HEAD: yes, unless this store
+        proved it refuses an overwrite under If-None-Match (and still gets the header).
+        Without the HEAD, a 412 from the PUT leads to the HEAD that accepts what is there."""
+        if not self._conditional_writes:
+            return True
+        with self._probe_lock:
+            if self._overwrites_refused is None:
+                self._overwrites_refused = self._probe_conditional_writes()
+            return self._overwrites_refused is not True
+
+    def _probe_conditional_writes(self) -> bool | None:
+        """Write a canary under the dock's probe prefix, then again create-only: True if
+        the store refused the second write and kept the first bytes, False if it did not
+        (it ignores If-None-Match) or refuses the probe, None if unanswered (asked again
+        at the next write; until then the HEAD stays)."""
+        stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{os.urandom(4).hex()}"
+        full_key = self._full_key(f"{self._settings.probe_prefix}{stamp}.if-none-match")
+        try:
+            self._put_canary(full_key, _PROBE_FIRST)
+            try:
+                self._put_canary(full_key, _PROBE_OVERWRITE)
+                refused = False
+            except ClientError as error:
+                if not is_precondition_failed(error) and (
+                        error_code(error) != "ConditionalRequestConflict"):
+                    raise
+                refused = True
+            kept = refused and self._read_canary(full_key) == _PROBE_FIRST
+        except (ClientError, BotoCoreError) as error:
+            translated = self._translate(error, "PUT probe", full_key)
+            definite = isinstance(translated, PermanentStorageError) or (
+                isinstance(error, ClientError) and error_code(error) == "NotImplemented")
+            logger.warning("s3.conditional_writes_unproven", error=str(translated),
+                           why="a HEAD before each write stays the guard against overwrites")
+            return False if definite else None
+        self._delete_canary(full_key)
+        if kept:
+            logger.info("s3.conditional_writes_proven", canary=full_key)
+            return True
+        logger.warning("s3.conditional_writes_ignored", canary=full_key,
+                       endpoint=self._settings.endpoint_url,
+                       why="the store took an overwrite under If-None-Match: *; a HEAD"
+                           " before each write stays the guard against overwrites")
+        return False
+
+    def _put_canary(self, full_key: str, body: bytes) -> None:
+        self._s3().put_object(Bucket=self._settings.bucket, Key=full_key, Body=body,
+                              ContentLength=len(body), ChecksumSHA256=sha256_base64(body),
+                              IfNoneMatch="*")
+
+    def _read_canary(self, full_key: str) -> bytes:
+        response = self._s3().get_object(Bucket=self._settings.bucket, Key=full_key)
+        stream = response["Body"]
+        try:
+            body: bytes = stream.read(len(_PROBE_OVERWRITE) + 1)
+        finally:
+            stream.close()
+        return body
+
+    def _delete_canary(self, full_key: str) -> None:
+        """Tidy up; a store or key that may not delete (Object Lock, a policy) keeps it."""
+        try:
+            self._s3().delete_object(Bucket=self._settings.bucket, Key=full_key)
+        except (ClientError, BotoCoreError) as error:
+            logger.info("s3.probe_canary_left", canary=full_key, error=str(error))
 
     def _lock_parameters(self) -> dict[str, Any]:
         """Object Lock for a new object: the retain-until date of the clip being written

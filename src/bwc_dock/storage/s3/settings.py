@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bwc_dock.config import StorageConfig
 from bwc_dock.errors import PermanentStorageError, RefusalKind
+from bwc_dock.names import safe_name
 
 MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB  # the S3 minimum for every part but the last
@@ -19,6 +20,7 @@ BOTOCORE_ATTEMPTS = 3  # botocore's own tries per request, first one included
 CHECKSUM_ATTEMPTS = 3  # our tries when the store rejects a request's checksum
 DOWNLOAD_CHUNK = 1 * MIB
 DEFAULT_ORPHAN_AGE = timedelta(hours=1)
+PROBE_PREFIX = "_probe/"  # the storage probes' canaries, one folder per dock
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,11 @@ class S3Settings:
     object_lock_days: int | None = None
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
+    # where this dock writes its probe canaries ("_probe/<dock>/"); None: no probes
+    probe_prefix: str | None = None
 
     @classmethod
-    def from_config(cls, config: StorageConfig) -> S3Settings:
+    def from_config(cls, config: StorageConfig, dock_id: str | None = None) -> S3Settings:
         if not config.bucket:
             raise PermanentStorageError(
                 "storage.bucket: required for the s3 backend", RefusalKind.INVALID_REQUEST
@@ -60,7 +64,13 @@ class S3Settings:
             concurrency=config.multipart_concurrency,
             object_lock_mode=config.object_lock_mode,
             object_lock_days=config.object_lock_days,
+            probe_prefix=None if dock_id is None else probe_prefix(dock_id),
         )
+
+
+def probe_prefix(dock_id: str) -> str:
+    """The folder of one dock's probe canaries, below the configured prefix."""
+    return f"{PROBE_PREFIX}{safe_name(dock_id.encode())}/"
 
 
 def systemd_credential_file() -> Path | None:
