@@ -116,7 +116,8 @@ def _s3_store(server: SeaweedServer, bucket: str) -> Store:
                            Body=b"half")
 
     return Store(
-        backend=S3Backend.from_config(server.storage_config(bucket)),
+        # with a dock id, as the daemon opens it: the conditional-write probe runs
+        backend=S3Backend.from_config(server.storage_config(bucket), "DOCK-7"),
         keys=keys,
         leftovers=leftovers,
         version=version,
