@@ -152,6 +152,33 @@ def test_ingest_hands_over_to_a_running_daemon_and_waits(dock: Dock) -> None:
     assert sorted(central_objects(dock.nas).values()) == sorted(expected.values())
 
 
+def test_a_folder_handed_over_is_adopted_only_once_its_scan_is_in_the_ledger(
+    dock: Dock,
+) -> None:
+    """The daemon adopts an ingest's folder only once its clips are listed: adopted
+    mid-scan (many entries), it was found done with nothing listed, ended, and --wait
+    waited for clips nobody would copy."""
+    daemon = dock.start_daemon()
+    try:
+        wait_until(lambda: json.loads(dock.cli("status", "--json").stdout)["daemon_alive"],
+                   timeout=30, message="daemon alive")
+        camera = dock.root / "card"
+        expected = make_camera(camera, [1000] * 40, sidecars=False)
+        junk = camera / "MISC"
+        junk.mkdir()
+        for number in range(150_000):  # a scan of seconds, many turns of the daemon's loop
+            (junk / f"n{number:06d}.dat").touch()
+        result = dock.cli("ingest", str(camera), "--camera-serial", "SLOW1", "--wait",
+                          "--timeout", "60", "--json", check=False)
+    finally:
+        assert dock.stop_daemon(daemon) == 0
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["handed_over"] is True
+    assert summary["states"] == {"uploaded": 40}
+    assert sorted(central_objects(dock.nas).values()) == sorted(expected.values())
+
+
 def test_status_json_reports_counts_cameras_and_liveness(dock: Dock) -> None:
     """status --json is one document with the keys scripts rely on."""
     camera = dock.root / "card"

@@ -70,8 +70,8 @@ def ingest_folder(
         profile_name=profile.name,
     )
     handing_over = daemon_alive(ledger, config.service.heartbeat_seconds)
-    # an ownerless docking is the daemon's to adopt
-    docking_id = ledger.record_docking(volume, None if handing_over else current_owner("ingest"))
+    owner = current_owner("ingest")
+    docking_id = ledger.record_docking(volume, owner)
     report = IngestReport(docking_id, handed_over=handing_over)
     new_ids, found = scan_into_ledger(ledger, config, docking_id, volume)
     report.new, report.refused = len(new_ids), len(found.refused)
@@ -79,6 +79,9 @@ def ingest_folder(
     report.clips = len(clip_ids)
     deadline = time.monotonic() + timeout_seconds
     if handing_over:
+        # ownerless (the daemon's to adopt) only now that every clip is in the ledger:
+        # adopted mid-scan, it looked done with nothing listed and was ended
+        ledger.hand_over_docking(docking_id, owner)
         log.info("ingest.handed_over", docking=docking_id, clips=report.clips)
         if wait:
             _wait_for(ledger, clip_ids, ClipState.UPLOADED, deadline, progress)

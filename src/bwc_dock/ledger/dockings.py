@@ -187,6 +187,14 @@ def end(store: Store, docking_id: int, reason: str) -> None:
         )
 
 
+def hand_over(store: Store, docking_id: int, owner: str) -> None:
+    """``owner`` gives its open docking up for the daemon to adopt (it becomes ownerless)."""
+    with store.transaction() as session:
+        docking = session.get(Docking, docking_id)
+        if docking is not None and docking.undocked_at is None and docking.owner == owner:
+            docking.owner = None
+
+
 def adopt(store: Store, new_owner: str, sources: frozenset[str]) -> list[Docking]:
     """Take over open dockings of ``sources`` whose owner is gone; return them."""
     with store.transaction() as session:

@@ -126,6 +126,9 @@ class Ledger:
     def end_docking(self, docking_id: int, reason: str) -> None:
         dockings.end(self.store, docking_id, reason)
 
+    def hand_over_docking(self, docking_id: int, owner: str) -> None:
+        dockings.hand_over(self.store, docking_id, owner)
+
     def adopt_dockings(self, new_owner: str, sources: frozenset[str]) -> list[Docking]:
         return dockings.adopt(self.store, new_owner, sources)
 
