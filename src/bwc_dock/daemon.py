@@ -414,14 +414,21 @@ class Daemon(SourceListener):
             ),
         )
 
+    def _status_line_with_alarms(self) -> str:
+        """The status line now, with the active alarms, as systemd shows it: `bwc-dock
+        status` prints it from the heartbeat (the hooks' own copy is refreshed only at
+        each alarm check, too seldom to show a scan of seconds)."""
+        line = self.status_line()
+        summary = self.hooks.alarms.summary() if self.hooks is not None else ""
+        return f"{line} · {summary}" if summary else line
+
     def _beat(self) -> None:
         reachable = self.storage.reachable
         self.ledger.beat(
             socket.gethostname(),
             os.getpid(),
             self._started_at,
-            # with the alarms, as systemd shows it: `bwc-dock status` prints this line
-            status_line=(self.hooks and self.hooks.status_with_alarms) or self.status_line(),
+            status_line=self._status_line_with_alarms(),
             storage_reachable=None if reachable is None else int(reachable),
             staging_free_bytes=staging_free_bytes(self.staging),
             last_error=self.errors.last,

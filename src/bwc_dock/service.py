@@ -139,11 +139,6 @@ class ServiceHooks:
         except OSError as error:
             log.warning("metrics.write_failed", path=str(path), error=str(error))
 
-    @property
-    def status_with_alarms(self) -> str:
-        """The last STATUS line, with the active alarms ("" before the first)."""
-        return self._last_status
-
     def reloading(self) -> None:
         self.notifier.reloading()
 
