@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Upload benchmark: bwc-dock's S3 backend vs `rclone copy` vs boto3's `upload_file`.
 
-All three upload the same files to the same local SeaweedFS (started here on free
+All of them upload the same files to the same local SeaweedFS (started here on free
 loopback ports, in a temporary directory), in the same run: 2 GiB as 1 GiB files, as
 100 MiB files and as 10 MiB files, and 200 clips of 2 MiB. For each it prints MB/s
 (10^6 bytes per second of wall time), the client's CPU seconds per GiB (user + system
 of the uploading process: every tool runs as a child process, bwc-dock's S3 backend
 included) and the server's. With --reps N the tools take turns N times per size (A B C
-A B C ...) and the medians are printed. With --before-src CHECKOUT bwc-dock also runs
+A B C ...) and the medians are printed. boto3 runs twice: as documented, and asked for
+the store's SHA-256 checksum (``ChecksumAlgorithm``), the proof bwc-dock's uploads rest
+on, so that the store's CPU is compared for the same work too. With --before-src CHECKOUT bwc-dock also runs
 from another checkout's src/, in turn with the others. The load average is printed
 beside each size. Everything is removed at the end.
 
@@ -62,7 +64,7 @@ class Result:
 
     def line(self) -> str:
         rate = self.gib * GIB / self.seconds / 1e6
-        return (f"{self.layout:>10}  {self.tool:<16} {rate:8.1f} MB/s   "
+        return (f"{self.layout:>10}  {self.tool:<28} {rate:8.1f} MB/s   "
                 f"client {self.client_cpu / self.gib:6.2f} CPU s/GiB   "
                 f"server {self.server_cpu / self.gib:6.2f} CPU s/GiB")
 
@@ -145,7 +147,7 @@ def upload_bwc_dock_before(server: SeaweedServer, bucket: str, files: list[tuple
 
 
 def upload_boto3(server: SeaweedServer, bucket: str, files: list[tuple[Path, str]],
-                 workers: int) -> None:
+                 workers: int, extra_args: str = "None") -> None:
     listing = files[0][0].parent.parent / "files.tsv"
     listing.write_text("".join(f"{path}\n" for path, _ in files))
     # upload_file as documented: one call per file, default config, in a process of its own
@@ -155,10 +157,19 @@ def upload_boto3(server: SeaweedServer, bucket: str, files: list[tuple[Path, str
         "client = boto3.client('s3', endpoint_url=sys.argv[1],"
         " config=Config(s3={'addressing_style': 'path'}))\n"
         "for line in open(sys.argv[3]).read().splitlines():\n"
-        "    client.upload_file(line, sys.argv[2], 'bench/' + line.rsplit('/', 1)[1])\n"
+        "    client.upload_file(line, sys.argv[2], 'bench/' + line.rsplit('/', 1)[1],"
+        f" ExtraArgs={extra_args})\n"
     )
     subprocess.run([sys.executable, "-c", program, server.endpoint_url, bucket, str(listing)],
                    check=True)
+
+
+def upload_boto3_sha256(server: SeaweedServer, bucket: str, files: list[tuple[Path, str]],
+                        workers: int) -> None:
+    """upload_file asking the store for the SHA-256 that bwc-dock's proof rests on (the
+    store checks each request's and keeps it, whole or composite): the others send no
+    SHA-256, and the store's CPU per GiB differs by what computing it costs the store."""
+    upload_boto3(server, bucket, files, workers, "{'ChecksumAlgorithm': 'SHA256'}")
 
 
 def upload_rclone(server: SeaweedServer, bucket: str, files: list[tuple[Path, str]],
@@ -184,6 +195,7 @@ TOOLS: dict[str, Callable[[SeaweedServer, str, list[tuple[Path, str]], int], Non
     "bwc-dock before": upload_bwc_dock_before,
     "rclone copy": upload_rclone,
     "boto3 upload_file": upload_boto3,
+    "boto3 upload_file + SHA-256": upload_boto3_sha256,
 }
 
 

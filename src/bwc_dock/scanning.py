@@ -22,6 +22,7 @@ from bwc_dock.ledger import Ledger
 from bwc_dock.ledger.evidence import DockingFacts
 from bwc_dock.ledger.snapshots import DockingClocks
 from bwc_dock.scanner import ScanLimits, ScanResult, scan_volume
+from bwc_dock.storage.base import StorageBackend
 
 log = structlog.get_logger(__name__)
 
@@ -49,13 +50,16 @@ def scan_into_ledger(
     *,
     dock_clock: Callable[[], DockClock] = read_dock_clock,
     cancel: threading.Event | None = None,
+    central: StorageBackend | None = None,
 ) -> tuple[list[int], ScanResult]:
     """Scan a volume and record what is new; (ids of new clips, what the scan found).
 
     The docking's clocks are read first (once per docking), so that new clips get the
     camera's clock offset as their correction. ``dock_clock`` is how the dock's own
     clock is asked (adjtimex); tests hand in a reading of their own. Raises Interrupted
-    when ``cancel`` was set during the scan: no clip is recorded then.
+    when ``cancel`` was set during the scan: no clip is recorded then. ``central``: the
+    caller's open backend for the docking's records (the daemon's); without it one is
+    opened for them and closed.
     """
     profile = config.profile(volume.profile_name or "") or folder_profile(config)
     facts = ledger.docking_facts(docking_id)  # before this scan marks the docking scanned
@@ -76,7 +80,7 @@ def scan_into_ledger(
         incomplete=result.incomplete,
     )
     if not facts.scanned_before:  # a watch folder's rescans are the same docking
-        share_docking(ledger, config, docking_id, facts, profile, result)
+        share_docking(ledger, config, docking_id, facts, profile, result, central)
     return new_ids, result
 
 
@@ -199,6 +203,7 @@ def share_docking(
     facts: DockingFacts,
     profile: CameraProfile,
     result: ScanResult,
+    central: StorageBackend | None = None,
 ) -> None:
     """At a docking's first scan: what it proves about the camera (file counter gaps and
     resets, files vanished) into the audit log, and with the docking itself to central
@@ -216,11 +221,12 @@ def share_docking(
         ledger.record_camera_evidence(events)
     for event in events:
         log.error(event.event, camera=facts.camera_serial, **event.details)
-    _to_central_storage(ledger, config, evidence_documents(docking_id, facts, events))
+    _to_central_storage(ledger, config, evidence_documents(docking_id, facts, events), central)
 
 
 def _to_central_storage(
-    ledger: Ledger, config: Config, documents: list[tuple[datetime, dict[str, Any]]]
+    ledger: Ledger, config: Config, documents: list[tuple[datetime, dict[str, Any]]],
+    central: StorageBackend | None,
 ) -> None:
     from bwc_dock.cameras import pick_up_assignments
     from bwc_dock.coverage.docking import share
@@ -228,12 +234,15 @@ def _to_central_storage(
     from bwc_dock.storage import open_backend
 
     try:
-        backend = open_backend(config)
+        # the daemon's own backend where there is one: a new one per docking cost a
+        # new client and the store's conditional-write probe (four requests) each time
+        backend = central or open_backend(config)
         try:
             share(backend, documents)
             applied, refused = pick_up_assignments(ledger, backend)
         finally:
-            backend.close()
+            if central is None:
+                backend.close()
     except (BwcDockError, OSError) as error:
         log.warning("dock.fleet_records_not_shared", error=str(error), retry="at the next docking")
         return
