@@ -476,7 +476,7 @@ def freeze_startup_objects() -> None:
     """Leave what start-up built (the imported modules, the config, the S3 client's
     service model) out of every later garbage collection: it lives as long as the
     daemon, and each full collection walked all of it again (some 240,000 objects,
-    about 50 ms each time, which showed as a tenth of the daemon's CPU while clips
+    about 50 ms each time, which showed as a sixth of the daemon's CPU while clips
     streamed in). Garbage is collected first, so none of it is kept for good."""
     gc.collect()
     gc.freeze()
