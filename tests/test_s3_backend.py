@@ -39,6 +39,7 @@ from bwc_dock.errors import (
 from bwc_dock.storage.base import MultipartState, PartRecord
 from bwc_dock.storage.s3 import MIB, S3Backend
 from bwc_dock.storage.s3.connection import MeteredBody
+from bwc_dock.storage.s3.part_buffers import PartBuffers
 from bwc_dock.uploader import report_refusal_once
 from tests.loopback_proxy import Faults, LoopbackProxy
 
@@ -168,6 +169,39 @@ def test_a_metered_body_is_read_in_blocks_of_a_mebibyte() -> None:
     blocks = [len(block) for block in iter(lambda: body.read(16384), b"")]
     assert blocks == [MIB, MIB, MIB // 2]
     assert reported == [MIB, MIB, MIB // 2]
+
+
+def test_clips_sent_through_kept_part_buffers_are_each_stored_exactly(
+        backend: S3Backend, tmp_path: Path) -> None:
+    """Parts are read into buffers the backend keeps for the next upload. A buffer is
+    reused only once its part was sent: each clip is stored with its own bytes, whether
+    its body is metered (a bandwidth limit or shutdown check) or sent as it is."""
+    first, first_sha256 = make_clip(tmp_path, LARGE, "first.mp4")
+    second_size = 3 * 5 * MIB + 77  # other bytes, another short last part
+    second, second_sha256 = make_clip(tmp_path, second_size, "second.mp4")
+    backend.put_file("cam1/first.mp4", first, first_sha256, LARGE, {}, progress=lambda _n: None)
+    kept_after_first = backend._part_buffers.kept
+    assert kept_after_first >= 1
+    backend.put_file("cam1/second.mp4", second, second_sha256, second_size, {})
+    assert backend._part_buffers.kept >= 1
+    assert backend.read_sha256("cam1/first.mp4") == first_sha256
+    assert backend.read_sha256("cam1/second.mp4") == second_sha256
+
+
+def test_kept_part_buffers_are_let_go_once_no_part_was_sent_for_a_while() -> None:
+    """Only buffers of the parts' size are kept, at most ``keep`` of them, and none once
+    the backend sent no part for the idle time (an idle dock holds no part memory)."""
+    buffers = PartBuffers(size=4, keep=2, idle_seconds=0.2)
+    first, second, third = buffers.take(4), buffers.take(4), buffers.take(4)
+    for buffer in (first, second, third, bytearray(3)):
+        buffers.give_back(buffer)
+    assert buffers.kept == 2
+    assert buffers.take(4) in (first, second)
+    assert len(buffers.take(3)) == 3
+    deadline = time.monotonic() + 30
+    while buffers.kept and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert buffers.kept == 0
 
 
 def upload_child() -> None:

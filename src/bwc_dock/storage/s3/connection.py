@@ -34,6 +34,7 @@ from bwc_dock.errors import (
 )
 from bwc_dock.logs import get_logger
 from bwc_dock.storage.base import ProgressCallback, current_retain_until
+from bwc_dock.storage.s3.part_buffers import PartBuffers
 from bwc_dock.storage.s3.settings import (
     BOTOCORE_ATTEMPTS,
     CHECKSUM_ATTEMPTS,
@@ -63,26 +64,42 @@ _NOT_IMPLEMENTED_IN_A_ROW = 3
 _METERED_BLOCK = 1024 * 1024
 
 
-class MeteredBody(io.BytesIO):
-    """A request body that reports each chunk read from it (for the bandwidth limiter),
-    read in blocks of at least ``_METERED_BLOCK`` bytes."""
+class MeteredBody:
+    """A request body that reports each block read from it (for the bandwidth limiter),
+    read in blocks of at least ``_METERED_BLOCK`` bytes. It reads the caller's buffer in
+    place: no copy of it is made."""
 
-    def __init__(self, data: bytes, progress: ProgressCallback) -> None:
-        super().__init__(data)  # shares the bytes; no copy until written to
-        self._progress = progress
+    def __init__(self, data: bytes | bytearray, progress: ProgressCallback) -> None:
         self._view = memoryview(data)
+        self._position = 0
+        self._progress = progress
 
     def read(self, size: int | None = -1) -> bytes:
         """The next block: a view of the bytes, not a copy (the HTTP client only sends
         it; a copy per block would cost a fresh buffer's page faults and a memcpy)."""
-        start = self.tell()
+        start = min(self._position, len(self._view))
         end = len(self._view) if size is None or size < 0 else start + max(size, _METERED_BLOCK)
         chunk = self._view[start:end]
-        self.seek(start + len(chunk))
+        self._position = start + len(chunk)
         if chunk:
             self._progress(len(chunk))
         # a bytes-like view where the HTTP client expects bytes: it only sends it
         return cast(bytes, chunk)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Where botocore rewinds the body to send it again."""
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}
+        self._position = max(0, base[whence] + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
 
 
 # The conditional-write probe's two bodies: the second must never replace the first.
@@ -90,7 +107,7 @@ _PROBE_FIRST = b"bwc-dock conditional-write probe: the first write\n"
 _PROBE_OVERWRITE = b"bwc-dock conditional-write probe: an overwrite the store must refuse\n"
 
 
-def sha256_base64(data: bytes) -> str:
+def sha256_base64(data: bytes | bytearray) -> str:
     """The base64 SHA-256 of ``data``, as S3's x-amz-checksum-sha256 wants it."""
     return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
 
@@ -129,6 +146,8 @@ class S3Connection:
         # HEAD stays) by a backend that was given no probe prefix of its own dock.
         self._overwrites_refused: bool | None = None if settings.probe_prefix else False
         self._probe_lock = threading.Lock()
+        # one upload's parts in flight and the one being read
+        self._part_buffers = PartBuffers(settings.part_size, keep=settings.concurrency + 1)
         if settings.endpoint_url and urlsplit(settings.endpoint_url).scheme == "http":
             logger.warning("s3.cleartext_endpoint", endpoint=settings.endpoint_url,
                            why="no TLS: bodies are checksummed but not confidential")
@@ -184,6 +203,7 @@ class S3Connection:
             self._client = None
 
     def close(self) -> None:
+        self._part_buffers.clear()
         with self._client_lock:
             client, self._client = self._client, None
         if client is not None:

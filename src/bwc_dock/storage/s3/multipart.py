@@ -1,7 +1,8 @@
 """Multipart uploads: read the file once in order, hash all of it, send parts in parallel.
 
-One thread reads the file and feeds every byte into the SHA-256 of the whole file; a
-pool sends each part with its own ``x-amz-checksum-sha256``. The upload is completed
+One thread reads the file, part by part into buffers the backend keeps (part_buffers.py),
+and feeds every byte into the SHA-256 of the whole file; a pool sends each part with its
+own ``x-amz-checksum-sha256``. The upload is completed
 only if the whole file hashed to the ledger's SHA-256. Its id and finished parts go to
 the caller's MultipartJournal, so a restart resumes the same upload: finished parts are
 re-read and re-hashed, not sent again.
@@ -10,9 +11,11 @@ re-read and re-hashed, not sent again.
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Collection, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,6 +35,7 @@ from bwc_dock.storage.s3.connection import (
     composite_checksum,
     sha256_base64,
 )
+from bwc_dock.storage.s3.part_buffers import PartBuffers
 from bwc_dock.storage.s3.settings import MAX_PARTS, MIB
 from bwc_dock.storage.s3.translate import error_code, is_precondition_failed
 
@@ -167,15 +171,20 @@ class MultipartUploads(S3Connection):
         try:
             with upload.source.open("rb") as file:
                 for part in plan:
-                    data = read_exactly(file, part.length, upload.source)
+                    data = self._part_buffers.take(part.length)
+                    read_into(file, data, upload.source)
                     whole.update(data)
                     if part.number in finished:
                         _check_finished_part(finished[part.number], data)
+                        self._part_buffers.give_back(data)
                         continue
                     while len(pending) >= concurrency:
                         pending = self._collect(pending, journal, done)
-                    pending.add(pool.submit(self._upload_part, upload.full_key, upload_id,
-                                            part.number, data, upload.progress))
+                    sent = pool.submit(self._upload_part, upload.full_key, upload_id,
+                                       part.number, data, upload.progress)
+                    # kept for a later part once sent, failed or cancelled: never before
+                    sent.add_done_callback(partial(_give_back, self._part_buffers, data))
+                    pending.add(sent)
             while pending:
                 pending = self._collect(pending, journal, done)
         finally:
@@ -201,7 +210,7 @@ class MultipartUploads(S3Connection):
             raise failure  # the caller's finally cancels the parts not yet started
         return still_pending
 
-    def _upload_part(self, full_key: str, upload_id: str, number: int, data: bytes,
+    def _upload_part(self, full_key: str, upload_id: str, number: int, data: bytearray,
                      progress: ProgressCallback | None) -> PartRecord:
         checksum = sha256_base64(data)
 
@@ -281,8 +290,27 @@ class MultipartUploads(S3Connection):
 def read_exactly(file: IO[bytes], length: int, source: Path) -> bytes:
     data = file.read(length)
     if len(data) != length:
-        raise IntegrityError(f"{source}: the staged copy ended early (file shrank while sending)")
+        raise _ended_early(source)
     return data
+
+
+def read_into(file: io.BufferedReader, buffer: bytearray, source: Path) -> None:
+    """Fill all of ``buffer`` from ``file``."""
+    view = memoryview(buffer)
+    filled = 0
+    while filled < len(buffer):
+        count = file.readinto(view[filled:])
+        if not count:
+            raise _ended_early(source)
+        filled += count
+
+
+def _ended_early(source: Path) -> IntegrityError:
+    return IntegrityError(f"{source}: the staged copy ended early (file shrank while sending)")
+
+
+def _give_back(buffers: PartBuffers, data: bytearray, _sent: Future[PartRecord]) -> None:
+    buffers.give_back(data)
 
 
 def _journal_succeeded(futures: Collection[Future[PartRecord]], journal: MultipartJournal,
@@ -296,7 +324,7 @@ def _journal_succeeded(futures: Collection[Future[PartRecord]], journal: Multipa
                 done[record.number] = record
 
 
-def _check_finished_part(record: PartRecord, data: bytes) -> None:
+def _check_finished_part(record: PartRecord, data: bytearray) -> None:
     """A journaled part counts only if our bytes hash to what the store verified for it."""
     if record.size != len(data) or record.checksum != sha256_base64(data):
         raise _StaleUpload(f"part {record.number} on the store is not this file's part")
