@@ -37,6 +37,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
@@ -46,7 +47,9 @@ _SOURCE = (sys.argv[sys.argv.index("--child-src") + 1] if "--child-src" in sys.a
 sys.path.insert(0, _SOURCE)
 
 import structlog  # noqa: E402
-from tests.seaweedfs import SeaweedServer  # noqa: E402
+
+if TYPE_CHECKING:  # imported in main(): the measured bwc-dock child loads no test harness
+    from tests.seaweedfs import SeaweedServer
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -101,12 +104,13 @@ def children_cpu_seconds() -> float:
 
 def bwc_dock_child(arguments: argparse.Namespace) -> None:
     """The child process that uploads with bwc-dock's S3 backend (default settings)."""
+    from bwc_dock.config import StorageConfig
     from bwc_dock.storage.s3 import S3Backend
 
-    server = SeaweedServer(Path(arguments.child_dir))
-    server.endpoint_url = arguments.child_endpoint
-    config = server.storage_config(arguments.child_bucket, multipart_threshold_mb=64,
-                                   multipart_part_mb=16, multipart_concurrency=4)
+    config = StorageConfig(backend="s3", endpoint_url=arguments.child_endpoint,
+                           allow_plaintext=True, bucket=arguments.child_bucket,
+                           addressing_style="path", multipart_threshold_mb=64,
+                           multipart_part_mb=16, multipart_concurrency=4)
     try:  # with a dock's id, as the daemon opens it (its probe may spare a HEAD per clip)
         backend = S3Backend.from_config(config, "bench-dock")
     except TypeError:  # a --before-src checkout from before that probe
@@ -132,7 +136,7 @@ def upload_bwc_dock(server: SeaweedServer, bucket: str, files: list[tuple[Path, 
     listing.write_text("".join(f"{path}\t{sha256}\n" for path, sha256 in files))
     source = (source_tree or REPOSITORY) / "src"
     subprocess.run([sys.executable, __file__, "--child-src", str(source),
-                    "--child-dir", str(server.directory), "--child-endpoint",
+                    "--child-endpoint",
                     server.endpoint_url, "--child-bucket", bucket, "--child-files",
                     str(listing), "--workers", str(workers)], check=True,
                    env={**os.environ, "PYTHONPATH": str(source)})
@@ -237,7 +241,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1GiB,100MiB,10MiB,200x2MiB")
     parser.add_argument("--before-src", type=Path, default=None, metavar="CHECKOUT")
     parser.add_argument("--tmpdir", type=Path, default=None)
-    for name in ("src", "dir", "endpoint", "bucket", "files"):  # the bwc-dock child's
+    for name in ("src", "endpoint", "bucket", "files"):  # the bwc-dock child's
         parser.add_argument(f"--child-{name}", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -254,6 +258,8 @@ def main() -> None:
     total = int(arguments.total_gib * GIB)
     layouts = {"1GiB": ("1 GiB", GIB, total), "100MiB": ("100 MiB", 100 * MIB, total),
                "10MiB": ("10 MiB", 10 * MIB, total), "200x2MiB": ("200x2 MiB", 2 * MIB, 400 * MIB)}
+    from tests.seaweedfs import SeaweedServer
+
     work = Path(tempfile.mkdtemp(prefix="bwc-bench-", dir=arguments.tmpdir))
     server = SeaweedServer(work / "seaweedfs-dir")
     server.directory.mkdir()
