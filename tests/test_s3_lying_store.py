@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from structlog.testing import capture_logs
 
 from bwc_dock.config import StorageConfig
 from bwc_dock.errors import StorageConflict
@@ -155,6 +156,26 @@ def test_a_store_that_ignores_if_none_match_keeps_the_head_before_each_write(
         ("HEAD", "/evidence/cam1/ours.mp4"),
         ("HEAD", "/evidence/cam1/theirs.mp4"),
     ]
+
+
+def test_a_store_that_keeps_a_body_unlike_its_checksum_gets_clips_hashed_by_the_dock(
+        overwriting_store: type[_OverwritingStore]) -> None:
+    """The store kept the dock's canary sent with another body's checksum: it does not
+    check checksums, so no clip is sent with the part digests of its camera read (the
+    copier is no longer asked to take them) and the canary is removed."""
+    config = StorageConfig(backend="s3", endpoint_url=overwriting_store.endpoint,
+                           allow_plaintext=True, bucket="evidence", addressing_style="path")
+    store = S3Backend.from_config(config, "DOCK-7")
+    big = 100 * 1024 * 1024
+    assert store.part_size_for(big) == 16 * 1024 * 1024  # not asked yet
+    with capture_logs() as logs:
+        assert store._enforces_checksums() is False
+    assert store.part_size_for(big) is None
+    assert [entry["event"] for entry in logs] == ["s3.checksums_not_enforced"]
+    canaries = [(method, path.endswith(".bad-checksum"))
+                for method, path in overwriting_store.methods if "/_probe/DOCK-7/" in path]
+    assert canaries == [("PUT", True), ("DELETE", True)]
+    assert overwriting_store.objects == {}
 
 
 @pytest.fixture

@@ -38,11 +38,17 @@ def _object_sha256(server: SeaweedServer, bucket: str, key: str) -> str:
 def test_ingest_to_s3_stores_every_clip_with_its_hash_and_manifest(
     dock: Dock, seaweedfs: SeaweedServer, s3_bucket: str
 ) -> None:
-    """Every object's bytes hash to the ledger's SHA-256, with a manifest beside it."""
+    """Every object's bytes hash to the ledger's SHA-256, with a manifest beside it. The
+    clips sent by parts went with the digests their read off the camera took."""
     _use_s3(dock, seaweedfs, s3_bucket)
     camera = dock.root / "card"
     expected = make_camera(camera, [0, 1000, 6 * MIB + 5, 12 * MIB])
-    dock.cli("ingest", str(camera), "--camera-serial", "S3CAM", "--wait")
+    ingested = dock.cli("--log-format", "json", "ingest", str(camera), "--camera-serial",
+                        "S3CAM", "--wait")
+    verified = [json.loads(line) for line in ingested.stderr.splitlines()
+                if '"s3.put.verified"' in line]
+    by_parts = {e["size"]: e["hashed_here"] for e in verified if e["size"] >= 5 * MIB}
+    assert by_parts == {6 * MIB + 5: False, 12 * MIB: False}
 
     clips = dock.clips()
     assert {c["state"] for c in clips} == {"uploaded"}

@@ -12,12 +12,10 @@ sanitised name, never from a camera path.
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -25,14 +23,21 @@ from pathlib import Path
 import structlog
 
 from bwc_dock.durable import PendingFile, fsync_directory
-from bwc_dock.errors import IntegrityError, LeaseLost, SourceGone, StagingFull
+from bwc_dock.errors import IntegrityError, LeaseLost, SourceGone
 from bwc_dock.handoff import UploadHandoff
-from bwc_dock.hashing import copy_hashing, hash_file_from_disk
+from bwc_dock.hashing import PartHasher, copy_hashing, hash_file_from_disk
 from bwc_dock.ledger import ClipWork, Ledger, SidecarWork
 from bwc_dock.ledger.models import utc_now
 from bwc_dock.outcomes import Action, copy_action
+from bwc_dock.part_digests import KeptPartDigests
 from bwc_dock.scanner import open_source_file
-from bwc_dock.staging import STAGING_DIRECTORY_MODE, StagingArea
+from bwc_dock.staging import (
+    STAGING_DIRECTORY_MODE,
+    StagingArea,
+    discarded_on_failure,
+    discarded_unless_kept,
+    staging_space_errors,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +80,7 @@ class _Read:
     renewer: _LeaseRenewer
     started: float
     read_seconds: float  # off the camera; the rest of copy.done's seconds is the verify stage
+    parts: PartHasher | None = None  # the clip's parts, hashed in the same read
 
 
 class Copier:
@@ -94,14 +100,17 @@ class Copier:
         owner: str,
         on_staged: Callable[[], None] | None = None,
         handoff: UploadHandoff | None = None,
+        part_digests: KeptPartDigests | None = None,
     ) -> None:
         """``on_staged`` is called once a clip is staged (the daemon wakes its uploaders);
-        with ``handoff``, a clip an uploader waits for is left to it to verify."""
+        with ``handoff``, a clip an uploader waits for is left to it to verify; with
+        ``part_digests``, a clip sent in parts has them hashed in the same read."""
         self.ledger = ledger
         self.staging = staging
         self.owner = owner
         self.on_staged = on_staged
         self.handoff = handoff
+        self.part_digests = part_digests
         self._verifying: threading.Thread | None = None
         # (docking filter, clip) claimed in the transaction that finished the clip before
         self._claimed_ahead: tuple[int | None, ClipWork] | None = None
@@ -222,9 +231,10 @@ class Copier:
         started = time.monotonic()
         renewer = _LeaseRenewer(self.ledger, work.id, self.owner, self.ledger.lease.total_seconds())
         files: list[PendingFile] = []
-        with _discarded_on_failure(folder, work), _discarded_unless_kept(files):
+        parts = self.part_digests.hasher_for(work.size) if self.part_digests else None
+        with discarded_on_failure(folder, work), discarded_unless_kept(files):
             sha256 = self._copy_once(
-                _CameraFile.of_clip(work), folder / work.name, cancel, renewer, files
+                _CameraFile.of_clip(work), folder / work.name, cancel, renewer, files, parts
             )
             sidecar_hashes = {
                 sidecar.id: self._copy_once(
@@ -238,7 +248,8 @@ class Copier:
             }
         read_seconds = time.monotonic() - started
         return _Read(
-            folder_relative, folder, sha256, sidecar_hashes, files, renewer, started, read_seconds
+            folder_relative, folder, sha256, sidecar_hashes, files, renewer, started,
+            read_seconds, parts,
         )
 
     def _verify(
@@ -253,8 +264,8 @@ class Copier:
         claimed in the same transaction."""
         assert work.volume_root is not None
         verify_started = time.monotonic()
-        with _discarded_on_failure(read.folder, work):
-            with _discarded_unless_kept(read.files):
+        with discarded_on_failure(read.folder, work):
+            with discarded_unless_kept(read.files):
                 _put_in_place(read.files, read.folder)
             in_place = time.monotonic()
             handed_over = self._hand_over(work)
@@ -263,6 +274,9 @@ class Copier:
             else:
                 sha256, sidecar_hashes = self._verified_all(work, read, cancel)
         verified = time.monotonic()
+        if self.part_digests is not None and read.parts is not None:
+            # kept before the clip is staged: an uploader may take it at once
+            self.part_digests.keep(work.id, read.sha256, read.parts)
         try:
             self._finish(work, read, (sha256, not handed_over), sidecar_hashes, claim_next)
         except BaseException:
@@ -387,17 +401,21 @@ class Copier:
         cancel: threading.Event,
         renewer: _LeaseRenewer,
         written: list[PendingFile],
+        parts: PartHasher | None = None,
     ) -> str:
-        """One read of the camera file into a temporary file for ``destination``, hashed;
-        the file is appended to ``written`` (for the verify stage to put in place)."""
+        """One read of the camera file into a temporary file for ``destination``, hashed
+        (and each part with ``parts``); the file is appended to ``written`` (for the
+        verify stage to put in place)."""
         source_fd = open_source_file(source.root, source.source_path_raw, source.size)
         try:
-            with _staging_space_errors():
+            with staging_space_errors():
                 os.posix_fadvise(source_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
                 part = PendingFile(destination, mode=0o640)
                 written.append(part)
                 assert part.fd is not None
-                sha256, copied = copy_hashing(source_fd, part.fd, cancel, renewer.progress)
+                sha256, copied = copy_hashing(
+                    source_fd, part.fd, cancel, renewer.progress, parts=parts
+                )
             if copied != source.size:
                 raise SourceGone(
                     f"read {copied} B of {source.size} B: the file changed on the camera"
@@ -411,33 +429,10 @@ class Copier:
 
 def _put_in_place(files: list[PendingFile], folder: Path) -> None:
     """fsync each file read off the camera and rename it into place; then the folder once."""
-    with _staging_space_errors():
+    with staging_space_errors():
         for part in files:
             part.publish()
         fsync_directory(folder)
-
-
-@contextmanager
-def _staging_space_errors() -> Iterator[None]:
-    """A full staging disk (at write or at fsync) is StagingFull: copying waits for room."""
-    try:
-        yield
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StagingFull(f"staging filled up while copying: {error.strerror}") from error
-        raise
-
-
-@contextmanager
-def _discarded_unless_kept(files: list[PendingFile]) -> Iterator[None]:
-    """On failure, close and remove the temporary files written so far (published ones
-    stay for _discarded_on_failure to judge)."""
-    try:
-        yield
-    except BaseException:
-        for part in files:
-            part.discard()
-        raise
 
 
 def _close_source(fd: int) -> None:
@@ -446,39 +441,6 @@ def _close_source(fd: int) -> None:
         os.close(fd)
     except OSError as error:
         log.debug("copy.close_failed", error=str(error))
-
-
-@contextmanager
-def _discarded_on_failure(folder: Path, work: ClipWork) -> Iterator[None]:
-    """On failure, leave no unfinished copy of the clip in staging."""
-    try:
-        yield
-    except LeaseLost:
-        raise  # another worker owns the clip, and this folder, now: leave it alone
-    except IntegrityError:
-        _remove_partials(folder)  # what did verify stays beside the quarantined clip
-        raise
-    except BaseException:
-        # the clip goes back to discovered and is copied whole next time: files that
-        # were already in place (the clip, when a sidecar failed) must not stay behind
-        _remove_copies(folder, [work.name, *(sidecar.name for sidecar in work.sidecars)])
-        raise
-
-
-def _remove_partials(folder: Path) -> None:
-    for leftover in folder.glob("*.part"):
-        leftover.unlink(missing_ok=True)
-
-
-def _remove_copies(folder: Path, names: list[str]) -> None:
-    """Remove an unfinished copy of a clip: its files, partials and (if empty) its folder."""
-    _remove_partials(folder)
-    for name in names:
-        (folder / name).unlink(missing_ok=True)
-    try:
-        folder.rmdir()
-    except OSError as error:
-        log.debug("copy.folder_kept", folder=str(folder), error=str(error))
 
 
 class _LeaseRenewer:

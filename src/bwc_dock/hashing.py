@@ -191,6 +191,36 @@ def _fitted_chunk_size(source_fd: int, chunk_size: int) -> int:
     return min(chunk_size, fitted)
 
 
+class PartHasher:
+    """The SHA-256 of each ``part_size`` bytes of a file, fed the same chunks as the hash
+    of the whole in the same read (chunks need not line up with parts): the digests a
+    multipart upload sends with each part, so the upload need not hash the file again."""
+
+    def __init__(self, part_size: int) -> None:
+        if part_size <= 0:
+            raise ValueError(f"part size must be positive, not {part_size}")
+        self.part_size = part_size
+        self._current = hashlib.sha256()
+        self._filled = 0
+        self._digests: list[bytes] = []
+
+    def update(self, data: memoryview) -> None:
+        while len(data):
+            taken = min(len(data), self.part_size - self._filled)
+            self._current.update(data[:taken])
+            self._filled += taken
+            data = data[taken:]
+            if self._filled == self.part_size:
+                self._digests.append(self._current.digest())
+                self._current = hashlib.sha256()
+                self._filled = 0
+
+    def digests(self) -> tuple[bytes, ...]:
+        """The raw digest of each part so far, in order; the last part may be short."""
+        tail = (self._current.digest(),) if self._filled else ()
+        return (*self._digests, *tail)
+
+
 class _Destination:
     """Where the copy goes: direct writes while they stay aligned, then buffered."""
 
@@ -259,8 +289,10 @@ def copy_hashing(
     progress: ProgressCallback | None = None,
     chunk_size: int = CHUNK_SIZE,
     read_error: type[Exception] = SourceGone,
+    parts: PartHasher | None = None,
 ) -> tuple[str, int]:
-    """Read ``source_fd`` to its end once, hashing it and (if given) writing it out.
+    """Read ``source_fd`` to its end once, hashing it and (if given) writing it out;
+    with ``parts``, each part is hashed on its own too, from the same read.
 
     Returns (lowercase hex SHA-256, bytes read). Raises SourceGone when ``cancel`` is
     set (the camera was undocked); a failed read raises ``read_error``. The caller
@@ -272,7 +304,8 @@ def copy_hashing(
     reader = io.FileIO(source_fd, "rb", closefd=False)
     destination = None if destination_fd is None else _Destination(destination_fd, chunk_size)
     try:
-        total = _pump(reader, destination, digest, buffers, cancel, progress, read_error)
+        total = _pump(reader, destination, (digest, parts), buffers, cancel, progress,
+                      read_error)
     finally:
         if destination is not None:
             destination.finish()
@@ -300,7 +333,7 @@ def copy_unhashed(
     reader = io.FileIO(source_fd, "rb", closefd=False)
     destination = _Destination(destination_fd, chunk_size)
     try:
-        total = _pump(reader, destination, None, buffers, None, progress, read_error)
+        total = _pump(reader, destination, (None, None), buffers, None, progress, read_error)
     finally:
         destination.finish()
     _BUFFERS.give_back(buffers)
@@ -310,13 +343,14 @@ def copy_unhashed(
 def _pump(
     reader: io.FileIO,
     destination: _Destination | None,
-    digest: hashlib._Hash | None,
+    hashes: tuple[hashlib._Hash | None, PartHasher | None],
     buffers: list[mmap.mmap],
     cancel: threading.Event | None,
     progress: ProgressCallback | None,
     read_error: type[Exception],
 ) -> int:
     """The three-buffer pipeline; returns the byte count. All I/O is done on return."""
+    digest, parts = hashes
     total = 0
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="copy-io") as pool:
         read_next: Future[int] = pool.submit(_read_full, reader, memoryview(buffers[0]))
@@ -332,6 +366,8 @@ def _pump(
                 read_next = pool.submit(_read_full, reader, memoryview(buffers[(index + 1) % 3]))
                 if digest is not None:
                     digest.update(current)
+                if parts is not None:
+                    parts.update(current)
                 if write_previous is not None:
                     write_previous.result()
                 if destination is not None:

@@ -2,20 +2,25 @@
 
 Copies live in one folder per clip (named from the ledger id, never from a camera path)
 and stay after upload until retention ends. :class:`StagingArea` keeps the space the
-dock needs free and decides which staged copies may go when copying waits for room.
+dock needs free and decides which staged copies may go when copying waits for room. The
+helpers at the end leave no unfinished copy behind when the copier's read of a clip fails.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import structlog
 
-from bwc_dock.errors import HostileEntry, StagingFull
+from bwc_dock.durable import PendingFile
+from bwc_dock.errors import HostileEntry, IntegrityError, LeaseLost, StagingFull
 from bwc_dock.ledger import ClipWork, Ledger
 
 log = structlog.get_logger(__name__)
@@ -167,3 +172,62 @@ def _folder_bytes(folder: str | Path) -> int:
     except FileNotFoundError:
         pass
     return total
+
+
+# -- a clip's files while the copier writes them ---------------------------------------
+
+
+@contextmanager
+def staging_space_errors() -> Iterator[None]:
+    """A full staging disk (at write or at fsync) is StagingFull: copying waits for room."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StagingFull(f"staging filled up while copying: {error.strerror}") from error
+        raise
+
+
+@contextmanager
+def discarded_unless_kept(files: list[PendingFile]) -> Iterator[None]:
+    """On failure, close and remove the temporary files written so far (published ones
+    stay for _discarded_on_failure to judge)."""
+    try:
+        yield
+    except BaseException:
+        for part in files:
+            part.discard()
+        raise
+
+
+@contextmanager
+def discarded_on_failure(folder: Path, work: ClipWork) -> Iterator[None]:
+    """On failure, leave no unfinished copy of the clip in staging."""
+    try:
+        yield
+    except LeaseLost:
+        raise  # another worker owns the clip, and this folder, now: leave it alone
+    except IntegrityError:
+        remove_partials(folder)  # what did verify stays beside the quarantined clip
+        raise
+    except BaseException:
+        # the clip goes back to discovered and is copied whole next time: files that
+        # were already in place (the clip, when a sidecar failed) must not stay behind
+        _remove_copies(folder, [work.name, *(sidecar.name for sidecar in work.sidecars)])
+        raise
+
+
+def remove_partials(folder: Path) -> None:
+    for leftover in folder.glob("*.part"):
+        leftover.unlink(missing_ok=True)
+
+
+def _remove_copies(folder: Path, names: list[str]) -> None:
+    """Remove an unfinished copy of a clip: its files, partials and (if empty) its folder."""
+    remove_partials(folder)
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError as error:
+        log.debug("copy.folder_kept", folder=str(folder), error=str(error))

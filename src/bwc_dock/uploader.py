@@ -41,7 +41,13 @@ from bwc_dock.manifest import (
     manifest_key,
 )
 from bwc_dock.outcomes import Action, upload_action
-from bwc_dock.storage.base import ProgressCallback, StorageBackend, retained_until
+from bwc_dock.part_digests import KeptPartDigests
+from bwc_dock.storage.base import (
+    PartDigests,
+    ProgressCallback,
+    StorageBackend,
+    retained_until,
+)
 from bwc_dock.verify import check_staged, staged_files
 
 log = structlog.get_logger(__name__)
@@ -65,6 +71,7 @@ class Uploader:
         on_permanent_error: Callable[[PermanentStorageError], None] | None = None,
         handoff: UploadHandoff | None = None,
         retention: Callable[[ClipWork], datetime | None] | None = None,
+        part_digests: KeptPartDigests | None = None,
     ) -> None:
         self.ledger = ledger
         self.backend = backend
@@ -80,6 +87,8 @@ class Uploader:
         self.handoff = handoff
         # each clip's Object Lock retain-until date (retention.py); None: no lock
         self.retention = retention
+        # the digests of a clip's parts from the copier's read (part_digests.py)
+        self.part_digests = part_digests
         self._reported_permanent: set[str] = set()  # RefusalKind values
         self._lock = threading.Lock()
 
@@ -188,8 +197,9 @@ class Uploader:
             sidecar_remote[sidecar.id] = (key, confirmed_sidecar)
         if stored_as is None:
             clip_key = self.keys.key(work)
+            digests = self.part_digests.get(work.id, work.sha256) if self.part_digests else None
             confirmed = self._put_evidence(
-                work, clip_key, folder / work.name, work.sha256, work.size, metadata
+                work, clip_key, folder / work.name, work.sha256, work.size, metadata, digests
             )
         else:
             clip_key, confirmed = stored_as
@@ -197,6 +207,8 @@ class Uploader:
         record_key = manifest_key(clip_key, self.ledger.dock_id, work.id)
         self._put_manifest(work, clip_key, sidecar_keys, record_key)
         self.ledger.finish_upload(work, self.owner, clip_key, confirmed, sidecar_remote, record_key)
+        if self.part_digests is not None:
+            self.part_digests.forget(work.id)
         self._write_docking_sums(work)
         log.info(
             "upload.done", clip=work.id, camera=work.camera_serial, sha256=confirmed, key=clip_key
@@ -210,6 +222,7 @@ class Uploader:
         sha256: str,
         size: int,
         metadata: dict[str, str],
+        part_digests: PartDigests | None = None,
     ) -> str:
         """Store one staged file create-only; its confirmed SHA-256. The same content
         already under the key (another dock, an earlier attempt) is a verified no-op."""
@@ -222,6 +235,7 @@ class Uploader:
                 metadata,
                 self.ledger.multipart_journal(key, work.id),
                 self.throttle,
+                part_digests,
             )
         except StorageConflict as error:
             raise content_conflict(self.backend, key, sha256, self.content_addressed) from error

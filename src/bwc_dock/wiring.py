@@ -11,6 +11,7 @@ from bwc_dock.errors import PermanentStorageError
 from bwc_dock.handoff import UploadHandoff
 from bwc_dock.ledger import Ledger
 from bwc_dock.lock_probe import StartProbe
+from bwc_dock.part_digests import KeptPartDigests
 from bwc_dock.retention import upload_retention
 from bwc_dock.staging import StagingArea
 from bwc_dock.storage.base import ProgressCallback, StorageBackend
@@ -33,12 +34,16 @@ class Stages:
         # one register for all the process's workers: a copier leaves pass 2 to any
         # uploader that waits for work (handoff.py)
         self.handoff = UploadHandoff()
+        # the digests of a clip's parts from the copier's read, for its upload
+        self.part_digests = KeptPartDigests(backend.part_size_for)
         # whether the store enforces Object Lock, asked once it answers (daemon start)
         self.lock_probe = StartProbe(config)
 
     def copier(self, owner: str, on_staged: Callable[[], None] | None = None) -> Copier:
         """A copier for one worker (one lease owner)."""
-        return Copier(self.ledger, self.staging, owner, on_staged, self.handoff)
+        return Copier(
+            self.ledger, self.staging, owner, on_staged, self.handoff, self.part_digests
+        )
 
     def uploader(
         self,
@@ -57,4 +62,5 @@ class Stages:
             on_permanent_error,
             self.handoff,
             upload_retention(self.config, self.ledger),
+            self.part_digests,
         )

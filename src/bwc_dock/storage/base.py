@@ -57,6 +57,18 @@ class PartRecord:
 
 
 @dataclass(frozen=True)
+class PartDigests:
+    """The SHA-256 of each part of a file, taken in the same read as the SHA-256 of the
+    whole (the copier's one read of the camera): with them, a backend that sends the
+    file in parts of ``part_size`` bytes need not hash the staged copy again, since the
+    store checks every part it receives against its digest."""
+
+    sha256: str  # of the whole file, lowercase hex
+    part_size: int
+    digests: tuple[bytes, ...]  # raw SHA-256 of each part, in order
+
+
+@dataclass(frozen=True)
 class MultipartState:
     upload_id: str
     parts: tuple[PartRecord, ...]
@@ -147,6 +159,7 @@ class StorageBackend(ABC):
         metadata: Mapping[str, str],
         journal: MultipartJournal | None = None,
         progress: ProgressCallback | None = None,
+        part_digests: PartDigests | None = None,
     ) -> StoredObject:
         """Store ``source`` under ``key`` and return once the store confirmed ``sha256``.
 
@@ -154,8 +167,16 @@ class StorageBackend(ABC):
         counts as success; one with a different SHA-256 raises StorageConflict and is
         never overwritten. Raises TransientStorageError for what may heal,
         PermanentStorageError for what will not, IntegrityError when the stored bytes
-        do not hash to ``sha256``.
+        do not hash to ``sha256`` (or the staged copy differs from ``part_digests``,
+        the digests of its parts taken in the read that gave ``sha256``, which a
+        backend may use instead of hashing the file again).
         """
+
+    def part_size_for(self, size: int) -> int | None:
+        """The size of the parts this backend sends a file of ``size`` bytes in, where
+        it can use digests of them taken in an earlier read (``part_digests``); None
+        where it sends the file whole or hashes it itself."""
+        return None
 
     @abstractmethod
     def put_bytes(

@@ -50,6 +50,7 @@ from bwc_dock.names import safe_name
 from bwc_dock.storage.base import (
     MAX_DOCUMENT_BYTES,
     MultipartJournal,
+    PartDigests,
     ProgressCallback,
     StorageBackend,
     StoredObject,
@@ -172,6 +173,7 @@ class FileBackend(StorageBackend):
         metadata: Mapping[str, str],
         journal: MultipartJournal | None = None,
         progress: ProgressCallback | None = None,
+        part_digests: PartDigests | None = None,  # the folder store hashes its own copy
     ) -> StoredObject:
         from bwc_dock.hashing import copy_unhashed
 

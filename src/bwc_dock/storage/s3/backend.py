@@ -31,6 +31,7 @@ from bwc_dock.storage.base import (
     MAX_DOCUMENT_BYTES,
     DocumentTooLarge,
     MultipartJournal,
+    PartDigests,
     ProgressCallback,
     StorageBackend,
     StoredObject,
@@ -192,6 +193,7 @@ class S3Backend(MultipartUploads, S3Retention, S3Listing, StorageBackend):
         metadata: Mapping[str, str],
         journal: MultipartJournal | None = None,
         progress: ProgressCallback | None = None,
+        part_digests: PartDigests | None = None,
     ) -> StoredObject:
         expected = sha256.lower()
         if not _HEX_SHA256.match(expected):
@@ -203,7 +205,7 @@ class S3Backend(MultipartUploads, S3Retention, S3Listing, StorageBackend):
                                  f" ledger says {size}")
         object_metadata = self._object_metadata(metadata, expected)
         upload = Upload(full_key, source, expected, size, object_metadata,
-                         journal or MemoryJournal(), progress)
+                         journal or MemoryJournal(), progress, part_digests)
         single = size < self._settings.multipart_threshold
         # A multipart upload keeps its HEAD: one request beside many parts, and it spares
         # resending every part of a clip that a lost answer left complete.
@@ -212,17 +214,15 @@ class S3Backend(MultipartUploads, S3Retention, S3Listing, StorageBackend):
         if existing is not None:
             self._abandon(full_key, upload.journal)
             return self._accept_existing(key, existing, expected, size)
-        composite: str | None = None
-        if single:
-            created = self._put_small_file(upload)
-        else:
-            composite = self._put_multipart(upload)
-            created = composite is not None
+        known = None if single else self._digests_from_read(upload)  # from the camera read
+        composite = None if single else self._put_multipart(upload, known)
+        created = self._put_small_file(upload) if single else composite is not None
         if not created:
             self._abandon(full_key, upload.journal)
             return self._accept_existing(key, self._require_head_raw(key), expected, size)
         stored = self._verify(key, expected, size, composite)
-        logger.info("s3.put.verified", key=full_key, sha256=expected, size=size)
+        logger.info("s3.put.verified", key=full_key, sha256=expected, size=size,
+                    hashed_here=known is None)
         return stored
 
     def _object_metadata(self, metadata: Mapping[str, str], sha256: str) -> dict[str, str]:

@@ -145,6 +145,10 @@ class S3Connection:
         # single PUT go without the HEAD before it. None until asked; never asked (so the
         # HEAD stays) by a backend that was given no probe prefix of its own dock.
         self._overwrites_refused: bool | None = None if settings.probe_prefix else False
+        # Whether the store was seen to refuse a body that does not match its
+        # x-amz-checksum-sha256 (_probe_checksum_refusal): only then are a clip's parts
+        # sent with the digests taken when it was read off the camera, unhashed here.
+        self._checksums_enforced: bool | None = None if settings.probe_prefix else False
         self._probe_lock = threading.Lock()
         # one upload's parts in flight and the one being read
         self._part_buffers = PartBuffers(settings.part_size, keep=settings.concurrency + 1)
@@ -326,6 +330,43 @@ class S3Connection:
                        endpoint=self._settings.endpoint_url,
                        why="the store took an overwrite under If-None-Match: *; a HEAD"
                            " before each write stays the guard against overwrites")
+        return False
+
+    def _enforces_checksums(self) -> bool:
+        """Whether this store proved it refuses a body that does not match its checksum
+        (asked once, on the first upload that could rely on it)."""
+        with self._probe_lock:
+            if self._checksums_enforced is None:
+                self._checksums_enforced = self._probe_checksum_refusal()
+            return self._checksums_enforced is True
+
+    def _probe_checksum_refusal(self) -> bool | None:
+        """Send a canary whose x-amz-checksum-sha256 is another body's: True if the store
+        refused it, False if it kept it (it does not check checksums) or refuses the
+        probe, None if unanswered (asked again at the next upload)."""
+        stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{os.urandom(4).hex()}"
+        full_key = self._full_key(f"{self._settings.probe_prefix}{stamp}.bad-checksum")
+        try:
+            self._s3().put_object(Bucket=self._settings.bucket, Key=full_key, Body=_PROBE_FIRST,
+                                  ContentLength=len(_PROBE_FIRST),
+                                  ChecksumSHA256=sha256_base64(_PROBE_OVERWRITE))
+        except ClientError as error:
+            if is_checksum_rejection(error):
+                logger.info("s3.checksums_enforced", canary=full_key)
+                return True
+            translated = self._translate(error, "PUT probe", full_key)
+            logger.warning("s3.checksums_unproven", error=str(translated),
+                           why="each clip is hashed again as it is sent")
+            return False if isinstance(translated, PermanentStorageError) else None
+        except BotoCoreError as error:
+            logger.warning("s3.checksums_unproven", error=str(error),
+                           why="each clip is hashed again as it is sent")
+            return None
+        self._delete_canary(full_key)
+        logger.warning("s3.checksums_not_enforced", canary=full_key,
+                       endpoint=self._settings.endpoint_url,
+                       why="the store kept a body that did not match its checksum; each"
+                           " clip is hashed again as it is sent")
         return False
 
     def _put_canary(self, full_key: str, body: bytes) -> None:

@@ -1,15 +1,25 @@
-"""Multipart uploads: read the file once in order, hash all of it, send parts in parallel.
+"""Multipart uploads: read the file once in order, send parts in parallel.
 
-One thread reads the file, part by part into buffers the backend keeps (part_buffers.py),
-and feeds every byte into the SHA-256 of the whole file; a pool sends each part with its
-own ``x-amz-checksum-sha256``. The upload is completed
-only if the whole file hashed to the ledger's SHA-256. Its id and finished parts go to
-the caller's MultipartJournal, so a restart resumes the same upload: finished parts are
-re-read and re-hashed, not sent again.
+One thread reads the file, part by part into buffers the backend keeps (part_buffers.py);
+a pool sends each part with its own ``x-amz-checksum-sha256``, which the store checks.
+The digest of each part comes from one of two places:
+
+- taken in the copier's read of the camera, in the same read as the ledger's SHA-256
+  (``PartDigests``), where the store proved it refuses a body that does not match its
+  checksum: then nothing is hashed here. A part of the staged copy that differs from
+  what was read off the camera is refused by the store, and the upload is aborted with
+  an IntegrityError once the part, hashed here, shows the staged copy is at fault;
+- otherwise hashed here, and every byte also feeds the SHA-256 of the whole file: the
+  upload is completed only if the whole file hashed to the ledger's SHA-256.
+
+Either way the parts the store assembled hash, together, to the ledger's SHA-256. The
+upload's id and finished parts go to the caller's MultipartJournal, so a restart resumes
+the same upload: finished parts are not sent again.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 from collections.abc import Collection, Mapping
@@ -26,6 +36,7 @@ from bwc_dock.logs import get_logger
 from bwc_dock.storage.base import (
     MultipartJournal,
     MultipartState,
+    PartDigests,
     PartRecord,
     ProgressCallback,
 )
@@ -37,7 +48,11 @@ from bwc_dock.storage.s3.connection import (
 )
 from bwc_dock.storage.s3.part_buffers import PartBuffers
 from bwc_dock.storage.s3.settings import MAX_PARTS, MIB
-from bwc_dock.storage.s3.translate import error_code, is_precondition_failed
+from bwc_dock.storage.s3.translate import (
+    error_code,
+    is_checksum_rejection,
+    is_precondition_failed,
+)
 
 logger = get_logger("bwc_dock.storage.s3")
 
@@ -74,6 +89,7 @@ class Upload:
     metadata: dict[str, str]
     journal: MultipartJournal
     progress: ProgressCallback | None
+    part_digests: PartDigests | None = None  # taken in the read that gave ``expected``
 
 
 @dataclass(frozen=True)
@@ -91,29 +107,57 @@ class _StaleUpload(Exception):  # an internal signal; never leaves this package
 class MultipartUploads(S3Connection):
     """The multipart half of the S3 backend (put_file above the multipart threshold)."""
 
-    def _plan(self, size: int) -> list[_Part]:
+    def _part_size(self, size: int) -> int:
         part_size = max(self._settings.part_size, -(-size // MAX_PARTS))
-        part_size = -(-part_size // MIB) * MIB  # whole MiB, so a resumed plan is the same
+        return -(-part_size // MIB) * MIB  # whole MiB, so a resumed plan is the same
+
+    def part_size_for(self, size: int) -> int | None:
+        """StorageBackend.part_size_for: the part size of a clip sent by parts, unless the
+        store was seen to keep a body that did not match its checksum."""
+        if size < self._settings.multipart_threshold or self._checksums_enforced is False:
+            return None
+        return self._part_size(size)
+
+    def _plan(self, size: int) -> list[_Part]:
+        part_size = self._part_size(size)
         return [
             _Part(number=index + 1, offset=offset, length=min(part_size, size - offset))
             for index, offset in enumerate(range(0, size, part_size))
         ]
 
-    def _put_multipart(self, upload: Upload) -> str | None:
-        """Upload by parts; the composite checksum of the parts sent once completed,
-        None when an object appeared under the key first."""
+    def _digests_from_read(self, upload: Upload) -> list[str] | None:
+        """Each part's base64 digest as taken in the read that gave the ledger's SHA-256,
+        where they fit this upload's parts and the store proved it checks each part
+        against its digest; None: the parts are hashed here."""
+        given = upload.part_digests
+        if given is None or given.sha256 != upload.expected:
+            return None
+        plan = self._plan(upload.size)
+        if given.part_size != self._part_size(upload.size) or len(given.digests) != len(plan):
+            return None
+        if not self._enforces_checksums():
+            return None
+        return [base64.b64encode(digest).decode("ascii") for digest in given.digests]
+
+    def _put_multipart(self, upload: Upload, known: list[str] | None) -> str | None:
+        """Upload by parts (with ``known``, their digests from the camera read); the
+        composite checksum of the parts sent once completed, None when an object
+        appeared under the key first."""
         plan = self._plan(upload.size)
         full_key, journal = upload.full_key, upload.journal
         for _ in range(2):  # a stale journaled upload is replaced once by a new one
             upload_id, finished = self._resume_or_begin(full_key, plan, upload.metadata, journal)
             try:
-                digest, parts = self._send_parts(upload, upload_id, plan, finished)
+                digest, parts = self._send_parts(upload, upload_id, plan, finished, known)
             except _StaleUpload as stale:
                 logger.warning("s3.multipart.restart", key=full_key, upload_id=upload_id,
                                reason=str(stale))
                 self._abandon(full_key, journal)
                 continue
-            if digest != upload.expected:
+            except IntegrityError:
+                self._abandon(full_key, journal)  # the staged copy is not what was read
+                raise
+            if digest is not None and digest != upload.expected:
                 self._abandon(full_key, journal)
                 raise IntegrityError(f"{upload.source}: hashed to {digest} while sending,"
                                      f" ledger says {upload.expected}; the upload was aborted")
@@ -160,9 +204,12 @@ class MultipartUploads(S3Connection):
         return listed
 
     def _send_parts(self, upload: Upload, upload_id: str, plan: list[_Part],
-                    finished: dict[int, PartRecord]) -> tuple[str, list[PartRecord]]:
-        """Hash the whole file in order while the pool sends the parts not yet finished."""
-        whole = hashlib.sha256()
+                    finished: dict[int, PartRecord], known: list[str] | None,
+                    ) -> tuple[str | None, list[PartRecord]]:
+        """Read the file in order while the pool sends the parts not yet finished; the
+        SHA-256 of the whole file, hashed on the way unless the parts' digests are
+        ``known`` (then None)."""
+        whole = None if known is not None else hashlib.sha256()
         done = dict(finished)
         journal = upload.journal
         concurrency = self._settings.concurrency
@@ -171,17 +218,24 @@ class MultipartUploads(S3Connection):
         try:
             with upload.source.open("rb") as file:
                 for part in plan:
+                    digest = None if known is None else known[part.number - 1]
+                    if digest is not None and part.number in finished:
+                        _check_finished_part(finished[part.number], digest, part.length)
+                        continue  # nothing to hash: the part need not be read
+                    file.seek(part.offset)
                     data = self._part_buffers.take(part.length)
                     read_into(file, data, upload.source)
-                    whole.update(data)
+                    if whole is not None:
+                        whole.update(data)
                     if part.number in finished:
-                        _check_finished_part(finished[part.number], data)
+                        _check_finished_part(finished[part.number], sha256_base64(data),
+                                             len(data))
                         self._part_buffers.give_back(data)
                         continue
                     while len(pending) >= concurrency:
                         pending = self._collect(pending, journal, done)
                     sent = pool.submit(self._upload_part, upload.full_key, upload_id,
-                                       part.number, data, upload.progress)
+                                       (part.number, digest), data, upload.progress)
                     # kept for a later part once sent, failed or cancelled: never before
                     sent.add_done_callback(partial(_give_back, self._part_buffers, data))
                     pending.add(sent)
@@ -190,7 +244,7 @@ class MultipartUploads(S3Connection):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             _journal_succeeded(pending, journal, done)
-        return whole.hexdigest(), [done[part.number] for part in plan]
+        return (None if whole is None else whole.hexdigest()), [done[p.number] for p in plan]
 
     @staticmethod
     def _collect(pending: set[Future[PartRecord]], journal: MultipartJournal,
@@ -210,16 +264,29 @@ class MultipartUploads(S3Connection):
             raise failure  # the caller's finally cancels the parts not yet started
         return still_pending
 
-    def _upload_part(self, full_key: str, upload_id: str, number: int, data: bytearray,
-                     progress: ProgressCallback | None) -> PartRecord:
-        checksum = sha256_base64(data)
+    def _upload_part(self, full_key: str, upload_id: str, part: tuple[int, str | None],
+                     data: bytearray, progress: ProgressCallback | None) -> PartRecord:
+        """Send part ``number`` with its digest (``known``: taken in the camera read, else
+        hashed here)."""
+        number, known = part
+        checksum = known or sha256_base64(data)
 
         def attempt() -> dict[str, Any]:
-            response: dict[str, Any] = self._s3().upload_part(
-                Bucket=self._settings.bucket, Key=full_key, UploadId=upload_id,
-                PartNumber=number, Body=MeteredBody(data, progress) if progress else data,
-                ContentLength=len(data), ChecksumSHA256=checksum,
-            )
+            try:
+                response: dict[str, Any] = self._s3().upload_part(
+                    Bucket=self._settings.bucket, Key=full_key, UploadId=upload_id,
+                    PartNumber=number, Body=MeteredBody(data, progress) if progress else data,
+                    ContentLength=len(data), ChecksumSHA256=checksum,
+                )
+            except ClientError as error:
+                # refused: damaged on the way (sent again), or a staged copy that is not
+                # what was read off the camera (hashed here once, to tell which)
+                if known and is_checksum_rejection(error) and sha256_base64(data) != known:
+                    raise IntegrityError(
+                        f"{self._where(full_key)}: part {number} of the staged copy differs"
+                        " from what was read off the camera (the store refused it); the"
+                        " upload was aborted") from error
+                raise
             return response
 
         with self._translated(f"PUT part {number}", full_key):
@@ -324,9 +391,10 @@ def _journal_succeeded(futures: Collection[Future[PartRecord]], journal: Multipa
                 done[record.number] = record
 
 
-def _check_finished_part(record: PartRecord, data: bytearray) -> None:
-    """A journaled part counts only if our bytes hash to what the store verified for it."""
-    if record.size != len(data) or record.checksum != sha256_base64(data):
+def _check_finished_part(record: PartRecord, checksum: str, size: int) -> None:
+    """A journaled part counts only if this file's part (its digest, from the camera read
+    or hashed here) is what the store verified for it."""
+    if record.size != size or record.checksum != checksum:
         raise _StaleUpload(f"part {record.number} on the store is not this file's part")
 
 
