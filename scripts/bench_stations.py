@@ -236,11 +236,13 @@ def passes_of(store: str, verified_by_copier: float, multipart: float) -> Passes
     folder: the upload is a copy to the share, unhashed, and the share's copy is read
     back and hashed before it is named (storage/filesystem.py): one copy, one hashed read.
     s3: the upload reads the staged copy once and hashes it (the digest is the request's
-    x-amz-checksum-sha256 too, for a single PUT); a multipart clip also hashes each part
-    for its own checksum (``multipart`` is the share of bytes sent by parts): the store
-    checks each part, and the store's composite of those checksums is the proof it holds
-    the bytes; the bytes go out once over a TCP connection (a send, costed as cat's into
-    a loopback connection: the store here is on loopback).
+    x-amz-checksum-sha256 too, for a single PUT). A clip sent by parts needs each part's
+    SHA-256 besides the whole's: taken in the read off the camera (one more hashed pass
+    there, none in the upload), or, where they were not, hashed by the upload with the
+    whole (``multipart`` is the share of bytes sent that way): the store checks each
+    part, and its composite of those checksums is the proof it holds the bytes. The bytes
+    go out once over a TCP connection (a send, costed as cat's into a loopback
+    connection: the store here is on loopback).
     """
     if store == "folder":
         return Passes(hashed=2 + verified_by_copier, copies=2, reads=verified_by_copier + 1)
@@ -412,12 +414,17 @@ def stop_daemon(daemon: subprocess.Popen[bytes] | None) -> None:
 
 
 def clip_shares(events: list[dict[str, Any]], cameras: list[LoopCamera]) -> tuple[float, float]:
-    """(share of clips the copier itself re-read, share of bytes big enough for parts)."""
+    """(share of clips the copier itself re-read, share of bytes sent by parts that the
+    upload hashed: those whose parts were not hashed in the read off the camera, as an
+    S3 upload's ``s3.put.verified`` event says; a daemon that does not say hashed all)."""
     done = [e for e in events if e.get("event") == "copy.done"]
     by_copier = sum(1 for e in done if e.get("verified_by") == "copier") / max(1, len(done))
-    sizes = [int(e.get("size") or 0) for e in done]
-    multipart = sum(s for s in sizes if s >= S3_MULTIPART_THRESHOLD) / max(1, sum(sizes))
-    return by_copier, multipart
+    total = sum(int(e.get("size") or 0) for e in done)
+    verified = [e for e in events if e.get("event") == "s3.put.verified"]
+    hashed_by_parts = sum(int(e.get("size") or 0) for e in verified
+                          if int(e.get("size") or 0) >= S3_MULTIPART_THRESHOLD
+                          and e.get("hashed_here", True))
+    return by_copier, hashed_by_parts / max(1, total)
 
 
 def run_kernel(arguments: argparse.Namespace, count: int, root: Path, bay_root: Path,
@@ -503,7 +510,7 @@ def summary(cameras: list[LoopCamera], events: list[dict[str, Any]], offload: di
         for serial in daemon_rate
     }
     return {"rows": rows, "cpu": {"offload": offload, "cat": cat},
-            "verified_by_copier": round(by_copier, 3), "multipart_share": round(multipart, 3)}
+            "verified_by_copier": round(by_copier, 3), "parts_hashed_by_upload": round(multipart, 3)}
 
 
 def run_one(arguments: argparse.Namespace, store_name: str, count: int,
@@ -545,7 +552,7 @@ def _run_one(arguments: argparse.Namespace, store_name: str, count: int,
         else:
             shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(bay_root, ignore_errors=True)
-    passes = passes_of(store_name, result["verified_by_copier"], result["multipart_share"])
+    passes = passes_of(store_name, result["verified_by_copier"], result["parts_hashed_by_upload"])
     floor = passes.floor(probe)
     daemon_ms = result["cpu"]["offload"]["daemon_cpu_ms_per_mb"]
     offload = result["cpu"]["offload"]
