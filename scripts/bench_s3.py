@@ -9,7 +9,10 @@ of the uploading process: every tool runs as a child process, bwc-dock's S3 back
 included) and the server's. With --reps N the tools take turns N times per size (A B C
 A B C ...) and the medians are printed. boto3 runs twice: as documented, and asked for
 the store's SHA-256 checksum (``ChecksumAlgorithm``), the proof bwc-dock's uploads rest
-on, so that the store's CPU is compared for the same work too. With --before-src CHECKOUT bwc-dock also runs
+on, so that the store's CPU is compared for the same work too. bwc-dock's backend is
+given what the daemon's uploader has from the copier's read of the camera: each file's
+SHA-256 and, for a file sent by parts, each part's (taken here when the files are made,
+as the copier takes them in its one read). With --before-src CHECKOUT bwc-dock also runs
 from another checkout's src/, in turn with the others. The load average is printed
 beside each size. Everything is removed at the end.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import logging
 import os
 import resource
@@ -37,7 +41,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
@@ -53,6 +57,7 @@ if TYPE_CHECKING:  # imported in main(): the measured bwc-dock child loads no te
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+PART_SIZE = 16 * MIB  # the bwc-dock child's multipart_part_mb
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -73,13 +78,15 @@ class Result:
 
 
 def make_files(directory: Path, total: int, file_size: int) -> list[tuple[Path, str]]:
-    """Random-content files (a 64 MiB random block, each chunk made unique) and hashes."""
+    """Random-content files (a 64 MiB random block, each chunk made unique) and hashes;
+    beside each, ``<name>.parts``: the digests of its 16 MiB parts (part_digests)."""
     directory.mkdir(parents=True)
     block = bytearray(os.urandom(64 * MIB))
     files = []
     for index in range(max(1, total // file_size)):
         path = directory / f"clip{index:04d}.mp4"
         digest = hashlib.sha256()
+        parts = []
         with path.open("wb") as output:
             written = 0
             while written < file_size:
@@ -87,9 +94,20 @@ def make_files(directory: Path, total: int, file_size: int) -> list[tuple[Path, 
                 chunk = block[: min(len(block), file_size - written)]
                 output.write(chunk)
                 digest.update(chunk)
+                parts += [hashlib.sha256(chunk[at:at + PART_SIZE]).hexdigest()
+                          for at in range(0, len(chunk), PART_SIZE)]
                 written += len(chunk)
+        (directory.parent / f"{path.name}.{directory.name}.parts").write_text(",".join(parts))
         files.append((path, digest.hexdigest()))
     return files
+
+
+def part_digests(path: Path, sha256: str) -> Any:
+    """The PartDigests of a file (see make_files), for a backend that takes them."""
+    from bwc_dock.storage.base import PartDigests
+    listing = path.parent.parent / f"{path.name}.{path.parent.name}.parts"
+    digests = tuple(bytes.fromhex(part) for part in listing.read_text().split(","))
+    return PartDigests(sha256, PART_SIZE, digests)
 
 
 def server_cpu_seconds(pid: int) -> float:
@@ -110,7 +128,7 @@ def bwc_dock_child(arguments: argparse.Namespace) -> None:
     config = StorageConfig(backend="s3", endpoint_url=arguments.child_endpoint,
                            allow_plaintext=True, bucket=arguments.child_bucket,
                            addressing_style="path", multipart_threshold_mb=64,
-                           multipart_part_mb=16, multipart_concurrency=4)
+                           multipart_part_mb=PART_SIZE // MIB, multipart_concurrency=4)
     try:  # with a dock's id, as the daemon opens it (its probe may spare a HEAD per clip)
         backend = S3Backend.from_config(config, "bench-dock")
     except TypeError:  # a --before-src checkout from before that probe
@@ -118,11 +136,16 @@ def bwc_dock_child(arguments: argparse.Namespace) -> None:
     files = [(Path(line.split("\t")[0]), line.split("\t")[1])
              for line in Path(arguments.child_files).read_text().splitlines()]
 
+    # what the copier's read gave the daemon's uploader (not in a --before-src checkout
+    # from before part digests)
+    given = "part_digests" in inspect.signature(backend.put_file).parameters
+
     def one(item: tuple[Path, str]) -> None:
         path, sha256 = item
         # with a progress callback, as the daemon's uploaders always give one
+        extra = {"part_digests": part_digests(path, sha256)} if given else {}
         backend.put_file(f"bench/{path.name}", path, sha256, path.stat().st_size, {},
-                         progress=lambda _count: None)
+                         progress=lambda _count: None, **extra)
 
     # Several clips at once, as the daemon's upload workers do.
     with ThreadPoolExecutor(max_workers=arguments.workers) as pool:
