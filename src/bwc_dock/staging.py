@@ -191,7 +191,7 @@ def staging_space_errors() -> Iterator[None]:
 @contextmanager
 def discarded_unless_kept(files: list[PendingFile]) -> Iterator[None]:
     """On failure, close and remove the temporary files written so far (published ones
-    stay for _discarded_on_failure to judge)."""
+    stay for discarded_on_failure to judge)."""
     try:
         yield
     except BaseException:
