@@ -167,7 +167,14 @@ def _use_baseline_hashing(path: str) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     copier_names = vars(copier_module)  # the copier's own bindings of the hashing functions
-    copier_names["copy_hashing"] = module.copy_hashing
+
+    def copy_hashing(*arguments: Any, parts: Any = None, **options: Any) -> Any:
+        """The baseline's copy_hashing; a hashing.py from before part digests takes no
+        ``parts`` (the copier here is given no part digests to take)."""
+        assert parts is None
+        return module.copy_hashing(*arguments, **options)
+
+    copier_names["copy_hashing"] = copy_hashing
     copier_names["hash_file_from_disk"] = module.hash_file_from_disk
 
 
