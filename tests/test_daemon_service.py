@@ -136,7 +136,9 @@ def test_running_daemon_raises_and_clears_an_alarm_in_status_metrics_and_log(
     need_root()  # a read-only bind mount of the NAS folder
     metrics = tmp_path / "textfiles" / "bwc_dock.prom"
     metrics.parent.mkdir()
-    dock.write_config(service={"heartbeat_seconds": 1, "metrics_textfile": str(metrics)})
+    # storage is checked every 2 s (product 30 s): the check is what clears the alarm
+    dock.write_config(service={"heartbeat_seconds": 1, "metrics_textfile": str(metrics)},
+                      storage={"check_interval_seconds": 2})
     dock.extra_environment["NOTIFY_SOCKET"] = notify_socket.getsockname()
     _mount("--bind", str(dock.nas), str(dock.nas))
     messages: list[dict[str, str]] = []
@@ -155,8 +157,8 @@ def test_running_daemon_raises_and_clears_an_alarm_in_status_metrics_and_log(
             assert _metric(metrics, "alarm", alarm="quarantined") == 0  # only the one alarm
 
             _mount("-o", "remount,bind,rw", str(dock.nas))
-            # the daemon probes storage every 30 s (STORAGE_CHECK_SECONDS): one probe, one
-            # alarm check and a loaded machine fit well inside two minutes
+            # the daemon probes storage every 2 s here: one probe, one alarm check and a
+            # loaded machine fit well inside two minutes
             alarm_gone = len(messages)
             _receive_until(notify_socket, messages, lambda m: any(
                 "storage ok" in message.get("STATUS", "") and "ALARM" not in message["STATUS"]
@@ -208,13 +210,15 @@ def test_fresh_dock_starts_without_a_false_staging_alarm(dock: Dock, tmp_path: P
 
 def test_running_daemon_writes_a_missing_sha256sums_without_a_restart(dock: Dock) -> None:
     """A docking's SHA256SUMS the store refused while the daemon ran is written by the
-    running daemon once the way is clear (its promise: within a minute)."""
+    running daemon once the way is clear, at its next [storage] sums_interval_seconds."""
     camera = dock.root / "camera"
     make_camera(camera, [3000, 4000], sidecars=False)
     for path in camera.rglob("*"):
         os.utime(path, (1_700_000_000, 1_700_000_000))  # recorded 2023-11-14 UTC
     sums = dock.nas / "SUMS1/2023/11/14/SHA256SUMS.dock-test.docking-000001"
     (sums / "in-the-way").mkdir(parents=True)
+    # the anchorer writes missing lists every 3 s here (product: every 60 s)
+    dock.write_config(storage={"sums_interval_seconds": 3})
     daemon = dock.start_daemon()
     try:
         camera.rename(dock.watch_dir / "SUMS1")
@@ -223,9 +227,9 @@ def test_running_daemon_writes_a_missing_sha256sums_without_a_restart(dock: Dock
                    timeout=STARTUP_DEADLINE_SECONDS, message="the store refused the list")
         assert {clip["state"] for clip in dock.clips()} == {"uploaded"}
         shutil.rmtree(sums)
-        # the anchorer runs every 60 s; one interval plus a slow round on a loaded machine
-        # fit in three minutes. The bound stops a hung test; it does not time the promise.
-        wait_until(sums.is_file, timeout=180, message="SHA256SUMS written by the daemon")
+        # one interval plus a slow round on a loaded machine fit in two minutes. The
+        # bound stops a hung test; it does not time anything.
+        wait_until(sums.is_file, timeout=120, message="SHA256SUMS written by the daemon")
         assert daemon.poll() is None  # the same daemon, no restart
     finally:
         assert dock.stop_daemon(daemon) == 0

@@ -109,6 +109,11 @@ class StorageConfig(_Section):
     retry_initial_seconds: float = Field(default=2.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
     permanent_error_backoff_seconds: float = Field(default=900.0, gt=0)
+    # how often the daemon asks central storage whether it answers (raising or clearing
+    # storage_unreachable), and how often it writes the SHA256SUMS lists the store
+    # refused earlier; tests and demos shorten them, a dock keeps the defaults
+    check_interval_seconds: float = Field(default=30.0, ge=1.0)
+    sums_interval_seconds: float = Field(default=60.0, ge=1.0)
 
     @field_validator("key_template")
     @classmethod

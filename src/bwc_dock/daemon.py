@@ -54,9 +54,9 @@ log = structlog.get_logger(__name__)
 
 IDLE_WAIT_SECONDS = 1.0
 # a missing or stale SHA256SUMS (a crash or a storage error as it was written) is
-# written again at start and then this often, by the anchorer thread
-ANCHOR_INTERVAL_SECONDS = 60.0
-# start-up recovery's storage part, when it did not complete, is run again this often
+# written again at start and then every [storage] sums_interval_seconds, by the
+# anchorer thread; start-up recovery's storage part, when it did not complete, is run
+# again this often
 RECOVERY_RETRY_SECONDS = 15.0
 
 
@@ -253,7 +253,9 @@ class Daemon(SourceListener):
         Until start-up recovery's storage part has completed, it runs that instead."""
         recovery = self.storage_recovery
         while not self.stop_event.wait(
-            ANCHOR_INTERVAL_SECONDS if recovery.completed else RECOVERY_RETRY_SECONDS
+            self.config.storage.sums_interval_seconds
+            if recovery.completed
+            else RECOVERY_RETRY_SECONDS
         ):
             if self.storage.known_down:  # known down: the next round will do
                 continue

@@ -1,8 +1,8 @@
 """The daemon main loop's timers: what it does every so often, one named field each.
 
 Each interval is read at every turn, not once: a reload may change the configured ones
-(the rescan and heartbeat intervals), and purging runs more often while copying waits
-for room in staging.
+(the rescan and heartbeat intervals; the storage check's keeps its value until a
+restart), and purging runs more often while copying waits for room in staging.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from bwc_dock.staging import StagingArea
 
 PURGE_INTERVAL_SECONDS = 60.0
 PAUSED_PURGE_INTERVAL_SECONDS = 2.0
-STORAGE_CHECK_SECONDS = 30.0
 
 
 @dataclass
@@ -53,7 +52,7 @@ def main_loop_timers(
         return PAUSED_PURGE_INTERVAL_SECONDS if staging.paused else PURGE_INTERVAL_SECONDS
 
     return MainLoopTimers(
-        storage_check=Every(lambda: STORAGE_CHECK_SECONDS),
+        storage_check=Every(lambda: config().storage.check_interval_seconds),
         rescan=Every(lambda: config().sources.rescan_interval_seconds, last=started),
         purge=Every(purge_interval),
         heartbeat=Every(lambda: config().service.heartbeat_seconds),
