@@ -203,7 +203,7 @@ def test_a_ledger_from_the_first_release_is_upgraded_in_place(tmp_path: Path) ->
     engine.dispose()
 
     ledger = Ledger.open(config, "upgraded")
-    assert schema_revision(ledger.engine) == "0009"
+    assert schema_revision(ledger.engine) == "0010"
     with ledger.engine.connect() as connection:
         indexes = set(connection.execute(text(
             "SELECT name FROM sqlite_master WHERE type = 'index'")).scalars())

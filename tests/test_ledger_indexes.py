@@ -16,7 +16,7 @@ from bwc_dock.config import Config, parse_config
 from bwc_dock.found import DockedVolume, FoundClip, FoundFile
 from bwc_dock.handrun import ingest_folder
 from bwc_dock.ledger import Ledger
-from bwc_dock.ledger.assignments import officer_at
+from bwc_dock.ledger.assignments import Assignment, officer_at
 from bwc_dock.ledger.db import create_ledger_engine, migrate, schema_revision
 from bwc_dock.ledger.leases import current_owner
 from bwc_dock.ledger.models import Base
@@ -174,7 +174,7 @@ def test_the_upgrade_adds_the_indexes_declared_in_the_models(tmp_path: Path) -> 
     has exactly the indexes the models declare."""
     config, ledger_path = _old_ledger_with_history(tmp_path)
     ledger = Ledger.open(config, "upgraded")
-    assert schema_revision(ledger.engine) == "0009"
+    assert schema_revision(ledger.engine) == "0010"
     with ledger.engine.connect() as connection:
         indexes = set(connection.execute(text(
             "SELECT name FROM sqlite_master WHERE type = 'index'"
@@ -305,3 +305,34 @@ def test_an_ingest_on_a_ledger_without_statistics_searches_its_indexes(tmp_path:
     purge = next(pair for pair in reading if "staged_purged_at IS NULL" in pair[0])
     assert _plan(ledger_path, *purge) == [
         "SEARCH clips USING INDEX ix_clips_staged_copies (uploaded_at<?)"]
+
+
+def test_the_fleet_records_a_dock_handled_are_found_without_reading_the_audit_log(
+    tmp_path: Path,
+) -> None:
+    """Which fleet assignment records this dock applied or refused (asked by every ingest
+    and every daemon start) is read through the partial index of those audit rows, with
+    or without statistics; on the ledger before migration 0010 the same statement read
+    all 150,000 audit rows."""
+    config, ledger_path = _old_ledger_with_history(tmp_path, revision="0009", analyze=False)
+    before_upgrade = _copy_without_new_indexes(ledger_path, tmp_path)
+    ledger = Ledger.open(config, "upgraded")
+    applied = Assignment("OLD001", "O-2", utc_datetime(), record_key="assignments/OLD001/a",
+                         record={"camera": "OLD001", "officer_id": "O-2"})
+    ledger.assign_cameras([applied])
+    ledger.record_fleet_assignment_refusal("OLD002", "assignments/OLD002/b", "back-dated")
+    with _statements(ledger) as sent:
+        handled = ledger.fleet_assignment_records()
+    ledger.close()
+    assert handled == {"assignments/OLD001/a": {"camera": "OLD001", "officer_id": "O-2"},
+                       "assignments/OLD002/b": None}
+    [statement] = [pair for pair in sent if "audit_log.details" in pair[0]]
+    assert _work(before_upgrade, *statement) > OLD_CLIPS * 3
+    for analyzed in (False, True):
+        if analyzed:
+            connection = sqlite3.connect(ledger_path)
+            connection.execute("ANALYZE")
+            connection.close()
+        plan = _plan(ledger_path, *statement)
+        assert any("ix_audit_log_fleet_records" in step for step in plan), plan
+        assert _work(ledger_path, *statement) < 1_000, plan

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from bwc_dock.errors import UsageError
-from bwc_dock.ledger.models import AuditEntry, Camera, Clip, utc_now
+from bwc_dock.ledger.models import FLEET_RECORD_EVENTS, AuditEntry, Camera, Clip, utc_now
 from bwc_dock.ledger.states import ClipState
 from bwc_dock.ledger.store import Store
 
-ASSIGNED_EVENT = "camera.assigned"
+ASSIGNED_EVENT = "camera.assigned"  # both events are named in FLEET_RECORD_EVENTS too
 REATTRIBUTED_EVENT = "camera.clips_reattributed"
 # a fleet assignment record (central storage) this dock could not apply
 FLEET_REFUSED_EVENT = "camera.fleet_assignment_refused"
@@ -166,10 +166,10 @@ def record_fleet_refusal(store: Store, serial: str | None, record_key: str, reas
 def fleet_records(store: Store) -> dict[str, Mapping[str, Any] | None]:
     """Fleet assignment records this dock has handled: key -> the record's document when
     this dock applied it (None when it refused it)."""
-    with store.transaction() as session:
+    with store.reading() as session:
         rows = session.execute(
             select(AuditEntry.event, AuditEntry.details)
-            .where(AuditEntry.event.in_([ASSIGNED_EVENT, FLEET_REFUSED_EVENT]))
+            .where(text(FLEET_RECORD_EVENTS))  # ix_audit_log_fleet_records
             .order_by(AuditEntry.id)
         ).all()
     handled: dict[str, Mapping[str, Any] | None] = {}

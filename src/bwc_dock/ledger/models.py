@@ -114,6 +114,11 @@ class Docking(Base):
     dock_clock_source: Mapped[str | None] = mapped_column(String(16))
 
 
+# The audit rows of the fleet assignment records a dock applied (camera.assigned, which a
+# hand assignment writes too) or refused; the same text in the index and the query that
+# reads it, since SQLite uses a partial index only for a query naming its condition.
+FLEET_RECORD_EVENTS = "event IN ('camera.assigned', 'camera.fleet_assignment_refused')"
+
 # A clip the ledger believes is still on its camera: not cleared by bwc-dock, not found gone.
 ON_CAMERA = "state != 'cleared' AND gone_from_camera_at IS NULL"
 
@@ -241,6 +246,8 @@ class AuditEntry(Base):
         # a camera's assignments among its audit entries (migration 0004; it replaces
         # ix_audit_log_camera_serial, whose prefix it is)
         Index("ix_audit_log_camera_event", "camera_serial", "event"),
+        # the fleet assignment records this dock handled (migration 0010)
+        Index("ix_audit_log_fleet_records", "id", sqlite_where=text(FLEET_RECORD_EVENTS)),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
