@@ -258,18 +258,17 @@ class Uploader:
     ) -> None:
         """Write this offload's custody record once. One already there is accepted only
         when it records this very offload (an attempt cut short before the ledger knew)."""
-        officer, times = self.ledger.manifest_facts(work.id)
-        docking = self.ledger.docking(work.docking_id)
+        facts = self.ledger.manifest_facts(work.id)
         document = build_manifest(
             work,
             dock_id=self.ledger.dock_id,
             clip_key=clip_key,
             sidecar_keys=sidecar_keys,
-            officer_id=officer,
-            times={**times, "uploaded_at": utc_now()},
-            audit_head=self.ledger.audit_head(),
-            device=self.ledger.docking_device(work.docking_id),
-            clocks=docking.clocks if docking else None,
+            officer_id=facts.officer_id,
+            times={**facts.times, "uploaded_at": utc_now()},
+            audit_head=facts.audit_head,
+            device=facts.device,
+            clocks=facts.clocks,
         )
         assert work.sha256 is not None
         try:

@@ -11,8 +11,17 @@ from datetime import datetime
 from sqlalchemy import and_, case, func, or_, select, update
 
 from bwc_dock.ledger.assignments import officer_at
+from bwc_dock.ledger.audit import chain_head
+from bwc_dock.ledger.dockings import device_of
 from bwc_dock.ledger.models import AuditEntry, Clip, Docking, Sidecar
-from bwc_dock.ledger.snapshots import AuditRecord, ClipWork, audit_record, clip_snapshots
+from bwc_dock.ledger.snapshots import (
+    AuditRecord,
+    ClipWork,
+    DockingClocks,
+    audit_record,
+    clip_snapshots,
+    docking_record,
+)
 from bwc_dock.ledger.states import PENDING_STATES, ClipState
 from bwc_dock.ledger.store import Store
 
@@ -27,6 +36,17 @@ class CustodyFacts:
     officers: dict[int, str | None]  # clip id -> officer when it was recorded
     devices: dict[int, str]  # docking id -> device
     steps: dict[int, list[AuditRecord]]  # clip id -> its audit rows, in order
+
+
+@dataclass(frozen=True)
+class ManifestFacts:
+    """The ledger's part of one clip's custody record (manifest.py builds it)."""
+
+    officer_id: str | None  # the camera's officer when the clip was recorded
+    times: dict[str, datetime | None]  # discovered_at, staged_at
+    audit_head: tuple[int, str]  # the audit chain's newest (id, hash)
+    device: dict[str, str | None]  # the docking's device identity
+    clocks: DockingClocks | None  # the docking's clock readings; None: no docking
 
 
 def delivered_objects(store: Store, docking_id: int) -> dict[str, str]:
@@ -109,14 +129,21 @@ def mark_sums_written(store: Store, docking_id: int, content_read_at: datetime) 
             docking.sums_due = 0
 
 
-def manifest_facts(store: Store, clip_id: int) -> tuple[str | None, dict[str, datetime | None]]:
-    """The officer the camera is assigned to, and when each step happened."""
-    with store.transaction() as session:
+def manifest_facts(store: Store, clip_id: int) -> ManifestFacts:
+    """What a clip's custody record states from the ledger, in one reading transaction
+    (one per uploaded clip: it takes no write lock, so it never waits for the copiers)."""
+    with store.reading() as session:
         clip = session.get(Clip, clip_id)
         assert clip is not None
-        times = {"discovered_at": clip.discovered_at, "staged_at": clip.staged_at}
-        # the officer who carried the camera when the clip was recorded, not today's
-        return officer_at(session, clip.camera_serial, clip.recorded_at), times
+        docking = session.get(Docking, clip.docking_id)
+        return ManifestFacts(
+            # the officer who carried the camera when the clip was recorded, not today's
+            officer_id=officer_at(session, clip.camera_serial, clip.recorded_at),
+            times={"discovered_at": clip.discovered_at, "staged_at": clip.staged_at},
+            audit_head=chain_head(session),
+            device=device_of(docking),
+            clocks=docking_record(docking).clocks if docking else None,
+        )
 
 
 def custody_facts(

@@ -122,15 +122,12 @@ def _audit_identity_change(
     return details
 
 
-def device_identity(store: Store, docking_id: int) -> dict[str, str | None]:
-    """The device identity a docking recorded (all None for dockings from before it was
-    kept, or an unknown docking)."""
-    with store.reading() as session:
-        docking = session.get(Docking, docking_id)
-        return {
-            "profile": docking.profile_name if docking else None,
-            **{name: getattr(docking, name) if docking else None for name in _COMPARED},
-        }
+def device_of(docking: Docking | None) -> dict[str, str | None]:
+    """The device identity ``docking`` recorded; all None for None."""
+    return {
+        "profile": docking.profile_name if docking else None,
+        **{name: getattr(docking, name) if docking else None for name in _COMPARED},
+    }
 
 
 def record_clocks(

@@ -109,9 +109,6 @@ class Ledger:
     def record_docking(self, volume: DockedVolume, owner: str | None) -> int:
         return dockings.record(self.store, volume, owner)
 
-    def docking_device(self, docking_id: int) -> dict[str, str | None]:
-        return dockings.device_identity(self.store, docking_id)
-
     def record_clocks(
         self, docking_id: int, clocks: DockingClocks, details: dict[str, Any]
     ) -> None:
@@ -367,7 +364,7 @@ class Ledger:
     def mark_sums_written(self, docking_id: int, content_read_at: datetime) -> None:
         custody.mark_sums_written(self.store, docking_id, content_read_at)
 
-    def manifest_facts(self, clip_id: int) -> tuple[str | None, dict[str, datetime | None]]:
+    def manifest_facts(self, clip_id: int) -> custody.ManifestFacts:
         return custody.manifest_facts(self.store, clip_id)
 
     def custody_facts(
