@@ -188,16 +188,51 @@ def test_clips_sent_through_kept_part_buffers_are_each_stored_exactly(
     assert backend.read_sha256("cam1/second.mp4") == second_sha256
 
 
+def test_clips_sent_at_once_by_two_threads_reuse_the_kept_buffers(
+        seaweedfs: SeaweedServer, s3_bucket: str, credentials: None, tmp_path: Path) -> None:
+    """Two uploads at a time, as the daemon's two uploaders run them: the backend makes
+    no more part buffers than the parts both have read or in flight at once (each: its
+    concurrency of 2, plus the part being read), however many clips follow, and every
+    clip is stored with its own bytes."""
+    store = S3Backend.from_config(seaweedfs.storage_config(
+        s3_bucket, prefix="bwc", multipart_concurrency=2))
+    clips = [make_clip(tmp_path, 3 * 5 * MIB, f"clip{number}.mp4") for number in range(8)]
+    failures: list[BaseException] = []
+
+    def upload(share: list[tuple[Path, str]]) -> None:
+        try:
+            for path, sha256 in share:
+                store.put_file(f"cam1/{path.name}", path, sha256, 3 * 5 * MIB, {})
+        except BaseException as error:  # reported by the main thread
+            failures.append(error)
+
+    threads = [threading.Thread(target=upload, args=(clips[start::2],)) for start in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    try:
+        assert failures == []
+        assert 1 <= store._part_buffers.made <= 2 * (2 + 1)  # 24 parts were sent
+        for path, sha256 in clips:
+            assert store.read_sha256(f"cam1/{path.name}") == sha256
+    finally:
+        store.close()
+
+
 def test_kept_part_buffers_are_let_go_once_no_part_was_sent_for_a_while() -> None:
-    """Only buffers of the parts' size are kept, at most ``keep`` of them, and none once
-    the backend sent no part for the idle time (an idle dock holds no part memory)."""
-    buffers = PartBuffers(size=4, keep=2, idle_seconds=0.2)
+    """Only buffers of the parts' size are kept, each given back, and a new one is made
+    only when none is free; none is kept once the backend sent no part for the idle time
+    (an idle dock holds no part memory)."""
+    buffers = PartBuffers(size=4, idle_seconds=0.2)
     first, second, third = buffers.take(4), buffers.take(4), buffers.take(4)
     for buffer in (first, second, third, bytearray(3)):
         buffers.give_back(buffer)
-    assert buffers.kept == 2
-    assert buffers.take(4) in (first, second)
+    assert buffers.kept == 3
+    assert buffers.made == 3
+    assert buffers.take(4) in (first, second, third)
     assert len(buffers.take(3)) == 3
+    assert buffers.made == 3
     deadline = time.monotonic() + 30
     while buffers.kept and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -150,8 +150,8 @@ class S3Connection:
         # sent with the digests taken when it was read off the camera, unhashed here.
         self._checksums_enforced: bool | None = None if settings.probe_prefix else False
         self._probe_lock = threading.Lock()
-        # one upload's parts in flight and the one being read
-        self._part_buffers = PartBuffers(settings.part_size, keep=settings.concurrency + 1)
+        # the parts in flight and being read, of every upload this backend runs at once
+        self._part_buffers = PartBuffers(settings.part_size)
         if settings.endpoint_url and urlsplit(settings.endpoint_url).scheme == "http":
             logger.warning("s3.cleartext_endpoint", endpoint=settings.endpoint_url,
                            why="no TLS: bodies are checksummed but not confidential")

@@ -25,7 +25,6 @@ import io
 from collections.abc import Collection, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,7 +45,6 @@ from bwc_dock.storage.s3.connection import (
     composite_checksum,
     sha256_base64,
 )
-from bwc_dock.storage.s3.part_buffers import PartBuffers
 from bwc_dock.storage.s3.settings import MAX_PARTS, MIB
 from bwc_dock.storage.s3.translate import (
     error_code,
@@ -234,10 +232,9 @@ class MultipartUploads(S3Connection):
                         continue
                     while len(pending) >= concurrency:
                         pending = self._collect(pending, journal, done)
-                    sent = pool.submit(self._upload_part, upload.full_key, upload_id,
-                                       (part.number, digest), data, upload.progress)
-                    # kept for a later part once sent, failed or cancelled: never before
-                    sent.add_done_callback(partial(_give_back, self._part_buffers, data))
+                    sent = pool.submit(self._upload_part_then_give_back, upload.full_key,
+                                       upload_id, (part.number, digest), data,
+                                       upload.progress)
                     pending.add(sent)
             while pending:
                 pending = self._collect(pending, journal, done)
@@ -263,6 +260,18 @@ class MultipartUploads(S3Connection):
         if failure is not None:
             raise failure  # the caller's finally cancels the parts not yet started
         return still_pending
+
+    def _upload_part_then_give_back(self, full_key: str, upload_id: str,
+                                    part: tuple[int, str | None], data: bytearray,
+                                    progress: ProgressCallback | None) -> PartRecord:
+        """_upload_part, then ``data`` kept for a later part: never before it was sent or
+        failed, and before the reading thread learns the part is done, so that thread
+        finds it free instead of making another. (A part cancelled before it ran leaves
+        its buffer to the garbage collector.)"""
+        try:
+            return self._upload_part(full_key, upload_id, part, data, progress)
+        finally:
+            self._part_buffers.give_back(data)
 
     def _upload_part(self, full_key: str, upload_id: str, part: tuple[int, str | None],
                      data: bytearray, progress: ProgressCallback | None) -> PartRecord:
@@ -374,10 +383,6 @@ def read_into(file: io.BufferedReader, buffer: bytearray, source: Path) -> None:
 
 def _ended_early(source: Path) -> IntegrityError:
     return IntegrityError(f"{source}: the staged copy ended early (file shrank while sending)")
-
-
-def _give_back(buffers: PartBuffers, data: bytearray, _sent: Future[PartRecord]) -> None:
-    buffers.give_back(data)
 
 
 def _journal_succeeded(futures: Collection[Future[PartRecord]], journal: MultipartJournal,

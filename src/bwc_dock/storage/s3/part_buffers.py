@@ -2,8 +2,13 @@
 
 Reading every 16 MiB part into a fresh buffer cost the kernel a page fault and a zeroed
 page for each 4 KiB of it: about 5% of the daemon's CPU per MB at an S3 station (perf,
-``scripts/bench stations``). A few buffers are kept while uploads go on and let go once
-no part was sent for ``IDLE_SECONDS``, so an idle dock holds no part-sized memory.
+``scripts/bench stations``), and a fresh ``bytearray`` is zeroed with the GIL held. So
+every buffer given back is kept while uploads go on, and all are let go once no part was
+sent for ``IDLE_SECONDS``, so an idle dock holds no part-sized memory. No cap is needed:
+a buffer is made only when none is free, so there are never more than the most parts
+ever read or in flight at once (each upload: its concurrency, plus the part being read).
+A cap below that (it was one upload's worth) made the daemon's second uploader allocate
+a new buffer for most of its parts.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ IDLE_SECONDS = 30.0
 
 
 class PartBuffers:
-    """At most ``keep`` buffers of ``size`` bytes, shared by the backend's upload threads."""
+    """Buffers of ``size`` bytes, shared by the backend's upload threads."""
 
-    def __init__(self, size: int, keep: int, idle_seconds: float = IDLE_SECONDS) -> None:
+    def __init__(self, size: int, idle_seconds: float = IDLE_SECONDS) -> None:
         self.size = size
-        self._keep = keep
+        self.made = 0  # buffers of the parts' size made so far (for tests and benches)
         self._idle_seconds = idle_seconds
         self._free: list[bytearray] = []
         self._lock = threading.Lock()
@@ -34,6 +39,7 @@ class PartBuffers:
                 self._last_used = time.monotonic()
                 if self._free:
                     return self._free.pop()
+                self.made += 1
         return bytearray(length)
 
     def give_back(self, buffer: bytearray) -> None:
@@ -43,8 +49,7 @@ class PartBuffers:
             return
         with self._lock:
             self._last_used = time.monotonic()
-            if len(self._free) < self._keep:
-                self._free.append(buffer)
+            self._free.append(buffer)
             if self._timer is None:
                 self._timer = self._start_timer(self._idle_seconds)
 
