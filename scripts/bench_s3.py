@@ -16,6 +16,13 @@ as the copier takes them in its one read). With --before-src CHECKOUT bwc-dock a
 from another checkout's src/, in turn with the others. The load average is printed
 beside each size. Everything is removed at the end.
 
+bwc-dock's child also reports when its uploads began, once Python, boto3 and the
+configuration were loaded and the store answered: a second line per size, "once
+started", gives its rate and CPU from then on, with the start-up beside it. That is what
+the daemon's uploaders see (the daemon starts once per boot), while the first line, like
+rclone's and boto3's, counts a whole process: with 200 clips of 2 MiB, bwc-dock's start
+(about a second of imports and client set-up) is a fifth of its time.
+
     .venv/bin/python scripts/bench_s3.py [--total-gib 2] [--workers 4] [--reps 1] \
         [--only bwc-dock] [--before-src CHECKOUT]
 
@@ -69,12 +76,31 @@ class Result:
     client_cpu: float
     server_cpu: float
     gib: float
+    # a bwc-dock child's start-up: seconds and CPU seconds before its first upload began
+    startup: Startup | None = None
 
     def line(self) -> str:
-        rate = self.gib * GIB / self.seconds / 1e6
-        return (f"{self.layout:>10}  {self.tool:<28} {rate:8.1f} MB/s   "
-                f"client {self.client_cpu / self.gib:6.2f} CPU s/GiB   "
+        return self._line(self.tool, self.seconds, self.client_cpu)
+
+    def line_once_started(self) -> str | None:
+        """The figures from the first upload on, with the start-up beside them."""
+        if self.startup is None:
+            return None
+        return (self._line(f"{self.tool} once started", self.seconds - self.startup.seconds,
+                           self.client_cpu - self.startup.cpu)
+                + f"   (start-up {self.startup.seconds:.2f} s, {self.startup.cpu:.2f} CPU s)")
+
+    def _line(self, label: str, seconds: float, client_cpu: float) -> str:
+        rate = self.gib * GIB / seconds / 1e6
+        return (f"{self.layout:>10}  {label:<28} {rate:8.1f} MB/s   "
+                f"client {client_cpu / self.gib:6.2f} CPU s/GiB   "
                 f"server {self.server_cpu / self.gib:6.2f} CPU s/GiB")
+
+
+@dataclass
+class Startup:
+    seconds: float  # wall, from the parent starting the child to the first upload
+    cpu: float  # the child's own CPU seconds by then
 
 
 def make_files(directory: Path, total: int, file_size: int) -> list[tuple[Path, str]]:
@@ -147,6 +173,12 @@ def bwc_dock_child(arguments: argparse.Namespace) -> None:
         backend.put_file(f"bench/{path.name}", path, sha256, path.stat().st_size, {},
                          progress=lambda _count: None, **extra)
 
+    # Started: what the daemon has done once at its start (the store answered). The
+    # moment (CLOCK_MONOTONIC, shared by all processes) and the CPU so far, for the parent.
+    backend.check_reachable()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    Path(arguments.child_report).write_text(
+        f"{time.monotonic()} {usage.ru_utime + usage.ru_stime}\n")
     # Several clips at once, as the daemon's upload workers do.
     with ThreadPoolExecutor(max_workers=arguments.workers) as pool:
         list(pool.map(one, files))
@@ -154,23 +186,28 @@ def bwc_dock_child(arguments: argparse.Namespace) -> None:
 
 
 def upload_bwc_dock(server: SeaweedServer, bucket: str, files: list[tuple[Path, str]],
-                    workers: int, source_tree: Path | None = None) -> None:
+                    workers: int, source_tree: Path | None = None) -> Startup:
     listing = files[0][0].parent.parent / "files.tsv"
     listing.write_text("".join(f"{path}\t{sha256}\n" for path, sha256 in files))
+    report = listing.with_name("started.txt")
     source = (source_tree or REPOSITORY) / "src"
+    launched = time.monotonic()
     subprocess.run([sys.executable, __file__, "--child-src", str(source),
                     "--child-endpoint",
                     server.endpoint_url, "--child-bucket", bucket, "--child-files",
-                    str(listing), "--workers", str(workers)], check=True,
-                   env={**os.environ, "PYTHONPATH": str(source)})
+                    str(listing), "--child-report", str(report), "--workers", str(workers)],
+                   check=True, env={**os.environ, "PYTHONPATH": str(source)})
+    started_at, cpu = (float(value) for value in report.read_text().split())
+    report.unlink()
+    return Startup(started_at - launched, cpu)
 
 
 BEFORE: list[Path] = []  # --before-src
 
 
 def upload_bwc_dock_before(server: SeaweedServer, bucket: str, files: list[tuple[Path, str]],
-                           workers: int) -> None:
-    upload_bwc_dock(server, bucket, files, workers, BEFORE[0])
+                           workers: int) -> Startup:
+    return upload_bwc_dock(server, bucket, files, workers, BEFORE[0])
 
 
 def upload_boto3(server: SeaweedServer, bucket: str, files: list[tuple[Path, str]],
@@ -217,7 +254,8 @@ def upload_rclone(server: SeaweedServer, bucket: str, files: list[tuple[Path, st
                     f":s3:{bucket}/bench"], env=environment, check=True)
 
 
-TOOLS: dict[str, Callable[[SeaweedServer, str, list[tuple[Path, str]], int], None]] = {
+# each uploads the files in a process of its own; bwc-dock's says when it had started
+TOOLS: dict[str, Callable[[SeaweedServer, str, list[tuple[Path, str]], int], Startup | None]] = {
     "bwc-dock": upload_bwc_dock,
     "bwc-dock before": upload_bwc_dock_before,
     "rclone copy": upload_rclone,
@@ -233,7 +271,7 @@ def run_one(server: SeaweedServer, tool: str, layout: str, files: list[tuple[Pat
     server_pid = server._process.pid
     wall, children = time.monotonic(), children_cpu_seconds()
     server_before = server_cpu_seconds(server_pid)
-    TOOLS[tool](server, bucket, files, workers)
+    startup = TOOLS[tool](server, bucket, files, workers)
     seconds = time.monotonic() - wall
     client_cpu = children_cpu_seconds() - children
     server_cpu = server_cpu_seconds(server_pid) - server_before
@@ -243,16 +281,19 @@ def run_one(server: SeaweedServer, tool: str, layout: str, files: list[tuple[Pat
     if stored_total != total:
         raise SystemExit(f"{tool}: stored {stored_total} bytes of {total}")
     server.client().delete_bucket(Bucket=bucket)  # SeaweedFS deletes the contents too
-    return Result(tool, layout, seconds, client_cpu, server_cpu, total / GIB)
+    return Result(tool, layout, seconds, client_cpu, server_cpu, total / GIB, startup)
 
 
 def median_result(results: list[Result]) -> Result:
     """The median of each figure over a tool's turns at one size."""
     first = results[0]
+    startups = [r.startup for r in results if r.startup is not None]
+    startup = Startup(statistics.median(s.seconds for s in startups),
+                      statistics.median(s.cpu for s in startups)) if startups else None
     return Result(first.tool, first.layout,
                   statistics.median(r.seconds for r in results),
                   statistics.median(r.client_cpu for r in results),
-                  statistics.median(r.server_cpu for r in results), first.gib)
+                  statistics.median(r.server_cpu for r in results), first.gib, startup)
 
 
 def main() -> None:
@@ -264,7 +305,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1GiB,100MiB,10MiB,200x2MiB")
     parser.add_argument("--before-src", type=Path, default=None, metavar="CHECKOUT")
     parser.add_argument("--tmpdir", type=Path, default=None)
-    for name in ("src", "endpoint", "bucket", "files"):  # the bwc-dock child's
+    for name in ("src", "endpoint", "bucket", "files", "report"):  # the bwc-dock child's
         parser.add_argument(f"--child-{name}", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -298,7 +339,11 @@ def main() -> None:
                 for tool in tools:
                     turns[tool].append(run_one(server, tool, layout, files, arguments.workers))
             for tool in tools:
-                print(median_result(turns[tool]).line(), flush=True)
+                result = median_result(turns[tool])
+                print(result.line(), flush=True)
+                once_started = result.line_once_started()
+                if once_started is not None:
+                    print(once_started, flush=True)
             shutil.rmtree(files[0][0].parent)
     finally:
         server.stop()
