@@ -107,3 +107,99 @@ def test_the_quick_reader_and_the_facade_share_one_read_model(tmp_path: Path) ->
     finally:
         reader.close()
         ledger.close()
+
+
+def _clips_in_every_state_that_needs_the_camera(ledger: Ledger, docking: int) -> None:
+    """Five clips of CAM1: discovered, copying, staged unverified, staged verified, and
+    uploading unverified (one more that left its camera behind: uploaded)."""
+    from bwc_dock.found import FoundClip, FoundFile
+    from tests.dock import utc_datetime
+
+    ledger.record_scan(docking, [FoundClip(FoundFile(f"DCIM/{n}.MP4".encode(), 10, n),
+                                           utc_datetime()) for n in range(6)], 0)
+    owner = current_owner("test")
+
+    def staged(*, verified: bool) -> int:
+        work = ledger.claim_for_copy(owner, docking)
+        assert work is not None
+        ledger.finish_copy(work, owner, f"{work.id:064x}", f"s/{work.id}", {}, verified=verified)
+        return work.id
+
+    staged(verified=False)
+    staged(verified=True)
+    uploading = staged(verified=False)
+    uploaded = staged(verified=True)
+    for wanted in (uploading, uploaded):
+        work = ledger.claim_for_upload(owner, only=[wanted])
+        assert work is not None
+        if wanted == uploaded:
+            ledger.finish_upload(work, owner, f"k/{work.id}", f"{work.id:064x}", {}, None)
+    assert ledger.claim_for_copy(owner, docking) is not None  # one copying, one discovered
+
+
+def test_a_camera_is_needed_while_a_clip_is_unstaged_or_its_staged_copy_unverified(
+    tmp_path: Path,
+) -> None:
+    """What keeps a camera docked, counted in one snapshot: the discovered and copying
+    clips and the staged or uploading ones whose copy is not yet verified; not a verified
+    staged copy, nor one in central storage."""
+    ledger = _ledger(tmp_path)
+    try:
+        _clips_in_every_state_that_needs_the_camera(ledger, _record_a_docking(ledger, tmp_path))
+        by_state = ledger.counts_by_state("CAM1")
+        assert (ledger.needing_camera("CAM1"), ledger.needing_camera("CAM2")) == (4, 0)
+    finally:
+        ledger.close()
+    assert {s: n for s, n in by_state.items() if n} == {
+        "discovered": 1, "copying": 1, "staged": 2, "uploading": 1, "uploaded": 1}
+
+
+def test_the_daemons_questions_at_every_turn_never_wait_for_a_writer(tmp_path: Path) -> None:
+    """While another process holds the ledger's write lock (a copier committing), the
+    main loop's questions at every turn (dockings to adopt, whether a camera is still
+    needed, the status and alarm readings) and the scan's and custody record's reads are
+    answered at once. Were one to take the write lock, it would wait for this test to
+    let go, which it does only after the wait below."""
+    import sqlite3
+    from datetime import timedelta
+
+    from bwc_dock.ledger.models import utc_now
+
+    ledger = _ledger(tmp_path)
+    docking = _record_a_docking(ledger, tmp_path)
+    _clips_in_every_state_that_needs_the_camera(ledger, docking)
+    answered = threading.Event()
+    failures: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            assert ledger.adopt_dockings("daemon:other", frozenset({"ingest"})) == []
+            assert ledger.needing_camera("CAM1") == 4
+            assert ledger.copy_pending("CAM1") == 2
+            assert ledger.unverified_staged("CAM1") == 2
+            assert ledger.pending_in_docking(docking) == 5
+            assert ledger.counts_by_state()["staged"] == 2
+            assert ledger.latest_camera_offsets() == {"CAM1": None}
+            assert ledger.camera_evidence_since(utc_now() - timedelta(days=1)) == []
+            assert ledger.docking_facts(docking).camera_serial == "CAM1"
+            record = ledger.docking(docking)
+            assert record is not None and record.camera_serial == "CAM1"
+            assert ledger.manifest_facts(1).times["staged_at"] is not None
+            answered.set()
+        except BaseException as error:  # reported by the assertions below
+            failures.append(error)
+
+    assert ledger.engine.url.database is not None
+    writer = sqlite3.connect(ledger.engine.url.database, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        asking = threading.Thread(target=ask)
+        asking.start()
+        was_answered = answered.wait(WRITER_TIMEOUT_SECONDS)
+        writer.execute("ROLLBACK")
+        asking.join()
+    finally:
+        writer.close()
+        ledger.close()
+    assert failures == []
+    assert was_answered, "a question waited for the write lock"

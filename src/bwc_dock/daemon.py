@@ -348,10 +348,9 @@ class Daemon(SourceListener):
         """Release volumes whose clips are all off the camera (and cleared, if asked)."""
         for docked in self.docked_cameras.idle():
             camera = docked.volume.camera_serial
-            if self.ledger.copy_pending(camera) > 0:
-                continue
-            if self.ledger.unverified_staged(camera) > 0:
-                continue  # its upload reads it back: if damaged, it is read off the camera again
+            if self.ledger.needing_camera(camera) > 0:
+                continue  # not yet staged, or staged and not yet verified (if damaged, it
+                # is read off the camera again)
             if docked.scan_incomplete:
                 # files past the scan's cut are still on it: not done, so neither cleared
                 # nor released; it stays docked, its alarm up, until it leaves the dock

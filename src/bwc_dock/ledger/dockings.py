@@ -160,7 +160,7 @@ def docked_camera_serials(store: Store) -> list[str]:
 
 def latest_camera_offsets(store: Store) -> dict[str, float | None]:
     """Each camera's clock offset at its latest docking (None: not measured then)."""
-    with store.transaction() as session:
+    with store.reading() as session:
         latest = select(func.max(Docking.id)).group_by(Docking.camera_serial)
         rows = session.execute(
             select(Docking.camera_serial, Docking.camera_clock_offset_seconds).where(
@@ -193,15 +193,27 @@ def hand_over(store: Store, docking_id: int, owner: str) -> None:
 
 
 def adopt(store: Store, new_owner: str, sources: frozenset[str]) -> list[Docking]:
-    """Take over open dockings of ``sources`` whose owner is gone; return them."""
+    """Take over open dockings of ``sources`` whose owner is gone; return them.
+
+    The daemon asks at every turn of its main loop and there is seldom one, so they are
+    looked for in a reading transaction first: the write lock, which waits for the
+    workers' commits, is taken only to take one over (and the search made again in it)."""
+    with store.reading() as session:
+        if not _ownerless(session, sources):
+            return []
     with store.transaction() as session:
-        open_dockings = session.scalars(
-            select(Docking).where(Docking.undocked_at.is_(None), Docking.source.in_(sources))
-        ).all()
-        adopted = [d for d in open_dockings if d.owner is None or owner_is_dead(d.owner)]
+        adopted = _ownerless(session, sources)
         for docking in adopted:
             docking.owner = new_owner
-        return list(adopted)
+        return adopted
+
+
+def _ownerless(session: Session, sources: frozenset[str]) -> list[Docking]:
+    """Open dockings of ``sources`` handed over (no owner) or whose owner is gone."""
+    open_dockings = session.scalars(
+        select(Docking).where(Docking.undocked_at.is_(None), Docking.source.in_(sources))
+    ).all()
+    return [d for d in open_dockings if d.owner is None or owner_is_dead(d.owner)]
 
 
 def end_stale(store: Store) -> int:
@@ -222,6 +234,6 @@ def end_stale(store: Store) -> int:
 
 
 def get(store: Store, docking_id: int) -> DockingRecord | None:
-    with store.transaction() as session:
+    with store.reading() as session:
         docking = session.get(Docking, docking_id)
         return None if docking is None else docking_record(docking)

@@ -51,7 +51,7 @@ class EvidenceEvent:
 
 
 def docking_facts(store: Store, docking_id: int) -> DockingFacts:
-    with store.transaction() as session:
+    with store.reading() as session:
         docking = session.get(Docking, docking_id)
         assert docking is not None
         return DockingFacts(
@@ -121,7 +121,7 @@ def events_since(store: Store, since: datetime) -> list[EvidenceEvent]:
     so the whole audit log is never read."""
     # ``at`` columns are UTC ISO text, which sorts as time does
     floor = since.astimezone(UTC)
-    with store.transaction() as session:
+    with store.reading() as session:
         cameras = sorted(
             set(session.scalars(select(Docking.camera_serial).where(Docking.docked_at >= floor)))
         )

@@ -300,6 +300,10 @@ class Ledger:
             camera_serial, frozenset({ClipState.DISCOVERED, ClipState.COPYING})
         )
 
+    def needing_camera(self, camera_serial: str) -> int:
+        """Clips not yet staged, or staged and not yet verified (see reports.py)."""
+        return reports.needing_camera(self.store, camera_serial)
+
     def pending_in_docking(self, docking_id: int) -> int:
         return reports.pending_in_docking(self.store, docking_id)
 

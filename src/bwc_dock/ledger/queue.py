@@ -325,7 +325,7 @@ def send_back_for_copy(store: Store, work: ClipWork, owner: str, reason: str) ->
 def unverified_staged(store: Store, camera_serial: str) -> int:
     """How many of the camera's staged copies still wait for their upload to verify them
     (a damaged one is read off the camera again, so the camera is still needed)."""
-    with store.transaction() as session:
+    with store.reading() as session:
         return len(
             session.scalars(
                 select(Clip.id).where(

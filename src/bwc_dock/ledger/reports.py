@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, literal_column, select
+from sqlalchemy import func, literal_column, or_, select
 
 from bwc_dock.ledger.models import (
     Camera,
@@ -110,6 +110,26 @@ def pending_for_camera(store: Store, camera_serial: str, states: frozenset[ClipS
                 select(func.count()).where(
                     Clip.camera_serial == camera_serial,
                     Clip.state.in_([str(s) for s in states]),
+                )
+            )
+            or 0
+        )
+
+
+def needing_camera(store: Store, camera_serial: str) -> int:
+    """The camera's clips that still need it docked: not yet staged, or staged and left to
+    their upload to verify (a damaged copy is read off the camera again). Counted in one
+    snapshot: asked as two questions, a clip staged or found damaged between them would
+    be in neither answer, and the camera released without it."""
+    to_copy = [str(ClipState.DISCOVERED), str(ClipState.COPYING)]
+    to_verify = [str(ClipState.STAGED), str(ClipState.UPLOADING)]
+    with store.reading() as session:
+        return (
+            session.scalar(
+                select(func.count()).where(
+                    Clip.camera_serial == camera_serial,
+                    Clip.state.in_(to_copy + to_verify),
+                    or_(Clip.state.in_(to_copy), Clip.staged_verified.is_(False)),
                 )
             )
             or 0
