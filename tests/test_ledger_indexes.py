@@ -229,7 +229,8 @@ def test_upload_claim_and_oldest_pending_do_not_read_the_history(tmp_path: Path)
 
 def test_an_old_cameras_scan_and_custody_do_not_read_its_history(tmp_path: Path) -> None:
     """For a camera with 5,000 clips and 15,000 audit entries behind it, registering a
-    scan of 20 files and finding the officer of a clip (every custody record) read about
+    scan of 20 files, finding the officer of a clip (every custody record) and asking
+    whether the camera is still needed (every turn of the daemon's main loop) read about
     the 20 files and the one assignment; the officer lookup on the ledger before the
     upgrade read all of the camera's audit entries."""
     config, ledger_path = _old_ledger_with_history(tmp_path)
@@ -244,13 +245,16 @@ def test_an_old_cameras_scan_and_custody_do_not_read_its_history(tmp_path: Path)
         with ledger.transaction() as session:
             assert officer_at(session, BUSY_CAMERA, utc_datetime()) == "O-1"
         assert ledger.record_scan(docking, found, 0) == []  # seen again: the same clips
+        assert ledger.needing_camera(BUSY_CAMERA) == 20
     ledger.close()
 
     known = next(pair for pair in sent if pair[0].lstrip().startswith(
         "SELECT clips.source_path_raw"))
     officer = next(pair for pair in sent if "audit_log.details" in pair[0])
+    needed = next(pair for pair in sent if pair[0].lstrip().startswith("SELECT count")
+                  and "staged_verified" in pair[0])
     assert _work(before_upgrade, *officer) > BUSY_CLIPS * 3
-    for statement, parameters in (known, officer):
+    for statement, parameters in (known, officer, needed):
         assert _work(ledger_path, statement, parameters) < BUSY_CLIPS // 5, _plan(
             ledger_path, statement, parameters)
 
