@@ -21,7 +21,7 @@ configuration were loaded and the store answered: a second line per size, "once
 started", gives its rate and CPU from then on, with the start-up beside it. That is what
 the daemon's uploaders see (the daemon starts once per boot), while the first line, like
 rclone's and boto3's, counts a whole process: with 200 clips of 2 MiB, bwc-dock's start
-(about a second of imports and client set-up) is a fifth of its time.
+(0.4-0.7 s here, imports and client set-up) is about a tenth of its time.
 
     .venv/bin/python scripts/bench_s3.py [--total-gib 2] [--workers 4] [--reps 1] \
         [--only bwc-dock] [--before-src CHECKOUT]
